@@ -1,0 +1,107 @@
+"""From a run's samples to the summary table: per cell statistics, the ratio to the
+baseline environment with its CI, a Mann–Whitney test with Holm correction across the
+matrix, outlier counts, and whether each cell reached the precision target."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from bench import stats
+
+KEY = ["env", "workload", "op", "metric"]
+MAIN = "main"  # probe results + the phases of the startup workload
+FOOTPRINT = "footprint"  # cgroup and host-side costs of every launch
+
+
+def measured(df, scope: str = MAIN):
+    """Counted, successful samples of one scope (warm-up round 0 excluded)."""
+    ok = df[(df["round"] >= 1) & (df["status"] == "ok") & df["value"].notna()]
+    if scope == MAIN:
+        keep = (ok["source"] == "probe") | (
+            (ok["source"] == "phase") & (ok["workload"] == "startup")
+        )
+    else:
+        keep = ok["source"].isin(["cgroup", "host"])
+    return ok[keep]
+
+
+def failures(df) -> list[dict[str, Any]]:
+    """Failed launches and probe errors with their reasons, grouped and counted."""
+    bad = df[(df["round"] >= 0) & (df["status"] != "ok")]
+    out = []
+    for (env, workload, status, reason), g in bad.groupby(
+        ["env", "workload", "status", "reason"], dropna=False
+    ):
+        out.append(
+            {"env": env, "workload": workload, "status": status, "reason": reason, "count": len(g)}
+        )
+    return out
+
+
+def summarize_run(
+    df,
+    manifest: dict[str, Any],
+    *,
+    baseline: str | None = None,
+    scope: str = MAIN,
+    n_boot: int = 2000,
+) -> list[dict[str, Any]]:
+    """One row per (env, workload, op, metric)."""
+    matrix = manifest.get("matrix", {})
+    baseline = baseline or matrix.get("baseline", "host")
+    precision = matrix.get("precision", 0.02)
+    envs = manifest.get("environments", {})
+    data = measured(df, scope)
+    groups = {k: g["value"].to_numpy(dtype=float) for k, g in data.groupby(KEY)}
+    units = {k: g["unit"].iloc[0] for k, g in data.groupby(KEY)}
+    rows = []
+    for key, values in sorted(groups.items()):
+        env, workload, op, metric = key
+        s = stats.summarize(values, n_boot=n_boot)
+        row = {
+            "env": env,
+            "env_kind": envs.get(env, {}).get("kind"),
+            "emulated": bool(envs.get(env, {}).get("emulated")),
+            "workload": workload,
+            "op": op,
+            "metric": metric,
+            "unit": units[key],
+            **{f: _num(getattr(s, f)) for f in stats.FIELDS},
+            "n": int(s.n),
+            "reached_precision": stats.ci_halfwidth_rel(s) <= precision,
+            "outliers": int(np.count_nonzero(stats.outliers(values))),
+            "ratio": None,
+            "ratio_ci_low": None,
+            "ratio_ci_high": None,
+            "p_value": None,
+            "p_adjusted": None,
+            "significant": False,
+            "baseline": baseline,
+        }
+        base = groups.get((baseline, workload, op, metric))
+        if env != baseline and base is not None and len(base) and len(values):
+            ratio, lo, hi = stats.ratio_ci(values, base, n_boot=n_boot)
+            row.update(ratio=_num(ratio), ratio_ci_low=_num(lo), ratio_ci_high=_num(hi))
+            row["p_value"] = _num(stats.mann_whitney(values, base))
+        rows.append(row)
+    tested = [i for i, r in enumerate(rows) if r["p_value"] is not None]
+    adjusted = stats.holm([rows[i]["p_value"] for i in tested]) if tested else []
+    for i, p in zip(tested, adjusted, strict=True):
+        r = rows[i]
+        r["p_adjusted"] = _num(p)
+        r["significant"] = bool(
+            r["ratio_ci_low"] is not None
+            and stats.significant(p, r["ratio_ci_low"], r["ratio_ci_high"])
+        )
+    return rows
+
+
+def _num(x) -> float | None:
+    """JSON-safe float: NaN and inf become None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None

@@ -1,0 +1,70 @@
+"""The workload catalog (workloads/catalog.toml): each workload's probe, arguments, and
+what its figures mean (unit, whether lower or higher is better)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.envs.base import Invocation
+from bench.resources import workloads_dir
+
+# Figures the harness measures around every launch (ms since submit), not the probe.
+PHASE_METRICS = {
+    "ready_ms": "submit until the probe's `ready` line was seen",
+    "exit_ms": "submit until the instance ended",
+    "cleaned_ms": "submit until everything the launch made was removed",
+    "boot_ms": "the guest kernel's own uptime when the probe started",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    unit: str
+    better: str  # "lower" | "higher"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    probe: str
+    family: str
+    description: str
+    args: tuple[str, ...]
+    quick_args: tuple[str, ...]
+    emulated_args: tuple[str, ...]
+    metrics: dict[str, Metric] = field(default_factory=dict)
+
+    def invocation(self, *, quick: bool, emulated: bool) -> Invocation:
+        args = self.emulated_args if emulated else self.quick_args if quick else self.args
+        return Invocation(self.name, self.probe, args)
+
+
+def load(path: Path | None = None) -> dict[str, Workload]:
+    path = path or workloads_dir() / "catalog.toml"
+    data = tomllib.loads(path.read_text())
+    out = {}
+    for name, w in data["workloads"].items():
+        args = tuple(w.get("args", ()))
+        quick = tuple(w.get("quick_args", args))
+        out[name] = Workload(
+            name=name,
+            probe=w["probe"],
+            family=w.get("family", name),
+            description=w.get("description", ""),
+            args=args,
+            quick_args=quick,
+            emulated_args=tuple(w.get("emulated_args", quick)),
+            metrics={k: Metric(**v) for k, v in w.get("metrics", {}).items()},
+        )
+    return out
+
+
+def better(workloads: dict[str, Workload], workload: str, metric: str) -> str:
+    """'lower' or 'higher': phase, cgroup and host-side figures are costs (lower)."""
+    w = workloads.get(workload)
+    if w and metric in w.metrics:
+        return w.metrics[metric].better
+    return "lower"

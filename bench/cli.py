@@ -1,0 +1,320 @@
+"""The `isobench` command. Every user error is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+import bench
+from bench import analysis, bundle, catalog, provenance, store
+from bench.envs import REGISTRY
+from bench.envs.base import COMMON_OPTIONS
+from bench.lock import LockError, RunLock
+from bench.matrix import Matrix, MatrixError, load_toml, parse_env_spec
+from bench.metrics import noise
+from bench.runner import Interrupted, Runner
+
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+QUICK = {"rounds": 5, "max_rounds": 5, "warmup": 1, "timeout": 60.0, "budget": 120.0}
+USER_ERRORS = (MatrixError, store.StoreError, bundle.BuildError, LockError)
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+def main() -> None:
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("isobench: aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"isobench: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except USER_ERRORS as e:
+        click.echo(f"isobench: error: {e}", err=True)
+        sys.exit(2)
+    sys.exit(rv or 0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(bench.__version__, prog_name="isobench")
+def cli():
+    """isobench: the cost of isolation, measured on this host."""
+
+
+# -- doctor / list / build ----------------------------------------------------------------
+def doctor_data() -> dict:
+    kinds = {}
+    for name, cls in REGISTRY.items():
+        av = cls.probe()
+        kinds[name] = {
+            "available": av.ok,
+            "reason": av.reason,
+            "versions": av.versions,
+            "summary": cls.summary,
+            "details": [
+                {"name": n, "available": a.ok, "reason": a.reason, "versions": a.versions}
+                for n, a in cls.details()
+            ],
+        }
+    snap = noise.snapshot()
+    return {"host": provenance.host_facts(), "environments": kinds, "noise": snap,
+            "warnings": noise.warnings(snap)}  # fmt: skip
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor(as_json):
+    """What this host can run, and what would make its numbers noisy."""
+    data = doctor_data()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    h = data["host"]
+    out.print(f"[bold]host[/] {h['hostname']}: {h['os']}, kernel {h['kernel']}, "
+              f"{h['cpu_count']}× {h['cpu_model']}, {h['memory_gib']} GiB, "
+              f"virtualization {h['virtualization']}, cgroup {h['cgroup_layout']}",
+              highlight=False, markup=True)  # fmt: skip
+    t = Table("environment", "available", "reason / versions", box=None, pad_edge=False)
+    for name, k in data["environments"].items():
+        t.add_row(name, _yes(k["available"]), k["reason"] or _versions(k["versions"]))
+        for d in k["details"]:
+            t.add_row(
+                f"  {d['name']}", _yes(d["available"]), d["reason"] or _versions(d["versions"])
+            )
+    out.print(t)
+    for w in data["warnings"]:
+        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if not data["warnings"]:
+        out.print("no noise warnings")
+
+
+def _yes(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+def _versions(v: dict) -> str:
+    return ", ".join(f"{k} {val}" for k, val in v.items())
+
+
+@cli.command("list")
+def list_cmd():
+    """Workloads and environment kinds with their options."""
+    t = Table("workload", "probe", "figures", "description", box=None)
+    for w in catalog.load().values():
+        figs = ", ".join(f"{m} ({x.unit}, {x.better} is better)" for m, x in w.metrics.items())
+        t.add_row(
+            w.name, w.probe, figs or "phases: " + ", ".join(catalog.PHASE_METRICS), w.description
+        )
+    out.print(t)
+    t = Table("environment", "options", "what it is", box=None)
+    for name, cls in REGISTRY.items():
+        opts = {**COMMON_OPTIONS, **cls.options}
+        text = "; ".join(
+            f"{k}" + (f"={'|'.join(o.choices)}" if o.choices else "") for k, o in opts.items()
+        )
+        t.add_row(name, text, cls.summary)
+    out.print(t)
+
+
+@cli.command("build")
+def build_cmd():
+    """Compile the probes into a content-hashed bundle (done by `run` too)."""
+    b = bundle.build()
+    out.print(f"bundle {b.hash} at {b.root}", highlight=False)
+    for name, h in b.probe_hashes.items():
+        out.print(f"  {name:10} sha256 {h}", highlight=False)
+    out.print(f"  busybox    {'included' if b.busybox else 'not found (install busybox-static)'}")
+
+
+# -- run ------------------------------------------------------------------------------------
+def default_envs() -> list[str]:
+    """--all: every kind in its default configuration, plus the attribution variants."""
+    specs = list(REGISTRY)
+    specs.insert(specs.index("docker") + 1, "docker:seccomp=unconfined")
+    specs.insert(specs.index("docker") + 2, "docker:runtime=runsc")
+    return specs
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+@cli.command()
+@click.argument("matrix_file", required=False, type=click.Path(path_type=Path))
+@click.option("--env", "envs", multiple=True, metavar="SPEC", help="KIND or KIND:key=value,...")
+@click.option("--all", "all_envs", is_flag=True, help="every environment kind (unavailable "
+              "ones are recorded with their reason)")  # fmt: skip
+@click.option("--workload", "workloads", multiple=True, metavar="NAME")
+@click.option("--quick", is_flag=True, help="few rounds, small sizes: a first look in minutes")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("results"),
+              show_default=True)  # fmt: skip
+@click.option("--seed", type=int)
+@click.option("--rounds", type=int, help="rounds at least")
+@click.option("--max-rounds", type=int, help="adaptive stopping adds rounds up to this")
+@click.option("--warmup", type=int)
+@click.option("--budget", type=float, help="seconds for measured rounds")
+@click.option("--timeout", type=float, help="seconds per launch before it is killed")
+@click.option("--precision", type=str, help="target CI half-width, e.g. 2%% or 0.02")
+@click.option("--baseline", type=str)
+@click.option("--resume", type=click.Path(path_type=Path), help="complete an interrupted run")
+def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, **settings):
+    """Run a benchmark matrix and write results/<run-id>/."""
+    if resume:
+        return _resume(resume)
+    cat = catalog.load()
+    file_envs, file_workloads, file_settings = (
+        load_toml(matrix_file) if matrix_file else ([], [], {})
+    )
+    specs = [parse_env_spec(s) for s in (default_envs() if all_envs else envs)]
+    chosen = {**(QUICK if quick else {}), **file_settings}
+    if settings.get("precision") is not None:
+        settings["precision"] = _precision(settings["precision"])
+    chosen.update({k: v for k, v in settings.items() if v is not None})
+    if seed is not None:
+        chosen["seed"] = seed
+    elif "seed" not in chosen:
+        chosen["seed"] = secrets.randbelow(2**31)
+    m = Matrix(
+        envs=file_envs + specs or [parse_env_spec("host"), parse_env_spec("namespaces")],
+        workloads=list(workloads) or file_workloads or list(cat),
+        quick=quick,
+        **chosen,
+    )
+    m.check(cat, str(matrix_file) if matrix_file else "command line")
+    run_id = new_run_id()
+    run_dir = results / run_id
+    return _execute(m, run_dir, run_id, cat, new=True)
+
+
+def _precision(text: str) -> float:
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise MatrixError(f"--precision {text}: expected a percentage like 2% or 0.02") from None
+    if value <= 0:
+        raise MatrixError(f"--precision {text}: must be positive")
+    return value
+
+
+def _resume(run_dir: Path) -> int:
+    manifest = store.read_manifest(run_dir)
+    if manifest.get("status") == "complete":
+        raise MatrixError(f"{run_dir}: this run is complete; nothing to resume")
+    m = Matrix.from_dict(manifest["matrix"])
+    return _execute(m, run_dir, manifest["run_id"], catalog.load(), new=False, manifest=manifest)
+
+
+def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
+    with RunLock(run_dir.resolve()):
+        b = bundle.build()
+        if new:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            manifest = {
+                "schema_version": store.SCHEMA_VERSION,
+                "run_id": run_id,
+                "created": time.time(),
+                "host": provenance.host_facts(),
+                "matrix": m.to_dict(),
+                "bundle": b.describe(),
+                "catalog": {n: {"probe": w.probe, "family": w.family, "metrics": {
+                    k: vars(x) for k, x in w.metrics.items()}} for n, w in cat.items()},
+                "noise": {"start": noise.snapshot()},
+                "warnings": [],
+            }  # fmt: skip
+            manifest["warnings"] = noise.warnings(manifest["noise"]["start"])
+        elif manifest["bundle"]["hash"] != b.hash:
+            raise MatrixError(
+                f"{run_dir}: the probes changed since this run (bundle {manifest['bundle']['hash']}"
+                f", now {b.hash}): resuming would mix different bytes"
+            )
+        manifest.update(status="running", pid=os.getpid())
+        store.write_manifest(run_dir, manifest)
+        for w in manifest["warnings"]:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err.print(f"run {run_id} → {run_dir}", highlight=False)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("starting", total=None)
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            runner = Runner(m, run_dir, run_id, b, cat, manifest, progress, err.print)
+            try:
+                runner.run()
+            except Interrupted as e:
+                err.print(f"interrupted ({e}): cleaned up; measured samples kept in {run_dir}")
+                err.print(f"resume with: isobench run --resume {run_dir}")
+                return e.exit_code
+            except KeyboardInterrupt:
+                return 130
+    print_summary(run_dir)
+    out.print(f"results: {run_dir}", highlight=False)
+    return 0
+
+
+# -- summary --------------------------------------------------------------------------------
+def _fmt(x, digits=4) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per row")
+@click.option("--baseline", type=str, help="environment label to compare against")
+@click.option("--footprint", is_flag=True, help="cgroup and host-side figures instead")
+def summary(run_dir, as_json, baseline, footprint):
+    """Statistics per cell, with ratios to the baseline."""
+    print_summary(run_dir, as_json=as_json, baseline=baseline, footprint=footprint)
+
+
+def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=False) -> None:
+    manifest = store.read_manifest(run_dir)
+    df = store.load_samples(run_dir)
+    scope = analysis.FOOTPRINT if footprint else analysis.MAIN
+    rows = analysis.summarize_run(df, manifest, baseline=baseline, scope=scope)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, sort_keys=True))
+        return
+    t = Table("env", "workload", "op", "metric", "median [95% CI]", "n", "× baseline [95% CI]",
+              "sig", box=None)  # fmt: skip
+    for r in rows:
+        ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else ""
+        ratio = ""
+        if r["ratio"] is not None:
+            ratio = f"{_fmt(r['ratio'], 3)}"
+            if r["ratio_ci_low"] is not None:
+                ratio += f" [{_fmt(r['ratio_ci_low'], 3)}, {_fmt(r['ratio_ci_high'], 3)}]"
+        label = r["env"] + (" (emulated)" if r["emulated"] else "")
+        t.add_row(label, r["workload"], r["op"], r["metric"],
+                  f"{_fmt(r['median'])}{ci} {r['unit']}", str(r["n"]), ratio,
+                  "yes" if r["significant"] else "")  # fmt: skip
+    out.print(t)
+    for f in analysis.failures(df):
+        out.print(f"[red]{f['status']}[/] {f['env']} / {f['workload']} ×{f['count']}: "
+                  f"{f['reason']}", highlight=False)  # fmt: skip
+    if manifest.get("unreached"):
+        cells = ", ".join(manifest["unreached"])
+        out.print(f"[yellow]precision not reached[/] ({manifest.get('stop_reason')}): {cells}",
+                  highlight=False)  # fmt: skip
+    for w in manifest.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {w}", highlight=False)

@@ -1,0 +1,23 @@
+"""Environment kinds, registered explicitly: kind name -> class."""
+
+from __future__ import annotations
+
+from bench.envs.docker import DockerEnv
+from bench.envs.host import HostEnv
+from bench.envs.libvirt import LibvirtEnv
+from bench.envs.namespaces import NamespacesEnv
+from bench.envs.oci import OciEnv
+from bench.envs.podman import PodmanEnv
+from bench.envs.qemu import QemuEnv
+
+from bench.envs.base import Environment
+
+REGISTRY: dict[str, type[Environment]] = {
+    "host": HostEnv,
+    "namespaces": NamespacesEnv,
+    "docker": DockerEnv,
+    "podman": PodmanEnv,
+    "oci": OciEnv,
+    "libvirt": LibvirtEnv,
+    "qemu": QemuEnv,
+}

@@ -1,0 +1,198 @@
+"""The benchmark matrix: which environments, which workloads, how many rounds.
+
+From a TOML file:
+
+    seed = 7
+    rounds = 10          # rounds at least (adaptive stopping may add up to max_rounds)
+    max_rounds = 30
+    warmup = 1
+    budget = 900         # seconds for the measured rounds
+    timeout = 120        # seconds per launch
+    precision = 0.02     # target 95% CI half-width, relative to the median
+    baseline = "host"
+    workloads = ["syscall", "cpu"]
+
+    [[env]]
+    kind = "host"
+
+    [[env]]
+    kind = "docker"
+    label = "gvisor"
+    runtime = "runsc"
+
+or from `--env KIND:key=value,...` flags. Every problem is a MatrixError whose message
+names the file and key and suggests the closest known name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.envs.base import COMMON_OPTIONS, OptionError
+
+
+class MatrixError(ValueError):
+    """Bad matrix input; the message is one line for the user."""
+
+
+def _suggest(word: str, known) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)  # parsed, without label
+    label: str = ""
+
+    @property
+    def spec(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.kind}:{opts}" if opts else self.kind
+
+
+def make_env(kind: str, raw: dict[str, str], where: str) -> EnvSpec:
+    from bench.envs import REGISTRY
+
+    if kind not in REGISTRY:
+        raise MatrixError(f"{where}: unknown environment kind '{kind}'{_suggest(kind, REGISTRY)}")
+    cls = REGISTRY[kind]
+    known = {**COMMON_OPTIONS, **cls.options}
+    options: dict[str, Any] = {}
+    label = ""
+    for key, text in raw.items():
+        if key not in known:
+            raise MatrixError(
+                f"{where}: {kind} has no option '{key}'{_suggest(key, known)}"
+                f"; its options: {', '.join(sorted(known))}"
+            )
+        if key == "label":
+            label = str(text).strip()
+            if not label:
+                raise MatrixError(f"{where}: label must not be empty")
+            continue
+        try:
+            options[key] = known[key].parse(key, str(text))
+        except OptionError as e:
+            raise MatrixError(f"{where}: {kind} {e}") from None
+    env = EnvSpec(kind, options)
+    return EnvSpec(kind, options, label or env.spec)
+
+
+def parse_env_spec(text: str) -> EnvSpec:
+    """`KIND` or `KIND:key=value,key=value` (an option label=... names it)."""
+    kind, _, rest = text.partition(":")
+    raw: dict[str, str] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise MatrixError(f"--env {text}: '{part}' is not key=value")
+        raw[key.strip()] = value.strip()
+    return make_env(kind.strip(), raw, f"--env {text}")
+
+
+@dataclass
+class Matrix:
+    envs: list[EnvSpec]
+    workloads: list[str]
+    rounds: int = 10
+    max_rounds: int = 30
+    warmup: int = 1
+    budget: float = 1800.0
+    timeout: float = 120.0
+    precision: float = 0.02
+    seed: int = 1
+    baseline: str = "host"
+    quick: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["envs"] = [{"kind": e.kind, "label": e.label, "options": e.options} for e in self.envs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Matrix:
+        envs = [EnvSpec(e["kind"], e["options"], e["label"]) for e in d["envs"]]
+        return cls(**{**d, "envs": envs})
+
+    def check(self, workloads: dict, where: str = "matrix") -> None:
+        for w in self.workloads:
+            if w not in workloads:
+                raise MatrixError(
+                    f"{where}: unknown workload '{w}'{_suggest(w, workloads)}"
+                    f"; known: {', '.join(sorted(workloads))}"
+                )
+        labels = [e.label for e in self.envs]
+        if dup := {x for x in labels if labels.count(x) > 1}:
+            raise MatrixError(f"{where}: environment label '{sorted(dup)[0]}' is used twice")
+        if not self.envs:
+            raise MatrixError(f"{where}: no environments (give --env or [[env]] tables)")
+        if not self.workloads:
+            raise MatrixError(f"{where}: no workloads")
+        for name in ("rounds", "max_rounds"):
+            if getattr(self, name) < 1:
+                raise MatrixError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise MatrixError(f"{where}: warmup must be 0 or more, got {self.warmup}")
+        for name in ("budget", "timeout", "precision"):
+            if getattr(self, name) <= 0:
+                raise MatrixError(f"{where}: {name} must be positive, got {getattr(self, name)}")
+        if self.max_rounds < self.rounds:
+            self.max_rounds = self.rounds
+
+
+SCALARS: dict[str, type | tuple[type, ...]] = {
+    "rounds": int,
+    "max_rounds": int,
+    "warmup": int,
+    "budget": (int, float),
+    "timeout": (int, float),
+    "precision": (int, float),
+    "seed": int,
+    "baseline": str,
+}
+TOP_KEYS = {*SCALARS, "workloads", "env"}
+
+
+def load_toml(path: Path) -> tuple[list[EnvSpec], list[str], dict[str, Any]]:
+    """Parse a matrix file into (envs, workloads, scalar settings); MatrixError on any problem."""
+    where = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MatrixError(f"{where}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise MatrixError(f"{where}: not valid TOML: {e}") from None
+    for key in data:
+        if key not in TOP_KEYS:
+            raise MatrixError(f"{where}: unknown key '{key}'{_suggest(key, TOP_KEYS)}")
+    settings: dict[str, Any] = {}
+    for key, typ in SCALARS.items():
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, typ):
+                want = typ.__name__ if isinstance(typ, type) else "number"
+                raise MatrixError(f"{where}: key '{key}' must be a {want}, got {value!r}")
+            settings[key] = value
+    workloads = data.get("workloads", [])
+    if not isinstance(workloads, list) or not all(isinstance(w, str) for w in workloads):
+        raise MatrixError(f"{where}: key 'workloads' must be a list of names")
+    tables = data.get("env", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise MatrixError(f"{where}: 'env' must be [[env]] tables")
+    envs = []
+    for i, table in enumerate(tables):
+        here = f"{where}: env[{i}]"
+        if "kind" not in table:
+            raise MatrixError(f"{here}: missing key 'kind'")
+        raw = {k: v for k, v in table.items() if k != "kind"}
+        for k, v in raw.items():
+            if isinstance(v, (dict, list)):
+                raise MatrixError(f"{here}: option '{k}' must be a single value")
+        envs.append(make_env(str(table["kind"]), {k: str(v) for k, v in raw.items()}, here))
+    return envs, workloads, settings

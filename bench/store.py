@@ -1,0 +1,138 @@
+"""A run on disk: RUN_DIR/manifest.json and RUN_DIR/samples.jsonl.
+
+Format history (SCHEMA_VERSION):
+  1  first version: manifest {schema_version, run_id, status, created, finished, host,
+     matrix, environments, bundle, noise, warnings}; one flat sample record per line
+     {run_id, round, cell, env, env_kind, spec, options, emulated, workload, op, metric,
+     value, unit, source, launch, t, status, reason}. round 0 = warm-up (not counted).
+
+Samples are appended and fsynced as they come, so a crash loses at most the line being
+written; the loader tolerates a torn last line. Files newer than this code are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SAMPLES = "samples.jsonl"
+COLUMNS = (
+    "run_id", "round", "cell", "env", "env_kind", "spec", "options", "emulated", "workload",
+    "op", "metric", "value", "unit", "source", "launch", "t", "status", "reason",
+)  # fmt: skip
+
+# version N -> function that turns a version-N manifest into version N+1 (in place).
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], None]] = {}
+
+
+class StoreError(Exception):
+    """A results directory that cannot be used; the message is for the user."""
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace the manifest (write a temp file, fsync, rename)."""
+    tmp = run_dir / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / MANIFEST)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not Path(run_dir).is_dir():
+        raise StoreError(f"{run_dir}: no such directory")
+    if not path.is_file():
+        raise StoreError(f"{run_dir}: not an isobench run (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or "schema_version" not in manifest:
+        raise StoreError(f"{path}: not an isobench manifest (no schema_version)")
+    return migrate(manifest, str(path))
+
+
+def migrate(manifest: dict[str, Any], where: str) -> dict[str, Any]:
+    version = manifest["schema_version"]
+    if not isinstance(version, int) or version < 1:
+        raise StoreError(f"{where}: schema_version {version!r} is not valid")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where}: written by a newer isobench (schema {version}, this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade isobench to read it"
+        )
+    while version < SCHEMA_VERSION:
+        MIGRATIONS[version](manifest)
+        version += 1
+        manifest["schema_version"] = version
+    return manifest
+
+
+class SampleWriter:
+    """Appends sample records to samples.jsonl, one write and one fsync per batch."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / SAMPLES
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._repair_torn_tail()
+
+    def _repair_torn_tail(self) -> None:
+        """After a crash the last line may be torn: end it so new records start clean."""
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+        if data:
+            os.write(self._fd, data.encode())
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every intact record; a torn or corrupt line (a crash mid-write) is skipped."""
+    path = Path(run_dir) / SAMPLES
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+def load_samples(run_dir: Path):
+    """The run's samples as a pandas DataFrame with the COLUMNS (warm-ups included:
+    filter round >= 1 for analysis)."""
+    import pandas as pd
+
+    read_manifest(run_dir)
+    df = pd.DataFrame.from_records(read_records(run_dir))
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    if len(df):
+        df["value"] = pd.to_numeric(df["value"], errors="coerce")
+        df["options"] = df["options"].map(lambda o: json.dumps(o, sort_keys=True) if o else "{}")
+    return df[list(COLUMNS)]

@@ -1,0 +1,33 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "bench", "tests", "noxfile.py")
+
+
+@nox.session
+def tests(session):
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session):
+    """The quickstart's main job: quick matrix on every environment, then the report."""
+    session.install(".[vm,notebook]")
+    session.run("isobench", "doctor")
+    session.run("isobench", "run", "--all", "--quick", "--results", "results", external=False)
+
+
+@nox.session
+def bench(session):
+    """Speed and size figures (printed, not asserted): report rendering, harness cost."""
+    session.install(".[test]")
+    session.run("pytest", "benchmarks", "--benchmark-enable", "-p", "no:cacheprovider")
