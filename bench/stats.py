@@ -1,0 +1,379 @@
+"""Statistics for isobench: pure functions on 1-D arrays.
+
+Everything here takes array-likes, drops non-finite entries (NaN, inf) before
+computing, and never raises on degenerate input (empty, one value, zeros, ties):
+undefined quantities come back as ``nan`` (or ``inf`` where documented).
+Functions that resample take ``rng`` (a ``numpy.random.Generator``, an int seed or
+``None``); the default seed 0 makes reports reproducible.
+
+Methods, and why (the coverage figures come from ``tests/test_stats.py`` and from
+simulations of 2,000-3,000 samples per case, lognormal/normal/exponential data):
+
+* Median CI (``median_ci``): distribution-free order-statistic interval.  The exact
+  binomial interval ``[x(k), x(n-k+1)]`` with the largest ``k`` whose coverage is at
+  least ``confidence`` is conservative because coverage moves in steps (97.9% at
+  n=10 for a 95% request); by default it is interpolated towards the next narrower
+  order-statistic interval (Hettmansperger & Sheather 1986), which gives 94.5-95.7%
+  for n = 6..100.  Its coverage always lies between that of the two bracketing exact
+  intervals.  When even ``[min, max]`` falls short of ``confidence`` (n <= 5 at 95%:
+  [min, max] covers 1 - 2**(1-n), 93.75% at n=5) the interval is ``[min, max]``
+  and ``median_ci_level`` reports the coverage actually attained, so a report can say
+  so.  The percentile bootstrap of the median is available (``method="bootstrap"``)
+  but it undercovers at small n (about 87% at n=7, 93% at n=10): it is not the default.
+* Ratio of medians CI (``ratio_ci``): percentile bootstrap, resampling both samples
+  independently, widened to also contain a log-scale interval built from the two
+  order-statistic median CIs (each turned into a standard error of the log median, as
+  Price & Bonett 2002 do).  The bootstrap alone covers 95-97% when both samples are
+  equally noisy but drops to about 88% at n=7 when one side dominates the noise; the
+  union stays within 95-99% in every case simulated.  The log-scale part needs
+  positive data; with any value <= 0 only the bootstrap interval is used.
+* ``min_detectable_effect``: normal-approximation sample size formula on the robust
+  relative spread, times sqrt(pi/2), the standard-error ratio of the median to the
+  mean for normal data (the medians' comparison is what ``significant`` requires).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as _sps
+
+__all__ = [
+    "FIELDS",
+    "Summary",
+    "ci_halfwidth_rel",
+    "holm",
+    "mann_whitney",
+    "median_ci",
+    "median_ci_level",
+    "min_detectable_effect",
+    "outliers",
+    "ratio_ci",
+    "significant",
+    "summarize",
+]
+
+FIELDS = ("n", "median", "mean", "stdev", "cv", "min", "max", "ci_low", "ci_high")
+
+RngLike = np.random.Generator | int | None
+CiMethod = Literal["interpolated", "exact", "bootstrap"]
+
+_NAN = float("nan")
+_MAD_TO_SIGMA = 1.4826  # sigma of a normal distribution per unit of MAD
+_MEANAD_TO_SIGMA = 1.253314  # sqrt(pi/2): sigma per unit of mean absolute deviation
+_MEDIAN_EFFICIENCY = math.sqrt(math.pi / 2)  # SE(median) / SE(mean), normal data
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Descriptive statistics of one sample; ``n`` counts the finite values.
+
+    ``stdev`` uses ddof=1; ``cv`` is ``stdev / |mean|``; ``ci_low``/``ci_high`` is
+    the confidence interval of the median (see ``median_ci``).
+    """
+
+    n: int
+    median: float
+    mean: float
+    stdev: float
+    cv: float
+    min: float
+    max: float
+    ci_low: float
+    ci_high: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray(values, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def _boot_medians(x: np.ndarray, n_boot: int, rng: RngLike) -> np.ndarray:
+    """Medians of ``n_boot`` resamples of ``x``, drawn as one index matrix."""
+    gen = np.random.default_rng(rng)
+    n = x.size
+    # Sorting each row is ~6x faster than np.median (partition) for rows this short.
+    res = np.sort(x[gen.integers(0, n, size=(n_boot, n))], axis=1)
+    if n % 2:
+        return res[:, n // 2]
+    return (res[:, n // 2 - 1] + res[:, n // 2]) / 2
+
+
+def _coverage(n: int, k: int) -> float:
+    """Coverage of [x(k), x(n-k+1)] for the median of a continuous distribution."""
+    return float(1.0 - 2.0 * _sps.binom.cdf(k - 1, n, 0.5))
+
+
+def _order_k(n: int, confidence: float) -> int | None:
+    """Largest k whose exact interval covers >= confidence; None if k=1 falls short."""
+    ks = np.arange(1, n // 2 + 1)
+    cov = 1.0 - 2.0 * _sps.binom.cdf(ks - 1, n, 0.5)
+    ok = ks[cov >= confidence]
+    return int(ok.max()) if ok.size else None
+
+
+def median_ci_level(
+    n: int, *, confidence: float = 0.95, method: CiMethod = "interpolated"
+) -> float:
+    """Coverage that ``median_ci`` attains for ``n`` finite values (nan if n < 2).
+
+    Equal to ``confidence`` for the interpolated method when attainable, the exact
+    binomial coverage for ``method="exact"``, and the coverage of [min, max]
+    (1 - 2**(1-n)) when ``confidence`` is out of reach.  For the bootstrap it is the
+    nominal ``confidence`` (the bootstrap does not know better).
+    """
+    if n < 2:
+        return _NAN
+    if method == "bootstrap":
+        return confidence
+    k = _order_k(n, confidence)
+    if k is None:
+        return _coverage(n, 1)
+    return confidence if method == "interpolated" else _coverage(n, k)
+
+
+def _order_statistic_ci(x: np.ndarray, confidence: float, interpolate: bool) -> tuple[float, float]:
+    s = np.sort(x)
+    n = s.size
+    k = _order_k(n, confidence)
+    if k is None:  # not attainable: the widest interval there is, with its own level
+        return float(s[0]), float(s[-1])
+    lo, hi = float(s[k - 1]), float(s[n - k])
+    if not interpolate or k + 1 > (n + 1) // 2:
+        return lo, hi
+    # Hettmansperger-Sheather: move towards [x(k+1), x(n-k)] (coverage < confidence).
+    g_k, g_k1 = _coverage(n, k), _coverage(n, k + 1)
+    frac = (g_k - confidence) / (g_k - g_k1)
+    lam = (n - k) * frac / (k + (n - 2 * k) * frac)
+    return (
+        float((1 - lam) * s[k - 1] + lam * s[k]),
+        float((1 - lam) * s[n - k] + lam * s[n - k - 1]),
+    )
+
+
+def median_ci(
+    values,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    rng: RngLike = 0,
+    method: CiMethod = "interpolated",
+) -> tuple[float, float]:
+    """Confidence interval of the median; (nan, nan) for fewer than 2 values.
+
+    ``method``: "interpolated" (default; order statistics, Hettmansperger-Sheather),
+    "exact" (binomial order-statistic interval, coverage >= confidence when
+    attainable), or "bootstrap" (percentile; uses ``n_boot`` and ``rng``; undercovers
+    for n < ~30).  The order-statistic methods fall back to [min, max] when the
+    requested confidence is out of reach; see ``median_ci_level`` and the module
+    docstring.
+    """
+    x = _finite(values)
+    if x.size < 2:
+        return _NAN, _NAN
+    if method == "bootstrap":
+        alpha = (1.0 - confidence) / 2
+        lo, hi = np.quantile(_boot_medians(x, n_boot, rng), [alpha, 1.0 - alpha])
+        return float(lo), float(hi)
+    if method not in ("interpolated", "exact"):
+        raise ValueError(f"unknown median CI method {method!r}")
+    return _order_statistic_ci(x, confidence, interpolate=method == "interpolated")
+
+
+def summarize(
+    values,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    rng: RngLike = 0,
+    method: CiMethod = "interpolated",
+) -> Summary:
+    """Summary of the finite values; nan wherever a statistic is undefined."""
+    x = _finite(values)
+    n = int(x.size)
+    if n == 0:
+        return Summary(0, *([_NAN] * 8))
+    mean = float(np.mean(x))
+    stdev = float(np.std(x, ddof=1)) if n >= 2 else _NAN
+    cv = stdev / abs(mean) if mean != 0 else _NAN
+    lo, hi = median_ci(x, confidence=confidence, n_boot=n_boot, rng=rng, method=method)
+    return Summary(
+        n=n,
+        median=float(np.median(x)),
+        mean=mean,
+        stdev=stdev,
+        cv=cv,
+        min=float(x.min()),
+        max=float(x.max()),
+        ci_low=lo,
+        ci_high=hi,
+    )
+
+
+def _log_median_se(x: np.ndarray, confidence: float) -> float:
+    """Standard error of log(median) read off the order-statistic CI (positive x)."""
+    lo, hi = _order_statistic_ci(x, confidence, interpolate=True)
+    level = median_ci_level(x.size, confidence=confidence)
+    z = _sps.norm.ppf(0.5 + level / 2)
+    return math.log(hi / lo) / (2 * z)
+
+
+def ratio_ci(
+    values,
+    baseline,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    rng: RngLike = 0,
+) -> tuple[float, float, float]:
+    """(median(values) / median(baseline), low, high).
+
+    The ratio is nan when either sample is empty or the baseline median is 0; the CI
+    is nan when either side has fewer than 2 values or a resampled baseline median
+    can be 0.  The CI is the percentile bootstrap (both samples resampled
+    independently) widened to contain the order-statistic log-scale interval when all
+    values are positive; see the module docstring for the coverage behind the choice.
+    """
+    v, b = _finite(values), _finite(baseline)
+    if v.size == 0 or b.size == 0 or np.median(b) == 0:
+        return _NAN, _NAN, _NAN
+    ratio = float(np.median(v) / np.median(b))
+    if v.size < 2 or b.size < 2:
+        return ratio, _NAN, _NAN
+    gen = np.random.default_rng(rng)
+    boot_v = _boot_medians(v, n_boot, gen)
+    boot_b = _boot_medians(b, n_boot, gen)
+    if np.any(boot_b == 0):
+        return ratio, _NAN, _NAN
+    alpha = (1.0 - confidence) / 2
+    lo, hi = (float(q) for q in np.quantile(boot_v / boot_b, [alpha, 1.0 - alpha]))
+    if ratio > 0 and v.min() > 0 and b.min() > 0:
+        se = math.hypot(_log_median_se(v, confidence), _log_median_se(b, confidence))
+        z = _sps.norm.ppf(1.0 - alpha)
+        lo = min(lo, ratio * math.exp(-z * se))
+        hi = max(hi, ratio * math.exp(z * se))
+    return ratio, lo, hi
+
+
+def mann_whitney(values, baseline) -> float:
+    """Two-sided Mann-Whitney U p-value (scipy, method "auto").
+
+    1.0 when either side has fewer than 2 finite values or all values are identical
+    (no evidence of a difference, and scipy would warn or return nan).
+    """
+    v, b = _finite(values), _finite(baseline)
+    if v.size < 2 or b.size < 2:
+        return 1.0
+    if np.all(v == v[0]) and np.all(b == v[0]):
+        return 1.0
+    res = _sps.mannwhitneyu(v, b, alternative="two-sided", method="auto")
+    return float(res.pvalue)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values in the original order.
+
+    Adjusted values are monotone in the raw ones and capped at 1.  NaN entries stay
+    NaN and do not count towards the number of tests m.
+    """
+    p = np.asarray(p_values, dtype=float).ravel()
+    out = np.full(p.shape, _NAN)
+    mask = ~np.isnan(p)
+    q = p[mask]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q, kind="stable")
+    adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[mask] = res
+    return out
+
+
+def _robust_scale(x: np.ndarray, center: float) -> float:
+    """Sigma estimate: MAD * 1.4826, or mean absolute deviation * 1.253314 if MAD is 0."""
+    dev = np.abs(x - center)
+    mad = float(np.median(dev))
+    if mad > 0:
+        return mad * _MAD_TO_SIGMA
+    return float(np.mean(dev)) * _MEANAD_TO_SIGMA
+
+
+def outliers(values, *, threshold: float = 3.5) -> np.ndarray:
+    """Boolean flags, same length as ``values``: |modified z-score| > threshold.
+
+    Modified z-score (Iglewicz & Hoaglin): 0.6745 * (x - median) / MAD.  When MAD is 0
+    the scale is the mean absolute deviation * 1.253314 (their suggestion); when that
+    is 0 too, all values equal the median and nothing is flagged.  Non-finite entries
+    are never flagged and take no part in the estimates.  Nothing is removed.
+    """
+    a = np.asarray(values, dtype=float).ravel()
+    flags = np.zeros(a.shape, dtype=bool)
+    fin = np.isfinite(a)
+    x = a[fin]
+    if x.size == 0:
+        return flags
+    med = float(np.median(x))
+    scale = _robust_scale(x, med)
+    if scale == 0:
+        return flags
+    # MAD * 1.4826 == MAD / 0.6745, so this is the Iglewicz-Hoaglin score in both cases.
+    flags[fin] = np.abs(x - med) / scale > threshold
+    return flags
+
+
+def ci_halfwidth_rel(summary: Summary) -> float:
+    """Half the CI width relative to |median|; inf when median is 0 or CI undefined."""
+    lo, hi, med = summary.ci_low, summary.ci_high, summary.median
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(med)) or med == 0:
+        return math.inf
+    return (hi - lo) / 2 / abs(med)
+
+
+def min_detectable_effect(
+    values, *, n: int | None = None, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """Smallest relative shift of the median a two-sample comparison would detect.
+
+    ``(z[1-alpha/2] + z[power]) * sqrt(2/n) * sigma_rel * sqrt(pi/2)`` with
+    ``sigma_rel = MAD * 1.4826 / |median|`` from ``values`` and ``n`` per side
+    (default: the number of finite values).  sqrt(pi/2) is SE(median) / SE(mean) for
+    normal data: the formula is the one for comparing means, inflated for comparing
+    medians (the ratio CI ``significant`` requires).  Mann-Whitney alone is more
+    efficient (factor sqrt(pi/3)), so this is on the safe side for it.  A fraction
+    (0.02 == 2%); nan with fewer than 2 values, n < 1 or a zero median.
+    """
+    x = _finite(values)
+    n_side = x.size if n is None else n
+    if x.size < 2 or n_side < 1:
+        return _NAN
+    med = float(np.median(x))
+    if med == 0:
+        return _NAN
+    sigma_rel = _robust_scale(x, med) / abs(med)
+    z = _sps.norm.ppf(1 - alpha / 2) + _sps.norm.ppf(power)
+    return float(z * math.sqrt(2 / n_side) * sigma_rel * _MEDIAN_EFFICIENCY)
+
+
+def significant(
+    p_adjusted: float, ratio_low: float, ratio_high: float, *, alpha: float = 0.05
+) -> bool:
+    """True only if ``p_adjusted < alpha`` AND the ratio CI excludes 1.0.
+
+    Both must agree: the (Holm-adjusted) Mann-Whitney p-value controls the error rate
+    across the whole matrix but tests a shift of the distributions, not the median
+    ratio we report; the ratio CI is about the reported number but is not corrected
+    for multiplicity.  A flag needs the family-wise test and a CI for the headline
+    number that rules out "no change".  Any nan gives False.
+    """
+    vals = (p_adjusted, ratio_low, ratio_high)
+    if not all(math.isfinite(v) for v in vals):
+        return False
+    return bool(p_adjusted < alpha and (ratio_low > 1.0 or ratio_high < 1.0))

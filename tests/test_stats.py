@@ -1,0 +1,308 @@
+"""Known-answer and coverage tests for bench.stats."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from bench import stats
+
+NAN = float("nan")
+
+
+def _same(a, b) -> bool:
+    """Equality where nan == nan."""
+    return all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b, strict=True))
+
+
+# --- summarize -------------------------------------------------------------------
+
+
+def test_summarize_odd_known_answer():
+    s = stats.summarize([4.0, 1.0, 10.0, 3.0, 2.0])
+    assert s.n == 5
+    assert s.median == 3.0
+    assert s.mean == 4.0
+    assert s.stdev == pytest.approx(math.sqrt(12.5), rel=1e-12)  # 50 / (5 - 1)
+    assert s.cv == pytest.approx(math.sqrt(12.5) / 4.0, rel=1e-12)
+    assert (s.min, s.max) == (1.0, 10.0)
+    # n=5 cannot reach 95% with order statistics: [min, max], which covers 93.75%.
+    assert (s.ci_low, s.ci_high) == (1.0, 10.0)
+    assert stats.median_ci_level(5) == pytest.approx(0.9375)
+
+
+def test_summarize_even_known_answer():
+    s = stats.summarize([2, 4, 4, 4, 5, 5, 7, 9])
+    assert (s.n, s.median, s.mean) == (8, 4.5, 5.0)
+    assert s.stdev == pytest.approx(math.sqrt(32 / 7), rel=1e-12)
+    assert s.cv == pytest.approx(math.sqrt(32 / 7) / 5, rel=1e-12)
+    assert (s.min, s.max) == (2.0, 9.0)
+
+
+def test_summary_fields_match_dataclass():
+    s = stats.summarize([1.0, 2.0, 3.0])
+    assert tuple(s.as_dict()) == stats.FIELDS
+
+
+def test_median_ci_known_answers_n10():
+    x = np.arange(10, 0, -1.0)  # order must not matter
+    # exact: k=2, coverage 1 - 2*11/1024 = 0.9785
+    assert stats.median_ci(x, method="exact") == (2.0, 9.0)
+    assert stats.median_ci_level(10, method="exact") == pytest.approx(1 - 22 / 1024)
+    # Hettmansperger-Sheather: I = 73/225, lambda = 73/111
+    lo, hi = stats.median_ci(x)
+    assert lo == pytest.approx(2 + 73 / 111, abs=1e-12)
+    assert hi == pytest.approx(9 - 73 / 111, abs=1e-12)
+    assert stats.median_ci_level(10) == 0.95
+
+
+def test_median_ci_interpolated_lies_between_exact_brackets():
+    x = np.random.default_rng(3).lognormal(0, 0.1, 30)
+    s = np.sort(x)
+    lo, hi = stats.median_ci(x)
+    # k=10 covers 95.7%, k=11 covers 90.1%
+    assert s[9] <= lo <= s[10]
+    assert s[19] <= hi <= s[20]
+    assert stats.median_ci(x, method="exact") == (s[9], s[20])
+
+
+def _coverage(draw, true_median, n, trials, **kw) -> float:
+    samples = draw((trials, n))
+    hits = 0
+    for row in samples:
+        lo, hi = stats.median_ci(row, **kw)
+        hits += lo <= true_median <= hi
+    return hits / trials
+
+
+@pytest.mark.parametrize("n", [5, 10, 30, 100])
+@pytest.mark.parametrize("dist", ["lognormal", "normal"])
+def test_median_ci_coverage(n, dist):
+    # separate streams: the interval is rank-based, so one stream would give both
+    # distributions identical hits
+    rng = np.random.default_rng((1000 + n, dist == "normal"))
+    if dist == "lognormal":
+        draw, true_median = (lambda size: rng.lognormal(0.0, 0.1, size)), 1.0
+    else:
+        draw, true_median = (lambda size: rng.normal(10.0, 1.0, size)), 10.0
+    cov = _coverage(draw, true_median, n, trials=600)
+    assert 0.92 <= cov <= 0.985, cov
+
+
+def test_bootstrap_median_ci_undercovers_at_small_n():
+    # Why the bootstrap is not the default: at n=7 it is close to [x(2), x(6)] (87.5%).
+    rng = np.random.default_rng(7)
+    draw = lambda size: rng.lognormal(0.0, 0.1, size)  # noqa: E731
+    cov = _coverage(draw, 1.0, 7, trials=400, method="bootstrap", n_boot=500)
+    assert cov < 0.92
+    assert _coverage(draw, 1.0, 7, trials=400) >= 0.92
+
+
+def test_median_ci_bootstrap_is_seeded():
+    x = np.random.default_rng(0).normal(size=40)
+    kw = {"method": "bootstrap", "n_boot": 37}  # few resamples: quantiles interpolate
+    a = stats.median_ci(x, rng=5, **kw)
+    assert a == stats.median_ci(x, rng=np.random.default_rng(5), **kw)
+    assert a != stats.median_ci(x, rng=6, **kw)
+
+
+# --- ratio_ci --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "sigma_v", "sigma_b", "lower"),
+    [
+        (10, 0.1, 0.1, 0.90),
+        (30, 0.1, 0.1, 0.90),
+        (5, 0.1, 0.1, 0.90),
+        # one side dominates the noise: percentile bootstrap alone covers ~88% at n=7
+        (7, 0.3, 0.03, 0.92),
+    ],
+)
+def test_ratio_ci_coverage(n, sigma_v, sigma_b, lower):
+    rng = np.random.default_rng(2000 + n)
+    true_ratio = 1.25
+    trials = 400
+    vs = true_ratio * rng.lognormal(0.0, sigma_v, (trials, n))
+    bs = rng.lognormal(0.0, sigma_b, (trials, n))
+    hits = 0
+    for i, (v, b) in enumerate(zip(vs, bs, strict=True)):
+        _, lo, hi = stats.ratio_ci(v, b, n_boot=1000, rng=i)
+        hits += lo <= true_ratio <= hi
+    cov = hits / trials
+    assert lower <= cov <= 0.99, cov
+
+
+def test_ratio_ci_known_ratio_and_seed():
+    b = np.array([10.0, 11.0, 9.0, 10.5, 9.5])
+    v = 2 * b
+    r, lo, hi = stats.ratio_ci(v, b)
+    assert r == 2.0
+    assert lo < 2.0 < hi
+    assert (r, lo, hi) == stats.ratio_ci(v, b, rng=0)
+    assert stats.ratio_ci(v, b, rng=np.random.default_rng(4)) == stats.ratio_ci(v, b, rng=4)
+
+
+def test_ratio_ci_nonpositive_uses_bootstrap_only():
+    v = np.array([-1.0, 0.5, 1.0, 2.0, 3.0, 2.5])
+    b = np.array([1.0, 2.0, 3.0, 2.0, 1.5, 2.5])
+    r, lo, hi = stats.ratio_ci(v, b)
+    assert r == pytest.approx(np.median(v) / np.median(b))
+    assert lo <= r <= hi
+
+
+# --- mann_whitney, holm ----------------------------------------------------------
+
+
+def test_mann_whitney():
+    rng = np.random.default_rng(11)
+    a = rng.normal(10, 1, 10)
+    assert stats.mann_whitney(a, a) == pytest.approx(1.0)
+    assert stats.mann_whitney([5.0] * 6, [5.0] * 4) == 1.0
+    shifted = a + 5
+    p = stats.mann_whitney(shifted, a)
+    assert p < 0.001
+    ref = sps.mannwhitneyu(shifted, a, alternative="two-sided", method="auto").pvalue
+    assert p == ref
+    b = rng.normal(10.5, 1, 12)
+    assert stats.mann_whitney(a, b) == sps.mannwhitneyu(a, b, alternative="two-sided").pvalue
+
+
+def test_holm_hand_worked():
+    adj = stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adj, [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+
+
+def test_holm_nan_cap_and_empty():
+    adj = stats.holm([0.01, NAN, 0.04])
+    assert math.isnan(adj[1])
+    np.testing.assert_allclose(adj[[0, 2]], [0.02, 0.04])  # m = 2, not 3
+    np.testing.assert_array_equal(stats.holm([0.5, 0.6]), [1.0, 1.0])
+    assert stats.holm([]).shape == (0,)
+    assert np.isnan(stats.holm([NAN, NAN])).all()
+
+
+def test_holm_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(2).uniform(0, 0.2, 25)
+    ref = multitest.multipletests(p, method="holm")[1]
+    np.testing.assert_allclose(stats.holm(p), ref, rtol=1e-12)
+
+
+def test_holm_monotone_in_raw_p():
+    p = np.random.default_rng(9).uniform(0, 0.1, 40)
+    adj = stats.holm(p)
+    order = np.argsort(p)
+    assert np.all(np.diff(adj[order]) >= 0)
+    assert np.all(adj >= p) and np.all(adj <= 1)
+
+
+# --- outliers --------------------------------------------------------------------
+
+
+def test_outliers_flags_only_the_outlier():
+    x = [10, 10.1, 9.9, 10.05, 9.95, 30]
+    np.testing.assert_array_equal(stats.outliers(x), [False] * 5 + [True])
+
+
+def test_outliers_constant_and_length():
+    assert not stats.outliers([7.0] * 9).any()
+    x = [1.0, NAN, 1.1, 0.9, 50.0, np.inf]
+    flags = stats.outliers(x)
+    assert flags.shape == (6,)
+    np.testing.assert_array_equal(flags, [False, False, False, False, True, False])
+    assert stats.outliers([]).shape == (0,)
+
+
+def test_outliers_mad_zero_uses_mean_absolute_deviation():
+    # MAD is 0; mean abs deviation 0.8 -> score of 9 is 4 / (1.253314 * 0.8) = 3.99
+    np.testing.assert_array_equal(stats.outliers([5, 5, 5, 5, 9]), [False] * 4 + [True])
+    assert not stats.outliers([5, 5, 5, 5, 9], threshold=4.0).any()
+
+
+# --- ci_halfwidth_rel, min_detectable_effect, significant -------------------------
+
+
+def test_ci_halfwidth_rel():
+    s = stats.Summary(10, 4.0, 4.0, 1.0, 0.25, 1.0, 7.0, 3.0, 5.0)
+    assert stats.ci_halfwidth_rel(s) == 0.25
+    assert stats.ci_halfwidth_rel(stats.summarize([])) == math.inf
+    assert stats.ci_halfwidth_rel(stats.summarize([2.0])) == math.inf
+    assert stats.ci_halfwidth_rel(stats.summarize([-1.0, 0.0, 1.0])) == math.inf
+
+
+def _one_percent_spread() -> np.ndarray:
+    # median 100, MAD = m, so MAD * 1.4826 / median = 0.01
+    m = 1 / 1.4826
+    return 100 + m * np.array([-3, -2, -1, -1, 0, 0, 1, 1, 2, 3], dtype=float)
+
+
+def test_min_detectable_effect_closed_form():
+    x = _one_percent_spread()
+    expected = (1.959964 + 0.841621) * math.sqrt(2 / 10) * 0.01 * math.sqrt(math.pi / 2)
+    mde = stats.min_detectable_effect(x)
+    assert mde == pytest.approx(expected, abs=1e-6)
+    assert abs(mde - 0.0157) < 1e-3
+    assert stats.min_detectable_effect(x, n=40) == pytest.approx(mde / 2, rel=1e-12)
+    assert stats.min_detectable_effect(x, n=100) < stats.min_detectable_effect(x, n=40)
+    assert stats.min_detectable_effect(x, power=0.9) > mde
+
+
+def test_significant_all_combinations():
+    assert stats.significant(0.01, 1.05, 1.20) is True
+    assert stats.significant(0.01, 0.80, 0.95) is True
+    assert stats.significant(0.01, 0.95, 1.10) is False  # p says yes, CI says no
+    assert stats.significant(0.20, 1.05, 1.20) is False  # CI says yes, p says no
+    assert stats.significant(0.20, 0.95, 1.10) is False
+    assert stats.significant(NAN, 1.05, 1.20) is False
+    assert stats.significant(0.01, NAN, NAN) is False
+
+
+# --- edge cases: never raise -----------------------------------------------------
+
+
+def test_empty_input():
+    s = stats.summarize([])
+    assert s.n == 0
+    assert all(math.isnan(getattr(s, f)) for f in stats.FIELDS[1:])
+    assert _same(stats.median_ci([]), (NAN, NAN))
+    assert _same(stats.ratio_ci([], [1.0, 2.0]), (NAN, NAN, NAN))
+    assert _same(stats.ratio_ci([1.0, 2.0], []), (NAN, NAN, NAN))
+    assert stats.mann_whitney([], []) == 1.0
+    assert math.isnan(stats.min_detectable_effect([]))
+
+
+def test_single_value():
+    s = stats.summarize([3.5])
+    assert (s.n, s.median, s.mean, s.min, s.max) == (1, 3.5, 3.5, 3.5, 3.5)
+    assert math.isnan(s.stdev) and math.isnan(s.cv)
+    assert math.isnan(s.ci_low) and math.isnan(s.ci_high)
+    assert _same(stats.ratio_ci([3.0], [1.5]), (2.0, NAN, NAN))
+    assert stats.mann_whitney([1.0], [2.0, 3.0]) == 1.0
+    assert math.isnan(stats.median_ci_level(1))
+
+
+def test_zeros_in_baseline():
+    assert _same(stats.ratio_ci([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]), (NAN, NAN, NAN))
+    # median defined but a resample can hit a zero median: ratio yes, CI no
+    r, lo, hi = stats.ratio_ci([2.0, 2.0, 2.0], [0.0, 1.0, 1.0])
+    assert r == 2.0 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_nans_are_dropped():
+    s = stats.summarize([1.0, NAN, 2.0, 3.0, np.inf])
+    ref = stats.summarize([1.0, 2.0, 3.0])
+    assert s == ref
+    assert s.n == 3
+    r, _, _ = stats.ratio_ci([2.0, NAN, 4.0], [1.0, 2.0, NAN])
+    assert r == 2.0
+    assert stats.mann_whitney([1.0, NAN], [2.0, 3.0]) == 1.0
+
+
+def test_zero_mean_and_zero_median():
+    s = stats.summarize([-1.0, 0.0, 1.0])
+    assert s.mean == 0.0 and math.isnan(s.cv)
+    assert math.isnan(stats.min_detectable_effect([-1.0, 0.0, 1.0]))

@@ -1,0 +1,377 @@
+/*
+ * probe.h - shared helpers for the isobench workload probes.
+ *
+ * Every probe is one C file that includes this header FIRST, and is built as
+ *     gcc -O2 -static -Wall -Wextra -Iworkloads -o OUT SRC -lm
+ * so the very same bytes run on the host, in containers and in guests.
+ *
+ * Output contract (see bench/probeio.py):
+ *   - "ready" is printed first thing in main() (probe_ready()),
+ *   - then one JSON object per measurement per line, flushed (probe_emit()),
+ *   - an op that cannot be measured prints {"probe":..,"op":..,"error":".."}
+ *     (probe_error()) and the probe continues with the next op,
+ *   - diagnostics go to stderr, never stdout.
+ */
+#ifndef ISOBENCH_PROBE_H
+#define ISOBENCH_PROBE_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROBE_MAX_OPS 64
+#define PROBE_NS_PER_MS 1000000ULL
+/* Checksums are masked to 53 bits so every JSON reader (JavaScript, pandas
+ * float columns) represents them exactly. */
+#define PROBE_CHECKSUM_MASK ((UINT64_C(1) << 53) - 1)
+/* A calibration loop that would need more iterations than this is broken
+ * (an op that takes no time): report an error rather than spin forever. */
+#define PROBE_MAX_ITERS (1ULL << 48)
+
+/* ---------------------------------------------------------------- clock */
+
+static inline uint64_t probe_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- output */
+
+static inline void probe_ready(void)
+{
+    fputs("ready\n", stdout);
+    fflush(stdout);
+}
+
+/* Print s as a JSON string (with quotes). */
+static inline void probe_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        default:
+            if (*p < 0x20)
+                fprintf(f, "\\u%04x", *p);
+            else
+                fputc(*p, f);
+        }
+    }
+    fputc('"', f);
+}
+
+/* {"probe":..,"op":..,"error":"<printf-formatted reason>"} */
+__attribute__((format(printf, 3, 4)))
+static inline void probe_error(const char *probe, const char *op, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fputs("{\"probe\":", stdout);
+    probe_json_str(stdout, probe);
+    fputs(",\"op\":", stdout);
+    probe_json_str(stdout, op);
+    fputs(",\"error\":", stdout);
+    probe_json_str(stdout, msg);
+    fputs("}\n", stdout);
+    fflush(stdout);
+    fprintf(stderr, "%s: %s: %s\n", probe, op, msg);
+}
+
+typedef struct {
+    const char *name;  /* metric name, e.g. "ns_per_op" */
+    double value;
+    const char *unit;  /* e.g. "ns" */
+} probe_metric;
+
+/* Optional extra members of a result line. */
+typedef struct {
+    const char *note;  /* NULL: no "note" member */
+    int direct;        /* -1: no "direct" member; 0/1: "direct":false/true */
+} probe_extra;
+
+#define PROBE_NO_EXTRA ((probe_extra){NULL, -1})
+
+/* One measurement line. Metrics that are not finite turn the line into an
+ * error line: the contract never carries NaN or infinity. */
+static inline void probe_emit(const char *probe, const char *op, uint64_t iterations,
+                              uint64_t elapsed_ns, const probe_metric *m, int nm,
+                              uint64_t checksum, probe_extra extra)
+{
+    if (nm < 1) {
+        probe_error(probe, op, "internal error: no metric");
+        return;
+    }
+    for (int i = 0; i < nm; i++) {
+        if (!isfinite(m[i].value)) {
+            probe_error(probe, op, "metric %s is not finite (elapsed_ns=%" PRIu64
+                        ", iterations=%" PRIu64 ")", m[i].name, elapsed_ns, iterations);
+            return;
+        }
+    }
+    printf("{\"probe\":\"%s\",\"op\":\"%s\",\"iterations\":%" PRIu64 ",\"elapsed_ns\":%" PRIu64
+           ",\"metrics\":{", probe, op, iterations, elapsed_ns);
+    for (int i = 0; i < nm; i++)
+        printf("%s\"%s\":%.3f", i ? "," : "", m[i].name, m[i].value);
+    fputs("},\"units\":{", stdout);
+    for (int i = 0; i < nm; i++)
+        printf("%s\"%s\":\"%s\"", i ? "," : "", m[i].name, m[i].unit);
+    printf("},\"checksum\":%" PRIu64, (uint64_t)(checksum & PROBE_CHECKSUM_MASK));
+    if (extra.direct >= 0)
+        printf(",\"direct\":%s", extra.direct ? "true" : "false");
+    if (extra.note) {
+        fputs(",\"note\":", stdout);
+        probe_json_str(stdout, extra.note);
+    }
+    fputs("}\n", stdout);
+    fflush(stdout);
+}
+
+/* Convenience: a line with a single metric. */
+static inline void probe_emit1(const char *probe, const char *op, uint64_t iterations,
+                               uint64_t elapsed_ns, const char *metric, double value,
+                               const char *unit, uint64_t checksum, probe_extra extra)
+{
+    probe_metric m = {metric, value, unit};
+    probe_emit(probe, op, iterations, elapsed_ns, &m, 1, checksum, extra);
+}
+
+/* ---------------------------------------------------------------- calibration */
+
+/* Run the op n times; add anything that must not be optimised away to
+ * *checksum. Return 0, or an errno value (optionally after filling
+ * probe_errbuf with a better message). */
+typedef int (*probe_fn)(void *ctx, uint64_t n, uint64_t *checksum);
+
+static char probe_errbuf[256] __attribute__((unused));
+
+static inline const char *probe_strerr(int rc)
+{
+    if (probe_errbuf[0])
+        return probe_errbuf;
+    return strerror(rc);
+}
+
+__attribute__((format(printf, 1, 2)))
+static inline void probe_set_err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(probe_errbuf, sizeof probe_errbuf, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * Calibrated measurement: starting from *n (>= 1), run the op n times and
+ * time it; while the timed run lasted less than min_ms, double n and run
+ * again. The run that reached min_ms is the reported one: *n, *elapsed and
+ * *checksum describe it. Callers keep *n between repetitions, so later reps
+ * start from the calibrated count (and double again if they fall short).
+ * Returns 0 or an errno value (see probe_strerr()).
+ */
+static inline int probe_calibrate(probe_fn fn, void *ctx, uint64_t min_ms, uint64_t *n,
+                                  uint64_t *elapsed, uint64_t *checksum)
+{
+    uint64_t min_ns = min_ms * PROBE_NS_PER_MS;
+    if (*n < 1)
+        *n = 1;
+    probe_errbuf[0] = 0;
+    for (;;) {
+        uint64_t cks = 0;
+        uint64_t t0 = probe_now_ns();
+        int rc = fn(ctx, *n, &cks);
+        uint64_t t1 = probe_now_ns();
+        if (rc)
+            return rc;
+        if (t1 - t0 >= min_ns && t1 > t0) {
+            *elapsed = t1 - t0;
+            *checksum = cks;
+            return 0;
+        }
+        if (*n >= PROBE_MAX_ITERS) {
+            probe_set_err("calibration did not reach %" PRIu64 " ms after %" PRIu64
+                          " iterations", min_ms, *n);
+            return ERANGE;
+        }
+        *n *= 2;
+    }
+}
+
+/* ---------------------------------------------------------------- arguments */
+
+/* Long option codes of the common options; probe-specific options use
+ * codes >= 256. */
+enum { PROBE_OPT_OP = 'O', PROBE_OPT_REPS = 'R', PROBE_OPT_MINMS = 'M', PROBE_OPT_HELP = 'h' };
+
+#define PROBE_COMMON_LONGOPTS                                      \
+    {"op", required_argument, NULL, PROBE_OPT_OP},                 \
+    {"reps", required_argument, NULL, PROBE_OPT_REPS},             \
+    {"min-ms", required_argument, NULL, PROBE_OPT_MINMS},          \
+    {"help", no_argument, NULL, PROBE_OPT_HELP}
+
+#define PROBE_COMMON_USAGE                                                            \
+    "  --op NAME      run only this op (repeatable, or comma-separated; default: all)\n" \
+    "  --reps N       measurements per op, each printed as its own line (default 1)\n" \
+    "  --min-ms M     each calibrated measurement lasts at least M ms (default 10)\n"  \
+    "  --help         print this help and exit\n"
+
+typedef struct {
+    const char *probe;
+    const char *usage;          /* full usage text */
+    const char *const *ops;     /* all ops, in default order */
+    int nops;
+    int sel[PROBE_MAX_OPS];     /* selected op indices, in run order */
+    int nsel;
+    uint64_t reps;
+    uint64_t min_ms;
+} probe_args;
+
+static inline void probe_args_init(probe_args *a, const char *probe, const char *usage,
+                                   const char *const *ops, int nops)
+{
+    memset(a, 0, sizeof *a);
+    a->probe = probe;
+    a->usage = usage;
+    a->ops = ops;
+    a->nops = nops;
+    a->reps = 1;
+    a->min_ms = 10;
+}
+
+__attribute__((noreturn, format(printf, 2, 3)))
+static inline void probe_die_usage(const probe_args *a, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", a->probe);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(2);
+}
+
+__attribute__((noreturn, format(printf, 2, 3)))
+static inline void probe_die(const char *probe, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", probe);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+/* Strict unsigned integer parse; exits 2 on anything malformed. */
+static inline uint64_t probe_parse_u64(const probe_args *a, const char *opt, const char *s,
+                                       uint64_t lo, uint64_t hi)
+{
+    char *end = NULL;
+    errno = 0;
+    if (!s || !*s || *s == '-' || *s == '+')
+        probe_die_usage(a, "--%s needs an integer between %" PRIu64 " and %" PRIu64 ", got '%s'",
+                        opt, lo, hi, s ? s : "");
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        probe_die_usage(a, "--%s needs an integer between %" PRIu64 " and %" PRIu64 ", got '%s'",
+                        opt, lo, hi, s);
+    return (uint64_t)v;
+}
+
+static inline void probe_add_ops(probe_args *a, const char *list)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    char *save = NULL;
+    int any = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int found = -1;
+        for (int i = 0; i < a->nops; i++)
+            if (strcmp(tok, a->ops[i]) == 0)
+                found = i;
+        if (found < 0) {
+            fprintf(stderr, "%s: unknown op '%s' (ops:", a->probe, tok);
+            for (int i = 0; i < a->nops; i++)
+                fprintf(stderr, " %s", a->ops[i]);
+            fputs(")\n", stderr);
+            exit(2);
+        }
+        if (a->nsel >= PROBE_MAX_OPS)
+            probe_die_usage(a, "too many --op");
+        a->sel[a->nsel++] = found;
+        any = 1;
+    }
+    if (!any)
+        probe_die_usage(a, "--op needs an op name");
+}
+
+/*
+ * Handle the common options and getopt_long's error returns (call
+ * getopt_long with optstring ":" and opterr = 0). Returns 1 if
+ * c was handled, 0 if the probe must handle it. Exits on --help (usage on
+ * stdout, 0) and on unknown options (usage on stderr, 2).
+ */
+static inline int probe_common_opt(probe_args *a, int c, char **argv)
+{
+    switch (c) {
+    case PROBE_OPT_OP:
+        probe_add_ops(a, optarg);
+        return 1;
+    case PROBE_OPT_REPS:
+        a->reps = probe_parse_u64(a, "reps", optarg, 1, 1000000);
+        return 1;
+    case PROBE_OPT_MINMS:
+        a->min_ms = probe_parse_u64(a, "min-ms", optarg, 0, 3600000);
+        return 1;
+    case PROBE_OPT_HELP:
+        fputs(a->usage, stdout);
+        fflush(stdout);
+        exit(0);
+    case ':': /* needs optstring ":" */
+        fprintf(stderr, "%s: option needs an argument: %s\n", a->probe, argv[optind - 1]);
+        exit(2);
+    case '?':
+        fprintf(stderr, "%s: unknown option: %s\n", a->probe, argv[optind - 1]);
+        fputs(a->usage, stderr);
+        exit(2);
+    default:
+        return 0;
+    }
+}
+
+/* After option parsing: reject positional arguments, default to all ops. */
+static inline void probe_finish_args(probe_args *a, int argc, char **argv)
+{
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument: %s\n", a->probe, argv[optind]);
+        fputs(a->usage, stderr);
+        exit(2);
+    }
+    if (a->nsel == 0) {
+        for (int i = 0; i < a->nops && i < PROBE_MAX_OPS; i++)
+            a->sel[i] = i;
+        a->nsel = a->nops;
+    }
+}
+
+#endif /* ISOBENCH_PROBE_H */
