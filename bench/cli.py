@@ -28,6 +28,7 @@ err = Console(stderr=True)
 
 QUICK = {"rounds": 5, "max_rounds": 5, "warmup": 1, "timeout": 60.0, "budget": 120.0}
 USER_ERRORS = (MatrixError, store.StoreError, bundle.BuildError, LockError)
+FAILURES = (store.StoreWriteError,)  # the run could not save what it measured: exit 1
 
 
 class UserError(click.ClickException):
@@ -46,6 +47,9 @@ def main() -> None:
     except USER_ERRORS as e:
         click.echo(f"isobench: error: {e}", err=True)
         sys.exit(2)
+    except FAILURES as e:
+        click.echo(f"isobench: error: {e.strerror}", err=True)
+        sys.exit(1)
     sys.exit(rv or 0)
 
 
@@ -218,6 +222,10 @@ def _resume(run_dir: Path) -> int:
     return _execute(m, run_dir, manifest["run_id"], catalog.load(), new=False, manifest=manifest)
 
 
+def _log(msg: str) -> None:
+    err.print(msg, markup=False, highlight=False)
+
+
 def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
     with RunLock(run_dir.resolve()):
         b = bundle.build()
@@ -255,7 +263,7 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
             def progress(what: str, done: int, total: int) -> None:
                 bar.update(task, description=what, completed=done, total=total)
 
-            runner = Runner(m, run_dir, run_id, b, cat, manifest, progress, err.print)
+            runner = Runner(m, run_dir, run_id, b, cat, manifest, progress, _log)
             try:
                 runner.run()
             except Interrupted as e:
@@ -318,3 +326,7 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
                   highlight=False)  # fmt: skip
     for w in manifest.get("warnings", []):
         out.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

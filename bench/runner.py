@@ -21,7 +21,7 @@ from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
 from bench.matrix import EnvSpec, Matrix
 from bench.metrics import noise
-from bench.store import SampleWriter, read_records, write_manifest
+from bench.store import SampleWriter, StoreWriteError, read_records, write_manifest
 
 UNITS = {"_ms": "ms", "_mib": "MiB", "_ops": "ops", "nr_": "count", "pids_": "count"}
 
@@ -127,12 +127,30 @@ class Runner:
         self.records: list[dict[str, Any]] = read_records(run_dir)
         self.seq = 1 + max((r.get("launch", 0) for r in self.records), default=0)
         self.active: dict[str, Active] = {}
+        self.write_error: str | None = None
+
+    def _save(self, writer: SampleWriter | None = None, new=()) -> None:
+        """Append samples (or just the manifest); a full disk is reported once, and
+        what could not be written is held in memory and retried on the next save."""
+        try:
+            if writer:
+                writer.append(new)
+            else:
+                write_manifest(self.run_dir, self.manifest)
+        except StoreWriteError as e:
+            if self.write_error is None:
+                self.log(f"results not written: {e.strerror} (measuring goes on)")
+            self.write_error = e.strerror
+        else:
+            if self.write_error:
+                self.log("results written again")
+            self.write_error = None
 
     # -- lifecycle -------------------------------------------------------------------
     def run(self) -> str:
         """Measure until done; returns the final status. Raises Interrupted on a signal,
         after cleaning up and marking the manifest."""
-        scratch = Path(tempfile.mkdtemp(prefix=f"isobench-{self.run_id}-", dir=_scratch_root()))
+        scratch = Path(tempfile.mkdtemp(prefix=f"isobench-{self.run_id}-", dir=scratch_root()))
         ctx = Context(self.run_id, scratch, self.bundle.root.parent.parent, self.m.quick)
         writer = SampleWriter(self.run_dir)
         old = _install_signals()
@@ -147,8 +165,7 @@ class Runner:
             try:
                 self._stop_envs()
                 shutil.rmtree(scratch, ignore_errors=True)
-                writer.close()
-                self._finish(status)
+                self._finish(status, writer)
             finally:
                 _restore_signals(old)
 
@@ -183,8 +200,8 @@ class Runner:
                 **act.info,
             }
             if not act.ok:
-                self.log(f"[unavailable] {spec.label}: {act.reason}")
-        write_manifest(self.run_dir, self.manifest)
+                self.log(f"unavailable: {spec.label}: {act.reason}")
+        self._save()
 
     def _stop_envs(self) -> None:
         for act in self.active.values():
@@ -194,7 +211,7 @@ class Runner:
                 except Exception as e:  # keep cleaning the others; say what was left
                     self.log(f"cleanup of {act.spec.label} failed: {e}")
 
-    def _finish(self, status: str) -> None:
+    def _finish(self, status: str, writer: SampleWriter) -> None:
         self.manifest["status"] = status
         self.manifest["finished"] = time.time()
         end = noise.snapshot()
@@ -208,7 +225,15 @@ class Runner:
         for w in noise.warnings(end, steal=steal):
             if w not in warnings:
                 warnings.append(w)
-        write_manifest(self.run_dir, self.manifest)
+        self._save(writer)
+        self._save()
+        writer.close()
+        if writer.pending or self.write_error:
+            raise StoreWriteError(
+                28,
+                f"{len(writer.pending)} sample(s) and the final manifest could not be "
+                f"written to {self.run_dir} ({self.write_error}); earlier samples are intact",
+            )
 
     # -- measuring -------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -233,15 +258,16 @@ class Runner:
                 if (w_round, cell.key) in done and rnd >= 1:
                     continue
                 self.progress(f"round {rnd}" if rnd >= 1 else "warm-up", count, total)
-                writer.append(new := self._launch(cell, w_round))
+                new = self._launch(cell, w_round)
                 self.records.extend(new)
+                self._save(writer, new)
                 done.add((w_round, cell.key))
                 count += 1
             if rnd < 1:
                 continue
             self.manifest["rounds_done"] = rnd
             self.manifest["measured_seconds"] = spent + time.monotonic() - started
-            write_manifest(self.run_dir, self.manifest)
+            self._save()
             if rnd < self.m.rounds:
                 continue
             left = unreached(self.records, self.m.precision)
@@ -288,7 +314,7 @@ class Runner:
         return launch_records(launch, cell, base)
 
 
-def _scratch_root() -> str:
+def scratch_root() -> str:
     """Disk-backed temp space (io probes must not land on tmpfs by accident)."""
     for d in ("/var/tmp", tempfile.gettempdir()):
         if Path(d).is_dir():

@@ -34,15 +34,23 @@ class StoreError(Exception):
     """A results directory that cannot be used; the message is for the user."""
 
 
+class StoreWriteError(OSError):
+    """Writing results failed (a full disk): nothing on disk was damaged."""
+
+
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace the manifest (write a temp file, fsync, rename)."""
     tmp = run_dir / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / MANIFEST)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, run_dir / MANIFEST)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StoreWriteError(e.errno, f"could not write {run_dir / MANIFEST}: {e.strerror}") from e
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -77,10 +85,14 @@ def migrate(manifest: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 class SampleWriter:
-    """Appends sample records to samples.jsonl, one write and one fsync per batch."""
+    """Appends sample records to samples.jsonl, one write and one fsync per batch.
+
+    A failed write (disk full) is undone to the last complete line and its records are
+    held in memory; the next append writes them first."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / SAMPLES
+        self.pending: list[dict[str, Any]] = []
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._repair_torn_tail()
 
@@ -93,11 +105,25 @@ class SampleWriter:
                 if f.read(1) != b"\n":
                     os.write(self._fd, b"\n")
 
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
-        if data:
-            os.write(self._fd, data.encode())
+    def append(self, records: Iterable[dict[str, Any]] = ()) -> None:
+        self.pending.extend(records)
+        data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.pending)
+        if not data:
+            return
+        start = os.fstat(self._fd).st_size
+        view = memoryview(data.encode())
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
+        except OSError as e:
+            os.ftruncate(self._fd, start)  # no torn line left behind
+            raise StoreWriteError(
+                e.errno,
+                f"could not write to {self.path}: {e.strerror}; "
+                f"{len(self.pending)} sample(s) held in memory",
+            ) from e
+        self.pending.clear()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -1,0 +1,86 @@
+"""Matrix files and --env specs: what is accepted, and the one-line errors for the rest."""
+
+import pytest
+
+from bench import catalog
+from bench.matrix import Matrix, MatrixError, load_toml, parse_env_spec
+
+
+def test_env_spec_parsing_and_labels():
+    e = parse_env_spec("host:cpus=0.5,label=half")
+    assert (e.kind, e.options, e.label, e.spec) == ("host", {"cpus": 0.5}, "half", "host:cpus=0.5")
+    assert parse_env_spec("namespaces").label == "namespaces"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("dokcer", "unknown environment kind 'dokcer' (did you mean 'docker'?)"),
+        ("host:cpu=1", "host has no option 'cpu' (did you mean 'cpus'?)"),
+        ("host:cpus=-1", "must be positive"),
+        ("host:cpus=many", "expected a float"),
+        ("host:cpus", "'cpus' is not key=value"),
+        ("docker:seccomp=off", "expected one of default, unconfined"),
+        ("host:label=", "label must not be empty"),
+    ],
+)
+def test_bad_env_specs(spec, message):
+    with pytest.raises(MatrixError) as e:
+        parse_env_spec(spec)
+    assert message in str(e.value) and str(e.value).startswith(f"--env {spec}:")
+
+
+def test_matrix_file_round_trip(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text(
+        'seed = 7\nrounds = 3\nworkloads = ["syscall"]\n'
+        '[[env]]\nkind = "host"\n[[env]]\nkind = "host"\nlabel = "half"\ncpus = 0.5\n'
+    )
+    envs, workloads, settings = load_toml(f)
+    assert [e.label for e in envs] == ["host", "half"] and envs[1].options == {"cpus": 0.5}
+    m = Matrix(envs=envs, workloads=workloads, **settings)
+    m.check(catalog.load())
+    assert Matrix.from_dict(m.to_dict()) == m
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rounds = [", "not valid TOML"),
+        ("roundz = 3", "unknown key 'roundz' (did you mean 'rounds'?)"),
+        ('rounds = "three"', "key 'rounds' must be a int"),
+        ("rounds = true", "key 'rounds' must be a int"),
+        ("[[env]]\nlabel = 'x'", "env[0]: missing key 'kind'"),
+        ("[[env]]\nkind = 'host'\ncpus = [1]", "option 'cpus' must be a single value"),
+        ('workloads = "syscall"', "'workloads' must be a list"),
+    ],
+)
+def test_bad_matrix_files_name_file_and_key(tmp_path, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(MatrixError) as e:
+        load_toml(f)
+    assert str(e.value).startswith(str(f)) and message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rounds": -1}, "rounds must be at least 1"),
+        ({"warmup": -2}, "warmup must be 0 or more"),
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"workloads": ["sycall"]}, "unknown workload 'sycall' (did you mean 'syscall'?)"),
+        ({"envs": []}, "no environments"),
+    ],
+)
+def test_matrix_check(change, message):
+    args = {"envs": [parse_env_spec("host")], "workloads": ["syscall"], **change}
+    with pytest.raises(MatrixError) as e:
+        Matrix(**args).check(catalog.load(), "m.toml")
+    assert str(e.value) == f"m.toml: {message}" or message in str(e.value)
+
+
+def test_duplicate_labels_are_refused():
+    m = Matrix(envs=[parse_env_spec("host"), parse_env_spec("host")], workloads=["syscall"])
+    with pytest.raises(MatrixError, match="label 'host' is used twice"):
+        m.check(catalog.load())
