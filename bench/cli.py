@@ -277,6 +277,15 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
     return 0
 
 
+@cli.command("clean")
+@click.option("--dry-run", is_flag=True, help="list what would be removed, remove nothing")
+def clean_cmd(dry_run):
+    """Remove what crashed runs left behind (containers, guests, cgroups, temp files)."""
+    from bench.clean import clean
+
+    clean(dry_run, log=lambda msg: out.print(msg, markup=False, highlight=False))
+
+
 # -- summary --------------------------------------------------------------------------------
 def _fmt(x, digits=4) -> str:
     if x is None:

@@ -71,9 +71,8 @@ def test_full_disk_keeps_what_was_written_and_holds_the_rest(tmp_path):
         w = store.SampleWriter(mnt)
         w.append([_rec(0)])
         filler = mnt / "filler"
-        with pytest.raises(OSError):
-            with open(filler, "wb") as f:
-                f.write(b"x" * 200_000)
+        with pytest.raises(OSError), open(filler, "wb") as f:
+            f.write(b"x" * 200_000)
         with pytest.raises(store.StoreWriteError, match="held in memory"):
             w.append([_rec(i) for i in range(1, 100)])
         assert list(store.load_samples(mnt)["value"]) == [0.0]  # intact, no torn line
