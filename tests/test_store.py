@@ -16,8 +16,8 @@ def _manifest(run_dir, **kw):
 
 def _rec(i, **kw):
     base = {c: None for c in store.COLUMNS}
-    return {**base, "run_id": "r1", "round": 1, "env": "host", "workload": "syscall",
-            "op": "null", "metric": "ns_per_op", "value": float(i), "status": "ok", **kw}  # fmt: skip
+    fields = {"run_id": "r1", "round": 1, "env": "host", "workload": "syscall", "op": "null"}
+    return {**base, **fields, "metric": "ns_per_op", "value": float(i), "status": "ok", **kw}
 
 
 def test_torn_last_line_is_skipped_and_repaired(tmp_path):
