@@ -257,6 +257,8 @@ class Runner:
             for cell in order:
                 if (w_round, cell.key) in done and rnd >= 1:
                     continue
+                if not self.active[cell.env.label].ok and any(k == cell.key for _, k in done):
+                    continue  # an unavailable environment is recorded once per cell
                 self.progress(f"round {rnd}" if rnd >= 1 else "warm-up", count, total)
                 new = self._launch(cell, w_round)
                 self.records.extend(new)
