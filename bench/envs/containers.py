@@ -1,0 +1,328 @@
+"""What docker, podman and oci share: option values, where an instance's cgroup lives,
+the host-side processes that carry a container (shim, runsc sandbox and gofer, conmon)
+and how to make sure none of them outlives a launch.
+
+The cgroup trick: runc removes a container's cgroup the moment its init exits, so a
+reading "after exit" finds nothing. Each launch therefore gets its own parent cgroup
+(`--cgroup-parent` / OCI cgroupsPath `/<name>/probe`) that isobench owns: v1 and v2
+charge usage hierarchically, so after the container is gone the parent still holds its
+totals (cpu, memory peak, pids peak); isobench reads it, then removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.envs.base import COMMON_OPTIONS, Option, OptionError
+from bench.metrics import cgroup as cg
+
+SAMPLE_INTERVAL_S = 0.05
+FIND_EVERY_S = 0.25
+MIB = 2**20
+
+# ---------------------------------------------------------------- option values
+
+
+class MemorySize(str):
+    """A memory limit as engines take it: 512m, 1g, 1073741824."""
+
+    PATTERN = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?[bkmg]?$", re.IGNORECASE)
+
+    def __new__(cls, text: str):
+        if not cls.PATTERN.match(text):
+            raise ValueError(text)
+        return super().__new__(cls, text.lower())
+
+    def bytes(self) -> int:
+        units = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+        unit = self[-1] if self[-1] in units else "b"
+        number = self[:-1] if self[-1] in units else self
+        return int(float(number) * units[unit])
+
+
+class CpuSet(str):
+    """A cpuset list: 0, 0-1, 0,2-3."""
+
+    PATTERN = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
+
+    def __new__(cls, text: str):
+        if not cls.PATTERN.match(text):
+            raise ValueError(text)
+        return super().__new__(cls, text)
+
+
+MemorySize.__name__ = "memory size like 512m"
+CpuSet.__name__ = "cpu list like 0-1"
+
+
+def resolve_options(kind: str, options: dict[str, Option], config: dict[str, Any]) -> dict:
+    """config (strings from a spec, or values) -> every option of the kind with defaults.
+
+    Unknown option names and bad values raise OptionError with a sentence for the user.
+    """
+    out = {name: opt.default for name, opt in options.items()}
+    for name, value in config.items():
+        if name in COMMON_OPTIONS:
+            continue
+        if name not in options:
+            known = ", ".join(sorted(options))
+            raise OptionError(f"{kind} has no option {name!r} (known: {known})")
+        if value is None:
+            continue
+        out[name] = options[name].parse(name, value if isinstance(value, str) else str(value))
+    return out
+
+
+# ---------------------------------------------------------------- cgroups
+
+
+def instance_name(run_id: str, n: int) -> str:
+    return f"isobench-{run_id}-{n}"
+
+
+def systemd_slice_path(slice_name: str) -> str:
+    """systemd's nesting of a slice name: a-b-c.slice -> a.slice/a-b.slice/a-b-c.slice."""
+    stem = slice_name.removesuffix(".slice")
+    parts = stem.split("-")
+    return "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def cgroup_parent_arg(driver: str, name: str) -> str:
+    """The engine's --cgroup-parent value for an isobench-owned per-launch parent."""
+    return f"{name}.slice" if driver == "systemd" else f"/{name}"
+
+
+def parent_rel_path(driver: str, name: str) -> str:
+    """Where that parent is, relative to each hierarchy's mount."""
+    return systemd_slice_path(f"{name}.slice") if driver == "systemd" else name
+
+
+def container_rel_path(inspect: dict[str, Any], driver: str, engine: str = "docker") -> str:
+    """Pure: a container's cgroup path (relative to a hierarchy mount) from inspect data.
+
+    cgroupfs: <CgroupParent or /docker>/<id>; systemd: <CgroupParent or system.slice>
+    expanded, then <engine>-<id>.scope. (runsc puts its sandbox in the same place.)
+    """
+    cid = inspect["Id"]
+    parent = (inspect.get("HostConfig") or {}).get("CgroupParent") or ""
+    if driver == "systemd":
+        parent = parent or "system.slice"
+        base = systemd_slice_path(parent) if parent.endswith(".slice") else parent.strip("/")
+        return f"{base}/{engine}-{cid}.scope"
+    parent = parent or ("/docker" if engine == "docker" else "/libpod_parent")
+    return f"{parent.strip('/')}/{cid}"
+
+
+def hierarchy_paths(rel: str, layout: str, root: Path = cg.ROOT) -> dict[str, Path]:
+    """CgroupReader paths for one relative cgroup path under every hierarchy of `layout`."""
+    root = Path(root)
+    if layout == "v2":
+        return {"": root / rel}
+    paths = {c: root / c / rel for c in cg.V1_CONTROLLERS if (root / c).is_dir()}
+    if layout == "hybrid":
+        paths[cg.UNIFIED] = root / cg.UNIFIED / rel
+    return paths
+
+
+@dataclass
+class LaunchCgroup:
+    """The per-launch parent cgroup: read it after the instance exits, then remove it."""
+
+    rel: str
+    layout: str = field(default_factory=cg.detect_layout)
+    root: Path = cg.ROOT
+
+    def paths(self) -> dict[str, Path]:
+        return {k: p for k, p in hierarchy_paths(self.rel, self.layout, self.root).items()}
+
+    def read(self) -> dict[str, float]:
+        """Totals since the parent was made (it starts at zero: the totals are the delta)."""
+        existing = {k: p for k, p in self.paths().items() if p.is_dir()}
+        return cg.CgroupReader(self.layout, existing).read() if existing else {}
+
+    def pids(self) -> set[int]:
+        existing = {k: p for k, p in self.paths().items() if p.is_dir()}
+        return cg.CgroupReader(self.layout, existing).pids() if existing else set()
+
+    def remove(self) -> None:
+        existing = {k: p for k, p in self.paths().items() if p.is_dir()}
+        if existing:
+            with contextlib.suppress(cg.CgroupError):
+                cg.Cgroup(self.layout, existing).remove()
+
+
+# ---------------------------------------------------------------- host-side processes
+
+
+def cmdline(proc: psutil.Process) -> list[str]:
+    with contextlib.suppress(psutil.Error):
+        return proc.cmdline()
+    return []
+
+
+def role_of(argv: list[str], instance_id: str) -> str | None:
+    """Pure: which carrier of container `instance_id` a process with this argv is."""
+    if not argv or not any(instance_id in a for a in argv):
+        return None
+    first = os.path.basename(argv[0])
+    if "containerd-shim" in first:
+        return "shim"
+    if first == "runsc-sandbox" or (first.startswith("runsc") and "boot" in argv):
+        return "sandbox"
+    if first == "runsc-gofer" or (first.startswith("runsc") and "gofer" in argv):
+        return "gofer"
+    if first == "conmon":
+        return "conmon"
+    if first in ("runsc", "runc", "crun"):
+        return "runtime"  # the runtime's own CLI invocations (create, start, state...)
+    return None
+
+
+def find_carriers(instance_id: str) -> dict[int, str]:
+    """pid -> role for every host process that carries this container."""
+    out: dict[int, str] = {}
+    for proc in psutil.process_iter():
+        role = role_of(cmdline(proc), instance_id)
+        if role:
+            out[proc.pid] = role
+    return out
+
+
+def kill_carriers(
+    instance_id: str, roles: tuple[str, ...] = ("sandbox", "gofer", "runtime")
+) -> list[int]:
+    """SIGKILL the runsc processes of a container (failed starts leave them running)."""
+    killed = []
+    for pid, role in find_carriers(instance_id).items():
+        if role in roles:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+class HostSideSampler:
+    """Samples the carriers of one container while it runs: CPU time (last seen, per
+    process, own time only: a shim's reaped child is the container itself) and peak
+    RSS/PSS. `result()` sums per role and in total (cpu_ms, rss_mib, pss_mib;
+    shim_cpu_ms, sandbox_rss_mib, ...).
+
+    Not bench.metrics.procs.PeakSampler: that one follows a fixed set of pids, while a
+    container's carriers appear during start and vanish at exit, each with its role.
+    Looking for new carriers (a walk over /proc) is rarer than sampling the known ones.
+    """
+
+    def __init__(
+        self,
+        find: Callable[[], dict[int, str]],
+        interval: float = SAMPLE_INTERVAL_S,
+        find_every: float = FIND_EVERY_S,
+    ):
+        self.find = find
+        self.interval = interval
+        self.find_every = find_every
+        self._found_at = 0.0
+        self.cpu: dict[int, float] = {}
+        self.rss: dict[int, float] = {}
+        self.pss: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
+        self._procs: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="isobench-hostside")
+
+    def __enter__(self) -> HostSideSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join(2)
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        found = {}
+        if now - self._found_at >= self.find_every:
+            self._found_at = now
+            found = self.find()
+        for pid, role in found.items():
+            if pid not in self._procs:
+                with contextlib.suppress(psutil.Error):
+                    self._procs[pid] = psutil.Process(pid)
+                    self.roles[pid] = role
+        for pid, proc in list(self._procs.items()):
+            try:
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    self.cpu[pid] = (t.user + t.system) * 1000
+                    mem = proc.memory_full_info()
+            except psutil.Error:
+                del self._procs[pid]
+                continue
+            self.rss[pid] = max(self.rss.get(pid, 0.0), mem.rss / MIB)
+            self.pss[pid] = max(self.pss.get(pid, 0.0), getattr(mem, "pss", 0) / MIB)
+
+    def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.sample()
+            if self._stop.wait(self.interval):
+                break
+
+    def result(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for series, suffix in ((self.cpu, "cpu_ms"), (self.rss, "rss_mib"), (self.pss, "pss_mib")):
+            for pid, value in series.items():
+                key = f"{self.roles[pid]}_{suffix}"
+                out[key] = out.get(key, 0.0) + value
+                out[suffix] = out.get(suffix, 0.0) + value
+        out["processes"] = float(len(self.roles))
+        return {k: round(v, 3) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- misc
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line of `tool --version`, or "" when it cannot run."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return first_line(out.stdout or out.stderr)
+
+
+def ns_since(t0: int) -> int:
+    return time.monotonic_ns() - t0
+
+
+def host_rlimits() -> dict[str, tuple[int, int]]:
+    """The host's hard nofile/nproc limits (an engine's defaults may exceed them)."""
+    import resource
+
+    out = {}
+    for name, which in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
+        _, hard = resource.getrlimit(which)
+        out[name] = (hard, hard)
+    return out

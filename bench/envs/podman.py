@@ -1,0 +1,380 @@
+"""`podman`: one container per launch through the podman CLI (no daemon to keep up).
+
+`podman run` attaches to the container's output itself, so the phases come from the
+stream of the CLI process (process.stream): ready = the probe's `ready` line, exit = the
+CLI returned, cleaned = `podman rm -f` done and the per-launch cgroup removed.
+
+Rlimits: podman asks for nofile/nproc limits (1048576 / 4194304) that hosts with lower
+hard limits refuse ("error setting rlimit type 7: operation not permitted"). The first
+launch's prepare() finds limits that work here (the host's hard limits, then smaller
+ones) with a tiny `true` run and passes them explicitly; describe() records them.
+
+conmon (podman's per-container monitor) sits in <parent>/conmon of the per-launch
+cgroup: its usage is subtracted from the container's and reported host-side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.envs import containers as ct
+from bench.envs import image as img
+from bench.envs.base import (
+    Availability,
+    Context,
+    Environment,
+    Invocation,
+    Launch,
+    Leftover,
+    Option,
+    OptionError,
+)
+from bench.envs.process import stream
+from bench.metrics import cgroup as cg
+from bench.probeio import parse_lines
+
+CALL_TIMEOUT_S = 60
+RUNTIMES = ("runc", "crun", "runsc")
+PODMAN_DEFAULT_ULIMITS = {"nofile": 1048576, "nproc": 4194304}
+FALLBACK_NPROC = (4096, 1024)
+
+
+def _podman(*args: str, timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def runtime_argv(runtime: str) -> list[str]:
+    """Global podman flags for a runtime (runsc needs host networking on this kind of host)."""
+    argv = ["--runtime", runtime]
+    if runtime == "runsc":
+        argv += ["--runtime-flag", "network=host"]
+    return argv
+
+
+def ulimit_candidates(host: dict[str, tuple[int, int]]) -> list[dict[str, int] | None]:
+    """Pure: what to try, in order. None = podman's defaults (when the host allows them)."""
+    nofile = min(host["nofile"][1], PODMAN_DEFAULT_ULIMITS["nofile"])
+    nproc = min(host["nproc"][1], PODMAN_DEFAULT_ULIMITS["nproc"])
+    if all(host[k][1] >= v for k, v in PODMAN_DEFAULT_ULIMITS.items()):
+        return [None]
+    out: list[dict[str, int] | None] = [{"nofile": nofile, "nproc": nproc}]
+    out += [{"nofile": nofile, "nproc": min(nproc, n)} for n in FALLBACK_NPROC]
+    out.append({"nofile": 1024, "nproc": 1024})
+    unique = []
+    for cand in out:
+        if cand not in unique:
+            unique.append(cand)
+    return unique
+
+
+def ulimit_argv(limits: dict[str, int] | None) -> list[str]:
+    if not limits:
+        return []
+    return [a for k, v in limits.items() for a in ("--ulimit", f"{k}={v}:{v}")]
+
+
+_ulimits_found: dict[str, dict[str, int] | None] = {}  # runtime -> limits that work
+
+
+class PodmanEnv(Environment):
+    kind = "podman"
+    summary = "a container per launch through the podman CLI (runc, crun, runsc)"
+    options = {
+        "runtime": Option("runc", "OCI runtime podman uses", RUNTIMES),
+        "seccomp": Option("default", "podman's seccomp profile or none", ("default", "unconfined")),
+        "network": Option("none", "network mode", ("none", "bridge", "host")),
+        "storage": Option(
+            "overlay", "where the io workload's directory is", ("overlay", "volume", "tmpfs")
+        ),
+        "cpus": Option(None, "CPU quota in CPUs (e.g. 0.5)", type=float),
+        "cpuset": Option(None, "CPUs the container may use (e.g. 0-1)", type=ct.CpuSet),
+        "memory": Option(None, "memory limit (e.g. 512m)", type=ct.MemorySize),
+    }
+
+    def __init__(self, config: dict[str, Any], ctx: Context):
+        super().__init__(config, ctx)
+        self.opts = ct.resolve_options(self.kind, self.options, config)
+        self._bundle = None
+        self._image_id: str | None = None
+        self._ulimits: dict[str, int] | None = None
+        self._info: dict[str, Any] = {}
+        self._n = 0
+
+    # -- availability
+
+    @classmethod
+    def probe(cls) -> Availability:
+        if not shutil.which("podman"):
+            return Availability(False, "podman not installed (apt-get install podman)")
+        try:
+            out = _podman("version", "--format", "{{.Client.Version}}", timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Availability(False, f"podman does not answer: {e}")
+        if out.returncode != 0:
+            return Availability(False, "podman: " + ct.first_line(out.stderr))
+        return Availability(
+            True,
+            "",
+            {"podman": out.stdout.strip(), "conmon": ct.tool_version(["conmon", "--version"])},
+        )
+
+    @classmethod
+    def details(cls) -> list[tuple[str, Availability]]:
+        av = cls.probe()
+        rows = [("podman", av)]
+        if not av.ok:
+            return rows
+        from bench.metrics.cgroup import detect_layout
+
+        layout = detect_layout()
+        for rt in RUNTIMES:
+            path = shutil.which(rt)
+            if not path:
+                rows.append((f"podman:runtime={rt}", Availability(False, f"{rt}: not installed")))
+            elif rt == "crun" and layout == "hybrid":
+                rows.append(
+                    (
+                        f"podman:runtime={rt}",
+                        Availability(False, "crun: refuses the hybrid cgroup layout"),
+                    )
+                )
+            else:
+                rows.append(
+                    (
+                        f"podman:runtime={rt}",
+                        Availability(True, "", {rt: ct.tool_version([path, "--version"])}),
+                    )
+                )
+        return rows
+
+    @classmethod
+    def leftovers(cls) -> list[Leftover]:
+        if not shutil.which("podman"):
+            return []
+        try:
+            out = _podman(
+                "ps",
+                "-a",
+                "--filter",
+                "label=isobench",
+                "--format",
+                "{{.ID}} {{.Names}}",
+                timeout=20,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        found = []
+        for line in out.stdout.splitlines():
+            cid, _, name = line.partition(" ")
+            found.append(Leftover(f"podman container {cid} ({name})", lambda c=cid: _remove(c)))
+        return found
+
+    # -- lifecycle
+
+    def prepare(self, bundle) -> None:
+        if self.opts["runtime"] == "crun" and cg.detect_layout() == "hybrid":
+            raise OptionError("podman: runtime=crun refuses the hybrid cgroup layout here")
+        tag = img.image_tag(bundle.hash)
+        found = _podman("image", "inspect", "--format", "{{.Id}}", tag)
+        if found.returncode != 0:
+            tar = img.rootfs_tar(bundle, self.ctx.cache)
+            res = subprocess.run(
+                img.podman_import_argv(tar, bundle.hash),
+                capture_output=True,
+                text=True,
+                timeout=CALL_TIMEOUT_S,
+                check=False,
+            )
+            if res.returncode != 0:
+                raise RuntimeError("podman import: " + ct.first_line(res.stderr))
+            found = _podman("image", "inspect", "--format", "{{.Id}}", tag)
+        self._image_id = found.stdout.strip()
+        self._bundle = bundle
+        self._ulimits = self._find_ulimits()
+        info = _podman("info", "--format", "json")
+        if info.returncode == 0:
+            import json
+
+            host = json.loads(info.stdout).get("host", {})
+            self._info = {
+                "cgroup_manager": host.get("cgroupManager"),
+                "cgroup_version": host.get("cgroupVersion"),
+                "security": host.get("security"),
+                "conmon": (host.get("conmon") or {}).get("version"),
+            }
+
+    def _find_ulimits(self) -> dict[str, int] | None:
+        runtime = self.opts["runtime"]
+        if runtime in _ulimits_found:
+            return _ulimits_found[runtime]
+        reasons = []
+        for cand in ulimit_candidates(ct.host_rlimits()):
+            argv = [
+                "podman",
+                *runtime_argv(runtime),
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--label",
+                "isobench=1",
+                *ulimit_argv(cand),
+                self._image_id,
+                "/bin/true",
+            ]
+            res = subprocess.run(
+                argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S, check=False
+            )
+            if res.returncode == 0:
+                _ulimits_found[runtime] = cand
+                return cand
+            reasons.append(ct.first_line(res.stderr))
+        raise RuntimeError("podman: no rlimits work on this host: " + "; ".join(reasons[-1:]))
+
+    def _run_argv(self, name: str, argv: list[str], volume: Path | None) -> list[str]:
+        o = self.opts
+        out = [
+            "podman",
+            *runtime_argv(o["runtime"]),
+            "run",
+            "--rm=false",
+            "--name",
+            name,
+            "--label",
+            "isobench=1",
+            "--label",
+            f"isobench.run={self.ctx.run_id}",
+            "--cgroup-parent",
+            ct.cgroup_parent_arg(self._driver, name),
+            "--network",
+            o["network"],
+            "--workdir",
+            img.WORKDIR,
+            "--log-driver",
+            "none",
+            *ulimit_argv(self._ulimits),
+        ]
+        if o["seccomp"] == "unconfined":
+            out += ["--security-opt", "seccomp=unconfined"]
+        if o["cpus"]:
+            out += ["--cpus", str(o["cpus"])]
+        if o["cpuset"]:
+            out += ["--cpuset-cpus", str(o["cpuset"])]
+        if o["memory"]:
+            out += ["--memory", str(o["memory"])]
+        if o["storage"] == "volume" and volume is not None:
+            out += ["--volume", f"{volume}:{img.WORKDIR}:rw"]
+        elif o["storage"] == "tmpfs":
+            out += ["--tmpfs", f"{img.WORKDIR}:rw,mode=1777,size=2g"]
+        return [*out, self._image_id, *argv]
+
+    @property
+    def _driver(self) -> str:
+        return "systemd" if self._info.get("cgroup_manager") == "systemd" else "cgroupfs"
+
+    def launch(self, inv: Invocation, timeout: float) -> Launch:
+        if self._image_id is None:
+            raise RuntimeError("podman: launch() before prepare()")
+        self._n += 1
+        name = ct.instance_name(self.ctx.run_id, self._n)
+        volume = None
+        if self.opts["storage"] == "volume":
+            volume = self.ctx.scratch / "podman-volumes" / name
+            volume.mkdir(parents=True, exist_ok=True)
+            volume.chmod(0o1777)
+        cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name))
+        argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume)
+        launch = Launch()
+        try:
+            conmon_cg = _conmon_cgroup(cgroup)
+            find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
+            with ct.HostSideSampler(find, interval=0.02, find_every=0.0) as sampler:
+                res = stream(argv, timeout, on_kill=lambda: _remove(name))
+            launch.host_side = sampler.result()
+            launch.phases.update(res.phases())
+            launch.exit_code = res.exit_code
+            launch.stderr_tail = res.stderr
+            total = cgroup.read()
+            conmon = conmon_cg.read()
+            launch.cgroup = _minus(total, conmon)
+            if "cpu_total_ms" in conmon:  # conmon's own cgroup: exact, not sampled
+                sampled = launch.host_side.get("conmon_cpu_ms", 0.0)
+                launch.host_side["conmon_cpu_ms"] = round(conmon["cpu_total_ms"], 3)
+                launch.host_side["cpu_ms"] = round(
+                    launch.host_side.get("cpu_ms", 0.0) - sampled + conmon["cpu_total_ms"], 3
+                )
+            out = parse_lines(res.lines)
+            launch.records = out.records
+            launch.extra = {"name": name, "cgroup_parent": cgroup.rel}
+            if out.errors:
+                launch.extra["probe_errors"] = out.errors
+            if res.timed_out:
+                launch.status = "timeout"
+                what = "no `ready`" if res.t_ready is None else "the probe did not exit"
+                launch.reason = f"{what} within {timeout:g} s: instance removed"
+            elif res.exit_code:
+                launch.status = "failed"
+                launch.reason = f"exit {res.exit_code}: " + (
+                    ct.first_line(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "")
+                    or "?"
+                )
+            elif res.t_ready is None:
+                launch.status, launch.reason = "failed", "the probe never printed `ready`"
+        finally:
+            _remove(name)
+            cgroup.remove()
+            if volume is not None:
+                shutil.rmtree(volume, ignore_errors=True)
+        launch.phases["cleaned"] = ct.ns_since(res.t_submit) if "res" in locals() else 0
+        return launch
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            out = _podman("ps", "-a", "-q", "--filter", f"label=isobench.run={self.ctx.run_id}")
+            for cid in out.stdout.split():
+                _remove(cid)
+        shutil.rmtree(self.ctx.scratch / "podman-volumes", ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        runtime = self.opts["runtime"]
+        return {
+            "kind": self.kind,
+            "config": dict(self.config),
+            "options": {k: (str(v) if v is not None else None) for k, v in self.opts.items()},
+            "podman": ct.tool_version(["podman", "--version"]),
+            "runtime": {"name": runtime, "version": ct.tool_version([runtime, "--version"])},
+            "host": self._info,
+            "ulimits": self._ulimits or "podman defaults",
+            "image": {
+                "id": self._image_id,
+                "tag": img.image_tag(self._bundle.hash) if self._bundle else None,
+            },
+            "bundle": self._bundle.hash if self._bundle else None,
+        }
+
+
+def _conmon_cgroup(parent: ct.LaunchCgroup) -> ct.LaunchCgroup:
+    return ct.LaunchCgroup(f"{parent.rel}/conmon", parent.layout, parent.root)
+
+
+def _minus(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
+    """Counters: total - part; gauges (peaks) stay as the total's."""
+    return {k: (v - part.get(k, 0.0) if k not in cg.GAUGES else v) for k, v in total.items()}
+
+
+def _remove(name_or_id: str) -> None:
+    """podman rm -f, then kill any runsc process of that container that survived."""
+    cid = ""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        cid = _podman("inspect", "--format", "{{.Id}}", name_or_id, timeout=20).stdout.strip()
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        _podman("rm", "-f", "-t", "0", name_or_id)
+    ct.kill_carriers(name_or_id)
+    if cid:
+        ct.kill_carriers(cid)

@@ -1,0 +1,57 @@
+"""The image made from the bundle: deterministic tar, unpacked rootfs, OCI config, and the
+real docker import (tagged with the bundle hash, labelled, imported once)."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+
+import pytest
+
+from bench.envs import image as img
+
+
+def test_tar_is_deterministic_and_holds_the_same_bytes(bundle, tmp_path):
+    a = img.write_rootfs_tar(bundle, tmp_path / "a.tar")
+    b = img.write_rootfs_tar(bundle, tmp_path / "b.tar")
+    assert a.read_bytes() == b.read_bytes()
+    with tarfile.open(a) as tar:
+        names = tar.getnames()
+        for probe, want in bundle.probe_hashes.items():
+            data = tar.extractfile(f"probes/{probe}").read()
+            assert hashlib.sha256(data).hexdigest() == want
+    assert "work" in names and "tmp" in names
+    if bundle.busybox:
+        assert "bin/sh" in names
+
+
+def test_unpack_rootfs_is_idempotent(bundle, tmp_path):
+    root = img.unpack_rootfs(bundle, tmp_path / "rootfs")
+    assert (root / "probes" / "syscall").stat().st_mode & 0o111
+    (root / "probes" / "marker").write_text("x")
+    img.unpack_rootfs(bundle, root)  # same bundle: left as is
+    assert (root / "probes" / "marker").exists()
+
+
+def test_oci_config_namespaces_and_network():
+    cfg = img.oci_config(["/probes/startup"], img.Path("/r"), "/isobench-x-1/probe")
+    types = {ns["type"] for ns in cfg["linux"]["namespaces"]}
+    assert types == {"pid", "mount", "ipc", "uts", "network"}
+    assert "seccomp" not in cfg["linux"]
+    assert cfg["process"]["terminal"] is False
+    assert cfg["linux"]["cgroupsPath"] == "/isobench-x-1/probe"
+    host = img.oci_config(["/probes/startup"], img.Path("/r"), "/x", network="host")
+    assert "network" not in {ns["type"] for ns in host["linux"]["namespaces"]}
+
+
+@pytest.mark.requires("docker")
+def test_docker_image_is_imported_once(bundle, tmp_path):
+    from bench.envs.docker import client
+
+    cl = client()
+    first = img.ensure_docker_image(cl, bundle, tmp_path)
+    again = img.ensure_docker_image(cl, bundle, tmp_path)
+    assert first.id == again.id
+    assert img.image_tag(bundle.hash) in first.tags
+    assert first.labels[img.LABEL] == "1"
+    assert first.labels[img.BUNDLE_LABEL] == bundle.hash
