@@ -1,0 +1,381 @@
+"""The `libvirt` kind: one transient domain per launch, through libvirt-python.
+
+A launch: createXML(paused) = "defined" (libvirt set up QEMU), resume = "started", the
+serial console (a file under ctx.scratch) tailed until the probe's `ready` = "ready", the
+guest's own uptime at that moment = "boot", the domain shut down (the guest ran
+`poweroff -f`, QEMU exited, the transient domain is gone) = "exit", files removed =
+"cleaned". QEMU's CPU time and its cgroup are read when the guest prints its exit line,
+just before it powers off (libvirt's qemu driver cannot keep a powered-off QEMU alive:
+on_poweroff=preserve is refused), and every 100 ms before as a fallback.
+
+libvirt is imported lazily: the package imports (and `probe()` answers) without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from bench import guest
+from bench.envs.base import Availability, Invocation, Launch, Leftover
+from bench.envs.qemu import (
+    VM_OPTIONS,
+    VmEnvironment,
+    kernel_availability,
+    kvm_availability,
+    next_name,
+    qemu_availability,
+)
+from bench.metrics.cgroup import CgroupError, CgroupReader, delta
+from bench.metrics.procs import PeakSampler, tree_metrics
+
+URI = "qemu:///system"
+PREFIX = "isobench-"
+POLL_S = 0.005  # console tail and domain state poll interval
+COST_EVERY_S = 0.1  # QEMU CPU time / cgroup reading interval until the exit line
+UNREACHABLE = f"libvirtd not reachable at {URI}: start libvirtd and virtlogd"
+MACHINE = "q35"
+
+
+def _libvirt():
+    import libvirt  # noqa: PLC0415 - optional dependency, imported on use
+
+    return libvirt
+
+
+def _silence(lv) -> None:
+    """libvirt prints every error to stderr by default; we report them ourselves."""
+    lv.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def connect():
+    lv = _libvirt()
+    _silence(lv)
+    return lv.open(URI)
+
+
+def domain_xml(name: str, spec: guest.QemuSpec, console: Path) -> str:
+    """The domain: direct kernel boot, serial console to a file, optional virtio io disk,
+    QEMU as root without relabelling (the cache lives in root's home)."""
+    kvm = spec.accel == "kvm"
+    if spec.cpu == "host-passthrough":
+        cpu = "<cpu mode='host-passthrough'/>" if kvm else "<cpu mode='maximum'/>"
+    else:
+        cpu = ""
+    disk = ""
+    if spec.disk is not None:
+        disk = (
+            f"<disk type='file' device='disk'><driver name='qemu' type='raw' "
+            f"cache={quoteattr(spec.cache)}/><source file={quoteattr(str(spec.disk))}/>"
+            "<target dev='vda' bus='virtio'/></disk>"
+        )
+    return f"""<domain type='{"kvm" if kvm else "qemu"}'>
+  <name>{escape(name)}</name>
+  <memory unit='MiB'>{int(spec.memory_mib)}</memory>
+  <vcpu>{int(spec.vcpus)}</vcpu>
+  <os>
+    <type arch='x86_64' machine={quoteattr(spec.machine)}>hvm</type>
+    <kernel>{escape(str(spec.image.kernel.path))}</kernel>
+    <initrd>{escape(str(spec.image.initramfs))}</initrd>
+    <cmdline>{escape(spec.cmdline)}</cmdline>
+  </os>
+  {cpu}
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{escape(spec.binary)}</emulator>
+    {disk}
+    <serial type='file'><source path={quoteattr(str(console))}/><target port='0'/></serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+</domain>
+"""
+
+
+def _destroy(dom) -> None:
+    """Destroy a (transient) domain; gone already is fine."""
+    lv = _libvirt()
+    try:
+        dom.destroy()
+    except lv.libvirtError as e:
+        if e.get_error_code() not in (lv.VIR_ERR_NO_DOMAIN, lv.VIR_ERR_OPERATION_INVALID):
+            raise
+    with contextlib.suppress(lv.libvirtError):
+        dom.undefine()  # only a persistent leftover has a definition
+
+
+class _ConsoleTail:
+    """Lines of a file that QEMU appends to, with the moment each complete line was seen."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = None
+        self._buf = b""
+
+    def poll(self) -> list[str]:
+        if self._f is None:
+            try:
+                self._f = open(self.path, "rb")  # noqa: SIM115 - kept open while tailing
+            except FileNotFoundError:
+                return []
+        data = self._f.read()
+        if not data:
+            return []
+        *lines, self._buf = (self._buf + data).split(b"\n")
+        return [x.decode(errors="replace").rstrip("\r") for x in lines]
+
+    def rest(self) -> list[str]:
+        lines = self.poll()
+        if self._buf:
+            lines.append(self._buf.decode(errors="replace").rstrip("\r"))
+            self._buf = b""
+        return lines
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+class LibvirtEnv(VmEnvironment):
+    kind = "libvirt"
+    summary = "a KVM guest (QEMU TCG where KVM is unusable) as a transient libvirt domain"
+    options = VM_OPTIONS
+    machine_default = MACHINE
+
+    def __init__(self, config: dict[str, Any], ctx):
+        super().__init__(config, ctx)
+        self._conn = None
+
+    # ---- availability
+
+    @classmethod
+    def _libvirt_availability(cls) -> Availability:
+        try:
+            lv = _libvirt()
+        except ImportError:
+            return Availability(
+                False, "libvirt-python is not installed: pip install 'isobench[vm]'"
+            )
+        try:
+            _silence(lv)
+            conn = lv.open(URI)
+        except lv.libvirtError:
+            return Availability(False, UNREACHABLE)
+        try:
+            v = conn.getLibVersion()
+            return Availability(
+                True, versions={"libvirt": f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"}
+            )
+        finally:
+            conn.close()
+
+    @classmethod
+    def probe(cls) -> Availability:
+        lv = cls._libvirt_availability()
+        if not lv.ok:
+            return lv
+        q = qemu_availability()
+        if not q.ok:
+            return Availability(False, q.reason, lv.versions)
+        k = kernel_availability()
+        versions = {**lv.versions, **q.versions, **k.versions}
+        if not k.ok:
+            return Availability(False, k.reason, versions)
+        kvm = kvm_availability()
+        return Availability(True, "" if kvm.ok else f"TCG only: {kvm.reason}", versions)
+
+    @classmethod
+    def details(cls) -> list[tuple[str, Availability]]:
+        return [
+            ("libvirtd", cls._libvirt_availability()),
+            ("qemu binary", qemu_availability()),
+            ("KVM", kvm_availability()),
+            ("guest kernel", kernel_availability()),
+        ]
+
+    @classmethod
+    def leftovers(cls) -> list[Leftover]:
+        try:
+            conn = connect()
+        except Exception:  # no libvirt here: nothing of ours can be left in it
+            return []
+        out = []
+        for dom in conn.listAllDomains(0):
+            name = dom.name()
+            if name.startswith(PREFIX):
+                out.append(Leftover(f"libvirt domain {name}", lambda d=dom: _destroy(d)))
+        return out
+
+    # ---- lifecycle
+
+    def prepare(self, bundle) -> None:
+        av = self._libvirt_availability()
+        if not av.ok:
+            raise guest.GuestError(av.reason)
+        self.versions = av.versions
+        super().prepare(bundle)
+        if self._conn is None:
+            self._conn = connect()
+
+    def cleanup(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                for dom in self._conn.listAllDomains(0):
+                    if dom.name().startswith(f"{PREFIX}{self.ctx.run_id}-"):
+                        _destroy(dom)
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def launch(self, inv: Invocation, timeout: float) -> Launch:
+        lv = _libvirt()
+        name = next_name(self.ctx)
+        launch_dir, disk = self._launch_dir(name, inv)
+        console = launch_dir / "console.log"
+        xml = domain_xml(name, self._spec(inv, disk), console)
+        dom = None
+        t0 = time.monotonic_ns()
+        try:
+            dom = self._conn.createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
+            launch = self._run(dom, name, console, t0, timeout)
+        except lv.libvirtError as e:
+            launch = Launch(
+                status="failed", reason=f"libvirt: {e.get_error_message()}", extra=self._labels()
+            )
+        finally:
+            if dom is not None:
+                _destroy(dom)
+            shutil.rmtree(launch_dir, ignore_errors=True)
+        launch.phases["cleaned"] = time.monotonic_ns() - t0
+        launch.extra["domain"] = name
+        return launch
+
+    def _run(self, dom, name: str, console: Path, t0: int, timeout: float) -> Launch:
+        lv = _libvirt()
+        phases = {"defined": time.monotonic_ns() - t0}
+        pid = _qemu_pid(name)
+        cg = None
+        with contextlib.suppress(CgroupError, OSError, TypeError):
+            cg = _own_cgroup(CgroupReader.for_pid(pid), name)
+        before = cg.read() if cg else {}
+        sampler = PeakSampler([pid]).start() if pid else None
+        tail = _ConsoleTail(console)
+        before_ready: list[str] = []
+        after: list[str] = []
+        t_ready = t_exit = None
+        deadline = time.monotonic() + timeout
+        final: dict[str, float] = {}
+        after_cg: dict[str, float] = {}
+        read_at = 0.0
+        try:
+            dom.resume()
+            phases["started"] = time.monotonic_ns() - t0
+            while True:
+                for line in tail.poll():
+                    if t_ready is None and line.strip() == "ready":
+                        t_ready = time.monotonic_ns()
+                    elif t_ready is None:
+                        before_ready.append(line)
+                    else:
+                        after.append(line)
+                        if line.startswith(guest.EXIT_PREFIX):
+                            final, after_cg = _read_costs(pid, cg, final, after_cg)
+                            read_at = 0.0
+                if time.monotonic() >= read_at:
+                    final, after_cg = _read_costs(pid, cg, final, after_cg)
+                    read_at = time.monotonic() + COST_EVERY_S
+                state = _state(dom, lv)
+                if state not in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED):
+                    t_exit = time.monotonic_ns()
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(POLL_S)
+            (after if t_ready is not None else before_ready).extend(tail.rest())
+        finally:
+            peaks = sampler.stop() if sampler else {}
+            tail.close()
+        launch = self.guest_result(
+            before_ready,
+            after,
+            t_ready=t_ready,
+            timed_out=t_exit is None,
+            timeout=timeout,
+            what="domain destroyed",
+        )
+        launch.phases.update(phases)
+        if t_ready is not None:
+            launch.phases["ready"] = t_ready - t0
+        if t_exit is not None:
+            launch.phases["exit"] = t_exit - t0
+        if cg and after_cg:
+            launch.cgroup = delta(before, after_cg)
+        launch.host_side = {
+            "cpu_ms": final.get("cpu_user_ms", 0.0) + final.get("cpu_system_ms", 0.0),
+            **{k: v for k, v in peaks.items() if k.endswith("_mib")},
+        }
+        return launch
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["libvirt"] = getattr(self, "versions", {}).get("libvirt")
+        d["uri"] = URI
+        if self.image is not None:
+            spec = guest.QemuSpec(
+                self.binary or "qemu-system-x86_64",
+                self.image,
+                "<cmdline>",
+                self.accel or "tcg",
+                self.machine,
+                self.opt("vcpus"),
+                self.opt("memory"),
+                self.opt("cpu"),
+                Path("<io.raw>"),
+                self.opt("cache"),
+            )
+            d["domain_xml_template"] = domain_xml("<name>", spec, Path("<console.log>"))
+        return d
+
+
+def _state(dom, lv) -> int:
+    try:
+        return dom.state()[0]
+    except lv.libvirtError as e:
+        if e.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+            return lv.VIR_DOMAIN_SHUTOFF
+        raise
+
+
+def _read_costs(pid, cg, final, after_cg):
+    """QEMU's CPU time and its cgroup now; the previous reading once they are gone."""
+    now = tree_metrics([pid]) if pid else {}
+    if now.get("nprocs"):
+        final = now
+    if cg:
+        with contextlib.suppress(CgroupError, OSError):
+            after_cg = cg.read() or after_cg
+    return final, after_cg
+
+
+def _own_cgroup(cg: CgroupReader, name: str) -> CgroupReader | None:
+    """The domain's own cgroup dirs (libvirt names them after the domain); None where
+    QEMU only shares a parent's (e.g. cgroup v1 controllers left at the root)."""
+    own = {
+        k: p
+        for k, p in cg.paths.items()
+        if name.replace("-", "") in str(p).replace("\\x2d", "").replace("-", "")
+    }
+    return CgroupReader(cg.layout, own) if own else None
+
+
+def _qemu_pid(name: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().split()[0])
+    return None
