@@ -1,0 +1,140 @@
+"""The report commands: `report`, `compare`, `notebook`, `export`.
+
+`bench.cli` adds them to `isobench` (see COMMANDS). User errors are
+`click.ClickException` or `store.StoreError`, which `bench.cli.main` turns into one line
+and exit status 2. `compare` exits 1 when a cell changed significantly beyond the
+threshold, so CI pipelines can gate on it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bench import store
+from bench.report import compare as compare_mod
+from bench.report import export as export_mod
+from bench.report import html, model
+
+RUN_DIR = click.Path(path_type=Path)  # existence is checked by store (one clear message)
+
+
+@click.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write [default: RUN_DIR/report.html]")  # fmt: skip
+def report(run_dir: Path, output: Path | None):
+    """Write the run's self-contained HTML report (works offline)."""
+    manifest = store.read_manifest(run_dir)
+    df = store.load_samples(run_dir)
+    path = html.write(output or run_dir / "report.html", html.render(manifest, df))
+    click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@click.command()
+@click.argument("run_a", type=RUN_DIR)
+@click.argument("run_b", type=RUN_DIR)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="also write the comparison as an HTML page")  # fmt: skip
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="percent change below which a significant change does not fail")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.pass_context
+def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float, as_json: bool):
+    """Changes from RUN_A to RUN_B per cell; exit status 1 on a significant change
+    beyond the threshold (regression or improvement)."""
+    ma, dfa = compare_mod.load(run_a)
+    mb, dfb = compare_mod.load(run_b)
+    result = compare_mod.compare(ma, dfa, mb, dfb, threshold=threshold)
+    err = Console(stderr=True)
+    for w in result["warnings"]:
+        err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    else:
+        print_table(result)
+    if output:
+        title = f"isobench compare {result['run_a']} → {result['run_b']}"
+        path = html.write(output, html.render_template("compare.html.j2", result, title=title))
+        click.echo(f"comparison: {path}", err=as_json)
+    if compare_mod.flagged(result):
+        ctx.exit(1)
+
+
+def print_table(result: dict) -> None:
+    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, highlight=False)
+    t = Table(
+        title=Text(f"{result['run_a']} → {result['run_b']} (threshold ±{result['threshold']:g} %)")
+    )
+    for col in (
+        "env",
+        "workload",
+        "op",
+        "metric",
+        "median A",
+        "median B",
+        "change [95% CI]",
+        "p (Holm)",
+        "verdict",
+    ):
+        t.add_column(col, justify="right" if col.startswith(("median", "change", "p ")) else "left")
+    style = {"regression": "bold red", "improvement": "bold green", "n.s.": "dim"}
+    for c in result["cells"]:
+        a = model.fmt_quantity(c["median_a"], c["unit"])
+        b = model.fmt_quantity(c["median_b"], c["unit"])
+        ch = (
+            "–"
+            if c["change_pct"] is None
+            else (
+                f"{c['change_pct']:+.1f} % [{c['change_ci_low']:+.1f}, {c['change_ci_high']:+.1f}]"
+            )
+        )
+        p = "–" if c["p_adjusted"] is None else f"{c['p_adjusted']:.3g}"
+        cells = (c["env"], c["workload"], c["op"], c["metric"], a, b, ch, p, c["verdict"])
+        t.add_row(*(Text(str(x)) for x in cells), style=style.get(c["verdict"]))
+    out.print(t)
+    for side, keys in (("only in A", result["only_a"]), ("only in B", result["only_b"])):
+        if keys:
+            out.print(f"{side}: " + ", ".join("/".join(map(str, k)) for k in keys), markup=False)
+    out.print(f"{result['regressions']} regression(s), {result['improvements']} improvement(s) "
+              f"of {len(result['cells'])} cells")  # fmt: skip
+
+
+@click.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="notebook to write [default: RUN_DIR/analysis.ipynb]")  # fmt: skip
+def notebook(run_dir: Path, output: Path | None):
+    """Write a Jupyter notebook that loads the run and reproduces the main tables."""
+    from bench.report import notebook as nb
+
+    manifest = store.read_manifest(run_dir)
+    try:
+        path = nb.write(run_dir, manifest, output or run_dir / "analysis.ipynb")
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"notebook: {path}")
+
+
+@click.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--format", "fmt", required=True, help="csv, json or parquet")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="file to write [default: RUN_DIR/samples.FORMAT]")  # fmt: skip
+@click.option("--summary", is_flag=True, help="the summary rows instead of the samples")
+def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
+    """Export the run's samples (or summary) as CSV, JSON or Parquet."""
+    try:
+        path = export_mod.export(run_dir, fmt.lower(), output, summary=summary)
+    except export_mod.ExportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"export: {path}")
+
+
+COMMANDS = (report, compare, notebook, export)

@@ -1,0 +1,102 @@
+"""Compare two runs cell by cell: medians A and B, the change with a bootstrap CI, a
+Mann–Whitney test with Holm correction across the cells, and a regression/improvement
+verdict that knows whether lower or higher is better."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import analysis, provenance, stats, store
+from bench.report import model
+
+
+def load(run_dir: Path) -> tuple[dict[str, Any], Any]:
+    return store.read_manifest(run_dir), store.load_samples(run_dir)
+
+
+def _groups(df) -> dict[tuple, Any]:
+    data = analysis.measured(df, analysis.MAIN)
+    return {k: (g["value"].to_numpy(dtype=float), g["unit"].iloc[0])
+            for k, g in data.groupby(analysis.KEY)}  # fmt: skip
+
+
+def host_warnings(ma: dict[str, Any], mb: dict[str, Any]) -> list[str]:
+    """What makes the two runs not directly comparable: host facts, env versions."""
+    diffs = provenance.differences(ma.get("host") or {}, mb.get("host") or {})
+    out = [f"hosts differ: {d}" for d in diffs]
+    ea, eb = ma.get("environments") or {}, mb.get("environments") or {}
+    for label in sorted(set(ea) & set(eb)):
+        va, vb = ea[label].get("versions") or {}, eb[label].get("versions") or {}
+        for k in sorted(set(va) | set(vb)):
+            if va.get(k) != vb.get(k):
+                out.append(f"{label}: {k} version differs: {va.get(k)!r} vs {vb.get(k)!r}")
+    if (ma.get("bundle") or {}).get("hash") != (mb.get("bundle") or {}).get("hash"):
+        out.append("probe bundles differ: the runs did not execute the same probe binaries")
+    return out
+
+
+def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> dict[str, Any]:
+    """Per-cell changes from run A to run B; `threshold` in percent."""
+    cat = model.catalog_of(mb) or model.catalog_of(ma)
+    ga, gb = _groups(dfa), _groups(dfb)
+    cells = []
+    for key in sorted(set(ga) & set(gb)):
+        env, workload, op, metric = key
+        (a, unit), (b, _) = ga[key], gb[key]
+        sa, sb = stats.summarize(a, n_boot=n_boot), stats.summarize(b, n_boot=n_boot)
+        ratio, lo, hi = stats.ratio_ci(b, a, n_boot=n_boot)
+        cells.append({
+            "env": env, "workload": workload, "op": op, "metric": metric, "unit": unit,
+            "better": model.better(cat, workload, metric),
+            "n_a": int(sa.n), "n_b": int(sb.n),
+            "median_a": model._finite(sa.median), "median_b": model._finite(sb.median),
+            "ci_a": [model._finite(sa.ci_low), model._finite(sa.ci_high)],
+            "ci_b": [model._finite(sb.ci_low), model._finite(sb.ci_high)],
+            "ratio": model._finite(ratio),
+            "change_pct": _pct(ratio), "change_ci_low": _pct(lo), "change_ci_high": _pct(hi),
+            "p_value": model._finite(stats.mann_whitney(b, a)),
+        })  # fmt: skip
+    tested = [i for i, c in enumerate(cells) if c["p_value"] is not None]
+    adjusted = stats.holm([cells[i]["p_value"] for i in tested]) if tested else []
+    for c in cells:
+        c["p_adjusted"], c["significant"] = None, False
+    for i, p in zip(tested, adjusted, strict=True):
+        c = cells[i]
+        c["p_adjusted"] = model._finite(p)
+        lo, hi = c["change_ci_low"], c["change_ci_high"]
+        c["significant"] = bool(lo is not None and stats.significant(p, 1 + lo / 100, 1 + hi / 100))
+    for c in cells:
+        c["verdict"] = verdict(c, threshold)
+    return {
+        "run_a": ma.get("run_id"), "run_b": mb.get("run_id"), "threshold": threshold,
+        "cells": cells,
+        "only_a": [list(k) for k in sorted(set(ga) - set(gb))],
+        "only_b": [list(k) for k in sorted(set(gb) - set(ga))],
+        "warnings": host_warnings(ma, mb),
+        "regressions": sum(c["verdict"] == "regression" for c in cells),
+        "improvements": sum(c["verdict"] == "improvement" for c in cells),
+        "host_a": (ma.get("host") or {}).get("hostname"),
+        "host_b": (mb.get("host") or {}).get("hostname"),
+    }  # fmt: skip
+
+
+def verdict(c: dict[str, Any], threshold: float) -> str:
+    """regression | improvement (significant and beyond the threshold), else
+    `within threshold` (significant but small) or `n.s.`."""
+    if not c["significant"] or c["change_pct"] is None:
+        return "n.s."
+    if abs(c["change_pct"]) <= threshold:
+        return "within threshold"
+    up = c["change_pct"] > 0
+    return "regression" if up == (c["better"] != "higher") else "improvement"
+
+
+def flagged(result: dict[str, Any]) -> bool:
+    """True when any cell changed significantly beyond the threshold (exit status 1)."""
+    return any(c["verdict"] in ("regression", "improvement") for c in result["cells"])
+
+
+def _pct(r) -> float | None:
+    r = model._finite(r)
+    return None if r is None else (r - 1.0) * 100.0

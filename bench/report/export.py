@@ -1,0 +1,65 @@
+"""Exports of a run's samples (or its summary rows) as CSV, JSON or Parquet."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import analysis, store
+
+FORMATS = ("csv", "json", "parquet")
+
+
+class ExportError(Exception):
+    """A user error (unknown format, missing optional dependency); one line."""
+
+
+def frame(run_dir: Path, *, summary: bool = False):
+    """The samples DataFrame, or the summary rows (main and footprint scopes)."""
+    import pandas as pd
+
+    manifest = store.read_manifest(run_dir)
+    df = store.load_samples(run_dir)
+    if not summary:
+        return df
+    rows = []
+    if len(df):
+        for scope in (analysis.MAIN, analysis.FOOTPRINT):
+            summary = analysis.summarize_run(df, manifest, scope=scope)
+            rows += [r | {"scope": scope} for r in summary]
+    return pd.DataFrame.from_records(rows)
+
+
+def to_bytes(df, fmt: str) -> bytes:
+    if fmt == "csv":
+        return df.to_csv(index=False).encode()
+    if fmt == "json":
+        records: list[dict[str, Any]] = json.loads(df.to_json(orient="records"))
+        return (json.dumps(records, indent=1) + "\n").encode()
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ExportError(
+                "parquet export needs pyarrow: pip install 'isobench[parquet]'"
+            ) from None
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False, engine="pyarrow")
+        return buf.getvalue()
+    raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def default_path(run_dir: Path, fmt: str, summary: bool) -> Path:
+    return Path(run_dir) / f"{'summary' if summary else 'samples'}.{fmt}"
+
+
+def export(run_dir: Path, fmt: str, out: Path | None = None, *, summary: bool = False) -> Path:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    data = to_bytes(frame(run_dir, summary=summary), fmt)
+    path = Path(out) if out else default_path(run_dir, fmt, summary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,103 @@
+"""HTML rendering: Jinja2 (autoescape on) + inlined assets + one JSON data blob.
+
+The file works offline: the chart library, our script and stylesheet are inlined, and
+the data is one `<script type="application/json">` element that the script reads. Inside
+that element `<`, `>` and `&` are written as JSON escapes (\\u003c ...), so no string from
+the data can close the element or open a comment, whatever it contains.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from bench.report import model
+from bench.resources import reports_dir
+
+ASSETS = ("echarts.min.js", "report.js", "report.css")
+_CLOSE_SCRIPT = re.compile(r"</(script)", re.IGNORECASE)
+_CLOSE_STYLE = re.compile(r"</(style)", re.IGNORECASE)
+
+
+def data_json(obj: Any) -> str:
+    """JSON safe to place inside a <script> element (no `</`, no `<!--`)."""
+    if isinstance(obj, dict) and "samples" in obj:  # already JSON-safe, and large
+        obj = _clean({k: v for k, v in obj.items() if k != "samples"}) | {"samples": obj["samples"]}
+    else:
+        obj = _clean(obj)
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))  # fmt: skip
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf -> null (JSON has neither); numpy scalars -> Python."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        if obj and all(type(x) is int or x is None for x in obj):  # long code lists: fast path
+            return obj
+        return [_clean(x) for x in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalar
+        return _clean(obj.item())
+    return obj
+
+
+@functools.cache
+def asset(name: str) -> str:
+    """An asset's text, made safe to inline in a <script> or <style> element."""
+    text = (reports_dir() / "assets" / name).read_text(encoding="utf-8")
+    if name.endswith(".js"):
+        return _CLOSE_SCRIPT.sub(r"<\\/\1", text)
+    return _CLOSE_STYLE.sub(r"<\\/\1", text)
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(reports_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        num=model.fmt_num,
+        qty=lambda x, unit: model.fmt_quantity(x, unit),
+        ratio=model.fmt_ratio,
+        pct=lambda x: "–" if x is None else f"{x:+.1f} %",
+        pval=lambda p: "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
+        ci=lambda r: model.fmt_ci(r["median"], r["ci_low"], r["ci_high"], r["unit"]),
+        kv=lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items()) or "–",
+    )
+    env.globals["asset"] = lambda name: Markup(asset(name))
+    return env
+
+
+def render_template(template: str, data: dict[str, Any], **context: Any) -> str:
+    blob = Markup(data_json(data))
+    return environment().get_template(template).render(d=data, data_blob=blob, **context)
+
+
+def render(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> str:
+    """The run's report as one HTML string."""
+    data = model.build(manifest, df, n_boot=n_boot)
+    return render_template("report.html.j2", data, title=f"isobench · {data['run']['run_id']}")
+
+
+def write(path: Path, html: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,115 @@
+"""compare: pairing, change CIs, verdicts, exit status and host warnings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench import store
+from bench.report import compare
+from bench.report.commands import compare as compare_cmd
+from tests.test_report import make_run
+
+HOST = {"cpu_model": "X", "kernel": "6.1", "cpu_count": 2, "cgroup_layout": "unified",
+        "hostname": "h"}  # fmt: skip
+CAT = {
+    "syscall": {"family": "syscall", "metrics": {"ns_per_op": {"unit": "ns", "better": "lower"}}},
+    "cpu": {"family": "cpu", "metrics": {"mb_per_s": {"unit": "MB/s", "better": "higher"}}},
+}
+
+
+def write_run(path, run_id, cells, host=HOST, versions=None):
+    """A small recorded run: cells = {(env, workload, op, metric, unit): values}."""
+    path.mkdir()
+    manifest = {
+        "schema_version": 1,
+        "run_id": run_id,
+        "status": "complete",
+        "host": host,
+        "matrix": {"baseline": "host"},
+        "catalog": CAT,
+        "bundle": {"hash": "b"},
+        "environments": {"host": {"kind": "host", "versions": versions or {}}},
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with open(path / "samples.jsonl", "w") as f:
+        for (env, w, op, metric, unit), values in cells.items():
+            for i, v in enumerate(values):
+                f.write(json.dumps({"run_id": run_id, "round": i + 1, "env": env, "workload": w,
+                                    "op": op, "metric": metric, "unit": unit, "value": float(v),
+                                    "source": "probe", "status": "ok"}) + "\n")  # fmt: skip
+    return path
+
+
+rng = np.random.default_rng(1)
+NULL = ("host", "syscall", "null", "ns_per_op", "ns")
+BW = ("host", "cpu", "mem_bw", "mb_per_s", "MB/s")
+
+
+def test_verdicts_follow_better(tmp_path):
+    a = write_run(tmp_path / "a", "A", {NULL: rng.normal(100, 1, 20), BW: rng.normal(1000, 5, 20)})
+    b = write_run(tmp_path / "b", "B", {NULL: rng.normal(130, 1, 20), BW: rng.normal(1300, 5, 20)})
+    r = compare.compare(*compare.load(a), *compare.load(b), threshold=5)
+    by = {c["op"]: c for c in r["cells"]}
+    assert by["null"]["verdict"] == "regression"  # slower syscall
+    assert by["mem_bw"]["verdict"] == "improvement"  # more bandwidth
+    assert 25 < by["null"]["change_pct"] < 35
+    assert by["null"]["change_ci_low"] < by["null"]["change_pct"] < by["null"]["change_ci_high"]
+    assert compare.flagged(r) and r["warnings"] == []
+
+
+def test_exit_status_and_threshold(tmp_path):
+    a = write_run(tmp_path / "a", "A", {NULL: rng.normal(100, 0.5, 30)})
+    b = write_run(tmp_path / "b", "B", {NULL: rng.normal(103, 0.5, 30)})
+    res = CliRunner().invoke(compare_cmd, [str(a), str(b)])
+    assert res.exit_code == 0, res.output  # significant but within 5 %
+    assert "within threshold" in res.output
+    res = CliRunner().invoke(compare_cmd, [str(a), str(b), "--threshold", "1", "--json"])
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["regressions"] == 1
+
+
+def test_no_change_exits_0_and_writes_html(tmp_path):
+    vals = rng.normal(100, 5, 15)
+    a = write_run(tmp_path / "a", "A", {NULL: vals})
+    b = write_run(tmp_path / "b", "B", {NULL: rng.permutation(vals)})
+    out = tmp_path / "c.html"
+    res = CliRunner().invoke(compare_cmd, [str(a), str(b), "-o", str(out)])
+    assert res.exit_code == 0 and "n.s." in res.output
+    assert 'data-chart="forest"' in out.read_text()
+
+
+def test_warns_when_hosts_or_versions_differ(tmp_path):
+    a = write_run(tmp_path / "a", "A", {NULL: [1, 2, 3]}, versions={"runc": "1.1"})
+    b = write_run(tmp_path / "b", "B", {NULL: [1, 2, 3]}, host=HOST | {"kernel": "6.9"},
+                  versions={"runc": "1.2"})  # fmt: skip
+    res = CliRunner().invoke(compare_cmd, [str(a), str(b)])
+    assert "hosts differ: kernel: '6.1' vs '6.9'" in res.stderr
+    assert "host: runc version differs: '1.1' vs '1.2'" in res.stderr
+
+
+def test_labels_are_not_rich_markup(tmp_path):
+    cell = ("[bold]<b>x</b>", "syscall", "null", "ns_per_op", "ns")
+    a = write_run(tmp_path / "a", "A", {cell: [1, 2, 3]})
+    b = write_run(tmp_path / "b", "B", {cell: [1, 2, 3]})
+    res = CliRunner().invoke(compare_cmd, [str(a), str(b), "-o", str(tmp_path / "c.html")])
+    assert "[bold]<b>x</b>" in res.output
+    assert "[bold]&lt;b&gt;x&lt;/b&gt;" in (tmp_path / "c.html").read_text()
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(store.StoreError):
+        CliRunner().invoke(compare_cmd, [str(tmp_path / "x"), str(tmp_path / "y")],
+                           catch_exceptions=False)  # fmt: skip
+
+
+@pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
+def test_real_run_against_itself(tmp_path_factory):
+    run = make_run(tmp_path_factory)
+    r = compare.compare(*compare.load(run), *compare.load(run))
+    assert r["cells"] and all(c["verdict"] == "n.s." for c in r["cells"])
+    assert pd.DataFrame(r["cells"])["change_pct"].abs().max() == 0

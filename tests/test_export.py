@@ -1,0 +1,57 @@
+"""Exports of a real run: CSV, JSON, Parquet, the summary, and the errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench import store
+from bench.report.commands import export as export_cmd
+from tests.test_report import make_run
+
+needs_run = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory)
+
+
+def invoke(*args):
+    return CliRunner().invoke(export_cmd, [str(a) for a in args], catch_exceptions=False)
+
+
+@needs_run
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_export_samples(run, tmp_path, fmt):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / f"s.{fmt}"
+    assert invoke(run, "--format", fmt, "-o", out).exit_code == 0
+    df = {"csv": pd.read_csv, "json": lambda p: pd.DataFrame(json.loads(p.read_text())),
+          "parquet": pd.read_parquet}[fmt](out)  # fmt: skip
+    assert len(df) == len(store.load_samples(run))
+    assert list(df.columns) == list(store.COLUMNS)
+
+
+@needs_run
+def test_export_summary_csv(run, tmp_path):
+    out = tmp_path / "sum.csv"
+    assert invoke(run, "--format", "csv", "--summary", "-o", out).exit_code == 0
+    df = pd.read_csv(out)
+    assert {"ratio", "p_adjusted", "scope"} <= set(df.columns)
+    assert set(df["scope"]) == {"main", "footprint"}
+
+
+def test_unknown_format_is_a_user_error(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "run_id": "x"}))
+    res = CliRunner().invoke(export_cmd, [str(tmp_path), "--format", "xlsx"])
+    assert res.exit_code == 1 and "unknown format 'xlsx'" in res.output  # ClickException
+
+
+def test_not_a_run_is_a_store_error(tmp_path):
+    with pytest.raises(store.StoreError):
+        invoke(tmp_path / "nope", "--format", "csv")

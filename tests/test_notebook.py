@@ -1,0 +1,30 @@
+"""The generated notebook runs top to bottom in a real Jupyter kernel."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from bench.report.commands import notebook as notebook_cmd
+from tests.test_report import make_run
+
+pytestmark = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
+
+
+def test_notebook_executes_with_a_real_kernel(tmp_path_factory, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    run = make_run(tmp_path_factory)
+    out = tmp_path / "analysis.ipynb"
+    res = CliRunner().invoke(notebook_cmd, [str(run), "-o", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    nb = nbformat.read(str(out), as_version=4)
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
+                   for o in outputs)  # fmt: skip
+    assert "getppid" in text or "null" in text  # the summary table came out
+    assert "ratio" in text

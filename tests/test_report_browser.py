@@ -1,0 +1,100 @@
+"""The report of a real run in real headless Chromium, offline: no console message, every
+chart rendered, the hostile label shown as text (tables, axis labels, tooltips)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import store
+from bench.report import html
+from tests.test_report import EVIL, make_run
+
+pytestmark = pytest.mark.requires("chromium", "root", "cgroup", "compiler", "host", "namespaces")
+
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;"
+# After the charts have drawn: open a tooltip on every chart (tooltips render HTML).
+SHOW_TIPS = """<script>
+setTimeout(function () {
+  document.querySelectorAll("[data-chart]").forEach(function (el) {
+    var c = echarts.getInstanceByDom(el);
+    if (c) c.dispatchAction({type: "showTip", seriesIndex: 0, dataIndex: 1});
+  });
+}, 300);
+</script>"""
+
+
+def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Headless Chromium with every route to the network closed: a fresh network
+    namespace when we may make one, and a dead proxy plus a resolver that finds nothing
+    (any request then fails, and a failed load is a console error)."""
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", "--proxy-server=socks5://127.0.0.1:9",
+           "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=10000", *extra, url]  # fmt: skip
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        cmd = ["unshare", "--net", "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> Path:
+    run = make_run(tmp_path_factory)
+    out = tmp_path_factory.mktemp("browser") / "report.html"
+    html.write(out, html.render(store.read_manifest(run), store.load_samples(run)))
+    return out
+
+
+def console_messages(stderr: str) -> list[str]:
+    """Console lines of the page (Chromium's own chrome:// pages log too: not ours)."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if ":CONSOLE" in line and "source: chrome://" not in line
+    ]
+
+
+def test_report_renders_offline_without_console_errors(page, tmp_path):
+    res = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert console_messages(res.stderr) == []
+    dom = res.stdout
+    charts = re.findall(r"<div[^>]*\bdata-chart=[^>]*>", dom)
+    assert len(charts) >= 10
+    not_drawn = [c for c in charts if 'data-rendered="1"' not in c]
+    assert not_drawn == []
+    assert dom.count("<svg") >= len(charts)
+    # the label as text in the tables and headline, and in the SVG axis labels
+    assert dom.count(ESCAPED) >= 5
+    assert re.search(r"<text[^>]*>&lt;script&gt;alert\(1\)", dom)
+    # nothing from the data became markup or ran
+    assert "<b>x</b>" not in dom
+    assert "<script>alert(1)</script>" not in dom
+
+
+def test_tooltips_escape_the_label(page, tmp_path):
+    hot = tmp_path / "tips.html"
+    head, _, tail = page.read_text().rpartition("</body>")
+    hot.write_text(head + SHOW_TIPS + "</body>" + tail)
+    res = chromium(hot.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert res.returncode == 0
+    assert console_messages(res.stderr) == []
+    dom = res.stdout
+    tips = re.findall(r"<div[^>]*(?:tooltip|z-index: 9999999)[^>]*>.*?</div>", dom, re.S)
+    assert any("&lt;script&gt;" in t for t in tips), "no tooltip with the label was shown"
+    assert "<b>x</b>" not in dom
+
+
+def test_screenshot_at_1280(page, tmp_path):
+    shot = tmp_path / "shot.png"
+    res = chromium(page.as_uri(), tmp_path / "profile", "--hide-scrollbars",
+                   f"--screenshot={shot}", "--window-size=1280,4000")  # fmt: skip
+    assert res.returncode == 0 and shot.stat().st_size > 50_000
+    assert console_messages(res.stderr) == []
+    assert EVIL not in page.read_text().split('id="isobench-data"')[0]
