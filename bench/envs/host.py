@@ -3,20 +3,95 @@ and removes, so the baseline is measured exactly like every other environment.""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.envs.base import Availability, Environment, Invocation, Launch, Option
 from bench.envs.process import stream, to_launch
 from bench.metrics.cgroup import Cgroup, CgroupError, delta, detect_layout, preexec_attach
+from bench.metrics.procs import PeakSampler
 
 CGROUP_OPTIONS = {
     "cpus": Option(None, "CPU quota on the launch's cgroup, in CPUs (e.g. 0.5)", type=float),
     "cpuset": Option(None, "CPUs the probe may run on (cpuset list, e.g. 1 or 0-1)"),
+    "weight": Option(
+        None,
+        "CPU weight of the launch's cgroup, 1024 = a plain process (cgroup v1 cpu.shares; "
+        "v2 cpu.weight = weight/1024*100): shields the probe from other load on the host",
+        type=int,
+    ),
+    "sampler": Option(
+        "on",
+        "psutil sampler of the probe's processes (peak RSS/PSS) during each launch; its own "
+        "CPU time is recorded as sampler_cpu_ms, so its perturbation can be measured",
+        choices=("on", "off"),
+    ),
 }
+SAMPLER_INTERVAL_S = 0.1  # peak memory is also in the cgroup; this keeps the cost < 1% CPU
+ONLINE = Path("/sys/devices/system/cpu/online")
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """A kernel CPU list ("0-3,6") -> {0, 1, 2, 3, 6}; ValueError on anything else."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def is_pinned(cpuset: str | None, online: str | None) -> bool:
+    """True when `cpuset` leaves out at least one online CPU (the probe is pinned)."""
+    if not cpuset:
+        return False
+    try:
+        chosen = parse_cpu_list(cpuset)
+        return online is None or chosen < parse_cpu_list(online)
+    except ValueError:
+        return True  # the kernel would refuse it anyway; it was meant as a pinning
+
+
+class CgroupSampler(PeakSampler):
+    """PeakSampler over whatever processes are in the launch's cgroup right now: the
+    probe's whole tree (unshare and its children too), found without knowing the pid."""
+
+    def __init__(self, cg: Cgroup, interval: float = SAMPLER_INTERVAL_S):
+        super().__init__([], interval=interval)
+        self._cg = cg
+
+    def _sample(self) -> None:
+        # One cgroup.procs file is enough (every hierarchy holds the same pids) and
+        # costs ~0.03 ms; Cgroup.pids() reads them all (~0.5 ms on a v1/hybrid host).
+        try:
+            with open(self._cg.procs_files[0]) as f:
+                self.pids = [int(x) for x in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            self.pids = []
+        super()._sample()
+
+
+def set_weight(cg: Cgroup, weight: int) -> None:
+    """Give the cgroup `weight` (1024 = one plain process) over its siblings."""
+    if cg.layout == "v2":
+        value = max(1, min(10000, round(weight * 100 / 1024)))
+        (cg.paths[""] / "cpu.weight").write_text(str(value))
+    else:
+        value = max(2, min(262144, weight))
+        (cg.paths["cpu"] / "cpu.shares").write_text(str(value))
+
+
+def sampler_figures(figures: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """PeakSampler.stop() -> (the instance's own peaks, the sampler's cost on the host)."""
+    instance = {"rss_peak_mib": figures["rss_peak_mib"]}
+    if "pss_peak_mib" in figures:
+        instance["pss_peak_mib"] = figures["pss_peak_mib"]
+    harness = {"sampler_cpu_ms": figures["sampler_cpu_ms"], "sampler_samples": figures["samples"]}
+    return instance, harness
 
 
 def _cgroup_availability() -> Availability:
@@ -62,14 +137,31 @@ class HostEnv(Environment):
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
             return Launch(status="failed", reason=f"could not create cgroup {name}: {e}")
+        if self.config.get("weight"):
+            try:
+                set_weight(cg, self.config["weight"])
+            except (KeyError, OSError) as e:
+                cg.remove()
+                if workdir:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                return Launch(status="failed", reason=f"could not set cpu weight on {name}: {e}")
+        sampler = CgroupSampler(cg) if self.sampler_on else None
         try:
             before = cg.read()
             argv = self.wrap(inv.argv(str(self._bundle.probes[inv.probe]), str(workdir or "")))
-            res = stream(
-                argv, timeout, preexec_fn=preexec_attach(cg.procs_files), on_kill=cg.kill_all
-            )
+            try:
+                res = stream(
+                    argv, timeout, preexec_fn=preexec_attach(cg.procs_files), on_kill=cg.kill_all,
+                    on_start=(lambda pid: sampler.start()) if sampler else None,
+                )  # fmt: skip
+            finally:
+                figures = sampler.stop() if sampler else {}
             launch = to_launch(res, timeout, "probe")
             launch.cgroup = delta(before, cg.read())
+            if figures:
+                instance, harness = sampler_figures(figures)
+                launch.cgroup.update(instance)
+                launch.host_side.update(harness)
         finally:
             cg.remove()
             if workdir:
@@ -77,6 +169,27 @@ class HostEnv(Environment):
         launch.phases["cleaned"] = time.monotonic_ns() - res.t_submit
         return launch
 
+    @property
+    def sampler_on(self) -> bool:
+        return self.config.get("sampler", CGROUP_OPTIONS["sampler"].default) == "on"
+
     def describe(self) -> dict[str, Any]:
         av = self.probe()
-        return {**super().describe(), "versions": av.versions, "argv_prefix": self.wrap([])}
+        online = None
+        with contextlib.suppress(OSError):
+            online = ONLINE.read_text().strip()
+        cpuset = self.config.get("cpuset")
+        return {
+            **super().describe(),
+            "versions": av.versions,
+            "argv_prefix": self.wrap([]),
+            "resources": {
+                "cpus": self.config.get("cpus"),  # CPU quota in CPUs; None: no quota
+                "cpuset": cpuset,
+                "weight": self.config.get("weight"),  # None: the default 1024 (v2: 100)
+                "pinned": is_pinned(cpuset, online),
+                "online_cpus": online,
+                "sampler": "on" if self.sampler_on else "off",
+                "sampler_interval_s": SAMPLER_INTERVAL_S if self.sampler_on else None,
+            },
+        }

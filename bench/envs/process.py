@@ -52,13 +52,16 @@ def stream(
     preexec_fn: Callable[[], None] | None = None,
     env: dict[str, str] | None = None,
     on_kill: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     ready_marker: Callable[[str], bool] = is_ready,
 ) -> Streamed:
     """Run argv in its own session; collect stdout lines, note when `ready` is seen.
 
     On timeout (or any exception, Ctrl-C included) the whole process group is killed
     with SIGKILL and reaped before this returns or re-raises; `on_kill` runs too, for
-    kinds whose instance lives outside the group (a container, a sandbox).
+    kinds whose instance lives outside the group (a container, a sandbox). `on_start`
+    gets the child's pid right after the fork (start samplers there: forking while
+    other threads run is unsafe with a preexec_fn).
     """
     res = Streamed(t_submit=time.monotonic_ns())
     proc = subprocess.Popen(
@@ -76,6 +79,8 @@ def stream(
     buffers = {proc.stdout: b"", proc.stderr: b""}
     err_chunks: list[bytes] = []
     try:
+        if on_start:
+            on_start(proc.pid)
         for f in buffers:
             os.set_blocking(f.fileno(), False)
             sel.register(f, selectors.EVENT_READ)

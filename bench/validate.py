@@ -1,0 +1,409 @@
+"""`isobench validate`: a self-check to run before trusting a host's numbers.
+
+Two real runs (the real Runner, real environments, interleaved shuffled rounds), then
+pure checks on their samples:
+
+1. A/A: `host:label=A` vs `host:label=B` (identical) on fast workloads (null syscall,
+   clock_gettime, startup phases): nothing may come out significant (Holm-adjusted
+   Mann-Whitney p < 0.05 *and* a ratio CI that excludes 1, as in reports). On a
+   perfect host this check still fails about 5% of the time: that is what alpha means.
+2. Known answer: `host:cpus=0.5` vs `host`, single-threaded `cpu --op compute` with
+   >= 300 ms measurements (several 100 ms CFS periods): time per op must double, the
+   ratio CI must contain 2.0.
+3. vDSO control: `clock_gettime` namespaces/host: the ratio CI must contain 1.0.
+4. Harness cost (`bench.harness.measure`) and the sampler's perturbation of the cpu
+   probe: `host:sampler=on` vs `host:sampler=off` in the same run; the ratio CI of time
+   per op must lie within 1 ± 1% (an equivalence test: a wide CI fails as "not shown").
+5. Minimum detectable effect per workload family from the observed noise, at the
+   default matrix's round counts (stats.min_detectable_effect); fails above 10%.
+
+Figures where higher is better (ops/s) are turned into costs (time per op, 1/x) before
+ratios are taken, so every ratio reads "how many times the cost of the baseline".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from bench import bundle as bundle_mod
+from bench import catalog, harness, provenance, stats, store
+from bench.catalog import Metric, Workload
+from bench.matrix import Matrix, parse_env_spec
+from bench.metrics import noise
+from bench.runner import Runner
+
+ALPHA = 0.05
+SAMPLER_MARGIN = 0.01  # the sampler may cost the cpu probe at most 1%
+MDE_LIMIT = 0.10  # a host that cannot detect a 10% overhead fails validation
+# ... except startup: a ms-scale spawn with a heavy tail, used for effects of x1.5-x100
+MDE_LIMITS = {"startup (exit_ms)": 0.50}
+WEIGHT = 10240  # validate's probes get 10x a plain process's CPU weight (other load)
+DEFAULTS = Matrix(envs=[], workloads=[])  # the default round counts of `isobench run`
+
+NS = {"ns_per_op": Metric("ns", "lower")}
+OPS = {"ops_per_s": Metric("ops/s", "higher")}
+
+
+def _workload(name: str, probe: str, args: tuple[str, ...], metrics: dict) -> Workload:
+    """A workload with the same arguments in every mode (quick, emulated)."""
+    return Workload(name, probe, probe, f"validate: {probe} {' '.join(args)}".strip(),
+                    args, args, args, metrics)  # fmt: skip
+
+
+WORKLOADS = {
+    "syscall-null": _workload("syscall-null", "syscall", ("--op", "null", "--reps", "1"), NS),
+    "clock_gettime": _workload(
+        "clock_gettime", "syscall", ("--op", "clock_gettime", "--reps", "1"), NS
+    ),
+    "startup": _workload("startup", "startup", (), {}),
+    "compute": _workload(
+        "compute", "cpu", ("--op", "compute", "--reps", "1", "--min-ms", "300"), OPS
+    ),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    line: str  # the figures, for humans
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.line}"
+
+
+# -- pure checks ---------------------------------------------------------------------------
+def cost(values, better: str = "lower") -> np.ndarray:
+    """The cost-oriented figure: values as they are, or 1/x where higher is better."""
+    a = np.asarray(values, dtype=float)
+    return 1.0 / a if better == "higher" else a
+
+
+def _ci(r: float, lo: float, hi: float) -> str:
+    return f"{r:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def aa_check(pairs: dict[str, tuple[Any, Any]], *, alpha: float = ALPHA) -> Check:
+    """pairs: figure name -> (values B, values A). Passes when no figure is significant
+    after Holm across all figures (the report's own rule: stats.significant)."""
+    names = list(pairs)
+    ps = [stats.mann_whitney(b, a) for b, a in pairs.values()]
+    adj = stats.holm(ps) if names else []
+    figures, bad = {}, []
+    for name, (b, a), p, pa in zip(names, pairs.values(), ps, adj, strict=True):
+        r, lo, hi = stats.ratio_ci(b, a)
+        sig = stats.significant(pa, lo, hi, alpha=alpha)
+        figures[name] = {"ratio": r, "ci_low": lo, "ci_high": hi, "p": p, "p_adjusted": pa,
+                         "significant": sig, "n": [len(b), len(a)]}  # fmt: skip
+        if sig:
+            bad.append(name)
+    ok = bool(names) and not bad
+    parts = [f"{n} B/A {_ci(f['ratio'], f['ci_low'], f['ci_high'])} p_adj={f['p_adjusted']:.2g}"
+             for n, f in figures.items()]  # fmt: skip
+    line = "; ".join(parts) if names else "no data"
+    if bad:
+        line += f" — significant: {', '.join(bad)}"
+    return Check("A/A", ok, line, {"figures": figures, "significant": bad})
+
+
+def contains_check(name: str, values, baseline, expected: float, better: str = "lower") -> Check:
+    """Passes when the ratio CI of the cost-oriented figure contains `expected`."""
+    r, lo, hi = stats.ratio_ci(cost(values, better), cost(baseline, better))
+    ok = math.isfinite(lo) and math.isfinite(hi) and lo <= expected <= hi
+    line = f"ratio {_ci(r, lo, hi)} (expected {expected:g}), n={len(values)}/{len(baseline)}"
+    return Check(name, ok, line, {"ratio": r, "ci_low": lo, "ci_high": hi, "expected": expected})
+
+
+def equivalence_check(
+    name: str, values, baseline, margin: float = SAMPLER_MARGIN, better: str = "lower"
+) -> Check:
+    """Passes when the whole ratio CI lies within 1 ± margin (shown to differ by less)."""
+    r, lo, hi = stats.ratio_ci(cost(values, better), cost(baseline, better))
+    ok = math.isfinite(lo) and math.isfinite(hi) and 1 - margin < lo and hi < 1 + margin
+    if ok:
+        why = f"|ratio - 1| < {margin:.0%} shown"
+    elif math.isfinite(lo) and (lo >= 1 + margin or hi <= 1 - margin):
+        why = f"differs by more than {margin:.0%}"
+    else:
+        why = f"not shown within {margin:.0%}: CI too wide or off-centre, more rounds needed"
+    line = f"ratio {_ci(r, lo, hi)}, {why}, n={len(values)}/{len(baseline)}"
+    return Check(name, ok, line, {"ratio": r, "ci_low": lo, "ci_high": hi, "margin": margin})
+
+
+def sampler_check(
+    on, off, cpu_fraction, margin: float = SAMPLER_MARGIN, better: str = "lower"
+) -> Check:
+    """The sampler perturbs the probe by less than `margin`, shown either directly (the
+    on/off ratio CI inside 1 ± margin) or, when load makes that CI too wide, by a bound:
+    the on/off CI contains 1 (no detectable effect) and the sampler thread's own CPU
+    time per second of launch (a CPU-time figure, unaffected by other load) has a 95%
+    upper bound below `margin`: a thread in another process slows a CPU-bound probe
+    by at most the CPU it takes, when it has to share the probe's CPU at all."""
+    direct = equivalence_check("sampler", on, off, margin, better)
+    frac = stats.summarize(cpu_fraction)
+    data = {**direct.data, "cpu_fraction": frac.as_dict()}
+    r, lo, hi = direct.data["ratio"], direct.data["ci_low"], direct.data["ci_high"]
+    bound = f"sampler CPU {frac.median * 100:.2f}% [{frac.ci_low * 100:.2f}, " \
+            f"{frac.ci_high * 100:.2f}] of a CPU"  # fmt: skip
+    name = "sampler perturbation (sampler on / off, time per op)"
+    if direct.passed:
+        return Check(name, True, f"{direct.line}; {bound}", {**data, "shown_by": "A/B"})
+    no_effect = math.isfinite(lo) and lo <= 1.0 <= hi
+    under = math.isfinite(frac.ci_high) and frac.ci_high < margin
+    ok = no_effect and under
+    line = (f"ratio {_ci(r, lo, hi)} (A/B too wide to show {margin:.0%} at this load; "
+            f"{'contains' if no_effect else 'excludes'} 1); {bound} "
+            f"{'<' if under else '>='} {margin:.0%}")  # fmt: skip
+    return Check(name, ok, line, {**data, "shown_by": "CPU bound" if ok else None})
+
+
+def mde_check(
+    samples: dict[str, tuple[Any, int]], limit: float = MDE_LIMIT, limits: dict | None = None
+) -> Check:
+    """samples: family -> (observed values, n per side at the default budget); each
+    family's MDE must be at most its limit (`limits`, else `limit`)."""
+    limits = limits or {}
+    figures = {f: stats.min_detectable_effect(v, n=n) for f, (v, n) in samples.items()}
+    bad = [f for f, m in figures.items()
+           if not (math.isfinite(m) and m <= limits.get(f, limit))]  # fmt: skip
+    line = "; ".join(
+        f"{f} {m * 100:.2f}% (n={samples[f][1]}, limit {limits.get(f, limit):.0%})"
+        for f, m in figures.items()
+    )
+    line += f", too noisy: {', '.join(bad)}" if bad else ""
+    return Check("minimum detectable effect", bool(figures) and not bad, line, figures)
+
+
+# -- runs ----------------------------------------------------------------------------------
+def values(records, env: str, workload: str, op: str, metric: str) -> np.ndarray:
+    """Measured (round >= 1, ok) values of one figure of one cell."""
+    return np.array(
+        [r["value"] for r in records
+         if r["round"] >= 1 and r["status"] == "ok" and r["value"] is not None
+         and r["env"] == env and r["workload"] == workload and r["op"] == op
+         and r["metric"] == metric],
+        dtype=float,
+    )  # fmt: skip
+
+
+def _per_launch(records, env: str, source: str, metric: str) -> list[float]:
+    """One figure per measured launch of `env`, in launch order (host_side or phase)."""
+    out = sorted((r["launch"], r["value"]) for r in records
+                 if r["round"] >= 1 and r["status"] == "ok" and r["env"] == env
+                 and r["source"] == source and r["metric"] == metric)  # fmt: skip
+    return [v for _, v in out]
+
+
+def host_side(records, env: str, metric: str) -> list[float]:
+    return _per_launch(records, env, "host", metric)
+
+
+def phase(records, env: str, metric: str) -> list[float]:
+    return _per_launch(records, env, "phase", f"{metric}")
+
+
+def run_matrix(m: Matrix, results: Path, name: str, b, log) -> tuple[list[dict], dict]:
+    """One real run of `m` into results/<run-id>; returns (records, manifest)."""
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-validate-{name}"
+    run_dir = results / run_id
+    run_dir.mkdir(parents=True)
+    manifest = {
+        "schema_version": store.SCHEMA_VERSION,
+        "run_id": run_id,
+        "created": time.time(),
+        "host": provenance.host_facts(),
+        "matrix": m.to_dict(),
+        "bundle": b.describe(),
+        "catalog": {n: {"probe": w.probe, "family": w.family,
+                        "metrics": {k: vars(x) for k, x in w.metrics.items()}}
+                    for n, w in WORKLOADS.items()},
+        "noise": {"start": noise.snapshot(busy_sample_s=0)},
+        "warnings": [],
+        "validate": name,
+    }  # fmt: skip
+    store.write_manifest(run_dir, manifest)
+    runner = Runner(m, run_dir, run_id, b, WORKLOADS, manifest, log=log)
+    runner.run()
+    return runner.records, manifest
+
+
+def _matrix(envs: list[str], workloads: list[str], budget: float, **kw) -> Matrix:
+    specs = []
+    for e in envs:  # every cell at WEIGHT; labels stay the plain names used below
+        kind, _, opts = e.partition(":")
+        label = "" if "label=" in opts else f",label={kind}"
+        specs.append(f"{kind}:weight={WEIGHT}" + (f",{opts}" if opts else "") + label)
+    m = Matrix(envs=[parse_env_spec(e) for e in specs], workloads=workloads, budget=budget,
+               timeout=60.0, seed=kw.pop("seed", 1), **kw)  # fmt: skip
+    m.check(WORKLOADS, "validate")
+    return m
+
+
+def _reps(workload: str) -> int:
+    """Measurements per launch in the catalog's full arguments (--reps N, default 1)."""
+    args = list(catalog.load()[workload].args)
+    return int(args[args.index("--reps") + 1]) if "--reps" in args else 1
+
+
+def check_syscall(records) -> list[Check]:
+    figs = {"null": ("syscall-null", "null", "ns_per_op"),
+            "clock_gettime": ("clock_gettime", "clock_gettime", "ns_per_op"),
+            "startup ready": ("startup", "phases", "ready_ms"),
+            "startup exit": ("startup", "phases", "exit_ms")}  # fmt: skip
+    pairs = {n: (values(records, "B", *f), values(records, "A", *f)) for n, f in figs.items()}
+    vdso = contains_check("vDSO control (clock_gettime namespaces/host)",
+                          values(records, "namespaces", *figs["clock_gettime"]),
+                          pairs["clock_gettime"][1], 1.0)  # fmt: skip
+    return [aa_check(pairs), vdso]
+
+
+def check_cpu(records) -> list[Check]:
+    fig = ("compute", "compute", "ops_per_s")
+    host = values(records, "host", *fig)
+    # Both pinned to one CPU: the CFS quota is not split between two runqueues.
+    half = contains_check("known answer (cpus=0.5 / host, both on CPU 1, time per op)",
+                          values(records, "half", *fig), values(records, "pinned", *fig),
+                          2.0, "higher")  # fmt: skip
+    frac = [
+        r / w
+        for r, w in zip(
+            host_side(records, "host", "sampler_cpu_ms"),
+            phase(records, "host", "exit_ms"),
+            strict=True,
+        )
+        if w > 0
+    ]
+    smp = sampler_check(host, values(records, "nosampler", *fig), frac, better="higher")
+    return [half, smp]
+
+
+def check_mde(syscall_records, cpu_records) -> Check:
+    """Per family, from the host baseline's noise; n = the default max rounds × reps."""
+    n_sys = DEFAULTS.max_rounds * _reps("syscall")
+    n_cpu = DEFAULTS.max_rounds * _reps("cpu")
+    return mde_check({
+        "syscall (null)": (values(syscall_records, "A", "syscall-null", "null", "ns_per_op"),
+                           n_sys),
+        "syscall (clock_gettime)": (values(syscall_records, "A", "clock_gettime",
+                                           "clock_gettime", "ns_per_op"), n_sys),
+        "cpu (compute)": (values(cpu_records, "host", "compute", "compute", "ops_per_s"), n_cpu),
+        "startup (exit_ms)": (values(syscall_records, "A", "startup", "phases", "exit_ms"),
+                              DEFAULTS.max_rounds),
+    }, limits=MDE_LIMITS)  # fmt: skip
+
+
+def check_harness(h: dict[str, Any]) -> Check:
+    over = h["overhead_ms"]
+    ok = all(over[c]["median"] is not None for c in harness.COMPONENTS)
+    return Check("harness cost", ok, harness.describe(h).split(": ", 1)[1], h)
+
+
+def run_all(results: Path, budget: float, seed: int, log) -> tuple[list[Check], dict]:
+    b = bundle_mod.build()
+    h = harness.measure(b)
+    checks = [check_harness(h)]
+    sys_m = _matrix(["host:label=A", "host:label=B", "namespaces"],
+                    ["syscall-null", "clock_gettime", "startup"], budget * 0.25,
+                    rounds=20, max_rounds=60, precision=0.02, seed=seed)  # fmt: skip
+    sys_records, _ = run_matrix(sys_m, results, "syscall", b, log)
+    cpu_m = _matrix(["host", "host:sampler=off,label=nosampler", "host:cpuset=1,label=pinned",
+                     "host:cpus=0.5,cpuset=1,label=half"],
+                    ["compute"], budget * 0.75, rounds=12, max_rounds=100, precision=0.003,
+                    seed=seed)  # fmt: skip
+    cpu_records, cpu_manifest = run_matrix(cpu_m, results, "cpu", b, log)
+    checks[1:1] = check_syscall(sys_records)
+    checks[2:2] = check_cpu(cpu_records)
+    checks.append(check_mde(sys_records, cpu_records))
+    info = {
+        "harness": h,
+        "cpu_run": {
+            k: cpu_manifest.get(k) for k in ("rounds_done", "measured_seconds", "stop_reason")
+        },
+    }
+    return checks, info
+
+
+@click.command()
+@click.option(
+    "--results",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="keep the validation runs here (default: a temp dir, removed)",
+)
+@click.option("--keep", is_flag=True, help="keep the default temp dir and say where")
+@click.option(
+    "--budget",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="seconds for the measured rounds of all checks together",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of lines")
+@click.pass_context
+def validate(ctx, results, keep, budget, seed, as_json):
+    """Check this host before trusting its numbers: A/A, known answer, vDSO control,
+    harness cost and sampler perturbation, minimum detectable effect."""  # fmt: skip
+    started = time.monotonic()
+    snap = noise.snapshot()
+    warns = noise.warnings(snap)
+    if not as_json:
+        for w in warns:
+            click.echo(f"warning: {w}")
+        if not warns:
+            click.echo("no noise warnings")
+    temp = results is None
+    where = Path(tempfile.mkdtemp(prefix="isobench-validate-")) if temp else results
+    log = (lambda s: None) if as_json else (lambda s: click.echo(f"  {s}", err=True))
+    try:
+        checks, info = run_all(where, budget, seed, log)
+    finally:
+        if temp and not keep:
+            shutil.rmtree(where, ignore_errors=True)
+    failed = [c.name for c in checks if not c.passed]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "noise": snap,
+                    "warnings": warns,
+                    "passed": not failed,
+                    "checks": [asdict(c) for c in checks],
+                    **info,
+                    "seconds": time.monotonic() - started,
+                },
+                default=_json_safe,
+            )
+        )
+    else:
+        for c in checks:
+            click.echo(c.text())
+        click.echo(
+            f"{len(checks) - len(failed)}/{len(checks)} checks passed in "
+            f"{time.monotonic() - started:.0f} s; load average {_load(snap)}"
+        )
+        if not temp or keep:
+            click.echo(f"runs kept in {where}")
+    ctx.exit(1 if failed else 0)
+
+
+def _load(snap: dict) -> str:
+    la = snap.get("loadavg")
+    return " ".join(f"{x:.2f}" for x in la) if la else "unknown"
+
+
+def _json_safe(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
