@@ -15,13 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import bench
-from bench import analysis, bundle, catalog, provenance, store
+from bench import analysis, bundle, catalog, harness, provenance, store
 from bench.envs import REGISTRY
 from bench.envs.base import COMMON_OPTIONS
 from bench.lock import LockError, RunLock
 from bench.matrix import Matrix, MatrixError, load_toml, parse_env_spec
 from bench.metrics import noise
+from bench.report import commands as report_commands
+from bench.report import html
 from bench.runner import Interrupted, Runner
+from bench.validate import validate
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -175,10 +178,12 @@ def new_run_id() -> str:
 @click.option("--precision", type=str, help="target CI half-width, e.g. 2%% or 0.02")
 @click.option("--baseline", type=str)
 @click.option("--resume", type=click.Path(path_type=Path), help="complete an interrupted run")
-def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, **settings):
+@click.option("--report", "with_report", is_flag=True, help="write RUN_DIR/report.html at the end")
+def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, with_report,
+        **settings):  # fmt: skip
     """Run a benchmark matrix and write results/<run-id>/."""
     if resume:
-        return _resume(resume)
+        return _resume(resume, with_report)
     cat = catalog.load()
     file_envs, file_workloads, file_settings = (
         load_toml(matrix_file) if matrix_file else ([], [], {})
@@ -201,7 +206,7 @@ def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, **
     m.check(cat, str(matrix_file) if matrix_file else "command line")
     run_id = new_run_id()
     run_dir = results / run_id
-    return _execute(m, run_dir, run_id, cat, new=True)
+    return _execute(m, run_dir, run_id, cat, new=True, with_report=with_report)
 
 
 def _precision(text: str) -> float:
@@ -214,19 +219,33 @@ def _precision(text: str) -> float:
     return value
 
 
-def _resume(run_dir: Path) -> int:
+def _resume(run_dir: Path, with_report: bool) -> int:
     manifest = store.read_manifest(run_dir)
     if manifest.get("status") == "complete":
         raise MatrixError(f"{run_dir}: this run is complete; nothing to resume")
     m = Matrix.from_dict(manifest["matrix"])
-    return _execute(m, run_dir, manifest["run_id"], catalog.load(), new=False, manifest=manifest)
+    return _execute(
+        m, run_dir, manifest["run_id"], catalog.load(), new=False, manifest=manifest,
+        with_report=with_report,
+    )  # fmt: skip
+
+
+def _harness_cost(b) -> dict:
+    """What the harness itself adds to a launch, measured once per run (~2 s)."""
+    if not REGISTRY["host"].probe().ok:
+        return {"error": "not measured: " + REGISTRY["host"].probe().reason}
+    err.print("measuring the harness's own cost …", highlight=False)
+    try:
+        return harness.measure(b, n=15)
+    except Exception as e:  # a measurement of ourselves must not stop the run
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _log(msg: str) -> None:
     err.print(msg, markup=False, highlight=False)
 
 
-def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
+def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) -> int:
     with RunLock(run_dir.resolve()):
         b = bundle.build()
         if new:
@@ -244,6 +263,7 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
                 "warnings": [],
             }  # fmt: skip
             manifest["warnings"] = noise.warnings(manifest["noise"]["start"])
+            manifest["harness"] = _harness_cost(b)
         elif manifest["bundle"]["hash"] != b.hash:
             raise MatrixError(
                 f"{run_dir}: the probes changed since this run (bundle {manifest['bundle']['hash']}"
@@ -274,6 +294,11 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None) -> int:
                 return 130
     print_summary(run_dir)
     out.print(f"results: {run_dir}", highlight=False)
+    if with_report:
+        path = html.write(
+            run_dir / "report.html", html.render(manifest, store.load_samples(run_dir))
+        )
+        out.print(f"report: {path}", highlight=False)
     return 0
 
 
@@ -336,6 +361,9 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
     for w in manifest.get("warnings", []):
         out.print(f"[yellow]warning:[/] {w}", highlight=False)
 
+
+for _command in (*report_commands.COMMANDS, validate):
+    cli.add_command(_command)
 
 if __name__ == "__main__":
     main()

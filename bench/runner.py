@@ -4,6 +4,7 @@ budget, per-launch timeouts, every failure recorded with its reason, resumable."
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import signal
@@ -94,13 +95,17 @@ def precision_targets(records: list[dict[str, Any]]) -> dict[tuple, list[float]]
     return series
 
 
-def unreached(records: list[dict[str, Any]], precision: float) -> dict[str, float]:
-    """Cells whose widest relative CI half-width is above the target: cell -> width."""
-    worst: dict[str, float] = {}
+def unreached(records: list[dict[str, Any]], precision: float, cells: list[str]) -> dict:
+    """Cells whose widest relative CI half-width is above the target: cell -> width.
+    A cell with no successful figure at all has an infinite width."""
+    worst = dict.fromkeys(cells, math.inf)
+    seen: set[str] = set()
     for (cell, _op, _metric), values in precision_targets(records).items():
-        s = stats.summarize(values, n_boot=1000)
-        width = stats.ci_halfwidth_rel(s)
-        worst[cell] = max(worst.get(cell, 0.0), width)
+        if cell not in worst:
+            continue
+        width = stats.ci_halfwidth_rel(stats.summarize(values, n_boot=1000))
+        worst[cell] = width if cell not in seen else max(worst[cell], width)
+        seen.add(cell)
     return {c: w for c, w in worst.items() if w > precision}
 
 
@@ -272,7 +277,8 @@ class Runner:
             self._save()
             if rnd < self.m.rounds:
                 continue
-            left = unreached(self.records, self.m.precision)
+            measurable = [c.key for c in cells if self.active[c.env.label].ok]
+            left = unreached(self.records, self.m.precision, measurable)
             over_budget = self.manifest["measured_seconds"] >= self.m.budget
             if not left or over_budget or rnd == self.m.max_rounds:
                 why = (

@@ -95,14 +95,20 @@ def _finite(values) -> np.ndarray:
 
 
 def _boot_medians(x: np.ndarray, n_boot: int, rng: RngLike) -> np.ndarray:
-    """Medians of ``n_boot`` resamples of ``x``, drawn as one index matrix."""
+    """Medians of ``n_boot`` resamples of ``x``, drawn as one index matrix.
+
+    The resample draws indices into the sorted values, so the median of a resample is
+    the value at the median index: sorting small integers is several times faster
+    than sorting the values (or np.median's partition) for the same result.
+    """
     gen = np.random.default_rng(rng)
     n = x.size
-    # Sorting each row is ~6x faster than np.median (partition) for rows this short.
-    res = np.sort(x[gen.integers(0, n, size=(n_boot, n))], axis=1)
+    xs = np.sort(x)
+    dtype = np.int16 if n < 2**15 else np.int64
+    idx = np.sort(gen.integers(0, n, size=(n_boot, n), dtype=dtype), axis=1)
     if n % 2:
-        return res[:, n // 2]
-    return (res[:, n // 2 - 1] + res[:, n // 2]) / 2
+        return xs[idx[:, n // 2]]
+    return (xs[idx[:, n // 2 - 1]] + xs[idx[:, n // 2]]) / 2
 
 
 def _coverage(n: int, k: int) -> float:

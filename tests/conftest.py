@@ -38,7 +38,10 @@ def _chromium() -> tuple[bool, str]:
 
 CAPABILITIES = {
     "root": _root,
-    "cgroup": lambda: (os.geteuid() == 0 and Path("/sys/fs/cgroup").is_dir(), "needs root and /sys/fs/cgroup"),
+    "cgroup": lambda: (
+        os.geteuid() == 0 and Path("/sys/fs/cgroup").is_dir(),
+        "needs root and /sys/fs/cgroup",
+    ),
     "compiler": lambda: (shutil.which("gcc") is not None, "needs gcc"),
     "host": _kind("host"),
     "namespaces": _kind("namespaces"),
@@ -52,7 +55,9 @@ CAPABILITIES = {
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "requires(*caps): capabilities the test needs (see conftest.CAPABILITIES)")
+    config.addinivalue_line(
+        "markers", "requires(*caps): capabilities the test needs (see conftest.CAPABILITIES)"
+    )
 
 
 _cache: dict[str, tuple[bool, str]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.envs.base import Environment
 from bench.envs.docker import DockerEnv
 from bench.envs.host import HostEnv
 from bench.envs.libvirt import LibvirtEnv
@@ -9,8 +10,6 @@ from bench.envs.namespaces import NamespacesEnv
 from bench.envs.oci import OciEnv
 from bench.envs.podman import PodmanEnv
 from bench.envs.qemu import QemuEnv
-
-from bench.envs.base import Environment
 
 REGISTRY: dict[str, type[Environment]] = {
     "host": HostEnv,

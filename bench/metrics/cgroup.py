@@ -254,6 +254,10 @@ class CgroupReader:
     def __init__(self, layout: str, paths: dict[str, Path]):
         self.layout = layout
         self.paths = {k: Path(v) for k, v in paths.items()}
+        seen: dict[str, Path] = {}  # co-mounted controllers (cpu,cpuacct) share a dir
+        for path in self.paths.values():
+            seen.setdefault(os.path.realpath(path), path)
+        self._distinct = list(seen.values())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.layout!r}, {self.paths!r})"
@@ -269,10 +273,7 @@ class CgroupReader:
 
     def _dirs(self) -> list[Path]:
         """Distinct directories, in a stable order."""
-        seen: dict[str, Path] = {}
-        for path in self.paths.values():
-            seen.setdefault(os.path.realpath(path), path)
-        return list(seen.values())
+        return self._distinct
 
     def files(self) -> dict[str, str]:
         """Raw contents of every metric file that exists (parser input)."""
