@@ -83,3 +83,14 @@ def pytest_runtest_setup(item):
 def bundle():
     """The real probe bundle, compiled once per session into the normal cache."""
     return bundle_mod.build()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_the_host_as_found():
+    """After the whole suite: no isobench container, guest, cgroup or scratch directory."""
+    from bench.clean import find_all
+
+    before = {item.what for item in find_all()}
+    yield
+    left = [item.what for item in find_all() if item.what not in before]
+    assert not left, "the tests left behind: " + "; ".join(left)

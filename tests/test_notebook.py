@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -11,7 +13,7 @@ from tests.test_report import make_run
 pytestmark = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
 
 
-def test_notebook_executes_with_a_real_kernel(tmp_path_factory, tmp_path):
+def test_notebook_executes_with_a_real_kernel(tmp_path_factory, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -20,6 +22,8 @@ def test_notebook_executes_with_a_real_kernel(tmp_path_factory, tmp_path):
     res = CliRunner().invoke(notebook_cmd, [str(run), "-o", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     nb = nbformat.read(str(out), as_version=4)
+    # the kernel imports the bench under test, not whatever copy is installed
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -157,7 +157,14 @@ class LaunchCgroup:
         return cg.CgroupReader(self.layout, existing).pids() if existing else set()
 
     def remove(self) -> None:
+        """Remove it from every hierarchy: runc makes the parent path in all of them
+        (devices, freezer, name=systemd...), not only in those isobench reads."""
         existing = {k: p for k, p in self.paths().items() if p.is_dir()}
+        if self.layout != "v2":
+            for hierarchy in Path(self.root).iterdir():
+                path = hierarchy / self.rel
+                if not hierarchy.is_symlink() and path.is_dir():
+                    existing.setdefault(hierarchy.name, path)
         if existing:
             with contextlib.suppress(cg.CgroupError):
                 cg.Cgroup(self.layout, existing).remove()

@@ -363,15 +363,21 @@ class DockerEnv(Environment):
     def cleanup(self) -> None:
         if self._client is None:
             return
-        with contextlib.suppress(Exception):
+        shutil.rmtree(self.ctx.scratch / "docker-volumes", ignore_errors=True)
+        try:
             for c in self.cl.api.containers(
                 all=True, filters={"label": f"isobench.run={self.ctx.run_id}"}
             ):
                 _force_remove(self.cl.api, c["Id"])
-        shutil.rmtree(self.ctx.scratch / "docker-volumes", ignore_errors=True)
-        with contextlib.suppress(Exception):
-            self._client.close()
-        self._client = None
+        except Exception as e:  # dockerd is gone: say so, `clean` finds them by label later
+            raise RuntimeError(
+                f"could not remove this run's containers ({ct.first_line(str(e))}): "
+                "run `isobench clean` once dockerd is back"
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
 
     def describe(self) -> dict[str, Any]:
         info = self._info
@@ -486,9 +492,13 @@ class _Run:
             reader.join(max(0.1, min(5.0, self._left())))
             sampler.stop()
             launch.cgroup = cgroup.read()
-        except (TimeoutError, requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+        except (TimeoutError, requests.exceptions.Timeout):
             launch.status = "timeout"
             launch.reason = self._timeout_reason()
+            self.hung = True
+        except requests.exceptions.ConnectionError as e:
+            launch.status = "failed"
+            launch.reason = f"dockerd went away during {self.phase}: {ct.first_line(str(e))}"
             self.hung = True
         except docker.errors.APIError as e:
             launch.status = "failed"

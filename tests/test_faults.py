@@ -1,0 +1,78 @@
+"""Faults during a real run: the engine going away and coming back, a results disk that
+fills up. The cell is recorded as failed with its reason, the rest of the matrix goes
+on, and nothing already written is lost or corrupted."""
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+from test_reliability import start, wait_for_samples
+
+
+def docker_up() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+
+
+def wait(pred, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.requires("docker", "host")
+def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
+    # syscall launches take ~0.4 s on the host, so the run outlasts the outage
+    args = ["--env", "host", "--env", "docker", "--workload", "syscall", "--quick"]
+    proc = start(tmp_path, *args, "--rounds", "60", "--max-rounds", "60", "--seed", "2")
+    run_dir = wait_for_samples(tmp_path, 60, proc, limit=180)
+    subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=True)
+    try:
+        assert wait(lambda: not docker_up(), 60), "dockerd did not stop"
+        time.sleep(3)  # launches fail while it is away
+    finally:
+        with open(tmp_path / "dockerd.log", "w") as log:
+            subprocess.Popen([shutil.which("dockerd")], stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        assert wait(docker_up, 90), "dockerd did not come back"
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    host = {
+        r["round"] for r in records if r["env"] == "host" and r["status"] == "ok" and r["round"]
+    }
+    assert host == set(range(1, 61))  # the host cells went on through the outage
+    failed = [r for r in records if r["env"] == "docker" and r["status"] != "ok"]
+    assert failed and all(r["reason"] for r in failed)
+    ok_after = [r for r in records if r["env"] == "docker" and r["status"] == "ok"
+                and r["launch"] > max(f["launch"] for f in failed)]  # fmt: skip
+    assert ok_after, "docker cells did not recover once dockerd was back"
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=isobench"],
+                          capture_output=True, text=True).stdout  # fmt: skip
+    assert left.strip() == ""
+
+
+@pytest.mark.requires("root", "host")
+def test_results_disk_fills_up_mid_run(tmp_path):
+    """Results on a 256 KiB tmpfs: the run measures on, says what could not be saved,
+    exits 1, and every line on disk is whole."""
+    results = tmp_path / "results"
+    results.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(results)], check=True)
+    try:
+        proc = start(tmp_path, "--env", "host", "--workload", "syscall", "--rounds", "60",
+                     "--max-rounds", "60", "--warmup", "0")  # fmt: skip
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 1, err
+        assert "No space left on device" in err and "Traceback" not in err
+        assert "could not be written" in err.strip().splitlines()[-1]
+        (run_dir,) = results.iterdir()
+        lines = (run_dir / "samples.jsonl").read_text().splitlines()
+        assert len(lines) > 100 and all(json.loads(line) for line in lines)
+        assert json.loads((run_dir / "manifest.json").read_text())["run_id"] == run_dir.name
+    finally:
+        subprocess.run(["umount", "-l", str(results)], check=True)
