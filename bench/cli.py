@@ -23,7 +23,7 @@ from bench.matrix import Matrix, MatrixError, load_toml, parse_env_spec
 from bench.metrics import noise
 from bench.report import commands as report_commands
 from bench.report import html
-from bench.runner import Interrupted, Runner
+from bench.runner import Interrupted, Runner, new_manifest
 from bench.validate import validate
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -250,19 +250,7 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
         b = bundle.build()
         if new:
             run_dir.mkdir(parents=True, exist_ok=False)
-            manifest = {
-                "schema_version": store.SCHEMA_VERSION,
-                "run_id": run_id,
-                "created": time.time(),
-                "host": provenance.host_facts(),
-                "matrix": m.to_dict(),
-                "bundle": b.describe(),
-                "catalog": {n: {"probe": w.probe, "family": w.family, "metrics": {
-                    k: vars(x) for k, x in w.metrics.items()}} for n, w in cat.items()},
-                "noise": {"start": noise.snapshot()},
-                "warnings": [],
-            }  # fmt: skip
-            manifest["warnings"] = noise.warnings(manifest["noise"]["start"])
+            manifest = new_manifest(run_id, m, b, cat)
             manifest["harness"] = _harness_cost(b)
         elif manifest["bundle"]["hash"] != b.hash:
             raise MatrixError(

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import stats
+from bench import provenance, stats
 from bench.catalog import Workload
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
 from bench.matrix import EnvSpec, Matrix
 from bench.metrics import noise
-from bench.store import SampleWriter, StoreWriteError, read_records, write_manifest
+from bench.store import SCHEMA_VERSION, SampleWriter, StoreWriteError, read_records, write_manifest
 
 UNITS = {"_ms": "ms", "_mib": "MiB", "_ops": "ops", "nr_": "count", "pids_": "count"}
 
@@ -107,6 +107,29 @@ def unreached(records: list[dict[str, Any]], precision: float, cells: list[str])
         worst[cell] = width if cell not in seen else max(worst[cell], width)
         seen.add(cell)
     return {c: w for c, w in worst.items() if w > precision}
+
+
+def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload]) -> dict:
+    """A new run's manifest: provenance, the plan, the probes, noise at the start."""
+    start = noise.snapshot()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "created": time.time(),
+        "host": provenance.host_facts(),
+        "matrix": m.to_dict(),
+        "bundle": bundle.describe(),
+        "catalog": {
+            n: {
+                "probe": w.probe,
+                "family": w.family,
+                "metrics": {k: vars(x) for k, x in w.metrics.items()},
+            }
+            for n, w in workloads.items()
+        },  # fmt: skip
+        "noise": {"start": start},
+        "warnings": noise.warnings(start),
+    }
 
 
 class Runner:

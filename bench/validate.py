@@ -36,11 +36,12 @@ import click
 import numpy as np
 
 from bench import bundle as bundle_mod
-from bench import catalog, harness, provenance, stats, store
+from bench import catalog, harness, stats, store
 from bench.catalog import Metric, Workload
+from bench.lock import RunLock
 from bench.matrix import Matrix, parse_env_spec
 from bench.metrics import noise
-from bench.runner import Runner
+from bench.runner import Runner, new_manifest
 
 ALPHA = 0.05
 SAMPLER_MARGIN = 0.01  # the sampler may cost the cpu probe at most 1%
@@ -218,20 +219,7 @@ def run_matrix(m: Matrix, results: Path, name: str, b, log) -> tuple[list[dict],
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-validate-{name}"
     run_dir = results / run_id
     run_dir.mkdir(parents=True)
-    manifest = {
-        "schema_version": store.SCHEMA_VERSION,
-        "run_id": run_id,
-        "created": time.time(),
-        "host": provenance.host_facts(),
-        "matrix": m.to_dict(),
-        "bundle": b.describe(),
-        "catalog": {n: {"probe": w.probe, "family": w.family,
-                        "metrics": {k: vars(x) for k, x in w.metrics.items()}}
-                    for n, w in WORKLOADS.items()},
-        "noise": {"start": noise.snapshot(busy_sample_s=0)},
-        "warnings": [],
-        "validate": name,
-    }  # fmt: skip
+    manifest = {**new_manifest(run_id, m, b, WORKLOADS), "validate": name}
     store.write_manifest(run_dir, manifest)
     runner = Runner(m, run_dir, run_id, b, WORKLOADS, manifest, log=log)
     runner.run()
@@ -367,7 +355,8 @@ def validate(ctx, results, keep, budget, seed, as_json):
     where = Path(tempfile.mkdtemp(prefix="isobench-validate-")) if temp else results
     log = (lambda s: None) if as_json else (lambda s: click.echo(f"  {s}", err=True))
     try:
-        checks, info = run_all(where, budget, seed, log)
+        with RunLock(where.resolve()):  # validation runs measure too: one at a time
+            checks, info = run_all(where, budget, seed, log)
     finally:
         if temp and not keep:
             shutil.rmtree(where, ignore_errors=True)

@@ -28,9 +28,8 @@ from bench.envs.base import (
     Option,
     OptionError,
 )
-from bench.envs.process import stream
+from bench.envs.process import stream, to_launch
 from bench.metrics import cgroup as cg
-from bench.probeio import parse_lines
 
 RUNTIMES = ("runc", "crun", "runsc")
 STATE_ROOT = "/run/isobench-oci"  # --root of every runtime: our containers only
@@ -133,37 +132,20 @@ class OciEnv(Environment):
             str(bundle_dir),
             name,
         ]
-        launch = Launch()
-        res = None
         try:
             with ct.HostSideSampler(
                 lambda: _carriers(name), interval=0.02, find_every=0.05
             ) as sampler:
                 res = stream(argv, timeout, on_kill=lambda: _delete(runtime, name))
+            launch = to_launch(res, timeout, "instance")
             launch.host_side = sampler.result()
-            launch.phases.update(res.phases())
-            launch.exit_code = res.exit_code
-            launch.stderr_tail = res.stderr
             launch.cgroup = cgroup.read()
-            out = parse_lines(res.lines)
-            launch.records = out.records
-            launch.extra = {"name": name, "cgroup_parent": cgroup.rel}
-            if out.errors:
-                launch.extra["probe_errors"] = out.errors
-            if res.timed_out:
-                launch.status = "timeout"
-                what = "no `ready`" if res.t_ready is None else "the probe did not exit"
-                launch.reason = f"{what} within {timeout:g} s: instance removed"
-            elif res.exit_code:
-                launch.status = "failed"
-                launch.reason = f"{runtime} exit {res.exit_code}: " + _last_error(res.stderr)
-            elif res.t_ready is None:
-                launch.status, launch.reason = "failed", "the probe never printed `ready`"
+            launch.extra.update(name=name, cgroup_parent=cgroup.rel)
         finally:
             _delete(runtime, name)
             cgroup.remove()
             shutil.rmtree(bundle_dir, ignore_errors=True)
-        launch.phases["cleaned"] = ct.ns_since(res.t_submit) if res else 0
+        launch.phases["cleaned"] = ct.ns_since(res.t_submit)
         return launch
 
     def cleanup(self) -> None:
@@ -193,11 +175,6 @@ class OciEnv(Environment):
 def _carriers(name: str) -> dict[int, str]:
     """runsc's sandbox and gofer (runc has none: its `run` process is the launcher)."""
     return {pid: role for pid, role in ct.find_carriers(name).items() if role != "runtime"}
-
-
-def _last_error(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else "(no stderr)"
 
 
 def _list(runtime: str) -> list[str]:

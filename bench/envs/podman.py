@@ -33,9 +33,8 @@ from bench.envs.base import (
     Option,
     OptionError,
 )
-from bench.envs.process import stream
+from bench.envs.process import stream, to_launch
 from bench.metrics import cgroup as cg
-from bench.probeio import parse_lines
 
 CALL_TIMEOUT_S = 60
 RUNTIMES = ("runc", "crun", "runsc")
@@ -290,16 +289,13 @@ class PodmanEnv(Environment):
             volume.chmod(0o1777)
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name))
         argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume)
-        launch = Launch()
         try:
             conmon_cg = _conmon_cgroup(cgroup)
             find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
             with ct.HostSideSampler(find, interval=0.02, find_every=0.0) as sampler:
                 res = stream(argv, timeout, on_kill=lambda: _remove(name))
+            launch = to_launch(res, timeout, "instance")
             launch.host_side = sampler.result()
-            launch.phases.update(res.phases())
-            launch.exit_code = res.exit_code
-            launch.stderr_tail = res.stderr
             total = cgroup.read()
             conmon = conmon_cg.read()
             launch.cgroup = _minus(total, conmon)
@@ -309,29 +305,13 @@ class PodmanEnv(Environment):
                 launch.host_side["cpu_ms"] = round(
                     launch.host_side.get("cpu_ms", 0.0) - sampled + conmon["cpu_total_ms"], 3
                 )
-            out = parse_lines(res.lines)
-            launch.records = out.records
-            launch.extra = {"name": name, "cgroup_parent": cgroup.rel}
-            if out.errors:
-                launch.extra["probe_errors"] = out.errors
-            if res.timed_out:
-                launch.status = "timeout"
-                what = "no `ready`" if res.t_ready is None else "the probe did not exit"
-                launch.reason = f"{what} within {timeout:g} s: instance removed"
-            elif res.exit_code:
-                launch.status = "failed"
-                launch.reason = f"exit {res.exit_code}: " + (
-                    ct.first_line(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "")
-                    or "?"
-                )
-            elif res.t_ready is None:
-                launch.status, launch.reason = "failed", "the probe never printed `ready`"
+            launch.extra.update(name=name, cgroup_parent=cgroup.rel)
         finally:
             _remove(name)
             cgroup.remove()
             if volume is not None:
                 shutil.rmtree(volume, ignore_errors=True)
-        launch.phases["cleaned"] = ct.ns_since(res.t_submit) if "res" in locals() else 0
+        launch.phases["cleaned"] = ct.ns_since(res.t_submit)
         return launch
 
     def cleanup(self) -> None:
