@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 import bench
 from bench import analysis, bundle, catalog, harness, provenance, store
@@ -91,22 +92,25 @@ def doctor(as_json):
         click.echo(json.dumps(data, indent=2, default=str))
         return
     h = data["host"]
-    out.print(f"[bold]host[/] {h['hostname']}: {h['os']}, kernel {h['kernel']}, "
-              f"{h['cpu_count']}× {h['cpu_model']}, {h['memory_gib']} GiB, "
-              f"virtualization {h['virtualization']}, cgroup {h['cgroup_layout']}",
-              highlight=False, markup=True)  # fmt: skip
+    _say("host", "bold", f"{h['hostname']}: {h['os']}, kernel {h['kernel']}, "
+         f"{h['cpu_count']}× {h['cpu_model']}, {h['memory_gib']} GiB, "
+         f"virtualization {h['virtualization']}, cgroup {h['cgroup_layout']}")  # fmt: skip
     t = Table("environment", "available", "reason / versions", box=None, pad_edge=False)
     for name, k in data["environments"].items():
-        t.add_row(name, _yes(k["available"]), k["reason"] or _versions(k["versions"]))
+        t.add_row(Text(name), _yes(k["available"]), Text(k["reason"] or _versions(k["versions"])))
         for d in k["details"]:
-            t.add_row(
-                f"  {d['name']}", _yes(d["available"]), d["reason"] or _versions(d["versions"])
-            )
+            why = Text(d["reason"] or _versions(d["versions"]))
+            t.add_row(Text(f"  {d['name']}"), _yes(d["available"]), why)
     out.print(t)
     for w in data["warnings"]:
-        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        _say("warning:", "yellow", w)
     if not data["warnings"]:
         out.print("no noise warnings")
+
+
+def _say(head: str, style: str, rest: str, console: Console = out) -> None:
+    """One line whose text is never read as markup (labels and reasons are user data)."""
+    console.print(Text.assemble((head, style), " ", str(rest)), highlight=False)
 
 
 def _yes(ok: bool) -> str:
@@ -123,9 +127,8 @@ def list_cmd():
     t = Table("workload", "probe", "figures", "description", box=None)
     for w in catalog.load().values():
         figs = ", ".join(f"{m} ({x.unit}, {x.better} is better)" for m, x in w.metrics.items())
-        t.add_row(
-            w.name, w.probe, figs or "phases: " + ", ".join(catalog.PHASE_METRICS), w.description
-        )
+        phases = "phases: " + ", ".join(catalog.PHASE_METRICS)
+        t.add_row(*map(Text, (w.name, w.probe, figs or phases, w.description)))
     out.print(t)
     t = Table("environment", "options", "what it is", box=None)
     for name, cls in REGISTRY.items():
@@ -133,7 +136,7 @@ def list_cmd():
         text = "; ".join(
             f"{k}" + (f"={'|'.join(o.choices)}" if o.choices else "") for k, o in opts.items()
         )
-        t.add_row(name, text, cls.summary)
+        t.add_row(*map(Text, (name, text, cls.summary)))
     out.print(t)
 
 
@@ -141,9 +144,9 @@ def list_cmd():
 def build_cmd():
     """Compile the probes into a content-hashed bundle (done by `run` too)."""
     b = bundle.build()
-    out.print(f"bundle {b.hash} at {b.root}", highlight=False)
+    out.print(Text(f"bundle {b.hash} at {b.root}"))
     for name, h in b.probe_hashes.items():
-        out.print(f"  {name:10} sha256 {h}", highlight=False)
+        out.print(Text(f"  {name:10} sha256 {h}"))
     out.print(f"  busybox    {'included' if b.busybox else 'not found (install busybox-static)'}")
 
 
@@ -260,8 +263,8 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
         manifest.update(status="running", pid=os.getpid())
         store.write_manifest(run_dir, manifest)
         for w in manifest["warnings"]:
-            err.print(f"[yellow]warning:[/] {w}", highlight=False)
-        err.print(f"run {run_id} → {run_dir}", highlight=False)
+            _say("warning:", "yellow", w, err)
+        _log(f"run {run_id} → {run_dir}")
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True,
@@ -275,18 +278,18 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
             try:
                 runner.run()
             except Interrupted as e:
-                err.print(f"interrupted ({e}): cleaned up; measured samples kept in {run_dir}")
-                err.print(f"resume with: isobench run --resume {run_dir}")
+                _log(f"interrupted ({e}): cleaned up; measured samples kept in {run_dir}")
+                _log(f"resume with: isobench run --resume {run_dir}")
                 return e.exit_code
             except KeyboardInterrupt:
                 return 130
     print_summary(run_dir)
-    out.print(f"results: {run_dir}", highlight=False)
+    out.print(Text(f"results: {run_dir}"))
     if with_report:
         path = html.write(
             run_dir / "report.html", html.render(manifest, store.load_samples(run_dir))
         )
-        out.print(f"report: {path}", highlight=False)
+        out.print(Text(f"report: {path}"))
     return 0
 
 
@@ -335,19 +338,18 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
             if r["ratio_ci_low"] is not None:
                 ratio += f" [{_fmt(r['ratio_ci_low'], 3)}, {_fmt(r['ratio_ci_high'], 3)}]"
         label = r["env"] + (" (emulated)" if r["emulated"] else "")
-        t.add_row(label, r["workload"], r["op"], r["metric"],
-                  f"{_fmt(r['median'])}{ci} {r['unit']}", str(r["n"]), ratio,
-                  "yes" if r["significant"] else "")  # fmt: skip
+        cells = (label, r["workload"], r["op"], r["metric"],
+                 f"{_fmt(r['median'])}{ci} {r['unit']}", str(r["n"]), ratio,
+                 "yes" if r["significant"] else "")  # fmt: skip
+        t.add_row(*map(Text, cells))
     out.print(t)
     for f in analysis.failures(df):
-        out.print(f"[red]{f['status']}[/] {f['env']} / {f['workload']} ×{f['count']}: "
-                  f"{f['reason']}", highlight=False)  # fmt: skip
+        _say(f["status"], "red", f"{f['env']} / {f['workload']} ×{f['count']}: {f['reason']}")
     if manifest.get("unreached"):
         cells = ", ".join(manifest["unreached"])
-        out.print(f"[yellow]precision not reached[/] ({manifest.get('stop_reason')}): {cells}",
-                  highlight=False)  # fmt: skip
+        _say("precision not reached", "yellow", f"({manifest.get('stop_reason')}): {cells}")
     for w in manifest.get("warnings", []):
-        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        _say("warning:", "yellow", w)
 
 
 for _command in (*report_commands.COMMANDS, validate):

@@ -81,13 +81,16 @@ def test_crashing_probe_is_a_failure_with_its_reason(ctx, bundle):
     assert launch.status == "failed" and "exited with status" in launch.reason
 
 
+NS = "[bold]ns[/bold]<b>"
+
+
 @pytest.mark.requires("host", "namespaces")
 def test_cli_quick_run_and_summary(tmp_path):
     """The README's first steps, from a directory outside the checkout."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     cmd = [sys.executable, "-m", "bench.cli"]
     res = subprocess.run(
-        [*cmd, "run", "--env", "host", "--env", "namespaces", "--workload", "syscall",
+        [*cmd, "run", "--env", "host", "--env", f"namespaces:label={NS}", "--workload", "syscall",
          "--workload", "startup", "--quick", "--rounds", "3", "--max-rounds", "3",
          "--results", str(tmp_path / "results"), "--seed", "3"],
         capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env, timeout=300,
@@ -102,7 +105,10 @@ def test_cli_quick_run_and_summary(tmp_path):
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     keys = {"median", "ci_low", "ci_high", "n", "ratio", "ratio_ci_low", "ratio_ci_high"}
     assert all(keys <= set(r) for r in rows)
-    ns_null = next(r for r in rows if r["env"] == "namespaces" and r["op"] == "null")
+    ns_null = next(r for r in rows if r["env"] == NS and r["op"] == "null")
     assert ns_null["n"] == 3 and ns_null["ratio"] > 0
     startup = {r["metric"] for r in rows if r["workload"] == "startup"}
     assert {"ready_ms", "exit_ms", "cleaned_ms"} <= startup
+    table = subprocess.run([*cmd, "summary", str(run_dir)], capture_output=True, text=True,
+                           env=env, timeout=120)  # fmt: skip
+    assert table.returncode == 0 and NS in table.stdout  # a label is text, never markup
