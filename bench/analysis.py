@@ -55,8 +55,10 @@ def summarize_run(
     precision = matrix.get("precision", 0.02)
     envs = manifest.get("environments", {})
     data = measured(df, scope)
-    groups = {k: g["value"].to_numpy(dtype=float) for k, g in data.groupby(KEY)}
-    units = {k: g["unit"].iloc[0] for k, g in data.groupby(KEY)}
+    grouped = data.groupby(KEY)
+    groups = {k: g["value"].to_numpy(dtype=float) for k, g in grouped}
+    units = {k: g["unit"].iloc[0] for k, g in grouped}
+    args = {k: set(g["args"].fillna("")) for k, g in grouped}
     rows = []
     for key, values in sorted(groups.items()):
         env, workload, op, metric = key
@@ -80,8 +82,13 @@ def summarize_run(
             "p_adjusted": None,
             "significant": False,
             "baseline": baseline,
+            "note": "",
         }
-        base = groups.get((baseline, workload, op, metric))
+        base_key = (baseline, workload, op, metric)
+        base = groups.get(base_key)
+        if base is not None and args[key] != args[base_key]:
+            base = None  # other probe arguments (an emulated guest's sizes): no ratio
+            row["note"] = "no ratio: the baseline ran this probe with other arguments"
         if env != baseline and base is not None and len(base) and len(values):
             ratio, lo, hi = stats.ratio_ci(values, base, n_boot=n_boot)
             row.update(ratio=_num(ratio), ratio_ci_low=_num(lo), ratio_ci_high=_num(hi))

@@ -34,11 +34,13 @@ class Workload:
     description: str
     args: tuple[str, ...]
     quick_args: tuple[str, ...]
-    emulated_args: tuple[str, ...]
+    emulated_args: tuple[str, ...] | None  # smaller sizes for emulated guests, if needed
     metrics: dict[str, Metric] = field(default_factory=dict)
 
     def invocation(self, *, quick: bool, emulated: bool) -> Invocation:
-        args = self.emulated_args if emulated else self.quick_args if quick else self.args
+        args = self.quick_args if quick else self.args
+        if emulated and self.emulated_args is not None:
+            args = self.emulated_args
         return Invocation(self.name, self.probe, args)
 
 
@@ -56,7 +58,7 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             description=w.get("description", ""),
             args=args,
             quick_args=quick,
-            emulated_args=tuple(w.get("emulated_args", quick)),
+            emulated_args=tuple(w["emulated_args"]) if "emulated_args" in w else None,
             metrics={k: Metric(**v) for k, v in w.get("metrics", {}).items()},
         )
     return out

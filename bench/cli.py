@@ -343,6 +343,8 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
                  "yes" if r["significant"] else "")  # fmt: skip
         t.add_row(*map(Text, cells))
     out.print(t)
+    for note in sorted({r["note"] for r in rows if r["note"]}):
+        _say("note:", "cyan", note)
     for f in analysis.failures(df):
         _say(f["status"], "red", f"{f['env']} / {f['workload']} ×{f['count']}: {f['reason']}")
     if manifest.get("unreached"):

@@ -63,11 +63,13 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
     out = []
 
     def rec(**kw):
-        out.append({**base, "status": "ok", "reason": "", **kw})
+        out.append({**base, "status": "ok", "reason": "", "note": "", **kw})
 
     for r in launch.records:
+        note = r.get("note", "")
         for metric, value in r["metrics"].items():
-            rec(op=r["op"], metric=metric, value=value, unit=r["units"][metric], source="probe")
+            unit = r["units"][metric]
+            rec(op=r["op"], metric=metric, value=value, unit=unit, source="probe", note=note)
     for err in launch.extra.get("probe_errors", []):
         op = err.split(":", 1)[0].split("/")[-1]
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=err)
@@ -336,6 +338,7 @@ class Runner:
         else:
             wl = self.workloads[cell.workload]
             inv = wl.invocation(quick=self.m.quick, emulated=act.env.emulated)
+            base["args"] = " ".join(inv.args)
             try:
                 launch = act.env.launch(inv, self.m.timeout)
             except (Interrupted, KeyboardInterrupt):

@@ -4,7 +4,9 @@ Format history (SCHEMA_VERSION):
   1  first version: manifest {schema_version, run_id, status, created, finished, host,
      matrix, environments, bundle, noise, warnings}; one flat sample record per line
      {run_id, round, cell, env, env_kind, spec, options, emulated, workload, op, metric,
-     value, unit, source, launch, t, status, reason}. round 0 = warm-up (not counted).
+     value, unit, source, launch, t, status, reason, note, args}. round 0 = warm-up (not
+     counted); note carries what the probe said of a figure (e.g. O_DIRECT refused);
+     args are the probe's arguments (emulated guests run smaller sizes).
 
 Samples are appended and fsynced as they come, so a crash loses at most the line being
 written; the loader tolerates a torn last line. Files newer than this code are refused.
@@ -23,7 +25,7 @@ MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 COLUMNS = (
     "run_id", "round", "cell", "env", "env_kind", "spec", "options", "emulated", "workload",
-    "op", "metric", "value", "unit", "source", "launch", "t", "status", "reason",
+    "op", "metric", "value", "unit", "source", "launch", "t", "status", "reason", "note", "args",
 )  # fmt: skip
 
 # version N -> function that turns a version-N manifest into version N+1 (in place).
