@@ -348,7 +348,7 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
     for f in analysis.failures(df):
         _say(f["status"], "red", f"{f['env']} / {f['workload']} ×{f['count']}: {f['reason']}")
     if manifest.get("unreached"):
-        cells = ", ".join(manifest["unreached"])
+        cells = ", ".join(f"{c} (±{w:.1%})" for c, w in manifest["unreached"].items())
         _say("precision not reached", "yellow", f"({manifest.get('stop_reason')}): {cells}")
     for w in manifest.get("warnings", []):
         _say("warning:", "yellow", w)

@@ -56,6 +56,16 @@
       console.error("isobench chart", e);
     }
   }
+  // environment names under a chart: slanted when there are several, so they never overlap
+  function slanted(envs) {
+    var chars = envs.reduce(function (n, v) { return n + Math.min(String(v).length, 22); }, 0);
+    return chars > 8 * envs.length || envs.length > 4;
+  }
+  function envLabels(envs) {
+    return { interval: 0, rotate: slanted(envs) ? 30 : 0,
+      formatter: function (v) { return truncate(v, 22); } };
+  }
+
 
   /* median + CI as an error bar with caps and a diamond; `dx` shifts it sideways (px) */
   function errorBar(dx, col) {
@@ -94,10 +104,10 @@
         (s.ratio != null ? "<br>ratio ×" + esc(fmt(s.ratio)) + (s.significant ? " (significant)" : " (n.s.)") : "");
     };
     mount(el, {
-      grid: { left: 64, right: 16, top: 26, bottom: 48 },
+      grid: { left: 64, right: 16, top: 26, bottom: slanted(envs) ? 96 : 48 },
       tooltip: { trigger: "item", formatter: tip, confine: true },
       xAxis: [
-        { type: "category", data: envs, axisLabel: { interval: 0, formatter: function (v) { return truncate(v, 22); } } },
+        { type: "category", data: envs, axisLabel: envLabels(envs) },
         { type: "value", min: -0.5, max: envs.length - 0.5, show: false }
       ],
       yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: true,
@@ -199,14 +209,14 @@
     var step = Math.min(18, 120 / Math.max(1, wls.length));
     mount(el, {
       legend: { top: 0, data: wls },
-      grid: { left: 64, right: 16, top: 30, bottom: 40 },
+      grid: { left: 64, right: 16, top: 30, bottom: slanted(envs) ? 96 : 40 },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var r = p.data.row;
         return "<b>" + esc(r.env) + "</b> · " + esc(r.workload) + "<br>" + esc(r.metric) + ": " +
           esc(fmt(r.median * f)) + " " + esc(sc.unit) + " [" + esc(fmt(r.ci_low * f)) + ", " +
           esc(fmt(r.ci_high * f)) + "]; n = " + esc(r.n);
       } },
-      xAxis: { type: "category", data: envs, axisLabel: { interval: 0, formatter: function (v) { return truncate(v, 22); } } },
+      xAxis: { type: "category", data: envs, axisLabel: envLabels(envs) },
       yAxis: { type: "value", name: sc.unit, scale: true, axisLabel: { formatter: function (v) { return fmt(v); } } },
       series: wls.map(function (w, j) {
         return { type: "custom", name: w, itemStyle: { color: color(j) },
