@@ -30,7 +30,7 @@ from bench.validate import validate
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-QUICK = {"rounds": 10, "max_rounds": 20, "warmup": 1, "timeout": 60.0, "budget": 60.0}
+QUICK = {"rounds": 5, "max_rounds": 20, "warmup": 1, "timeout": 60.0, "budget": 60.0}
 USER_ERRORS = (MatrixError, store.StoreError, bundle.BuildError, LockError)
 FAILURES = (store.StoreWriteError,)  # the run could not save what it measured: exit 1
 
