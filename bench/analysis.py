@@ -41,6 +41,25 @@ def failures(df) -> list[dict[str, Any]]:
     return out
 
 
+def by_cell(data, *columns: str) -> list[dict[tuple, Any]]:
+    """Per (env, workload, op, metric), sorted: the values (floats), the first unit, and
+    the set of probe arguments, for each column asked (value, unit, args). Uses row
+    positions, not sub-frames: iterating a groupby is the costly part of a big report."""
+    positions = sorted(data.groupby(KEY).indices.items())
+    out = []
+    for col in columns:
+        if col == "value":
+            arr = data[col].to_numpy(dtype=float)
+            out.append({k: arr[idx] for k, idx in positions})
+        elif col == "args":
+            arr = data[col].fillna("").to_numpy(dtype=object)
+            out.append({k: set(arr[idx]) for k, idx in positions})
+        else:
+            arr = data[col].to_numpy(dtype=object)
+            out.append({k: arr[idx[0]] for k, idx in positions})
+    return out
+
+
 def summarize_run(
     df,
     manifest: dict[str, Any],
@@ -55,12 +74,9 @@ def summarize_run(
     precision = matrix.get("precision", 0.02)
     envs = manifest.get("environments", {})
     data = measured(df, scope)
-    grouped = data.groupby(KEY)
-    groups = {k: g["value"].to_numpy(dtype=float) for k, g in grouped}
-    units = {k: g["unit"].iloc[0] for k, g in grouped}
-    args = {k: set(g["args"].fillna("")) for k, g in grouped}
+    groups, units, args = by_cell(data, "value", "unit", "args")
     rows = []
-    for key, values in sorted(groups.items()):
+    for key, values in groups.items():
         env, workload, op, metric = key
         s = stats.summarize(values, n_boot=n_boot)
         row = {

@@ -50,7 +50,7 @@ def synthetic(n_target: int = 100_000, rounds: int = 30, seed: int = 0):
     df["round"] += 1
     df = df.assign(run_id="synthetic", cell=df["env"] + "|" + df["workload"], env_kind="x",
                    spec=df["env"], options="{}", emulated=False, launch=0, t=0.0,
-                   status="ok", reason="")  # fmt: skip
+                   status="ok", reason="", note="", args="")  # fmt: skip
     manifest = {"schema_version": 1, "run_id": "synthetic", "status": "complete",
                 "matrix": {"baseline": "host", "envs": [{"label": e} for e in envs]},
                 "environments": {e: {"kind": "x", "available": True} for e in envs}}  # fmt: skip

@@ -247,8 +247,9 @@ def _strip(values: np.ndarray) -> list[float]:
 def charts(rows, data, cat, envs: list[str]) -> list[dict[str, Any]]:
     """One chart per (workload, op, metric): median + CI per env, box and strip."""
     by_key: dict[tuple, dict[str, np.ndarray]] = {}
-    for (env, w, o, m), g in data.groupby(analysis.KEY):
-        by_key.setdefault((w, o, m), {})[env] = g["value"].to_numpy(dtype=float)
+    (values,) = analysis.by_cell(data, "value")
+    for (env, w, o, m), v in values.items():
+        by_key.setdefault((w, o, m), {})[env] = v
     index = {(r["env"], r["workload"], r["op"], r["metric"]): r for r in rows}
     out = []
     for (w, o, m), per_env in sorted(by_key.items()):
@@ -415,11 +416,13 @@ def footprint_rows(df, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     envs = manifest.get("environments") or {}
     data = analysis.measured(df, analysis.FOOTPRINT)
     rows = []
-    for (env, workload, op, metric), g in data.groupby(analysis.KEY):
-        sm = stats.summarize(g["value"].to_numpy(dtype=float))
+    values, units = analysis.by_cell(data, "value", "unit")
+    for (env, workload, op, metric), v in values.items():
+        sm = stats.summarize(v)
         rows.append({
             "env": env, "env_kind": envs.get(env, {}).get("kind"), "workload": workload,
-            "op": op, "metric": metric, "unit": g["unit"].iloc[0], "n": int(sm.n),
+            "op": op, "metric": metric, "unit": units[(env, workload, op, metric)],
+            "n": int(sm.n),
             **{f: _finite(getattr(sm, f)) for f in ("median", "ci_low", "ci_high")},
         })  # fmt: skip
     return rows
