@@ -328,18 +328,7 @@ class LibvirtEnv(VmEnvironment):
         d["libvirt"] = getattr(self, "versions", {}).get("libvirt")
         d["uri"] = URI
         if self.image is not None:
-            spec = guest.QemuSpec(
-                self.binary or "qemu-system-x86_64",
-                self.image,
-                "<cmdline>",
-                self.accel or "tcg",
-                self.machine,
-                self.opt("vcpus"),
-                self.opt("memory"),
-                self.opt("cpu"),
-                Path("<io.raw>"),
-                self.opt("cache"),
-            )
+            spec = self._spec_for("<cmdline>", Path("<io.raw>"))
             d["domain_xml_template"] = domain_xml("<name>", spec, Path("<console.log>"))
         return d
 

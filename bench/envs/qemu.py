@@ -210,11 +210,15 @@ class VmEnvironment(Environment):
 
     def _spec(self, inv: Invocation, disk: Path | None) -> guest.QemuSpec:
         args, _ = guest.guest_argv(inv)
+        return self._spec_for(guest.cmdline(inv.probe, args, disk is not None), disk)
+
+    def _spec_for(self, cmdline: str, disk: Path | None) -> guest.QemuSpec:
+        """The VM as configured; describe() shows it with placeholders."""
         return guest.QemuSpec(
-            self.binary,
+            self.binary or "qemu-system-x86_64",
             self.image,
-            guest.cmdline(inv.probe, args, disk is not None),
-            self.accel,
+            cmdline,
+            self.accel or "tcg",
             self.machine,
             self.opt("vcpus"),
             self.opt("memory"),
@@ -431,17 +435,6 @@ class QemuEnv(VmEnvironment):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         if self.image is not None:
-            spec = guest.QemuSpec(
-                self.binary or "qemu-system-x86_64",
-                self.image,
-                "<cmdline>",
-                self.accel or "tcg",
-                self.machine,
-                self.opt("vcpus"),
-                self.opt("memory"),
-                self.opt("cpu"),
-                Path("<io.raw>"),
-                self.opt("cache"),
-            )
+            spec = self._spec_for("<cmdline>", Path("<io.raw>"))
             d["argv_template"] = guest.qemu_command(spec)
         return d
