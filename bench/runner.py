@@ -114,6 +114,10 @@ def unreached(records: list[dict[str, Any]], precision: float, cells: list[str])
 def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload]) -> dict:
     """A new run's manifest: provenance, the plan, the probes, noise at the start."""
     start = noise.snapshot()
+    pinned = {e.label: bool(e.options.get("cpuset")) for e in m.envs}
+    warnings = noise.warnings(start)
+    if not any(pinned.values()):
+        warnings.append("probes are not pinned (no cpuset option): the scheduler may move them")
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -129,8 +133,8 @@ def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload])
             }
             for n, w in workloads.items()
         },  # fmt: skip
-        "noise": {"start": start},
-        "warnings": noise.warnings(start),
+        "noise": {"start": start, "pinned": pinned},
+        "warnings": warnings,
     }
 
 
