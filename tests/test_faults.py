@@ -76,3 +76,46 @@ def test_results_disk_fills_up_mid_run(tmp_path):
         assert json.loads((run_dir / "manifest.json").read_text())["run_id"] == run_dir.name
     finally:
         subprocess.run(["umount", "-l", str(results)], check=True)
+
+
+def virsh_names() -> list[str]:
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    return (
+        [n for n in out.stdout.split() if n.startswith("isobench")] if out.returncode == 0 else []
+    )
+
+
+def libvirtd_up() -> bool:
+    res = subprocess.run(["virsh", "-c", "qemu:///system", "list"], capture_output=True, timeout=20)
+    return res.returncode == 0
+
+
+@pytest.mark.requires("libvirt", "host")
+def test_libvirtd_stopped_mid_launch_and_restarted(tmp_path):
+    # rounds go on until the budget is spent, so the run outlasts the outage (launches
+    # fail at once while libvirtd is away)
+    args = ["--env", "host", "--env", "libvirt", "--workload", "startup", "--rounds", "3"]
+    proc = start(tmp_path, *args, "--max-rounds", "400", "--budget", "40", "--precision",
+                 "0.0001", "--warmup", "0", "--timeout", "120")  # fmt: skip
+    assert wait(lambda: bool(virsh_names()) or proc.poll() is not None, 120), "no guest started"
+    subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=True)
+    try:
+        gone = lambda: subprocess.run(["pgrep", "-x", "libvirtd"]).returncode == 1  # noqa: E731
+        assert wait(gone, 30), "libvirtd did not stop"
+    finally:
+        subprocess.run([shutil.which("libvirtd"), "-d"], check=True)
+        assert wait(libvirtd_up, 60), "libvirtd did not come back"
+    back = time.time()
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    (run_dir,) = (tmp_path / "results").iterdir()
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    rounds = {r["round"] for r in records}
+    host = {r["round"] for r in records if r["env"] == "host" and r["status"] == "ok"}
+    assert host == rounds  # the host cells went on through the outage
+    failed = [r for r in records if r["env"] == "libvirt" and r["status"] != "ok"]
+    assert failed and all("libvirt" in r["reason"] for r in failed)
+    later = [r for r in records if r["env"] == "libvirt" and r["t"] > back]
+    assert any(r["status"] == "ok" for r in later), "no reconnect once libvirtd was back"
+    assert wait(lambda: not virsh_names(), 60), virsh_names()

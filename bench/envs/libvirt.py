@@ -224,12 +224,32 @@ class LibvirtEnv(VmEnvironment):
         if self._conn is None:
             self._conn = connect()
 
-    def cleanup(self) -> None:
+    def _connection(self):
+        """The libvirt connection, made again if libvirtd went away and came back;
+        libvirtError when it is not reachable now."""
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                for dom in self._conn.listAllDomains(0):
-                    if dom.name().startswith(f"{PREFIX}{self.ctx.run_id}-"):
-                        _destroy(dom)
+                if self._conn.isAlive():
+                    return self._conn
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        self._conn = connect()
+        return self._conn
+
+    def cleanup(self) -> None:
+        if self._conn is None:
+            return  # never connected: nothing of ours can exist
+        try:
+            for dom in self._connection().listAllDomains(0):
+                if dom.name().startswith(f"{PREFIX}{self.ctx.run_id}-"):
+                    _destroy(dom)
+        except Exception as e:  # libvirtd is gone: say so, `clean` finds them by name later
+            raise RuntimeError(
+                f"could not remove this run's domains ({e}): "
+                "run `isobench clean` once libvirtd is back"
+            ) from None
+        finally:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
@@ -243,7 +263,7 @@ class LibvirtEnv(VmEnvironment):
         dom = None
         t0 = time.monotonic_ns()
         try:
-            dom = self._conn.createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
+            dom = self._connection().createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
             launch = self._run(dom, name, console, t0, timeout)
         except lv.libvirtError as e:
             launch = Launch(
