@@ -41,6 +41,7 @@ from bench.catalog import Metric, Workload
 from bench.lock import RunLock
 from bench.matrix import Matrix, parse_env_spec
 from bench.metrics import noise
+from bench.report.html import json_safe
 from bench.runner import Runner, new_manifest
 
 ALPHA = 0.05
@@ -364,15 +365,18 @@ def validate(ctx, results, keep, budget, seed, as_json):
     if as_json:
         click.echo(
             json.dumps(
-                {
-                    "noise": snap,
-                    "warnings": warns,
-                    "passed": not failed,
-                    "checks": [asdict(c) for c in checks],
-                    **info,
-                    "seconds": time.monotonic() - started,
-                },
-                default=_json_safe,
+                json_safe(
+                    {
+                        "noise": snap,
+                        "warnings": warns,
+                        "passed": not failed,
+                        "checks": [asdict(c) for c in checks],
+                        **info,
+                        "seconds": time.monotonic() - started,
+                    }
+                ),
+                default=str,
+                allow_nan=False,
             )
         )
     else:
@@ -390,9 +394,3 @@ def validate(ctx, results, keep, budget, seed, as_json):
 def _load(snap: dict) -> str:
     la = snap.get("loadavg")
     return " ".join(f"{x:.2f}" for x in la) if la else "unknown"
-
-
-def _json_safe(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    return str(x)

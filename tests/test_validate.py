@@ -125,3 +125,17 @@ def test_validate_runs_on_this_host(tmp_path):
     assert (res.exit_code == 0) == out["passed"]
     assert out["harness"]["overhead_ms"]["total"]["median"] is not None
     assert len(list(tmp_path.iterdir())) == 2  # the syscall and the cpu run, kept
+
+
+@pytest.mark.requires("host", "namespaces")
+def test_validate_json_is_strict_json(tmp_path):
+    """--json output parses with a strict parser (no NaN for undefined figures)."""
+    from click.testing import CliRunner
+
+    from bench.validate import validate as validate_cmd
+
+    res = CliRunner().invoke(validate_cmd, ["--json", "--budget", "20", "--results",
+                                            str(tmp_path)])  # fmt: skip
+    assert res.exit_code in (0, 1), res.output
+    data = json.loads(res.output, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert {c["name"] for c in data["checks"]} and "passed" in data

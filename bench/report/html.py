@@ -29,26 +29,29 @@ _CLOSE_STYLE = re.compile(r"</(style)", re.IGNORECASE)
 def data_json(obj: Any) -> str:
     """JSON safe to place inside a <script> element (no `</`, no `<!--`)."""
     if isinstance(obj, dict) and "samples" in obj:  # already JSON-safe, and large
-        obj = _clean({k: v for k, v in obj.items() if k != "samples"}) | {"samples": obj["samples"]}
+        obj = json_safe({k: v for k, v in obj.items() if k != "samples"}) | {
+            "samples": obj["samples"]
+        }
     else:
-        obj = _clean(obj)
+        obj = json_safe(obj)
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str)
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))  # fmt: skip
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> null (JSON has neither); numpy scalars -> Python."""
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> null (JSON has neither); numpy scalars -> Python. Used wherever
+    isobench prints or embeds JSON that other tools will parse."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         if obj and all(type(x) is int or x is None for x in obj):  # long code lists: fast path
             return obj
-        return [_clean(x) for x in obj]
+        return [json_safe(x) for x in obj]
     if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalar
-        return _clean(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
