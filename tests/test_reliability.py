@@ -86,12 +86,14 @@ def test_second_ctrl_c_during_cleanup_leaves_nothing(tmp_path):
 
 @pytest.mark.requires("host", "namespaces")
 def test_resume_completes_the_planned_rounds(tmp_path):
-    args = ["--env", "host", "--env", "namespaces", "--workload", "startup", "--quick",
+    # syscall launches take ~0.4 s: the run is still measuring when the signal comes
+    args = ["--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
             "--rounds", "12", "--max-rounds", "12", "--seed", "5"]  # fmt: skip
     proc = start(tmp_path, *args)
     run_dir = wait_for_samples(tmp_path, 40, proc)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
+    assert proc.returncode == 130
     before = assert_intact(run_dir)
     seed = store.read_manifest(run_dir)["matrix"]["seed"]
     res = isobench(tmp_path, "run", "--resume", str(run_dir))
