@@ -206,6 +206,7 @@ class Runner:
     def _start_envs(self, ctx: Context, writer: SampleWriter) -> None:
         envs = self.manifest.setdefault("environments", {})
         for spec in self.m.envs:
+            check_interrupted()
             cls = REGISTRY[spec.kind]
             av = cls.probe()
             act = Active(spec, None, av.ok, av.reason)
@@ -294,6 +295,7 @@ class Runner:
                 if not self.active[cell.env.label].ok and any(k == cell.key for _, k in done):
                     continue  # an unavailable environment is recorded once per cell
                 self.progress(f"round {rnd}" if rnd >= 1 else "warm-up", count, total)
+                check_interrupted()
                 new = self._launch(cell, w_round)
                 self.records.extend(new)
                 self._save(writer, new)
@@ -317,8 +319,10 @@ class Runner:
                 )
                 self.manifest["stop_reason"] = why
                 self.manifest["unreached"] = left
+                check_interrupted()
                 return "complete"
             total += len(cells)
+        check_interrupted()
         return "complete"
 
     def _launch(self, cell: Cell, rnd: int) -> list[dict[str, Any]]:
@@ -360,11 +364,24 @@ def scratch_root() -> str:
     return tempfile.gettempdir()
 
 
+_pending: list[int] = []  # signals received; see _raise_interrupted
+
+
 def _raise_interrupted(signum, frame):
+    """Raise at once, and remember: a handler's exception can be swallowed (Python
+    ignores exceptions raised inside at-fork hooks and __del__), so the runner also
+    checks _pending between launches."""
+    _pending.append(signum)
     raise Interrupted(signum)
 
 
+def check_interrupted() -> None:
+    if _pending:
+        raise Interrupted(_pending[0])
+
+
 def _install_signals() -> dict:
+    _pending.clear()
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
