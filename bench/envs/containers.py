@@ -261,6 +261,8 @@ class HostSideSampler:
             self._stop.set()
             if self._thread.is_alive():
                 self._thread.join(2)
+            with contextlib.suppress(Exception):  # a last reading: short launches may
+                self.sample()  # end between two samples
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -277,13 +279,15 @@ class HostSideSampler:
             try:
                 with proc.oneshot():
                     t = proc.cpu_times()
-                    self.cpu[pid] = (t.user + t.system) * 1000
-                    mem = proc.memory_full_info()
+                    rss = proc.memory_info().rss
             except psutil.Error:
                 del self._procs[pid]
                 continue
-            self.rss[pid] = max(self.rss.get(pid, 0.0), mem.rss / MIB)
-            self.pss[pid] = max(self.pss.get(pid, 0.0), getattr(mem, "pss", 0) / MIB)
+            self.cpu[pid] = (t.user + t.system) * 1000
+            self.rss[pid] = max(self.rss.get(pid, 0.0), rss / MIB)
+            with contextlib.suppress(psutil.Error):  # PSS needs smaps: may be refused
+                pss = getattr(proc.memory_full_info(), "pss", 0) / MIB
+                self.pss[pid] = max(self.pss.get(pid, 0.0), pss)
 
     def _loop(self) -> None:
         while True:
