@@ -136,6 +136,16 @@ def hierarchy_paths(rel: str, layout: str, root: Path = cg.ROOT) -> dict[str, Pa
     return paths
 
 
+def volume_dir(ctx, kind: str, name: str, storage: str) -> Path | None:
+    """The host directory bind-mounted as the io work directory (storage=volume)."""
+    if storage != "volume":
+        return None
+    path = ctx.scratch / f"{kind}-volumes" / name
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o1777)  # the probe may run as any user inside
+    return path
+
+
 @dataclass
 class LaunchCgroup:
     """The per-launch parent cgroup: read it after the instance exits, then remove it."""

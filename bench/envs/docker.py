@@ -337,11 +337,7 @@ class DockerEnv(Environment):
             raise RuntimeError("docker: launch() before prepare()")
         self._n += 1
         name = ct.instance_name(self.ctx.run_id, self._n)
-        volume = None
-        if self.opts["storage"] == "volume":
-            volume = self.ctx.scratch / "docker-volumes" / name
-            volume.mkdir(parents=True, exist_ok=True)
-            volume.chmod(0o1777)
+        volume = ct.volume_dir(self.ctx, "docker", name, self.opts["storage"])
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name))
         run = _Run(self.cl.api, timeout)
         try:

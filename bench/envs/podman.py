@@ -282,11 +282,7 @@ class PodmanEnv(Environment):
             raise RuntimeError("podman: launch() before prepare()")
         self._n += 1
         name = ct.instance_name(self.ctx.run_id, self._n)
-        volume = None
-        if self.opts["storage"] == "volume":
-            volume = self.ctx.scratch / "podman-volumes" / name
-            volume.mkdir(parents=True, exist_ok=True)
-            volume.chmod(0o1777)
+        volume = ct.volume_dir(self.ctx, "podman", name, self.opts["storage"])
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name))
         argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume)
         try:
