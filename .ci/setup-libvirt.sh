@@ -34,6 +34,7 @@ fi
 if [[ ! -e /boot/vmlinuz-$(uname -r) ]] && ! ls "$GUEST_DIR"/boot/vmlinuz-* >/dev/null 2>&1; then
   pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
   tmp=$(mktemp -d)
+  mkdir -p "$GUEST_DIR"
   (cd "$tmp" && apt-get download "$pkg" && dpkg -x "$pkg"_*.deb "$GUEST_DIR") || exit 1
   rm -rf "$tmp"
 fi

@@ -98,7 +98,9 @@ def summarize_run(
             "p_adjusted": None,
             "significant": False,
             "baseline": baseline,
+            "better": _better(manifest, workload, metric),
             "note": "",
+            "flags": [],
         }
         base_key = (baseline, workload, op, metric)
         base = groups.get(base_key)
@@ -120,6 +122,35 @@ def summarize_run(
             and stats.significant(p, r["ratio_ci_low"], r["ratio_ci_high"])
         )
     return rows
+
+
+def _better(manifest: dict[str, Any], workload: str, metric: str) -> str:
+    """'lower' or 'higher' from the run's catalog; phases and footprint are costs."""
+    metrics = manifest.get("catalog", {}).get(workload, {}).get("metrics", {})
+    return metrics.get(metric, {}).get("better", "lower")
+
+
+TIME_UNITS = {"ns", "us", "µs", "ms", "s"}
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """The ratio in words, in the direction a reader means: "28× slower", "1.30× faster",
+    "1.8× more" (a cost that is not a time or rate); "" when there is no ratio.
+
+    ``ratio`` is always value / baseline value; whether that is worse depends on
+    ``better``: a ratio of 0.036 for a rate (higher is better) is "28× slower"."""
+    ratio = row.get("ratio")
+    if ratio is None or ratio <= 0:
+        return ""
+    worse = ratio > 1 if row.get("better", "lower") == "lower" else ratio < 1
+    factor = ratio if ratio >= 1 else 1 / ratio
+    unit = row.get("unit") or ""
+    timed = unit in TIME_UNITS or "/s" in unit or unit in ("IOPS", "MB/s")
+    if timed:
+        word = "slower" if worse else "faster"
+    else:
+        word = "more" if ratio > 1 else "less"
+    return f"{factor:.2f}× {word}" if factor < 10 else f"{factor:.0f}× {word}"
 
 
 def _num(x) -> float | None:

@@ -20,7 +20,7 @@ from bench import analysis, bundle, catalog, harness, provenance, store
 from bench.envs import REGISTRY
 from bench.envs.base import COMMON_OPTIONS
 from bench.lock import LockError, RunLock
-from bench.matrix import Matrix, MatrixError, load_toml, parse_env_spec
+from bench.matrix import QUICK, Matrix, MatrixError, load_toml, parse_env_spec
 from bench.metrics import noise
 from bench.report import commands as report_commands
 from bench.report import html
@@ -30,7 +30,6 @@ from bench.validate import validate
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-QUICK = {"rounds": 5, "max_rounds": 20, "warmup": 1, "timeout": 60.0, "budget": 60.0}
 USER_ERRORS = (MatrixError, store.StoreError, bundle.BuildError, LockError)
 FAILURES = (store.StoreWriteError,)  # the run could not save what it measured: exit 1
 

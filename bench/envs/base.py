@@ -142,6 +142,19 @@ class Environment:
     def launch(self, inv: Invocation, timeout: float) -> Launch:
         raise NotImplementedError
 
+    # Kinds whose instance is expensive to start (a guest boot) run all the workloads of
+    # a round in one instance: the runner then calls launch_round once per round.
+    one_instance_per_round: ClassVar[bool] = False
+
+    def launch_round(self, invs: list[Invocation], timeout: float) -> list[Launch]:
+        """One Launch per invocation, in order; ``timeout`` applies to each invocation.
+
+        The default launches each on its own. A kind that sets one_instance_per_round
+        runs them all in one instance: the Launch of the ``startup`` invocation (or the
+        first) carries that instance's phases, cgroup and host-side figures; the others
+        carry only their probe records (and a failure status of their own)."""
+        return [self.launch(inv, timeout) for inv in invs]
+
     def cleanup(self) -> None:
         """Remove everything this environment made; idempotent, safe after a failure."""
 
