@@ -146,10 +146,7 @@ def verdict(row: dict[str, Any]) -> str:
     factor = ratio if ratio >= 1 else 1 / ratio
     unit = row.get("unit") or ""
     timed = unit in TIME_UNITS or "/s" in unit or unit in ("IOPS", "MB/s")
-    if timed:
-        word = "slower" if worse else "faster"
-    else:
-        word = "more" if ratio > 1 else "less"
+    word = ("slower" if worse else "faster") if timed else ("more" if ratio > 1 else "less")
     return f"{factor:.2f}× {word}" if factor < 10 else f"{factor:.0f}× {word}"
 
 

@@ -34,7 +34,6 @@ from typing import Any
 
 from bench.envs.base import COMMON_OPTIONS, OptionError
 
-
 # --quick: the settings of a first look (a file or flags may still override each one).
 QUICK = {"rounds": 5, "max_rounds": 20, "warmup": 1, "timeout": 60.0, "budget": 60.0}
 
