@@ -14,7 +14,7 @@ from bench.lock import RunLock
 from bench.metrics.cgroup import Cgroup
 from bench.metrics.cgroup import find_leftovers as cgroup_leftovers
 from bench.resources import cache_dir
-from bench.runner import scratch_root
+from bench.scratch import scratch_root
 
 SCRATCH_PREFIX = "isobench-"
 

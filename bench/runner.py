@@ -8,7 +8,6 @@ import math
 import random
 import shutil
 import signal
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
 from bench.matrix import EnvSpec, Matrix
 from bench.metrics import noise
+from bench.scratch import new_scratch
 from bench.store import SCHEMA_VERSION, SampleWriter, StoreWriteError, read_records, write_manifest
 
 UNITS = {"_ms": "ms", "_mib": "MiB", "_ops": "ops", "nr_": "count", "pids_": "count"}
@@ -184,7 +184,7 @@ class Runner:
     def run(self) -> str:
         """Measure until done; returns the final status. Raises Interrupted on a signal,
         after cleaning up and marking the manifest."""
-        scratch = Path(tempfile.mkdtemp(prefix=f"isobench-{self.run_id}-", dir=scratch_root()))
+        scratch = new_scratch(self.run_id)
         ctx = Context(self.run_id, scratch, self.bundle.root.parent.parent, self.m.quick)
         writer = SampleWriter(self.run_dir)
         old = _install_signals()
@@ -354,14 +354,6 @@ class Runner:
             except Exception as e:  # an engine that went away: record, go on
                 launch = Launch(status="failed", reason=f"{type(e).__name__}: {e}")
         return launch_records(launch, cell, base)
-
-
-def scratch_root() -> str:
-    """Disk-backed temp space (io probes must not land on tmpfs by accident)."""
-    for d in ("/var/tmp", tempfile.gettempdir()):
-        if Path(d).is_dir():
-            return d
-    return tempfile.gettempdir()
 
 
 _pending: list[int] = []  # signals received; see _raise_interrupted
