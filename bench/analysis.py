@@ -1,15 +1,17 @@
-"""From a run's samples to the summary table: per cell statistics, the ratio to the
-baseline environment with its CI, a Mann–Whitney test with Holm correction across the
-matrix, outlier counts, and whether each cell reached the precision target."""
+"""From a run's samples to the summary table: per figure statistics over rounds, the
+ratio to the baseline environment with its CI and a paired test (Benjamini–Hochberg
+across the matrix), self-check flags, outlier counts, and whether each figure reached
+its precision target."""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from bench import stats
+from bench import checks, stats
 
 KEY = ["env", "workload", "op", "metric"]
 MAIN = "main"  # probe results + the phases of the startup workload
@@ -43,7 +45,7 @@ def failures(df) -> list[dict[str, Any]]:
 
 def by_cell(data, *columns: str) -> list[dict[tuple, Any]]:
     """Per (env, workload, op, metric), sorted: the values (floats), the first unit, and
-    the set of probe arguments, for each column asked (value, unit, args). Uses row
+    the set of probe arguments or notes, for each column asked (value, unit, args, note). Uses row
     positions, not sub-frames: iterating a groupby is the costly part of a big report."""
     positions = sorted(data.groupby(KEY).indices.items())
     out = []
@@ -51,13 +53,45 @@ def by_cell(data, *columns: str) -> list[dict[tuple, Any]]:
         if col == "value":
             arr = data[col].to_numpy(dtype=float)
             out.append({k: arr[idx] for k, idx in positions})
-        elif col == "args":
+        elif col in ("args", "note"):
             arr = data[col].fillna("").to_numpy(dtype=object)
             out.append({k: set(arr[idx]) for k, idx in positions})
         else:
             arr = data[col].to_numpy(dtype=object)
             out.append({k: arr[idx[0]] for k, idx in positions})
     return out
+
+
+def per_round(data) -> dict[tuple, dict[int, float]]:
+    """Per (env, workload, op, metric): round -> the median of that round's values.
+
+    The round is the unit of every statistic: a launch's repetitions (``--reps``) are
+    one measurement, summarised by their median so that one preempted window does
+    not move it, and never counted as independent samples."""
+    med = data.groupby([*KEY, "round"], sort=True)["value"].median()
+    out: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for (env, workload, op, metric, rnd), value in med.items():
+        out[(env, workload, op, metric)][int(rnd)] = float(value)
+    return out
+
+
+def precision_target(manifest: dict[str, Any], workload: str, op: str, metric: str) -> float | None:
+    """The figure's precision target; None for ops that are noisy by nature (fork, pipe
+    ping-pong, latency tails): they are reported with their width and hold no one up."""
+    w = manifest.get("catalog", {}).get(workload, {})
+    if op in w.get("noisy", ()) or f"{op}.{metric}" in w.get("noisy", ()):
+        return None
+    return max(manifest.get("matrix", {}).get("precision", 0.02), w.get("precision_floor", 0.0))
+
+
+def compare_rounds(values: dict[int, float], base: dict[int, float]) -> stats.RatioTest:
+    """values / base, paired by round where at least 3 rounds have both, else Welch."""
+    common = sorted(set(values) & set(base))
+    if len(common) >= 3:
+        return stats.log_ratio_test(
+            [values[r] for r in common], [base[r] for r in common], paired=True
+        )
+    return stats.log_ratio_test(list(values.values()), list(base.values()), paired=False)
 
 
 def summarize_run(
@@ -68,17 +102,20 @@ def summarize_run(
     scope: str = MAIN,
     n_boot: int = 2000,
 ) -> list[dict[str, Any]]:
-    """One row per (env, workload, op, metric)."""
-    matrix = manifest.get("matrix", {})
-    baseline = baseline or matrix.get("baseline", "host")
-    precision = matrix.get("precision", 0.02)
+    """One row per (env, workload, op, metric): the median over rounds with its CI, the
+    ratio to the baseline with its CI and test, Benjamini-Hochberg across the rows."""
+    baseline = baseline or manifest.get("matrix", {}).get("baseline", "host")
     envs = manifest.get("environments", {})
     data = measured(df, scope)
-    groups, units, args = by_cell(data, "value", "unit", "args")
+    rounds = per_round(data)
+    units, args, notes = by_cell(data, "unit", "args", "note")
+    layout = (manifest.get("host") or {}).get("cgroup_layout", "")
     rows = []
-    for key, values in groups.items():
+    for key, by_rnd in rounds.items():
         env, workload, op, metric = key
+        values = np.array(list(by_rnd.values()))
         s = stats.summarize(values, n_boot=n_boot)
+        target = precision_target(manifest, workload, op, metric) if scope == MAIN else None
         row = {
             "env": env,
             "env_kind": envs.get(env, {}).get("kind"),
@@ -89,11 +126,14 @@ def summarize_run(
             "unit": units[key],
             **{f: _num(getattr(s, f)) for f in stats.FIELDS},
             "n": int(s.n),
-            "reached_precision": stats.ci_halfwidth_rel(s) <= precision,
+            "ci_halfwidth": _num(stats.ci_halfwidth_rel(s)),
+            "precision_target": target,
+            "reached_precision": target is not None and stats.ci_halfwidth_rel(s) <= target,
             "outliers": int(np.count_nonzero(stats.outliers(values))),
             "ratio": None,
             "ratio_ci_low": None,
             "ratio_ci_high": None,
+            "test": "",
             "p_value": None,
             "p_adjusted": None,
             "significant": False,
@@ -103,17 +143,20 @@ def summarize_run(
             "flags": [],
         }
         base_key = (baseline, workload, op, metric)
-        base = groups.get(base_key)
+        base = rounds.get(base_key)
         if base is not None and args[key] != args[base_key]:
             base = None  # other probe arguments (an emulated guest's sizes): no ratio
             row["note"] = "no ratio: the baseline ran this probe with other arguments"
-        if env != baseline and base is not None and len(base) and len(values):
-            ratio, lo, hi = stats.ratio_ci(values, base, n_boot=n_boot)
-            row.update(ratio=_num(ratio), ratio_ci_low=_num(lo), ratio_ci_high=_num(hi))
-            row["p_value"] = _num(stats.mann_whitney(values, base))
+        if env != baseline and base:
+            t = compare_rounds(by_rnd, base)
+            row.update(ratio=_num(t.ratio), ratio_ci_low=_num(t.low), ratio_ci_high=_num(t.high))
+            row.update(p_value=_num(t.p_value), test=t.method and f"{t.method} t, n={t.n}")
+        row["flags"] = checks.figure_flags(row, values, layout=layout, notes=notes[key])
+        if row["flags"]:  # an implausible figure or a failed control is no finding
+            row.update(ratio=None, ratio_ci_low=None, ratio_ci_high=None, p_value=None)
         rows.append(row)
     tested = [i for i, r in enumerate(rows) if r["p_value"] is not None]
-    adjusted = stats.holm([rows[i]["p_value"] for i in tested]) if tested else []
+    adjusted = stats.benjamini_hochberg([rows[i]["p_value"] for i in tested]) if tested else []
     for i, p in zip(tested, adjusted, strict=True):
         r = rows[i]
         r["p_adjusted"] = _num(p)

@@ -27,6 +27,28 @@ simulations of 2,000-3,000 samples per case, lognormal/normal/exponential data):
   equally noisy but drops to about 88% at n=7 when one side dominates the noise; the
   union stays within 95-99% in every case simulated.  The log-scale part needs
   positive data; with any value <= 0 only the bootstrap interval is used.
+* Verdicts (``log_ratio_test``, ``benjamini_hochberg``): the unit is the round.  Each
+  round runs every cell once, in a shuffled order, and each launch's figure is the
+  median of its repetitions; so for a figure of environment E and the baseline B the
+  per-round log ratios ``d = log(E_r / B_r)`` cancel whatever drifted between rounds
+  (frequency, a neighbour's load) and leave the overhead plus launch noise.  The test
+  is Student's t on ``d`` (a paired t on the log scale), the ratio is ``exp(mean d)``
+  (the geometric mean of the per-round ratios) and its CI is the t interval, so a
+  ratio whose CI excludes 1 is exactly one whose test rejects.  Why not Mann-Whitney:
+  with n = 5 per side its smallest two-sided p is 0.0079, so after any multiplicity
+  correction over a ~170-figure matrix nothing can be significant, not even gVisor's
+  ×86; the t test's p shrinks with the effect, so large, consistent effects are
+  called at n = 3..6 while identical environments are not (under the null, ``d`` of
+  two identically distributed launches is symmetric, where the t test holds its level
+  or is conservative; heavy tails make it conservative, not liberal).  Where rounds
+  cannot be paired (two runs in ``compare``), Welch's t on the logs.  Multiplicity:
+  Benjamini-Hochberg over every tested figure of the matrix (false discovery rate 5%)
+  instead of Holm's family-wise control: a matrix is a screen of ~170 figures in
+  which many effects are real, and Holm makes a small n hopeless.  Under the global
+  null BH is as strict as the family-wise 5%, and at most 5% of the figures called
+  significant are expected to be false.  ``tests/test_stats.py`` simulates both
+  (identical environments: <= 5% called; a 10% overhead at 2% launch noise: detected
+  in 6 rounds).
 * ``min_detectable_effect``: normal-approximation sample size formula on the robust
   relative spread, times sqrt(pi/2), the standard-error ratio of the median to the
   mean for normal data (the medians' comparison is what ``significant`` requires).
@@ -44,9 +66,12 @@ from scipy import stats as _sps
 
 __all__ = [
     "FIELDS",
+    "RatioTest",
     "Summary",
+    "benjamini_hochberg",
     "ci_halfwidth_rel",
     "holm",
+    "log_ratio_test",
     "mann_whitney",
     "median_ci",
     "median_ci_level",
@@ -312,6 +337,90 @@ def _mann_whitney_normal(v: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     z = (abs(u - n1 * n2 / 2) - 0.5) / sd
     return float(min(1.0, 2 * _sps.norm.sf(max(z, 0.0))))
+
+
+@dataclass(frozen=True)
+class RatioTest:
+    """A ratio value / baseline with its CI and the test of "no change" behind it."""
+
+    ratio: float
+    low: float
+    high: float
+    p_value: float
+    n: int  # pairs (paired) or the smaller side (Welch)
+    method: str  # "paired" | "welch" | "" (not tested)
+
+
+def _positive(values) -> np.ndarray:
+    a = np.asarray(values, dtype=float).ravel()
+    return a[np.isfinite(a) & (a > 0)]
+
+
+def log_ratio_test(values, baseline, *, paired: bool, confidence: float = 0.95) -> RatioTest:
+    """Ratio of ``values`` to ``baseline`` on the log scale, with a t interval and test.
+
+    ``paired=True``: the two arrays are aligned (round r of each); pairs where either
+    side is missing, non-finite or <= 0 are dropped; ratio = exp(mean log(v/b)).
+    ``paired=False``: Welch's t on log(v) vs log(b); ratio of geometric means.
+    Fewer than 2 usable pairs (or 2 values a side) gives nan CI and p; values that are
+    all identical give p = 1 when the ratio is 1 and p = 0 otherwise.  See the module
+    docstring for why this test."""
+    alpha = 1.0 - confidence
+    if paired:
+        v = np.asarray(values, dtype=float).ravel()
+        b = np.asarray(baseline, dtype=float).ravel()
+        if v.size != b.size:
+            raise ValueError("paired samples must have the same length")
+        ok = np.isfinite(v) & np.isfinite(b) & (v > 0) & (b > 0)
+        d = np.log(v[ok]) - np.log(b[ok])
+        n = int(d.size)
+        if n == 0:
+            return RatioTest(_NAN, _NAN, _NAN, _NAN, 0, "")
+        mean = float(d.mean())
+        if n < 2:
+            return RatioTest(math.exp(mean), _NAN, _NAN, _NAN, n, "")
+        se, df = float(d.std(ddof=1)) / math.sqrt(n), n - 1
+        method = "paired"
+    else:
+        lv, lb = np.log(_positive(values)), np.log(_positive(baseline))
+        n = int(min(lv.size, lb.size))
+        if n == 0:
+            return RatioTest(_NAN, _NAN, _NAN, _NAN, 0, "")
+        mean = float(lv.mean() - lb.mean())
+        if n < 2:
+            return RatioTest(math.exp(mean), _NAN, _NAN, _NAN, n, "")
+        va, vb = lv.var(ddof=1) / lv.size, lb.var(ddof=1) / lb.size
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (lv.size - 1) + vb**2 / (lb.size - 1)) if se else 1.0
+        method = "welch"
+    ratio = math.exp(mean)
+    if se == 0:
+        return RatioTest(ratio, ratio, ratio, 1.0 if mean == 0 else 0.0, n, method)
+    t = mean / se
+    p = float(2 * _sps.t.sf(abs(t), df))
+    half = float(_sps.t.ppf(1 - alpha / 2, df)) * se
+    return RatioTest(ratio, math.exp(mean - half), math.exp(mean + half), p, n, method)
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) in the original order.
+
+    A figure is a discovery at false discovery rate q when its adjusted value is < q.
+    Monotone in the raw p, capped at 1; NaN entries stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=float).ravel()
+    out = np.full(p.shape, _NAN)
+    mask = ~np.isnan(p)
+    q = p[mask]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q, kind="stable")
+    scaled = q[order] * m / np.arange(1, m + 1)
+    adj = np.minimum.accumulate(scaled[::-1])[::-1]
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[mask] = res
+    return out
 
 
 def holm(p_values) -> np.ndarray:

@@ -2,15 +2,17 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bench import analysis, store
 
 
-def samples(env, values, args="", op="null", workload="syscall"):
+def samples(env, values, args="", op="null", workload="syscall", metric="ns_per_op",
+            source="probe", note=""):  # fmt: skip
     return [
         {**dict.fromkeys(store.COLUMNS), "env": env, "workload": workload, "op": op,
-         "metric": "ns_per_op", "unit": "ns", "value": v, "round": i + 1, "status": "ok",
-         "source": "probe", "args": args}
+         "metric": metric, "unit": "ns", "value": v, "round": i + 1, "status": "ok",
+         "source": source, "args": args, "note": note}
         for i, v in enumerate(values)
     ]  # fmt: skip
 
@@ -19,7 +21,7 @@ MANIFEST = {"matrix": {"baseline": "host", "precision": 0.02},
             "environments": {"host": {"kind": "host"}, "vm": {"kind": "libvirt"}}}  # fmt: skip
 
 
-def test_ratio_significance_and_holm_on_a_clear_shift():
+def test_ratio_and_significance_on_a_clear_shift():
     rng = np.random.default_rng(1)
     df = pd.DataFrame(samples("host", 100 + rng.normal(0, 1, 20))
                       + samples("vm", 200 + rng.normal(0, 1, 20)))  # fmt: skip
@@ -45,3 +47,83 @@ def test_warmup_and_failures_are_not_counted():
     (r,) = analysis.summarize_run(df, MANIFEST)
     assert r["n"] == 2 and r["median"] == 2.5
     assert analysis.failures(df)[0]["reason"] == "boom"
+
+
+def test_a_round_is_one_measurement_whatever_its_repetitions():
+    """Three repetitions a launch: the round's median is the figure, n counts rounds."""
+    reps = [s for r in (samples("host", [100.0, 101.0, 99.0]),) for s in r]
+    rows = []
+    for rnd in (1, 2, 3, 4):
+        for rec, v in zip(reps, (100.0, 101.0, 150.0), strict=True):  # one preempted rep
+            rows.append({**rec, "round": rnd, "value": v + rnd})
+    (r,) = analysis.summarize_run(pd.DataFrame(rows), MANIFEST)
+    assert r["n"] == 4 and r["median"] == 103.5  # medians 102, 103, 104, 105
+
+
+def test_pairs_by_round_cancel_a_drift_the_unpaired_view_cannot():
+    drift = [100.0, 130.0, 90.0, 120.0, 80.0, 110.0]
+    df = pd.DataFrame(samples("host", drift) + samples("vm", [d * 1.05 for d in drift]))
+    vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
+    assert (
+        vm["ratio"] == pytest.approx(1.05) and vm["significant"] and vm["test"] == "paired t, n=6"
+    )
+
+
+def test_identical_twin_is_not_significant():
+    rng = np.random.default_rng(3)
+    drift = 100 * np.exp(rng.normal(0, 0.05, 6))
+    df = pd.DataFrame(samples("host", drift * np.exp(rng.normal(0, 0.01, 6)))
+                      + samples("vm", drift * np.exp(rng.normal(0, 0.01, 6))))  # fmt: skip
+    vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
+    assert not vm["significant"] and vm["ratio_ci_low"] < 1 < vm["ratio_ci_high"]
+
+
+def test_failed_vdso_control_is_flagged_not_a_finding():
+    df = pd.DataFrame(samples("host", [23.0, 23.1, 22.9, 23.0], op="clock_gettime")
+                      + samples("vm", [7e4, 7.1e4, 6.9e4, 7.2e4], op="clock_gettime"))  # fmt: skip
+    vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
+    assert vm["flags"] and vm["flags"][0].startswith("vDSO control failed: clock_gettime ×3,")
+    assert vm["ratio"] is None and not vm["significant"] and vm["p_value"] is None
+
+
+def test_implausible_counters_are_flagged():
+    manifest = {**MANIFEST, "host": {"cgroup_layout": "hybrid"}}
+    neg = samples("host", [-0.45, -0.3, 0.1], workload="io", op="cgroup", metric="io_read_mib",
+                  source="cgroup")  # fmt: skip
+    zero = samples("vm", [0.0, 0.0, 0.0], workload="io", op="cgroup", metric="io_write_mib",
+                   source="cgroup")  # fmt: skip
+    zero_host = samples("host", [32.0, 32.0, 32.0], workload="io", op="cgroup",
+                        metric="io_write_mib", source="cgroup")  # fmt: skip
+    rows = analysis.summarize_run(pd.DataFrame(neg + zero + zero_host), manifest,
+                                  scope=analysis.FOOTPRINT)  # fmt: skip
+    by = {(r["env"], r["metric"]): r for r in rows}
+    assert "negative io_read_mib" in by[("host", "io_read_mib")]["flags"][0]
+    z = by[("vm", "io_write_mib")]
+    assert "cgroup v1 does not charge buffered writeback" in z["flags"][0] and z["ratio"] is None
+
+
+def test_page_cache_reads_are_flagged():
+    df = pd.DataFrame(samples("host", [900.0, 910.0, 905.0], workload="io", op="seq_read")
+                      + samples("vm", [9e3, 9.1e3, 9e3], workload="io", op="seq_read",
+                                note="O_DIRECT not honoured: page cache"))  # fmt: skip
+    vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
+    assert "page-cache speed" in vm["flags"][0] and vm["ratio"] is None
+
+
+def test_noisy_ops_have_no_precision_target():
+    manifest = {**MANIFEST, "catalog": {"syscall": {"noisy": ["fork"]},
+                                        "startup": {"precision_floor": 0.1}}}  # fmt: skip
+    df = pd.DataFrame(samples("host", [1.0, 2.0, 3.0], op="fork")
+                      + samples("host", [10.0, 10.5, 11.0], workload="startup", op="phases",
+                                metric="ready_ms", source="phase"))  # fmt: skip
+    rows = {r["op"]: r for r in analysis.summarize_run(df, manifest)}
+    assert rows["fork"]["precision_target"] is None and not rows["fork"]["reached_precision"]
+    assert rows["phases"]["precision_target"] == 0.1
+
+
+def test_verdict_words_follow_the_better_direction():
+    assert analysis.verdict({"ratio": 0.036, "better": "higher", "unit": "ops/s"}) == "28× slower"
+    assert analysis.verdict({"ratio": 1.3, "better": "lower", "unit": "ns"}) == "1.30× slower"
+    assert analysis.verdict({"ratio": 0.8, "better": "lower", "unit": "ms"}) == "1.25× faster"
+    assert analysis.verdict({"ratio": 1.8, "better": "lower", "unit": "MiB"}) == "1.80× more"
+    assert analysis.verdict({"ratio": None}) == ""

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from bench import stats
+from bench.matrix import QUICK
 
 NAN = float("nan")
 
@@ -306,3 +307,132 @@ def test_zero_mean_and_zero_median():
     s = stats.summarize([-1.0, 0.0, 1.0])
     assert s.mean == 0.0 and math.isnan(s.cv)
     assert math.isnan(stats.min_detectable_effect([-1.0, 0.0, 1.0]))
+
+
+# --- verdicts: paired log-ratio t test + Benjamini-Hochberg -----------------------
+# A simulated matrix: every round shares a drift (the host got faster or slower for a
+# while), every launch adds its own noise; the baseline and each environment run once a
+# round. Noise models: lognormal, and heavy-tailed (t with 3 df) with 5% of launches
+# 1.5x slower (a preempted launch).
+
+
+def _matrix(rng, effects, *, rounds=QUICK["rounds"], noise=0.02, drift=0.05, heavy=False):
+    """(per-figure env values, per-figure baseline values), each (figures, rounds)."""
+    k = len(effects)
+    shared = rng.normal(0, drift, size=(k, rounds))
+
+    def launches():
+        if heavy:
+            e = noise * rng.standard_t(3, size=(k, rounds)) / math.sqrt(3)
+            return e + np.log(np.where(rng.uniform(size=(k, rounds)) < 0.05, 1.5, 1.0))
+        return rng.normal(0, noise, size=(k, rounds))
+
+    base = 100 * np.exp(shared + launches())
+    env = 100 * np.exp(np.log(effects)[:, None] + shared + launches())
+    return env, base
+
+
+def _verdicts(env, base):
+    tests = [stats.log_ratio_test(v, b, paired=True) for v, b in zip(env, base, strict=True)]
+    q = stats.benjamini_hochberg([t.p_value for t in tests])
+    sig = np.array([stats.significant(p, t.low, t.high) for p, t in zip(q, tests, strict=True)])
+    return tests, sig
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_identical_environments_are_called_different_in_at_most_5_percent(heavy):
+    rng = np.random.default_rng(11)
+    raw, called = [], []
+    for _ in range(40):  # 40 matrices of 170 A/A figures
+        env, base = _matrix(rng, np.ones(170), heavy=heavy)
+        tests, sig = _verdicts(env, base)
+        raw.extend(t.p_value < 0.05 for t in tests)
+        called.extend(sig)
+    assert np.mean(called) <= 0.05
+    assert np.mean(raw) <= 0.06  # the unadjusted test holds its level (t is not liberal)
+
+
+def test_a_10_percent_overhead_is_detected_in_a_quick_run():
+    rng = np.random.default_rng(12)
+    # A matrix like the quick run's: 150 figures without an effect, 20 with +10%
+    # (launch noise 2%, round drift 5%): each must be called significant.
+    effects = np.r_[np.ones(150), np.full(20, 1.10)]
+    hits = []
+    for _ in range(50):
+        _, sig = _verdicts(*_matrix(rng, effects))
+        hits.append(sig[150:].mean())
+        assert sig[:150].mean() <= 0.05
+    assert np.mean(hits) >= 0.9
+    # Alone among 169 null figures, at the launch noise measured for `null` here (<1%).
+    alone = np.r_[np.ones(169), 1.10]
+    found = [_verdicts(*_matrix(rng, alone, noise=0.01))[1][-1] for _ in range(50)]
+    assert np.mean(found) >= 0.9
+
+
+def test_seccomp_and_gvisor_sized_effects_are_called_at_the_quick_rounds():
+    """Docker's seccomp +30% and gVisor's ×86 in the quick run's rounds at 3% launch noise;
+    an emulated guest's ×10 and more from its fewer rounds."""
+    rng = np.random.default_rng(13)
+    rounds, emulated = QUICK["rounds"], QUICK["emulated_rounds"]
+    for _ in range(20):
+        env, base = _matrix(rng, np.r_[np.ones(100), 86.0, 1.3], rounds=rounds, noise=0.03)
+        _, sig = _verdicts(env, base)
+        assert sig[-2:].all() and sig[:100].mean() <= 0.05
+        env, base = _matrix(rng, np.r_[np.ones(100), 10.0, 40.0], rounds=emulated, noise=0.05)
+        assert _verdicts(env, base)[1][-2:].all()
+
+
+def test_paired_ratio_ci_coverage():
+    rng = np.random.default_rng(14)
+    env, base = _matrix(rng, np.full(3000, 1.25), drift=0.2)
+    tests = [stats.log_ratio_test(v, b, paired=True) for v, b in zip(env, base, strict=True)]
+    cover = np.mean([t.low <= 1.25 <= t.high for t in tests])
+    assert 0.935 <= cover <= 0.965
+
+
+def test_pairing_cancels_round_drift():
+    """A 20% drift between rounds hides a 5% effect from an unpaired test, not a paired one."""
+    rng = np.random.default_rng(15)
+    env, base = _matrix(rng, np.full(200, 1.05), drift=0.2, noise=0.01)
+    paired = [stats.log_ratio_test(v, b, paired=True) for v, b in zip(env, base, strict=True)]
+    welch = [stats.log_ratio_test(v, b, paired=False) for v, b in zip(env, base, strict=True)]
+    assert np.mean([t.p_value < 0.05 for t in paired]) > 0.95
+    assert np.mean([t.p_value < 0.05 for t in welch]) < 0.3
+
+
+def test_log_ratio_test_known_answer():
+    v, b = [110.0, 121.0, 99.0], [100.0, 110.0, 90.0]  # every round exactly +10%
+    t = stats.log_ratio_test(v, b, paired=True)
+    assert t.ratio == pytest.approx(1.1) and t.low == pytest.approx(1.1) and t.p_value == 0.0
+    d = np.log([1.2, 1.0, 1.1, 1.3])
+    t = stats.log_ratio_test(np.exp(d) * 50, [50.0] * 4, paired=True)
+    ref = sps.ttest_1samp(d, 0.0)
+    assert t.p_value == pytest.approx(ref.pvalue, rel=1e-9) and t.n == 4
+    lo, hi = ref.confidence_interval(0.95)
+    assert (t.low, t.high) == pytest.approx((math.exp(lo), math.exp(hi)), rel=1e-9)
+    w = stats.log_ratio_test([1.0, 2.0, 4.0], [1.0, 1.0, 2.0, 2.0], paired=False)
+    ref = sps.ttest_ind(np.log([1.0, 2.0, 4.0]), np.log([1.0, 1.0, 2.0, 2.0]), equal_var=False)
+    assert w.p_value == pytest.approx(ref.pvalue, rel=1e-9) and w.method == "welch"
+
+
+def test_log_ratio_test_degenerate():
+    assert stats.log_ratio_test([], [], paired=True).method == ""
+    one = stats.log_ratio_test([2.0], [1.0], paired=True)
+    assert one.ratio == 2.0 and math.isnan(one.p_value)
+    drop = stats.log_ratio_test([2.0, NAN, 0.0, 4.0], [1.0, 1.0, 1.0, 2.0], paired=True)
+    assert drop.n == 2 and drop.ratio == pytest.approx(2.0)
+    same = stats.log_ratio_test([5.0, 5.0, 5.0], [5.0, 5.0, 5.0], paired=True)
+    assert same.p_value == 1.0 and same.ratio == 1.0
+    with pytest.raises(ValueError):
+        stats.log_ratio_test([1.0, 2.0], [1.0], paired=True)
+
+
+def test_benjamini_hochberg_matches_statsmodels_and_keeps_nan():
+    from statsmodels.stats import multitest
+
+    p = np.random.default_rng(16).uniform(size=60) ** 3
+    ref = multitest.multipletests(p, method="fdr_bh")[1]
+    np.testing.assert_allclose(stats.benjamini_hochberg(p), ref, rtol=1e-12)
+    adj = stats.benjamini_hochberg([0.01, NAN, 0.04])
+    assert adj[0] == pytest.approx(0.02) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.04)
+    assert stats.benjamini_hochberg([]).shape == (0,)
