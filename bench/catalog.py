@@ -36,6 +36,10 @@ class Workload:
     quick_args: tuple[str, ...]
     emulated_args: tuple[str, ...] | None  # smaller sizes for emulated guests, if needed
     metrics: dict[str, Metric] = field(default_factory=dict)
+    # ops ("fork") or figures ("fsync_lat.p99_us") noisy by nature: reported with their
+    # CI width, never a reason to add rounds
+    noisy: tuple[str, ...] = ()
+    precision_floor: float = 0.0  # the loosest target this workload's figures can meet
 
     def invocation(self, *, quick: bool, emulated: bool) -> Invocation:
         args = self.quick_args if quick else self.args
@@ -60,6 +64,8 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             quick_args=quick,
             emulated_args=tuple(w["emulated_args"]) if "emulated_args" in w else None,
             metrics={k: Metric(**v) for k, v in w.get("metrics", {}).items()},
+            noisy=tuple(w.get("noisy", ())),
+            precision_floor=float(w.get("precision_floor", 0.0)),
         )
     return out
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import provenance, stats
+import pandas as pd
+
+from bench import analysis, provenance, stats
 from bench.catalog import Workload
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
@@ -86,29 +88,23 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
     return out
 
 
-def precision_targets(records: list[dict[str, Any]]) -> dict[tuple, list[float]]:
-    """The figures whose CI must be narrow: probe results, and phases of `startup`."""
-    series: dict[tuple, list[float]] = defaultdict(list)
-    for r in records:
-        if r["round"] < 1 or r["status"] != "ok" or r["value"] is None:
-            continue
-        if r["source"] == "probe" or (r["source"] == "phase" and r["workload"] == "startup"):
-            series[(r["cell"], r["op"], r["metric"])].append(r["value"])
-    return series
-
-
-def unreached(records: list[dict[str, Any]], precision: float, cells: list[str]) -> dict:
-    """Cells whose widest relative CI half-width is above the target: cell -> width.
-    A cell with no successful figure at all has an infinite width."""
+def unreached(records: list[dict[str, Any]], manifest: dict[str, Any], cells: list[str]) -> dict:
+    """Cells with a figure wider than its target: cell -> that figure's relative CI
+    half-width (the widest, when several). A cell with no successful figure at all has
+    an infinite width; figures noisy by nature have no target (analysis.precision_target)."""
     worst = dict.fromkeys(cells, math.inf)
-    seen: set[str] = set()
-    for (cell, _op, _metric), values in precision_targets(records).items():
-        if cell not in worst:
-            continue
-        width = stats.ci_halfwidth_rel(stats.summarize(values, n_boot=1000))
-        worst[cell] = width if cell not in seen else max(worst[cell], width)
-        seen.add(cell)
-    return {c: w for c, w in worst.items() if w > precision}
+    if records:
+        data = analysis.measured(pd.DataFrame.from_records(records))
+        for (env, workload, op, metric), by_rnd in analysis.per_round(data).items():
+            cell = f"{env}|{workload}"
+            if cell not in worst:
+                continue
+            worst[cell] = 0.0 if worst[cell] == math.inf else worst[cell]
+            target = analysis.precision_target(manifest, workload, op, metric)
+            width = stats.ci_halfwidth_rel(stats.summarize(list(by_rnd.values())))
+            if target is not None and width > target:
+                worst[cell] = max(worst[cell], width)
+    return {c: w for c, w in worst.items() if w > 0}
 
 
 def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload]) -> dict:
@@ -130,6 +126,8 @@ def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload])
                 "probe": w.probe,
                 "family": w.family,
                 "metrics": {k: vars(x) for k, x in w.metrics.items()},
+                "noisy": list(w.noisy),
+                "precision_floor": w.precision_floor,
             }
             for n, w in workloads.items()
         },  # fmt: skip
@@ -187,6 +185,7 @@ class Runner:
         scratch = new_scratch(self.run_id)
         ctx = Context(self.run_id, scratch, self.bundle.root.parent.parent, self.m.quick)
         writer = SampleWriter(self.run_dir)
+        self._start_clock()
         old = _install_signals()
         status = "interrupted"
         try:
@@ -249,6 +248,7 @@ class Runner:
     def _finish(self, status: str, writer: SampleWriter) -> None:
         self.manifest["status"] = status
         self.manifest["finished"] = time.time()
+        self.manifest["wall_seconds"] = self.wall_before + time.monotonic() - self.t_session
         end = noise.snapshot()
         start = self.manifest.get("noise", {}).get("start", {})
         steal = None
@@ -271,89 +271,172 @@ class Runner:
             )
 
     # -- measuring -------------------------------------------------------------------
+    def _start_clock(self) -> None:
+        """The budget is the run's wall clock: from the manifest's creation for a new run
+        (bundle and harness cost included), plus what earlier sessions of a resumed run
+        spent."""
+        self.t_session = time.monotonic()
+        self.wall_before = self.manifest.get("wall_seconds", 0.0)
+        since = 0.0 if self.records else max(0.0, time.time() - self.manifest["created"])
+        self.wall_before += since
+        self.deadline = self.t_session + self.m.budget - self.wall_before
+
     def cells(self) -> list[Cell]:
         return [Cell(e, w) for e in self.m.envs for w in self.m.workloads]
 
     def _done(self) -> set[tuple[int, str]]:
         return {(r["round"], r["cell"]) for r in self.records}
 
+    def _round_cap(self, label: str) -> int:
+        """Emulated guests measure no virtualisation overhead and cost seconds a boot:
+        they get `emulated_rounds` rounds when the matrix sets it."""
+        act = self.active[label]
+        if act.env is not None and act.env.emulated and self.m.emulated_rounds:
+            return self.m.emulated_rounds
+        return self.m.max_rounds
+
+    def _plan(self, rnd: int, cells: list[Cell]) -> list[Cell]:
+        """The cells of round `rnd`: every cell up to `rounds`; after that only the
+        cells with a figure still wider than its target, with the baseline's cells of
+        the same workloads (their rounds pair with them)."""
+        if rnd == 0:  # warm-up: `warmup` launches per environment, not counted
+            per_env: dict[str, list[Cell]] = defaultdict(list)
+            for c in cells:
+                if self.active[c.env.label].ok and len(per_env[c.env.label]) < self.m.warmup:
+                    per_env[c.env.label].append(c)
+            return [c for group in per_env.values() for c in group]
+        cells = [c for c in cells if rnd <= self._round_cap(c.env.label)]
+        if rnd <= self.m.rounds:
+            return cells
+        measurable = [c.key for c in cells if self.active[c.env.label].ok]
+        left = unreached(self.records, self.manifest, measurable)
+        wide = {c.workload for c in cells if c.key in left}
+        base = self.m.baseline
+        return [c for c in cells if c.key in left or (c.env.label == base and c.workload in wide)]
+
+    def _estimate(self, cell: Cell) -> float:
+        """Expected wall seconds of one launch of `cell`, from the launches so far."""
+        mine = self.durations.get(cell.key)
+        if mine:
+            return sorted(mine)[len(mine) // 2]
+        same_env = [d for k, ds in self.durations.items() if k.startswith(cell.env.label + "|")
+                    for d in ds]  # fmt: skip
+        known = (
+            same_env
+            or self.warm.get(cell.env.label)
+            or [d for ds in self.durations.values() for d in ds]
+        )
+        return sorted(known)[len(known) // 2] if known else 2.0
+
+    def _remaining(self, rnd: int, rest: list[Cell], cells: list[Cell]) -> float:
+        """Seconds still to go: the rest of this round and the minimum rounds after it."""
+        ahead = sum(self._estimate(c) for c in rest)
+        for r in range(max(rnd, 0) + 1, self.m.rounds + 1):
+            ahead += sum(self._estimate(c) for c in self._plan(r, cells))
+        return min(ahead, max(0.0, self.deadline - time.monotonic()))
+
     def _measure(self, writer: SampleWriter) -> str:
         cells = self.cells()
         done = self._done()
+        self.durations: dict[str, list[float]] = defaultdict(list)  # measured rounds
+        self.warm: dict[str, list[float]] = defaultdict(list)  # warm-up, per environment
         started = time.monotonic()
         spent = self.manifest.get("measured_seconds", 0.0)
-        total = len(cells) * (self.m.warmup + self.m.rounds)
-        count = len(done)
         self.manifest.setdefault("rounds_done", 0)
-        for rnd in range(1 - self.m.warmup if self.m.warmup else 1, self.m.max_rounds + 1):
-            order = list(cells)
+        first = 0 if self.m.warmup else 1
+        for rnd in range(first, self.m.max_rounds + 1):
+            planned = self._plan(rnd, cells)
+            if rnd > self.m.rounds and not planned:
+                return self._stop("precision reached")
+            ahead = sum(self._estimate(c) for c in planned if self.active[c.env.label].ok)
+            if rnd > 1 and time.monotonic() + ahead > self.deadline:
+                if rnd <= self.m.rounds:
+                    self.manifest.setdefault("warnings", []).append(
+                        f"the time budget ({self.m.budget:g} s) ended the run after {rnd - 1} "
+                        f"of {self.m.rounds} rounds: figures have wider intervals than planned"
+                    )
+                return self._stop("time budget spent")
+            order = list(planned)
             random.Random(self.m.seed * 1_000_003 + rnd).shuffle(order)
-            w_round = max(rnd, 0)  # all warm-up launches are stored as round 0
-            for cell in order:
-                if (w_round, cell.key) in done and rnd >= 1:
-                    continue
-                if not self.active[cell.env.label].ok and any(k == cell.key for _, k in done):
-                    continue  # an unavailable environment is recorded once per cell
-                self.progress(f"round {rnd}" if rnd >= 1 else "warm-up", count, total)
-                check_interrupted()
-                new = self._launch(cell, w_round)
-                self.records.extend(new)
-                self._save(writer, new)
-                done.add((w_round, cell.key))
-                count += 1
+            self._round(rnd, order, cells, done, writer)
             if rnd < 1:
                 continue
             self.manifest["rounds_done"] = rnd
             self.manifest["measured_seconds"] = spent + time.monotonic() - started
             self._save()
-            if rnd < self.m.rounds:
+            if rnd == self.m.max_rounds:
+                return self._stop("round cap reached")
+        return self._stop("round cap reached")
+
+    def _round(self, rnd, order: list[Cell], cells: list[Cell], done: set, writer) -> None:
+        """Run one round's cells in `order`; an environment that runs a whole round in one
+        instance (a guest) runs all its cells where the first of them stands."""
+        pending = [c for c in order if (rnd, c.key) not in done]
+        while pending:
+            cell = pending[0]
+            act = self.active[cell.env.label]
+            if not act.ok and any(k == cell.key for _, k in done):
+                pending.pop(0)  # an unavailable environment is recorded once per cell
                 continue
-            measurable = [c.key for c in cells if self.active[c.env.label].ok]
-            left = unreached(self.records, self.m.precision, measurable)
-            over_budget = self.manifest["measured_seconds"] >= self.m.budget
-            if not left or over_budget or rnd == self.m.max_rounds:
-                why = (
-                    "precision reached"
-                    if not left
-                    else ("time budget spent" if over_budget else "round cap reached")
-                )
-                self.manifest["stop_reason"] = why
-                self.manifest["unreached"] = left
-                check_interrupted()
-                return "complete"
-            total += len(cells)
+            group = [cell]
+            if act.env is not None and act.env.one_instance_per_round:
+                group = [c for c in pending if c.env.label == cell.env.label]
+            pending = [c for c in pending if c not in group]
+            elapsed = time.monotonic() - self.t_session + self.wall_before
+            left = self._remaining(rnd, pending, cells)
+            what = f"round {rnd}" if rnd >= 1 else "warm-up"
+            self.progress(f"{what}: {cell.env.label}", int(elapsed), int(elapsed + left) + 1)
+            check_interrupted()
+            t0 = time.monotonic()
+            new = self._launch(group, rnd)
+            share = (time.monotonic() - t0) / len(group)
+            for c in group:
+                (self.durations[c.key] if rnd else self.warm[c.env.label]).append(share)
+                done.add((rnd, c.key))
+            self.records.extend(new)
+            self._save(writer, new)
+
+    def _stop(self, why: str) -> str:
+        measurable = [c.key for c in self.cells() if self.active[c.env.label].ok]
+        self.manifest["stop_reason"] = why
+        self.manifest["unreached"] = unreached(self.records, self.manifest, measurable)
         check_interrupted()
         return "complete"
 
-    def _launch(self, cell: Cell, rnd: int) -> list[dict[str, Any]]:
-        act = self.active[cell.env.label]
-        base = {
-            "run_id": self.run_id,
-            "round": rnd,
-            "cell": cell.key,
-            "env": cell.env.label,
-            "env_kind": cell.env.kind,
-            "spec": cell.env.spec,
-            "options": cell.env.options,
-            "emulated": bool(act.env and act.env.emulated),
-            "workload": cell.workload,
-            "launch": self.seq,
-            "t": time.time(),
-        }
-        self.seq += 1
+    def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
+        """Launch the cells of one environment (one instance for the whole group when the
+        kind runs a round in one instance) and turn each launch into records."""
+        act = self.active[group[0].env.label]
+        emulated = bool(act.env and act.env.emulated)
+        bases = []
+        for cell in group:
+            bases.append({
+                "run_id": self.run_id, "round": rnd, "cell": cell.key, "env": cell.env.label,
+                "env_kind": cell.env.kind, "spec": cell.env.spec, "options": cell.env.options,
+                "emulated": emulated, "workload": cell.workload, "launch": self.seq,
+                "t": time.time(),
+            })  # fmt: skip
+            self.seq += 1
         if not act.ok or act.env is None:
-            launch = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
+            fail = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
+            launches = [fail] * len(group)
         else:
-            wl = self.workloads[cell.workload]
-            inv = wl.invocation(quick=self.m.quick, emulated=act.env.emulated)
-            base["args"] = " ".join(inv.args)
+            invs = [
+                self.workloads[c.workload].invocation(quick=self.m.quick, emulated=emulated)
+                for c in group
+            ]
+            for base, inv in zip(bases, invs, strict=True):
+                base["args"] = " ".join(inv.args)
             try:
-                launch = act.env.launch(inv, self.m.timeout)
+                launches = act.env.launch_round(invs, self.m.timeout)
             except (Interrupted, KeyboardInterrupt):
                 raise
             except Exception as e:  # an engine that went away: record, go on
-                launch = Launch(status="failed", reason=f"{type(e).__name__}: {e}")
-        return launch_records(launch, cell, base)
+                launches = [Launch(status="failed", reason=f"{type(e).__name__}: {e}")] * len(group)
+        out = []
+        for cell, base, launch in zip(group, bases, launches, strict=True):
+            out.extend(launch_records(launch, cell, base))
+        return out
 
 
 _pending: list[int] = []  # signals received; see _raise_interrupted

@@ -40,12 +40,12 @@ def test_manifest_stop_reason_matches_the_samples(run_dir):
     records = store.read_records(run_dir)
     # The runner's verdict, recomputed from what is on disk, is what it recorded.
     cells = sorted({r["cell"] for r in records})
-    assert unreached(records, PRECISION, cells) == pytest.approx(m["unreached"])
+    assert unreached(records, m, cells) == pytest.approx(m["unreached"])
     reason = m["stop_reason"]
     if reason == "precision reached":
         assert m["unreached"] == {}
     elif reason == "time budget spent":
-        assert m["unreached"] and m["measured_seconds"] >= BUDGET
+        assert m["unreached"]
     else:
         assert reason == "round cap reached"
         assert m["unreached"] and m["rounds_done"] == m["matrix"]["max_rounds"]
@@ -68,7 +68,8 @@ def test_summary_says_which_cells_missed_the_target_and_why(run_dir):
     rows = [json.loads(x) for x in CliRunner().invoke(cli, ["summary", str(run_dir), "--json"])
             .output.splitlines()]  # fmt: skip
     assert rows
-    missed = {f"{r['env']}|{r['workload']}" for r in rows if not r["reached_precision"]}
+    missed = {f"{r['env']}|{r['workload']}" for r in rows
+              if r["precision_target"] is not None and not r["reached_precision"]}  # fmt: skip
     assert missed == set(m["unreached"])
     for r in rows:
         assert {"p_value", "p_adjusted", "significant", "reached_precision", "outliers"} <= set(r)
