@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -113,3 +116,41 @@ def test_real_run_against_itself(tmp_path_factory):
     r = compare.compare(*compare.load(run), *compare.load(run))
     assert r["cells"] and all(c["verdict"] == "n.s." for c in r["cells"])
     assert pd.DataFrame(r["cells"])["change_pct"].abs().max() == 0
+
+
+def _isobench(*args):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_runs_without_a_common_figure_exit_2_with_one_line(tmp_path):
+    a = write_run(tmp_path / "a", "A", {NULL: [1, 2, 3]})
+    b = write_run(tmp_path / "b", "B", {BW: [1, 2, 3]})
+    res = _isobench("compare", a, b)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "no figure in common" in res.stderr
+
+
+@pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
+def test_a_30_percent_change_between_two_quick_runs_fails_the_build(tmp_path):
+    """A real quick run (its six rounds), and a copy in which one op got 1.3× slower."""
+    from bench.cli import cli
+
+    args = ["run", "--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
+            "--max-rounds", "6", "--results", str(tmp_path / "results")]  # fmt: skip
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    (a,) = [p.parent for p in (tmp_path / "results").glob("*/manifest.json")]
+    b = tmp_path / "slower"
+    b.mkdir()
+    shutil.copy(a / "manifest.json", b)
+    with open(a / "samples.jsonl") as src, open(b / "samples.jsonl", "w") as dst:
+        for line in src:
+            r = json.loads(line)
+            if r["env"] == "namespaces" and r["op"] == "stat" and r["value"] is not None:
+                r["value"] *= 1.3
+            dst.write(json.dumps(r) + "\n")
+    assert _isobench("compare", a, a).returncode == 0
+    res = _isobench("compare", a, b, "--json")
+    assert res.returncode == 1, res.stdout[-2000:]
+    flagged = [c for c in json.loads(res.stdout)["cells"] if c["verdict"] == "regression"]
+    assert [(c["env"], c["op"]) for c in flagged] == [("namespaces", "stat")]

@@ -1,6 +1,7 @@
-"""Compare two runs cell by cell: medians A and B, the change with a bootstrap CI, a
-Mann–Whitney test with Holm correction across the cells, and a regression/improvement
-verdict that knows whether lower or higher is better."""
+"""Compare two runs figure by figure: medians A and B over rounds, the change with its CI
+from Welch's t on the logs of the per-round figures (two runs' rounds do not pair),
+Benjamini–Hochberg across the figures, and a regression/improvement verdict that knows
+whether lower or higher is better."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from bench import analysis, provenance, stats, store
 from bench.report import model
 
 
+class CompareError(store.StoreError):
+    """Two runs that cannot be compared; the message is one line for the user."""
+
+
 def load(run_dir: Path) -> tuple[dict[str, Any], Any]:
     return store.read_manifest(run_dir), store.load_samples(run_dir)
 
 
 def _groups(df) -> dict[tuple, Any]:
+    """Per figure: its per-round values (analysis.per_round) and its unit."""
     data = analysis.measured(df, analysis.MAIN)
-    return {k: (g["value"].to_numpy(dtype=float), g["unit"].iloc[0])
-            for k, g in data.groupby(analysis.KEY)}  # fmt: skip
+    (units,) = analysis.by_cell(data, "unit")
+    return {k: (list(v.values()), units[k]) for k, v in analysis.per_round(data).items()}
 
 
 def host_warnings(ma: dict[str, Any], mb: dict[str, Any]) -> list[str]:
@@ -37,15 +43,21 @@ def host_warnings(ma: dict[str, Any], mb: dict[str, Any]) -> list[str]:
 
 
 def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> dict[str, Any]:
-    """Per-cell changes from run A to run B; `threshold` in percent."""
+    """Per-figure changes from run A to run B; `threshold` in percent. CompareError when
+    the runs have no figure in common."""
     cat = model.catalog_of(mb) or model.catalog_of(ma)
     ga, gb = _groups(dfa), _groups(dfb)
+    if not set(ga) & set(gb):
+        raise CompareError(
+            f"runs {ma.get('run_id')} and {mb.get('run_id')} have no figure in common "
+            "(environment, workload, op, metric): nothing to compare"
+        )
     cells = []
     for key in sorted(set(ga) & set(gb)):
         env, workload, op, metric = key
         (a, unit), (b, _) = ga[key], gb[key]
         sa, sb = stats.summarize(a, n_boot=n_boot), stats.summarize(b, n_boot=n_boot)
-        ratio, lo, hi = stats.ratio_ci(b, a, n_boot=n_boot)
+        t = stats.log_ratio_test(b, a, paired=False)
         cells.append({
             "env": env, "workload": workload, "op": op, "metric": metric, "unit": unit,
             "better": model.better(cat, workload, metric),
@@ -53,12 +65,12 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
             "median_a": model._finite(sa.median), "median_b": model._finite(sb.median),
             "ci_a": [model._finite(sa.ci_low), model._finite(sa.ci_high)],
             "ci_b": [model._finite(sb.ci_low), model._finite(sb.ci_high)],
-            "ratio": model._finite(ratio),
-            "change_pct": _pct(ratio), "change_ci_low": _pct(lo), "change_ci_high": _pct(hi),
-            "p_value": model._finite(stats.mann_whitney(b, a)),
+            "ratio": model._finite(t.ratio),
+            "change_pct": _pct(t.ratio), "change_ci_low": _pct(t.low),
+            "change_ci_high": _pct(t.high), "p_value": model._finite(t.p_value),
         })  # fmt: skip
     tested = [i for i, c in enumerate(cells) if c["p_value"] is not None]
-    adjusted = stats.holm([cells[i]["p_value"] for i in tested]) if tested else []
+    adjusted = stats.benjamini_hochberg([cells[i]["p_value"] for i in tested]) if tested else []
     for c in cells:
         c["p_adjusted"], c["significant"] = None, False
     for i, p in zip(tested, adjusted, strict=True):
