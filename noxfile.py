@@ -9,7 +9,7 @@ nox.options.sessions = ["lint", "tests"]
 def lint(session):
     session.install("ruff")
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", "bench", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
