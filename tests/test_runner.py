@@ -1,0 +1,163 @@
+"""The runner's planning on a fake environment and a fake clock (no root, no engine):
+warm-up per environment, one instance per round where a kind asks for it, the emulated
+round cap, the wall-clock budget, and extra rounds only where figures are still wide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import catalog, runner
+from bench.envs.base import Availability, Environment, Launch, Option
+from bench.matrix import Matrix, parse_env_spec
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
+class FakeEnv(Environment):
+    """A launch takes `seconds` on the fake clock and measures `scale` × a base figure
+    with `noise` (lognormal) for every op of the workload."""
+
+    kind = "fake"
+    summary = "a fake environment for runner tests"
+    options = {
+        "noise": Option(0.01, "lognormal launch noise", type=float),
+        "scale": Option(1.0, "figure scale", type=float),
+    }
+    seconds = 1.0
+    calls: list[tuple[str, list[str]]] = []
+    rng = np.random.default_rng(0)
+
+    @classmethod
+    def probe(cls) -> Availability:
+        return Availability(True)
+
+    def launch(self, inv, timeout) -> Launch:
+        return self.launch_round([inv], timeout)[0]
+
+    def launch_round(self, invs, timeout) -> list[Launch]:
+        FakeEnv.calls.append((self.kind, [i.workload for i in invs]))
+        out = []
+        for _ in invs:
+            CLOCK.now += self.seconds
+            rng = FakeEnv.rng
+            noise = float(self.config.get("noise", 0.01))
+            value = float(self.config.get("scale", 1.0)) * 100 * np.exp(rng.normal(0, noise))
+            rec = {"op": "null", "metrics": {"ns_per_op": value}, "units": {"ns_per_op": "ns"}}
+            out.append(Launch(records=[rec], phases={"ready": 1_000_000}))
+        return out
+
+
+class BatchEnv(FakeEnv):
+    kind = "batch"
+    one_instance_per_round = True
+    emulated = True
+
+
+@dataclass
+class FakeBundle:
+    root: Path
+
+    def describe(self) -> dict:
+        return {"hash": "fake", "path": str(self.root)}
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """run(envs, **matrix) -> (manifest, records) of a finished fake run."""
+    monkeypatch.setattr(runner, "REGISTRY", {"fake": FakeEnv, "batch": BatchEnv})
+    monkeypatch.setattr(runner.time, "monotonic", CLOCK)
+    monkeypatch.setattr(runner.noise, "snapshot", lambda: {})
+    monkeypatch.setattr(runner.provenance, "host_facts", lambda: {"cgroup_layout": "v2"})
+    monkeypatch.setattr("bench.envs.REGISTRY", {"fake": FakeEnv, "batch": BatchEnv})
+    FakeEnv.calls = []
+    workloads = {
+        "syscall": catalog.Workload("syscall", "syscall", "syscall", "", (), (), None),
+        "cpu": catalog.Workload("cpu", "cpu", "cpu", "", (), (), None),
+    }
+    FakeEnv.rng = np.random.default_rng(0)
+
+    def go(envs: list[str], **settings):
+        specs = [parse_env_spec(e) for e in envs]
+        m = Matrix(envs=specs, workloads=["syscall", "cpu"], baseline=specs[0].label, seed=3,
+                   **settings)  # fmt: skip
+        bundle = FakeBundle(tmp_path / "cache" / "bundles" / "x")
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(exist_ok=True)
+        manifest = runner.new_manifest("r1", m, bundle, workloads)
+        manifest["created"] = runner.time.time()
+        r = runner.Runner(m, run_dir, "r1", bundle, workloads, manifest, log=lambda _: None)
+        r.run()
+        return manifest, r.records
+
+    return go
+
+
+def _rounds(records, env):
+    return sorted({r["round"] for r in records if r["env"] == env and r["round"] >= 1})
+
+
+def test_warm_up_is_one_launch_per_environment(run):
+    _, records = run(["fake:label=a", "fake:label=b"], rounds=3, max_rounds=3)
+    warm = {(r["env"], r["workload"]) for r in records if r["round"] == 0}
+    assert len(warm) == 2 and {e for e, _ in warm} == {"a", "b"}
+
+
+def test_a_kind_that_asks_runs_a_whole_round_in_one_instance(run):
+    _, records = run(["fake:label=host", "batch:label=vm"], rounds=3, max_rounds=3, warmup=0)
+    vm_calls = [w for label, w in FakeEnv.calls if len(w) > 1]
+    assert len(vm_calls) == 3 and all(sorted(w) == ["cpu", "syscall"] for w in vm_calls)
+    assert _rounds(records, "vm") == [1, 2, 3]
+
+
+def test_emulated_guests_stop_at_their_round_cap(run):
+    m, records = run(["fake:label=host", "batch:label=vm"], rounds=6, max_rounds=6,
+                     emulated_rounds=2)  # fmt: skip
+    assert _rounds(records, "vm") == [1, 2] and _rounds(records, "host") == list(range(1, 7))
+
+
+def test_the_budget_is_the_runs_wall_clock(run):
+    # 2 envs × 2 workloads × 1 s a launch: a round takes 4 s; 2 s of warm-up.
+    m, records = run(["fake:label=a", "fake:label=b"], rounds=20, max_rounds=20, budget=15)
+    assert m["stop_reason"] == "time budget spent"
+    assert _rounds(records, "a") == [1, 2, 3]  # 2 + 3 × 4 = 14 s; a fourth would end at 18
+    assert any("ended the run after 3 of 20 rounds" in w for w in m["warnings"])
+
+
+def test_extra_rounds_go_to_the_wide_figures_and_their_baseline(run):
+    m, records = run(["fake:label=a,noise=0.001", "fake:label=b,noise=0.001",
+                      "fake:label=c,noise=0.3"], rounds=3, max_rounds=8,
+                     precision=0.02)  # fmt: skip
+    assert m["stop_reason"] == "round cap reached"
+    assert set(m["unreached"]) <= {"c|syscall", "c|cpu"}
+    assert _rounds(records, "c") == list(range(1, 9))
+    assert _rounds(records, "a") == list(range(1, 9))  # the baseline pairs with c
+    assert _rounds(records, "b") == [1, 2, 3]
+
+
+def test_progress_reports_seconds_with_an_honest_total(run, monkeypatch):
+    seen = []
+    orig = runner.Runner.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        self.progress = lambda what, done, total: seen.append((CLOCK.now, done, total))
+
+    monkeypatch.setattr(runner.Runner, "__init__", init)
+    run(["fake:label=a", "fake:label=b"], rounds=5, max_rounds=5)
+    start, end = seen[0][0], CLOCK.now
+    for now, done, total in seen[3:]:  # once the warm-up has timed a launch
+        left = end - now
+        assert abs((total - done) - left) <= 0.2 * (end - start) + 1
