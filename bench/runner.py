@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -17,24 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from bench import analysis, provenance, stats
+from bench import analysis, interrupt, provenance, stats
 from bench.catalog import Workload
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
+from bench.interrupt import Interrupted, check
 from bench.matrix import EnvSpec, Matrix
 from bench.metrics import noise
 from bench.scratch import new_scratch
 from bench.store import SCHEMA_VERSION, SampleWriter, StoreWriteError, read_records, write_manifest
 
 UNITS = {"_ms": "ms", "_mib": "MiB", "_ops": "ops", "nr_": "count", "pids_": "count"}
-
-
-class Interrupted(Exception):  # noqa: N818 - it is a signal, not an error
-    """SIGINT or SIGTERM arrived: stop, clean up, keep what was measured."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -186,26 +178,25 @@ class Runner:
         ctx = Context(self.run_id, scratch, self.bundle.root.parent.parent, self.m.quick)
         writer = SampleWriter(self.run_dir)
         self._start_clock()
-        old = _install_signals()
+        old = interrupt.install()
         status = "interrupted"
         try:
             self._start_envs(ctx, writer)
             status = self._measure(writer)
             return status
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cut the cleanup short
+            interrupt.ignore()  # a second Ctrl-C must not cut the cleanup short
             try:
                 self._stop_envs()
                 shutil.rmtree(scratch, ignore_errors=True)
                 self._finish(status, writer)
             finally:
-                _restore_signals(old)
+                interrupt.restore(old)
 
     def _start_envs(self, ctx: Context, writer: SampleWriter) -> None:
         envs = self.manifest.setdefault("environments", {})
         for spec in self.m.envs:
-            check_interrupted()
+            check()
             cls = REGISTRY[spec.kind]
             av = cls.probe()
             act = Active(spec, None, av.ok, av.reason)
@@ -386,7 +377,7 @@ class Runner:
             left = self._remaining(rnd, pending, cells)
             what = f"round {rnd}" if rnd >= 1 else "warm-up"
             self.progress(f"{what}: {cell.env.label}", int(elapsed), int(elapsed + left) + 1)
-            check_interrupted()
+            check()
             t0 = time.monotonic()
             new = self._launch(group, rnd)
             share = (time.monotonic() - t0) / len(group)
@@ -400,7 +391,7 @@ class Runner:
         measurable = [c.key for c in self.cells() if self.active[c.env.label].ok]
         self.manifest["stop_reason"] = why
         self.manifest["unreached"] = unreached(self.records, self.manifest, measurable)
-        check_interrupted()
+        check()
         return "complete"
 
     def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
@@ -429,40 +420,9 @@ class Runner:
                 base["args"] = " ".join(inv.args)
             try:
                 launches = act.env.launch_round(invs, self.m.timeout)
-            except (Interrupted, KeyboardInterrupt):
-                raise
             except Exception as e:  # an engine that went away: record, go on
                 launches = [Launch(status="failed", reason=f"{type(e).__name__}: {e}")] * len(group)
         out = []
         for cell, base, launch in zip(group, bases, launches, strict=True):
             out.extend(launch_records(launch, cell, base))
         return out
-
-
-_pending: list[int] = []  # signals received; see _raise_interrupted
-
-
-def _raise_interrupted(signum, frame):
-    """Raise at once, and remember: a handler's exception can be swallowed (Python
-    ignores exceptions raised inside at-fork hooks and __del__), so the runner also
-    checks _pending between launches."""
-    _pending.append(signum)
-    raise Interrupted(signum)
-
-
-def check_interrupted() -> None:
-    if _pending:
-        raise Interrupted(_pending[0])
-
-
-def _install_signals() -> dict:
-    _pending.clear()
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, _raise_interrupted)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    return old
-
-
-def _restore_signals(old: dict) -> None:
-    for s, h in old.items():
-        signal.signal(s, h)

@@ -1,0 +1,51 @@
+"""Signals during a run: raised at once while measuring, deferred inside a teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from bench import interrupt
+
+
+@pytest.fixture
+def installed():
+    old = interrupt.install()
+    yield
+    interrupt.restore(old)
+
+
+def test_a_signal_raises_at_once_while_measuring(installed):
+    with pytest.raises(interrupt.Interrupted) as e:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()  # not reached: the handler raises
+    assert e.value.exit_code == 128 + signal.SIGTERM
+
+
+def test_a_teardown_is_never_cut_in_half(installed):
+    done = []
+    with pytest.raises(interrupt.Interrupted), interrupt.shielded():
+        os.kill(os.getpid(), signal.SIGINT)
+        with interrupt.shielded():  # nested: still deferred when the inner block ends
+            done.append("kill")
+        done.append("remove cgroup")
+    assert done == ["kill", "remove cgroup"]
+
+
+def test_no_except_exception_swallows_it(installed):
+    with pytest.raises(interrupt.Interrupted):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pause()
+        except Exception:  # what an engine's error handling looks like
+            pytest.fail("Interrupted was caught as an Exception")
+
+
+def test_check_raises_a_recorded_signal(installed):
+    with interrupt.shielded():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(interrupt.Interrupted):
+            interrupt.check()
+        interrupt._pending.clear()  # handled: leaving the block raises nothing more
