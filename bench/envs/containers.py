@@ -325,13 +325,25 @@ def first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+def version_of(tool: str, text: str) -> str:
+    """Pure: the version in a tool's `--version` output, without the tool's own name:
+    "runc version 1.1.5" -> "1.1.5", "unshare from util-linux 2.38.1" -> "util-linux 2.38.1"."""
+    line = first_line(text)
+    if m := re.search(r"\bversion\s+(\S+)", line):
+        return m.group(1)
+    words = line.split()
+    while words and words[0].lower() in (os.path.basename(tool).lower(), "from"):
+        words.pop(0)
+    return " ".join(words)
+
+
 def tool_version(argv: list[str]) -> str:
-    """First line of `tool --version`, or "" when it cannot run."""
+    """The version `tool --version` prints (see version_of), or "" when it cannot run."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return first_line(out.stdout or out.stderr)
+    return version_of(argv[0], out.stdout or out.stderr)
 
 
 def ns_since(t0: int) -> int:

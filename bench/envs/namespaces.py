@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 from bench.envs.base import Availability
+from bench.envs.containers import tool_version
 from bench.envs.host import HostEnv
 
 UNSHARE = ["--pid", "--fork", "--mount-proc", "--mount", "--net", "--uts", "--ipc", "--cgroup"]
@@ -33,8 +34,9 @@ class NamespacesEnv(HostEnv):
         if res.returncode != 0:
             why = (res.stderr.strip().splitlines() or ["no message"])[-1]
             return Availability(False, f"unshare refused new namespaces: {why}")
-        version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
-        return Availability(True, versions={**base.versions, "unshare": version.strip()})
+        return Availability(
+            True, versions={**base.versions, "unshare": tool_version([path, "--version"])}
+        )
 
     def wrap(self, argv: list[str]) -> list[str]:
         return [shutil.which("unshare") or "unshare", *UNSHARE, "--", *argv]
