@@ -11,6 +11,8 @@ returned), cleaned (container, volume dir and per-launch cgroup removed).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import threading
 import time
@@ -30,6 +32,7 @@ from bench.envs.base import (
     OptionError,
 )
 from bench.probeio import is_ready, parse_lines
+from bench.resources import cache_dir
 
 SOCKET = "/var/run/docker.sock"
 UNREACHABLE = f"dockerd not reachable at {SOCKET}: start it (systemctl start docker)"
@@ -67,7 +70,52 @@ def runtime_problem(name: str, spec: dict[str, Any], layout: str) -> str:
     return ""
 
 
-_checked: dict[tuple[str, str], Availability] = {}  # (daemon id, runtime) -> result
+_checked: dict[str, Availability] = {}  # trial_key -> result, this process
+VERDICTS_FILE = "docker-runtime-checks.json"  # in the cache: trial results between calls
+
+
+def listed(runtimes: dict[str, Any]) -> list[str]:
+    """The runtimes a daemon lists that a user would name (not containerd's legacy ones)."""
+    return [r for r in runtimes if r not in LEGACY_RUNTIMES]
+
+
+def daemon_runtimes() -> list[str] | None:
+    """The daemon's runtimes, or None when it does not answer (for input checks)."""
+    try:
+        return listed(client(timeout=5).info().get("Runtimes") or {})
+    except Exception:  # noqa: BLE001 - unreachable: the run reports it unavailable
+        return None
+
+
+def trial_key(info: dict[str, Any], name: str) -> str:
+    """What could change a runtime's trial result: the daemon, the runtime's binary,
+    version and arguments (daemon.json), the kernel."""
+    spec = (info.get("Runtimes") or {}).get(name) or {}
+    return json.dumps([info.get("ID"), info.get("ServerVersion"), name, spec.get("path", name),
+                       spec.get("runtimeArgs") or [], _runtime_version(spec),
+                       os.uname().release])  # fmt: skip
+
+
+def _recorded(key: str) -> Availability | None:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        v = json.loads((cache_dir() / VERDICTS_FILE).read_text())[key]
+        when = f" (remembered from a trial on {v['date']})" if not v["ok"] else ""
+        return Availability(bool(v["ok"]), v["reason"] + when, v["versions"])
+    return None
+
+
+def _record(key: str, av: Availability) -> None:
+    path = cache_dir() / VERDICTS_FILE
+    data: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+    data[key] = {"ok": av.ok, "reason": av.reason, "versions": av.versions,
+                 "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)
 
 
 def _check_image(cl):
@@ -105,13 +153,16 @@ def _check_image(cl):
     return cl.images.get(tag)
 
 
-def _trial_run(cl, runtime: str) -> str:
-    """Run `true` with this runtime under a timeout; "" when it worked, else why not."""
+def _trial_run(cl, runtime: str) -> tuple[str, bool]:
+    """Run `true` with this runtime under a deadline: (why not, or "" when it worked;
+    whether that is a verdict on the runtime worth remembering). A trial that hangs is
+    killed with its sandbox processes and removed: it leaves nothing running."""
     image = _check_image(cl)
     if image is None:
-        return ""  # no static busybox to try with: trust the configuration
+        return "", False  # no static busybox to try with: trust the configuration
     api = cl.api
     cid = None
+    hung = False
     try:
         cid = api.create_container(
             image.id,
@@ -122,15 +173,16 @@ def _trial_run(cl, runtime: str) -> str:
         api.timeout = CHECK_TIMEOUT_S
         api.start(cid)
         code = api.wait(cid, timeout=CHECK_TIMEOUT_S)["StatusCode"]
-        return "" if code == 0 else f"{runtime}: a `true` container exited with {code}"
+        return ("" if code == 0 else f"{runtime}: a `true` container exited with {code}"), True
     except Exception as e:  # noqa: BLE001 - every failure is an availability reason
         if "timed out" in str(e).lower() or "timeout" in type(e).__name__.lower():
-            return f"{runtime}: a `true` container did not finish within {CHECK_TIMEOUT_S} s"
-        return f"{runtime}: {_explain(e)}"
+            hung = True
+            return f"{runtime}: a `true` container did not finish within {CHECK_TIMEOUT_S} s", True
+        return f"{runtime}: {_explain(e)}", False
     finally:
         api.timeout = CALL_TIMEOUT_S
         if cid:
-            _force_remove(api, cid)
+            _force_remove(api, cid, hung=hung)
 
 
 def _force_remove(api, cid: str, hung: bool = False) -> None:
@@ -213,10 +265,9 @@ class DockerEnv(Environment):
             return Availability(False, UNREACHABLE)
         runtimes = info.get("Runtimes") or {}
         if name not in runtimes:
-            listed = ", ".join(r for r in runtimes if r not in LEGACY_RUNTIMES)
             return Availability(
                 False,
-                f"{name}: not a runtime of this daemon (it lists {listed}); "
+                f"{name}: not a runtime of this daemon (it lists {', '.join(listed(runtimes))}); "
                 'add it under "runtimes" in /etc/docker/daemon.json',
             )
         from bench.metrics.cgroup import detect_layout
@@ -224,10 +275,15 @@ class DockerEnv(Environment):
         problem = runtime_problem(name, runtimes[name], detect_layout())
         if problem:
             return Availability(False, problem)
-        key = (info.get("ID", ""), name)
+        key = trial_key(info, name)
         if key not in _checked:
-            why = _trial_run(cl, name)
-            _checked[key] = Availability(not why, why, {name: _runtime_version(runtimes[name])})
+            recorded = _recorded(key)
+            if recorded is None:
+                why, lasting = _trial_run(cl, name)
+                recorded = Availability(not why, why, {name: _runtime_version(runtimes[name])})
+                if lasting:
+                    _record(key, recorded)
+            _checked[key] = recorded
         return _checked[key]
 
     @classmethod
@@ -240,9 +296,8 @@ class DockerEnv(Environment):
             info = client().info()
         except Exception:  # noqa: BLE001
             return rows
-        for name in info.get("Runtimes") or {}:
-            if name not in LEGACY_RUNTIMES:
-                rows.append((f"docker:runtime={name}", cls.runtime_available(name)))
+        for name in listed(info.get("Runtimes") or {}):
+            rows.append((f"docker:runtime={name}", cls.runtime_available(name)))
         if "crun" not in (info.get("Runtimes") or {}) and shutil.which("crun"):
             rows.append(
                 (
@@ -273,8 +328,6 @@ class DockerEnv(Environment):
                     lambda cid=c["Id"]: _force_remove(client().api, cid),
                 )
             )
-        from bench.resources import cache_dir
-
         bundles = cache_dir() / "bundles"
         for im in images:
             bundle_hash = (im.get("Labels") or {}).get(img.BUNDLE_LABEL)
@@ -299,11 +352,12 @@ class DockerEnv(Environment):
     def prepare(self, bundle) -> None:
         self._info = self.cl.info()
         runtime = self.opts["runtime"]
-        if runtime not in (self._info.get("Runtimes") or {}):
-            listed = ", ".join(
-                r for r in self._info.get("Runtimes") or {} if r not in LEGACY_RUNTIMES
+        runtimes = self._info.get("Runtimes") or {}
+        if runtime not in runtimes:
+            raise OptionError(
+                f"docker: runtime={runtime} is not listed by the daemon "
+                f"({', '.join(listed(runtimes))})"
             )
-            raise OptionError(f"docker: runtime={runtime} is not listed by the daemon ({listed})")
         self._bundle = bundle
         self._image = img.ensure_docker_image(self.cl, bundle, self.ctx.cache)
 
