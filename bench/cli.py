@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -23,12 +23,22 @@ from bench.lock import LockError, RunLock
 from bench.matrix import QUICK, Matrix, MatrixError, load_toml, parse_env_spec
 from bench.metrics import noise
 from bench.report import commands as report_commands
-from bench.report import html
+from bench.report import html, model
 from bench.runner import Interrupted, Runner, new_manifest
 from bench.validate import validate
 
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+PIPED_WIDTH = 100  # columns when the output is not a terminal and COLUMNS is unset
+
+
+def _console(stream) -> Console:
+    """A console as wide as the terminal; piped, as wide as COLUMNS says, else 100."""
+    tty_or_columns = stream.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(stderr=stream is sys.stderr, soft_wrap=True,
+                   width=None if tty_or_columns else PIPED_WIDTH)  # fmt: skip
+
+
+out = _console(sys.stdout)
+err = _console(sys.stderr)
 
 USER_ERRORS = (MatrixError, store.StoreError, bundle.BuildError, LockError)
 FAILURES = (store.StoreWriteError,)  # the run could not save what it measured: exit 1
@@ -63,9 +73,11 @@ def cli():
 
 
 # -- doctor / list / build ----------------------------------------------------------------
-def doctor_data() -> dict:
+def doctor_data(checking=lambda what: None) -> dict:
+    """Everything doctor shows; `checking(what)` is told what is being checked."""
     kinds = {}
     for name, cls in REGISTRY.items():
+        checking(name)
         av = cls.probe()
         kinds[name] = {
             "available": av.ok,
@@ -75,8 +87,10 @@ def doctor_data() -> dict:
             "details": [
                 {"name": n, "available": a.ok, "reason": a.reason, "versions": a.versions}
                 for n, a in cls.details()
+                if n != name  # a kind's own row is the kind itself
             ],
         }
+    checking("noise (load, steal, governor, busy processes)")
     snap = noise.snapshot()
     return {"host": provenance.host_facts(), "environments": kinds, "noise": snap,
             "warnings": noise.warnings(snap)}  # fmt: skip
@@ -86,7 +100,8 @@ def doctor_data() -> dict:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def doctor(as_json):
     """What this host can run, and what would make its numbers noisy."""
-    data = doctor_data()
+    with err.status("checking …") as status:
+        data = doctor_data(lambda what: status.update(f"checking {what} …"))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -100,16 +115,29 @@ def doctor(as_json):
         for d in k["details"]:
             why = Text(d["reason"] or _versions(d["versions"]))
             t.add_row(Text(f"  {d['name']}"), _yes(d["available"]), why)
-    out.print(t)
+    _emit(t)
     for w in data["warnings"]:
         _say("warning:", "yellow", w)
     if not data["warnings"]:
         out.print("no noise warnings")
 
 
-def _say(head: str, style: str, rest: str, console: Console = out) -> None:
-    """One line whose text is never read as markup (labels and reasons are user data)."""
-    console.print(Text.assemble((head, style), " ", str(rest)), highlight=False)
+def _emit(renderable, console: Console = out, **kwargs) -> None:
+    """Print; piped, without the spaces rich pads lines with up to the width."""
+    if console.is_terminal:
+        console.print(renderable, **kwargs)
+        return
+    with console.capture() as cap:
+        console.print(renderable, **kwargs)
+    click.echo("\n".join(line.rstrip() for line in cap.get().splitlines()), err=console.stderr)
+
+
+def _say(head: str, style: str, rest: str, console: Console = out, wrap: bool = False) -> None:
+    """One line whose text is never read as markup (labels and reasons are user data);
+    with wrap, folded at the console's width."""
+    _emit(
+        Text.assemble((head, style), " ", str(rest)), console, highlight=False, soft_wrap=not wrap
+    )
 
 
 def _yes(ok: bool) -> str:
@@ -128,7 +156,7 @@ def list_cmd():
         figs = ", ".join(f"{m} ({x.unit}, {x.better} is better)" for m, x in w.metrics.items())
         phases = "phases: " + ", ".join(catalog.PHASE_METRICS)
         t.add_row(*map(Text, (w.name, w.probe, figs or phases, w.description)))
-    out.print(t)
+    _emit(t)
     t = Table("environment", "options", "what it is", box=None)
     for name, cls in REGISTRY.items():
         opts = {**COMMON_OPTIONS, **cls.options}
@@ -136,7 +164,7 @@ def list_cmd():
             f"{k}" + (f"={'|'.join(o.choices)}" if o.choices else "") for k, o in opts.items()
         )
         t.add_row(*map(Text, (name, text, cls.summary)))
-    out.print(t)
+    _emit(t)
 
 
 @cli.command("build")
@@ -162,24 +190,94 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+def _default(name: str, fmt: str = "{}") -> str:
+    """A run option's default as --help shows it (the matrix's, then --quick's)."""
+    text = fmt.format(getattr(Matrix, name))
+    return text + (f"; --quick: {fmt.format(QUICK[name])}" if name in QUICK else "")
+
+
 @cli.command()
 @click.argument("matrix_file", required=False, type=click.Path(path_type=Path))
-@click.option("--env", "envs", multiple=True, metavar="SPEC", help="KIND or KIND:key=value,...")
-@click.option("--all", "all_envs", is_flag=True, help="every environment kind (unavailable "
-              "ones are recorded with their reason)")  # fmt: skip
-@click.option("--workload", "workloads", multiple=True, metavar="NAME")
+@click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    metavar="SPEC",
+    show_default="host, namespaces",
+    help="KIND or KIND:key=value,... (repeatable)",
+)
+@click.option(
+    "--all",
+    "all_envs",
+    is_flag=True,
+    help="every environment kind (unavailable ones are recorded with their reason)",
+)
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    metavar="NAME",
+    show_default="all",
+    help="a workload of `isobench list` (repeatable)",
+)
 @click.option("--quick", is_flag=True, help="few rounds, small sizes: a first look in minutes")
-@click.option("--results", type=click.Path(path_type=Path), default=Path("results"),
-              show_default=True)  # fmt: skip
-@click.option("--seed", type=int)
-@click.option("--rounds", type=int, help="rounds at least")
-@click.option("--max-rounds", type=int, help="adaptive stopping adds rounds up to this")
-@click.option("--warmup", type=int)
-@click.option("--budget", type=float, help="seconds for measured rounds")
-@click.option("--timeout", type=float, help="seconds per launch before it is killed")
-@click.option("--precision", type=str, help="target CI half-width, e.g. 2%% or 0.02")
-@click.option("--baseline", type=str)
-@click.option("--resume", type=click.Path(path_type=Path), help="complete an interrupted run")
+@click.option(
+    "--results",
+    type=click.Path(path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="where the run directory is made",
+)
+@click.option(
+    "--seed",
+    type=int,
+    show_default="random, recorded in the manifest",
+    help="seed of the shuffled launch order",
+)
+@click.option("--rounds", type=int, show_default=_default("rounds"), help="rounds at least")
+@click.option(
+    "--max-rounds",
+    type=int,
+    show_default=_default("max_rounds"),
+    help="adaptive stopping adds rounds up to this",
+)
+@click.option(
+    "--warmup",
+    type=int,
+    show_default=_default("warmup"),
+    help="uncounted launches per cell before the first round",
+)
+@click.option(
+    "--budget",
+    type=float,
+    show_default=_default("budget", "{:g}"),
+    help="the whole run's wall clock in seconds, preparation included: no round "
+    "starts once it is spent",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    show_default=_default("timeout", "{:g}"),
+    help="seconds per launch before it is killed",
+)
+@click.option(
+    "--precision",
+    type=str,
+    show_default=_default("precision", "{:.0%}"),
+    help="target 95%-CI half-width relative to the median, in (0, 50%], e.g. 2% or 0.02",
+)
+@click.option(
+    "--baseline",
+    type=str,
+    show_default=Matrix.baseline,
+    help="environment label the ratios are against",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    metavar="RUN_DIR",
+    help="complete an interrupted run",
+)
 @click.option("--report", "with_report", is_flag=True, help="write RUN_DIR/report.html at the end")
 def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, with_report,
         **settings):  # fmt: skip
@@ -191,7 +289,10 @@ def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, wi
         load_toml(matrix_file) if matrix_file else ([], [], {})
     )
     specs = [parse_env_spec(s) for s in (default_envs() if all_envs else envs)]
+    _check_runtimes(file_envs + specs)
     chosen = {**(QUICK if quick else {}), **file_settings}
+    if "precision" in file_settings:
+        _check_precision(file_settings["precision"], f"{matrix_file}: precision")
     if settings.get("precision") is not None:
         settings["precision"] = _precision(settings["precision"])
     chosen.update({k: v for k, v in settings.items() if v is not None})
@@ -211,14 +312,41 @@ def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, wi
     return _execute(m, run_dir, run_id, cat, new=True, with_report=with_report)
 
 
+MAX_PRECISION = 0.5  # a CI half-width of half the median is as loose as a target gets
+
+
 def _precision(text: str) -> float:
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise MatrixError(f"--precision {text}: expected a percentage like 2% or 0.02") from None
-    if value <= 0:
-        raise MatrixError(f"--precision {text}: must be positive")
+    return _check_precision(value, f"--precision {text}")
+
+
+def _check_precision(value: float, where: str) -> float:
+    if not 0 < value <= MAX_PRECISION:
+        raise MatrixError(
+            f"{where}: must be in (0, {MAX_PRECISION:.0%}] (a CI half-width relative to the "
+            "median: 2% is 2% or 0.02)"
+        )
     return value
+
+
+def _check_runtimes(specs) -> None:
+    """A docker runtime the daemon does not list is refused now, not after preparation.
+    (When the daemon does not answer, the run records docker as unavailable.)"""
+    asked = [s for s in specs if s.kind == "docker" and "runtime" in s.options]
+    if not asked:
+        return
+    from bench.envs.docker import daemon_runtimes
+
+    listed = daemon_runtimes()
+    for s in asked:
+        if listed is not None and s.options["runtime"] not in listed:
+            raise MatrixError(
+                f"{s.label}: docker has no runtime {s.options['runtime']!r} "
+                f"(the daemon lists {', '.join(listed)})"
+            )
 
 
 def _resume(run_dir: Path, with_report: bool) -> int:
@@ -282,7 +410,10 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
                 return e.exit_code
             except KeyboardInterrupt:
                 return 130
-    print_summary(run_dir)
+    try:
+        print_summary(run_dir)
+    except UserError as e:  # a run that measured nothing: say so, it is no input error
+        _log(e.message)
     out.print(Text(f"results: {run_dir}"))
     if with_report:
         path = html.write(
@@ -302,55 +433,127 @@ def clean_cmd(dry_run):
 
 
 # -- summary --------------------------------------------------------------------------------
-def _fmt(x, digits=4) -> str:
-    if x is None:
-        return "–"
-    return f"{x:.{digits}g}"
-
-
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per row")
-@click.option("--baseline", type=str, help="environment label to compare against")
+@click.option("--baseline", type=str, help="environment label to compare against "
+              "[default: the run's baseline]")  # fmt: skip
 @click.option("--footprint", is_flag=True, help="cgroup and host-side figures instead")
 def summary(run_dir, as_json, baseline, footprint):
-    """Statistics per cell, with ratios to the baseline."""
+    """Statistics per figure, with ratios to the baseline."""
     print_summary(run_dir, as_json=as_json, baseline=baseline, footprint=footprint)
 
 
+SIG_LEGEND = (
+    "ratio = value / baseline value, with its 95% CI (for rates, below 1 is slower); "
+    "sig: yes = a tested difference (adjusted p < 0.05 and the CI excludes 1), "
+    "no = tested, not significant, – = not tested (no ratio)"
+)
+
+
 def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=False) -> None:
+    """The summary table (or JSON rows); UserError for a run without samples or an
+    unknown baseline."""
     manifest = store.read_manifest(run_dir)
     df = store.load_samples(run_dir)
+    if not len(df):
+        raise UserError(f"{run_dir}: no samples recorded (run status: {manifest.get('status')})")
+    order = model.env_order(manifest, df)
+    if baseline is not None and baseline not in order:
+        raise UserError(f"--baseline {baseline}: no such environment (known: {', '.join(order)})")
     scope = analysis.FOOTPRINT if footprint else analysis.MAIN
     rows = analysis.summarize_run(df, manifest, baseline=baseline, scope=scope)
     if as_json:
         for r in rows:
             click.echo(json.dumps(r, sort_keys=True))
         return
-    t = Table("env", "workload", "op", "metric", "median [95% CI]", "n", "× baseline [95% CI]",
-              "sig", box=None)  # fmt: skip
-    for r in rows:
-        ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else ""
-        ratio = ""
-        if r["ratio"] is not None:
-            ratio = f"{_fmt(r['ratio'], 3)}"
-            if r["ratio_ci_low"] is not None:
-                ratio += f" [{_fmt(r['ratio_ci_low'], 3)}, {_fmt(r['ratio_ci_high'], 3)}]"
-        label = r["env"] + (" (emulated)" if r["emulated"] else "")
-        cells = (label, r["workload"], r["op"], r["metric"],
-                 f"{_fmt(r['median'])}{ci} {r['unit']}", str(r["n"]), ratio,
-                 "yes" if r["significant"] else "")  # fmt: skip
-        t.add_row(*map(Text, cells))
-    out.print(t)
+    base = baseline or manifest.get("matrix", {}).get("baseline", "host")
+    order = [base] + [e for e in order if e != base]
+    _emit(summary_table(rows, base, order))
+    if rows:
+        _say("legend:", "dim", SIG_LEGEND, wrap=True)
     for note in sorted({r["note"] for r in rows if r["note"]}):
-        _say("note:", "cyan", note)
+        _say("note:", "cyan", note, wrap=True)
+    _print_flags(rows)
     for f in analysis.failures(df):
-        _say(f["status"], "red", f"{f['env']} / {f['workload']} ×{f['count']}: {f['reason']}")
+        what = f"{f['env']} / {f['workload']} ×{f['count']}: {f['reason']}"
+        _say(f["status"], "red", what, wrap=True)
     if manifest.get("unreached"):
-        cells = ", ".join(f"{c} (±{w:.1%})" for c, w in manifest["unreached"].items())
-        _say("precision not reached", "yellow", f"({manifest.get('stop_reason')}): {cells}")
+        _say("precision not reached", "yellow",
+             f"({manifest.get('stop_reason')}); 95% CI half-width per cell:")  # fmt: skip
+        for cell, width in manifest["unreached"].items():
+            out.print(Text(f"  {cell.replace('|', ' / ')}  ±{width:.1%}"))
     for w in manifest.get("warnings", []):
-        _say("warning:", "yellow", w)
+        _say("warning:", "yellow", w, wrap=True)
+
+
+SUMMARY_COLUMNS = ("environment", "median [95% CI]", "n", "ratio [95% CI]", "in words", "sig")
+
+
+def summary_table(rows: list[dict], base: str, order: list[str]) -> Group:
+    """One section per figure (its name, unit and direction), one line per environment,
+    the baseline first; ratios in words where a test says there is a difference. The
+    sections are tables with the same column widths, so they read as one."""
+    rank = {e: i for i, e in enumerate(order)}
+    keys = {(r["workload"], r["op"], r["metric"]) for r in rows}
+    figures: dict[tuple, list[tuple[Text, ...]]] = {}
+    for r in sorted(rows, key=lambda r: rank.get(r["env"], len(rank))):
+        figures.setdefault((r["workload"], r["op"], r["metric"]), []).append(
+            _summary_cells(r, base)
+        )
+    widths = [len(c) for c in SUMMARY_COLUMNS]
+    for cells in figures.values():
+        for row in cells:
+            widths = [max(w, c.cell_len) for w, c in zip(widths, row, strict=True)]
+
+    def table(header: bool) -> Table:
+        t = Table(box=None, pad_edge=False, show_header=header)
+        for name, width in zip(SUMMARY_COLUMNS, widths, strict=True):
+            right = name in ("median [95% CI]", "n", "ratio [95% CI]")
+            t.add_column(name, width=width, justify="right" if right else "left")
+        return t
+
+    parts: list = [table(header=True)]
+    for (workload, op, metric), cells in sorted(figures.items()):
+        label = model.short_label(workload, op, metric, keys)
+        better = next(r.get("better") for r in rows if (r["workload"], r["op"], r["metric"])
+                      == (workload, op, metric)) or "lower"  # fmt: skip
+        parts.append(Text.assemble((label, "bold"), f"  {metric}, {better} is better"))
+        t = table(header=False)
+        for row in cells:
+            t.add_row(*row)
+        parts.append(t)
+    return Group(*parts)
+
+
+def _summary_cells(r: dict, base: str) -> tuple[Text, ...]:
+    median, ci, unit = model.fmt_ci(r["median"], r["ci_low"], r["ci_high"], r["unit"])
+    label = "  " + r["env"] + (" (emulated)" if r["emulated"] else "")
+    if r["env"] == base:
+        ratio, words, sig = "baseline", "", ""
+    elif r["flags"]:
+        ratio, words, sig = "flagged", "", "–"
+    elif r["ratio"] is None:
+        ratio, words, sig = "–", "", "–"
+    else:
+        ratio = model.fmt_ratio(r["ratio"])
+        if r["ratio_ci_low"] is not None:
+            ratio += f" [{model.fmt_num(r['ratio_ci_low'])}, {model.fmt_num(r['ratio_ci_high'])}]"
+        words = analysis.verdict(r) if r["significant"] else ""
+        sig = "–" if r["p_adjusted"] is None else ("yes" if r["significant"] else "no")
+    return (Text(label, style="bold" if r["env"] == base else ""),
+            Text(f"{median} {unit} {ci}"), Text(str(r["n"])), Text(ratio),
+            Text(words, style="bold"), Text(sig))  # fmt: skip
+
+
+def _print_flags(rows: list[dict]) -> None:
+    """Self-check flags, grouped by sentence: those figures are not shown as results."""
+    by_flag: dict[str, list[str]] = {}
+    for r in rows:
+        for flag in r.get("flags") or []:
+            by_flag.setdefault(flag, []).append(f"{r['env']} {r['workload']} {r['op']}")
+    for flag, where in sorted(by_flag.items()):
+        _say("flagged:", "red", f"{flag} ({', '.join(where)})", wrap=True)
 
 
 for _command in (*report_commands.COMMANDS, validate):
