@@ -23,25 +23,52 @@ from bench.report import export as export_mod
 from bench.report import html, model
 
 RUN_DIR = click.Path(path_type=Path)  # existence is checked by store (one clear message)
+OUTPUT = click.Path(path_type=Path, allow_dash=True, dir_okay=False)  # "-": standard output
+
+
+def to_stdout(output: Path | None) -> bool:
+    return output is not None and str(output) == "-"
+
+
+def write_output(path: Path, write) -> Path:
+    """write(path) -> path, with any OSError (a read-only place, a parent that is a file)
+    turned into one line for the user."""
+    try:
+        return write(path)
+    except OSError as e:
+        blocker = next((p for p in Path(path).parents if p.exists()), None)
+        why = f"{blocker} is not a directory" if blocker and not blocker.is_dir() else e.strerror
+        raise click.ClickException(f"cannot write {path}: {why or e}") from None
+
+
+def echo_bytes(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
 
 
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="HTML file to write [default: RUN_DIR/report.html]")  # fmt: skip
+@click.option("-o", "--output", type=OUTPUT, default=None,
+              help="HTML file to write, - for standard output "
+              "[default: RUN_DIR/report.html]")  # fmt: skip
 def report(run_dir: Path, output: Path | None):
     """Write the run's self-contained HTML report (works offline)."""
     manifest = store.read_manifest(run_dir)
     df = store.load_samples(run_dir)
-    path = html.write(output or run_dir / "report.html", html.render(manifest, df))
+    page = html.render(manifest, df)
+    if to_stdout(output):
+        echo_bytes(page.encode())
+        return
+    path = write_output(output or run_dir / "report.html", lambda p: html.write(p, page))
     click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @click.command()
 @click.argument("run_a", type=RUN_DIR)
 @click.argument("run_b", type=RUN_DIR)
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="also write the comparison as an HTML page")  # fmt: skip
+@click.option("-o", "--output", type=OUTPUT, default=None,
+              help="also write the comparison as an HTML page (- for standard output; the "
+              "table then goes to standard error)")  # fmt: skip
 @click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="percent change below which a significant change does not fail")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
@@ -49,6 +76,8 @@ def report(run_dir: Path, output: Path | None):
 def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float, as_json: bool):
     """Changes from RUN_A to RUN_B per cell; exit status 1 on a significant change
     beyond the threshold (regression or improvement)."""
+    if as_json and to_stdout(output):
+        raise click.UsageError("--json and -o - would both write to standard output")
     ma, dfa = compare_mod.load(run_a)
     mb, dfb = compare_mod.load(run_b)
     result = compare_mod.compare(ma, dfa, mb, dfb, threshold=threshold)
@@ -58,17 +87,23 @@ def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float
     if as_json:
         click.echo(json.dumps(result, indent=1, default=str))
     else:
-        print_table(result)
+        print_table(result, stderr=to_stdout(output))
     if output:
         title = f"isobench compare {result['run_a']} → {result['run_b']}"
-        path = html.write(output, html.render_template("compare.html.j2", result, title=title))
-        click.echo(f"comparison: {path}", err=as_json)
+        page = html.render_template("compare.html.j2", result, title=title)
+        if to_stdout(output):
+            echo_bytes(page.encode())
+        else:
+            path = write_output(output, lambda p: html.write(p, page))
+            click.echo(f"comparison: {path}", err=as_json)
     if compare_mod.flagged(result):
         ctx.exit(1)
 
 
-def print_table(result: dict) -> None:
-    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, highlight=False)
+def print_table(result: dict, stderr: bool = False) -> None:
+    stream = sys.stderr if stderr else sys.stdout
+    out = Console(stderr=stderr, soft_wrap=True, highlight=False,
+                  width=None if stream.isatty() else 200)  # fmt: skip
     t = Table(
         title=Text(f"{result['run_a']} → {result['run_b']} (threshold ±{result['threshold']:g} %)")
     )
@@ -108,33 +143,42 @@ def print_table(result: dict) -> None:
 
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="notebook to write [default: RUN_DIR/analysis.ipynb]")  # fmt: skip
+@click.option("-o", "--output", type=OUTPUT, default=None,
+              help="notebook to write, - for standard output "
+              "[default: RUN_DIR/analysis.ipynb]")  # fmt: skip
 def notebook(run_dir: Path, output: Path | None):
     """Write a Jupyter notebook that loads the run and reproduces the main tables."""
     from bench.report import notebook as nb
 
     manifest = store.read_manifest(run_dir)
-    try:
-        path = nb.write(run_dir, manifest, output or run_dir / "analysis.ipynb")
-    except RuntimeError as e:
-        raise click.ClickException(str(e)) from None
+    if to_stdout(output):
+        echo_bytes(nb.text(run_dir, manifest).encode())
+        return
+    path = write_output(output or run_dir / "analysis.ipynb",
+                        lambda p: nb.write(run_dir, manifest, p))  # fmt: skip
     click.echo(f"notebook: {path}")
 
 
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("--format", "fmt", required=True, help="csv, json or parquet")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="file to write [default: RUN_DIR/samples.FORMAT]")  # fmt: skip
+@click.option("--format", "fmt", required=True, type=click.Choice(export_mod.FORMATS,
+              case_sensitive=False), help="file format")  # fmt: skip
+@click.option("-o", "--output", type=OUTPUT, default=None,
+              help="file to write, - for standard output "
+              "[default: RUN_DIR/samples.FORMAT or summary.FORMAT]")  # fmt: skip
 @click.option("--summary", is_flag=True, help="the summary rows instead of the samples")
 def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
     """Export the run's samples (or summary) as CSV, JSON or Parquet."""
+    fmt = fmt.lower()
     try:
-        path = export_mod.export(run_dir, fmt.lower(), output, summary=summary)
+        data = export_mod.to_bytes(export_mod.frame(run_dir, summary=summary), fmt)
     except export_mod.ExportError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"export: {path}")
+    if to_stdout(output):
+        echo_bytes(data)
+        return
+    path = output or export_mod.default_path(run_dir, fmt, summary)
+    click.echo(f"export: {write_output(path, lambda p: export_mod.write(p, data))}")
 
 
 COMMANDS = (report, compare, notebook, export)

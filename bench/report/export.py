@@ -55,11 +55,8 @@ def default_path(run_dir: Path, fmt: str, summary: bool) -> Path:
     return Path(run_dir) / f"{'summary' if summary else 'samples'}.{fmt}"
 
 
-def export(run_dir: Path, fmt: str, out: Path | None = None, *, summary: bool = False) -> Path:
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    data = to_bytes(frame(run_dir, summary=summary), fmt)
-    path = Path(out) if out else default_path(run_dir, fmt, summary)
+def write(path: Path, data: bytes) -> Path:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path

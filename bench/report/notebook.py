@@ -85,14 +85,14 @@ def build(run_dir: Path, manifest: dict[str, Any]):
     return nb
 
 
+def text(run_dir: Path, manifest: dict[str, Any]) -> str:
+    import nbformat
+
+    return nbformat.writes(build(run_dir, manifest))
+
+
 def write(run_dir: Path, manifest: dict[str, Any], out: Path) -> Path:
-    try:
-        import nbformat
-    except ImportError:
-        raise RuntimeError(
-            "the notebook needs nbformat: pip install 'isobench[notebook]'"
-        ) from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(build(run_dir, manifest), str(out))
+    out.write_text(text(run_dir, manifest), encoding="utf-8")
     return out
