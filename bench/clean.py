@@ -1,12 +1,22 @@
-"""`isobench clean`: find and remove what crashed runs left behind, by label or name
-prefix only: containers, images no bundle needs, guests, cgroups, scratch directories
-and half-built bundles. It refuses while a run is measuring."""
+"""`isobench clean`: find and remove what crashed runs left behind: containers, images
+no bundle needs, guests, cgroups, scratch directories and half-built bundles.
+
+It touches only what it can prove isobench made (a label, a name an isobench run
+gives, the owner marker of a scratch directory: a user's `/tmp/isobench-notes/` has
+none and is never listed) and only when the run that made it is no longer alive: a run
+is alive while the process named in its scratch marker runs (same boot), and a host
+cgroup names the pid of the process that made it. It refuses while a run holds the
+lock."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+import psutil
 
 from bench.envs import REGISTRY
 from bench.envs.base import Leftover
@@ -14,9 +24,11 @@ from bench.lock import RunLock
 from bench.metrics.cgroup import Cgroup
 from bench.metrics.cgroup import find_leftovers as cgroup_leftovers
 from bench.resources import cache_dir
-from bench.scratch import scratch_root
+from bench.scratch import PREFIX, owner, owner_alive, scratch_root
 
-SCRATCH_PREFIX = "isobench-"
+BUILD_STALE_S = 600  # a `.building-*` bundle younger than this may be a build in progress
+# host and namespaces cgroups: isobench-<run id>-<kind>-<pid>-<n>
+HOST_CGROUP = re.compile(rf"^{PREFIX}.+-(?:{'|'.join(REGISTRY)})-(\d+)-\d+$")
 
 
 def _rmtree(path: Path):
@@ -28,7 +40,28 @@ def _rmdir_cgroup(path: Path):
     return Cgroup("v2" if (path / "cgroup.kill").exists() else "v1", {"": path}).remove
 
 
+def scratch_dirs() -> list[Path]:
+    """Every scratch directory with an owner marker (isobench made it), live or not."""
+    found = []
+    for root in sorted({scratch_root(), tempfile.gettempdir()}):
+        for path in sorted(Path(root).glob(PREFIX + "*")):
+            if path.is_dir() and not path.is_symlink() and owner(path) is not None:
+                found.append(path)
+    return found
+
+
+def live_runs() -> dict[str, int]:
+    """run id -> pid of every run whose scratch marker names a process that still runs."""
+    live = {}
+    for path in scratch_dirs():
+        data = owner(path)
+        if data and owner_alive(data):
+            live[str(data.get("run_id"))] = int(data["pid"])
+    return live
+
+
 def find_all() -> list[Leftover]:
+    """Everything isobench can prove it made, whether its run is alive or not."""
     found: list[Leftover] = []
     for cls in REGISTRY.values():
         try:
@@ -37,10 +70,8 @@ def find_all() -> list[Leftover]:
             found.append(Leftover(f"{cls.kind}: could not look for leftovers ({e})", lambda: None))
     for path in cgroup_leftovers():
         found.append(Leftover(f"cgroup {path}", _rmdir_cgroup(path)))
-    for root in {scratch_root(), tempfile.gettempdir()}:
-        for path in sorted(Path(root).glob(SCRATCH_PREFIX + "*")):
-            if path.is_dir():
-                found.append(Leftover(f"scratch directory {path}", _rmtree(path)))
+    for path in scratch_dirs():
+        found.append(Leftover(f"scratch directory {path}", _rmtree(path)))
     bundles = cache_dir() / "bundles"
     if bundles.is_dir():
         for path in sorted(bundles.glob(".building-*")):
@@ -48,14 +79,42 @@ def find_all() -> list[Leftover]:
     return found
 
 
+def still_in_use(what: str, live: dict[str, int], now: float | None = None) -> str:
+    """Why a leftover must be kept ("" when it may go): its run, or the process that
+    made it, is alive; a half-built bundle may still be building."""
+    for run_id, pid in live.items():
+        if f"{PREFIX}{run_id}-" in what:
+            return f"run {run_id} is still running (pid {pid})"
+    if what.startswith("cgroup "):
+        m = HOST_CGROUP.match(Path(what.removeprefix("cgroup ")).name)
+        if m and psutil.pid_exists(int(m.group(1))):  # cgroups do not outlive a boot
+            return f"the process that made it (pid {m.group(1)}) is still running"
+    if what.startswith("half-built bundle "):
+        path = Path(what.removeprefix("half-built bundle "))
+        try:
+            age = (now or time.time()) - path.stat().st_mtime
+        except OSError:
+            return ""
+        if age < BUILD_STALE_S:
+            return f"it may still be building ({age:.0f} s old)"
+    return ""
+
+
 def clean(dry_run: bool, log=print) -> int:
-    """Remove (or with dry_run list) every leftover; returns how many were found."""
+    """Remove (or with dry_run list) every leftover whose run is gone; returns how many
+    were (or would be) removed. What a live run still uses is named and kept."""
     with RunLock(Path("(isobench clean)")):
-        found = find_all()
-        for item in found:
+        live = live_runs()
+        removed = 0
+        for item in find_all():
+            why = still_in_use(item.what, live)
+            if why:
+                log(f"keeping {item.what}: {why}")
+                continue
             log(("would remove " if dry_run else "removing ") + item.what)
+            removed += 1
             if not dry_run:
                 item.remove()
-    if not found:
+    if not removed:
         log("nothing to clean")
-    return len(found)
+    return removed
