@@ -10,18 +10,22 @@
 - `module_load_order`: the kernel modules a guest needs, dependencies first, from
   modules.dep or (in an unpacked package, which has none) from each module's .modinfo.
 - `build_initramfs`: static busybox as /init's shell, the bundle's static probes under
-  /probes, the modules; gzip, cached under ctx.cache by (bundle hash, kernel hash).
-- `cmdline`: how the host tells the guest what to run. Every probe argument travels
-  base64-encoded as its own `isobench.arg=` word on the kernel command line; the init
-  script decodes each into one positional parameter and runs "$probe" "$@", so no
-  shell string is ever built from user input.
+  /probes, the modules; gzip, cached under ctx.cache by (bundle, kernel, init script);
+  `trial_initramfs` the same without probes, for the KVM trial.
+- `cmdline`: how the host tells the guest what to run: a list of probes, each with its
+  arguments, every argument base64-encoded as its own `isobench.arg=` word on the kernel
+  command line; init (RUN_SCRIPT) decodes each into one positional parameter and runs
+  "$probe" "$@", one probe after the other, so no shell string is ever built from user
+  input. One boot runs all the workloads of a round (`run_order`: startup first).
 - `disk_template` / `new_disk`: the io disk, a raw file with an ext4 filesystem made on
   the host by mkfs.ext4 (lazy init off, so no background ext4lazyinit in the guest),
-  copied sparsely per launch and mounted at /mnt/io by the guest.
+  copied sparsely per boot and mounted at /mnt/io by the guest when a probe needs it.
 
-What the guest says on its console (serial ttyS0): `isobench-uptime <s>` (the guest
-kernel's /proc/uptime right before the probe starts), then the probe's own `ready` and
-JSON lines, then `isobench-exit <code>`, then it powers off (`poweroff -f`).
+What the guest says on its console (serial ttyS0), parsed by `parse_console`:
+`isobench-uptime <s>` (the guest kernel's /proc/uptime right before the first probe
+starts), then for each probe `isobench-begin <n> <probe>`, the probe's own `ready` and
+JSON lines (and its stderr), `isobench-timeout <n> <s>` if it outlived the time limit and
+was killed, `isobench-exit <n> <status>`; then it powers off (`poweroff -f`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import math
 import os
 import re
 import shutil
@@ -41,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.bundle import find_busybox
 from bench.resources import cache_dir
 
 KERNEL_ENV = "ISOBENCH_GUEST_KERNEL"
@@ -52,8 +58,13 @@ KERNEL_HINT = (
 )
 GUEST_WORKDIR = "/mnt/io"
 UPTIME_PREFIX = "isobench-uptime "
-EXIT_PREFIX = "isobench-exit "
+BEGIN_PREFIX = "isobench-begin "  # <n> <probe>
+EXIT_PREFIX = "isobench-exit "  # <n> <status>
+TIMEOUT_PREFIX = "isobench-timeout "  # <n> <limit s>: killed
 ERROR_PREFIX = "isobench-error "
+READY = "ready"
+KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")  # a kernel message on the console
+CMDLINE_MAX = 2048  # x86 COMMAND_LINE_SIZE, the terminating NUL included
 BASE_MODULES = ("virtio_pci", "virtio_mmio", "virtio_console")
 DISK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")  # ext4 soft-depends on crc32c
 DISK_FS = "ext4"
@@ -61,6 +72,7 @@ DISK_MIB = 1024
 CACHE_MODES = ("none", "writeback", "unsafe")
 # quiet console (errors only), never wait after a panic, reboot = QEMU exits (-no-reboot)
 BASE_CMDLINE = ("console=ttyS0", "loglevel=3", "panic=-1", "reboot=t")
+NO_BUSYBOX = "no static busybox for the guest's init: apt-get install busybox-static"
 PROBE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -366,43 +378,81 @@ def read_newc(data: bytes) -> list[CpioEntry]:
 
 DIR, REG, LNK = 0o040000, 0o100000, 0o120000
 
-INIT_SCRIPT = r"""#!/bin/sh
-# isobench guest init: mount, load modules, mount the io disk, run one probe, power off.
+# What init does once its modules are loaded: read the words of the kernel command line
+# ($words), mount the io disk if asked (mount_io), then run each probe in sequence, every
+# one delimited on the console and killed when it outlives the time limit. Kept apart
+# from the rest of init so the tests run it under the host's busybox sh on fake probes.
+RUN_SCRIPT = r"""
+disk=0; limit=0
+for w in $words; do
+  case "$w" in
+    isobench.disk=1) disk=1 ;;
+    isobench.timeout=*) limit="${w#isobench.timeout=}" ;;
+  esac
+done
+[ "$disk" = 1 ] && mount_io
+read up idle < /proc/uptime
+echo "isobench-uptime $up"
+n=0; probe=""
+run() {  # the pending $probe with "$@" in a session of its own, watched by a dog that
+  # kills the session (the probe and its children) once it outlives $limit seconds
+  n=$((n + 1))
+  echo "isobench-begin $n $probe"
+  $bb setsid "$probes/$probe" "$@" &
+  pid=$!
+  (
+    t=0
+    while [ "$t" -lt "$limit" ]; do
+      $bb sleep 1
+      $bb kill -0 "$pid" 2>/dev/null || exit 0
+      t=$((t + 1))
+    done
+    echo "isobench-timeout $n $limit"
+    $bb kill -9 "-$pid"
+  ) &
+  wait "$pid"
+  rc=$?
+  echo "isobench-exit $n $rc"
+}
+set --
+for w in $words; do
+  case "$w" in
+    isobench.run=*)
+      [ -n "$probe" ] && run "$@"
+      probe="${w#isobench.run=}"
+      set --
+      ;;
+    isobench.arg=*) set -- "$@" "$(echo "${w#isobench.arg=}" | $bb base64 -d)" ;;
+  esac
+done
+[ -n "$probe" ] && run "$@"
+[ "$n" = 0 ] && echo ready
+"""
+
+INIT_SCRIPT = (
+    r"""#!/bin/sh
+# isobench guest init: mount, load modules, run the probes on the command line, power off.
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
 fail() { echo "isobench-error $*"; $bb poweroff -f; }
 load() { for m in $($bb cat "$1"); do $bb insmod "/lib/modules/$m.ko" || fail "insmod $m"; done; }
-load /etc/isobench/modules.base
-probe=""; disk=0
-set --
-for w in $($bb cat /proc/cmdline); do
-  case "$w" in
-    isobench.probe=*) probe="${w#isobench.probe=}" ;;
-    isobench.disk=1) disk=1 ;;
-    isobench.arg=*) set -- "$@" "$(echo "${w#isobench.arg=}" | $bb base64 -d)" ;;
-  esac
-done
-if [ "$disk" = 1 ]; then
+mount_io() {
   load /etc/isobench/modules.disk
   i=0
   while [ ! -b /dev/vda ] && [ "$i" -lt 500 ]; do $bb usleep 10000; i=$((i + 1)); done
   $bb mount -t ext4 /dev/vda /mnt/io || fail "mount /dev/vda"
-fi
-read up idle < /proc/uptime
-echo "isobench-uptime $up"
-if [ -z "$probe" ]; then
-  echo ready
-  rc=0
-else
-  "/probes/$probe" "$@"
-  rc=$?
-fi
-echo "isobench-exit $rc"
-[ "$disk" = 1 ] && $bb umount /mnt/io
+}
+load /etc/isobench/modules.base
+words=$($bb cat /proc/cmdline)
+probes=/probes
+"""
+    + RUN_SCRIPT
+    + r"""[ "$disk" = 1 ] && $bb umount /mnt/io
 $bb poweroff -f
 """
+)
 
 
 @dataclass(frozen=True)
@@ -466,8 +516,26 @@ def initramfs_entries(
 def build_initramfs(bundle, kernel: GuestKernel, cache: Path) -> GuestImage:
     """The bundle's guest initramfs for this kernel, built once into cache/guest/."""
     if bundle.busybox is None:
-        raise GuestError("the bundle has no static busybox: apt-get install busybox-static")
-    key = f"{bundle.hash}-{kernel.sha256[:16]}"
+        raise GuestError(NO_BUSYBOX)
+    probes = {n: p for n, p in bundle.probes.items() if n != "busybox"}
+    return _initramfs(bundle.hash, probes, bundle.busybox, kernel, cache)
+
+
+def trial_initramfs(kernel: GuestKernel, cache: Path) -> GuestImage:
+    """An initramfs without probes (init itself says `ready`): enough for the KVM
+    trial, so doctor needs no compiled bundle."""
+    busybox = find_busybox()
+    if busybox is None:
+        raise GuestError(NO_BUSYBOX)
+    return _initramfs(f"trial-{_sha256_file(busybox)[:16]}", {}, busybox, kernel, cache)
+
+
+def _initramfs(
+    name: str, probes: Mapping[str, Path], busybox: Path, kernel: GuestKernel, cache: Path
+) -> GuestImage:
+    """Built once per (name, kernel, init script) into cache/guest/."""
+    init = hashlib.sha256(INIT_SCRIPT.encode()).hexdigest()[:8]
+    key = f"{name}-{kernel.sha256[:16]}-{init}"
     out_dir = Path(cache) / "guest"
     target = out_dir / f"initramfs-{key}.cpio.gz"
     meta_path = out_dir / f"initramfs-{key}.json"
@@ -482,9 +550,8 @@ def build_initramfs(bundle, kernel: GuestKernel, cache: Path) -> GuestImage:
         disk = [m for m in tree.order(DISK_MODULES) if m not in base]
         order = {"base": base, "disk": disk}
         blobs = {n: read_module(tree.files[n]) for n in base + disk}
-    probes = {n: p for n, p in bundle.probes.items() if n != "busybox"}
     archive = gzip.compress(
-        write_newc(initramfs_entries(probes, bundle.busybox, blobs, order)),
+        write_newc(initramfs_entries(probes, busybox, blobs, order)),
         compresslevel=6,
         mtime=0,
     )
@@ -515,56 +582,98 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------- command line, console
 
 
-def cmdline(probe: str | None, args: Sequence[str], disk: bool) -> str:
-    """The kernel command line for one launch; args travel base64-encoded, one per word."""
-    words = list(BASE_CMDLINE)
-    if probe is not None:
-        if not PROBE_NAME.match(probe):
-            raise GuestError(f"probe name {probe!r} is not a plain file name")
-        words.append(f"isobench.probe={probe}")
-    if disk:
+@dataclass(frozen=True)
+class GuestRun:
+    """One probe for the guest to run: its name, its arguments as the guest sees them
+    (the io directory is GUEST_WORKDIR) and whether it needs the io disk."""
+
+    probe: str
+    args: tuple[str, ...]
+    disk: bool
+
+
+def guest_run(inv) -> GuestRun:
+    workdir = GUEST_WORKDIR if inv.needs_workdir else None
+    return GuestRun(inv.probe, tuple(inv.argv(inv.probe, workdir)[1:]), inv.needs_workdir)
+
+
+def run_order(invs: Sequence) -> list[int]:
+    """Pure: the order in which one guest runs a round's invocations (indices into
+    invs): `startup` first, so the boot's `ready` is the startup probe's, as when it ran
+    alone; the others as given."""
+    return sorted(range(len(invs)), key=lambda i: invs[i].workload != "startup")
+
+
+def cmdline(runs: Sequence[GuestRun], limit_s: float) -> str:
+    """The kernel command line for one boot: each probe as an `isobench.run=` word,
+    followed by its arguments base64-encoded, one `isobench.arg=` word each (RUN_SCRIPT
+    decodes each into one positional parameter: no shell string is built from them).
+    Without runs, init itself says `ready` (the KVM trial)."""
+    words = [*BASE_CMDLINE, f"isobench.timeout={math.ceil(limit_s)}"]
+    if any(r.disk for r in runs):
         words.append("isobench.disk=1")
-    words += [f"isobench.arg={base64.b64encode(a.encode()).decode()}" for a in args]
+    for r in runs:
+        if not PROBE_NAME.match(r.probe):
+            raise GuestError(f"probe name {r.probe!r} is not a plain file name")
+        words.append(f"isobench.run={r.probe}")
+        words += [f"isobench.arg={base64.b64encode(a.encode()).decode()}" for a in r.args]
     text = " ".join(words)
-    if len(text) >= 2048:
-        raise GuestError(f"probe arguments too long for the kernel command line ({len(text)} B)")
+    if len(text) >= CMDLINE_MAX:
+        raise GuestError(
+            f"the round's probe arguments are too long for the kernel command line "
+            f"({len(text)} B, the limit is {CMDLINE_MAX - 1})"
+        )
     return text
 
 
 @dataclass
-class Console:
-    """Pure: what the guest's console lines say, split into init's lines and the probe's."""
+class ProbeRun:
+    """Pure: what the console says about one probe of a boot."""
 
-    uptime_s: float | None = None
+    probe: str
+    ready: bool = False  # it printed `ready`
+    lines: list[str] = field(default_factory=list)  # its other lines (JSON, stderr)
     exit_code: int | None = None
-    errors: list[str] = field(default_factory=list)
-    probe_lines: list[str] = field(default_factory=list)  # after `ready`
-    other: list[str] = field(default_factory=list)  # kernel messages, before `ready`
+    limit_s: int | None = None  # it outlived the time limit and was killed
 
 
-def parse_console(before_ready: Sequence[str], after_ready: Sequence[str]) -> Console:
+@dataclass
+class Console:
+    """Pure: a boot's console lines, split into init's, the kernel's and each probe's."""
+
+    uptime_s: float | None = None  # the guest's uptime when the first probe started
+    errors: list[str] = field(default_factory=list)  # init's own failures
+    other: list[str] = field(default_factory=list)  # kernel and stray lines
+    runs: list[ProbeRun] = field(default_factory=list)  # in the order they began
+
+
+def parse_console(lines: Iterable[str]) -> Console:
     out = Console()
-    for line, is_after in [(x, False) for x in before_ready] + [(x, True) for x in after_ready]:
+    run: ProbeRun | None = None
+    for line in lines:
         text = line.strip("\r\n\0 ")
         if text.startswith(UPTIME_PREFIX):
             with contextlib.suppress(ValueError):
                 out.uptime_s = float(text[len(UPTIME_PREFIX) :].split()[0])
-        elif text.startswith(EXIT_PREFIX):
-            with contextlib.suppress(ValueError):
-                out.exit_code = int(text[len(EXIT_PREFIX) :].split()[0])
+        elif text.startswith(BEGIN_PREFIX):
+            run = ProbeRun(text[len(BEGIN_PREFIX) :].partition(" ")[2])
+            out.runs.append(run)
+        elif text.startswith(EXIT_PREFIX) and run is not None:
+            with contextlib.suppress(ValueError, IndexError):
+                run.exit_code = int(text[len(EXIT_PREFIX) :].split()[1])
+            run = None
+        elif text.startswith(TIMEOUT_PREFIX) and run is not None:
+            with contextlib.suppress(ValueError, IndexError):
+                run.limit_s = int(text[len(TIMEOUT_PREFIX) :].split()[1])
         elif text.startswith(ERROR_PREFIX):
             out.errors.append(text[len(ERROR_PREFIX) :])
-        elif is_after:
-            out.probe_lines.append(text)
-        elif text:
+        elif KERNEL_LINE.match(text) or (run is None and text and text != READY):
             out.other.append(text)
+        elif run is not None and text == READY and not run.ready:
+            run.ready = True
+        elif run is not None:
+            run.lines.append(text)
     return out
-
-
-def guest_argv(inv) -> tuple[list[str], bool]:
-    """The probe's arguments as the guest sees them, and whether it needs the io disk."""
-    argv = inv.argv(inv.probe, GUEST_WORKDIR if inv.needs_workdir else None)
-    return argv[1:], inv.needs_workdir
 
 
 # ---------------------------------------------------------------- io disk

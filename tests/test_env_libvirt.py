@@ -1,7 +1,9 @@
-"""Real transient libvirt domains under TCG (small sizes), and the timeout path."""
+"""Real transient libvirt domains under TCG (small sizes): a round in one domain, the
+timeout path, Ctrl-C."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 
 import pytest
@@ -10,6 +12,7 @@ from bench import guest
 from bench.envs.base import Context, Invocation
 from bench.envs.libvirt import URI, LibvirtEnv, domain_xml
 from bench.envs.qemu import kvm_verdict
+from bench.runner import Interrupted
 
 pytestmark = pytest.mark.requires("libvirt")
 
@@ -43,18 +46,32 @@ def env(ctx, bundle):
     assert not list(ctx.scratch.glob("isobench-*"))
 
 
-def test_syscall_in_a_tcg_domain(env):
+def test_one_domain_runs_a_round_of_four_workloads(env):
     e = env(accel="tcg")
     d = e.describe()
     assert d["emulated"] is True and "<name>" in d["domain_xml_template"]
-    launch = e.launch(Invocation("syscall", "syscall", ("--reps", "1", "--min-ms", "10")), 180)
-    assert launch.status == "ok", launch.reason
-    assert launch.extra == {**launch.extra, "accel": "tcg", "emulated": True}
+    cpu, startup, io, syscall = e.launch_round(
+        [
+            Invocation("cpu", "cpu", ("--op", "compute", "--reps", "1")),
+            Invocation("startup", "startup"),
+            Invocation("io", "io", ("--dir", "{workdir}", "--file-mib", "4", "--op", "seq_read")),
+            Invocation("syscall", "syscall", ("--reps", "1", "--op", "null")),
+        ],
+        120,
+    )
+    for launch in (cpu, startup, io, syscall):
+        assert launch.status == "ok", launch.reason
+        assert launch.extra == {**launch.extra, "accel": "tcg", "emulated": True}
+    assert len({x.extra["domain"] for x in (cpu, startup, io, syscall)}) == 1  # one boot
     for phase in ("defined", "started", "boot", "ready", "exit", "cleaned"):
-        assert phase in launch.phases
-    null = [r for r in launch.records if r["op"] == "null"]
+        assert phase in startup.phases
+    assert startup.host_side["cpu_ms"] > 0
+    assert [r["op"] for r in io.records] == ["seq_read"]
+    assert [r["op"] for r in cpu.records] == ["compute"]
+    null = [r for r in syscall.records if r["op"] == "null"]
     assert null and null[0]["metrics"]["ns_per_op"] > 0
-    assert launch.host_side["cpu_ms"] > 0
+    for launch in (cpu, io, syscall):
+        assert not launch.phases and not launch.cgroup and not launch.host_side
 
 
 def test_hanging_guest_is_destroyed_at_the_timeout(env, ctx):
@@ -62,10 +79,30 @@ def test_hanging_guest_is_destroyed_at_the_timeout(env, ctx):
     hangs = guest.kvm_device_problem() is None and not kvm_verdict(e.image, e.binary, ctx.cache)[0]
     if hangs:
         e = env(accel="kvm", cpu="default")  # -cpu host: QEMU aborts on PVM
-    launch = e.launch(Invocation("startup", "startup"), 10.0 if hangs else 0.5)
-    assert launch.status == "timeout"
-    assert "domain destroyed" in launch.reason
+    round_ = [Invocation("syscall", "syscall"), Invocation("startup", "startup")]
+    launches = e.launch_round(round_, 5.0 if hangs else 0.25)
+    assert [x.status for x in launches] == ["timeout", "timeout"]
+    assert all("domain destroyed" in x.reason for x in launches)
     assert _isobench_domains() == []
+
+
+def test_an_interrupted_round_removes_its_domain(env, ctx):
+    """Ctrl-C in a run: the runner's handler raises Interrupted wherever the launch is."""
+    e = env(accel="tcg")
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 3.0)
+    try:
+        with pytest.raises(Interrupted):
+            e.launch_round([Invocation("startup", "startup")], 120)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert _isobench_domains() == []
+    assert not list(ctx.scratch.glob("isobench-*"))
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
 
 
 def test_domain_xml_escapes_paths(tmp_path):

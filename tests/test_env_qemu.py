@@ -1,14 +1,26 @@
-"""Real boots of the direct QEMU kind under TCG (small sizes), and the timeout path."""
+"""Real boots of the direct QEMU kind under TCG (small sizes), the timeout path and the
+KVM trial."""
 
 from __future__ import annotations
 
+import json
+import time
+
+import psutil
 import pytest
 
 from bench import guest
 from bench.envs.base import Context, Invocation
-from bench.envs.qemu import QemuEnv, kvm_verdict
+from bench.envs.qemu import QemuEnv, kvm_availability, kvm_verdict
 
 pytestmark = pytest.mark.requires("libvirt")  # same stack: QEMU + guest kernel
+
+ROUND = [  # a round in the runner's shuffled order; small sizes for TCG
+    Invocation("syscall", "syscall", ("--op", "null", "--op", "fork", "--reps", "1")),
+    Invocation("io", "io", ("--dir", "{workdir}", "--file-mib", "4", "--op", "seq_write")),
+    Invocation("startup", "startup"),
+    Invocation("cpu", "cpu", ("--op", "compute", "--reps", "1")),
+]
 
 
 @pytest.fixture
@@ -23,36 +35,64 @@ def _env(ctx, bundle, **config):
     return env
 
 
-def test_startup_and_io_boot_under_tcg(ctx, bundle):
+def _ops(launch) -> set[str]:
+    return {r["op"] for r in launch.records}
+
+
+def test_one_boot_runs_a_round_of_four_workloads(ctx, bundle):
     env = _env(ctx, bundle, accel="tcg")
     try:
-        assert env.emulated and env.describe()["accel"] == "tcg"
-        start = env.launch(Invocation("startup", "startup"), 120)
-        assert start.status == "ok", start.reason
-        assert start.extra["emulated"] is True
-        assert start.phases["boot"] > 0 and start.phases["ready"] <= start.phases["exit"]
-        assert start.phases["exit"] <= start.phases["cleaned"]
-        io = env.launch(
-            Invocation(
-                "io",
-                "io",
-                ("--dir", "{workdir}", "--file-mib", "4", "--reps", "1", "--fsync-n", "10"),
-            ),
-            180,
-        )
-        assert io.status == "ok", io.reason
-        assert any(r["op"] == "seq_write" for r in io.records)
+        assert env.emulated and env.one_instance_per_round
+        syscall, io, startup, cpu = env.launch_round(ROUND, 120)
     finally:
         env.cleanup()
-    assert not list((ctx.scratch).glob("isobench-*"))
+    for launch in (syscall, io, startup, cpu):
+        assert launch.status == "ok", launch.reason
+        assert launch.extra["emulated"] is True
+    assert len({x.extra["domain"] for x in (syscall, io, startup, cpu)}) == 1  # one boot
+    assert _ops(syscall) == {"null", "fork"} and _ops(io) == {"seq_write"}
+    assert _ops(cpu) == {"compute"} and not startup.records
+    assert startup.phases["boot"] > 0 and startup.phases["ready"] <= startup.phases["exit"]
+    assert startup.phases["exit"] <= startup.phases["cleaned"]
+    assert startup.host_side["cpu_ms"] > 0 and startup.host_side["rss_peak_mib"] > 0
+    for launch in (syscall, io, cpu):
+        assert not launch.phases and not launch.cgroup and not launch.host_side
+    assert not list(ctx.scratch.glob("isobench-*"))
+
+
+def test_a_failing_or_overlong_probe_fails_only_its_own_launch(ctx, bundle):
+    env = _env(ctx, bundle, accel="tcg")
+    round_ = [
+        Invocation("syscall", "syscall", ("--no-such-option",)),
+        Invocation("cpu", "cpu", ("--op", "compute", "--reps", "1000")),  # minutes
+        Invocation("startup", "startup"),
+        Invocation("syscall", "syscall", ("--op", "null", "--reps", "1")),
+    ]
+    try:
+        bad, long, startup, good = env.launch_round(round_, 15)
+    finally:
+        env.cleanup()
+    assert bad.status == "failed" and bad.exit_code == 2
+    assert bad.reason == "probe exited with status 2 in the guest"
+    assert "no-such-option" in bad.stderr_tail
+    assert long.status == "timeout"
+    assert long.reason == "probe did not finish within 15 s in the guest: killed"
+    assert long.records  # what it measured before the limit is kept
+    assert startup.status == "ok" and startup.phases["exit"] > 15e9
+    assert good.status == "ok" and _ops(good) == {"null"}
+    assert not list(ctx.scratch.glob("isobench-*"))
+
+
+def _kvm_hangs(env, ctx) -> bool:
+    """This host: /dev/kvm opens but guests hang under it."""
+    return (
+        guest.kvm_device_problem() is None and not kvm_verdict(env.image, env.binary, ctx.cache)[0]
+    )
 
 
 def test_guest_that_never_gets_ready_is_killed_at_the_timeout(ctx, bundle):
     env = _env(ctx, bundle, accel="tcg")
-    kvm_hangs = (
-        not kvm_verdict(env.image, env.binary, ctx.cache)[0] and guest.kvm_device_problem() is None
-    )
-    if kvm_hangs:  # this host: /dev/kvm opens but guests hang under it
+    if _kvm_hangs(env, ctx):
         env = _env(ctx, bundle, accel="kvm", cpu="default")  # -cpu host aborts on PVM
         timeout = 10.0
     else:  # anywhere else: no TCG guest reaches `ready` in half a second
@@ -61,4 +101,30 @@ def test_guest_that_never_gets_ready_is_killed_at_the_timeout(ctx, bundle):
     env.cleanup()
     assert launch.status == "timeout"
     assert "printed no `ready`" in launch.reason and "QEMU killed" in launch.reason
-    assert not list((ctx.scratch).glob("isobench-*"))
+    assert not list(ctx.scratch.glob("isobench-*"))
+
+
+def test_kvm_trial_is_recorded_and_leaves_nothing(tmp_path, monkeypatch):
+    """The trial boots a probe-less guest under KVM once per (guest kernel, QEMU, host
+    kernel); a hanging trial is killed and reaped; the next answer is the record."""
+    if guest.kvm_device_problem():
+        pytest.skip(f"no KVM trial here: {guest.kvm_device_problem()}")
+    kernel = guest.find_kernel()
+    monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv(guest.KERNEL_ENV, str(kernel.path))
+    assert "not yet checked" in kvm_availability().reason
+    image = guest.trial_initramfs(kernel, tmp_path)
+    binary = guest.qemu_binary()
+    ok, reason = kvm_verdict(image, binary, tmp_path, timeout=5)
+    assert psutil.Process().children(recursive=True) == []  # the trial's QEMU is gone
+    t = time.monotonic()
+    assert kvm_availability(trial=True) == kvm_availability()
+    assert (kvm_availability().ok, kvm_availability().reason) == (ok, reason)
+    assert time.monotonic() - t < 5  # recorded: no guest booted (a trial takes >= 5 s)
+    path = tmp_path / "guest" / "kvm-check.json"
+    data = json.loads(path.read_text())
+    (key,) = data["verdicts"]
+    assert key.split("|")[1] == binary
+    data["verdicts"] = {key.replace(binary, "/other/qemu"): data["verdicts"][key]}
+    path.write_text(json.dumps(data))
+    assert "not yet checked" in kvm_availability().reason  # another QEMU: not its verdict

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from bench import guest
+from bench import catalog, guest
+from bench.bundle import find_busybox
+from bench.envs.base import Context, Invocation
+from bench.envs.qemu import Boot, QemuEnv
 
 DATA = Path(__file__).parent / "data" / "guest"
 
@@ -68,27 +76,135 @@ def test_cpio_round_trip():
     assert guest.read_newc(data) == entries
 
 
-def test_cmdline_carries_each_argument_as_data():
-    args = ["--dir", "/mnt/io", "a b; $(reboot)", "'\""]
-    line = guest.cmdline("io", args, disk=True)
-    words = line.split()
-    assert "isobench.probe=io" in words and "isobench.disk=1" in words
-    decoded = [
-        base64.b64decode(w.split("=", 1)[1]).decode()
-        for w in words
-        if w.startswith("isobench.arg=")
+def _decoded(words: list[str]) -> list[tuple[str, list[str]]]:
+    """The runs a command line names, read the way RUN_SCRIPT reads them."""
+    runs: list[tuple[str, list[str]]] = []
+    for w in words:
+        if w.startswith("isobench.run="):
+            runs.append((w.split("=", 1)[1], []))
+        elif w.startswith("isobench.arg="):
+            runs[-1][1].append(base64.b64decode(w.split("=", 1)[1]).decode())
+    return runs
+
+
+def test_cmdline_carries_each_run_and_argument_as_data():
+    args = ("--dir", "/mnt/io", "a b; $(reboot)", "'\"", "")
+    runs = [guest.GuestRun("startup", (), False), guest.GuestRun("io", args, True)]
+    words = guest.cmdline(runs, 29.5).split()
+    assert "isobench.disk=1" in words and "isobench.timeout=30" in words
+    assert _decoded(words) == [("startup", []), ("io", list(args))]
+    assert "isobench.disk=1" not in guest.cmdline(runs[:1], 1).split()
+    with pytest.raises(guest.GuestError, match="plain file name"):
+        guest.cmdline([guest.GuestRun("../x", (), False)], 1)
+    with pytest.raises(guest.GuestError, match="too long"):
+        guest.cmdline([guest.GuestRun("io", ("x" * 1600,), False)], 1)
+
+
+def test_a_round_of_the_catalog_fits_on_the_kernel_command_line():
+    """Every workload of the catalog in one boot, with the arguments emulated guests get."""
+    for quick in (True, False):
+        invs = [w.invocation(quick=quick, emulated=True) for w in catalog.load().values()]
+        runs = [guest.guest_run(invs[i]) for i in guest.run_order(invs)]
+        line = guest.cmdline(runs, 600)
+        assert len(line) < guest.CMDLINE_MAX / 2, line  # room for a longer catalog
+        assert [p for p, _ in _decoded(line.split())] == [r.probe for r in runs]
+
+
+def test_run_order_puts_startup_first_and_keeps_the_rest():
+    invs = [Invocation(w, w) for w in ("syscall", "io", "startup", "cpu")]
+    assert guest.run_order(invs) == [2, 0, 1, 3]
+    assert guest.run_order(invs[:2]) == [0, 1]
+
+
+def test_init_runs_each_probe_in_turn_with_its_own_status(tmp_path):
+    """RUN_SCRIPT itself, under the busybox that goes into the guest, on fake probes: each
+    argument arrives intact, a failing probe and one that outlives the limit (killed with
+    its children) leave the others alone, and the console says which is which."""
+    busybox = find_busybox()
+    if busybox is None:
+        _missing("a static busybox (apt-get install busybox-static)")
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    scripts = {
+        "args": 'echo ready\nfor a in "$@"; do echo "[$a]"; done',
+        "fails": "echo ready\necho 'bad option' >&2\nexit 3",
+        "hangs": 'echo ready\n[ "$1" = child ] && exec sleep 60\n"$0" child &\nwait',
+    }
+    for name, body in scripts.items():
+        (probes / name).write_text(f"#!{busybox} sh\n{body}\n")
+        (probes / name).chmod(0o755)
+    runs = [
+        guest.GuestRun("args", ("a b", "", "$(touch x)", "'\""), False),
+        guest.GuestRun("fails", (), False),
+        guest.GuestRun("hangs", (), False),
+        guest.GuestRun("args", (), False),
     ]
-    assert decoded == args
-    with pytest.raises(guest.GuestError):
-        guest.cmdline("../x", [], disk=False)
-
-
-def test_parse_console_separates_init_kernel_and_probe():
-    con = guest.parse_console(
-        ["Probing EDD", "isobench-uptime 1.25"], ['{"a": 1}', "isobench-exit 3"]
+    words = guest.cmdline(runs, 1)
+    prologue = f"bb={busybox}; probes={probes}; words='{words}'; mount_io() {{ :; }}\n"
+    res = subprocess.run(
+        [str(busybox), "sh", "-c", prologue + guest.RUN_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
     )
-    assert con.uptime_s == 1.25 and con.exit_code == 3
-    assert con.probe_lines == ['{"a": 1}'] and con.other == ["Probing EDD"]
+    con = guest.parse_console(res.stdout.splitlines())
+    assert con.uptime_s is not None and not con.errors
+    assert [(r.probe, r.ready, r.exit_code, r.limit_s) for r in con.runs] == [
+        ("args", True, 0, None),
+        ("fails", True, 3, None),
+        ("hangs", True, 137, 1),
+        ("args", True, 0, None),
+    ]
+    assert con.runs[0].lines == ["[a b]", "[]", "[$(touch x)]", "['\"]"]
+    assert not (tmp_path / "x").exists()
+    assert "bad option" in res.stderr
+    for _ in range(30):  # the killed probe's child went with it; the dogs end within 1 s
+        if not _processes_under(probes, busybox):
+            break
+        time.sleep(0.1)
+    assert not _processes_under(probes, busybox)
+
+
+def _processes_under(probes: Path, busybox: Path) -> list[str]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(probes) in cmd or cmd.startswith(f"{busybox} sleep 1"):
+            found.append(cmd)
+    return found
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} missing (CI=true: a missing capability fails)")
+    pytest.skip(f"{what} missing")
+
+
+def test_parse_console_of_a_recorded_round():
+    """A real TCG boot's console: startup, syscall, cpu with a bad option, io."""
+    lines = (DATA / "console-round.txt").read_text().splitlines()
+    con = guest.parse_console(lines)
+    assert con.uptime_s == 7.78 and not con.errors
+    assert con.other == ["[    9.629195] reboot: Power down"]
+    assert [(r.probe, r.ready, r.exit_code) for r in con.runs] == [
+        ("startup", True, 0),
+        ("syscall", True, 0),
+        ("cpu", True, 2),
+        ("io", True, 0),
+    ]
+    assert con.runs[0].lines == []
+    assert [json.loads(x)["op"] for x in con.runs[1].lines] == ["null", "clock_gettime"]
+    assert con.runs[2].lines[0] == "cpu: unknown option: --bogus"
+
+
+def test_parse_console_of_a_guest_that_stopped_early():
+    con = guest.parse_console(
+        ["Probing EDD", "isobench-error insmod virtio_blk", "isobench-uptime 1.25"]
+    )
+    assert con.errors == ["insmod virtio_blk"] and con.other == ["Probing EDD"]
+    con = guest.parse_console(["isobench-uptime 2", "isobench-begin 1 io", "ready", '{"a": 1}'])
+    assert con.runs == [guest.ProbeRun("io", True, ['{"a": 1}'], None, None)]
 
 
 def test_find_kernel_explains_what_to_do(tmp_path, monkeypatch):
@@ -107,3 +223,40 @@ def test_find_kernel_falls_back_to_a_package_unpacked_in_the_cache(tmp_path, mon
     )
     k = guest.find_kernel(env={}, boot=tmp_path, release="0.0-none")
     assert k.source == "cache" and k.path == boot / "vmlinuz-6.1.0-1-amd64"
+
+
+def _round(boot: Boot, workloads=("startup", "syscall", "cpu", "io")) -> list:
+    env = QemuEnv({}, Context("t", Path("/nonexistent"), Path("/nonexistent")))
+    env.accel = "tcg"
+    return env._round_launches(boot, [Invocation(w, w) for w in workloads], 240)
+
+
+def test_a_round_makes_one_launch_per_probe_and_the_boot_goes_to_startup():
+    lines = (DATA / "console-round.txt").read_text().splitlines()
+    phases = {"ready": 21_621_151_337, "exit": 23_368_307_332, "cleaned": 23_400_000_000}
+    boot = Boot(0, "QEMU killed", lines, phases, cgroup={"cpu_total_ms": 9e3})
+    startup, syscall, cpu, io = _round(boot)
+    assert startup.status == "ok" and startup.phases == {**phases, "boot": 7_780_000_000}
+    assert startup.cgroup == {"cpu_total_ms": 9e3} and "reboot: Power down" in startup.stderr_tail
+    assert syscall.status == "ok" and len(syscall.records) == 2
+    assert cpu.status == "failed" and cpu.reason == "probe exited with status 2 in the guest"
+    assert cpu.exit_code == 2 and cpu.stderr_tail.startswith("cpu: unknown option: --bogus")
+    assert io.status == "ok" and [r["op"] for r in io.records] == ["seq_write"]
+    for launch in (syscall, cpu, io):
+        assert not launch.phases and not launch.cgroup and not launch.host_side
+    assert all(x.extra["round"] == ["startup", "syscall", "cpu", "io"] for x in (startup, io))
+
+
+def test_a_guest_that_stops_or_hangs_mid_round_says_so_in_every_launch():
+    lines = (DATA / "console-round.txt").read_text().splitlines()
+    upto_cpu = lines[: lines.index("isobench-begin 3 cpu") + 2]
+    stopped = _round(Boot(0, "QEMU killed", upto_cpu, {"ready": 1, "exit": 2}))
+    assert [x.status for x in stopped] == ["ok", "ok", "failed", "failed"]
+    assert stopped[2].reason == "guest stopped without the probe's exit status"
+    assert stopped[3].reason.startswith("guest stopped before io ran")
+    hung = _round(Boot(0, "QEMU killed", upto_cpu, {"ready": 1}, timed_out=True))
+    assert {x.status for x in hung} == {"timeout"}
+    assert all("did not power off within 240 s" in x.reason for x in hung)
+    assert len(hung[1].records) == 2  # what a probe measured before the hang is kept
+    silent = _round(Boot(0, "QEMU killed", ["isobench-error insmod ext4"]), ("io",))
+    assert silent[0].reason == "guest stopped before `ready`: insmod ext4"

@@ -1,12 +1,13 @@
-"""The `libvirt` kind: one transient domain per launch, through libvirt-python.
+"""The `libvirt` kind: one transient domain per round (all its workloads in one boot,
+bench/envs/qemu.py's VmEnvironment), through libvirt-python.
 
-A launch: createXML(paused) = "defined" (libvirt set up QEMU), resume = "started", the
-serial console (a file under ctx.scratch) tailed until the probe's `ready` = "ready", the
-guest's own uptime at that moment = "boot", the domain shut down (the guest ran
-`poweroff -f`, QEMU exited, the transient domain is gone) = "exit", files removed =
-"cleaned". QEMU's CPU time and its cgroup are read when the guest prints its exit line,
-just before it powers off (libvirt's qemu driver cannot keep a powered-off QEMU alive:
-on_poweroff=preserve is refused), and every 100 ms before as a fallback.
+A boot: createXML(paused) = "defined" (libvirt set up QEMU), resume = "started", the
+serial console (a file under ctx.scratch) tailed until the first probe's `ready` =
+"ready", the guest's own uptime at that moment = "boot", the domain shut down (the guest
+ran `poweroff -f`, QEMU exited, the transient domain is gone) = "exit", files removed =
+"cleaned". QEMU's CPU time and its cgroup are read when the guest prints a probe's exit
+line, the last one just before it powers off (libvirt's qemu driver cannot keep a
+powered-off QEMU alive: on_poweroff=preserve is refused), and every 100 ms as a fallback.
 
 libvirt is imported lazily: the package imports (and `probe()` answers) without it.
 """
@@ -14,20 +15,19 @@ libvirt is imported lazily: the package imports (and `probe()` answers) without 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from bench import guest
-from bench.envs.base import Availability, Invocation, Launch, Leftover
+from bench.envs.base import Availability, Leftover
 from bench.envs.qemu import (
     VM_OPTIONS,
+    Boot,
     VmEnvironment,
     kernel_availability,
     kvm_availability,
-    next_name,
     qemu_availability,
 )
 from bench.metrics.cgroup import CgroupError, CgroupReader, delta
@@ -39,6 +39,7 @@ POLL_S = 0.005  # console tail and domain state poll interval
 COST_EVERY_S = 0.1  # QEMU CPU time / cgroup reading interval until the exit line
 UNREACHABLE = f"libvirtd not reachable at {URI}: start libvirtd and virtlogd"
 MACHINE = "q35"
+DESTROYED = "domain destroyed"
 
 
 def _libvirt():
@@ -196,7 +197,7 @@ class LibvirtEnv(VmEnvironment):
         return [
             ("libvirtd", cls._libvirt_availability()),
             ("qemu binary", qemu_availability()),
-            ("KVM", kvm_availability()),
+            ("KVM", kvm_availability(trial=True)),
             ("guest kernel", kernel_availability()),
         ]
 
@@ -254,32 +255,24 @@ class LibvirtEnv(VmEnvironment):
                 self._conn.close()
             self._conn = None
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
+    def _boot(self, name: str, spec: guest.QemuSpec, scratch: Path, timeout: float) -> Boot:
         lv = _libvirt()
-        name = next_name(self.ctx)
-        launch_dir, disk = self._launch_dir(name, inv)
-        console = launch_dir / "console.log"
-        xml = domain_xml(name, self._spec(inv, disk), console)
+        console = scratch / "console.log"
+        xml = domain_xml(name, spec, console)
         dom = None
         t0 = time.monotonic_ns()
         try:
             dom = self._connection().createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
-            launch = self._run(dom, name, console, t0, timeout)
+            return self._run(dom, name, console, t0, timeout)
         except lv.libvirtError as e:
-            launch = Launch(
-                status="failed", reason=f"libvirt: {e.get_error_message()}", extra=self._labels()
-            )
+            return Boot(t0, DESTROYED, failure=f"libvirt: {e.get_error_message()}")
         finally:
             if dom is not None:
                 _destroy(dom)
-            shutil.rmtree(launch_dir, ignore_errors=True)
-        launch.phases["cleaned"] = time.monotonic_ns() - t0
-        launch.extra["domain"] = name
-        return launch
 
-    def _run(self, dom, name: str, console: Path, t0: int, timeout: float) -> Launch:
+    def _run(self, dom, name: str, console: Path, t0: int, timeout: float) -> Boot:
         lv = _libvirt()
-        phases = {"defined": time.monotonic_ns() - t0}
+        boot = Boot(t0, DESTROYED, phases={"defined": time.monotonic_ns() - t0})
         pid = _qemu_pid(name)
         cg = None
         with contextlib.suppress(CgroupError, OSError, TypeError):
@@ -287,61 +280,42 @@ class LibvirtEnv(VmEnvironment):
         before = cg.read() if cg else {}
         sampler = PeakSampler([pid]).start() if pid else None
         tail = _ConsoleTail(console)
-        before_ready: list[str] = []
-        after: list[str] = []
-        t_ready = t_exit = None
         deadline = time.monotonic() + timeout
         final: dict[str, float] = {}
         after_cg: dict[str, float] = {}
         read_at = 0.0
         try:
             dom.resume()
-            phases["started"] = time.monotonic_ns() - t0
+            boot.phases["started"] = time.monotonic_ns() - t0
             while True:
                 for line in tail.poll():
-                    if t_ready is None and line.strip() == "ready":
-                        t_ready = time.monotonic_ns()
-                    elif t_ready is None:
-                        before_ready.append(line)
-                    else:
-                        after.append(line)
-                        if line.startswith(guest.EXIT_PREFIX):
-                            final, after_cg = _read_costs(pid, cg, final, after_cg)
-                            read_at = 0.0
+                    boot.lines.append(line)
+                    if "ready" not in boot.phases and line.strip() == guest.READY:
+                        boot.phases["ready"] = time.monotonic_ns() - t0
+                    elif line.startswith(guest.EXIT_PREFIX):  # a probe ended: costs now
+                        final, after_cg = _read_costs(pid, cg, final, after_cg)
+                        read_at = time.monotonic() + COST_EVERY_S
                 if time.monotonic() >= read_at:
                     final, after_cg = _read_costs(pid, cg, final, after_cg)
                     read_at = time.monotonic() + COST_EVERY_S
-                state = _state(dom, lv)
-                if state not in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED):
-                    t_exit = time.monotonic_ns()
+                if _state(dom, lv) not in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED):
+                    boot.phases["exit"] = time.monotonic_ns() - t0
                     break
                 if time.monotonic() > deadline:
+                    boot.timed_out = True
                     break
                 time.sleep(POLL_S)
-            (after if t_ready is not None else before_ready).extend(tail.rest())
+            boot.lines += tail.rest()
         finally:
             peaks = sampler.stop() if sampler else {}
             tail.close()
-        launch = self.guest_result(
-            before_ready,
-            after,
-            t_ready=t_ready,
-            timed_out=t_exit is None,
-            timeout=timeout,
-            what="domain destroyed",
-        )
-        launch.phases.update(phases)
-        if t_ready is not None:
-            launch.phases["ready"] = t_ready - t0
-        if t_exit is not None:
-            launch.phases["exit"] = t_exit - t0
         if cg and after_cg:
-            launch.cgroup = delta(before, after_cg)
-        launch.host_side = {
+            boot.cgroup = delta(before, after_cg)
+        boot.host_side = {
             "cpu_ms": final.get("cpu_user_ms", 0.0) + final.get("cpu_system_ms", 0.0),
             **{k: v for k, v in peaks.items() if k.endswith("_mib")},
         }
-        return launch
+        return boot
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

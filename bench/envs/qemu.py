@@ -3,7 +3,10 @@
 `VmEnvironment` holds the common lifecycle: find the guest kernel, build the initramfs
 from the bundle (bench/guest.py), choose the accelerator (KVM only where a tiny guest
 really boots under it, checked once and cached; otherwise TCG, and then every result is
-labelled emulated), and turn the guest's console into a `Launch`.
+labelled emulated), boot one guest per round that runs every workload of the round in
+turn (startup first), and turn its console into one `Launch` per workload: the startup's
+carries the boot's phases, cgroup and host-side figures, each carries its own records
+and verdict. A kind supplies `_boot` (start the guest, collect its console, remove it).
 
 `QemuEnv` runs qemu-system-x86_64 itself (`-machine microvm` where the build has it),
 serial console on stdio through `stream()`, inside a cgroup isobench makes: comparing it
@@ -16,10 +19,10 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import shutil
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,8 @@ from bench.probeio import parse_lines
 from bench.resources import cache_dir
 
 KVM_CHECK_S = 20.0  # a real KVM guest reaches init in well under a second
-KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+TAIL_CHARS = 2000  # console lines kept as a launch's stderr tail
 _SEQ = itertools.count(1)  # launch numbers, unique across every VM environment of a run
-_KVM_VERDICTS: dict[str, tuple[bool, str]] = {}
 _KVM_LOCK = threading.Lock()
 
 VM_OPTIONS: dict[str, Option] = {
@@ -85,64 +87,49 @@ def _verdict_file(cache: Path) -> Path:
     return Path(cache) / "guest" / "kvm-check.json"
 
 
-def _kvm_key(image: guest.GuestImage, binary: str) -> str:
-    return f"{image.kernel.sha256[:16]}|{guest.qemu_version(binary)}|{os.uname().release}"
+def _kvm_key(kernel: guest.GuestKernel, binary: str) -> str:
+    """What a KVM verdict holds for: the guest kernel, the QEMU binary (path and
+    version) and the host kernel."""
+    return f"{kernel.sha256[:16]}|{binary}|{guest.qemu_version(binary)}|{os.uname().release}"
 
 
-def recorded_kvm_verdict(cache: Path | None = None) -> tuple[bool, str] | None:
-    """The last KVM boot check recorded in the cache, if any (cheap: for probe/doctor)."""
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        data = json.loads(_verdict_file(cache or cache_dir()).read_text())
-        last = data["verdicts"][data["last"]]
-        return bool(last["ok"]), str(last["reason"])
-    return None
+def _recorded(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data.get("verdicts"), dict):
+            return data
+    return {"verdicts": {}}
+
+
+def recorded_kvm_verdict(
+    kernel: guest.GuestKernel, binary: str, cache: Path
+) -> tuple[bool, str] | None:
+    """The KVM verdict recorded in the cache for this guest kernel, QEMU and host
+    kernel, if any (cheap: no guest is booted)."""
+    v = _recorded(_verdict_file(cache))["verdicts"].get(_kvm_key(kernel, binary))
+    return None if v is None else (bool(v["ok"]), str(v["reason"]))
 
 
 def kvm_verdict(
     image: guest.GuestImage, binary: str, cache: Path, timeout: float = KVM_CHECK_S
 ) -> tuple[bool, str]:
-    """Does this guest kernel really boot under KVM here? Checked once per (kernel, QEMU,
-    host kernel) by a tiny boot with a timeout, remembered in memory and in the cache."""
+    """Does this guest kernel really boot under KVM here? Checked once per (guest
+    kernel, QEMU, host kernel) by a tiny boot with a timeout, recorded in the cache."""
     problem = guest.kvm_device_problem()
     if problem:
         return False, f"{problem}: using TCG, results are emulated"
-    key = _kvm_key(image, binary)
     with _KVM_LOCK:
-        if key in _KVM_VERDICTS:
-            return _KVM_VERDICTS[key]
+        recorded = recorded_kvm_verdict(image.kernel, binary, cache)
+        if recorded is not None:
+            return recorded
+        verdict = _kvm_trial(image, binary, timeout)
         path = _verdict_file(cache)
-        data: dict[str, Any] = {"verdicts": {}}
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-        if key in data.get("verdicts", {}):
-            v = data["verdicts"][key]
-            _KVM_VERDICTS[key] = (bool(v["ok"]), str(v["reason"]))
-            return _KVM_VERDICTS[key]
-        machine = "microvm" if "microvm" in guest.qemu_machines(binary) else "q35"
-        spec = guest.QemuSpec(binary, image, guest.cmdline(None, [], False), "kvm", machine)
-        res = stream(guest.qemu_command(spec), timeout)
-        if res.t_ready is not None and not res.timed_out:
-            took = res.phases()["ready"] / 1e9
-            verdict = (True, f"a test guest booted under KVM in {took:.2f} s")
-        elif res.timed_out:
-            verdict = (
-                False,
-                f"/dev/kvm is present but a test guest did not boot under it within "
-                f"{timeout:g} s (nested PVM?): using TCG, results are emulated",
-            )
-        else:
-            last = (res.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            verdict = (
-                False,
-                f"a test guest under KVM failed ({last}): using TCG, results are emulated",
-            )
-        _KVM_VERDICTS[key] = verdict
-        data.setdefault("verdicts", {})[key] = {
+        data = _recorded(path)
+        data["verdicts"][_kvm_key(image.kernel, binary)] = {
             "ok": verdict[0],
             "reason": verdict[1],
             "checked": time.time(),
         }
-        data["last"] = key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -150,16 +137,48 @@ def kvm_verdict(
         return verdict
 
 
-def kvm_availability() -> Availability:
+def _kvm_trial(image: guest.GuestImage, binary: str, timeout: float) -> tuple[bool, str]:
+    """Boot a guest without probes under KVM (init says `ready`). The guest is a child
+    in its own session: stream() kills and reaps it at the timeout or on an exception;
+    it makes no files."""
+    machine = "microvm" if "microvm" in guest.qemu_machines(binary) else "q35"
+    spec = guest.QemuSpec(binary, image, guest.cmdline([], timeout), "kvm", machine)
+    res = stream(guest.qemu_command(spec), timeout)
+    if res.t_ready is not None and not res.timed_out:
+        return True, f"a test guest booted under KVM in {res.phases()['ready'] / 1e9:.2f} s"
+    if res.timed_out:
+        return (
+            False,
+            f"/dev/kvm is present but a test guest did not boot under it within "
+            f"{timeout:g} s (nested PVM?): using TCG, results are emulated",
+        )
+    last = (res.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return False, f"a test guest under KVM failed ({last}): using TCG, results are emulated"
+
+
+def kvm_availability(*, trial: bool = False) -> Availability:
+    """Whether guests can use KVM here: the recorded verdict for the default guest kernel
+    and this QEMU while its key still matches; without one, a trial boot when `trial`
+    (doctor's detail row; recorded for the next time), else "not yet checked"."""
     problem = guest.kvm_device_problem()
     if problem:
         return Availability(False, f"{problem}: VMs run under TCG (emulated)")
-    recorded = recorded_kvm_verdict()
+    binary = guest.qemu_binary()
+    if not binary:
+        return Availability(False, "cannot check KVM: qemu-system-x86_64 not found")
+    try:
+        kernel = guest.find_kernel()
+        recorded = recorded_kvm_verdict(kernel, binary, cache_dir())
+        if recorded is None and trial:
+            image = guest.trial_initramfs(kernel, cache_dir())
+            recorded = kvm_verdict(image, binary, cache_dir())
+    except guest.GuestError as e:
+        return Availability(False, f"cannot check KVM: {e}")
     if recorded is None:
         return Availability(
             True,
             "/dev/kvm opens; not yet checked by a test boot "
-            "(the first run with accel=auto does it)",
+            "(`isobench doctor` or the first run with accel=auto does it)",
         )
     return Availability(*recorded)
 
@@ -167,11 +186,29 @@ def kvm_availability() -> Availability:
 # ---------------------------------------------------------------- the shared base
 
 
+@dataclass
+class Boot:
+    """One guest instance seen from the host: every console line in order, its phases
+    (ns since submit: "ready" = the first `ready` line, "exit", kinds' own), its costs."""
+
+    t_submit: int  # host CLOCK_MONOTONIC ns
+    killed: str  # what a timeout does: "QEMU killed", "domain destroyed"
+    lines: list[str] = field(default_factory=list)
+    phases: dict[str, int] = field(default_factory=dict)
+    timed_out: bool = False
+    failure: str = ""  # the instance failed outside the guest (QEMU's status, libvirt)
+    detail: str = ""  # added to every failure's reason (QEMU's last stderr line)
+    cgroup: dict[str, float] = field(default_factory=dict)
+    host_side: dict[str, float] = field(default_factory=dict)
+
+
 class VmEnvironment(Environment):
-    """prepare → (launch → _boot)* → cleanup, for kinds whose instance is a guest."""
+    """prepare → (launch_round → _boot)* → cleanup, for kinds whose instance is a guest:
+    one boot runs all the workloads of a round."""
 
     options = VM_OPTIONS
     machine_default = "q35"
+    one_instance_per_round = True
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
@@ -208,10 +245,6 @@ class VmEnvironment(Environment):
             self.accel, self.accel_reason = wanted, f"accel={wanted} requested"
         self.emulated = self.accel == "tcg"
 
-    def _spec(self, inv: Invocation, disk: Path | None) -> guest.QemuSpec:
-        args, _ = guest.guest_argv(inv)
-        return self._spec_for(guest.cmdline(inv.probe, args, disk is not None), disk)
-
     def _spec_for(self, cmdline: str, disk: Path | None) -> guest.QemuSpec:
         """The VM as configured; describe() shows it with placeholders."""
         return guest.QemuSpec(
@@ -227,52 +260,99 @@ class VmEnvironment(Environment):
             self.opt("cache"),
         )
 
-    def _launch_dir(self, name: str, inv: Invocation) -> tuple[Path, Path | None]:
-        d = self.ctx.scratch / name
-        d.mkdir(parents=True)
-        disk = guest.new_disk(self.disk_template, d / "io.raw") if inv.needs_workdir else None
-        return d, disk
-
     def _labels(self) -> dict[str, Any]:
         return {"accel": self.accel, "emulated": self.emulated, "machine": self.machine}
 
-    def guest_result(
-        self,
-        before: list[str],
-        after: list[str],
-        *,
-        t_ready: int | None,
-        timed_out: bool,
-        timeout: float,
-        what: str,
+    def launch(self, inv: Invocation, timeout: float) -> Launch:
+        return self.launch_round([inv], timeout)[0]
+
+    def launch_round(self, invs: list[Invocation], timeout: float) -> list[Launch]:
+        """Boot one guest that runs every invocation in turn (startup first); each probe
+        may take `timeout` in the guest, the whole boot the sum of them."""
+        name = next_name(self.ctx)
+        order = guest.run_order(invs)
+        runs = [guest.guest_run(invs[i]) for i in order]
+        scratch = self.ctx.scratch / name
+        scratch.mkdir(parents=True)
+        try:
+            disk = None
+            if any(r.disk for r in runs):
+                disk = guest.new_disk(self.disk_template, scratch / "io.raw")
+            spec = self._spec_for(guest.cmdline(runs, timeout), disk)
+            boot = self._boot(name, spec, scratch, timeout * len(invs))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        boot.phases["cleaned"] = time.monotonic_ns() - boot.t_submit
+        launches = self._round_launches(boot, [invs[i] for i in order], timeout * len(invs))
+        for launch in launches:
+            launch.extra["domain"] = name
+        return [launches[order.index(i)] for i in range(len(invs))]
+
+    def _boot(self, name: str, spec: guest.QemuSpec, scratch: Path, timeout: float) -> Boot:
+        """Run the guest to its end (or kill it at `timeout` s) and remove what the kind
+        made for it outside `scratch`, also when interrupted."""
+        raise NotImplementedError
+
+    def _round_launches(self, boot: Boot, invs: list[Invocation], timeout: float) -> list[Launch]:
+        """One Launch per invocation, in the guest's order, from the boot's console; the
+        first (startup) carries the instance's phases, cgroup and host-side figures."""
+        con = guest.parse_console(boot.lines)
+        problem = "; ".join(con.errors) or (con.other[-1][:200] if con.other else "")
+        workloads = [inv.workload for inv in invs]
+        out = []
+        for k, inv in enumerate(invs):
+            run = con.runs[k] if k < len(con.runs) else None
+            launch = self._probe_launch(run, inv, boot, problem, timeout)
+            launch.extra.update(self._labels(), round=workloads)
+            out.append(launch)
+        first = out[0]
+        first.stderr_tail = "\n".join([*con.other, first.stderr_tail]).strip()[-TAIL_CHARS:]
+        if con.uptime_s is not None and "ready" in boot.phases:
+            first.phases["boot"] = int(con.uptime_s * 1e9)
+        first.phases.update(boot.phases)
+        first.cgroup, first.host_side = boot.cgroup, boot.host_side
+        return out
+
+    def _probe_launch(
+        self, run: guest.ProbeRun | None, inv: Invocation, boot: Boot, problem: str, timeout: float
     ) -> Launch:
-        """The Launch that the guest's console lines describe (phases are added by caller)."""
-        con = guest.parse_console(before, after)
-        probe_lines = [x for x in con.probe_lines if not KERNEL_LINE.match(x)]
-        out = parse_lines(probe_lines)
-        launch = Launch(records=out.records, exit_code=con.exit_code, extra=self._labels())
-        if out.errors:
-            launch.extra["probe_errors"] = out.errors
-        if out.garbage:
-            launch.extra["stray_lines"] = out.garbage[:5]
-        tail = [x for x in con.other if x] + [x for x in con.probe_lines if KERNEL_LINE.match(x)]
-        launch.stderr_tail = "\n".join(tail)[-guest_tail_chars() :]
-        if con.uptime_s is not None and t_ready is not None:
-            launch.phases["boot"] = int(con.uptime_s * 1e9)
-        problem = "; ".join(con.errors) or (tail[-1][:200] if tail else "")
-        if timed_out:
+        """One probe's Launch: its records, exit status, stray lines and verdict."""
+        launch = Launch()
+        if run is not None:
+            out = parse_lines(run.lines)
+            launch.records, launch.exit_code = out.records, run.exit_code
+            if out.errors:
+                launch.extra["probe_errors"] = out.errors
+            if out.garbage:
+                launch.extra["stray_lines"] = out.garbage[:5]
+            launch.stderr_tail = "\n".join(out.garbage)[-TAIL_CHARS:]
+        if boot.timed_out:
             launch.status = "timeout"
-            waited = "printed no `ready`" if t_ready is None else "did not power off"
-            launch.reason = f"guest {waited} within {timeout:g} s (accel={self.accel}): {what}"
-        elif t_ready is None:
+            waited = "printed no `ready`" if "ready" not in boot.phases else "did not power off"
+            launch.reason = (
+                f"guest {waited} within {timeout:g} s (accel={self.accel}): {boot.killed}"
+            )
+        elif run is None:
             launch.status = "failed"
-            launch.reason = f"guest stopped before `ready`: {problem or 'no console output'}"
-        elif con.exit_code is None:
+            when = "`ready`" if "ready" not in boot.phases else f"{inv.workload} ran"
+            launch.reason = f"guest stopped before {when}: {problem or 'no console output'}"
+        elif run.limit_s is not None:
+            launch.status = "timeout"
+            launch.reason = f"probe did not finish within {run.limit_s} s in the guest: killed"
+        elif run.exit_code is None:
             launch.status = "failed"
             launch.reason = f"guest stopped without the probe's exit status: {problem}".rstrip(": ")
-        elif con.exit_code != 0:
+        elif run.exit_code != 0:
             launch.status = "failed"
-            launch.reason = f"probe exited with status {con.exit_code} in the guest"
+            launch.reason = f"probe exited with status {run.exit_code} in the guest"
+        elif not run.ready:
+            launch.status = "failed"
+            launch.reason = "probe exited without printing `ready`"
+        elif boot.failure:
+            launch.status = "failed"
+            launch.reason = boot.failure
+        if launch.status != "ok" and boot.detail:
+            launch.reason += f" ({boot.detail})"
         return launch
 
     def describe(self) -> dict[str, Any]:
@@ -295,10 +375,6 @@ class VmEnvironment(Environment):
         if self.image is not None:
             d.update(self.image.describe())
         return d
-
-
-def guest_tail_chars() -> int:
-    return 2000
 
 
 class _LateSampler:
@@ -378,22 +454,18 @@ class QemuEnv(VmEnvironment):
     def details(cls) -> list[tuple[str, Availability]]:
         return [
             ("qemu binary", qemu_availability()),
-            ("KVM", kvm_availability()),
+            ("KVM", kvm_availability(trial=True)),
             ("guest kernel", kernel_availability()),
         ]
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
-        name = next_name(self.ctx)
-        t0 = time.monotonic_ns()
-        launch_dir, disk = self._launch_dir(name, inv)
+    def _boot(self, name: str, spec: guest.QemuSpec, scratch: Path, timeout: float) -> Boot:
+        argv = [*guest.qemu_command(spec), "-pidfile", str(scratch / "qemu.pid")]
         cg = None
         try:
-            spec = self._spec(inv, disk)
-            argv = [*guest.qemu_command(spec), "-pidfile", str(launch_dir / "qemu.pid")]
             with contextlib.suppress(CgroupError, OSError):
                 cg = Cgroup.create(name)
             before = cg.read() if cg else {}
-            sampler = _LateSampler(launch_dir / "qemu.pid").start()
+            sampler = _LateSampler(scratch / "qemu.pid").start()
             try:
                 res = stream(
                     argv,
@@ -403,34 +475,24 @@ class QemuEnv(VmEnvironment):
                 )
             finally:
                 peaks = sampler.stop()
-            launch = self.guest_result(
-                res.before_ready,
-                res.lines,
-                t_ready=res.t_ready,
-                timed_out=res.timed_out,
-                timeout=timeout,
-                what="QEMU killed",
-            )
-            if res.exit_code not in (0, None) and launch.status == "ok":
-                launch.status = "failed"
-                launch.reason = f"QEMU exited with status {res.exit_code}"
-            if launch.status != "ok" and res.stderr.strip():
-                launch.reason += f" (QEMU: {res.stderr.strip().splitlines()[-1][:200]})"
-            t0 = res.t_submit  # submit = QEMU spawned; the io disk copy comes before
-            launch.phases.update(res.phases())
+            # submit = QEMU spawned (the io disk copy comes before)
+            boot = Boot(res.t_submit, "QEMU killed", phases=res.phases(), timed_out=res.timed_out)
+            ready = [guest.READY] if res.t_ready is not None else []
+            boot.lines = [*res.before_ready, *ready, *res.lines]
+            if res.exit_code not in (0, None) and not res.timed_out:
+                boot.failure = f"QEMU exited with status {res.exit_code}"
+            if res.stderr.strip():
+                boot.detail = f"QEMU: {res.stderr.strip().splitlines()[-1][:200]}"
             if cg:
-                launch.cgroup = delta(before, cg.read())
-                launch.host_side["cpu_ms"] = launch.cgroup.get("cpu_total_ms", 0.0)
-            launch.host_side.update({k: v for k, v in peaks.items() if k.endswith("_mib")})
-            launch.extra["domain"] = name
+                boot.cgroup = delta(before, cg.read())
+                boot.host_side["cpu_ms"] = boot.cgroup.get("cpu_total_ms", 0.0)
+            boot.host_side.update({k: v for k, v in peaks.items() if k.endswith("_mib")})
+            return boot
         finally:
             if cg:
                 with contextlib.suppress(CgroupError, OSError):
                     cg.kill_all()
                     cg.remove()
-            shutil.rmtree(launch_dir, ignore_errors=True)
-        launch.phases["cleaned"] = time.monotonic_ns() - t0
-        return launch
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
