@@ -8,6 +8,8 @@ import re
 import time
 from pathlib import Path
 
+import markupsafe
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -73,30 +75,110 @@ def test_formatting():
     assert model.fmt_quantity(12.0, "MB/s") == "12.0 MB/s"
 
 
-def _row(env, median, ratio, lo, hi, sig, metric="ns_per_op", unit="ns"):
+def _row(env, median, ratio, lo, hi, sig, metric="ns_per_op", unit="ns", **extra):
     return {"env": env, "workload": "syscall", "op": "null", "metric": metric, "unit": unit,
             "median": median, "ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
-            "significant": sig}  # fmt: skip
+            "significant": sig, "better": "lower", "flags": [], "note": "",
+            "p_adjusted": 0.01 if sig else 0.5} | extra  # fmt: skip
 
 
 def test_sentence_significant_and_not():
     base = _row("host", 164.0, None, None, None, False)
-    s = model.sentence(_row("runsc", 19764.0, 120.5, 118.7, 122.3, True), base, "lower", False)
-    assert s["text"].startswith("runsc adds 19.6 µs [19.3, 19.9] per getppid() (×120")
-    assert "significant" in s["text"] and s["worse"]
-    s = model.sentence(_row("ns", 166.0, 1.01, 0.97, 1.05, False), base, "lower", False)
+    s = model.sentence(_row("runsc", 19764.0, 120.5, 118.7, 122.3, True), base, False)
+    assert s["text"] == ("runsc adds 19.6 µs [19.3, 19.9] per getppid(): 120× slower "
+                         "(ratio ×120 [119, 122])")  # fmt: skip
+    assert s["worse"]
+    s = model.sentence(_row("ns", 166.0, 1.01, 0.97, 1.05, False), base, False)
     assert "no detectable difference per getppid()" in s["text"] and "n.s." in s["text"]
-    s = model.sentence(_row("vm", 500.0, 3.0, 2.8, 3.2, True), base, "lower", True)
+    s = model.sentence(_row("vm", 500.0, 3.0, 2.8, 3.2, True), base, True)
     assert "emulated (TCG), not a KVM overhead" in s["text"]
 
 
+def test_sentence_of_a_rate_speaks_in_its_direction():
+    base = _row("host", 1000.0, None, None, None, False, "mb_per_s", "MB/s", better="higher")
+    row = _row("vm", 36.0, 0.036, 0.03, 0.04, True, "mb_per_s", "MB/s", better="higher")
+    text = model.sentence(row, base, False)["text"]
+    assert text.startswith("vm loses 964 MB/s") and "28× slower" in text
+
+
 def test_heatmap_orientation_makes_worse_positive():
-    cat = {"cpu": {"metrics": {"mb_per_s": {"better": "higher", "unit": "MB/s"}}}}
-    rows = [{"env": "x", "workload": "cpu", "op": "mem_bw", "metric": "mb_per_s", "unit": "MB/s",
-             "median": 50.0, "ratio": 0.5, "ratio_ci_low": 0.4, "ratio_ci_high": 0.6,
-             "significant": True, "p_adjusted": 0.01}]  # fmt: skip
-    h = model.heatmap(rows, cat, "host", ["host", "x"])
+    rows = [_row("x", 50.0, 0.5, 0.4, 0.6, True, "mb_per_s", "MB/s", better="higher")]
+    h = model.heatmap(rows, "host", ["host", "x"])
     assert h["cells"][0]["value"] == pytest.approx(1.0)  # half the bandwidth = 2x the cost
+    assert h["cells"][0]["words"] == "2.00× slower"
+
+
+def test_a_flagged_figure_is_never_a_finding():
+    flag = "vDSO control failed: clock_gettime ×3,196 under runsc — no vDSO clock"
+    rows = [_row("host", 20.0, None, None, None, False),
+            _row("runsc", 60000.0, None, None, None, False, flags=[flag]),
+            _row("ns", 20.0, 1.0, 0.98, 1.02, False, op="read"),
+            _row("host", 20.0, None, None, None, False, op="read")]  # fmt: skip
+    h = model.heatmap(rows, "host", ["host", "runsc", "ns"])
+    (cell,) = [c for c in h["cells"] if c["flags"]]
+    assert cell["ratio"] is None and cell["flags"] == [flag]
+    head = model.headline(rows, {}, "host", ["host", "runsc", "ns"], {})
+    runsc = next(h for h in head if h["env"] == "runsc")
+    assert runsc["flags"] == [flag] and runsc["families"] == []
+    table = {g["env"]: g["rows"] for g in model.summary(rows, ["host", "runsc", "ns"], "host")}
+    assert table["runsc"][0]["no_ratio"] == "flagged: no ratio"
+    assert table["runsc"][0]["words"] == ""
+    groups = model.warnings({}, pd.DataFrame(), rows, {"envs": []})
+    assert groups[0]["kind"] == "self-check" and groups[0]["lines"] == [flag]
+
+
+def test_the_ratio_column_says_why_there_is_none():
+    rows = [_row("host", 20.0, None, None, None, False),
+            _row("vm", 90.0, None, None, None, False, note="no ratio: other arguments"),
+            _row("docker", 9.0, None, None, None, False, metric="created_ms", unit="ms"),
+            _row("ns", 20.0, 1.0, 0.9, 1.1, False)]  # fmt: skip
+    table = {g["env"]: g["rows"][0] for g in model.summary(rows, ["host", "vm", "docker", "ns"],
+                                                           "host")}  # fmt: skip
+    assert table["host"]["no_ratio"] == "baseline"
+    assert table["vm"]["no_ratio"] == "no ratio: other arguments"
+    assert table["docker"]["no_ratio"] == "no ratio: host has no such figure"
+    assert table["ns"]["ratio"] == 1.0 and table["ns"]["words"] == ""
+
+
+def test_geometric_mean_ci_holds_the_figures_own_uncertainty():
+    tight = model.geomean_ci([(2.0, 1.99, 2.01), (8.0, 7.9, 8.1), (4.0, 3.95, 4.05)])
+    assert tight[0] == pytest.approx(4.0)
+    assert tight[1] < 4.0 < tight[2]
+    one = model.geomean_ci([(4.0, 2.0, 8.0)])  # one figure: its own CI, about
+    assert one[1] == pytest.approx(2.0, rel=0.1) and one[2] == pytest.approx(8.0, rel=0.1)
+
+
+def test_provenance_hides_unset_options_and_names_the_runtime_and_kernel():
+    manifest = {"host": {"kernel": "6.18.44"}, "environments": {
+        "docker:runtime=runsc": {"kind": "docker", "options": {"cpus": None, "runtime": "runsc"},
+                                 "versions": {"docker": "20.10", "runc": "1.1.5"},
+                                 "runtime": {"name": "runsc", "version": "runsc version 0.0~2022"}},
+        "qemu": {"kind": "qemu", "emulated": True, "versions": {"guest_kernel": "6.1.0-56"}},
+        "same": {"kind": "qemu", "versions": {"guest_kernel": "6.18.44"}}}}  # fmt: skip
+    prov = model.provenance(manifest, ["qemu", "docker:runtime=runsc"])
+    assert [e["label"] for e in prov["envs"]] == ["qemu", "docker:runtime=runsc", "same"]
+    runsc = prov["envs"][1]
+    assert runsc["options"] == {"runtime": "runsc"}
+    assert runsc["versions"]["runsc"] == "0.0~2022"
+    assert "6.1.0-56 is not the host's 6.18.44" in prov["envs"][0]["kernel_note"]
+    assert prov["envs"][2]["kernel_note"] == ""
+    kinds = [g["kind"] for g in model.warnings(manifest, pd.DataFrame(), [], prov)]
+    assert kinds == ["emulated", "kernel"]
+
+
+def test_warnings_are_grouped_and_near_duplicates_merged():
+    manifest = {"matrix": {"precision": 0.02},
+                "warnings": ["load average 2.1 on 2 CPUs: busy", "SMT is on",
+                             "load average 3.4 on 2 CPUs: busy"],
+                "unreached": {"host|cpu": 0.055, "docker|cpu": 0.17, "docker|syscall": 0.57,
+                              "vm|io": float("inf")}}  # fmt: skip
+    prov = {"envs": [{"label": e, "available": True, "emulated": False, "kernel_note": ""}
+                     for e in ("host", "docker", "vm")]}  # fmt: skip
+    groups = {g["kind"]: g for g in model.warnings(manifest, pd.DataFrame(), [], prov)}
+    assert groups["noise"]["lines"] == ["load average 2.1 on 2 CPUs: busy (seen 2×)", "SMT is on"]
+    assert groups["precision"]["title"].startswith("Precision: 4 cell(s)")
+    assert groups["precision"]["lines"] == ["host: cpu ±5.5%", "docker: cpu ±17.0%, syscall ±57.0%",
+                                            "vm: io (no figure)"]  # fmt: skip
 
 
 # -- the real run ----------------------------------------------------------------------------
@@ -118,11 +200,58 @@ def test_report_of_a_real_run(real_run, tmp_path):
     assert ("syscall", "null") in ops and ("startup", "phases") in ops
     assert {e["env"] for e in d["startup"]["envs"]} == {"host", EVIL}
     assert d["headline"][0]["env"] == EVIL and d["headline"][0]["families"]
+    assert [g["env"] for g in d["summary"]] == ["host", EVIL]
+    assert {r["no_ratio"] for r in d["summary"][0]["rows"]} == {"baseline"}
+    assert all(r["better"] in ("lower", "higher") for g in d["summary"] for r in g["rows"])
     assert d["samples"]["n"] == len(store.load_samples(real_run))
     for section in ("headline", "warnings", "heatmap", "workloads", "startup", "footprint",
                     "summary", "provenance", "methodology", "data"):  # fmt: skip
         assert f'id="{section}"' in text
     assert text.count('data-chart="op"') == len(d["charts"])
+
+
+@pytest.fixture
+def odd_run(real_run, tmp_path) -> Path:
+    """A copy of the real run with two odd cases the real hosts of this suite do not give:
+    the namespaces environment marked emulated, and its vDSO control 40x slower (as under
+    gVisor, whose clock_gettime is a real system call)."""
+    import shutil
+
+    run = tmp_path / "odd"
+    shutil.copytree(real_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["environments"][EVIL]["emulated"] = True
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    lines = []
+    for line in (run / "samples.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["env"] == EVIL and rec["op"] == "clock_gettime" and rec["value"] is not None:
+            rec["value"] *= 40
+        lines.append(json.dumps(rec))
+    (run / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+@needs_run
+def test_a_failed_control_is_flagged_not_reported(odd_run):
+    text = html.render(store.read_manifest(odd_run), store.load_samples(odd_run))
+    d = blob(text)
+    (row,) = [r for g in d["summary"] if g["env"] == EVIL for r in g["rows"]
+              if r["op"] == "clock_gettime"]  # fmt: skip
+    assert row["flags"] and row["flags"][0].startswith("vDSO control failed")
+    assert row["ratio"] is None and row["no_ratio"] == "flagged: no ratio"
+    markup = text.split('<script type="application/json"')[0]
+    flag = re.escape(str(markupsafe.escape(row["flags"][0])))
+    # next to the figure (summary table, chart), in the headline and in the self-checks
+    assert len(re.findall(flag, markup)) == 4
+    sentences = [s["text"] for h in d["headline"] for f in h["families"] for s in f["sentences"]]
+    assert not [t for t in sentences if "clock_gettime" in t]
+    (cell,) = [c for c in d["heatmap"]["cells"] if c["flags"]]
+    assert cell["ratio"] is None
+    # the emulated tag beside the name: headline, startup table, summary table, provenance
+    label = str(markupsafe.escape(EVIL))
+    assert markup.count(f'{label} <span class="badge emulated">') == 4
+    assert next(e for e in d["envs"] if e["label"] == EVIL)["emulated"] is True
 
 
 @needs_run

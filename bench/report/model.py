@@ -9,6 +9,7 @@ CSV download). Strings are left as they are; escaping is the renderer's job.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -145,9 +146,14 @@ def cost(row: dict[str, Any], b: str) -> tuple[float | None, float | None, float
     return inv(r), inv(hi), inv(lo)
 
 
-def sentence(row: dict[str, Any], base: dict[str, Any], b: str, emulated: bool) -> dict:
+def finding(row: dict[str, Any]) -> bool:
+    """A ratio the report may state: there is one and no self-check flagged the figure."""
+    return row["ratio"] is not None and not row.get("flags")
+
+
+def sentence(row: dict[str, Any], base: dict[str, Any], emulated: bool) -> dict:
     """The quotable line for one cell vs the baseline."""
-    env, unit = row["env"], row["unit"]
+    env, unit, b = row["env"], row["unit"], row.get("better", "lower")
     words = op_words(row["workload"], row["op"], row["metric"])
     med, bmed = row["median"], base["median"]
     diff = None if med is None or bmed is None else med - bmed
@@ -157,27 +163,54 @@ def sentence(row: dict[str, Any], base: dict[str, Any], b: str, emulated: bool) 
     f, u = time_scale([diff, lo, hi], unit)
     num = lambda x: fmt_num(None if x is None else abs(x) * f)  # noqa: E731
     worse = (diff or 0) > 0 if b != "higher" else (diff or 0) < 0
-    ratio = fmt_ratio(row["ratio"])
+    lo_r, hi_r = fmt_num(row["ratio_ci_low"]), fmt_num(row["ratio_ci_high"])
+    ratio_ci = f"{fmt_ratio(row['ratio'])} [{lo_r}, {hi_r}]"
     if row["significant"] and diff is not None:
         a, z = (lo, hi) if diff > 0 else (hi, lo)
-        ci = f"[{num(a)}, {num(z)}]"
         if b != "higher":
             verb = "adds" if diff > 0 else "saves"
-            text = f"{env} {verb} {num(diff)} {u} {ci} {words} ({ratio}, significant)"
         else:
             verb = "loses" if diff < 0 else "gains"
-            text = f"{env} {verb} {num(diff)} {u} {ci} {words} ({ratio}, significant)"
+        text = (f"{env} {verb} {num(diff)} {u} [{num(a)}, {num(z)}] {words}: "
+                f"{analysis.verdict(row)} (ratio {ratio_ci})")  # fmt: skip
     else:
-        ci = f"[{fmt_num(row['ratio_ci_low'])}, {fmt_num(row['ratio_ci_high'])}]"
         text = (f"{env}: no detectable difference {words} ({fmt_quantity(med, unit)} vs "
-                f"{fmt_quantity(bmed, unit)} on {base['env']}, {ratio} {ci}, n.s.)")  # fmt: skip
+                f"{fmt_quantity(bmed, unit)} on {base['env']}, {ratio_ci}, n.s.)")  # fmt: skip
     if emulated:
         text += " — emulated (TCG), not a KVM overhead"
     return {"text": text, "significant": bool(row["significant"]), "worse": bool(worse),
             "workload": row["workload"], "op": row["op"], "metric": row["metric"]}  # fmt: skip
 
 
-def headline(rows, cat, baseline: str, envs: list[str], emulated: dict[str, bool]) -> list[dict]:
+def geomean_ci(costs: list[tuple], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
+    """Geometric mean of (ratio, low, high) cost ratios with a 95% bootstrap CI: each
+    replicate resamples the figures and draws each figure's log ratio from a normal with
+    the standard error its own CI implies, so the CI holds both which figures the family
+    has and how precisely each was measured."""
+    logs = np.log([c[0] for c in costs])
+    se = np.array([math.log(hi / lo) / (2 * 1.96) if lo and hi and lo > 0 else 0.0
+                   for _, lo, hi in costs])  # fmt: skip
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, logs.size, size=(n_boot, logs.size))
+    draws = logs[idx] + rng.standard_normal(idx.shape) * se[idx]
+    lo, hi = np.exp(np.quantile(draws.mean(axis=1), [0.025, 0.975]))
+    return float(np.exp(logs.mean())), float(lo), float(hi)
+
+
+def family_summary(fam: str, rows: list[dict[str, Any]], n_boot: int) -> str:
+    costs = [cost(r, r.get("better", "lower")) for r in rows]
+    sig = [c[0] for r, c in zip(rows, costs, strict=True) if r["significant"]]
+    worse, good = sum(c > 1 for c in sig), sum(c < 1 for c in sig)
+    text = f"{fam}: {worse} of {len(rows)} figures significantly worse, {good} better"
+    positive = [c for c in costs if c[0] and c[0] > 0]
+    if not positive:
+        return text
+    gm, lo, hi = geomean_ci(positive, n_boot)
+    return f"{text}; geometric-mean cost {fmt_ratio(gm)} [{fmt_num(lo)}, {fmt_num(hi)}]"
+
+
+def headline(rows, cat, baseline: str, envs: list[str], emulated: dict[str, bool],
+             n_boot: int = 2000) -> list[dict]:  # fmt: skip
     base = {(r["workload"], r["op"], r["metric"]): r for r in rows if r["env"] == baseline}
     out = []
     for env in envs:
@@ -186,44 +219,38 @@ def headline(rows, cat, baseline: str, envs: list[str], emulated: dict[str, bool
         fams: dict[str, list] = {}
         for r in rows:
             k = (r["workload"], r["op"], r["metric"])
-            if r["env"] != env or r["ratio"] is None or k not in base:
-                continue
-            fams.setdefault(family(cat, r["workload"]), []).append(r)
-        families = []
-        for fam, frows in fams.items():
-            costs = [cost(r, better(cat, r["workload"], r["metric"])) for r in frows]
-            logs = [math.log(c[0]) for c in costs if c[0] and c[0] > 0]
-            gm = math.exp(sum(logs) / len(logs)) if logs else None
-            sig = [c[0] for r, c in zip(frows, costs, strict=True) if r["significant"]]
-            worse, good = sum(c > 1 for c in sig), sum(c < 1 for c in sig)
-            summary = (f"{fam}: {worse} of {len(frows)} figures significantly worse, "
-                       f"{good} better; geometric-mean cost {fmt_ratio(gm)}")  # fmt: skip
-            lines = [
-                sentence(r, base[(r["workload"], r["op"], r["metric"])],
-                         better(cat, r["workload"], r["metric"]), emulated.get(env, False))
-                for r in frows
-            ]  # fmt: skip
-            families.append({"family": fam, "summary": summary, "sentences": lines})
-        out.append({"env": env, "emulated": emulated.get(env, False), "families": families})
+            if r["env"] == env and finding(r) and k in base:
+                fams.setdefault(family(cat, r["workload"]), []).append(r)
+        families = [
+            {"family": fam, "summary": family_summary(fam, frows, n_boot),
+             "sentences": [sentence(r, base[(r["workload"], r["op"], r["metric"])],
+                                    emulated.get(env, False)) for r in frows]}
+            for fam, frows in fams.items()
+        ]  # fmt: skip
+        flags = [f for r in rows if r["env"] == env for f in r.get("flags") or []]
+        out.append({"env": env, "emulated": emulated.get(env, False), "families": families,
+                    "flags": flags})  # fmt: skip
     return out
 
 
-def heatmap(rows, cat, baseline: str, envs: list[str]) -> dict[str, Any]:
-    cols = sorted({(r["workload"], r["op"], r["metric"]) for r in rows if r["ratio"] is not None})
-    ys = [e for e in envs if e != baseline]
+def heatmap(rows, baseline: str, envs: list[str]) -> dict[str, Any]:
+    """Ratio cells of every env but the baseline; a flagged figure, or one with a note on
+    why it has no ratio, is a cell without a colour or ratio that says so."""
+    shown = [r for r in rows if r["env"] in envs and r["env"] != baseline
+             and (finding(r) or r.get("flags") or r.get("note"))]  # fmt: skip
+    cols = sorted({(r["workload"], r["op"], r["metric"]) for r in shown})
+    ys = [e for e in envs if e != baseline and any(r["env"] == e for r in shown)]
     cells = []
-    for r in rows:
-        k = (r["workload"], r["op"], r["metric"])
-        if r["ratio"] is None or r["env"] not in ys:
-            continue
-        b = better(cat, r["workload"], r["metric"])
-        c, clo, chi = cost(r, b)
+    for r in shown:
+        c, _, _ = cost(r, r.get("better", "lower"))
         cells.append({
-            "x": cols.index(k), "y": ys.index(r["env"]),
+            "x": cols.index((r["workload"], r["op"], r["metric"])), "y": ys.index(r["env"]),
             "value": math.log2(c) if c and c > 0 else 0.0,
             "ratio": r["ratio"], "lo": r["ratio_ci_low"], "hi": r["ratio_ci_high"],
-            "cost": c, "significant": bool(r["significant"]), "better": b,
+            "cost": c, "significant": bool(r["significant"]), "better": r.get("better", "lower"),
             "p": r["p_adjusted"], "median": r["median"], "unit": r["unit"],
+            "words": analysis.verdict(r) if r["significant"] else "", "flags": r.get("flags") or [],
+            "note": r.get("note") or "",
         })  # fmt: skip
     return {
         "columns": [{"workload": w, "op": o, "metric": m, "label": short_label(w, o, m, cols)}
@@ -263,22 +290,30 @@ def charts(rows, data, cat, envs: list[str]) -> list[dict[str, Any]]:
             series.append({
                 "env": env, "median": r["median"], "ci_low": r["ci_low"],
                 "ci_high": r["ci_high"], "n": r["n"], "ratio": r["ratio"],
-                "significant": r["significant"], "box": _box(v), "points": _strip(v),
+                "significant": r["significant"], "words": analysis.verdict(r) if
+                r["significant"] else "", "flags": r.get("flags") or [],
+                "box": _box(v), "points": _strip(v),
             })  # fmt: skip
         if not series:
             continue
-        meds = [s["median"] for s in series if s["median"] and s["median"] > 0]
-        mins = [s["box"][0] for s in series]
-        log = bool(meds) and min(mins) > 0 and max(meds) / min(meds) > 10
-        unit = series[0] and index[(series[0]["env"], w, o, m)]["unit"]
+        lows = [s["box"][0] for s in series] + [s["ci_low"] for s in series]
+        unit = index[(series[0]["env"], w, o, m)]["unit"]
         out.append({
             "id": f"c{len(out)}", "workload": w, "op": o, "metric": m, "unit": unit,
-            "family": family(cat, w), "better": better(cat, w, m), "log": log,
+            "family": family(cat, w), "better": better(cat, w, m),
+            "log": wide([s["median"] for s in series], lows),
             "title": f"{w} · {OP_NAMES.get(o, o) if m not in PHASES else m}",
             "description": cat.get(w, {}).get("metrics", {}).get(m, {}).get("description", ""),
             "series": series,
         })  # fmt: skip
     return out
+
+
+def wide(medians: list, lows: list) -> bool:
+    """A log axis where medians span more than 10x and everything drawn is positive."""
+    meds = [x for x in medians if x is not None]
+    drawn = [x for x in lows if x is not None]
+    return bool(meds) and min(meds + drawn) > 0 and max(meds) / min(meds) > 10
 
 
 def startup(rows, envs: list[str]) -> dict[str, Any]:
@@ -291,7 +326,8 @@ def startup(rows, envs: list[str]) -> dict[str, Any]:
                   "ci_high": got[(env, p)]["ci_high"], "n": got[(env, p)]["n"]}
               for p in PHASES if (env, p) in got}  # fmt: skip
         if ph:
-            out.append({"env": env, "phases": ph})
+            emulated = any(got[(env, p)].get("emulated") for p in ph)
+            out.append({"env": env, "emulated": emulated, "phases": ph})
     return {"envs": out, "has_boot": any("boot_ms" in e["phases"] for e in out)}
 
 
@@ -303,28 +339,60 @@ def footprint(rows, envs: list[str]) -> dict[str, Any]:
                             "ci_high", "n")} for r in rows),
         key=lambda r: (r["op"], r["metric"], r["workload"], order.get(r["env"], 99), r["env"]),
     )  # fmt: skip
-    metrics = sorted({(r["op"], r["metric"], r["unit"]) for r in table})
-    key = [m for m in metrics if m[1] in FOOTPRINT_KEY]
-    return {
-        "rows": table,
-        "charts": [{"id": f"f{i}", "source": s, "metric": m, "unit": u,
-                    "title": f"{s} · {m}",
-                    "series": [r for r in table if r["op"] == s and r["metric"] == m]}
-                   for i, (s, m, u) in enumerate(key)],
-    }  # fmt: skip
+    charts = []
+    for source, metric, unit in sorted({(r["op"], r["metric"], r["unit"]) for r in table}):
+        if metric not in FOOTPRINT_KEY:
+            continue
+        series = [r for r in table if r["op"] == source and r["metric"] == metric]
+        charts.append(
+            {
+                "id": f"f{len(charts)}",
+                "source": source,
+                "metric": metric,
+                "unit": unit,
+                "title": f"{source} · {metric}",
+                "series": series,
+                "log": wide([r["median"] for r in series], []),
+            }
+        )
+    return {"rows": table, "charts": charts}
 
 
-def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+def versions(e: dict[str, Any]) -> dict[str, Any]:
+    """The environment's versions, with its container runtime's own where the
+    description names the runtime but the versions leave it out (docker with runsc)."""
+    out = dict(e.get("versions") or {})
+    rt = e.get("runtime") if isinstance(e.get("runtime"), dict) else {}
+    name, version = rt.get("name"), rt.get("version")
+    if name and version and name not in out:
+        out[name] = str(version).removeprefix(f"{name} version ")
+    return out
+
+
+def kernel_mismatch(e: dict[str, Any], host_kernel: str | None) -> str:
+    """A sentence when a guest boots another kernel than the host's (else "")."""
+    guest = (e.get("versions") or {}).get("guest_kernel")
+    if not guest or not host_kernel or guest == host_kernel:
+        return ""
+    return (f"guest kernel {guest} is not the host's {host_kernel}: its figures include the "
+            "difference between the two kernels (the fairest guest boots the host's own "
+            "kernel: kernel=/boot/vmlinuz-" + host_kernel + ")")  # fmt: skip
+
+
+def provenance(manifest: dict[str, Any], order: list[str]) -> dict[str, Any]:
     host = dict(manifest.get("host") or {})
     mitigations = host.pop("mitigations", {}) or {}
     cmdline = host.pop("cmdline", None)
+    described = manifest.get("environments") or {}
     envs = []
-    for label, e in (manifest.get("environments") or {}).items():
+    for label in sorted(described, key=lambda k: (order.index(k) if k in order else len(order), k)):
+        e = described[label]
         envs.append({
             "label": label, "kind": e.get("kind"), "spec": e.get("spec"),
-            "options": e.get("options") or {}, "available": e.get("available", True),
-            "reason": e.get("reason") or "", "emulated": bool(e.get("emulated")),
-            "versions": e.get("versions") or {}, "config": e.get("config") or {},
+            "options": {k: v for k, v in (e.get("options") or {}).items() if v is not None},
+            "available": e.get("available", True), "reason": e.get("reason") or "",
+            "emulated": bool(e.get("emulated")), "versions": versions(e),
+            "config": e.get("config") or {}, "kernel_note": kernel_mismatch(e, host.get("kernel")),
         })  # fmt: skip
     bundle = manifest.get("bundle") or {}
     return {
@@ -334,44 +402,96 @@ def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def warnings(manifest: dict[str, Any], df, rows, envs_emulated: dict[str, bool]) -> list[dict]:
-    out = []
-    if manifest.get("status") not in (None, "complete"):
-        out.append({"kind": "status", "text": f"run status: {manifest.get('status')}"
-                    f" ({manifest.get('stop_reason') or 'no reason recorded'})"})  # fmt: skip
-    for w in manifest.get("warnings") or []:
-        out.append({"kind": "noise", "text": str(w)})
-    steal = _finite((manifest.get("noise") or {}).get("steal_fraction"))
-    if steal is not None and steal > 0.01:
-        out.append({"kind": "noise", "text": f"CPU steal time {steal:.1%} during the run: "
-                    "the hypervisor took CPU away from this host"})  # fmt: skip
-    for env, emu in envs_emulated.items():
-        if emu:
-            out.append({"kind": "emulated", "text": f"{env}: emulated (TCG) — not a KVM "
-                        "overhead; its figures measure software emulation"})  # fmt: skip
-    for label, e in (manifest.get("environments") or {}).items():
-        if e.get("available") is False:
-            out.append(
-                {
-                    "kind": "unavailable",
-                    "text": f"{label}: not available — {e.get('reason') or 'no reason'}",
-                }
-            )
-    if len(df):
-        for f in analysis.failures(df):
-            reason = f["reason"] if isinstance(f["reason"], str) and f["reason"] else "no reason"
-            out.append({"kind": "failed", "text": f"{f['env']} · {f['workload']}: {f['count']}× "
-                        f"{f['status']} — {reason}"})  # fmt: skip
-    precision = (manifest.get("matrix") or {}).get("precision", 0.02)
+def merge_similar(lines: list[str]) -> list[str]:
+    """One line per warning that differs only in its numbers (the same condition seen at
+    the start and at the end of a run), with how often it was seen."""
+    seen: dict[str, list[str]] = {}
+    for line in lines:
+        seen.setdefault(re.sub(r"\d+(\.\d+)?", "#", line), []).append(line)
+    return [v[0] + (f" (seen {len(v)}×)" if len(v) > 1 else "") for v in seen.values()]
+
+
+def precision_items(manifest: dict[str, Any], order: list[str]) -> list[str]:
+    """The cells that missed the precision target, one compact line per environment."""
+    per_env: dict[str, list[str]] = {e: [] for e in order}
     for cell, width in sorted((manifest.get("unreached") or {}).items()):
+        env, _, workload = cell.rpartition("|")
         w = _finite(width)
-        out.append(
-            {
-                "kind": "precision",
-                "text": f"{cell}: did not reach the ±{precision:.0%} "
-                f"precision target" + (f" (CI half-width {w:.1%})" if w is not None else ""),
-            }
+        per_env.setdefault(env or cell, []).append(
+            f"{workload or cell} ±{w:.1%}" if w is not None else f"{workload or cell} (no figure)"
         )
+    return [f"{env}: {', '.join(items)}" for env, items in per_env.items() if items]
+
+
+def warnings(manifest: dict[str, Any], df, rows, prov: dict[str, Any]) -> list[dict]:
+    """Warnings in groups, most serious first: {kind, title, lines}; empty groups left out."""
+    groups = []
+
+    def group(kind: str, title: str, items: list[str]) -> None:
+        if items:
+            groups.append({"kind": kind, "title": title, "lines": items})
+
+    flags = [f for r in rows for f in r.get("flags") or []]
+    group(
+        "self-check",
+        f"Self-checks: {len(flags)} figure(s) flagged, shown without a ratio or verdict",
+        flags,
+    )
+    if manifest.get("status") not in (None, "complete"):
+        group("status", "Run status", [f"run status: {manifest.get('status')} "
+              f"({manifest.get('stop_reason') or 'no reason recorded'})"])  # fmt: skip
+    failed = []
+    for f in analysis.failures(df) if len(df) else []:
+        reason = f["reason"] if isinstance(f["reason"], str) and f["reason"] else "no reason"
+        failed.append(f"{f['env']} · {f['workload']}: {f['count']}× {f['status']} — {reason}")
+    group("failed", "Failed launches", failed)
+    group("unavailable", "Unavailable environments",
+          [f"{e['label']}: not available — {e['reason'] or 'no reason'}"
+           for e in prov["envs"] if e["available"] is False])  # fmt: skip
+    group("emulated", "Emulated environments",
+          [f"{e['label']}: emulated (TCG) — not a KVM overhead; its figures measure software "
+           "emulation" for e in prov["envs"] if e["emulated"]])  # fmt: skip
+    group("kernel", "Guest kernel", [f"{e['label']}: {e['kernel_note']}"
+                                     for e in prov["envs"] if e["kernel_note"]])  # fmt: skip
+    group("noise", "Noise", merge_similar([str(w) for w in manifest.get("warnings") or []]))
+    precision = (manifest.get("matrix") or {}).get("precision", 0.02)
+    unreached = precision_items(manifest, [e["label"] for e in prov["envs"]])
+    n_cells = len(manifest.get("unreached") or {})
+    group("precision", f"Precision: {n_cells} cell(s) did not reach the ±{precision:.0%} target "
+          "(the widest 95% CI half-width per cell)", unreached)  # fmt: skip
+    return groups
+
+
+def no_ratio(row: dict[str, Any], baseline: str, base_keys: set[tuple]) -> str:
+    """What the ratio column says for a row without a ratio, and why."""
+    if row["env"] == baseline:
+        return "baseline"
+    if row.get("flags"):
+        return "flagged: no ratio"
+    if row.get("note"):
+        return row["note"]
+    if (row["workload"], row["op"], row["metric"]) not in base_keys:
+        return f"no ratio: {baseline} has no such figure"
+    return "–"
+
+
+def summary(rows, envs: list[str], baseline: str) -> list[dict[str, Any]]:
+    """The summary rows grouped by environment (matrix order), each with what its ratio
+    column says when there is no ratio, and its verdict in words."""
+    base_keys = {(r["workload"], r["op"], r["metric"]) for r in rows if r["env"] == baseline}
+    out = []
+    for env in envs + sorted({r["env"] for r in rows} - set(envs)):
+        cells = sorted((r for r in rows if r["env"] == env),
+                       key=lambda r: (r["workload"], r["op"], r["metric"]))  # fmt: skip
+        if not cells:
+            continue
+        shown = []
+        for r in cells:
+            sig = r["significant"] and finding(r)
+            worse = sig and cost(r, r.get("better", "lower"))[0] > 1
+            shown.append({**r, "no_ratio": no_ratio(r, baseline, base_keys), "worse": bool(worse),
+                          "words": analysis.verdict(r) if sig else ""})  # fmt: skip
+        out.append({"env": env, "emulated": bool(cells[0].get("emulated")), "rows": shown})
     return out
 
 
@@ -441,21 +561,21 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
     else:
         main, foot, data = [], [], df
     envs_in = [e for e in envs if any(r["env"] == e for r in main)]
+    prov = provenance(manifest, envs)
     return {
         "run": {k: manifest.get(k) for k in ("run_id", "status", "created", "finished",
                                              "stop_reason", "rounds_done")},
         "baseline": baseline,
         "envs": [{"label": e, "kind": (manifest.get("environments") or {}).get(e, {}).get("kind"),
                   "emulated": emulated.get(e, False), "measured": e in envs_in} for e in envs],
-        "headline": headline(main, cat, baseline, envs_in, emulated),
-        "heatmap": heatmap(main, cat, baseline, envs_in),
+        "headline": headline(main, cat, baseline, envs_in, emulated, n_boot),
+        "heatmap": heatmap(main, baseline, envs_in),
         "charts": charts(main, data, cat, envs_in) if len(data) else [],
         "startup": startup(main, envs_in),
         "footprint": footprint(foot, envs),
-        "summary": sorted(main, key=lambda r: (envs.index(r["env"]) if r["env"] in envs else 99,
-                                               r["workload"], r["op"], r["metric"])),
-        "provenance": provenance(manifest),
-        "warnings": warnings(manifest, df, main, emulated),
+        "summary": summary(main, envs, baseline),
+        "provenance": prov,
+        "warnings": warnings(manifest, df, main, prov),
         "methodology": methodology(manifest),
         "samples": samples_columns(df),
     }  # fmt: skip

@@ -42,6 +42,58 @@
   function color(i) { return PALETTE[i % PALETTE.length]; }
   function truncate(s, n) { s = String(s); return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 
+  /* environment names are never cut: wrapped after ":", ",", "=", "/" or a space into
+     lines of at most n characters (a longer run is split, every character kept) */
+  function wrap(s, n) {
+    var lines = [], line = "";
+    String(s).split(/(?<=[:,=\/ ])/).forEach(function (tok) {
+      if (line && line.length + tok.length > n) { lines.push(line); line = ""; }
+      while (tok.length > n) { lines.push(tok.slice(0, n)); tok = tok.slice(n); }
+      line += tok;
+    });
+    if (line) lines.push(line);
+    return lines;
+  }
+  var EMULATED = {};
+  (D.envs || []).forEach(function (e) { EMULATED[e.label] = e.emulated; });
+  var TAG = { emu: { color: "#8a5a00", backgroundColor: "#fff1cc", borderRadius: 3,
+    padding: [1, 4], fontSize: 10, fontWeight: 600 } };
+  /* an axis label for an environment: its name wrapped, then an "emulated" tag */
+  function envLabel(n) {
+    return function (v) {
+      return wrap(v, n).join("\n") + (EMULATED[v] ? "\n{emu|emulated}" : "");
+    };
+  }
+  function labelLines(envs, n) {
+    return envs.reduce(function (m, v) {
+      return Math.max(m, wrap(v, n).length + (EMULATED[v] ? 1 : 0));
+    }, 1);
+  }
+  /* the power of ten at or below the smallest positive value: a log axis's floor */
+  function logFloor(values) {
+    var pos = values.filter(function (v) { return v > 0; });
+    return Math.pow(10, Math.floor(Math.log10(Math.min.apply(null, pos))));
+  }
+  var ctx = document.createElement("canvas").getContext("2d");
+  function textWidth(lines, size) {
+    ctx.font = size + "px " + FONT;
+    return lines.reduce(function (m, l) { return Math.max(m, ctx.measureText(l).width); }, 0);
+  }
+  /* the x axis of environments under a chart: lines wrapped to the width of a category */
+  function envAxis(el, envs, left, right) {
+    var per = (el.clientWidth - left - right) / Math.max(1, envs.length);
+    var n = Math.max(6, Math.floor(per / 6.6));
+    return { n: n, bottom: 16 + 14 * labelLines(envs, n),
+      axisLabel: { interval: 0, fontSize: 11, lineHeight: 14, formatter: envLabel(n), rich: TAG } };
+  }
+  /* the y axis of environments beside a chart: wrapped to 24 characters */
+  function envSide(envs) {
+    var lines = [];
+    envs.forEach(function (v) { lines = lines.concat(wrap(v, 24)); });
+    return { left: Math.ceil(textWidth(lines, 12)) + 20,
+      axisLabel: { fontSize: 12, lineHeight: 14, formatter: envLabel(24), rich: TAG } };
+  }
+
   function mount(el, option) {
     try {
       var chart = echarts.init(el, null, { renderer: "svg" });
@@ -56,18 +108,8 @@
       console.error("isobench chart", e);
     }
   }
-  // environment names under a chart: slanted when there are several, so they never overlap
-  function slanted(envs) {
-    var chars = envs.reduce(function (n, v) { return n + Math.min(String(v).length, 22); }, 0);
-    return chars > 8 * envs.length || envs.length > 4;
-  }
-  function envLabels(envs) {
-    return { interval: 0, rotate: slanted(envs) ? 30 : 0,
-      formatter: function (v) { return truncate(v, 22); } };
-  }
-
-
-  /* median + CI as an error bar with caps and a diamond; `dx` shifts it sideways (px) */
+  /* median + CI as an error bar with caps and a diamond; `dx` shifts it sideways (px); a
+     fifth value 1 means the low end was clipped to a log axis's floor: no cap there */
   function errorBar(dx, col) {
     return function (params, api) {
       var x = api.value(0), lo = api.value(1), med = api.value(2), hi = api.value(3);
@@ -76,7 +118,7 @@
       var kids = [];
       if (isFinite(lo) && isFinite(hi) && lo != null && hi != null) {
         kids.push({ type: "line", shape: { x1: cx, y1: pl[1], x2: cx, y2: ph[1] }, style: style });
-        kids.push({ type: "line", shape: { x1: cx - w, y1: pl[1], x2: cx + w, y2: pl[1] }, style: style });
+        if (api.value(4) !== 1) kids.push({ type: "line", shape: { x1: cx - w, y1: pl[1], x2: cx + w, y2: pl[1] }, style: style });
         kids.push({ type: "line", shape: { x1: cx - w, y1: ph[1], x2: cx + w, y2: ph[1] }, style: style });
       }
       kids.push({ type: "polygon", shape: { points: [[cx, pm[1] - 6], [cx + 6, pm[1]], [cx, pm[1] + 6], [cx - 6, pm[1]]] },
@@ -98,19 +140,22 @@
     var tip = function (p) {
       var s = c.series[p.dataIndex != null && p.seriesType !== "scatter" ? p.dataIndex : Math.round(p.value[0])];
       if (!s) return "";
-      return "<b>" + esc(s.env) + "</b><br>median " + esc(fmt(s.median * f)) + " " + esc(sc.unit) +
+      return "<b>" + esc(s.env) + "</b>" + (EMULATED[s.env] ? " (emulated)" : "") + "<br>median " +
+        esc(fmt(s.median * f)) + " " + esc(sc.unit) +
         " [" + esc(fmt(s.ci_low * f)) + ", " + esc(fmt(s.ci_high * f)) + "]<br>quartiles " +
         esc(fmt(s.box[1] * f)) + " – " + esc(fmt(s.box[3] * f)) + "; n = " + esc(s.n) +
-        (s.ratio != null ? "<br>ratio ×" + esc(fmt(s.ratio)) + (s.significant ? " (significant)" : " (n.s.)") : "");
+        (s.ratio != null ? "<br>ratio ×" + esc(fmt(s.ratio)) + (s.significant ? " (" + esc(s.words) + ")" : " (n.s.)") : "") +
+        s.flags.map(function (x) { return "<br>⚠ " + esc(x); }).join("");
     };
+    var ax = envAxis(el, envs, 64, 16);
     mount(el, {
-      grid: { left: 64, right: 16, top: 26, bottom: slanted(envs) ? 96 : 48 },
-      tooltip: { trigger: "item", formatter: tip, confine: true },
+      grid: { left: 64, right: 16, top: 26, bottom: ax.bottom },
+      tooltip: { trigger: "item", formatter: tip, confine: true, extraCssText: "max-width: 360px; white-space: normal;" },
       xAxis: [
-        { type: "category", data: envs, axisLabel: envLabels(envs) },
+        { type: "category", data: envs, axisLabel: ax.axisLabel },
         { type: "value", min: -0.5, max: envs.length - 0.5, show: false }
       ],
-      yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: true,
+      yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: true, axisLine: { onZero: false },
         nameTextStyle: { align: "right" }, axisLabel: { formatter: function (v) { return fmt(v); } } },
       series: [
         { type: "boxplot", name: "distribution", data: c.series.map(function (s) { return s.box.map(function (v) { return v * f; }); }),
@@ -139,63 +184,122 @@
       if (c.significant) {
         item.itemStyle = { color: heatColor(c.value) };
       } else {
-        item.itemStyle = { color: "#ececec", decal: { symbol: "rect", dashArrayX: [1, 0],
+        item.itemStyle = { color: c.ratio == null ? "#f7f7f7" : "#ececec", decal: { symbol: "rect", dashArrayX: [1, 0],
           dashArrayY: [2, 5], rotation: Math.PI / 4, color: "rgba(0,0,0,0.12)" } };
       }
       return item;
     });
+    var side = envSide(H.envs);
     mount(el, {
-      grid: { left: 196, right: 12, top: 150, bottom: 8 },
-      tooltip: { confine: true, formatter: function (p) {
+      grid: { left: side.left, right: 12, top: 150, bottom: 8 },
+      tooltip: { confine: true, extraCssText: "max-width: 380px; white-space: normal;", formatter: function (p) {
         var c = p.data.cell, col = H.columns[c.x];
-        return "<b>" + esc(H.envs[c.y]) + "</b> vs " + esc(D.baseline) + "<br>" + esc(col.label) +
-          "<br>ratio ×" + esc(fmt(c.ratio)) + " [" + esc(fmt(c.lo)) + ", " + esc(fmt(c.hi)) + "]" +
-          "<br>" + esc(c.better) + " is better; " + (c.significant ? "significant" : "not significant") +
-          " (p<sub>Holm</sub> = " + esc(c.p == null ? "–" : fmt(c.p)) + ")";
+        var head = "<b>" + esc(H.envs[c.y]) + "</b>" + (EMULATED[H.envs[c.y]] ? " (emulated)" : "") +
+          " vs " + esc(D.baseline) + "<br>" + esc(col.label);
+        if (c.flags.length) {
+          return head + c.flags.map(function (x) { return "<br>⚠ " + esc(x); }).join("");
+        }
+        if (c.ratio == null) return head + "<br>" + esc(c.note);
+        return head + "<br>ratio ×" + esc(fmt(c.ratio)) + " [" + esc(fmt(c.lo)) + ", " + esc(fmt(c.hi)) + "]" +
+          "<br>" + esc(c.better) + " is better; " + (c.significant ? esc(c.words) : "not significant") +
+          " (adjusted p = " + esc(c.p == null ? "–" : fmt(c.p)) + ")";
       } },
       xAxis: { type: "category", data: H.columns.map(function (c) { return c.label; }), position: "top",
-        axisLabel: { rotate: 40, interval: 0, fontSize: 11, width: 190, overflow: "truncate" },
-        splitArea: { show: false } },
-      yAxis: { type: "category", data: H.envs, inverse: true,
-        axisLabel: { width: 180, overflow: "truncate" } },
+        axisLabel: { rotate: 40, interval: 0, fontSize: 11 }, splitArea: { show: false } },
+      yAxis: { type: "category", data: H.envs, inverse: true, axisLabel: side.axisLabel },
       series: [{ type: "heatmap", data: data,
         label: { show: true, fontSize: 11, lineHeight: 14, formatter: function (p) {
-          var c = p.data.cell; return "×" + fmt(c.ratio) + (c.significant ? "" : "\nn.s.");
+          var c = p.data.cell;
+          if (c.flags.length) return "⚠\nflagged";
+          if (c.ratio == null) return "no\nratio";
+          return "×" + fmt(c.ratio) + (c.significant ? "" : "\nn.s.");
         } },
         itemStyle: { borderColor: "#fff", borderWidth: 2 } }]
     });
   }
 
+  /* startup on a log axis: per environment a bar from submit to cleaned whose segments end
+     at each phase's median time since submit, and the phases' 95% CIs as whiskers */
   function startup(el) {
     var S = D.startup, envs = S.envs.map(function (e) { return e.env; });
-    function med(e, p) { var x = e.phases[p]; return x ? x.median : null; }
-    var segs = S.has_boot ?
-      [["VMM start", function (e) { return med(e, "boot_ms") != null ? med(e, "ready_ms") - med(e, "boot_ms") : null; }],
-       ["guest boot", function (e) { return med(e, "boot_ms"); }],
-       ["submit → ready", function (e) { return med(e, "boot_ms") == null ? med(e, "ready_ms") : null; }]] :
-      [["submit → ready", function (e) { return med(e, "ready_ms"); }]];
-    segs = segs.concat([
-      ["ready → exit", function (e) { var a = med(e, "exit_ms"), b = med(e, "ready_ms"); return a != null && b != null ? a - b : null; }],
-      ["exit → cleaned", function (e) { var a = med(e, "cleaned_ms"), b = med(e, "exit_ms"); return a != null && b != null ? a - b : null; }]
-    ]);
-    var colors = ["#4e79a7", "#a0cbe8", "#f28e2b", "#59a14f", "#bab0ac"];
+    function ph(e, p) { return e.phases[p] || null; }
+    function med(e, p) { var x = ph(e, p); return x ? x.median : null; }
+    function vmm(e) { var b = med(e, "boot_ms"), r = med(e, "ready_ms"); return b != null && r != null ? r - b : null; }
+    var kinds = (S.has_boot ? [["VMM start", "#4e79a7"], ["guest boot", "#a0cbe8"]] : [])
+      .concat([["submit → ready", "#f28e2b"], ["ready → exit", "#59a14f"], ["exit → cleaned", "#bab0ac"]]);
+    var lows = [];
+    S.envs.forEach(function (e) {
+      ["ready_ms", "exit_ms", "cleaned_ms"].forEach(function (p) {
+        var x = ph(e, p);
+        if (x) lows.push(x.ci_low > 0 ? x.ci_low : x.median);
+      });
+      if (vmm(e) > 0) lows.push(vmm(e));
+    });
+    var lo = logFloor(lows);
+    /* [y, start, end] for each segment kind; a guest's "submit → ready" is VMM + boot */
+    function segments(e, y) {
+      var r = med(e, "ready_ms"), x = med(e, "exit_ms"), c = med(e, "cleaned_ms"), v = vmm(e);
+      var split = S.has_boot && v != null && v > lo;
+      var out = {};
+      if (split) { out["VMM start"] = [y, lo, v]; out["guest boot"] = [y, v, r]; }
+      else if (r != null) out["submit → ready"] = [y, lo, r];
+      if (r != null && x != null) out["ready → exit"] = [y, r, x];
+      if (x != null && c != null) out["exit → cleaned"] = [y, x, c];
+      return out;
+    }
+    var segs = S.envs.map(segments);
+    function bar(params, api) {
+      var a = api.coord([api.value(1), api.value(0)]), b = api.coord([api.value(2), api.value(0)]);
+      var h = api.size([0, 1])[1] * 0.5;
+      return { type: "rect", shape: { x: a[0], y: a[1] - h / 2, width: Math.max(0, b[0] - a[0]), height: h },
+        style: { fill: api.visual("color") } };
+    }
+    function whiskers(params, api) {
+      var y = api.value(0), kids = [], h = api.size([0, 1])[1] * 0.5;
+      for (var i = 1; i < 4; i += 2) {
+        var l = api.value(i), u = api.value(i + 1);
+        if (!(l > 0 && u > 0)) continue;
+        var a = api.coord([l, y]), b = api.coord([u, y]), st = { stroke: "#333", lineWidth: 1 };
+        kids.push({ type: "line", shape: { x1: a[0], y1: a[1], x2: b[0], y2: b[1] }, style: st });
+        kids.push({ type: "line", shape: { x1: a[0], y1: a[1] - h / 3, x2: a[0], y2: a[1] + h / 3 }, style: st });
+        kids.push({ type: "line", shape: { x1: b[0], y1: b[1] - h / 3, x2: b[0], y2: b[1] + h / 3 }, style: st });
+      }
+      var c = api.value(5);
+      if (c > 0) {
+        var end = api.coord([Math.max(c, api.value(4) || 0), y]);
+        kids.push({ type: "text", x: end[0] + 8, y: end[1], style: { text: "cleaned " + fmt(c) + " ms",
+          fill: "#333", font: "12px " + FONT, verticalAlign: "middle" } });
+      }
+      return { type: "group", children: kids };
+    }
+    function tip(p) {
+      var e = S.envs[p.value[0]], out = "<b>" + esc(e.env) + "</b>" + (EMULATED[e.env] ? " (emulated)" : "") +
+        "<br>median ms since submit [95% CI]";
+      ["boot_ms", "ready_ms", "exit_ms", "cleaned_ms"].forEach(function (k) {
+        var x = e.phases[k];
+        if (x) out += "<br>" + esc(k === "boot_ms" ? "guest boot (duration)" : k) + ": " + esc(fmt(x.median)) +
+          " [" + esc(fmt(x.ci_low)) + ", " + esc(fmt(x.ci_high)) + "]";
+      });
+      return out;
+    }
+    var side = envSide(envs);
     mount(el, {
       legend: { top: 0, itemGap: 24 },
-      grid: { left: 196, right: 40, top: 34, bottom: 24 },
-      tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, confine: true, formatter: function (ps) {
-        var e = S.envs[ps[0].dataIndex], out = "<b>" + esc(e.env) + "</b> (median ms since submit, 95% CI)";
-        ["boot_ms", "ready_ms", "exit_ms", "cleaned_ms"].forEach(function (p) {
-          var x = e.phases[p];
-          if (x) out += "<br>" + esc(p) + ": " + esc(fmt(x.median)) + " [" + esc(fmt(x.ci_low)) + ", " + esc(fmt(x.ci_high)) + "]";
-        });
-        return out;
-      } },
-      xAxis: { type: "value", name: "ms", nameGap: 8, axisLabel: { formatter: function (v) { return fmt(v); } } },
-      yAxis: { type: "category", data: envs, inverse: true, axisLabel: { width: 180, overflow: "truncate" } },
-      series: segs.map(function (s, i) {
-        return { type: "bar", stack: "t", name: s[0], itemStyle: { color: colors[i % colors.length] },
-          data: S.envs.map(function (e) { var v = s[1](e); return v == null ? null : Math.max(0, v); }) };
-      })
+      grid: { left: side.left, right: 130, top: 34, bottom: 30 },
+      tooltip: { trigger: "item", confine: true, formatter: tip },
+      xAxis: { type: "log", min: lo, name: "ms", nameGap: 8,
+        axisLabel: { formatter: function (v) { return fmt(v); } } },
+      yAxis: { type: "category", data: envs, inverse: true, axisLabel: side.axisLabel },
+      series: kinds.map(function (k) {
+        return { type: "custom", name: k[0], itemStyle: { color: k[1] }, renderItem: bar, encode: { x: [1, 2], y: 0 },
+          data: segs.map(function (sg) { return sg[k[0]]; }).filter(Boolean) };
+      }).concat([{ type: "custom", name: "95% CI", silent: false, renderItem: whiskers, encode: { x: [1, 2, 3, 4], y: 0 },
+        itemStyle: { color: "#333" },
+        data: S.envs.map(function (e, y) {
+          var r = ph(e, "ready_ms"), c = ph(e, "cleaned_ms");
+          return [y, r ? r.ci_low : null, r ? r.ci_high : null, c ? c.ci_low : null, c ? c.ci_high : null,
+            c ? c.median : null];
+        }) }])
     });
   }
 
@@ -207,22 +311,28 @@
     });
     var sc = timeScale(c.series.map(function (r) { return r.median; }), c.unit), f = sc.f;
     var step = Math.min(18, 120 / Math.max(1, wls.length));
+    var ax = envAxis(el, envs, 64, 16);
+    /* on a log axis a CI reaching 0 is drawn down to the axis floor, without a cap */
+    var floor = c.log ? logFloor(c.series.map(function (r) { return (r.ci_low > 0 ? r.ci_low : r.median) * f; })) : null;
     mount(el, {
       legend: { top: 0, data: wls },
-      grid: { left: 64, right: 16, top: 30, bottom: slanted(envs) ? 96 : 40 },
+      grid: { left: 64, right: 16, top: 30, bottom: ax.bottom },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var r = p.data.row;
-        return "<b>" + esc(r.env) + "</b> · " + esc(r.workload) + "<br>" + esc(r.metric) + ": " +
+        return "<b>" + esc(r.env) + "</b>" + (EMULATED[r.env] ? " (emulated)" : "") + " · " +
+          esc(r.workload) + "<br>" + esc(r.metric) + ": " +
           esc(fmt(r.median * f)) + " " + esc(sc.unit) + " [" + esc(fmt(r.ci_low * f)) + ", " +
           esc(fmt(r.ci_high * f)) + "]; n = " + esc(r.n);
       } },
-      xAxis: { type: "category", data: envs, axisLabel: envLabels(envs) },
-      yAxis: { type: "value", name: sc.unit, scale: true, axisLabel: { formatter: function (v) { return fmt(v); } } },
+      xAxis: { type: "category", data: envs, axisLabel: ax.axisLabel },
+      yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: true, min: floor,
+        axisLabel: { formatter: function (v) { return fmt(v); } } },
       series: wls.map(function (w, j) {
         return { type: "custom", name: w, itemStyle: { color: color(j) },
           renderItem: errorBar((j - (wls.length - 1) / 2) * step, color(j)), encode: { x: 0, y: [1, 2, 3] },
           data: c.series.filter(function (r) { return r.workload === w; }).map(function (r) {
-            return { value: [envs.indexOf(r.env), r.ci_low * f, r.median * f, r.ci_high * f], row: r };
+            var clip = c.log && !(r.ci_low > 0);
+            return { value: [envs.indexOf(r.env), clip ? floor : r.ci_low * f, r.median * f, r.ci_high * f, clip ? 1 : 0], row: r };
           }) };
       })
     });
