@@ -48,3 +48,83 @@ def test_newer_schema_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text('{"schema_version": 99}')
     res = isobench("summary", str(tmp_path))
     assert res.returncode == 2 and "newer isobench" in res.stderr and "Traceback" not in res.stderr
+
+
+def one_line_error(res, message: str) -> None:
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("isobench: error:"), res.stderr
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize("value", ["200%", "2", "0", "-1%", "51%"])
+def test_precision_must_be_a_sensible_fraction(value):
+    one_line_error(isobench("run", "--env", "host", "--precision", value), "must be in (0, 50%]")
+
+
+def test_run_help_shows_defaults_and_explains_every_option():
+    text = isobench("run", "--help").stdout
+    assert "%%" not in text
+    for option in ("--workload", "--warmup", "--baseline", "--seed", "--budget"):
+        line = next(x for x in text.splitlines() if x.strip().startswith(option))
+        assert len(line.split()) > 2, f"{option} has no help"
+    flat = " ".join(text.split())
+    assert "[default: (10; --quick: 6)]" in flat and "preparation included" in flat
+
+
+@pytest.mark.requires("docker")
+def test_an_unknown_docker_runtime_is_refused_at_input():
+    res = isobench("run", "--env", "docker:runtime=runcs", "--workload", "syscall")
+    one_line_error(res, "docker has no runtime 'runcs' (the daemon lists runc")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from tests.test_report import make_run
+
+    return make_run(tmp_path_factory)
+
+
+needs_run = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
+WRITERS = [["report"], ["notebook"], ["export", "--format", "csv"], ["compare", "RUN"]]
+
+
+@needs_run
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_dash_output_writes_to_stdout(run, tmp_path, command):
+    args = [str(run) if a == "RUN" else a for a in command]
+    res = isobench(args[0], str(run), *args[1:], "-o", "-", cwd=tmp_path)
+    assert res.returncode in (0, 1), res.stderr  # compare: 1 on a significant change
+    assert not (tmp_path / "-").exists()
+    head = {"report": "<!DOCTYPE html>", "compare": "<!DOCTYPE html>", "notebook": "{",
+            "export": "run_id,"}[command[0]]  # fmt: skip
+    assert res.stdout.lstrip().startswith(head)
+
+
+@needs_run
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("target", ["/proc/x.out", "FILE/x.out"])
+def test_unwritable_output_is_one_line(run, tmp_path, command, target):
+    (tmp_path / "file").write_text("")
+    target = target.replace("FILE", str(tmp_path / "file"))
+    args = [str(run) if a == "RUN" else a for a in command]
+    res = isobench(args[0], str(run), *args[1:], "-o", target)
+    one_line_error(res, f"cannot write {target}")
+    assert "Traceback" not in res.stderr
+
+
+@needs_run
+def test_summary_with_an_unknown_baseline_names_the_known_ones(run):
+    one_line_error(isobench("summary", str(run), "--baseline", "nosuch"),
+                   "--baseline nosuch: no such environment (known: host, ")  # fmt: skip
+
+
+@needs_run
+def test_a_run_without_samples_is_said_so(run, tmp_path):
+    (tmp_path / "manifest.json").write_text((run / "manifest.json").read_text())
+    one_line_error(isobench("summary", str(tmp_path)), "no samples recorded")
+
+
+def test_export_format_is_a_choice(tmp_path):
+    res = isobench("export", str(tmp_path), "--format", "xml")
+    one_line_error(res, "'xml' is not one of 'csv', 'json', 'parquet'")
