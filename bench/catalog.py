@@ -16,6 +16,8 @@ PHASE_METRICS = {
     "exit_ms": "submit until the instance ended",
     "cleaned_ms": "submit until everything the launch made was removed",
     "boot_ms": "the guest kernel's own uptime when the probe started",
+    "round_exit_ms": "a guest that ran its round's workloads in one boot: submit until it ended",
+    "round_cleaned_ms": "the same, until everything the boot made was removed",
 }
 
 

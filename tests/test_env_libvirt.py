@@ -63,7 +63,7 @@ def test_one_domain_runs_a_round_of_four_workloads(env):
         assert launch.status == "ok", launch.reason
         assert launch.extra == {**launch.extra, "accel": "tcg", "emulated": True}
     assert len({x.extra["domain"] for x in (cpu, startup, io, syscall)}) == 1  # one boot
-    for phase in ("defined", "started", "boot", "ready", "exit", "cleaned"):
+    for phase in ("defined", "started", "boot", "ready", "round_exit", "round_cleaned"):
         assert phase in startup.phases
     assert startup.host_side["cpu_ms"] > 0
     assert [r["op"] for r in io.records] == ["seq_read"]

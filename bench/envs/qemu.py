@@ -310,6 +310,10 @@ class VmEnvironment(Environment):
         if con.uptime_s is not None and "ready" in boot.phases:
             first.phases["boot"] = int(con.uptime_s * 1e9)
         first.phases.update(boot.phases)
+        if len(invs) > 1:  # the guest ran the round's other workloads before it ended
+            for name in ("exit", "cleaned"):
+                if name in first.phases:
+                    first.phases[f"round_{name}"] = first.phases.pop(name)
         first.cgroup, first.host_side = boot.cgroup, boot.host_side
         return out
 
