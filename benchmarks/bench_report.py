@@ -66,8 +66,10 @@ def main() -> None:
         text = html.render(m, df)
         dt = time.perf_counter() - t
         size = len(text.encode())
-        print(f"quick run {run.name}: {len(df)} samples, report {size / 1e6:.2f} MB "
-              f"(budget 5 MB: {'ok' if size < 5e6 else 'OVER'}), rendered in {dt:.2f} s")
+        print(
+            f"quick run {run.name}: {len(df)} samples, report {size / 1e6:.2f} MB "
+            f"(budget 5 MB: {'ok' if size < 5e6 else 'OVER'}), rendered in {dt:.2f} s"
+        )
     else:
         print("no run given and none under ./results: report size not measured")
     manifest, df = synthetic()
@@ -76,8 +78,10 @@ def main() -> None:
     text = html.render(manifest, df)
     dt = time.perf_counter() - t
     cells = df.groupby(["env", "workload"]).ngroups
-    print(f"synthetic run: {len(df)} samples ({cells} cells x 30 rounds) rendered in {dt:.2f} s "
-          f"(budget 3 s: {'ok' if dt < 3 else 'OVER'}), report {len(text.encode()) / 1e6:.2f} MB")
+    print(
+        f"synthetic run: {len(df)} samples ({cells} cells x 30 rounds) rendered in {dt:.2f} s "
+        f"(budget 3 s: {'ok' if dt < 3 else 'OVER'}), report {len(text.encode()) / 1e6:.2f} MB"
+    )
 
 
 if __name__ == "__main__":
