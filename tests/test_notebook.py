@@ -32,3 +32,22 @@ def test_notebook_executes_with_a_real_kernel(tmp_path_factory, tmp_path, monkey
                    for o in outputs)  # fmt: skip
     assert "getppid" in text or "null" in text  # the summary table came out
     assert "ratio" in text
+
+
+def test_generating_needs_only_the_core_dependencies(tmp_path_factory, tmp_path):
+    """nbformat is a core dependency; Jupyter (nbclient, ipykernel) only runs the notebook."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    run = make_run(tmp_path_factory)
+    code = ("import sys; sys.modules.update(nbclient=None, ipykernel=None, jupyter_client=None)\n"
+            "from bench.cli import main\n"
+            "sys.argv = ['isobench', 'notebook', sys.argv[1], '-o', '-']; main()")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    nb = nbformat.reads(res.stdout, as_version=4)
+    nbformat.validate(nb)
+    assert str(run.resolve()) in "".join(c.source for c in nb.cells)
