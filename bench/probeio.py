@@ -4,6 +4,20 @@
      "metrics": {"ns_per_op": 167.2}, "units": {"ns_per_op": "ns"}, "checksum": 0}
 
 A line {"probe": .., "op": .., "error": "why"} reports an op that could not be measured.
+
+Optional members (workloads/probe.h has the full contract):
+
+- ``direct`` (bool, io reads): the file was opened with O_DIRECT; false when the
+  filesystem refused the flag and a buffered read after fadvise(DONTNEED) was measured.
+- ``page_cache`` (bool, io reads ``seq_read`` and ``rand_read_4k``): the data came at
+  page-cache speed (a read of the file at least half as fast as a warm buffered read of
+  it, in the same place), so the figure is the page cache's, not the device's: O_DIRECT
+  was not honoured (gVisor) or there is no device (tmpfs).
+- ``note`` (str): a sentence for the reader; it contains PAGE_CACHE_NOTE exactly when
+  ``page_cache`` is true.
+
+Windowed cpu lines carry ``elapsed_ns`` = the window and ``iterations`` = the work done
+in exactly that window (rounded).
 """
 
 from __future__ import annotations
@@ -15,10 +29,17 @@ from typing import Any
 
 READY = "ready"
 REQUIRED = ("probe", "op", "iterations", "elapsed_ns", "metrics", "units")
+FLAGS = ("direct", "page_cache")  # optional members, booleans when present
+PAGE_CACHE_NOTE = "page cache"  # in the note of every line with "page_cache": true
 
 
 def is_ready(line: str) -> bool:
     return line.strip() == READY
+
+
+def page_cache(record: dict[str, Any]) -> bool:
+    """True when an io read line says its data came at page-cache speed."""
+    return record.get("page_cache") is True
 
 
 @dataclass
@@ -56,6 +77,10 @@ def _valid(obj: dict[str, Any]) -> bool:
         return False
     metrics, units = obj["metrics"], obj["units"]
     if not isinstance(metrics, dict) or not isinstance(units, dict) or not metrics:
+        return False
+    if any(not isinstance(obj.get(k, False), bool) for k in FLAGS):
+        return False
+    if not isinstance(obj.get("note", ""), str):
         return False
     return all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k in units

@@ -25,3 +25,34 @@ def test_parse_lines_sorts_records_errors_and_garbage():
 
 def test_ready_line():
     assert is_ready("ready") and is_ready("ready\r") and not is_ready("ready!")
+
+
+# Recorded from the io probe under docker --runtime=runsc (gVisor) and on the host.
+GVISOR_READ = (
+    '{"probe":"io","op":"seq_read","iterations":32,"elapsed_ns":4796382,'
+    '"metrics":{"mb_per_s":6995.780},"units":{"mb_per_s":"MB/s"},"checksum":496,'
+    '"direct":true,"page_cache":true,"note":"O_DIRECT did not bypass the page cache: the '
+    "read ran at page-cache speed (5101 MB/s with O_DIRECT, 6005 MB/s warm buffered), so "
+    "it was served from the page cache (a filesystem that ignores O_DIRECT, or tmpfs), not "
+    'a device"}'
+)
+HOST_READ = (
+    '{"probe":"io","op":"seq_read","iterations":32,"elapsed_ns":21355870,'
+    '"metrics":{"mb_per_s":1571.204},"units":{"mb_per_s":"MB/s"},"checksum":496,'
+    '"direct":true,"page_cache":false}'
+)
+
+
+def test_page_cache_member_and_note():
+    from bench.probeio import PAGE_CACHE_NOTE, page_cache
+
+    gvisor, host = parse_lines([GVISOR_READ, HOST_READ]).records
+    assert page_cache(gvisor) and PAGE_CACHE_NOTE in gvisor["note"]
+    assert not page_cache(host) and "note" not in host
+
+
+def test_flags_that_are_not_booleans_are_not_the_contract():
+    bad = HOST_READ.replace('"page_cache":false', '"page_cache":"no"')
+    worse = HOST_READ.replace('"direct":true', '"direct":1')
+    out = parse_lines([bad, worse, HOST_READ[:-1] + ',"note":3}'])
+    assert not out.records and len(out.garbage) == 3

@@ -3,11 +3,16 @@
  * triad) and memory latency (random cyclic pointer chase).
  *
  * Ops (default order): compute mem_bw mem_lat.
- *   compute  ops_per_s    kernel iterations per second (calibrated, >= --min-ms)
- *   mem_bw   mb_per_s     triad a[i]=b[i]+s*c[i], 24 bytes counted per element
- *                         (1 MB = 1e6 bytes); iterations = passes (calibrated)
+ *   compute  ops_per_s    kernel iterations per second
+ *   mem_bw   mb_per_s     triad a[i]=b[i]+s*c[i] swept over the arrays in blocks of
+ *                         BW_BLOCK elements, 24 bytes counted per element
+ *                         (1 MB = 1e6 bytes); iterations = blocks
  *   mem_lat  ns_per_load  dependent loads through a Sattolo cycle of 64-byte
- *                         nodes; iterations = loads (calibrated)
+ *                         nodes; iterations = loads
+ * Every measurement is a window of --window-ms of wall time (probe_window()):
+ * the default, 300 ms, is three 100 ms CFS periods, so a CPU quota q reads as a
+ * rate of exactly q (a 10 ms calibrated measurement would mostly fall inside
+ * one running stretch and hide the throttling).
  */
 #include "probe.h"
 
@@ -24,11 +29,34 @@ static const char USAGE[] =
     "usage: cpu [options]\n"
     "CPU and memory probe; prints `ready`, then one JSON line per measurement.\n"
     "ops: compute (ops_per_s), mem_bw (mb_per_s), mem_lat (ns_per_load)\n"
-    "options:\n" PROBE_COMMON_USAGE
+    "options:\n" PROBE_USAGE_OP_REPS
+    "  --window-ms W  each measurement is a window of W ms of wall time (default 300;\n"
+    "                 a whole number of 100 ms CFS periods reads a CPU quota exactly);\n"
+    "                 --min-ms W is the same option under the other probes' name\n"
     "  --mem-mib N    mem_bw: total size of the three arrays in MiB (default 256)\n"
-    "  --lat-mib N    mem_lat: pointer-chase buffer in MiB (default 128)\n";
+    "  --lat-mib N    mem_lat: pointer-chase buffer in MiB (default 128)\n" PROBE_USAGE_HELP;
 
-enum { OPT_MEM_MIB = 256, OPT_LAT_MIB };
+enum { OPT_MEM_MIB = 256, OPT_LAT_MIB, OPT_WINDOW_MS };
+#define BW_BLOCK 65536 /* mem_bw: elements per block (512 KiB of each array) */
+
+/* Measure `op` in reps windows of window_ns, starting with chunks of *chunk
+ * iterations; each window's work goes to emit(work, window_ns, checksum). */
+typedef void (*emit_fn)(void *ctx, double work, uint64_t window_ns, uint64_t checksum);
+
+static void run_windows(const probe_args *a, const char *op, probe_fn fn, void *ctx,
+                        uint64_t chunk, uint64_t window_ns, emit_fn emit)
+{
+    int rc = probe_window_prepare(fn, ctx, &chunk);
+    for (uint64_t r = 0; !rc && r < a->reps; r++) {
+        double work = 0;
+        uint64_t cks = 0;
+        rc = probe_window(fn, ctx, chunk, window_ns, &work, &cks);
+        if (!rc)
+            emit(ctx, work, window_ns, cks);
+    }
+    if (rc)
+        probe_error(PROBE, op, "%s", probe_strerr(rc));
+}
 
 /* ---------------------------------------------------------------- compute */
 
@@ -77,12 +105,20 @@ static int op_compute(void *ctx, uint64_t n, uint64_t *cks)
     return 0;
 }
 
+static void emit_compute(void *ctx, double work, uint64_t window_ns, uint64_t cks)
+{
+    (void)ctx;
+    probe_emit1(PROBE, "compute", (uint64_t)llround(work), window_ns, "ops_per_s",
+                work / (double)window_ns * 1e9, "ops/s", cks, PROBE_NO_EXTRA);
+}
+
 /* ---------------------------------------------------------------- mem_bw */
 
 struct bw {
     double *a, *b, *c;
     size_t n;       /* elements per array */
     size_t bytes;   /* mapping size per array */
+    size_t pos;     /* next element of the sweep, kept between chunks */
 };
 
 __attribute__((noinline))
@@ -93,14 +129,26 @@ static void triad(double *restrict a, const double *restrict b, const double *re
         a[i] = b[i] + s * c[i];
 }
 
-static int op_mem_bw(void *vctx, uint64_t passes, uint64_t *cks)
+/* n blocks of the sweep through the arrays, wrapping at their end. */
+static int op_mem_bw(void *vctx, uint64_t n, uint64_t *cks)
 {
     struct bw *w = vctx;
-    for (uint64_t p = 0; p < passes; p++)
-        triad(w->a, w->b, w->c, w->n, 3.0);
+    for (uint64_t i = 0; i < n; i++) {
+        size_t len = w->n - w->pos < BW_BLOCK ? w->n - w->pos : BW_BLOCK;
+        triad(w->a + w->pos, w->b + w->pos, w->c + w->pos, len, 3.0);
+        w->pos = w->pos + len == w->n ? 0 : w->pos + len;
+    }
     double v = w->a[0] + w->a[w->n / 2] + w->a[w->n - 1];
     *cks = (uint64_t)v;
     return 0;
+}
+
+static void emit_mem_bw(void *ctx, double work, uint64_t window_ns, uint64_t cks)
+{
+    (void)ctx;
+    double bytes = 3.0 * sizeof(double) * BW_BLOCK * work;
+    probe_emit1(PROBE, "mem_bw", (uint64_t)llround(work), window_ns, "mb_per_s",
+                bytes / (double)window_ns * 1e3, "MB/s", cks, PROBE_NO_EXTRA);
 }
 
 static void *map_buf(size_t bytes)
@@ -109,12 +157,13 @@ static void *map_buf(size_t bytes)
     return p == MAP_FAILED ? NULL : p;
 }
 
-static void run_mem_bw(const probe_args *a, uint64_t mem_mib)
+static void run_mem_bw(const probe_args *a, uint64_t mem_mib, uint64_t window_ns)
 {
-    struct bw w;
-    w.n = (size_t)(mem_mib * MIB / 3 / sizeof(double));
+    struct bw w = {0};
+    /* A whole number of blocks: every block counted carries BW_BLOCK elements. */
+    w.n = (size_t)(mem_mib * MIB / 3 / sizeof(double)) / BW_BLOCK * BW_BLOCK;
     w.bytes = w.n * sizeof(double);
-    if (w.n < 1024) {
+    if (w.n < 2 * BW_BLOCK) {
         probe_error(PROBE, "mem_bw", "--mem-mib %" PRIu64 " is too small", mem_mib);
         return;
     }
@@ -134,18 +183,7 @@ static void run_mem_bw(const probe_args *a, uint64_t mem_mib)
     }
     /* One untimed warm-up pass (lazy host-side backing in sandboxes/guests). */
     triad(w.a, w.b, w.c, w.n, 3.0);
-    uint64_t passes = 1;
-    for (uint64_t r = 0; r < a->reps; r++) {
-        uint64_t elapsed = 0, cks = 0;
-        int rc = probe_calibrate(op_mem_bw, &w, a->min_ms, &passes, &elapsed, &cks);
-        if (rc) {
-            probe_error(PROBE, "mem_bw", "%s", probe_strerr(rc));
-            break;
-        }
-        double bytes = 3.0 * (double)w.n * sizeof(double) * (double)passes;
-        probe_emit1(PROBE, "mem_bw", passes, elapsed, "mb_per_s", bytes / (double)elapsed * 1e3,
-                    "MB/s", cks, PROBE_NO_EXTRA);
-    }
+    run_windows(a, "mem_bw", op_mem_bw, &w, 1, window_ns, emit_mem_bw);
 out:
     if (w.a) munmap(w.a, w.bytes);
     if (w.b) munmap(w.b, w.bytes);
@@ -171,6 +209,13 @@ static int op_mem_lat(void *vctx, uint64_t n, uint64_t *cks)
     return 0;
 }
 
+static void emit_mem_lat(void *ctx, double work, uint64_t window_ns, uint64_t cks)
+{
+    (void)ctx;
+    probe_emit1(PROBE, "mem_lat", (uint64_t)llround(work), window_ns, "ns_per_load",
+                (double)window_ns / work, "ns", cks, PROBE_NO_EXTRA);
+}
+
 static inline uint64_t xorshift64star(uint64_t *s)
 {
     uint64_t x = *s;
@@ -181,7 +226,7 @@ static inline uint64_t xorshift64star(uint64_t *s)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-static void run_mem_lat(const probe_args *a, uint64_t lat_mib)
+static void run_mem_lat(const probe_args *a, uint64_t lat_mib, uint64_t window_ns)
 {
     struct lat l;
     l.bytes = (size_t)(lat_mib * MIB);
@@ -213,17 +258,7 @@ static void run_mem_lat(const probe_args *a, uint64_t lat_mib)
         *pi = (uintptr_t)(l.buf + *pi * LINE);
     }
     l.cur = (void **)l.buf;
-    uint64_t n = 1024;
-    for (uint64_t r = 0; r < a->reps; r++) {
-        uint64_t elapsed = 0, cks = 0;
-        int rc = probe_calibrate(op_mem_lat, &l, a->min_ms, &n, &elapsed, &cks);
-        if (rc) {
-            probe_error(PROBE, "mem_lat", "%s", probe_strerr(rc));
-            break;
-        }
-        probe_emit1(PROBE, "mem_lat", n, elapsed, "ns_per_load", (double)elapsed / (double)n,
-                    "ns", cks, PROBE_NO_EXTRA);
-    }
+    run_windows(a, "mem_lat", op_mem_lat, &l, 1024, window_ns, emit_mem_lat);
     munmap(l.buf, l.bytes);
 }
 
@@ -235,16 +270,22 @@ int main(int argc, char **argv)
 
     probe_args a;
     probe_args_init(&a, PROBE, USAGE, OPS, NOPS);
-    uint64_t mem_mib = 256, lat_mib = 128;
+    uint64_t mem_mib = 256, lat_mib = 128, window_ms = 300;
     static const struct option longopts[] = {
         PROBE_COMMON_LONGOPTS,
         {"mem-mib", required_argument, NULL, OPT_MEM_MIB},
         {"lat-mib", required_argument, NULL, OPT_LAT_MIB},
+        {"window-ms", required_argument, NULL, OPT_WINDOW_MS},
         {NULL, 0, NULL, 0},
     };
     opterr = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        if (ch == OPT_WINDOW_MS || ch == PROBE_OPT_MINMS) {
+            window_ms = probe_parse_u64(&a, ch == OPT_WINDOW_MS ? "window-ms" : "min-ms", optarg,
+                                        1, 3600000);
+            continue;
+        }
         if (probe_common_opt(&a, ch, argv))
             continue;
         switch (ch) {
@@ -255,24 +296,12 @@ int main(int argc, char **argv)
     }
     probe_finish_args(&a, argc, argv);
 
+    uint64_t window_ns = window_ms * PROBE_NS_PER_MS;
     for (int k = 0; k < a.nsel; k++) {
         switch (a.sel[k]) {
-        case 0: {
-            uint64_t n = 1024;
-            for (uint64_t r = 0; r < a.reps; r++) {
-                uint64_t elapsed = 0, cks = 0;
-                int rc = probe_calibrate(op_compute, NULL, a.min_ms, &n, &elapsed, &cks);
-                if (rc) {
-                    probe_error(PROBE, "compute", "%s", probe_strerr(rc));
-                    break;
-                }
-                probe_emit1(PROBE, "compute", n, elapsed, "ops_per_s",
-                            (double)n / (double)elapsed * 1e9, "ops/s", cks, PROBE_NO_EXTRA);
-            }
-            break;
-        }
-        case 1: run_mem_bw(&a, mem_mib); break;
-        case 2: run_mem_lat(&a, lat_mib); break;
+        case 0: run_windows(&a, "compute", op_compute, NULL, 1024, window_ns, emit_compute); break;
+        case 1: run_mem_bw(&a, mem_mib, window_ns); break;
+        case 2: run_mem_lat(&a, lat_mib, window_ns); break;
         }
     }
     return 0;

@@ -11,6 +11,23 @@
  *   - an op that cannot be measured prints {"probe":..,"op":..,"error":".."}
  *     (probe_error()) and the probe continues with the next op,
  *   - diagnostics go to stderr, never stdout.
+ * A result line is
+ *   {"probe":..,"op":..,"iterations":N,"elapsed_ns":T,"metrics":{name:value,..},
+ *    "units":{name:unit,..},"checksum":C}
+ * optionally followed by
+ *   "direct":true|false      io reads: the file was opened with O_DIRECT (false: the
+ *                            filesystem refused it, a buffered read after
+ *                            fadvise(DONTNEED) was measured instead)
+ *   "page_cache":true|false  io reads: the data came at page-cache speed (a read of the
+ *                            file at least half as fast as a warm buffered read of it,
+ *                            measured in the same place): O_DIRECT was not honoured, or
+ *                            there is no device behind the file (tmpfs); the figure is
+ *                            then not the device's
+ *   "note":"..."             a sentence for the reader; it contains the words
+ *                            "page cache" exactly when "page_cache" is true.
+ * Windowed ops (probe_window(): the cpu probe) report elapsed_ns = the window and
+ * iterations = the work done in exactly that window (interpolated within the chunk
+ * that crossed its end, rounded); their metrics come from the unrounded work.
  */
 #ifndef ISOBENCH_PROBE_H
 #define ISOBENCH_PROBE_H
@@ -108,9 +125,10 @@ typedef struct {
 typedef struct {
     const char *note;  /* NULL: no "note" member */
     int direct;        /* -1: no "direct" member; 0/1: "direct":false/true */
+    int page_cache;    /* -1: no "page_cache" member; 0/1: "page_cache":false/true */
 } probe_extra;
 
-#define PROBE_NO_EXTRA ((probe_extra){NULL, -1})
+#define PROBE_NO_EXTRA ((probe_extra){NULL, -1, -1})
 
 /* One measurement line. Metrics that are not finite turn the line into an
  * error line: the contract never carries NaN or infinity. */
@@ -139,6 +157,8 @@ static inline void probe_emit(const char *probe, const char *op, uint64_t iterat
     printf("},\"checksum\":%" PRIu64, (uint64_t)(checksum & PROBE_CHECKSUM_MASK));
     if (extra.direct >= 0)
         printf(",\"direct\":%s", extra.direct ? "true" : "false");
+    if (extra.page_cache >= 0)
+        printf(",\"page_cache\":%s", extra.page_cache ? "true" : "false");
     if (extra.note) {
         fputs(",\"note\":", stdout);
         probe_json_str(stdout, extra.note);
@@ -183,16 +203,15 @@ static inline void probe_set_err(const char *fmt, ...)
 
 /*
  * Calibrated measurement: starting from *n (>= 1), run the op n times and
- * time it; while the timed run lasted less than min_ms, double n and run
- * again. The run that reached min_ms is the reported one: *n, *elapsed and
+ * time it; while the timed run lasted less than min_ns, double n and run
+ * again. The run that reached min_ns is the reported one: *n, *elapsed and
  * *checksum describe it. Callers keep *n between repetitions, so later reps
  * start from the calibrated count (and double again if they fall short).
  * Returns 0 or an errno value (see probe_strerr()).
  */
-static inline int probe_calibrate(probe_fn fn, void *ctx, uint64_t min_ms, uint64_t *n,
-                                  uint64_t *elapsed, uint64_t *checksum)
+static inline int probe_calibrate_ns(probe_fn fn, void *ctx, uint64_t min_ns, uint64_t *n,
+                                     uint64_t *elapsed, uint64_t *checksum)
 {
-    uint64_t min_ns = min_ms * PROBE_NS_PER_MS;
     if (*n < 1)
         *n = 1;
     probe_errbuf[0] = 0;
@@ -209,11 +228,105 @@ static inline int probe_calibrate(probe_fn fn, void *ctx, uint64_t min_ms, uint6
             return 0;
         }
         if (*n >= PROBE_MAX_ITERS) {
-            probe_set_err("calibration did not reach %" PRIu64 " ms after %" PRIu64
-                          " iterations", min_ms, *n);
+            probe_set_err("calibration did not reach %" PRIu64 " ns after %" PRIu64
+                          " iterations", min_ns, *n);
             return ERANGE;
         }
         *n *= 2;
+    }
+}
+
+/* The same with min_ms: a measurement of at least min_ms milliseconds. */
+static inline int probe_calibrate(probe_fn fn, void *ctx, uint64_t min_ms, uint64_t *n,
+                                  uint64_t *elapsed, uint64_t *checksum)
+{
+    return probe_calibrate_ns(fn, ctx, min_ms * PROBE_NS_PER_MS, n, elapsed, checksum);
+}
+
+/* ---------------------------------------------------------------- windows */
+
+/* Chunks last at least this long, and at least PROBE_CLOCK_SHARE clock reads:
+ * reading the clock between chunks then costs at most 1/PROBE_CLOCK_SHARE of
+ * the time (a real system call of ~30 us under gVisor, ~20 ns through a vDSO). */
+#define PROBE_CHUNK_MIN_NS 1000000ULL
+#define PROBE_CLOCK_SHARE 500
+
+/* What one probe_now_ns() costs here, in ns (at least 1). */
+static inline uint64_t probe_clock_cost_ns(void)
+{
+    enum { READS = 16 };
+    uint64_t t0 = probe_now_ns(), t = t0;
+    for (int i = 0; i < READS; i++)
+        t = probe_now_ns();
+    uint64_t per = (t - t0) / READS;
+    return per ? per : 1;
+}
+
+/* The CFS bandwidth period every container runtime and Kubernetes use. */
+#define PROBE_CFS_PERIOD_NS 100000000ULL
+
+/*
+ * Before probe_window(): calibrate *chunk (iterations of one chunk) and, the
+ * first time in this process, keep running the op for one CFS period. A quota's
+ * first period is irregular (a fresh cgroup starts with a full quota at any
+ * phase of its period timer: a first window would hold one running stretch
+ * too many, up to a third more work in 300 ms at q = 0.25); from the first
+ * period boundary on, every period holds the same running time.
+ * Returns 0 or an errno value (see probe_strerr()).
+ */
+static inline int probe_window_prepare(probe_fn fn, void *ctx, uint64_t *chunk)
+{
+    static int settled;
+    uint64_t min_ns = PROBE_CLOCK_SHARE * probe_clock_cost_ns();
+    uint64_t elapsed, cks;
+    if (min_ns < PROBE_CHUNK_MIN_NS)
+        min_ns = PROBE_CHUNK_MIN_NS;
+    uint64_t t0 = probe_now_ns();
+    int rc = probe_calibrate_ns(fn, ctx, min_ns, chunk, &elapsed, &cks);
+    while (!rc && !settled && probe_now_ns() - t0 < PROBE_CFS_PERIOD_NS)
+        rc = fn(ctx, *chunk, &cks);
+    settled = 1;
+    return rc;
+}
+
+/*
+ * Windowed measurement (after probe_window_prepare()): the work the op does in
+ * window_ns of wall time. The op runs in chunks of `chunk` iterations with the
+ * clock read between them; the chunk that crosses the window's end is
+ * interpolated (the op runs at a steady rate within a chunk), so *work is the
+ * work done in exactly window_ns.
+ *
+ * Why a window of wall time: a CPU quota (CFS bandwidth control: docker --cpus,
+ * a Kubernetes CPU limit) lets a task run for q*P of every period P (100 ms),
+ * then stops it until the next period. The probe reads the clock only while it
+ * runs, so a window starts in a running stretch; a window of a whole number of
+ * periods k*P then ends at the same phase of the schedule and holds exactly
+ * k*q*P of running time, whatever that phase: its rate reads q exactly. A
+ * window of a fixed amount of work does not: where it ends depends on where it
+ * began, and the median of such windows is off by up to (1-q)*P / (2 * window).
+ * Returns 0 or an errno value (see probe_strerr()).
+ */
+static inline int probe_window(probe_fn fn, void *ctx, uint64_t chunk, uint64_t window_ns,
+                               double *work, uint64_t *checksum)
+{
+    uint64_t cks = 0, done = 0;
+    uint64_t start = probe_now_ns(), prev = start, end = start + window_ns;
+    probe_errbuf[0] = 0;
+    for (;;) {
+        uint64_t c = 0;
+        int rc = fn(ctx, chunk, &c);
+        uint64_t t = probe_now_ns();
+        if (rc)
+            return rc;
+        cks += c;
+        if (t >= end) {
+            double part = t > prev ? (double)(end - prev) / (double)(t - prev) : 1.0;
+            *work = (double)done + (double)chunk * part;
+            *checksum = cks;
+            return 0;
+        }
+        done += chunk;
+        prev = t;
     }
 }
 
@@ -229,11 +342,13 @@ enum { PROBE_OPT_OP = 'O', PROBE_OPT_REPS = 'R', PROBE_OPT_MINMS = 'M', PROBE_OP
     {"min-ms", required_argument, NULL, PROBE_OPT_MINMS},          \
     {"help", no_argument, NULL, PROBE_OPT_HELP}
 
-#define PROBE_COMMON_USAGE                                                            \
+#define PROBE_USAGE_OP_REPS                                                           \
     "  --op NAME      run only this op (repeatable, or comma-separated; default: all)\n" \
-    "  --reps N       measurements per op, each printed as its own line (default 1)\n" \
-    "  --min-ms M     each calibrated measurement lasts at least M ms (default 10)\n"  \
-    "  --help         print this help and exit\n"
+    "  --reps N       measurements per op, each printed as its own line (default 1)\n"
+#define PROBE_USAGE_MIN_MS \
+    "  --min-ms M     each calibrated measurement lasts at least M ms (default 10)\n"
+#define PROBE_USAGE_HELP "  --help         print this help and exit\n"
+#define PROBE_COMMON_USAGE PROBE_USAGE_OP_REPS PROBE_USAGE_MIN_MS PROBE_USAGE_HELP
 
 typedef struct {
     const char *probe;
