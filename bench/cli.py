@@ -251,8 +251,7 @@ def _default(name: str, fmt: str = "{}") -> str:
     "--budget",
     type=float,
     show_default=_default("budget", "{:g}"),
-    help="the whole run's wall clock in seconds, preparation included: no round "
-    "starts once it is spent",
+    help="the whole run's wall clock in seconds, preparation included",
 )
 @click.option(
     "--timeout",

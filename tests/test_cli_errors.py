@@ -128,3 +128,23 @@ def test_a_run_without_samples_is_said_so(run, tmp_path):
 def test_export_format_is_a_choice(tmp_path):
     res = isobench("export", str(tmp_path), "--format", "xml")
     one_line_error(res, "'xml' is not one of 'csv', 'json', 'parquet'")
+
+
+def test_the_example_matrix_has_every_key_and_passes_the_input_checks():
+    from pathlib import Path
+
+    from bench import catalog
+    from bench.envs import REGISTRY
+    from bench.matrix import SCALARS, Matrix, load_toml
+
+    root = Path(__file__).parents[1]
+    envs, workloads, settings = load_toml(root / "examples" / "matrix.toml")
+    assert set(settings) == set(SCALARS)
+    Matrix(envs=envs, workloads=workloads, **settings).check(catalog.load(), "example")
+    assert {e.kind for e in envs} == set(REGISTRY)
+    readme = (root / "README.md").read_text()
+    for key in SCALARS:  # every matrix key is documented
+        assert f"| `{key}` |" in readme, key
+    for cls in REGISTRY.values():
+        for option in cls.options:
+            assert f"`{option}" in readme, (cls.kind, option)
