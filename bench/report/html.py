@@ -80,7 +80,6 @@ def environment() -> jinja2.Environment:
         pct=lambda x: "–" if x is None else f"{x:+.1f} %",
         pval=lambda p: "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
         ci=lambda r: model.fmt_ci(r["median"], r["ci_low"], r["ci_high"], r["unit"]),
-        kv=lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items()) or "–",
     )
     env.globals["asset"] = lambda name: Markup(asset(name))
     return env

@@ -68,7 +68,7 @@ def fmt_ratio(r: float | None) -> str:
 
 
 def op_words(workload: str, op: str, metric: str) -> str:
-    if metric in PHASES:
+    if op == "phases" or metric in PHASES:
         return f"to {metric.removesuffix('_ms')} (startup)"
     if metric == "ns_per_op":
         return f"per {OP_NAMES.get(op, op)}"
@@ -77,7 +77,7 @@ def op_words(workload: str, op: str, metric: str) -> str:
 
 def short_label(workload: str, op: str, metric: str, keys) -> str:
     """`workload · op`, plus the metric only where one op has several figures."""
-    if metric in PHASES:
+    if op == "phases" or metric in PHASES:
         return f"{workload} · {metric.removesuffix('_ms')}"
     several = sum(1 for w, o, _ in keys if (w, o) == (workload, op)) > 1
     name = OP_NAMES.get(op, op).removesuffix(" (vDSO)")
@@ -302,7 +302,7 @@ def charts(rows, data, cat, envs: list[str]) -> list[dict[str, Any]]:
             "id": f"c{len(out)}", "workload": w, "op": o, "metric": m, "unit": unit,
             "family": family(cat, w), "better": better(cat, w, m),
             "log": wide([s["median"] for s in series], lows),
-            "title": f"{w} · {OP_NAMES.get(o, o) if m not in PHASES else m}",
+            "title": f"{w} · {m if o == 'phases' else OP_NAMES.get(o, o)}",
             "description": cat.get(w, {}).get("metrics", {}).get(m, {}).get("description", ""),
             "series": series,
         })  # fmt: skip

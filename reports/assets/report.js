@@ -69,10 +69,10 @@
       return Math.max(m, wrap(v, n).length + (EMULATED[v] ? 1 : 0));
     }, 1);
   }
-  /* the power of ten at or below the smallest positive value: a log axis's floor */
+  /* the power of ten below the smallest positive value: a log axis's floor */
   function logFloor(values) {
     var pos = values.filter(function (v) { return v > 0; });
-    return Math.pow(10, Math.floor(Math.log10(Math.min.apply(null, pos))));
+    return Math.pow(10, Math.ceil(Math.log10(Math.min.apply(null, pos))) - 1);
   }
   var ctx = document.createElement("canvas").getContext("2d");
   function textWidth(lines, size) {
@@ -256,13 +256,13 @@
     }
     function whiskers(params, api) {
       var y = api.value(0), kids = [], h = api.size([0, 1])[1] * 0.5;
-      for (var i = 1; i < 4; i += 2) {
-        var l = api.value(i), u = api.value(i + 1);
+      for (var i = 1; i < 4; i += 2) { /* ready's CI in the upper half, cleaned's in the lower */
+        var l = api.value(i), u = api.value(i + 1), dy = (i === 1 ? -1 : 1) * h / 5;
         if (!(l > 0 && u > 0)) continue;
         var a = api.coord([l, y]), b = api.coord([u, y]), st = { stroke: "#333", lineWidth: 1 };
-        kids.push({ type: "line", shape: { x1: a[0], y1: a[1], x2: b[0], y2: b[1] }, style: st });
-        kids.push({ type: "line", shape: { x1: a[0], y1: a[1] - h / 3, x2: a[0], y2: a[1] + h / 3 }, style: st });
-        kids.push({ type: "line", shape: { x1: b[0], y1: b[1] - h / 3, x2: b[0], y2: b[1] + h / 3 }, style: st });
+        kids.push({ type: "line", shape: { x1: a[0], y1: a[1] + dy, x2: b[0], y2: b[1] + dy }, style: st });
+        kids.push({ type: "line", shape: { x1: a[0], y1: a[1] + dy - h / 6, x2: a[0], y2: a[1] + dy + h / 6 }, style: st });
+        kids.push({ type: "line", shape: { x1: b[0], y1: b[1] + dy - h / 6, x2: b[0], y2: b[1] + dy + h / 6 }, style: st });
       }
       var c = api.value(5);
       if (c > 0) {
