@@ -468,7 +468,7 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
         return
     base = baseline or manifest.get("matrix", {}).get("baseline", "host")
     order = [base] + [e for e in order if e != base]
-    _emit(summary_table(rows, base, order))
+    _emit(summary_table(rows, base, order, out.width))
     if rows:
         _say("legend:", "dim", SIG_LEGEND, wrap=True)
     for note in sorted({r["note"] for r in rows if r["note"]}):
@@ -486,47 +486,53 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
         _say("warning:", "yellow", w, wrap=True)
 
 
+MIN_LABEL = 12  # the environment column's narrowest width
 SUMMARY_COLUMNS = ("environment", "median [95% CI]", "n", "ratio [95% CI]", "in words", "sig")
 
 
-def summary_table(rows: list[dict], base: str, order: list[str]) -> Group:
+def summary_table(rows: list[dict], base: str, order: list[str], width: int) -> Group:
     """One section per figure (its name, unit and direction), one line per environment,
     the baseline first; ratios in words where a test says there is a difference. The
     sections are tables with the same column widths, so they read as one."""
     rank = {e: i for i, e in enumerate(order)}
     keys = {(r["workload"], r["op"], r["metric"]) for r in rows}
-    figures: dict[tuple, list[tuple[Text, ...]]] = {}
+    figures: dict[tuple, list[dict]] = {}
     for r in sorted(rows, key=lambda r: rank.get(r["env"], len(rank))):
-        figures.setdefault((r["workload"], r["op"], r["metric"]), []).append(
-            _summary_cells(r, base)
-        )
+        figures.setdefault((r["workload"], r["op"], r["metric"]), []).append(r)
+    sections = []
+    for (workload, op, metric), group in sorted(figures.items()):
+        scale, unit = model.time_scale([r["median"] for r in group], group[0]["unit"])
+        head = Text.assemble((model.short_label(workload, op, metric, keys), "bold"),
+                             f"  {unit}, {group[0]['better']} is better ({metric})")  # fmt: skip
+        sections.append((head, [_summary_cells(r, base, scale) for r in group]))
     widths = [len(c) for c in SUMMARY_COLUMNS]
-    for cells in figures.values():
+    for _, cells in sections:
         for row in cells:
             widths = [max(w, c.cell_len) for w, c in zip(widths, row, strict=True)]
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    if over > 0:  # a long label folds onto a second line; the figures stay whole
+        widths[0] = max(MIN_LABEL, widths[0] - over)
 
     def table(header: bool) -> Table:
         t = Table(box=None, pad_edge=False, show_header=header)
-        for name, width in zip(SUMMARY_COLUMNS, widths, strict=True):
+        for name, w in zip(SUMMARY_COLUMNS, widths, strict=True):
             right = name in ("median [95% CI]", "n", "ratio [95% CI]")
-            t.add_column(name, width=width, justify="right" if right else "left")
+            t.add_column(name, width=w, justify="right" if right else "left",
+                         overflow="fold", no_wrap=name != "environment")  # fmt: skip
         return t
 
     parts: list = [table(header=True)]
-    for (workload, op, metric), cells in sorted(figures.items()):
-        label = model.short_label(workload, op, metric, keys)
-        better = next(r.get("better") for r in rows if (r["workload"], r["op"], r["metric"])
-                      == (workload, op, metric)) or "lower"  # fmt: skip
-        parts.append(Text.assemble((label, "bold"), f"  {metric}, {better} is better"))
+    for head, cells in sections:
         t = table(header=False)
         for row in cells:
             t.add_row(*row)
-        parts.append(t)
+        parts += [head, t]
     return Group(*parts)
 
 
-def _summary_cells(r: dict, base: str) -> tuple[Text, ...]:
-    median, ci, unit = model.fmt_ci(r["median"], r["ci_low"], r["ci_high"], r["unit"])
+def _summary_cells(r: dict, base: str, scale: float = 1.0) -> tuple[Text, ...]:
+    """One environment's line; figures times `scale` (the section's unit)."""
+    num = lambda x: model.fmt_num(None if x is None else x * scale)  # noqa: E731
     label = "  " + r["env"] + (" (emulated)" if r["emulated"] else "")
     if r["env"] == base:
         ratio, words, sig = "baseline", "", ""
@@ -541,8 +547,8 @@ def _summary_cells(r: dict, base: str) -> tuple[Text, ...]:
         words = analysis.verdict(r) if r["significant"] else ""
         sig = "–" if r["p_adjusted"] is None else ("yes" if r["significant"] else "no")
     return (Text(label, style="bold" if r["env"] == base else ""),
-            Text(f"{median} {unit} {ci}"), Text(str(r["n"])), Text(ratio),
-            Text(words, style="bold"), Text(sig))  # fmt: skip
+            Text(f"{num(r['median'])} [{num(r['ci_low'])}, {num(r['ci_high'])}]"),
+            Text(str(r["n"])), Text(ratio), Text(words, style="bold"), Text(sig))  # fmt: skip
 
 
 def _print_flags(rows: list[dict]) -> None:
