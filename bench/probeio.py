@@ -10,9 +10,9 @@ Optional members (workloads/probe.h has the full contract):
 - ``direct`` (bool, io reads): the file was opened with O_DIRECT; false when the
   filesystem refused the flag and a buffered read after fadvise(DONTNEED) was measured.
 - ``page_cache`` (bool, io reads ``seq_read`` and ``rand_read_4k``): the data came at
-  page-cache speed (a read of the file at least half as fast as a warm buffered read of
-  it, in the same place), so the figure is the page cache's, not the device's: O_DIRECT
-  was not honoured (gVisor) or there is no device (tmpfs).
+  page-cache speed (a read of the file 0.5 to 1.5 times as fast as a warm buffered read
+  of it, in the same place), so the figure is the page cache's, not the device's:
+  O_DIRECT was not honoured (gVisor) or there is no device (tmpfs).
 - ``note`` (str): a sentence for the reader; it contains PAGE_CACHE_NOTE exactly when
   ``page_cache`` is true.
 

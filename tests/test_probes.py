@@ -142,10 +142,12 @@ def test_io_read_from_tmpfs_is_flagged_page_cache(bundle, tmp_path):
 
 
 @pytest.mark.requires("runsc")
-def test_io_o_direct_under_gvisor_is_flagged_page_cache(bundle, tmp_path):
+@pytest.mark.parametrize("storage", ["overlay", "volume"])
+def test_io_o_direct_under_gvisor_is_flagged_page_cache(bundle, tmp_path, storage):
     """gVisor accepts O_DIRECT and serves the read from its own cache: the real docker
-    environment with runsc, its io directory bind-mounted (storage=volume)."""
-    env = DockerEnv({"runtime": "runsc", "storage": "volume"},
+    environment with runsc, the io directory in the container's filesystem or a bind
+    mount of a host directory."""
+    env = DockerEnv({"runtime": "runsc", "storage": storage},
                     Context("tprobes", tmp_path, tmp_path / "cache"))  # fmt: skip
     try:
         env.prepare(bundle)

@@ -19,10 +19,10 @@
  *                            filesystem refused it, a buffered read after
  *                            fadvise(DONTNEED) was measured instead)
  *   "page_cache":true|false  io reads: the data came at page-cache speed (a read of the
- *                            file at least half as fast as a warm buffered read of it,
- *                            measured in the same place): O_DIRECT was not honoured, or
- *                            there is no device behind the file (tmpfs); the figure is
- *                            then not the device's
+ *                            file between 0.5 and 1.5 times as fast as a warm buffered
+ *                            read of it, measured in the same place): O_DIRECT was not
+ *                            honoured, or there is no device behind the file (tmpfs);
+ *                            the figure is then not the device's
  *   "note":"..."             a sentence for the reader; it contains the words
  *                            "page cache" exactly when "page_cache" is true.
  * Windowed ops (probe_window(): the cpu probe) report elapsed_ns = the window and
