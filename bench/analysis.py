@@ -118,6 +118,7 @@ def summarize_run(
         target = precision_target(manifest, workload, op, metric) if scope == MAIN else None
         row = {
             "env": env,
+            "scope": scope,
             "env_kind": envs.get(env, {}).get("kind"),
             "emulated": bool(envs.get(env, {}).get("emulated")),
             "workload": workload,
@@ -178,7 +179,7 @@ TIME_UNITS = {"ns", "us", "µs", "ms", "s"}
 
 def verdict(row: dict[str, Any]) -> str:
     """The ratio in words, in the direction a reader means: "28× slower", "1.30× faster",
-    "1.8× more" (a cost that is not a time or rate); "" when there is no ratio.
+    "1.8× more" (a footprint cost, even one in ms of CPU time); "" when there is no ratio.
 
     ``ratio`` is always value / baseline value; whether that is worse depends on
     ``better``: a ratio of 0.036 for a rate (higher is better) is "28× slower"."""
@@ -188,7 +189,9 @@ def verdict(row: dict[str, Any]) -> str:
     worse = ratio > 1 if row.get("better", "lower") == "lower" else ratio < 1
     factor = ratio if ratio >= 1 else 1 / ratio
     unit = row.get("unit") or ""
-    timed = unit in TIME_UNITS or "/s" in unit or unit in ("IOPS", "MB/s")
+    timed = row.get("scope", MAIN) == MAIN and (
+        unit in TIME_UNITS or "/s" in unit or unit == "IOPS"
+    )
     word = ("slower" if worse else "faster") if timed else ("more" if ratio > 1 else "less")
     return f"{factor:.2f}× {word}" if factor < 10 else f"{factor:.0f}× {word}"
 

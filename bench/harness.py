@@ -30,14 +30,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import stats
 from bench.envs.base import Context, Invocation
 from bench.envs.host import SAMPLER_INTERVAL_S, HostEnv
+from bench.scratch import new_scratch
 
 COMPONENTS = ("spawn", "collection", "cleanup", "setup", "total")
 CPU_INVOCATION = Invocation("cpu", "cpu", ("--op", "compute", "--reps", "1", "--min-ms", "100"))
@@ -109,7 +108,7 @@ def measure(bundle, n: int = 15, *, cpu_launches: int = 3, warmup: int = 2) -> d
     launch), like the host environment. Returns a JSON-safe dict for the manifest."""
     started = time.monotonic()
     startup = str(bundle.probes["startup"])
-    scratch = Path(tempfile.mkdtemp(prefix="isobench-harness-"))
+    scratch = new_scratch("harness")
     env = HostEnv({"sampler": "on"}, Context("harness", scratch, scratch))
     env.prepare(bundle)
     inv = Invocation("startup", "startup", ())

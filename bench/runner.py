@@ -48,6 +48,15 @@ class Active:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _versions(kind_versions: dict[str, str], info: dict[str, Any]) -> dict[str, str]:
+    """The kind's versions plus the runtime this environment runs (runsc's for
+    docker:runtime=runsc, not only the daemon's runc)."""
+    rt = info.get("runtime")
+    if isinstance(rt, dict) and rt.get("name") and rt.get("version"):
+        return {**kind_versions, str(rt["name"]): str(rt["version"])}
+    return dict(kind_versions)
+
+
 def _unit(metric: str) -> str:
     return next((u for k, u in UNITS.items() if k in metric), "")
 
@@ -220,7 +229,7 @@ class Runner:
                 "options": spec.options,
                 "available": act.ok,
                 "reason": act.reason,
-                "versions": av.versions,
+                "versions": _versions(av.versions, act.info),
                 "emulated": bool(act.env and act.env.emulated),
                 **act.info,
             }

@@ -127,3 +127,5 @@ def test_verdict_words_follow_the_better_direction():
     assert analysis.verdict({"ratio": 0.8, "better": "lower", "unit": "ms"}) == "1.25× faster"
     assert analysis.verdict({"ratio": 1.8, "better": "lower", "unit": "MiB"}) == "1.80× more"
     assert analysis.verdict({"ratio": None}) == ""
+    cpu = {"ratio": 6.59, "better": "lower", "unit": "ms", "scope": analysis.FOOTPRINT}
+    assert analysis.verdict(cpu) == "6.59× more"

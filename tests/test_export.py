@@ -49,7 +49,7 @@ def test_export_summary_csv(run, tmp_path):
 def test_unknown_format_is_a_user_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "run_id": "x"}))
     res = CliRunner().invoke(export_cmd, [str(tmp_path), "--format", "xlsx"])
-    assert res.exit_code == 1 and "unknown format 'xlsx'" in res.output  # ClickException
+    assert res.exit_code == 2 and "'xlsx' is not one of" in res.output  # click.Choice
 
 
 def test_not_a_run_is_a_store_error(tmp_path):

@@ -27,8 +27,7 @@ def frame(run_dir: Path, *, summary: bool = False):
     rows = []
     if len(df):
         for scope in (analysis.MAIN, analysis.FOOTPRINT):
-            summary = analysis.summarize_run(df, manifest, scope=scope)
-            rows += [r | {"scope": scope} for r in summary]
+            rows += analysis.summarize_run(df, manifest, scope=scope)
     return pd.DataFrame.from_records(rows)
 
 
