@@ -35,11 +35,6 @@ def _rmtree(path: Path):
     return lambda: shutil.rmtree(path, ignore_errors=True)
 
 
-def _rmdir_cgroup(path: Path):
-    """One leftover directory in one hierarchy: kill what is in it, then rmdir it."""
-    return Cgroup("v2" if (path / "cgroup.kill").exists() else "v1", {"": path}).remove
-
-
 def scratch_dirs() -> list[Path]:
     """Every scratch directory with an owner marker (isobench made it), live or not."""
     found = []
@@ -69,7 +64,7 @@ def find_all() -> list[Leftover]:
         except Exception as e:  # an engine that is down cannot have its leftovers listed
             found.append(Leftover(f"{cls.kind}: could not look for leftovers ({e})", lambda: None))
     for path in cgroup_leftovers():
-        found.append(Leftover(f"cgroup {path}", _rmdir_cgroup(path)))
+        found.append(Leftover(f"cgroup {path}", Cgroup.at(path).remove))
     for path in scratch_dirs():
         found.append(Leftover(f"scratch directory {path}", _rmtree(path)))
     bundles = cache_dir() / "bundles"

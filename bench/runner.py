@@ -22,7 +22,7 @@ from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
 from bench.interrupt import Interrupted, check
 from bench.matrix import EnvSpec, Matrix
-from bench.metrics import noise
+from bench.metrics import cgroup, noise
 from bench.scratch import new_scratch
 from bench.store import SCHEMA_VERSION, SampleWriter, StoreWriteError, read_records, write_manifest
 
@@ -197,6 +197,7 @@ class Runner:
             interrupt.ignore()  # a second Ctrl-C must not cut the cleanup short
             try:
                 self._stop_envs()
+                self._remove_run_cgroups()
                 shutil.rmtree(scratch, ignore_errors=True)
                 self._finish(status, writer)
             finally:
@@ -244,6 +245,16 @@ class Runner:
                     act.env.cleanup()
                 except Exception as e:  # keep cleaning the others; say what was left
                     self.log(f"cleanup of {act.spec.label} failed: {e}")
+
+    def _remove_run_cgroups(self) -> None:
+        """Whatever launch cgroup still carries this run's id (a launch whose teardown an
+        engine error cut short): every launch of every kind names its cgroup so."""
+        for path in cgroup.find_leftovers():
+            if path.name.startswith(f"{cgroup.PREFIX}{self.run_id}-"):
+                try:
+                    cgroup.Cgroup.at(path).remove()
+                except (cgroup.CgroupError, OSError) as e:
+                    self.log(f"could not remove cgroup {path}: {e}")
 
     def _finish(self, status: str, writer: SampleWriter) -> None:
         self.manifest["status"] = status

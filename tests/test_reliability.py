@@ -156,3 +156,28 @@ def test_kill_9_leftovers_are_found_and_cleaned(tmp_path):
     assert other.is_dir()  # ... and clean touches nothing else
     other.rmdir()
     assert store.read_manifest(run_dir)["status"] == "running"  # a crash: resumable
+
+
+@pytest.mark.requires("podman", "oci")
+def test_ctrl_c_at_any_moment_of_a_podman_or_oci_run_leaves_nothing(tmp_path):
+    """Eight runs, each interrupted at another moment of its launches (a teardown among
+    them): no cgroup, container or scratch of the run may remain."""
+    for i in range(8):
+        d = tmp_path / str(i)
+        d.mkdir()
+        proc = start(d, "--env", "podman", "--env", "oci", "--workload", "startup",
+                     "--workload", "syscall", "--quick", "--seed", str(i))  # fmt: skip
+        run_dir = wait_for_samples(d, 1, proc)
+        time.sleep(0.13 * i)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert our_leftovers(run_dir) == [], f"interrupt {i}"
+        label = f"label=isobench.run={run_dir.name}"
+        ps = subprocess.run(["podman", "ps", "-a", "-q", "--filter", label],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert ps.stdout.strip() == "", f"interrupt {i}: podman containers left"
+        runc = subprocess.run(["runc", "--root", "/run/isobench-oci/runc", "list", "-q"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run_dir.name not in runc.stdout, f"interrupt {i}: runc containers left"
+        assert not list(Path("/var/tmp").glob(f"isobench-{run_dir.name}-*"))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
 from bench.envs.base import (
@@ -404,9 +405,10 @@ class DockerEnv(Environment):
                 cgroup=cgroup,
             )
         finally:
-            run.teardown(cgroup)
-            if volume is not None:
-                shutil.rmtree(volume, ignore_errors=True)
+            with interrupt.shielded():
+                run.teardown(cgroup)
+                if volume is not None:
+                    shutil.rmtree(volume, ignore_errors=True)
         launch.phases["cleaned"] = ct.ns_since(run.t_submit)
         return launch
 

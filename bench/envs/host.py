@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import interrupt
 from bench.envs.base import Availability, Environment, Invocation, Launch, Option
 from bench.envs.process import stream, to_launch
 from bench.metrics.cgroup import Cgroup, CgroupError, delta, detect_layout, preexec_attach
@@ -163,9 +164,10 @@ class HostEnv(Environment):
                 launch.cgroup.update(instance)
                 launch.host_side.update(harness)
         finally:
-            cg.remove()
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+            with interrupt.shielded():
+                cg.remove()
+                if workdir:
+                    shutil.rmtree(workdir, ignore_errors=True)
         launch.phases["cleaned"] = time.monotonic_ns() - res.t_submit
         return launch
 

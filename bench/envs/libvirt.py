@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from bench import guest
+from bench import guest, interrupt
 from bench.envs.base import Availability, Leftover
 from bench.envs.qemu import (
     VM_OPTIONS,
@@ -268,7 +268,8 @@ class LibvirtEnv(VmEnvironment):
             return Boot(t0, DESTROYED, failure=f"libvirt: {e.get_error_message()}")
         finally:
             if dom is not None:
-                _destroy(dom)
+                with interrupt.shielded():
+                    _destroy(dom)
 
     def _run(self, dom, name: str, console: Path, t0: int, timeout: float) -> Boot:
         lv = _libvirt()

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
 from bench.envs.base import (
@@ -142,9 +143,10 @@ class OciEnv(Environment):
             launch.cgroup = cgroup.read()
             launch.extra.update(name=name, cgroup_parent=cgroup.rel)
         finally:
-            _delete(runtime, name)
-            cgroup.remove()
-            shutil.rmtree(bundle_dir, ignore_errors=True)
+            with interrupt.shielded():
+                _delete(runtime, name)
+                cgroup.remove()
+                shutil.rmtree(bundle_dir, ignore_errors=True)
         launch.phases["cleaned"] = ct.ns_since(res.t_submit)
         return launch
 

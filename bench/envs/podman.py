@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
 from bench.envs.base import (
@@ -303,10 +304,11 @@ class PodmanEnv(Environment):
                 )
             launch.extra.update(name=name, cgroup_parent=cgroup.rel)
         finally:
-            _remove(name)
-            cgroup.remove()
-            if volume is not None:
-                shutil.rmtree(volume, ignore_errors=True)
+            with interrupt.shielded():
+                _remove(name)
+                cgroup.remove()
+                if volume is not None:
+                    shutil.rmtree(volume, ignore_errors=True)
         launch.phases["cleaned"] = ct.ns_since(res.t_submit)
         return launch
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import guest
+from bench import guest, interrupt
 from bench.envs.base import Availability, Context, Environment, Invocation, Launch, Option
 from bench.envs.process import stream
 from bench.metrics.cgroup import Cgroup, CgroupError, delta, preexec_attach
@@ -281,7 +281,8 @@ class VmEnvironment(Environment):
             spec = self._spec_for(guest.cmdline(runs, timeout), disk)
             boot = self._boot(name, spec, scratch, timeout * len(invs))
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            with interrupt.shielded():
+                shutil.rmtree(scratch, ignore_errors=True)
         boot.phases["cleaned"] = time.monotonic_ns() - boot.t_submit
         launches = self._round_launches(boot, [invs[i] for i in order], timeout * len(invs))
         for launch in launches:
@@ -494,7 +495,7 @@ class QemuEnv(VmEnvironment):
             return boot
         finally:
             if cg:
-                with contextlib.suppress(CgroupError, OSError):
+                with interrupt.shielded(), contextlib.suppress(CgroupError, OSError):
                     cg.kill_all()
                     cg.remove()
 

@@ -361,6 +361,11 @@ class Cgroup(CgroupReader):
             return base / "cgroup.kill"
         return None
 
+    @classmethod
+    def at(cls, path: Path) -> Cgroup:
+        """An existing directory in one hierarchy (what a crash or a signal left), to remove."""
+        return cls("v2" if (path / "cgroup.kill").exists() else "v1", {"": path})
+
     def kill_all(self) -> None:
         """SIGKILL everything inside and wait (at most KILL_TIMEOUT_S) until it is empty."""
         kill_file = self._kill_file()
