@@ -17,6 +17,7 @@ from bench.envs.docker import DockerEnv
 from bench.envs.host import set_weight
 from bench.metrics.cgroup import Cgroup, preexec_attach
 from bench.probeio import PAGE_CACHE_NOTE, is_ready, parse_lines
+from bench.validate import busy_cpus
 
 WINDOW_NS = 50_000_000
 
@@ -73,7 +74,8 @@ def _compute_rates(bundle, cg: Cgroup | None, reps: int) -> list[float]:
 @pytest.mark.parametrize("pinned", [False, True], ids=["unpinned", "pinned"])
 def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
     """Windows of 300 ms (three CFS periods) under cpus=0.25 and 0.5 read 1/q of the
-    unlimited rate within 5% (medians of interleaved launches). Under other load single
+    unlimited rate within 5% (medians of interleaved launches), with the CPUs kept out
+    of idle as `isobench validate` does (validate.busy_cpus). Under other load single
     windows scatter (a period whose quota competition left unused carries up to a 5 ms
     slice per CPU into the next), so the test holds medians, not each window."""
     cpuset = "1" if pinned and os.cpu_count() and os.cpu_count() > 1 else None
@@ -87,9 +89,10 @@ def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
             set_weight(cg, 10240)  # shield the unlimited baseline from other load
             groups[q] = cg
         rates: dict = {q: [] for q in groups}
-        for _ in range(3):
-            for q, cg in groups.items():
-                rates[q] += _compute_rates(bundle, cg, 3)
+        with busy_cpus():
+            for _ in range(3):
+                for q, cg in groups.items():
+                    rates[q] += _compute_rates(bundle, cg, 3)
         for q in (0.25, 0.5):
             ratio = statistics.median(rates[None]) / statistics.median(rates[q])
             assert ratio == pytest.approx(1 / q, rel=0.05), (q, rates)
