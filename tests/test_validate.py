@@ -120,6 +120,24 @@ def test_quota_cells_parse_and_name_every_check():
     assert all(c.passed for c in checks)
 
 
+def test_container_quotas_are_against_the_weighted_host():
+    """docker and podman have no weight option: their known answers use the host's
+    baselines, which the run then includes even when host itself is not checked."""
+    cells = v.all_quota_cells(["docker"])
+    labels = sorted(c.rsplit("label=", 1)[1] for c in cells)
+    assert labels == ["docker-q0.25", "docker-q0.25-pinned", "docker-q0.5",
+                      "docker-q0.5-pinned", "host", "host-pinned"]  # fmt: skip
+    assert len(v.all_quota_cells(["host", "podman"])) == 6 + 4
+    recs = [{"round": 1, "status": "ok", "value": 3e8 * (q or 1), "env": env,
+             "workload": "compute", "op": "compute", "metric": "ops_per_s"}
+            for env, q in [("host", None), ("host-pinned", None), ("docker-q0.25", 0.25),
+                           ("docker-q0.5", 0.5), ("docker-q0.25-pinned", 0.25),
+                           ("docker-q0.5-pinned", 0.5)] for _ in range(6)]  # fmt: skip
+    checks = v.check_quota(recs, ["docker"])
+    assert checks[0].name == "known answer (docker:cpus=0.25 / host without a quota, time per op)"
+    assert [c.data["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2])
+
+
 def test_busy_cpus_runs_one_idle_class_spinner_per_cpu_and_removes_them():
     import os
 
