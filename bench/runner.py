@@ -78,7 +78,7 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=err)
     if launch.status != "ok":
         rec(op=None, metric=None, value=None, unit="", source="launch", status=launch.status)
-        out[-1]["reason"] = launch.reason
+        out[-1]["reason"] = failure_reason(launch)
         return out
     for name, ns in launch.phases.items():
         rec(op="phases", metric=f"{name}_ms", value=ns / 1e6, unit="ms", source="phase")
@@ -87,6 +87,17 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
     for name, value in launch.host_side.items():
         rec(op="host_side", metric=name, value=value, unit=_unit(name), source="host")
     return out
+
+
+def failure_reason(launch: Launch) -> str:
+    """The reason, with the exit code and the last lines the instance wrote on stderr."""
+    reason = launch.reason
+    if launch.exit_code not in (None, 0) and "status" not in reason:
+        reason += f" (exit status {launch.exit_code})"
+    tail = [line for line in launch.stderr_tail.strip().splitlines() if line.strip()][-3:]
+    if tail:
+        reason += " — stderr: " + " | ".join(line.strip()[:200] for line in tail)
+    return reason
 
 
 def unreached(records: list[dict[str, Any]], manifest: dict[str, Any], cells: list[str]) -> dict:

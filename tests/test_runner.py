@@ -12,7 +12,7 @@ import pytest
 
 from bench import catalog, runner
 from bench.envs.base import Availability, Environment, Launch, Option
-from bench.matrix import Matrix, parse_env_spec
+from bench.matrix import EnvSpec, Matrix, parse_env_spec
 
 
 class Clock:
@@ -161,3 +161,14 @@ def test_progress_reports_seconds_with_an_honest_total(run, monkeypatch):
     for now, done, total in seen[3:]:  # once the warm-up has timed a launch
         left = end - now
         assert abs((total - done) - left) <= 0.2 * (end - start) + 1
+
+
+def test_a_failed_launch_keeps_its_exit_code_and_stderr_tail():
+    launch = Launch(status="failed", reason="probe failed", exit_code=2,
+                    stderr_tail="warming up\nsyscall: --op: unknown op 'nul'\n\n")  # fmt: skip
+    assert runner.failure_reason(launch) == (
+        "probe failed (exit status 2) — stderr: warming up | syscall: --op: unknown op 'nul'"
+    )
+    cell = runner.Cell(EnvSpec("fake"), "syscall")
+    (rec,) = runner.launch_records(launch, cell, {"round": 1})
+    assert rec["status"] == "failed" and rec["reason"] == runner.failure_reason(launch)
