@@ -7,8 +7,9 @@ A flagged figure is shown with its flag and never as a finding (no ratio, no tes
   but is not an overhead of the clock call to compare;
 - a counter delta below zero: the instance's cgroup was read from two different places
   before and after (a reader's bug), never a negative amount of work;
-- zero bytes written where the io probe wrote data: cgroup v1 charges buffered writeback
-  to the flusher, not the container, so 0 is an accounting gap, not a measurement;
+- zero bytes written where the io probe wrote data: cgroup v1 keeps no I/O counts of a
+  child cgroup once it is removed (runc removes a container's at exit, before it can be
+  read) and charges buffered writeback to the flusher: an accounting gap, not a figure;
 - a read that asked for O_DIRECT but was served from the page cache (the probe says
   so): page-cache speed, not the device's.
 """
@@ -47,7 +48,8 @@ def figure_flags(
         )
     if row["workload"] == "io" and metric in WRITE_COUNTERS and values.size and not values.any():
         why = (
-            "cgroup v1 does not charge buffered writeback to the container's cgroup"
+            "cgroup v1 keeps no I/O counts of a container's cgroup once the runtime removes "
+            "it at exit (and charges buffered writeback elsewhere)"
             if layout in ("v1", "hybrid")
             else "the cgroup accounted no writes"
         )

@@ -20,13 +20,6 @@ simulations of 2,000-3,000 samples per case, lognormal/normal/exponential data):
   and ``median_ci_level`` reports the coverage actually attained, so a report can say
   so.  The percentile bootstrap of the median is available (``method="bootstrap"``)
   but it undercovers at small n (about 87% at n=7, 93% at n=10): it is not the default.
-* Ratio of medians CI (``ratio_ci``): percentile bootstrap, resampling both samples
-  independently, widened to also contain a log-scale interval built from the two
-  order-statistic median CIs (each turned into a standard error of the log median, as
-  Price & Bonett 2002 do).  The bootstrap alone covers 95-97% when both samples are
-  equally noisy but drops to about 88% at n=7 when one side dominates the noise; the
-  union stays within 95-99% in every case simulated.  The log-scale part needs
-  positive data; with any value <= 0 only the bootstrap interval is used.
 * Verdicts (``log_ratio_test``, ``benjamini_hochberg``): the unit is the round.  Each
   round runs every cell once, in a shuffled order, and each launch's figure is the
   median of its repetitions; so for a figure of environment E and the baseline B the
@@ -49,9 +42,8 @@ simulations of 2,000-3,000 samples per case, lognormal/normal/exponential data):
   significant are expected to be false.  ``tests/test_stats.py`` simulates both
   (identical environments: <= 5% called; a 10% overhead at 2% launch noise: detected
   in 6 rounds).
-* ``min_detectable_effect``: normal-approximation sample size formula on the robust
-  relative spread, times sqrt(pi/2), the standard-error ratio of the median to the
-  mean for normal data (the medians' comparison is what ``significant`` requires).
+* ``min_detectable_ratio``: the power formula of that paired test, with t quantiles,
+  from the per-round log ratios of two identical environments (``isobench validate``).
 """
 
 from __future__ import annotations
@@ -70,14 +62,11 @@ __all__ = [
     "Summary",
     "benjamini_hochberg",
     "ci_halfwidth_rel",
-    "holm",
     "log_ratio_test",
-    "mann_whitney",
     "median_ci",
     "median_ci_level",
-    "min_detectable_effect",
+    "min_detectable_ratio",
     "outliers",
-    "ratio_ci",
     "significant",
     "summarize",
 ]
@@ -90,7 +79,6 @@ CiMethod = Literal["interpolated", "exact", "bootstrap"]
 _NAN = float("nan")
 _MAD_TO_SIGMA = 1.4826  # sigma of a normal distribution per unit of MAD
 _MEANAD_TO_SIGMA = 1.253314  # sqrt(pi/2): sigma per unit of mean absolute deviation
-_MEDIAN_EFFICIENCY = math.sqrt(math.pi / 2)  # SE(median) / SE(mean), normal data
 
 
 @dataclass(frozen=True)
@@ -250,95 +238,6 @@ def summarize(
     )
 
 
-def _log_median_se(x: np.ndarray, confidence: float) -> float:
-    """Standard error of log(median) read off the order-statistic CI (positive x)."""
-    lo, hi = _order_statistic_ci(x, confidence, interpolate=True)
-    level = median_ci_level(x.size, confidence=confidence)
-    z = _z(0.5 + level / 2)
-    return math.log(hi / lo) / (2 * z)
-
-
-@functools.cache
-def _z(q: float) -> float:
-    return float(_sps.norm.ppf(q))
-
-
-def ratio_ci(
-    values,
-    baseline,
-    *,
-    confidence: float = 0.95,
-    n_boot: int = 2000,
-    rng: RngLike = 0,
-) -> tuple[float, float, float]:
-    """(median(values) / median(baseline), low, high).
-
-    The ratio is nan when either sample is empty or the baseline median is 0; the CI
-    is nan when either side has fewer than 2 values or a resampled baseline median
-    can be 0.  The CI is the percentile bootstrap (both samples resampled
-    independently) widened to contain the order-statistic log-scale interval when all
-    values are positive; see the module docstring for the coverage behind the choice.
-    """
-    v, b = _finite(values), _finite(baseline)
-    if v.size == 0 or b.size == 0 or np.median(b) == 0:
-        return _NAN, _NAN, _NAN
-    ratio = float(np.median(v) / np.median(b))
-    if v.size < 2 or b.size < 2:
-        return ratio, _NAN, _NAN
-    gen = np.random.default_rng(rng)
-    boot_v = _boot_medians(v, n_boot, gen)
-    boot_b = _boot_medians(b, n_boot, gen)
-    if np.any(boot_b == 0):
-        return ratio, _NAN, _NAN
-    alpha = (1.0 - confidence) / 2
-    lo, hi = (float(q) for q in np.quantile(boot_v / boot_b, [alpha, 1.0 - alpha]))
-    if ratio > 0 and v.min() > 0 and b.min() > 0:
-        se = math.hypot(_log_median_se(v, confidence), _log_median_se(b, confidence))
-        z = _sps.norm.ppf(1.0 - alpha)
-        lo = min(lo, ratio * math.exp(-z * se))
-        hi = max(hi, ratio * math.exp(z * se))
-    return ratio, lo, hi
-
-
-def mann_whitney(values, baseline) -> float:
-    """Two-sided Mann-Whitney U p-value (scipy, method "auto").
-
-    1.0 when either side has fewer than 2 finite values or all values are identical
-    (no evidence of a difference, and scipy would warn or return nan).
-    """
-    v, b = _finite(values), _finite(baseline)
-    if v.size < 2 or b.size < 2:
-        return 1.0
-    if np.all(v == v[0]) and np.all(b == v[0]):
-        return 1.0
-    if min(v.size, b.size) <= 8:  # scipy's exact distribution (what "auto" picks here)
-        return float(_sps.mannwhitneyu(v, b, alternative="two-sided", method="auto").pvalue)
-    return _mann_whitney_normal(v, b)
-
-
-def _mann_whitney_normal(v: np.ndarray, b: np.ndarray) -> float:
-    """The normal approximation with tie and continuity corrections, as scipy's
-    "asymptotic" method computes it, without its per-call overhead (a report makes
-    thousands of these)."""
-    n1, n2 = v.size, b.size
-    n = n1 + n2
-    x = np.concatenate([v, b])
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    tie_group = np.cumsum(np.r_[True, xs[1:] != xs[:-1]]) - 1
-    counts = np.bincount(tie_group)
-    ends = np.cumsum(counts)
-    ranks = np.empty(n)
-    ranks[order] = ((ends - counts + 1 + ends) / 2)[tie_group]  # average rank of each tie
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    ties = float((counts**3 - counts).sum())
-    sd = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
-    if sd == 0:
-        return 1.0
-    z = (abs(u - n1 * n2 / 2) - 0.5) / sd
-    return float(min(1.0, 2 * _sps.norm.sf(max(z, 0.0))))
-
-
 @dataclass(frozen=True)
 class RatioTest:
     """A ratio value / baseline with its CI and the test of "no change" behind it."""
@@ -423,27 +322,6 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     return out
 
 
-def holm(p_values) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values in the original order.
-
-    Adjusted values are monotone in the raw ones and capped at 1.  NaN entries stay
-    NaN and do not count towards the number of tests m.
-    """
-    p = np.asarray(p_values, dtype=float).ravel()
-    out = np.full(p.shape, _NAN)
-    mask = ~np.isnan(p)
-    q = p[mask]
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
-    out[mask] = res
-    return out
-
-
 def _robust_scale(x: np.ndarray, center: float) -> float:
     """Sigma estimate: MAD * 1.4826, or mean absolute deviation * 1.253314 if MAD is 0."""
     dev = np.abs(x - center)
@@ -484,29 +362,17 @@ def ci_halfwidth_rel(summary: Summary) -> float:
     return (hi - lo) / 2 / abs(med)
 
 
-def min_detectable_effect(
-    values, *, n: int | None = None, alpha: float = 0.05, power: float = 0.8
-) -> float:
-    """Smallest relative shift of the median a two-sample comparison would detect.
-
-    ``(z[1-alpha/2] + z[power]) * sqrt(2/n) * sigma_rel * sqrt(pi/2)`` with
-    ``sigma_rel = MAD * 1.4826 / |median|`` from ``values`` and ``n`` per side
-    (default: the number of finite values).  sqrt(pi/2) is SE(median) / SE(mean) for
-    normal data: the formula is the one for comparing means, inflated for comparing
-    medians (the ratio CI ``significant`` requires).  Mann-Whitney alone is more
-    efficient (factor sqrt(pi/3)), so this is on the safe side for it.  A fraction
-    (0.02 == 2%); nan with fewer than 2 values, n < 1 or a zero median.
-    """
-    x = _finite(values)
-    n_side = x.size if n is None else n
-    if x.size < 2 or n_side < 1:
+def min_detectable_ratio(log_ratios, *, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest ratio (> 1) the paired test finds with probability ``power`` in ``n``
+    rounds, from per-round log ratios of two identical environments (their spread is
+    the test's noise): ``exp((t[1-alpha/2] + t[power]) * sd / sqrt(n))`` with n - 1
+    degrees of freedom.  Before the false discovery rate's adjustment, which a real
+    matrix with several real effects barely moves.  nan with fewer than 2 ratios."""
+    d = _finite(log_ratios)
+    if d.size < 2 or n < 2:
         return _NAN
-    med = float(np.median(x))
-    if med == 0:
-        return _NAN
-    sigma_rel = _robust_scale(x, med) / abs(med)
-    z = _sps.norm.ppf(1 - alpha / 2) + _sps.norm.ppf(power)
-    return float(z * math.sqrt(2 / n_side) * sigma_rel * _MEDIAN_EFFICIENCY)
+    t = _sps.t.ppf(1 - alpha / 2, n - 1) + _sps.t.ppf(power, n - 1)
+    return float(math.exp(t * float(d.std(ddof=1)) / math.sqrt(n)))
 
 
 def significant(
@@ -514,11 +380,9 @@ def significant(
 ) -> bool:
     """True only if ``p_adjusted < alpha`` AND the ratio CI excludes 1.0.
 
-    Both must agree: the (Holm-adjusted) Mann-Whitney p-value controls the error rate
-    across the whole matrix but tests a shift of the distributions, not the median
-    ratio we report; the ratio CI is about the reported number but is not corrected
-    for multiplicity.  A flag needs the family-wise test and a CI for the headline
-    number that rules out "no change".  Any nan gives False.
+    With ``log_ratio_test`` the CI excludes 1 exactly when the unadjusted p < alpha, so
+    the adjusted p decides; the CI condition keeps the rule safe for any other test.
+    Any nan gives False.
     """
     vals = (p_adjusted, ratio_low, ratio_high)
     if not all(math.isfinite(v) for v in vals):

@@ -99,7 +99,7 @@ def test_implausible_counters_are_flagged():
     by = {(r["env"], r["metric"]): r for r in rows}
     assert "negative io_read_mib" in by[("host", "io_read_mib")]["flags"][0]
     z = by[("vm", "io_write_mib")]
-    assert "cgroup v1 does not charge buffered writeback" in z["flags"][0] and z["ratio"] is None
+    assert "cgroup v1 keeps no I/O counts" in z["flags"][0] and z["ratio"] is None
 
 
 def test_page_cache_reads_are_flagged():

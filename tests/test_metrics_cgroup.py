@@ -68,7 +68,7 @@ def test_parse_v1_ticks_follow_clk_tck():
 
 def test_parse_v1_sums_devices_and_skips_total():
     files = {
-        "blkio/blkio.throttle.io_service_bytes": (
+        "blkio/blkio.throttle.io_service_bytes_recursive": (
             "8:0 Read 1048576\n8:0 Write 2097152\n8:0 Total 3145728\n"
             "8:16 Read 1048576\n8:16 Write 0\n8:16 Total 1048576\nTotal 4194304\n"
         )
@@ -78,7 +78,7 @@ def test_parse_v1_sums_devices_and_skips_total():
 
 def test_parse_v1_without_io_accounting_reads_zero():
     # what a kernel that counts nothing prints: zero, not missing
-    files = {"blkio/blkio.throttle.io_serviced": "Total 0\n"}
+    files = {"blkio/blkio.throttle.io_serviced_recursive": "Total 0\n"}
     assert parse_v1(files) == {"io_read_ops": 0.0, "io_write_ops": 0.0}
 
 

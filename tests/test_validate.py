@@ -13,13 +13,10 @@ from click.testing import CliRunner
 from bench import validate as v
 
 
-def _lognormal(median: float, sigma: float, n: int, seed: int) -> np.ndarray:
-    return median * np.exp(np.random.default_rng(seed).normal(0.0, sigma, n))
-
-
-def test_cost_inverts_higher_is_better():
-    assert v.cost([2.0, 4.0], "higher").tolist() == [0.5, 0.25]
-    assert v.cost([2.0, 4.0], "lower").tolist() == [2.0, 4.0]
+def _lognormal(median: float, sigma: float, n: int, seed: int) -> dict[int, float]:
+    """n rounds of a figure: round -> value (what bench.validate.rounds returns)."""
+    values = median * np.exp(np.random.default_rng(seed).normal(0.0, sigma, n))
+    return {r + 1: float(x) for r, x in enumerate(values)}
 
 
 def test_aa_passes_on_identical_distributions():
@@ -35,8 +32,8 @@ def test_aa_passes_on_identical_distributions():
 
 
 def test_aa_false_alarm_rate_is_about_alpha():
-    """Under the null the check fails in at most ~alpha of the repetitions (Holm over
-    two figures keeps the family-wise rate at or below alpha)."""
+    """Under the null the check fails in at most ~alpha of the repetitions (BH over
+    figures that are all null keeps the family-wise rate at or below alpha)."""
     fails = 0
     for i in range(200):
         pairs = {
@@ -92,7 +89,7 @@ def test_quota_known_answer_needs_its_whole_ci_within_five_percent():
     noisy = _lognormal(0.25 * 3e8, 0.2, 6, 4)
     c = v.known_answer_check("q", noisy, _lognormal(3e8, 0.2, 6, 5), 4.0, better="higher")
     assert not c.passed and "more rounds needed" in c.line
-    assert "no data" in v.known_answer_check("q", [], base, 4.0, better="higher").line
+    assert "no data" in v.known_answer_check("q", {}, base, 4.0, better="higher").line
 
 
 def test_quota_cells_parse_and_name_every_check():
@@ -106,9 +103,9 @@ def test_quota_cells_parse_and_name_every_check():
     host = {e.label: e.options for e in v._matrix(v.quota_cells("host"), ["compute"], 10.0).envs}
     assert host["host-q0.5"]["weight"] == v.WEIGHT  # host and namespaces get the weight
     # Every (quota, pinning) of a kind is one check, against its own baseline.
-    recs = [{"round": 1, "status": "ok", "value": 3e8 * (q or 1) * (1 + 0.001 * i),
+    recs = [{"round": i + 1, "status": "ok", "value": 3e8 * (q or 1) * (1 + 0.001 * i),
              "env": v.quota_label("host", q, pin), "workload": "compute", "op": "compute",
-             "metric": "ops_per_s"}
+             "metric": "ops_per_s", "source": "probe"}
             for q in (None, *v.QUOTAS) for pin in (False, True) for i in range(9)]  # fmt: skip
     checks = v.check_quota(recs, ["host"])
     assert [c.name for c in checks] == [
@@ -128,11 +125,11 @@ def test_container_quotas_are_against_the_weighted_host():
     assert labels == ["docker-q0.25", "docker-q0.25-pinned", "docker-q0.5",
                       "docker-q0.5-pinned", "host", "host-pinned"]  # fmt: skip
     assert len(v.all_quota_cells(["host", "podman"])) == 6 + 4
-    recs = [{"round": 1, "status": "ok", "value": 3e8 * (q or 1), "env": env,
-             "workload": "compute", "op": "compute", "metric": "ops_per_s"}
+    recs = [{"round": i + 1, "status": "ok", "value": 3e8 * (q or 1), "env": env,
+             "workload": "compute", "op": "compute", "metric": "ops_per_s", "source": "probe"}
             for env, q in [("host", None), ("host-pinned", None), ("docker-q0.25", 0.25),
                            ("docker-q0.5", 0.5), ("docker-q0.25-pinned", 0.25),
-                           ("docker-q0.5-pinned", 0.5)] for _ in range(6)]  # fmt: skip
+                           ("docker-q0.5-pinned", 0.5)] for i in range(6)]  # fmt: skip
     checks = v.check_quota(recs, ["docker"])
     assert checks[0].name == "known answer (docker:cpus=0.25 / host without a quota, time per op)"
     assert [c.data["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2])
@@ -166,23 +163,24 @@ def test_equivalence_needs_the_whole_ci_inside_the_margin():
 
 
 def test_mde_check_reports_each_family_and_its_limit():
-    quiet = _lognormal(100, 0.01, 50, 1)
-    noisy = _lognormal(100, 0.5, 50, 2)
-    c = v.mde_check({"quiet": (quiet, 90), "noisy": (noisy, 30)}, limit=0.10)
-    assert not c.passed and "too noisy: noisy" in c.line
-    assert 0 < c.data["quiet"] < 0.01
-    assert v.mde_check({"quiet": (quiet, 90)}).passed
+    quiet = (_lognormal(100, 0.01, 20, 1), _lognormal(100, 0.01, 20, 2))
+    noisy = (_lognormal(100, 0.5, 20, 3), _lognormal(100, 0.5, 20, 4))
+    c = v.mde_check({"quiet": quiet, "noisy": noisy}, n=6, limit=0.10)
+    assert not c.passed and "too noisy: noisy" in c.line and "in 6 rounds" in c.line
+    assert 0.01 < c.data["quiet"] < 0.05  # (t + t) * sqrt(2) * 1% / sqrt(6)
+    assert v.mde_check({"quiet": quiet}, n=6).passed
 
 
-def test_values_keeps_measured_ok_samples_only():
-    base = {"env": "A", "workload": "w", "op": "o", "metric": "m"}
+def test_rounds_keeps_measured_ok_samples_only_one_per_round():
+    base = {"env": "A", "workload": "w", "op": "o", "metric": "m", "source": "probe"}
     recs = [
         {**base, "round": 0, "status": "ok", "value": 1.0},  # warm-up
         {**base, "round": 1, "status": "ok", "value": 2.0},
+        {**base, "round": 1, "status": "ok", "value": 4.0},  # a second repetition
         {**base, "round": 2, "status": "failed", "value": None},
         {**base, "round": 3, "status": "ok", "value": 3.0, "env": "B"},
     ]
-    assert v.values(recs, "A", "w", "o", "m").tolist() == [2.0]
+    assert v.rounds(recs, "A", "w", "o", "m") == {1: 3.0}
 
 
 @pytest.mark.requires("host")
