@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console, Group
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -392,13 +392,16 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
             _say("warning:", "yellow", w, err)
         _log(f"run {run_id} → {run_dir}")
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True,
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[eta]}"),
+            console=err, transient=True,
         ) as bar:  # fmt: skip
-            task = bar.add_task("starting", total=None)
+            task = bar.add_task("starting", total=None, eta="")
 
             def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
+                """done and total in seconds of the run (the runner's own estimate)."""
+                left = max(0, total - done)
+                eta = f"{done // 60}:{done % 60:02d} elapsed, ETA {left // 60}:{left % 60:02d}"
+                bar.update(task, description=what, completed=done, total=total, eta=eta)
 
             runner = Runner(m, run_dir, run_id, b, cat, manifest, progress, _log)
             try:
