@@ -245,7 +245,7 @@ def _default(name: str, fmt: str = "{}") -> str:
     "--warmup",
     type=int,
     show_default=_default("warmup"),
-    help="uncounted launches per cell before the first round",
+    help="uncounted launches per environment before the first round",
 )
 @click.option(
     "--budget",
@@ -271,6 +271,11 @@ def _default(name: str, fmt: str = "{}") -> str:
     show_default=Matrix.baseline,
     help="environment label the ratios are against",
 )
+@click.option("--busy-cpus/--no-busy-cpus", default=None,
+              help="keep CPUs out of idle with idle-class spinners while measuring: a CPU "
+              "quota then reads 1/q on a VM whose halted vCPUs come back slower, but a "
+              "spinner on a sibling hyperthread slows CPU-bound probes (here null +30%) "
+              "[default: off]")  # fmt: skip
 @click.option(
     "--resume",
     type=click.Path(path_type=Path),

@@ -8,8 +8,8 @@ the same static `startup` probe there is: ``os.posix_spawn`` with a pipe, read t
 component is the *paired* difference host − bare, reported as the median with its 95%
 CI (order statistics, ``stats.summarize``):
 
-- ``spawn``: submit → `ready` (fork+exec with the cgroup-attaching preexec_fn vs
-  posix_spawn);
+- ``spawn``: submit → `ready` (the bundle's `attach`, which joins the cgroup and execs
+  the probe, vs posix_spawn);
 - ``collection``: `ready` → exit (the selector loop, reaping);
 - ``cleanup``: exit → cleaned (cgroup read, delta, removal, parsing; the bare launch has
   none, so this is the host phase itself);

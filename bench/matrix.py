@@ -8,6 +8,7 @@ From a TOML file:
     warmup = 1           # warm-up launches per environment (not counted)
     emulated_rounds = 3  # rounds for software-emulated guests (0: as many as the others)
     budget = 900         # seconds: the whole run's wall clock
+    busy_cpus = false    # keep CPUs out of idle while measuring (bench/busy.py)
     timeout = 120        # seconds per launch
     precision = 0.02     # target 95% CI half-width, relative to the median
     baseline = "host"
@@ -122,6 +123,7 @@ class Matrix:
     warmup: int = 1
     emulated_rounds: int = 0
     budget: float = 1800.0
+    busy_cpus: bool = False
     timeout: float = 120.0
     precision: float = 0.02
     seed: int = 1
@@ -175,6 +177,7 @@ SCALARS: dict[str, type | tuple[type, ...]] = {
     "precision": (int, float),
     "seed": int,
     "baseline": str,
+    "busy_cpus": bool,
 }
 TOP_KEYS = {*SCALARS, "workloads", "env"}
 
@@ -195,7 +198,7 @@ def load_toml(path: Path) -> tuple[list[EnvSpec], list[str], dict[str, Any]]:
     for key, typ in SCALARS.items():
         if key in data:
             value = data[key]
-            if isinstance(value, bool) or not isinstance(value, typ):
+            if isinstance(value, bool) != (typ is bool) or not isinstance(value, typ):
                 want = typ.__name__ if isinstance(typ, type) else "number"
                 raise MatrixError(f"{where}: key '{key}' must be a {want}, got {value!r}")
             settings[key] = value

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench import analysis, interrupt, provenance, stats
+from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, Launch
@@ -202,7 +203,8 @@ class Runner:
         status = "interrupted"
         try:
             self._start_envs(ctx, writer)
-            status = self._measure(writer)
+            with busy_cpus(self.m.busy_cpus):
+                status = self._measure(writer)
             return status
         finally:
             interrupt.ignore()  # a second Ctrl-C must not cut the cleanup short

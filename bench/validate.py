@@ -19,7 +19,7 @@ the per-round ratios with its t interval), Benjamini-Hochberg across figures.
    baseline_kind()), must lie within 1/q ± 5% with its whole CI. The probe measures
    windows of 300 ms of wall time (three periods), which read a quota exactly whatever
    phase they start at (workloads/probe.h). During this run every CPU is kept out of
-   idle by a SCHED_IDLE spinner (busy_cpus()).
+   idle by a SCHED_IDLE spinner (bench.busy: the matrix's `busy_cpus`).
 3. vDSO control: `clock_gettime` namespaces/host: the ratio CI must contain 1.0.
 4. Harness cost (`bench.harness.measure`) and the sampler's perturbation of the cpu
    probe: `host:sampler=on` vs `host:sampler=off` in the same run; the ratio CI of time
@@ -35,13 +35,9 @@ ratios are taken, so every ratio reads "how many times the cost of the baseline"
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -410,41 +406,15 @@ def _run_info(manifest: dict) -> dict:
     return {k: manifest.get(k) for k in ("rounds_done", "measured_seconds", "stop_reason")}
 
 
-def _spin_idle_on(cpu: int) -> None:
-    os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
-@contextlib.contextmanager
-def busy_cpus():
-    """Keep every CPU out of idle with a SCHED_IDLE spinner per CPU (it runs only when
-    nothing else wants the CPU). A throttled probe leaves its CPU idle for (1 - q) of
-    every period; in a VM an idle vCPU halts, and after a halt it does less work per
-    CPU-second for a while (this 2-vCPU Firecracker guest: 3-40% less in the running
-    stretches of cpus=0.25, none with the CPU kept busy; the cgroup's CPU time is q
-    either way). The known answer checks the quota and the probe, not that."""
-    procs = []
-    try:
-        for cpu in sorted(os.sched_getaffinity(0)):
-            spin = [sys.executable, "-c", "while True: pass"]
-            procs.append(subprocess.Popen(spin, preexec_fn=lambda c=cpu: _spin_idle_on(c)))
-        yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-
-
 def run_quota(results: Path, budget: float, seed: int, b, log, kinds=QUOTA_KINDS):
     """The known-answer run over the kinds available here -> (checks, run info, unavailable
     kind -> reason)."""
     available, skipped = quota_kinds(kinds)
     if not available:
         return [], {}, skipped
-    m = _matrix(all_quota_cells(available), ["compute"], budget,
-                rounds=3, max_rounds=30, precision=0.01, warmup=0, seed=seed)  # fmt: skip
-    with busy_cpus():
-        records, manifest = run_matrix(m, results, "quota", b, log)
+    m = _matrix(all_quota_cells(available), ["compute"], budget, rounds=3, max_rounds=30,
+                precision=0.01, warmup=0, seed=seed, busy_cpus=True)  # fmt: skip
+    records, manifest = run_matrix(m, results, "quota", b, log)
     return check_quota(records, available), _run_info(manifest), skipped
 
 

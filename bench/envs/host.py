@@ -14,7 +14,7 @@ from typing import Any
 from bench import interrupt
 from bench.envs.base import Availability, Environment, Invocation, Launch, Option
 from bench.envs.process import stream, to_launch
-from bench.metrics.cgroup import Cgroup, CgroupError, delta, detect_layout, preexec_attach
+from bench.metrics.cgroup import Cgroup, CgroupError, delta, detect_layout
 from bench.metrics.procs import PeakSampler
 
 CGROUP_OPTIONS = {
@@ -150,9 +150,12 @@ class HostEnv(Environment):
         try:
             before = cg.read()
             argv = self.wrap(inv.argv(str(self._bundle.probes[inv.probe]), str(workdir or "")))
+            # the bundle's `attach` joins the cgroup and execs the probe: no preexec_fn,
+            # so the spawn is a vfork, not a fork of the harness (workloads/attach.c)
+            attach = [str(self._bundle.probes["attach"]), *cg.procs_files, "--"]
             try:
                 res = stream(
-                    argv, timeout, preexec_fn=preexec_attach(cg.procs_files), on_kill=cg.kill_all,
+                    [*attach, *argv], timeout, on_kill=cg.kill_all,
                     on_start=(lambda pid: sampler.start()) if sampler else None,
                 )  # fmt: skip
             finally:
