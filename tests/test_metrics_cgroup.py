@@ -28,6 +28,7 @@ from bench.metrics.cgroup import (
     parse_v1,
     parse_v2,
     preexec_attach,
+    warm_migration_lock,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -364,3 +365,21 @@ def test_live_remove_is_idempotent(cgroups):
     assert not any(Path(f).parent.exists() for f in c.procs_files)
     c.remove()  # already gone: no error
     assert c.read() == {}
+
+
+def test_warm_migration_lock_rewrites_our_pid_where_we_are(tmp_path):
+    """v1 and hybrid lines: the first hierarchy whose directory exists gets our pid."""
+    (tmp_path / "pids" / "user.slice").mkdir(parents=True)
+    procs = tmp_path / "pids" / "user.slice" / "cgroup.procs"
+    procs.write_text("")
+    me = tmp_path / "self-cgroup"
+    me.write_text("12:cpuset:/gone\n5:pids:/user.slice\n0::/user.slice\n")
+    warm_migration_lock(root=tmp_path, proc_self=me)
+    assert procs.read_text() == str(os.getpid())
+    v2 = tmp_path / "v2"
+    (v2 / "a").mkdir(parents=True)
+    (v2 / "a" / "cgroup.procs").write_text("")
+    me.write_text("0::/a\n")
+    warm_migration_lock(root=v2, proc_self=me)
+    assert (v2 / "a" / "cgroup.procs").read_text() == str(os.getpid())
+    warm_migration_lock(root=tmp_path, proc_self=tmp_path / "missing")  # never raises

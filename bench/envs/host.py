@@ -14,7 +14,13 @@ from typing import Any
 from bench import interrupt
 from bench.envs.base import Availability, Environment, Invocation, Launch, Option
 from bench.envs.process import stream, to_launch
-from bench.metrics.cgroup import Cgroup, CgroupError, delta, detect_layout
+from bench.metrics.cgroup import (
+    Cgroup,
+    CgroupError,
+    delta,
+    detect_layout,
+    warm_migration_lock,
+)
 from bench.metrics.procs import PeakSampler
 
 CGROUP_OPTIONS = {
@@ -153,6 +159,7 @@ class HostEnv(Environment):
             # the bundle's `attach` joins the cgroup and execs the probe: no preexec_fn,
             # so the spawn is a vfork, not a fork of the harness (workloads/attach.c)
             attach = [str(self._bundle.probes["attach"]), *cg.procs_files, "--"]
+            warm_migration_lock()  # the probe is moved like one born there: see its doc
             try:
                 res = stream(
                     [*attach, *argv], timeout, on_kill=cg.kill_all,
