@@ -84,14 +84,16 @@ def precision_target(manifest: dict[str, Any], workload: str, op: str, metric: s
     return max(manifest.get("matrix", {}).get("precision", 0.02), w.get("precision_floor", 0.0))
 
 
-def compare_rounds(values: dict[int, float], base: dict[int, float]) -> stats.RatioTest:
+def compare_rounds(
+    values: dict[int, float], base: dict[int, float], confidence: float = 0.95
+) -> stats.RatioTest:
     """values / base, paired by round where at least 3 rounds have both, else Welch."""
     common = sorted(set(values) & set(base))
     if len(common) >= 3:
-        return stats.log_ratio_test(
-            [values[r] for r in common], [base[r] for r in common], paired=True
-        )
-    return stats.log_ratio_test(list(values.values()), list(base.values()), paired=False)
+        v, b = [values[r] for r in common], [base[r] for r in common]
+        return stats.log_ratio_test(v, b, paired=True, confidence=confidence)
+    v, b = list(values.values()), list(base.values())
+    return stats.log_ratio_test(v, b, paired=False, confidence=confidence)
 
 
 def summarize_run(
