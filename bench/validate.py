@@ -422,7 +422,9 @@ def run_quota(results: Path, budget: float, seed: int, b, log, kinds=QUOTA_KINDS
     available, skipped = quota_kinds(kinds)
     if not available:
         return [], {}, skipped
-    m = _matrix(all_quota_cells(available), ["compute"], budget, rounds=3, max_rounds=30,
+    # every cell runs every round until the budget ends: each check pairs a cell with
+    # its own baseline (pinned alike), which adaptive rounds would leave behind
+    m = _matrix(all_quota_cells(available), ["compute"], budget, rounds=30, max_rounds=30,
                 precision=0.01, warmup=0, seed=seed, busy_cpus=True)  # fmt: skip
     records, manifest = run_matrix(m, results, "quota", b, log)
     return check_quota(records, available), _run_info(manifest), skipped
@@ -431,17 +433,17 @@ def run_quota(results: Path, budget: float, seed: int, b, log, kinds=QUOTA_KINDS
 def run_all(
     results: Path, budget: float, seed: int, log, kinds=QUOTA_KINDS
 ) -> tuple[list[Check], dict]:
-    """The three runs: syscall (20% of the budget), cpu sampler (20%), quotas (60%)."""
+    """The three runs: syscall (15% of the budget), cpu sampler (15%), quotas (70%)."""
     b = bundle_mod.build()
     h = harness.measure(b)
     sys_m = _matrix(["host:label=A", "host:label=B", "namespaces"],
-                    ["syscall-null", "clock_gettime", "startup"], budget * 0.2,
+                    ["syscall-null", "clock_gettime", "startup"], budget * 0.15,
                     rounds=20, max_rounds=60, precision=0.02, seed=seed)  # fmt: skip
     sys_records, _ = run_matrix(sys_m, results, "syscall", b, log)
-    cpu_m = _matrix(["host", "host:sampler=off,label=nosampler"], ["compute"], budget * 0.2,
+    cpu_m = _matrix(["host", "host:sampler=off,label=nosampler"], ["compute"], budget * 0.15,
                     rounds=8, max_rounds=100, precision=0.003, seed=seed)  # fmt: skip
     cpu_records, cpu_manifest = run_matrix(cpu_m, results, "cpu", b, log)
-    quota, quota_info, skipped = run_quota(results, budget * 0.6, seed, b, log, kinds)
+    quota, quota_info, skipped = run_quota(results, budget * 0.7, seed, b, log, kinds)
     checks = [check_harness(h), *check_syscall(sys_records), *quota, *check_cpu(cpu_records),
               check_mde(sys_records, cpu_records)]  # fmt: skip
     info = {"harness": h, "cpu_run": _run_info(cpu_manifest), "quota_run": quota_info,
@@ -460,7 +462,7 @@ def run_all(
 @click.option(
     "--budget",
     type=float,
-    default=300.0,
+    default=420.0,
     show_default=True,
     help="seconds for the measured rounds of all checks together",
 )
