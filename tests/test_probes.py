@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.busy import busy_cpus
 from bench.envs.base import WORKDIR, Context, Invocation
 from bench.envs.docker import DockerEnv
 from bench.envs.host import set_weight
 from bench.metrics.cgroup import Cgroup, preexec_attach
 from bench.probeio import PAGE_CACHE_NOTE, is_ready, parse_lines
-from bench.validate import busy_cpus
 
 WINDOW_NS = 50_000_000
 
@@ -75,7 +75,7 @@ def _compute_rates(bundle, cg: Cgroup | None, reps: int) -> list[float]:
 def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
     """Windows of 300 ms (three CFS periods) under cpus=0.25 and 0.5 read 1/q of the
     unlimited rate within 5% (medians of interleaved launches), with the CPUs kept out
-    of idle as `isobench validate` does (validate.busy_cpus). Under other load single
+    of idle as `isobench validate` does (bench.busy). Under other load single
     windows scatter (a period whose quota competition left unused carries up to a 5 ms
     slice per CPU into the next), so the test holds medians, not each window."""
     cpuset = "1" if pinned and os.cpu_count() and os.cpu_count() > 1 else None
