@@ -93,10 +93,10 @@ def libvirtd_up() -> bool:
 
 @pytest.mark.requires("libvirt", "host")
 def test_libvirtd_stopped_mid_launch_and_restarted(tmp_path):
-    # rounds go on until the budget is spent, so the run outlasts the outage (launches
-    # fail at once while libvirtd is away)
+    # rounds go on until the budget (the run's wall clock, guest preparation included) is
+    # spent, so the run outlasts the outage (launches fail at once while libvirtd is away)
     args = ["--env", "host", "--env", "libvirt", "--workload", "startup", "--rounds", "3"]
-    proc = start(tmp_path, *args, "--max-rounds", "400", "--budget", "40", "--precision",
+    proc = start(tmp_path, *args, "--max-rounds", "400", "--budget", "75", "--precision",
                  "0.0001", "--warmup", "0", "--timeout", "120")  # fmt: skip
     assert wait(lambda: bool(virsh_names()) or proc.poll() is not None, 120), "no guest started"
     subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=True)
