@@ -263,3 +263,10 @@ def test_a_guest_that_stops_or_hangs_mid_round_says_so_in_every_launch():
     assert len(hung[1].records) == 2  # what a probe measured before the hang is kept
     silent = _round(Boot(0, "QEMU killed", ["isobench-error insmod ext4"]), ("io",))
     assert silent[0].reason == "guest stopped before `ready`: insmod ext4"
+
+
+def test_an_instance_that_failed_before_the_probe_ran_says_why():
+    """libvirtd gone, QEMU refused: that failure is the reason, not 'no console output'."""
+    boot = Boot(0, "domain destroyed", [], {}, failure="libvirt: Failed to connect socket")
+    (startup,) = _round(boot, ("startup",))
+    assert startup.status == "failed" and startup.reason == "libvirt: Failed to connect socket"

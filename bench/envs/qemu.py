@@ -337,6 +337,9 @@ class VmEnvironment(Environment):
             launch.reason = (
                 f"guest {waited} within {timeout:g} s (accel={self.accel}): {boot.killed}"
             )
+        elif run is None and boot.failure:  # the instance failed before the probe ran
+            launch.status = "failed"
+            launch.reason = boot.failure
         elif run is None:
             launch.status = "failed"
             when = "`ready`" if "ready" not in boot.phases else f"{inv.workload} ran"
