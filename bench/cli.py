@@ -496,6 +496,8 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
 
 MIN_LABEL = 12  # the environment column's narrowest width
 SUMMARY_COLUMNS = ("environment", "median [95% CI]", "n", "ratio [95% CI]", "in words", "sig")
+# (column, narrowest width) in the order they fold when the terminal is too narrow
+FOLDABLE = ((0, MIN_LABEL), (4, 7), (3, 13))
 
 
 def summary_table(rows: list[dict], base: str, order: list[str], width: int) -> Group:
@@ -518,15 +520,18 @@ def summary_table(rows: list[dict], base: str, order: list[str], width: int) -> 
         for row in cells:
             widths = [max(w, c.cell_len) for w, c in zip(widths, row, strict=True)]
     over = sum(widths) + 2 * (len(widths) - 1) - width
-    if over > 0:  # a long label folds onto a second line; the figures stay whole
-        widths[0] = max(MIN_LABEL, widths[0] - over)
+    for i, floor in FOLDABLE:  # fold a long label, then the words, then the ratio: never cut
+        cut = min(max(over, 0), max(0, widths[i] - floor))
+        widths[i] -= cut
+        over -= cut
 
     def table(header: bool) -> Table:
         t = Table(box=None, pad_edge=False, show_header=header)
         for name, w in zip(SUMMARY_COLUMNS, widths, strict=True):
             right = name in ("median [95% CI]", "n", "ratio [95% CI]")
+            folds = name in ("environment", "ratio [95% CI]", "in words")
             t.add_column(name, width=w, justify="right" if right else "left",
-                         overflow="fold", no_wrap=name != "environment")  # fmt: skip
+                         overflow="fold", no_wrap=not folds)  # fmt: skip
         return t
 
     parts: list = [table(header=True)]

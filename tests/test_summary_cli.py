@@ -98,3 +98,25 @@ def test_flags_are_grouped_under_the_table(capsys):
     assert len(lines) == 2
     assert lines[1] == (f"flagged: {flag} (docker io clock_gettime, podman io clock_gettime)")
     assert lines[0] == "flagged: negative counter (oci io stat)"
+
+
+def test_long_labels_and_wide_figures_fold_and_are_never_cut():
+    """Five environments with long labels at 80 columns: the label, the words and the
+    ratio fold; no line is wider than 80, and no "yes" or closing bracket is cut off."""
+    from rich.console import Console
+
+    sig = dict(ratio=0.964, ratio_ci_low=0.943, ratio_ci_high=0.986, p_adjusted=0.01,
+               significant=True, median=2_067_249.0, ci_low=1_806_539.0,
+               ci_high=2_241_288.0)  # fmt: skip
+    rows = [row("host")] + [
+        row(e, **sig)
+        for e in ("docker:seccomp=unconfined", "docker:runtime=runsc", "podman:cpus=0.5")
+    ]
+    console = Console(width=80, soft_wrap=True)
+    with console.capture() as cap:
+        console.print(cli.summary_table(rows, "host", [r["env"] for r in rows], 80))
+    lines = cap.get().splitlines()
+    assert max(len(x.rstrip()) for x in lines) <= 80
+    assert sum(x.rstrip().endswith("yes") for x in lines) == 3
+    assert sum("×0.964 [0.943," in x for x in lines) == 3  # folded, whole
+    assert sum("0.986]" in x for x in lines) == 3
