@@ -210,30 +210,29 @@ def test_report_of_a_real_run(real_run, tmp_path):
     assert text.count('data-chart="op"') == len(d["charts"])
 
 
-@pytest.fixture
-def odd_run(real_run, tmp_path) -> Path:
-    """A copy of the real run with two odd cases the real hosts of this suite do not give:
-    the namespaces environment marked emulated, and its vDSO control 40x slower (as under
-    gVisor, whose clock_gettime is a real system call)."""
+def _copy(real_run, where: Path, emulated: bool, vdso_factor: float) -> Path:
+    """A copy of the real run with an odd case the real hosts of this suite do not give."""
     import shutil
 
-    run = tmp_path / "odd"
-    shutil.copytree(real_run, run)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["environments"][EVIL]["emulated"] = True
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copytree(real_run, where)
+    manifest = json.loads((where / "manifest.json").read_text())
+    manifest["environments"][EVIL]["emulated"] = emulated
+    (where / "manifest.json").write_text(json.dumps(manifest))
     lines = []
-    for line in (run / "samples.jsonl").read_text().splitlines():
+    for line in (where / "samples.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["env"] == EVIL and rec["op"] == "clock_gettime" and rec["value"] is not None:
-            rec["value"] *= 40
+            rec["value"] *= vdso_factor
         lines.append(json.dumps(rec))
-    (run / "samples.jsonl").write_text("\n".join(lines) + "\n")
-    return run
+    (where / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return where
 
 
 @needs_run
-def test_a_failed_control_is_flagged_not_reported(odd_run):
+def test_a_failed_control_is_flagged_not_reported(real_run, tmp_path):
+    """The namespaces environment's vDSO control 40x slower (as under gVisor, whose
+    clock_gettime is a real system call)."""
+    odd_run = _copy(real_run, tmp_path / "vdso", emulated=False, vdso_factor=40)
     text = html.render(store.read_manifest(odd_run), store.load_samples(odd_run))
     d = blob(text)
     (row,) = [r for g in d["summary"] if g["env"] == EVIL for r in g["rows"]
@@ -248,6 +247,14 @@ def test_a_failed_control_is_flagged_not_reported(odd_run):
     assert not [t for t in sentences if "clock_gettime" in t]
     (cell,) = [c for c in d["heatmap"]["cells"] if c["flags"]]
     assert cell["ratio"] is None
+
+
+@needs_run
+def test_an_emulated_environment_is_tagged_everywhere(real_run, tmp_path):
+    odd_run = _copy(real_run, tmp_path / "emulated", emulated=True, vdso_factor=1)
+    text = html.render(store.read_manifest(odd_run), store.load_samples(odd_run))
+    d = blob(text)
+    markup = text.split('<script type="application/json"')[0]
     # the emulated tag beside the name: headline, startup table, summary table, provenance
     label = str(markupsafe.escape(EVIL))
     assert markup.count(f'{label} <span class="badge emulated">') == 4
