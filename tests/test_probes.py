@@ -95,7 +95,11 @@ def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
                     rates[q] += _compute_rates(bundle, cg, 3)
         for q in (0.25, 0.5):
             ratio = statistics.median(rates[None]) / statistics.median(rates[q])
-            assert ratio == pytest.approx(1 / q, rel=0.05), (q, rates)
+            # pinned, the task cannot carry a CPU's unused slice elsewhere: exactly 1/q.
+            # Unpinned it gets a little more CPU than q (it read 2.5-5% fast here, every
+            # time): up to one 5 ms slice per CPU per 100 ms period, never less than q.
+            low = 0.95 if pinned else 0.90
+            assert low / q <= ratio <= 1.05 / q, (q, ratio, rates)
     finally:
         for cg in made:
             cg.remove()
