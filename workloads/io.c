@@ -196,38 +196,32 @@ static int cmp_u64(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
-/* Speed of a read of the data file through fd, from the median time of its 1 MiB
- * blocks over `passes` passes (a preemption slows one block, not the median):
- * MB/s, or 0 when a read failed. */
-static double read_speed(struct io *io, int fd, int passes)
+/* Time one 1 MiB pread at off: ns, or 0 when it failed. */
+static uint64_t time_block(struct io *io, int fd, uint64_t off)
 {
-    uint64_t nblk = io->file_bytes / BLK * (uint64_t)passes, n = 0;
-    uint64_t *t = malloc(nblk * sizeof *t);
-    if (!t)
-        return 0;
-    for (int p = 0; p < passes; p++) {
-        for (uint64_t off = 0; off < io->file_bytes;) {
-            uint64_t t0 = probe_now_ns();
-            ssize_t got = pread(fd, io->buf, BLK, (off_t)off);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got != BLK) {
-                free(t);
-                return 0;
-            }
-            t[n++] = probe_now_ns() - t0;
-            off += BLK;
-        }
+    for (;;) {
+        uint64_t t0 = probe_now_ns();
+        ssize_t got = pread(fd, io->buf, BLK, (off_t)off);
+        if (got < 0 && errno == EINTR)
+            continue;
+        return got == BLK ? probe_now_ns() - t0 : 0;
     }
-    qsort(t, n, sizeof *t, cmp_u64);
-    uint64_t median = t[n / 2];
-    free(t);
-    return (double)BLK / (double)(median ? median : 1) * 1e3;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
 }
 
 /* Is a read of the data file, opened as the read ops open it, served at page-cache
- * speed? Compares its speed with a warm buffered read's (read_speed(), two passes
- * each) and records the verdict and a note for direct_extra(). */
+ * speed? After one pass that warms a buffered descriptor, each 1 MiB block is read
+ * through both descriptors in turn, PC_PASSES times: the read's speed as a share of
+ * the warm buffered read's is the median of the per-block time ratios, so a burst
+ * of noise slows both reads of a block, not one side's whole pass (two separate
+ * passes scattered the share of one and the same gVisor read over 0.7-1.6).
+ * Records the verdict and a note for direct_extra(). */
+#define PC_PASSES 3
 static void check_page_cache(struct io *io)
 {
     if (io->pc_checked)
@@ -238,28 +232,51 @@ static void check_page_cache(struct io *io)
     int fd = open_read(io, &direct);
     if (fd < 0)
         return;
-    double read = read_speed(io, fd, 2);
+    int bfd = openat(g_dirfd, io->data, O_RDONLY | O_CLOEXEC);
+    uint64_t nblk = io->file_bytes / BLK, n = 0;
+    double *share = malloc(nblk * PC_PASSES * sizeof *share);
+    double *tread = malloc(nblk * PC_PASSES * sizeof *tread);
+    double *tbuf = malloc(nblk * PC_PASSES * sizeof *tbuf);
+    int ok = bfd >= 0 && share && tread && tbuf && nblk > 0;
+    for (uint64_t off = 0; ok && off < io->file_bytes; off += BLK)
+        ok = time_block(io, bfd, off) > 0; /* warm */
+    for (int p = 0; ok && p < PC_PASSES; p++) {
+        for (uint64_t off = 0; ok && off < io->file_bytes; off += BLK, n++) {
+            if (!direct) /* as open_read() does: a cache fadvise drops is no page cache */
+                posix_fadvise(fd, (off_t)off, BLK, POSIX_FADV_DONTNEED);
+            uint64_t r = time_block(io, fd, off), b = time_block(io, bfd, off);
+            ok = r > 0 && b > 0;
+            share[n] = (double)b / (double)r;
+            tread[n] = (double)r;
+            tbuf[n] = (double)b;
+        }
+    }
     close(fd);
-    fd = openat(g_dirfd, io->data, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    double cached = read_speed(io, fd, 1) > 0 ? read_speed(io, fd, 2) : 0; /* after warming */
-    close(fd);
-    if (read <= 0 || cached <= 0)
-        return;
-    double share = read / cached;
-    io->page_cache = share >= PAGE_CACHE_LOW && share <= PAGE_CACHE_HIGH;
-    if (io->page_cache && direct)
-        snprintf(io->pc_note, sizeof io->pc_note,
-                 "O_DIRECT did not bypass the page cache: the read ran at page-cache speed "
-                 "(%.0f MB/s with O_DIRECT, %.0f MB/s warm buffered), so it was served from "
-                 "the page cache (a filesystem that ignores O_DIRECT, or tmpfs), not a device",
-                 read, cached);
-    else if (io->page_cache)
-        snprintf(io->pc_note, sizeof io->pc_note,
-                 "%s, which ran at page-cache speed (%.0f MB/s, %.0f MB/s warm buffered): "
-                 "served from the page cache (tmpfs, or a cache fadvise does not drop), "
-                 "not a device", NOTE_NODIRECT, read, cached);
+    if (bfd >= 0)
+        close(bfd);
+    if (ok) {
+        qsort(share, n, sizeof *share, cmp_double);
+        qsort(tread, n, sizeof *tread, cmp_double);
+        qsort(tbuf, n, sizeof *tbuf, cmp_double);
+        double s = share[n / 2], read = BLK / tread[n / 2] * 1e3, cached = BLK / tbuf[n / 2] * 1e3;
+        io->page_cache = s >= PAGE_CACHE_LOW && s <= PAGE_CACHE_HIGH;
+        if (io->page_cache && direct)
+            snprintf(io->pc_note, sizeof io->pc_note,
+                     "O_DIRECT did not bypass the page cache: the read ran at page-cache "
+                     "speed (%.0f MB/s with O_DIRECT, %.0f MB/s warm buffered), so it was "
+                     "served from the page cache (a filesystem that ignores O_DIRECT, or "
+                     "tmpfs), not a device",
+                     read, cached);
+        else if (io->page_cache)
+            snprintf(io->pc_note, sizeof io->pc_note,
+                     "%s, which ran at page-cache speed (%.0f MB/s, %.0f MB/s warm "
+                     "buffered): served from the page cache (tmpfs, or a cache fadvise does "
+                     "not drop), not a device",
+                     NOTE_NODIRECT, read, cached);
+    }
+    free(share);
+    free(tread);
+    free(tbuf);
 }
 
 static probe_extra direct_extra(const struct io *io, int direct)
