@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.metrics.cgroup import Layout
+
 VDSO_CONTROL = ("syscall", "clock_gettime")
 VDSO_LIMIT = 1.5  # a slowdown the control may not show: its CI's low end above this
 WRITE_COUNTERS = ("io_write_mib", "io_write_ops")
@@ -52,7 +54,7 @@ def figure_flags(
         why = (
             "cgroup v1 keeps no I/O counts of a container's cgroup once the runtime removes "
             "it at exit (and charges buffered writeback elsewhere)"
-            if layout in ("v1", "hybrid")
+            if not Layout(layout or "v2").keeps_removed_child_io
             else "the cgroup accounted no writes"
         )
         flags.append(f"{metric} is 0 under {env} although the io probe wrote data: {why}")

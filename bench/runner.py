@@ -218,13 +218,15 @@ class Runner:
 
     def _start_envs(self, ctx: Context, writer: SampleWriter) -> None:
         envs = self.manifest.setdefault("environments", {})
-        for spec in self.m.envs:
+        for index, spec in enumerate(self.m.envs, 1):
             check()
             cls = REGISTRY[spec.kind]
-            av = cls.probe()
+            av = cls.probe(spec.options)
             act = Active(spec, None, av.ok, av.reason)
             if av.ok:
-                env = cls(dict(spec.options), ctx)
+                env_ctx = ctx.for_env(index)  # its own scratch directory and name prefix
+                env_ctx.scratch.mkdir(parents=True, exist_ok=True)
+                env = cls(dict(spec.options), env_ctx)
                 try:
                     self.log(f"preparing {spec.label} …")
                     env.prepare(self.bundle)

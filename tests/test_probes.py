@@ -15,7 +15,6 @@ import pytest
 from bench.busy import busy_cpus
 from bench.envs.base import WORKDIR, Context, Invocation
 from bench.envs.docker import DockerEnv
-from bench.envs.host import set_weight
 from bench.metrics.cgroup import Cgroup, preexec_attach
 from bench.probeio import PAGE_CACHE_NOTE, is_ready, parse_lines
 
@@ -86,7 +85,7 @@ def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
         for q in (None, 0.25, 0.5):
             cg = Cgroup.create(f"isobench-test-probe-{tag}-{q or 1}", cpus=q, cpuset=cpuset)
             made.append(cg)
-            set_weight(cg, 10240)  # shield the unlimited baseline from other load
+            cg.set_weight(10240)  # shield the unlimited baseline from other load
             groups[q] = cg
         rates: dict = {q: [] for q in groups}
         with busy_cpus():

@@ -41,7 +41,7 @@ class FakeEnv(Environment):
     rng = np.random.default_rng(0)
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts=None) -> Availability:
         return Availability(True)
 
     def launch(self, inv, timeout) -> Launch:
@@ -53,8 +53,7 @@ class FakeEnv(Environment):
         for _ in invs:
             CLOCK.now += self.seconds
             rng = FakeEnv.rng
-            noise = float(self.config.get("noise", 0.01))
-            value = float(self.config.get("scale", 1.0)) * 100 * np.exp(rng.normal(0, noise))
+            value = self.opts["scale"] * 100 * np.exp(rng.normal(0, self.opts["noise"]))
             rec = {"op": "null", "metrics": {"ns_per_op": value}, "units": {"ns_per_op": "ns"}}
             out.append(Launch(records=[rec], phases={"ready": 1_000_000}))
         return out

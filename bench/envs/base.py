@@ -1,22 +1,40 @@
 """The environment interface: the small surface every kind of isolation implements.
 
-An environment runs one probe invocation at a time and reports, from the host side,
-when it was submitted, when the probe said `ready`, when it exited and when everything
+An environment starts instances of a probe invocation and reports, from the host side,
+when each was submitted, when the probe said `ready`, when it exited and when everything
 it made was gone, plus the probe's JSON lines and the cost paid outside the instance.
+
+An instance can be held: `start()` hands back an `Instance` that stays up (the `hold`
+probe idles after `ready`) while the harness does other things, until `stop()`. A
+run-to-completion launch is one use of it: `launch()` is `start()` then `wait()`.
+
+Each environment of a run gets its own `Context`: its own scratch directory and its own
+name prefix, so two environments never share a directory, a cgroup or a name.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 WORKDIR = "{workdir}"  # placeholder in probe arguments: the environment's io directory
+LOCAL = "local"  # the target of every kind that runs on this machine
+STOP_GRACE_S = 10.0  # how long a stopped instance may take to exit before it is killed
+STDERR_KEEP = 4000  # characters of stderr kept with a launch
 
 
 class OptionError(ValueError):
     """An environment option that the kind does not have, or a value it cannot take."""
+
+
+class StartError(RuntimeError):
+    """An instance could not be started (its cgroup, bundle dir or container could not be
+    made); whatever was made is removed. A launch records it as failed, with this reason."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,41 @@ class Availability:
     ok: bool
     reason: str = ""  # a sentence a user can act on (or a caveat when ok)
     versions: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- options
+
+
+class MemorySize(str):
+    """A memory limit as engines take it: 512m, 1g, 1073741824."""
+
+    PATTERN = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?[bkmg]?$", re.IGNORECASE)
+
+    def __new__(cls, text: str):
+        if not cls.PATTERN.match(text):
+            raise ValueError(text)
+        return super().__new__(cls, text.lower())
+
+    def bytes(self) -> int:
+        units = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+        unit = self[-1] if self[-1] in units else "b"
+        number = self[:-1] if self[-1] in units else self
+        return int(float(number) * units[unit])
+
+
+class CpuSet(str):
+    """A cpuset list: 0, 0-1, 0,2-3."""
+
+    PATTERN = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
+
+    def __new__(cls, text: str):
+        if not cls.PATTERN.match(text):
+            raise ValueError(text)
+        return super().__new__(cls, text)
+
+
+MemorySize.__name__ = "memory size like 512m"
+CpuSet.__name__ = "cpu list like 0-1"
 
 
 @dataclass(frozen=True)
@@ -35,18 +88,45 @@ class Option:
     choices: tuple[str, ...] = ()
     type: type = str
 
-    def parse(self, name: str, text: str) -> Any:
+    def parse(self, name: str, value: Any) -> Any:
+        """A spec's text (or a value parsed before) -> the typed value; OptionError with
+        a sentence for the user when it is not one."""
+        text = value if isinstance(value, str) else str(value)
         if self.choices and text not in self.choices:
             raise OptionError(f"option {name}={text}: expected one of {', '.join(self.choices)}")
         if self.type is str:
             return text
         try:
-            value = self.type(text)
+            parsed = self.type(text)
         except ValueError:
             raise OptionError(f"option {name}={text}: expected a {self.type.__name__}") from None
-        if isinstance(value, (int, float)) and value <= 0:
+        if isinstance(parsed, (int, float)) and parsed <= 0:
             raise OptionError(f"option {name}={text}: must be positive")
-        return value
+        return parsed
+
+
+COMMON_OPTIONS: dict[str, Option] = {
+    "label": Option(None, "name shown in results and reports (default: the spec itself)"),
+}
+
+
+def parse_options(kind: str, options: dict[str, Option], config: dict[str, Any]) -> dict[str, Any]:
+    """A spec's options (text from `--env` or TOML, or values parsed before) -> every
+    option of the kind, typed, defaults filled in. The one place options are checked:
+    an unknown name or a bad value raises OptionError with a sentence for the user."""
+    out = {name: opt.default for name, opt in options.items()}
+    for name, value in config.items():
+        if name in COMMON_OPTIONS:
+            continue
+        if name not in options:
+            known = ", ".join(sorted(options))
+            raise OptionError(f"{kind} has no option {name!r} (known: {known})")
+        if value is not None:
+            out[name] = options[name].parse(name, value)
+    return out
+
+
+# ---------------------------------------------------------------- what a launch is
 
 
 @dataclass(frozen=True)
@@ -66,13 +146,17 @@ class Invocation:
         return [probe_path, *args]
 
 
+HOLD = Invocation("hold", "hold")  # an idle instance: `ready`, then wait to be stopped
+
+
 @dataclass
 class Launch:
-    """What one launch measured, all from the host side.
+    """What one instance measured, all from the host side.
 
     phases: nanoseconds since submit, host CLOCK_MONOTONIC: "ready" (the probe's `ready`
-    line seen), "exit" (the instance ended), "cleaned" (everything it made removed);
-    kinds may add their own (a guest's "boot", a container's "created").
+    line seen), "stop" (a held instance was told to stop), "exit" (the instance ended),
+    "cleaned" (everything it made removed); kinds may add their own (a guest's "boot", a
+    container's "created").
     """
 
     status: str = "ok"  # "ok" | "failed" | "timeout"
@@ -86,6 +170,123 @@ class Launch:
     stderr_tail: str = ""
 
 
+def conclude(
+    launch: Launch,
+    *,
+    ready: bool,
+    exit_code: int | None,
+    timed_out: bool,
+    stopped: bool,
+    timeout: float,
+    stderr: str = "",
+    killed: str = "instance killed",
+) -> Launch:
+    """The launch template's verdict, the same for every kind: status and reason from
+    whether `ready` was seen, how the instance ended and its exit code; the stderr tail
+    kept. A stopped instance (held, then told to stop) is ok once it was ready."""
+    launch.exit_code = exit_code
+    launch.stderr_tail = stderr[-STDERR_KEEP:]
+    last_err = (stderr.strip().splitlines() or [""])[-1][:300]
+    if timed_out:
+        launch.status = "timeout"
+        waited = "no `ready`" if not ready else ("no exit after stop" if stopped else "no exit")
+        launch.reason = f"{waited} within {timeout:g} s: {killed}"
+    elif not ready:
+        launch.status = "failed"
+        launch.reason = f"exited with status {exit_code} before `ready`: {last_err}".rstrip(": ")
+    elif exit_code not in (0, None) and not stopped:
+        launch.status = "failed"
+        launch.reason = f"exited with status {exit_code}: {last_err}".rstrip(": ")
+    return launch
+
+
+class Instance:
+    """A started instance: submit → ready → (held) → stop → exit → cleaned.
+
+    Made by `Environment.start()`, ended exactly once by `wait()` (the probe exits on its
+    own: a run-to-completion launch) or `stop()` (told to exit now: a held instance).
+    Both remove everything the instance made, also when interrupted, and give its
+    Launch. Kinds implement `_ready`, `_signal_stop`, `_wait_exit`, `_kill` and `_end`.
+    """
+
+    def __init__(self, name: str, timeout: float, t_submit: int | None = None):
+        self.name = name
+        self.timeout = timeout
+        self.t_submit = time.monotonic_ns() if t_submit is None else t_submit
+        self.deadline = time.monotonic() + timeout
+        self.launch: Launch | None = None  # set once ended
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once the probe said `ready` (within `timeout`, default what is left)."""
+        return self._ready(self.left() if timeout is None else timeout)
+
+    def wait(self) -> Launch:
+        """Let the instance run to its end (within the start's timeout), then clean up."""
+        return self._finish(stopped=False)
+
+    def stop(self, grace: float = STOP_GRACE_S) -> Launch:
+        """Tell the instance to stop now (the hold probe exits 0), kill it if it has not
+        exited within `grace` s, then clean up."""
+        if self.launch is not None:
+            return self.launch
+        self.deadline = time.monotonic() + grace
+        t_stop = time.monotonic_ns() - self.t_submit
+        try:
+            self._signal_stop()
+        except BaseException:
+            self._abort()
+            raise
+        launch = self._finish(stopped=True)
+        launch.phases["stop"] = t_stop
+        return launch
+
+    def _finish(self, stopped: bool) -> Launch:
+        if self.launch is not None:
+            return self.launch
+        try:
+            timed_out = not self._wait_exit(self.left())
+            if timed_out:
+                self._kill()
+        except BaseException:
+            self._abort()
+            raise
+        self.launch = self._end(stopped=stopped, timed_out=timed_out)
+        self.launch.phases["cleaned"] = time.monotonic_ns() - self.t_submit
+        return self.launch
+
+    def _abort(self) -> None:
+        """Ctrl-C or a failure mid-way: kill and remove everything, record nothing."""
+        from bench import interrupt
+
+        with interrupt.shielded():
+            self._kill()
+            self._end(stopped=True, timed_out=True)
+        self.launch = Launch(status="failed", reason="interrupted")
+
+    # -- what a kind implements
+    def _ready(self, timeout: float) -> bool:
+        raise NotImplementedError
+
+    def _signal_stop(self) -> None:
+        raise NotImplementedError
+
+    def _wait_exit(self, timeout: float) -> bool:
+        """True when the instance exited within `timeout`."""
+        raise NotImplementedError
+
+    def _kill(self) -> None:
+        """Kill the instance now (idempotent, never raises)."""
+        raise NotImplementedError
+
+    def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
+        """Collect the ended instance's Launch (conclude()), then remove what it made
+        (shielded from Ctrl-C). Called exactly once."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Leftover:
     """Something an earlier (crashed) run left behind, found by label or name prefix."""
@@ -96,21 +297,31 @@ class Leftover:
 
 @dataclass(frozen=True)
 class Context:
-    """Run-wide settings handed to every environment."""
+    """What one environment of a run owns. The runner makes one per environment
+    (`for_env`): no two environments share a scratch directory or a name prefix."""
 
     run_id: str
-    scratch: Path  # a directory this run owns; removed when the run ends
+    scratch: Path  # a directory this environment owns; removed when the run ends
     cache: Path  # artifacts kept between runs (images, initramfs), keyed by content
     quick: bool = False
+    prefix: str = ""  # every name this environment makes starts with it
 
+    def __post_init__(self):
+        if not self.prefix:
+            object.__setattr__(self, "prefix", f"isobench-{self.run_id}")
 
-COMMON_OPTIONS: dict[str, Option] = {
-    "label": Option(None, "name shown in results and reports (default: the spec itself)"),
-}
+    def for_env(self, index: int) -> Context:
+        """The context of a run's index-th environment: <scratch>/e<index>, names
+        isobench-<run>-e<index>-N (cgroups, containers, guests: unique across kinds)."""
+        return Context(
+            self.run_id, self.scratch / f"e{index}", self.cache, self.quick,
+            f"isobench-{self.run_id}-e{index}",
+        )  # fmt: skip
 
 
 class Environment:
-    """Base class: lifecycle prepare → launch* → cleanup. Subclasses set kind/options."""
+    """Base class: prepare → (start → wait | stop)* → cleanup. Subclasses set kind,
+    summary and options, and implement probe and start."""
 
     kind: ClassVar[str]
     summary: ClassVar[str]
@@ -119,11 +330,18 @@ class Environment:
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         self.config = config
+        self.opts = parse_options(self.kind, self.options, config)  # typed, defaults in
         self.ctx = ctx
+        self._names = itertools.count(1)
 
+    def new_name(self) -> str:
+        """A name for the next thing this environment makes (instance, cgroup, domain)."""
+        return f"{self.ctx.prefix}-{next(self._names)}"
+
+    # -- availability, leftovers, host facts: may depend on the options (a remote target)
     @classmethod
-    def probe(cls) -> Availability:
-        """Can this kind run here? Cheap, never raises."""
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
+        """Can this kind (so configured) run here? Cheap, never raises."""
         raise NotImplementedError
 
     @classmethod
@@ -132,15 +350,44 @@ class Environment:
         return []
 
     @classmethod
-    def leftovers(cls) -> list[Leftover]:
+    def variants(cls) -> list[str]:
+        """The specs `--all` runs for this kind: its default, plus attribution variants."""
+        return [cls.kind]
+
+    @classmethod
+    def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         """What crashed runs left behind (by isobench label / name prefix), for `clean`."""
         return []
 
+    @classmethod
+    def target(cls, opts: dict[str, Any] | None = None) -> str:
+        """Where instances run: LOCAL, or a name for the endpoint/host (the manifest
+        records host facts per target)."""
+        return LOCAL
+
+    @classmethod
+    def target_facts(cls, opts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the target machine is (CPU, kernel, memory...); LOCAL: this host's."""
+        from bench import provenance
+
+        return provenance.host_facts()
+
+    # -- lifecycle
     def prepare(self, bundle) -> None:
         """Make this environment's artifact from the bundle; idempotent."""
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
+    def start(self, inv: Invocation, timeout: float) -> Instance:
+        """Start one instance of `inv`; `timeout` bounds its `ready` and, for wait(), its
+        exit. Raises StartError when it cannot start; whatever was made is then removed."""
         raise NotImplementedError
+
+    def launch(self, inv: Invocation, timeout: float) -> Launch:
+        """Run `inv` to completion in a new instance (start, then wait)."""
+        try:
+            instance = self.start(inv, timeout)
+        except StartError as e:
+            return Launch(status="failed", reason=str(e))
+        return instance.wait()
 
     # Kinds whose instance is expensive to start (a guest boot) run all the workloads of
     # a round in one instance: the runner then calls launch_round once per round.
@@ -156,8 +403,17 @@ class Environment:
         return [self.launch(inv, timeout) for inv in invs]
 
     def cleanup(self) -> None:
-        """Remove everything this environment made; idempotent, safe after a failure."""
+        """Remove everything this environment made; idempotent, safe after a failure.
+        Never touches what another environment made (its own prefix and scratch only)."""
 
     def describe(self) -> dict[str, Any]:
         """Versions and configuration, for the manifest."""
-        return {"kind": self.kind, "config": dict(self.config)}
+        return {
+            "kind": self.kind,
+            "config": dict(self.config),
+            "options": {
+                k: (v if v is None or isinstance(v, (int, float)) else str(v))
+                for k, v in self.opts.items()
+            },  # fmt: skip
+            "target": self.target(self.opts),
+        }

@@ -238,7 +238,7 @@ class DockerEnv(Environment):
     # -- availability
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         try:
             cl = client(timeout=5)
             cl.ping()

@@ -4,28 +4,35 @@ and removes, so the baseline is measured exactly like every other environment.""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from bench import interrupt
-from bench.envs.base import Availability, Environment, Invocation, Launch, Option
-from bench.envs.process import stream, to_launch
+from bench.envs.base import (
+    Availability,
+    CpuSet,
+    Environment,
+    Instance,
+    Invocation,
+    Launch,
+    Option,
+    StartError,
+)
+from bench.envs.process import Child, ProcessInstance
 from bench.metrics.cgroup import (
     Cgroup,
     CgroupError,
+    Layout,
     delta,
-    detect_layout,
     warm_migration_lock,
 )
 from bench.metrics.procs import PeakSampler
 
 CGROUP_OPTIONS = {
     "cpus": Option(None, "CPU quota on the launch's cgroup, in CPUs (e.g. 0.5)", type=float),
-    "cpuset": Option(None, "CPUs the probe may run on (cpuset list, e.g. 1 or 0-1)"),
+    "cpuset": Option(None, "CPUs the probe may run on (cpuset list, e.g. 1 or 0-1)", type=CpuSet),
     "weight": Option(
         None,
         "CPU weight of the launch's cgroup, 1024 = a plain process (cgroup v1 cpu.shares; "
@@ -82,16 +89,6 @@ class CgroupSampler(PeakSampler):
         super()._sample()
 
 
-def set_weight(cg: Cgroup, weight: int) -> None:
-    """Give the cgroup `weight` (1024 = one plain process) over its siblings."""
-    if cg.layout == "v2":
-        value = max(1, min(10000, round(weight * 100 / 1024)))
-        (cg.paths[""] / "cpu.weight").write_text(str(value))
-    else:
-        value = max(2, min(262144, weight))
-        (cg.paths["cpu"] / "cpu.shares").write_text(str(value))
-
-
 def sampler_figures(figures: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     """PeakSampler.stop() -> (the instance's own peaks, the sampler's cost on the host)."""
     instance = {"rss_peak_mib": figures["rss_peak_mib"]}
@@ -104,10 +101,10 @@ def sampler_figures(figures: dict[str, float]) -> tuple[dict[str, float], dict[s
 def _cgroup_availability() -> Availability:
     if os.geteuid() != 0:
         return Availability(False, "needs root: isobench creates a cgroup for every launch")
-    layout = detect_layout()
-    if layout == "none":
+    layout = Layout.detect()
+    if not layout.usable:
         return Availability(False, "no cgroup filesystem at /sys/fs/cgroup: mount cgroup2 there")
-    return Availability(True, versions={"cgroup": layout, "kernel": os.uname().release})
+    return Availability(True, versions={"cgroup": layout.name, "kernel": os.uname().release})
 
 
 class HostEnv(Environment):
@@ -117,11 +114,10 @@ class HostEnv(Environment):
 
     def __init__(self, config: dict[str, Any], ctx):
         super().__init__(config, ctx)
-        self._seq = itertools.count(1)
         self._bundle = None
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         return _cgroup_availability()
 
     def prepare(self, bundle) -> None:
@@ -131,77 +127,83 @@ class HostEnv(Environment):
         """The command that runs argv in this environment (the host: argv itself)."""
         return argv
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
-        n = next(self._seq)
-        name = f"isobench-{self.ctx.run_id}-{self.kind}-{os.getpid()}-{n}"
+    def start(self, inv: Invocation, timeout: float) -> Instance:
+        if self._bundle is None:
+            raise RuntimeError(f"{self.kind}: start() before prepare()")
+        name = self.new_name()
         workdir = None
-        if inv.needs_workdir:
-            workdir = self.ctx.scratch / name
-            workdir.mkdir(parents=True)
+        made: list[Any] = []  # what to remove, in order
+
+        def teardown() -> None:
+            for thing in reversed(made):
+                if isinstance(thing, Cgroup):
+                    with contextlib.suppress(CgroupError, OSError):
+                        thing.remove()
+                else:
+                    shutil.rmtree(thing, ignore_errors=True)
+
         try:
-            cg = Cgroup.create(name, cpus=self.config.get("cpus"), cpuset=self.config.get("cpuset"))
-        except (CgroupError, OSError) as e:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            return Launch(status="failed", reason=f"could not create cgroup {name}: {e}")
-        if self.config.get("weight"):
-            try:
-                set_weight(cg, self.config["weight"])
-            except (KeyError, OSError) as e:
-                cg.remove()
-                if workdir:
-                    shutil.rmtree(workdir, ignore_errors=True)
-                return Launch(status="failed", reason=f"could not set cpu weight on {name}: {e}")
-        sampler = CgroupSampler(cg) if self.sampler_on else None
-        try:
+            if inv.needs_workdir:
+                workdir = self.ctx.scratch / name
+                workdir.mkdir(parents=True)
+                made.append(workdir)
+            cg = Cgroup.create(name, cpus=self.opts["cpus"], cpuset=self.opts["cpuset"])
+            made.append(cg)
+            if self.opts["weight"]:
+                cg.set_weight(self.opts["weight"])
+            sampler = CgroupSampler(cg) if self.opts["sampler"] == "on" else None
             before = cg.read()
             argv = self.wrap(inv.argv(str(self._bundle.probes[inv.probe]), str(workdir or "")))
             # the bundle's `attach` joins the cgroup and execs the probe: no preexec_fn,
             # so the spawn is a vfork, not a fork of the harness (workloads/attach.c)
             attach = [str(self._bundle.probes["attach"]), *cg.procs_files, "--"]
             warm_migration_lock()  # the probe is moved like one born there: see its doc
-            try:
-                res = stream(
-                    [*attach, *argv], timeout, on_kill=cg.kill_all,
-                    on_start=(lambda pid: sampler.start()) if sampler else None,
-                )  # fmt: skip
-            finally:
-                figures = sampler.stop() if sampler else {}
-            launch = to_launch(res, timeout, "probe")
+            child = Child(
+                [*attach, *argv], on_kill=cg.kill_all,
+                on_start=(lambda pid: sampler.start()) if sampler else None,
+            )  # fmt: skip
+        except BaseException as e:
+            with interrupt.shielded():
+                teardown()
+            if isinstance(e, (CgroupError, OSError, KeyError)):
+                raise StartError(f"could not set up {name}: {e}") from None
+            raise
+
+        def collect(launch: Launch) -> None:
+            figures = sampler.stop() if sampler else {}
             launch.cgroup = delta(before, cg.read())
             if figures:
                 instance, harness = sampler_figures(figures)
                 launch.cgroup.update(instance)
                 launch.host_side.update(harness)
-        finally:
-            with interrupt.shielded():
-                cg.remove()
-                if workdir:
-                    shutil.rmtree(workdir, ignore_errors=True)
-        launch.phases["cleaned"] = time.monotonic_ns() - res.t_submit
-        return launch
 
-    @property
-    def sampler_on(self) -> bool:
-        return self.config.get("sampler", CGROUP_OPTIONS["sampler"].default) == "on"
+        def teardown_all() -> None:
+            if sampler:
+                sampler.stop()
+            cg.kill_all()
+            teardown()
+
+        return ProcessInstance(name, child, timeout, what="probe", collect=collect,
+                               teardown=teardown_all)  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         av = self.probe()
         online = None
         with contextlib.suppress(OSError):
             online = ONLINE.read_text().strip()
-        cpuset = self.config.get("cpuset")
+        cpuset = self.opts["cpuset"]
+        sampler_on = self.opts["sampler"] == "on"
         return {
             **super().describe(),
             "versions": av.versions,
             "argv_prefix": self.wrap([]),
             "resources": {
-                "cpus": self.config.get("cpus"),  # CPU quota in CPUs; None: no quota
+                "cpus": self.opts["cpus"],  # CPU quota in CPUs; None: no quota
                 "cpuset": cpuset,
-                "weight": self.config.get("weight"),  # None: the default 1024 (v2: 100)
+                "weight": self.opts["weight"],  # None: the default 1024 (v2: 100)
                 "pinned": is_pinned(cpuset, online),
                 "online_cpus": online,
-                "sampler": "on" if self.sampler_on else "off",
-                "sampler_interval_s": SAMPLER_INTERVAL_S if self.sampler_on else None,
+                "sampler": self.opts["sampler"],
+                "sampler_interval_s": SAMPLER_INTERVAL_S if sampler_on else None,
             },
         }

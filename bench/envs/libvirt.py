@@ -178,7 +178,7 @@ class LibvirtEnv(VmEnvironment):
             conn.close()
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         lv = cls._libvirt_availability()
         if not lv.ok:
             return lv

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import Any
 
 from bench.envs.base import Availability
 from bench.envs.containers import tool_version
@@ -18,8 +19,8 @@ class NamespacesEnv(HostEnv):
     summary = "unshare: new pid/mount/net/uts/ipc/cgroup namespaces, no runtime, no seccomp"
 
     @classmethod
-    def probe(cls) -> Availability:
-        base = super().probe()
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
+        base = super().probe(opts)
         if not base.ok:
             return base
         path = shutil.which("unshare")

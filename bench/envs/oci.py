@@ -69,7 +69,7 @@ class OciEnv(Environment):
         self._n = 0
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         found = [rt for rt in RUNTIMES if shutil.which(rt)]
         if not found:
             return Availability(False, "no OCI runtime installed (apt-get install runc)")

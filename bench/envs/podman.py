@@ -109,7 +109,7 @@ class PodmanEnv(Environment):
     # -- availability
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         if not shutil.which("podman"):
             return Availability(False, "podman not installed (apt-get install podman)")
         try:

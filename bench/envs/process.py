@@ -1,6 +1,8 @@
-"""Run one command to completion while watching its output: the shared launch mechanism
-of every environment whose instance is a child process (host, namespaces, oci, podman,
-qemu). Timestamps are host CLOCK_MONOTONIC nanoseconds."""
+"""An instance that is a child process: the shared mechanism of every environment whose
+instance is a command on this host (host, namespaces, oci, podman, qemu). `Child` runs
+the command in its own session and watches its output from a reader thread; `stream()`
+runs one to completion; `ProcessInstance` is the launch template those kinds share.
+Timestamps are host CLOCK_MONOTONIC nanoseconds."""
 
 from __future__ import annotations
 
@@ -13,10 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from bench.envs.base import Launch
+from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude
 from bench.probeio import is_ready, parse_lines
-
-STDERR_KEEP = 4000  # characters of stderr kept for failure reasons
 
 
 @dataclass
@@ -40,133 +40,206 @@ class Streamed:
         return out
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+class Child:
+    """A command in its own session (process group) whose stdout/stderr the caller's
+    thread reads while it waits (wait_ready, wait_exit), so `ready` and the exit are
+    timestamped as they are seen, in order. A held child's output waits in its pipes.
 
+    `on_kill` runs whenever the child is killed, for kinds whose instance lives outside
+    the group (a container, a sandbox). `on_start` gets the child's pid right after the
+    fork (start samplers there: forking while other threads run is unsafe with a
+    preexec_fn)."""
 
-def stream(
-    argv: Sequence[str],
-    timeout: float,
-    *,
-    preexec_fn: Callable[[], None] | None = None,
-    env: dict[str, str] | None = None,
-    on_kill: Callable[[], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
-    ready_marker: Callable[[str], bool] = is_ready,
-) -> Streamed:
-    """Run argv in its own session; collect stdout lines, note when `ready` is seen.
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+        on_kill: Callable[[], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+        ready_marker: Callable[[str], bool] = is_ready,
+    ):
+        self.res = Streamed(t_submit=time.monotonic_ns())
+        self._on_kill = on_kill
+        self._marker = ready_marker
+        self._err: list[bytes] = []
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+            env=env,
+        )
+        self.res.pid = self.proc.pid
+        self._sel = selectors.DefaultSelector()
+        self._buf = b""
+        try:
+            if on_start:
+                on_start(self.proc.pid)
+            for f in (self.proc.stdout, self.proc.stderr):
+                os.set_blocking(f.fileno(), False)
+                self._sel.register(f, selectors.EVENT_READ)
+        except BaseException:
+            self.kill()
+            raise
 
-    On timeout (or any exception, Ctrl-C included) the whole process group is killed
-    with SIGKILL and reaped before this returns or re-raises; `on_kill` runs too, for
-    kinds whose instance lives outside the group (a container, a sandbox). `on_start`
-    gets the child's pid right after the fork (start samplers there: forking while
-    other threads run is unsafe with a preexec_fn).
-    """
-    res = Streamed(t_submit=time.monotonic_ns())
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=preexec_fn,
-        env=env,
-    )
-    res.pid = proc.pid
-    deadline = time.monotonic() + timeout
-    sel = selectors.DefaultSelector()
-    buffers = {proc.stdout: b"", proc.stderr: b""}
-    err_chunks: list[bytes] = []
-    try:
-        if on_start:
-            on_start(proc.pid)
-        for f in buffers:
-            os.set_blocking(f.fileno(), False)
-            sel.register(f, selectors.EVENT_READ)
-        while sel.get_map():
+    def _pump(self, timeout: float, until: Callable[[], bool]) -> None:
+        """Read output until `until()` holds, both pipes are at EOF, or `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while self._sel.get_map() and not until():
             left = deadline - time.monotonic()
             if left <= 0:
-                res.timed_out = True
-                break
-            for key, _ in sel.select(min(left, 0.5)):
+                return
+            for key, _ in self._sel.select(min(left, 0.5)):
                 f = key.fileobj
                 chunk = os.read(f.fileno(), 65536)
                 if not chunk:
-                    sel.unregister(f)
-                    if f is proc.stdout and buffers[f]:
-                        _take(res, buffers[f].decode(errors="replace"), ready_marker)
-                    continue
-                if f is proc.stderr:
-                    err_chunks.append(chunk)
-                    continue
-                data = buffers[f] + chunk
-                *complete, buffers[f] = data.split(b"\n")
-                for raw in complete:
-                    _take(res, raw.decode(errors="replace"), ready_marker)
-        if res.timed_out:
-            _kill_group(proc)
-            if on_kill:
-                on_kill()
-        else:
-            left = max(0.0, deadline - time.monotonic())
-            try:
-                proc.wait(left)
-            except subprocess.TimeoutExpired:
-                res.timed_out = True
-                _kill_group(proc)
-                if on_kill:
-                    on_kill()
-        res.exit_code = proc.wait()
-        res.t_exit = time.monotonic_ns()
+                    self._sel.unregister(f)
+                    if f is self.proc.stdout and self._buf:
+                        self._take(self._buf.decode(errors="replace"))
+                        self._buf = b""
+                elif f is self.proc.stderr:
+                    self._err.append(chunk)
+                else:
+                    *complete, self._buf = (self._buf + chunk).split(b"\n")
+                    for raw in complete:
+                        self._take(raw.decode(errors="replace"))
+
+    def _take(self, line: str) -> None:
+        line = line.rstrip("\r")
+        res = self.res
+        if res.t_ready is None:
+            if self._marker(line):
+                res.t_ready = time.monotonic_ns()
+            else:
+                res.before_ready.append(line)
+            return
+        res.lines.append(line)
+
+    def wait_ready(self, timeout: float) -> bool:
+        self._pump(timeout, lambda: self.res.t_ready is not None)
+        return self.res.t_ready is not None
+
+    def wait_exit(self, timeout: float) -> bool:
+        """True when the child exited within `timeout` (its exit time then recorded)."""
+        deadline = time.monotonic() + timeout
+        self._pump(timeout, lambda: False)
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        if self.res.t_exit is None:
+            self.res.t_exit = time.monotonic_ns()
+        return True
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the child's whole process group."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the process group and whatever `on_kill` removes; reap the child."""
+        self.signal(signal.SIGKILL)
+        if self._on_kill:
+            self._on_kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def result(self, timed_out: bool = False) -> Streamed:
+        """The ended child's output (call after wait_exit() or kill())."""
+        if self.proc.poll() is not None:
+            self._pump(1.0, lambda: False)  # what the pipes still hold
+        self._sel.close()
+        for f in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                f.close()
+        res = self.res
+        res.exit_code = self.proc.poll()
+        if res.t_exit is None:
+            res.t_exit = time.monotonic_ns()
+        res.timed_out = timed_out
+        res.stderr = b"".join(self._err).decode(errors="replace")[-STDERR_KEEP:]
+        return res
+
+
+def stream(argv: Sequence[str], timeout: float, **kwargs) -> Streamed:
+    """Run argv to completion (Child's keyword arguments); at the timeout, or on any
+    exception (Ctrl-C included), the process group is killed (and `on_kill` run) and
+    reaped before this returns or re-raises."""
+    child = Child(argv, **kwargs)
+    try:
+        exited = child.wait_exit(timeout)
+        if not exited:
+            child.kill()
     except BaseException:
-        _kill_group(proc)
-        if on_kill:
-            on_kill()
-        proc.wait()
+        child.kill()
+        child.result(timed_out=True)
         raise
-    finally:
-        sel.close()
-        for f in (proc.stdout, proc.stderr):
-            f.close()
-    res.stderr = b"".join(err_chunks).decode(errors="replace")[-STDERR_KEEP:]
-    return res
+    return child.result(timed_out=not exited)
 
 
-def _take(res: Streamed, line: str, ready_marker: Callable[[str], bool]) -> None:
-    line = line.rstrip("\r")
-    if res.t_ready is None:
-        if ready_marker(line):
-            res.t_ready = time.monotonic_ns()
-        else:
-            res.before_ready.append(line)
-        return
-    res.lines.append(line)
-
-
-def to_launch(res: Streamed, timeout: float, what: str = "instance") -> Launch:
-    """The common reading of a streamed run: status, reason, phases, parsed records."""
+def to_launch(
+    res: Streamed, timeout: float, what: str = "instance", stopped: bool = False
+) -> Launch:
+    """The common reading of a child's run: records, phases, then conclude()'s verdict."""
     out = parse_lines(res.lines)
-    launch = Launch(
-        phases=res.phases(),
-        records=out.records,
-        exit_code=res.exit_code,
-        stderr_tail=res.stderr[-STDERR_KEEP:],
-    )
+    launch = Launch(phases=res.phases(), records=out.records)
     if out.errors:
         launch.extra["probe_errors"] = out.errors
     if out.garbage:
         launch.extra["stray_lines"] = out.garbage[:5]
-    last_err = (res.stderr.strip().splitlines() or [""])[-1][:300]
-    if res.timed_out:
-        launch.status = "timeout"
-        waited = "no `ready`" if res.t_ready is None else "no exit"
-        launch.reason = f"{waited} within {timeout:g} s: {what} killed"
-    elif res.t_ready is None:
-        launch.status = "failed"
-        launch.reason = f"exited with status {res.exit_code} before `ready`: {last_err}"
-        launch.reason = launch.reason.rstrip(": ")
-    elif res.exit_code != 0:
-        launch.status = "failed"
-        launch.reason = f"exited with status {res.exit_code}: {last_err}".rstrip(": ")
-    return launch
+    return conclude(
+        launch, ready=res.t_ready is not None, exit_code=res.exit_code, timed_out=res.timed_out,
+        stopped=stopped, timeout=timeout, stderr=res.stderr, killed=f"{what} killed",
+    )  # fmt: skip
+
+
+class ProcessInstance(Instance):
+    """The launch template of the kinds whose instance is a child process: a kind makes
+    the Child and gives `collect` (read its cgroup, its samplers: fill the Launch) and
+    `teardown` (remove what it made). A stop is SIGTERM to the child's process group
+    (runc/runsc/podman `run` pass it on to the container's init)."""
+
+    def __init__(
+        self,
+        name: str,
+        child: Child,
+        timeout: float,
+        *,
+        what: str = "instance",
+        collect: Callable[[Launch], None] = lambda launch: None,
+        teardown: Callable[[], None] = lambda: None,
+    ):
+        super().__init__(name, timeout, child.res.t_submit)
+        self.child = child
+        self.what = what
+        self._collect = collect
+        self._teardown = teardown
+
+    def _ready(self, timeout: float) -> bool:
+        return self.child.wait_ready(timeout)
+
+    def _signal_stop(self) -> None:
+        self.child.signal(signal.SIGTERM)
+
+    def _wait_exit(self, timeout: float) -> bool:
+        return self.child.wait_exit(timeout)
+
+    def _kill(self) -> None:
+        self.child.kill()
+
+    def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
+        from bench import interrupt
+
+        try:
+            res = self.child.result(timed_out=timed_out)
+            launch = to_launch(res, self.timeout, self.what, stopped=stopped)
+            launch.extra["name"] = self.name
+            self._collect(launch)
+            return launch
+        finally:
+            with interrupt.shielded():
+                self._teardown()

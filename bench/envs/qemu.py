@@ -447,7 +447,7 @@ class QemuEnv(VmEnvironment):
             raise guest.GuestError(f"this QEMU has no machine type {self._machine}")
 
     @classmethod
-    def probe(cls) -> Availability:
+    def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         q = qemu_availability()
         if not q.ok:
             return q

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,69 @@ def detect_layout(root: Path = ROOT) -> str:
     if has_v1:
         return "hybrid" if (root / UNIFIED / "cgroup.controllers").exists() else "v1"
     return "none"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The cgroup layout of a host, and everything that depends on it: where a cgroup's
+    directories are, what a runtime refuses, what v1 does not count. Code outside
+    metrics/ asks this object, never compares layout names itself."""
+
+    name: str  # "v2" | "hybrid" | "v1" | "none"
+    root: Path = ROOT
+
+    @classmethod
+    def detect(cls, root: Path = ROOT) -> Layout:
+        return cls(detect_layout(root), Path(root))
+
+    @property
+    def usable(self) -> bool:
+        return self.name != "none"
+
+    @property
+    def keeps_removed_child_io(self) -> bool:
+        """Does a parent keep the I/O counts of a child cgroup once it is removed (and
+        charge buffered writeback to it)? v2 does; v1 blkio does neither."""
+        return self.name == "v2"
+
+    def runtime_problem(self, runtime: str) -> str:
+        """Why an OCI runtime cannot run under this layout ("" when no known reason)."""
+        if runtime == "crun" and self.name == "hybrid":
+            return "crun: refuses the hybrid cgroup layout"
+        return ""
+
+    def paths(self, rel: str) -> dict[str, Path]:
+        """A cgroup's directories (relative path `rel`) in the hierarchies isobench reads:
+        CgroupReader's paths."""
+        if self.name == "v2":
+            return {"": self.root / rel}
+        paths = {c: self.root / c / rel for c in V1_CONTROLLERS if (self.root / c).is_dir()}
+        if self.name == "hybrid":
+            paths[UNIFIED] = self.root / UNIFIED / rel
+        return paths
+
+    def every_dir(self, rel: str) -> dict[str, Path]:
+        """Its existing directories in every hierarchy, those isobench does not read too
+        (a runtime makes the path in devices, freezer, name=systemd...): to remove it."""
+        found = {k: p for k, p in self.paths(rel).items() if p.is_dir()}
+        if self.name not in ("v2", "none"):
+            for hierarchy in self.root.iterdir():
+                path = hierarchy / rel
+                if not hierarchy.is_symlink() and path.is_dir():
+                    found.setdefault(hierarchy.name, path)
+        return found
+
+    def reader(self, rel: str) -> CgroupReader | None:
+        """A reader of the cgroup at `rel` over the directories that exist (None: none)."""
+        existing = {k: p for k, p in self.paths(rel).items() if p.is_dir()}
+        return CgroupReader(self.name, existing) if existing else None
+
+    def remove(self, rel: str) -> None:
+        """Kill what is inside the cgroup at `rel` and remove it from every hierarchy."""
+        existing = self.every_dir(rel)
+        if existing:
+            with contextlib.suppress(CgroupError):
+                Cgroup(self.name, existing).remove()
 
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
@@ -354,6 +418,15 @@ class Cgroup(CgroupReader):
             Cgroup(layout, {str(i): p for i, p in enumerate(made)}).remove()
             raise
         return cls(layout, paths)
+
+    def set_weight(self, weight: int) -> None:
+        """CPU weight over its siblings, 1024 = one plain process (v1 cpu.shares; v2
+        cpu.weight = weight/1024*100)."""
+        if self.layout == "v2":
+            value = max(1, min(10000, round(weight * 100 / 1024)))
+            _write(self.paths[""] / "cpu.weight", str(value))
+        else:
+            _write(self.paths["cpu"] / "cpu.shares", str(max(2, min(262144, weight))))
 
     def attach(self, pid: int) -> None:
         for f in self.procs_files:
