@@ -27,8 +27,9 @@ from bench.resources import cache_dir
 from bench.scratch import PREFIX, owner, owner_alive, scratch_root
 
 BUILD_STALE_S = 600  # a `.building-*` bundle younger than this may be a build in progress
-# host and namespaces cgroups: isobench-<run id>-<kind>-<pid>-<n>
-HOST_CGROUP = re.compile(rf"^{PREFIX}.+-(?:{'|'.join(REGISTRY)})-(\d+)-\d+$")
+# what an environment makes outside a run (tests, the harness) names its maker's pid:
+# isobench-<run id>-p<pid>-<n> (bench.envs.base.Context)
+HOST_CGROUP = re.compile(rf"^{PREFIX}.+-p(\d+)-\d+$")
 
 
 def _rmtree(path: Path):

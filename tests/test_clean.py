@@ -87,11 +87,11 @@ def test_a_live_runs_other_leftovers_are_kept():
 
 
 def test_a_host_cgroup_names_the_process_that_made_it():
-    mine = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-host-{os.getpid()}-3"
+    mine = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-p{os.getpid()}-3"
     assert f"pid {os.getpid()}" in clean.still_in_use(mine, {})
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-host-{gone.pid}-3"
+    dead = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-p{gone.pid}-3"
     assert clean.still_in_use(dead, {}) == ""
 
 

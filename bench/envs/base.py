@@ -15,12 +15,15 @@ name prefix, so two environments never share a directory, a cgroup or a name.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from bench import interrupt
 
 WORKDIR = "{workdir}"  # placeholder in probe arguments: the environment's io directory
 LOCAL = "local"  # the target of every kind that runs on this machine
@@ -237,7 +240,7 @@ class Instance:
         try:
             self._signal_stop()
         except BaseException:
-            self._abort()
+            self.abort()
             raise
         launch = self._finish(stopped=True)
         launch.phases["stop"] = t_stop
@@ -251,16 +254,17 @@ class Instance:
             if timed_out:
                 self._kill()
         except BaseException:
-            self._abort()
+            self.abort()
             raise
         self.launch = self._end(stopped=stopped, timed_out=timed_out)
         self.launch.phases["cleaned"] = time.monotonic_ns() - self.t_submit
         return self.launch
 
-    def _abort(self) -> None:
-        """Ctrl-C or a failure mid-way: kill and remove everything, record nothing."""
-        from bench import interrupt
-
+    def abort(self) -> None:
+        """Kill the instance and remove everything it made, also under Ctrl-C (a failure
+        mid-way, an interrupted run, an environment's cleanup)."""
+        if self.launch is not None:
+            return
         with interrupt.shielded():
             self._kill()
             self._end(stopped=True, timed_out=True)
@@ -307,12 +311,13 @@ class Context:
     prefix: str = ""  # every name this environment makes starts with it
 
     def __post_init__(self):
-        if not self.prefix:
-            object.__setattr__(self, "prefix", f"isobench-{self.run_id}")
+        if not self.prefix:  # outside a run (tests, the harness): the maker's pid in names
+            object.__setattr__(self, "prefix", f"isobench-{self.run_id}-p{os.getpid()}")
 
     def for_env(self, index: int) -> Context:
         """The context of a run's index-th environment: <scratch>/e<index>, names
-        isobench-<run>-e<index>-N (cgroups, containers, guests: unique across kinds)."""
+        isobench-<run>-e<index>-N (cgroups, containers, guests: unique across kinds; the
+        run's scratch marker tells `clean` whether its maker is alive)."""
         return Context(
             self.run_id, self.scratch / f"e{index}", self.cache, self.quick,
             f"isobench-{self.run_id}-e{index}",
@@ -320,8 +325,10 @@ class Context:
 
 
 class Environment:
-    """Base class: prepare → (start → wait | stop)* → cleanup. Subclasses set kind,
-    summary and options, and implement probe and start."""
+    """Base class: prepare → (start → wait | stop)* → cleanup. A kind sets kind, summary
+    and options, and implements probe, _start (and _cleanup when it makes more than its
+    instances remove themselves). The base keeps the live instances: cleanup() kills and
+    removes every one still held (Ctrl-C, a failed run) before the kind's _cleanup()."""
 
     kind: ClassVar[str]
     summary: ClassVar[str]
@@ -333,6 +340,7 @@ class Environment:
         self.opts = parse_options(self.kind, self.options, config)  # typed, defaults in
         self.ctx = ctx
         self._names = itertools.count(1)
+        self._live: list[Instance] = []
 
     def new_name(self) -> str:
         """A name for the next thing this environment makes (instance, cgroup, domain)."""
@@ -379,6 +387,12 @@ class Environment:
     def start(self, inv: Invocation, timeout: float) -> Instance:
         """Start one instance of `inv`; `timeout` bounds its `ready` and, for wait(), its
         exit. Raises StartError when it cannot start; whatever was made is then removed."""
+        instance = self._start(inv, timeout)
+        self._live = [i for i in self._live if i.launch is None]
+        self._live.append(instance)
+        return instance
+
+    def _start(self, inv: Invocation, timeout: float) -> Instance:
         raise NotImplementedError
 
     def launch(self, inv: Invocation, timeout: float) -> Launch:
@@ -403,8 +417,18 @@ class Environment:
         return [self.launch(inv, timeout) for inv in invs]
 
     def cleanup(self) -> None:
-        """Remove everything this environment made; idempotent, safe after a failure.
-        Never touches what another environment made (its own prefix and scratch only)."""
+        """Remove everything this environment made: every instance still held, then what
+        the kind keeps (_cleanup). Idempotent, safe after a failure, shielded from
+        Ctrl-C; never touches what another environment made (its prefix and scratch)."""
+        with interrupt.shielded():
+            live, self._live = self._live, []
+            for instance in live:
+                if instance.launch is None:
+                    instance.abort()
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        """What the kind made besides its instances (a rootfs, volumes, a client)."""
 
     def describe(self) -> dict[str, Any]:
         """Versions and configuration, for the manifest."""

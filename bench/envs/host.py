@@ -127,7 +127,7 @@ class HostEnv(Environment):
         """The command that runs argv in this environment (the host: argv itself)."""
         return argv
 
-    def start(self, inv: Invocation, timeout: float) -> Instance:
+    def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._bundle is None:
             raise RuntimeError(f"{self.kind}: start() before prepare()")
         name = self.new_name()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bench import interrupt
 from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude
 from bench.probeio import is_ready, parse_lines
 
@@ -232,8 +233,6 @@ class ProcessInstance(Instance):
         self.child.kill()
 
     def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
-        from bench import interrupt
-
         try:
             res = self.child.result(timed_out=timed_out)
             launch = to_launch(res, self.timeout, self.what, stopped=stopped)

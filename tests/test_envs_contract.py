@@ -1,0 +1,159 @@
+"""The environment contract, run over every registered kind: what a new kind must
+declare (options, variants, availability), and, for real on this host, that it can hold
+four idle instances at once, run one to completion, and leave nothing behind, also when
+the instances are still held as the run ends (Ctrl-C, a failure)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+
+from bench.clean import find_all
+from bench.envs import REGISTRY
+from bench.envs.base import (
+    HOLD,
+    Availability,
+    Context,
+    Environment,
+    Invocation,
+    Option,
+    OptionError,
+    parse_options,
+)
+from bench.matrix import parse_env_spec
+from bench.metrics.cgroup import find_leftovers
+
+KINDS = sorted(REGISTRY)
+HELD = 4
+READY_S = 120  # a guest under TCG boots in ~10 s; four of them at once on 2 cores
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_declares_the_interface(kind):
+    """Pure: a kind's declarations, checked without running anything."""
+    cls = REGISTRY[kind]
+    assert issubclass(cls, Environment)
+    assert cls.kind == kind and cls.summary, "set kind and a one-line summary"
+    for name, opt in cls.options.items():
+        assert isinstance(opt, Option) and opt.help, f"option {name}: an Option with help text"
+        if opt.default is not None:
+            assert opt.parse(name, opt.default) == opt.default, f"option {name}: bad default"
+    defaults = parse_options(kind, cls.options, {})
+    assert set(defaults) == set(cls.options)
+    with pytest.raises(OptionError):
+        parse_options(kind, cls.options, {"no-such-option": "1"})
+    for spec in cls.variants():
+        assert parse_env_spec(spec).kind == kind, f"variant {spec} must parse as a {kind} spec"
+    for method in ("probe", "leftovers", "target", "target_facts"):
+        params = inspect.signature(getattr(cls, method)).parameters
+        assert "opts" in params, f"{kind}.{method} takes the options (a remote target's)"
+    assert cls._start is not Environment._start, f"{kind}: implement _start (held instances)"
+
+
+def test_the_same_option_is_checked_the_same_everywhere():
+    """cpus, cpuset, memory...: a value one kind refuses, every kind with that option
+    refuses; one it takes, every kind takes (and parses to the same value)."""
+    probes = {"cpus": ("0.5", "abc"), "cpuset": ("0-1", "abc"), "memory": ("512m", "lots")}
+    for name, (good, bad) in probes.items():
+        kinds = [k for k in KINDS if name in REGISTRY[k].options]
+        if len(kinds) < 2:
+            continue
+        parsed = {k: REGISTRY[k].options[name].parse(name, good) for k in kinds}
+        assert len({repr(v) for v in parsed.values()}) == 1, parsed
+        for k in kinds:
+            with pytest.raises(OptionError):
+                REGISTRY[k].options[name].parse(name, bad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_availability_answers_without_raising(kind):
+    av = REGISTRY[kind].probe(parse_options(kind, REGISTRY[kind].options, {}))
+    assert isinstance(av, Availability)
+    assert av.ok or av.reason, "a kind that cannot run says why"
+
+
+def _ours(prefix: str) -> list[str]:
+    """What `isobench clean` would find of this environment (containers, domains,
+    cgroups) and the cgroups the kernel has with its prefix."""
+    found = [item.what for item in find_all() if prefix in item.what]
+    return found + [str(p) for p in find_leftovers() if p.name.startswith(prefix)]
+
+
+@pytest.fixture
+def env_of(tmp_path, bundle):
+    """env_of(kind) -> a prepared environment with its own context; cleaned up after."""
+    made = []
+
+    def make(kind: str) -> Environment:
+        ctx = Context(f"c{os.getpid() % 10000}", tmp_path / kind, tmp_path / "cache")
+        ctx.scratch.mkdir(parents=True)
+        env = REGISTRY[kind]({}, ctx)
+        made.append(env)
+        env.prepare(bundle)
+        return env
+
+    yield make
+    for env in made:
+        env.cleanup()
+
+
+def _require(kind: str) -> None:
+    av = REGISTRY[kind].probe()
+    if not av.ok:
+        msg = f"{kind} is not available here: {av.reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + " (CI=true: a missing capability fails)", pytrace=False)
+        pytest.skip(msg)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_holds_four_idle_instances_then_stops_them(kind, env_of):
+    _require(kind)
+    env = env_of(kind)
+    held = []
+    for _ in range(HELD):
+        held.append(env.start(HOLD, READY_S))
+    for instance in held:
+        assert instance.wait_ready(), f"{instance.name}: no `ready`"
+    names = {instance.name for instance in held}
+    assert len(names) == HELD and all(n.startswith(env.ctx.prefix) for n in names)
+    assert _ours(env.ctx.prefix), "while held, `clean` must be able to find them"
+    launches = [instance.stop() for instance in held]
+    for launch in launches:
+        assert launch.status == "ok", launch.reason
+        p = launch.phases
+        assert 0 < p["ready"] < p["stop"] <= p["exit"] <= p["cleaned"], p
+    env.cleanup()
+    assert _ours(env.ctx.prefix) == []
+    assert not any(env.ctx.scratch.iterdir())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_held_instances_are_removed_when_the_run_is_interrupted(kind, env_of):
+    """Ctrl-C while instances are held: the runner's finally calls cleanup()."""
+    _require(kind)
+    env = env_of(kind)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            held = [env.start(HOLD, READY_S) for _ in range(HELD)]
+            assert all(instance.wait_ready() for instance in held)
+            raise KeyboardInterrupt
+        finally:
+            env.cleanup()
+    assert _ours(env.ctx.prefix) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_runs_one_to_completion(kind, env_of):
+    _require(kind)
+    env = env_of(kind)
+    launch = env.launch(Invocation("startup", "startup"), READY_S)
+    assert launch.status == "ok", launch.reason
+    assert launch.exit_code == 0
+    assert 0 < launch.phases["ready"] <= launch.phases.get("exit", launch.phases.get("round_exit"))
+    failed = env.launch(Invocation("startup", "startup", ("--no-such-flag",)), READY_S)
+    assert failed.status == "failed" and failed.exit_code not in (0, None), failed
+    env.cleanup()
+    assert _ours(env.ctx.prefix) == []
