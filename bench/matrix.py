@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.envs.base import COMMON_OPTIONS, OptionError
+from bench.envs.base import COMMON_OPTIONS, OptionError, parse_options
 
 # --quick: the settings of a first look (a file or flags may still override each one).
 # Six rounds: the fewest at which a median's order-statistic interval reaches 95%
@@ -75,31 +75,30 @@ class EnvSpec:
 
 
 def make_env(kind: str, raw: dict[str, str], where: str) -> EnvSpec:
+    """A spec's options, checked and typed by the kind's declaration (parse_options, the
+    one place options are parsed); only the options given are kept in the spec."""
     from bench.envs import REGISTRY
 
     if kind not in REGISTRY:
         raise MatrixError(f"{where}: unknown environment kind '{kind}'{_suggest(kind, REGISTRY)}")
     cls = REGISTRY[kind]
     known = {**COMMON_OPTIONS, **cls.options}
-    options: dict[str, Any] = {}
-    label = ""
-    for key, text in raw.items():
+    for key in raw:
         if key not in known:
             raise MatrixError(
                 f"{where}: {kind} has no option '{key}'{_suggest(key, known)}"
                 f"; its options: {', '.join(sorted(known))}"
             )
-        if key == "label":
-            label = str(text).strip()
-            if not label:
-                raise MatrixError(f"{where}: label must not be empty")
-            continue
-        try:
-            options[key] = known[key].parse(key, str(text))
-        except OptionError as e:
-            raise MatrixError(f"{where}: {kind} {e}") from None
-    env = EnvSpec(kind, options)
-    return EnvSpec(kind, options, label or env.spec)
+    label = str(raw.get("label", "")).strip()
+    if "label" in raw and not label:
+        raise MatrixError(f"{where}: label must not be empty")
+    given = {k: v for k, v in raw.items() if k != "label"}
+    try:
+        parsed = parse_options(kind, cls.options, given)
+    except OptionError as e:
+        raise MatrixError(f"{where}: {kind} {e}") from None
+    env = EnvSpec(kind, {k: parsed[k] for k in given})
+    return EnvSpec(kind, env.options, label or env.spec)
 
 
 def parse_env_spec(text: str) -> EnvSpec:

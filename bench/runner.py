@@ -20,7 +20,7 @@ from bench import analysis, interrupt, provenance, stats
 from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
-from bench.envs.base import Context, Environment, Launch
+from bench.envs.base import LOCAL, Context, Environment, Launch
 from bench.interrupt import Interrupted, check
 from bench.matrix import EnvSpec, Matrix
 from bench.metrics import cgroup, noise
@@ -67,7 +67,8 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
     out = []
 
     def rec(**kw):
-        out.append({**base, "status": "ok", "reason": "", "note": "", **kw})
+        out.append({**base, "status": "ok", "reason": "", "note": "",
+                    "exit_code": launch.exit_code, **kw})  # fmt: skip
 
     for r in launch.records:
         note = r.get("note", "")
@@ -78,8 +79,8 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
         op = err.split(":", 1)[0].split("/")[-1]
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=err)
     if launch.status != "ok":
-        rec(op=None, metric=None, value=None, unit="", source="launch", status=launch.status)
-        out[-1]["reason"] = failure_reason(launch)
+        rec(op=None, metric=None, value=None, unit="", source="launch", status=launch.status,
+            reason=failure_reason(launch), stderr_tail=launch.stderr_tail)  # fmt: skip
         return out
     for name, ns in launch.phases.items():
         rec(op="phases", metric=f"{name}_ms", value=ns / 1e6, unit="ms", source="phase")
@@ -131,7 +132,8 @@ def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload])
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "created": time.time(),
-        "host": provenance.host_facts(),
+        "host": (host := provenance.host_facts()),
+        "targets": {LOCAL: host},  # host facts per target machine; remote kinds add theirs
         "matrix": m.to_dict(),
         "bundle": bundle.describe(),
         "catalog": {
@@ -239,7 +241,12 @@ class Runner:
                     env.cleanup()
                     act.ok, act.reason = False, f"prepare failed: {type(e).__name__}: {e}"
             self.active[spec.label] = act
+            target = cls.target(spec.options)
+            targets = self.manifest.setdefault("targets", {})
+            if target not in targets:
+                targets[target] = cls.target_facts(spec.options)
             envs[spec.label] = {
+                "target": target,
                 "kind": spec.kind,
                 "spec": spec.spec,
                 "options": spec.options,
