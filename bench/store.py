@@ -7,6 +7,14 @@ Format history (SCHEMA_VERSION):
      value, unit, source, launch, t, status, reason, note, args}. round 0 = warm-up (not
      counted); note carries what the probe said of a figure (e.g. O_DIRECT refused);
      args are the probe's arguments (emulated guests run smaller sizes).
+  2  host facts per target: manifest {targets: {name: host facts}} and every
+     environments[label] names its {target}; a version-1 manifest migrates to
+     targets = {"local": host}, target = "local" (host stays: the local machine). Sample
+     records may carry exit_code (int or null) and stderr_tail (string, failed launches
+     only); a version-1 run's records have neither (None when loaded).
+
+The manifest's fields, checks and migrations are in bench/manifest.py; here they are
+read and written.
 
 Samples are appended and fsynced as they come, so a crash loses at most the line being
 written; the loader tolerates a torn last line. Files newer than this code are refused.
@@ -15,21 +23,24 @@ written; the loader tolerates a torn last line. Files newer than this code are r
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from bench.manifest import MIGRATIONS as MIGRATIONS  # re-exported: callers import them here
+from bench.manifest import SCHEMA_VERSION as SCHEMA_VERSION
+from bench.manifest import Manifest, ManifestError
+from bench.manifest import migrate as migrate
+
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 COLUMNS = (
     "run_id", "round", "cell", "env", "env_kind", "spec", "options", "emulated", "workload",
     "op", "metric", "value", "unit", "source", "launch", "t", "status", "reason", "note", "args",
+    "exit_code", "stderr_tail",
 )  # fmt: skip
-
-# version N -> function that turns a version-N manifest into version N+1 (in place).
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], None]] = {}
 
 
 class StoreError(Exception):
@@ -40,12 +51,30 @@ class StoreWriteError(OSError):
     """Writing results failed (a full disk): nothing on disk was damaged."""
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (JSON has neither), numpy scalars -> Python, through dicts, lists
+    and tuples. Used wherever isobench prints or embeds JSON that other tools parse."""
+    if isinstance(obj, float):  # numpy's float64 too
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        if obj and all(type(x) is int or x is None for x in obj):  # long code lists: fast path
+            return obj
+        return [json_safe(x) for x in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalar
+        return json_safe(obj.item())
+    return obj
+
+
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace the manifest (write a temp file, fsync, rename)."""
+    """Atomically replace the manifest (write a temp file, fsync, rename). A manifest the
+    model refuses (a wrong type: a bug) raises ManifestError and nothing is written."""
+    data = Manifest.check(manifest, str(Path(run_dir) / MANIFEST)).to_dict()
     tmp = run_dir / (MANIFEST + ".tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -62,28 +91,13 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StoreError(f"{run_dir}: not an isobench run (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or "schema_version" not in manifest:
-        raise StoreError(f"{path}: not an isobench manifest (no schema_version)")
-    return migrate(manifest, str(path))
-
-
-def migrate(manifest: dict[str, Any], where: str) -> dict[str, Any]:
-    version = manifest["schema_version"]
-    if not isinstance(version, int) or version < 1:
-        raise StoreError(f"{where}: schema_version {version!r} is not valid")
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{where}: written by a newer isobench (schema {version}, this one reads up to "
-            f"{SCHEMA_VERSION}): upgrade isobench to read it"
-        )
-    while version < SCHEMA_VERSION:
-        MIGRATIONS[version](manifest)
-        version += 1
-        manifest["schema_version"] = version
-    return manifest
+    try:
+        return Manifest.load(raw, str(path)).to_dict()
+    except ManifestError as e:
+        raise StoreError(str(e)) from None
 
 
 class SampleWriter:
@@ -152,7 +166,8 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
 
 def load_samples(run_dir: Path):
     """The run's samples as a pandas DataFrame with the COLUMNS (warm-ups included:
-    filter round >= 1 for analysis)."""
+    filter round >= 1 for analysis). A column no record has is all None (exit_code and
+    stderr_tail in a version-1 run)."""
     import pandas as pd
 
     read_manifest(run_dir)
