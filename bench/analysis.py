@@ -5,13 +5,13 @@ its precision target."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from bench import checks, stats
+from bench.store import json_safe
 
 KEY = ["env", "workload", "op", "metric"]
 MAIN = "main"  # probe results + the phases of the startup workload
@@ -127,9 +127,9 @@ def summarize_run(
             "op": op,
             "metric": metric,
             "unit": units[key],
-            **{f: _num(getattr(s, f)) for f in stats.FIELDS},
+            **{f: json_safe(getattr(s, f)) for f in stats.FIELDS},
             "n": int(s.n),
-            "ci_halfwidth": _num(stats.ci_halfwidth_rel(s)),
+            "ci_halfwidth": json_safe(stats.ci_halfwidth_rel(s)),
             "precision_target": target,
             "reached_precision": target is not None and stats.ci_halfwidth_rel(s) <= target,
             "outliers": int(np.count_nonzero(stats.outliers(values))),
@@ -152,8 +152,12 @@ def summarize_run(
             row["note"] = "no ratio: the baseline ran this probe with other arguments"
         if env != baseline and base:
             t = compare_rounds(by_rnd, base)
-            row.update(ratio=_num(t.ratio), ratio_ci_low=_num(t.low), ratio_ci_high=_num(t.high))
-            row.update(p_value=_num(t.p_value), test=t.method and f"{t.method} t, n={t.n}")
+            row.update(
+                ratio=json_safe(t.ratio),
+                ratio_ci_low=json_safe(t.low),
+                ratio_ci_high=json_safe(t.high),
+            )
+            row.update(p_value=json_safe(t.p_value), test=t.method and f"{t.method} t, n={t.n}")
         row["flags"] = checks.figure_flags(row, values, layout=layout, notes=notes[key])
         if row["flags"]:  # an implausible figure or a failed control is no finding
             row.update(ratio=None, ratio_ci_low=None, ratio_ci_high=None, p_value=None)
@@ -162,7 +166,7 @@ def summarize_run(
     adjusted = stats.benjamini_hochberg([rows[i]["p_value"] for i in tested]) if tested else []
     for i, p in zip(tested, adjusted, strict=True):
         r = rows[i]
-        r["p_adjusted"] = _num(p)
+        r["p_adjusted"] = json_safe(p)
         r["significant"] = bool(
             r["ratio_ci_low"] is not None
             and stats.significant(p, r["ratio_ci_low"], r["ratio_ci_high"])
@@ -196,11 +200,3 @@ def verdict(row: dict[str, Any]) -> str:
     )
     word = ("slower" if worse else "faster") if timed else ("more" if ratio > 1 else "less")
     return f"{factor:.2f}× {word}" if factor < 10 else f"{factor:.0f}× {word}"
-
-
-def _num(x) -> float | None:
-    """JSON-safe float: NaN and inf become None."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None

@@ -54,8 +54,8 @@ from bench.catalog import Metric, Workload
 from bench.lock import RunLock
 from bench.matrix import QUICK, Matrix, parse_env_spec
 from bench.metrics import noise
-from bench.report.html import json_safe
 from bench.runner import Runner, new_manifest
+from bench.store import json_safe
 
 ALPHA = 0.05
 SAMPLER_MARGIN = 0.01  # the sampler may cost the cpu probe at most 1%

@@ -95,6 +95,23 @@ def test_warns_when_hosts_or_versions_differ(tmp_path):
     assert "host: runc version differs: '1.1' vs '1.2'" in res.stderr
 
 
+def test_warns_when_a_remote_target_differs(tmp_path):
+    """Version 2: host facts per target; each target both runs used is compared."""
+    runs = []
+    for name, kernel in (("a", "6.1"), ("b", "6.9")):
+        run = write_run(tmp_path / name, name.upper(), {NULL: [1, 2, 3]})
+        m = json.loads((run / "manifest.json").read_text())
+        m["schema_version"] = 2
+        m["targets"] = {"local": HOST, "lab-1": HOST | {"kernel": kernel}}
+        m["environments"]["host"]["target"] = "local"
+        m["environments"]["remote"] = {"kind": "host", "target": "lab-1"}
+        (run / "manifest.json").write_text(json.dumps(m))
+        runs.append(str(run))
+    res = CliRunner().invoke(compare_cmd, runs)
+    assert "target lab-1 differs: kernel: '6.1' vs '6.9'" in res.stderr
+    assert "hosts differ" not in res.stderr
+
+
 def test_labels_are_not_rich_markup(tmp_path):
     cell = ("[bold]<b>x</b>", "syscall", "null", "ns_per_op", "ns")
     a = write_run(tmp_path / "a", "A", {cell: [1, 2, 3]})

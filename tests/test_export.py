@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -55,3 +56,13 @@ def test_unknown_format_is_a_user_error(tmp_path):
 def test_not_a_run_is_a_store_error(tmp_path):
     with pytest.raises(store.StoreError):
         invoke(tmp_path / "nope", "--format", "csv")
+
+
+def test_export_of_a_run_recorded_at_schema_1(tmp_path):
+    """An old run (no exit_code / stderr_tail in its records) exports every column."""
+    run = Path(__file__).parent / "data" / "runs" / "v1"
+    out = tmp_path / "old.csv"
+    assert invoke(run, "--format", "csv", "-o", out).exit_code == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == list(store.COLUMNS) and len(df) == 248
+    assert df["exit_code"].isna().all() and df["stderr_tail"].isna().all()

@@ -289,3 +289,18 @@ def test_report_of_an_empty_run(tmp_path):
     text = html.render(store.read_manifest(tmp_path), store.load_samples(tmp_path))
     assert "vm: not available — libvirtd &lt;not&gt; running" in text
     assert "run status: interrupted" in text
+
+
+def test_a_run_recorded_at_schema_1_still_renders():
+    """A real version-1 run (tests/data/runs/v1): migrated, summarised, rendered; its
+    records have no exit_code / stderr_tail, which the raw data then carries as empty."""
+    run = Path(__file__).parent / "data" / "runs" / "v1"
+    manifest = store.read_manifest(run)
+    d = blob(html.render(manifest, store.load_samples(run), n_boot=200))
+    assert [(e["label"], e["measured"]) for e in d["envs"]] == [("host", True),
+                                                                ("namespaces", True)]  # fmt: skip
+    assert {r["op"] for g in d["summary"] for r in g["rows"]} >= {"null", "stat", "fork"}
+    assert d["provenance"]["host"]["kernel"] == manifest["targets"]["local"]["kernel"]
+    cols = d["samples"]["data"]
+    assert d["samples"]["columns"] == list(store.COLUMNS)
+    assert set(cols["exit_code"]["num"]) == {None} and cols["stderr_tail"]["dict"] == [""]

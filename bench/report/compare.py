@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import analysis, provenance, stats, store
+from bench.manifest import LOCAL
 from bench.report import model
+from bench.store import json_safe
 
 
 class CompareError(store.StoreError):
@@ -28,9 +30,13 @@ def _groups(df) -> dict[tuple, Any]:
 
 
 def host_warnings(ma: dict[str, Any], mb: dict[str, Any]) -> list[str]:
-    """What makes the two runs not directly comparable: host facts, env versions."""
-    diffs = provenance.differences(ma.get("host") or {}, mb.get("host") or {})
-    out = [f"hosts differ: {d}" for d in diffs]
+    """What makes the two runs not directly comparable: the facts of each target machine
+    both ran on (the local host, remote ones), env versions."""
+    out = []
+    ta, tb = _targets(ma), _targets(mb)
+    for name in sorted(set(ta) & set(tb)):
+        what = "hosts differ" if name == LOCAL else f"target {name} differs"
+        out += [f"{what}: {d}" for d in provenance.differences(ta[name], tb[name])]
     ea, eb = ma.get("environments") or {}, mb.get("environments") or {}
     for label in sorted(set(ea) & set(eb)):
         va, vb = ea[label].get("versions") or {}, eb[label].get("versions") or {}
@@ -40,6 +46,10 @@ def host_warnings(ma: dict[str, Any], mb: dict[str, Any]) -> list[str]:
     if (ma.get("bundle") or {}).get("hash") != (mb.get("bundle") or {}).get("hash"):
         out.append("probe bundles differ: the runs did not execute the same probe binaries")
     return out
+
+
+def _targets(m: dict[str, Any]) -> dict[str, Any]:
+    return m.get("targets") or {LOCAL: m.get("host") or {}}
 
 
 def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> dict[str, Any]:
@@ -62,12 +72,12 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
             "env": env, "workload": workload, "op": op, "metric": metric, "unit": unit,
             "better": model.better(cat, workload, metric),
             "n_a": int(sa.n), "n_b": int(sb.n),
-            "median_a": model._finite(sa.median), "median_b": model._finite(sb.median),
-            "ci_a": [model._finite(sa.ci_low), model._finite(sa.ci_high)],
-            "ci_b": [model._finite(sb.ci_low), model._finite(sb.ci_high)],
-            "ratio": model._finite(t.ratio),
+            "median_a": json_safe(sa.median), "median_b": json_safe(sb.median),
+            "ci_a": [json_safe(sa.ci_low), json_safe(sa.ci_high)],
+            "ci_b": [json_safe(sb.ci_low), json_safe(sb.ci_high)],
+            "ratio": json_safe(t.ratio),
             "change_pct": _pct(t.ratio), "change_ci_low": _pct(t.low),
-            "change_ci_high": _pct(t.high), "p_value": model._finite(t.p_value),
+            "change_ci_high": _pct(t.high), "p_value": json_safe(t.p_value),
         })  # fmt: skip
     tested = [i for i, c in enumerate(cells) if c["p_value"] is not None]
     adjusted = stats.benjamini_hochberg([cells[i]["p_value"] for i in tested]) if tested else []
@@ -75,7 +85,7 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
         c["p_adjusted"], c["significant"] = None, False
     for i, p in zip(tested, adjusted, strict=True):
         c = cells[i]
-        c["p_adjusted"] = model._finite(p)
+        c["p_adjusted"] = json_safe(p)
         lo, hi = c["change_ci_low"], c["change_ci_high"]
         c["significant"] = bool(lo is not None and stats.significant(p, 1 + lo / 100, 1 + hi / 100))
     for c in cells:
@@ -110,5 +120,5 @@ def flagged(result: dict[str, Any]) -> bool:
 
 
 def _pct(r) -> float | None:
-    r = model._finite(r)
+    r = json_safe(r)
     return None if r is None else (r - 1.0) * 100.0

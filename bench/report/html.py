@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from markupsafe import Markup
 
 from bench.report import model
 from bench.resources import reports_dir
+from bench.store import json_safe
 
 ASSETS = ("echarts.min.js", "report.js", "report.css")
 _CLOSE_SCRIPT = re.compile(r"</(script)", re.IGNORECASE)
@@ -37,22 +37,6 @@ def data_json(obj: Any) -> str:
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str)
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))  # fmt: skip
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf -> null (JSON has neither); numpy scalars -> Python. Used wherever
-    isobench prints or embeds JSON that other tools will parse."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        if obj and all(type(x) is int or x is None for x in obj):  # long code lists: fast path
-            return obj
-        return [json_safe(x) for x in obj]
-    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalar
-        return json_safe(obj.item())
-    return obj
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench import analysis
+from bench.store import json_safe
 
 PHASES = ("ready_ms", "exit_ms", "cleaned_ms", "boot_ms")
 # What the probes call an op, in words a reader recognises (the rest are shown as is).
@@ -89,13 +90,6 @@ def fmt_ci(median, lo, hi, unit: str) -> tuple[str, str, str]:
     f, u = time_scale([median], unit)
     n = lambda x: fmt_num(None if x is None else x * f)  # noqa: E731
     return n(median), f"[{n(lo)}, {n(hi)}]", u
-
-
-def _finite(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 # -- catalog -----------------------------------------------------------------------------
@@ -416,7 +410,7 @@ def precision_items(manifest: dict[str, Any], order: list[str]) -> list[str]:
     per_env: dict[str, list[str]] = {e: [] for e in order}
     for cell, width in sorted((manifest.get("unreached") or {}).items()):
         env, _, workload = cell.rpartition("|")
-        w = _finite(width)
+        w = json_safe(width)
         per_env.setdefault(env or cell, []).append(
             f"{workload or cell} ±{w:.1%}" if w is not None else f"{workload or cell} (no figure)"
         )
@@ -512,8 +506,8 @@ def samples_columns(df) -> dict[str, Any]:
         s = df[c]
         if c in ("value", "t"):
             a = s.to_numpy(dtype=float, na_value=np.nan)
-            cols[c] = {"num": [None if not math.isfinite(x) else x for x in a.tolist()]}
-        elif c in ("round", "launch"):
+            cols[c] = {"num": json_safe(a.tolist())}
+        elif c in ("round", "launch", "exit_code"):
             cols[c] = {"num": [None if x is None or x != x else int(x) for x in s.tolist()]}
         else:
             codes, uniques = _factorize(s)
@@ -543,7 +537,7 @@ def footprint_rows(df, manifest: dict[str, Any]) -> list[dict[str, Any]]:
             "env": env, "env_kind": envs.get(env, {}).get("kind"), "workload": workload,
             "op": op, "metric": metric, "unit": units[(env, workload, op, metric)],
             "n": int(sm.n),
-            **{f: _finite(getattr(sm, f)) for f in ("median", "ci_low", "ci_high")},
+            **{f: json_safe(getattr(sm, f)) for f in ("median", "ci_low", "ci_high")},
         })  # fmt: skip
     return rows
 
