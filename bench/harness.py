@@ -37,6 +37,7 @@ from bench import stats
 from bench.envs.base import Context, Invocation
 from bench.envs.host import SAMPLER_INTERVAL_S, HostEnv
 from bench.scratch import new_scratch
+from bench.store import json_safe
 
 COMPONENTS = ("spawn", "collection", "cleanup", "setup", "total")
 CPU_INVOCATION = Invocation("cpu", "cpu", ("--op", "compute", "--reps", "1", "--min-ms", "100"))
@@ -98,9 +99,7 @@ def components(host: dict[str, float], bare: dict[str, float]) -> dict[str, floa
 
 def _summary(values) -> dict[str, float | None]:
     """Median [95% CI] of a list, JSON-safe (nan -> None)."""
-    s = stats.summarize(values)
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in s.as_dict().items()}  # fmt: skip
+    return json_safe(stats.summarize(values).as_dict())
 
 
 def measure(bundle, n: int = 15, *, cpu_launches: int = 3, warmup: int = 2) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench import interrupt
+from bench.manifest import LOCAL  # the target of every kind that runs on this machine
 
 WORKDIR = "{workdir}"  # placeholder in probe arguments: the environment's io directory
-LOCAL = "local"  # the target of every kind that runs on this machine
 STOP_GRACE_S = 10.0  # how long a stopped instance may take to exit before it is killed
 STDERR_KEEP = 4000  # characters of stderr kept with a launch
 
