@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.envs.base import Environment
+from bench.envs.cri import CriEnv
 from bench.envs.docker import DockerEnv
 from bench.envs.host import HostEnv
 from bench.envs.libvirt import LibvirtEnv
@@ -19,4 +20,5 @@ REGISTRY: dict[str, type[Environment]] = {
     "oci": OciEnv,
     "libvirt": LibvirtEnv,
     "qemu": QemuEnv,
+    "cri": CriEnv,
 }
