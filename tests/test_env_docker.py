@@ -1,17 +1,23 @@
 """docker environment: pure parsing on recorded inspect data, option validation, and real
-launches against the real daemon (runc, seccomp off, runsc, the runsc-kvm hang)."""
+instances against the real daemon (runc, seccomp off, runsc, the runsc-kvm hang, held
+containers stopped through the API, a cleanup that keeps to its own environment)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.envs import containers as ct
-from bench.envs.base import Context, Invocation, OptionError
+from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.docker import DockerEnv, runtime_problem
+from bench.envs.host import HostEnv
+from bench.envs.podman import PodmanEnv
+from bench.metrics.cgroup import Layout
 
 DATA = Path(__file__).parent / "data" / "docker"
 NULL = Invocation("syscall", "syscall", ("--op", "null", "--reps", "1"))
@@ -45,23 +51,37 @@ def test_cgroup_path_with_parent_and_systemd_driver():
     )
 
 
-def test_hierarchy_paths(tmp_path):
-    for c in ("cpu", "cpuacct", "memory"):
-        (tmp_path / c).mkdir()
-    paths = ct.hierarchy_paths("isobench-x", "hybrid", tmp_path)
-    assert paths["cpuacct"] == tmp_path / "cpuacct" / "isobench-x"
-    assert paths["unified"] == tmp_path / "unified" / "isobench-x"
-    assert ct.hierarchy_paths("a/b", "v2", tmp_path) == {"": tmp_path / "a/b"}
+def test_launch_cgroup_reads_and_removes_through_the_layout(tmp_path):
+    """A fake hybrid tree: the per-launch parent is read where the layout says, and
+    removed from every hierarchy, also one isobench does not read (runc makes it there)."""
+    for h in ("cpu", "cpuacct", "memory", "devices", "unified"):
+        (tmp_path / h / "isobench-x" / "conmon").mkdir(parents=True)
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
+    (tmp_path / "cpuacct" / "tasks").write_text("")
+    (tmp_path / "cpuacct" / "isobench-x" / "cpuacct.usage").write_text("2000000\n")
+    layout = Layout.detect(tmp_path)
+    assert layout.name == "hybrid"
+    parent = ct.LaunchCgroup("isobench-x", layout)
+    assert parent.child("conmon") == ct.LaunchCgroup("isobench-x/conmon", layout)
+    assert parent.read()["cpu_total_ms"] == 2.0
+    assert parent.pids() == set()
+    (tmp_path / "cpuacct" / "isobench-x" / "cpuacct.usage").unlink()  # cgroupfs: no files left
+    parent.remove()
+    assert not list(tmp_path.glob("*/isobench-x"))
+    assert parent.read() == {}  # gone: nothing to read, no error
 
 
 def test_runtime_problems():
-    assert "needs --network=host" in runtime_problem("runsc", {"path": "/usr/bin/runsc"}, "v1")
-    assert (
-        runtime_problem("runsc", {"path": "runsc", "runtimeArgs": ["--network=host"]}, "hybrid")
-        == ""
+    v1, hybrid = Layout("v1"), Layout("hybrid")
+    assert "needs --network=host" in runtime_problem("runsc", {"path": "/usr/bin/runsc"}, v1)
+    runsc = {"path": "runsc", "runtimeArgs": ["--network=host"]}
+    assert runtime_problem("runsc", runsc, hybrid) == ""
+    assert runtime_problem("crun", {"path": "/usr/bin/crun"}, hybrid) == hybrid.runtime_problem(
+        "crun"
     )
-    assert "hybrid" in runtime_problem("crun", {"path": "/usr/bin/crun"}, "hybrid")
-    assert runtime_problem("runc", {"path": "runc"}, "hybrid") == ""
+    assert runtime_problem("fast", {"path": "/opt/crun"}, hybrid).startswith("fast (crun): ")
+    assert runtime_problem("crun", {"path": "/usr/bin/crun"}, Layout("v2")) == ""
+    assert runtime_problem("runc", {"path": "runc"}, hybrid) == ""
 
 
 def test_carrier_roles():
@@ -90,6 +110,22 @@ def test_options_validate(tmp_path):
             DockerEnv(bad, ctx)
 
 
+def test_container_options_are_declared_once():
+    """docker and podman share one declaration; each adds only its runtime; a cpuset is
+    checked as the host checks it."""
+    for cls in (DockerEnv, PodmanEnv):
+        assert set(cls.options) == {"runtime", *ct.CONTAINER_OPTIONS}
+        for name, opt in ct.CONTAINER_OPTIONS.items():
+            assert cls.options[name] is opt
+    assert DockerEnv.options["cpuset"].type is HostEnv.options["cpuset"].type
+
+
+def test_variants_and_labels(tmp_path):
+    assert DockerEnv.variants() == ["docker", "docker:seccomp=unconfined", "docker:runtime=runsc"]
+    a = Context("r1", tmp_path / "a", tmp_path, prefix="isobench-r1-e1")
+    assert ct.labels(a) == {"isobench": "1", "isobench.run": "r1", ct.ENV_LABEL: "isobench-r1-e1"}
+
+
 # ---------------------------------------------------------------- real daemon
 
 
@@ -107,7 +143,8 @@ def make_env(tmp_path, bundle):
     made = []
 
     def make(config):
-        ctx = Context(f"t{len(made)}", tmp_path, tmp_path / "cache")
+        # environments of one run: one run id, each its own scratch and name prefix
+        ctx = Context(f"t{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
         env = DockerEnv(config, ctx)
         made.append(env)
         env.prepare(bundle)
@@ -125,6 +162,10 @@ def test_probe_and_details():
     assert av.ok and av.versions["docker"]
     names = [name for name, _ in DockerEnv.details()]
     assert "docker" in names and "docker:runtime=runc" in names
+    runc = DockerEnv.probe({"runtime": "runc"})  # the options' runtime is answered for too
+    assert runc.ok and runc.versions["runc"]
+    missing = DockerEnv.probe({"runtime": "no-such-runtime"})
+    assert not missing.ok and "not a runtime of this daemon" in missing.reason
 
 
 @pytest.mark.requires("docker")
@@ -132,8 +173,9 @@ def test_runc_launches_startup_and_null(make_env):
     env = make_env({})
     start = env.launch(STARTUP, 30)
     assert start.status == "ok", start.reason
-    assert 0 < start.phases["ready"] <= start.phases["exit"] <= start.phases["cleaned"]
-    assert start.host_side.get("shim_rss_mib", 0) > 0
+    p = start.phases
+    assert 0 < p["created"] <= p["started"] and 0 < p["ready"] <= p["exit"] <= p["cleaned"]
+    assert "processes" in start.host_side  # the host-side sampler ran
     null = env.launch(NULL, 30)
     assert null.status == "ok", null.reason
     assert null.records[0]["op"] == "null"
@@ -155,16 +197,24 @@ def test_storage_mounts_the_workdir(make_env, storage):
     inv = Invocation("io", "syscall", ("--op", "stat", "--min-ms", "1"))
     launch = env.launch(inv, 30)
     assert launch.status == "ok", launch.reason
-    assert not list((env.ctx.scratch / "docker-volumes").glob("*"))
+    assert not list((env.ctx.scratch / ct.VOLUMES).glob("*"))
 
 
 @pytest.mark.requires("docker", "runsc")
-def test_runsc_launch_has_sandbox_and_gofer(make_env):
+def test_runsc_has_sandbox_and_gofer(make_env):
+    """Held, so the sampler surely sees runsc's carriers (a 0.1 s launch can end between
+    two of its looks on a loaded host); then a null launch runs to completion."""
     env = make_env({"runtime": "runsc"})
-    launch = env.launch(NULL, 60)
-    assert launch.status == "ok", launch.reason
+    held = env.start(HOLD, 60)
+    assert held.wait_ready()
+    time.sleep(0.5)
+    launch = held.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
     assert launch.host_side.get("sandbox_rss_mib", 0) > 0
     assert launch.host_side.get("gofer_rss_mib", 0) > 0
+    null = env.launch(NULL, 60)
+    assert null.status == "ok", null.reason
+    assert null.records[0]["op"] == "null"
 
 
 @pytest.mark.requires("docker", "runsc")
@@ -176,9 +226,47 @@ def test_hanging_runtime_times_out_and_leaves_nothing(make_env):
     env = make_env({"runtime": "runsc-kvm"})
     launch = env.launch(STARTUP, 8)
     assert launch.status == "timeout"
-    assert "within 8 s: instance removed" in launch.reason
+    assert "did not return within 8 s: instance removed" in launch.reason
     assert _isobench_containers() == ""
     left = subprocess.run(
         ["pgrep", "-f", launch.extra["container_id"]], capture_output=True, text=True
     ).stdout
     assert left == ""
+
+
+def _state(cid: str) -> str:
+    out = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Status}}", cid], capture_output=True, text=True
+    )
+    return out.stdout.strip() or "gone"
+
+
+@pytest.mark.requires("docker")
+def test_held_container_stops_on_sigterm(make_env):
+    """Held: ready, still running while held, then a stop through the API: the hold
+    probe exits 0 and everything is removed."""
+    env = make_env({})
+    instance = env.start(HOLD, 30)
+    assert instance.wait_ready()
+    assert _state(instance.name) == "running"
+    time.sleep(0.3)  # the host-side sampler looks for the shim every 0.1 s
+    launch = instance.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
+    p = launch.phases
+    assert p["created"] <= p["started"] and 0 < p["ready"] < p["stop"] <= p["exit"] <= p["cleaned"]
+    assert launch.cgroup.get("cpu_total_ms", 0) > 0 and launch.host_side.get("shim_rss_mib", 0) > 0
+    assert _state(instance.name) == "gone"
+
+
+@pytest.mark.requires("docker")
+def test_cleanup_removes_only_its_own_environments_containers(make_env):
+    """Two environments of one run: cleaning one up (a failed prepare, the run's end)
+    leaves the other's held container alone (the run's label is the same for both)."""
+    a, b = make_env({}), make_env({"seccomp": "unconfined"})
+    held_a, held_b = a.start(HOLD, 30), b.start(HOLD, 30)
+    assert held_a.wait_ready() and held_b.wait_ready()
+    assert held_a.name.startswith(a.ctx.prefix) and held_b.name.startswith(b.ctx.prefix)
+    a.cleanup()
+    assert _state(held_a.name) == "gone"
+    assert _state(held_b.name) == "running"
+    assert held_b.stop().exit_code == 0

@@ -1,38 +1,108 @@
-"""oci environment: runc and runsc run straight on a generated bundle."""
+"""oci environment: runc and runsc run straight on a generated bundle; held instances
+stop on SIGTERM (runsc's through `runsc kill`); each environment keeps its rootfs in its
+own scratch directory, so one's cleanup never breaks another's."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 
 import pytest
 
-from bench.envs.base import Context, Invocation, OptionError
-from bench.envs.oci import OciEnv, runtime_problem
+from bench.envs.base import HOLD, Context, Invocation, OptionError
+from bench.envs.containers import runtime_availability
+from bench.envs.oci import OciEnv
+from bench.metrics.cgroup import Layout
+
+STARTUP = Invocation("startup", "startup")
 
 
 def test_options_and_known_problems(tmp_path):
     ctx = Context("t", tmp_path, tmp_path)
     with pytest.raises(OptionError):
         OciEnv({"network": "bridge"}, ctx)
-    assert "hybrid" in runtime_problem("crun", "hybrid")
-    assert runtime_problem("runc", "hybrid") == ""
+    with pytest.raises(OptionError):
+        OciEnv({"runtime": "kata"}, ctx)
+    assert not runtime_availability("no-such-runtime", Layout("v2")).ok
+    if runtime_availability("crun", Layout("v2")).ok:  # installed
+        refused = runtime_availability("crun", Layout("hybrid"))
+        assert not refused.ok and refused.reason == Layout("hybrid").runtime_problem("crun")
+
+
+@pytest.fixture
+def make_env(tmp_path, bundle):
+    """Environments of one run: one run id, each its own scratch and name prefix."""
+    made = []
+
+    def make(config, prepare=True):
+        ctx = Context(f"to{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
+        ctx.scratch.mkdir(parents=True)
+        env = OciEnv(config, ctx)
+        made.append(env)
+        if prepare:
+            env.prepare(bundle)
+        return env
+
+    yield make
+    for env in made:
+        env.cleanup()
+        assert not any(env.ctx.scratch.iterdir())
+    for env in made:
+        left = subprocess.run(["pgrep", "-f", env.ctx.prefix], capture_output=True).stdout
+        assert left == b""
+
+
+def _runsc_ok() -> bool:
+    return OciEnv.probe({"runtime": "runsc"}).ok
 
 
 @pytest.mark.requires("oci", "root")
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
-def test_oci_launches_startup_and_null(tmp_path, bundle, runtime):
-    if runtime == "runsc" and not OciEnv.details()[2][1].ok:
+def test_oci_launches_startup_and_null(make_env, runtime):
+    if runtime == "runsc" and not _runsc_ok():
         pytest.skip("runsc not installed")
-    env = OciEnv({"runtime": runtime}, Context("to", tmp_path, tmp_path / "cache"))
-    try:
-        env.prepare(bundle)
-        start = env.launch(Invocation("startup", "startup"), 60)
-        assert start.status == "ok", start.reason + start.stderr_tail
-        assert start.cgroup.get("cpu_total_ms", 0) > 0
-        null = env.launch(Invocation("syscall", "syscall", ("--op", "null")), 60)
-        assert null.status == "ok", null.reason
-        assert null.records[0]["op"] == "null"
-    finally:
-        env.cleanup()
-    assert not list(tmp_path.glob("oci/isobench-*"))
-    assert subprocess.run(["pgrep", "-f", "isobench-to-"], capture_output=True).stdout == b""
+    env = make_env({"runtime": runtime})
+    start = env.launch(STARTUP, 60)
+    assert start.status == "ok", start.reason + start.stderr_tail
+    assert start.cgroup.get("cpu_total_ms", 0) > 0
+    null = env.launch(Invocation("syscall", "syscall", ("--op", "null")), 60)
+    assert null.status == "ok", null.reason
+    assert null.records[0]["op"] == "null"
+    assert not list((env.ctx.scratch / "bundles").iterdir())
+
+
+@pytest.mark.requires("oci", "root")
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_held_instance_stops_with_exit_0(make_env, runtime):
+    """`runsc run` dies of a SIGTERM instead of passing it on: its stop goes through
+    `runsc kill`, and the probe itself exits 0 (a kill would say 143 or -15)."""
+    if runtime == "runsc" and not _runsc_ok():
+        pytest.skip("runsc not installed")
+    env = make_env({"runtime": runtime})
+    held = env.start(HOLD, 60)
+    assert held.wait_ready()
+    launch = held.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
+    assert 0 < launch.phases["ready"] < launch.phases["stop"] <= launch.phases["exit"]
+    if runtime == "runsc":
+        assert launch.host_side.get("sandbox_rss_mib", 0) > 0
+
+
+@pytest.mark.requires("oci", "root")
+@pytest.mark.parametrize("sibling", ["crun", "runc"])
+def test_a_siblings_cleanup_leaves_this_rootfs(make_env, bundle, sibling):
+    """The issue's bug: `--env oci --env oci:runtime=crun`: crun's prepare fails (the
+    runner then cleans it up), which deleted runc's rootfs, so every later runc launch
+    failed. Now each has its own directory: runc still launches, held ones included."""
+    runc = make_env({})
+    held = runc.start(HOLD, 60)
+    assert held.wait_ready()
+    other = make_env({"runtime": sibling}, prepare=False)
+    with contextlib.suppress(OptionError):  # crun on a hybrid layout: refused (this host)
+        other.prepare(bundle)
+    other.cleanup()
+    assert (runc.ctx.scratch / "rootfs" / "probes" / "startup").is_file()
+    assert held.stop().exit_code == 0
+    launch = runc.launch(STARTUP, 60)
+    assert launch.status == "ok", launch.reason + launch.stderr_tail

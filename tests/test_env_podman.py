@@ -1,12 +1,16 @@
-"""podman environment: rlimit candidates (pure), real launches through the CLI."""
+"""podman environment: rlimit candidates (pure), the options it shares with docker, real
+instances through the CLI (run to completion, held and stopped, runc and runsc)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 
 import pytest
 
-from bench.envs.base import Context, Invocation, OptionError
+from bench.envs import containers as ct
+from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.podman import PodmanEnv, ulimit_argv, ulimit_candidates
 
 
@@ -22,26 +26,68 @@ def test_ulimit_candidates_follow_the_host():
 
 def test_options_validate(tmp_path):
     ctx = Context("t", tmp_path, tmp_path)
-    with pytest.raises(OptionError):
-        PodmanEnv({"runtime": "kata"}, ctx)
+    env = PodmanEnv({"runtime": "runsc", "cpuset": "0-1", "memory": "1g"}, ctx)
+    assert env.opts["cpuset"] == "0-1" and env.opts["memory"].bytes() == 2**30
+    for bad in ({"runtime": "kata"}, {"cpuset": "abc"}, {"storage": "nfs"}):
+        with pytest.raises(OptionError):
+            PodmanEnv(bad, ctx)
+
+
+def _ours(prefix: str) -> str:
+    return subprocess.run(
+        ["podman", "ps", "-a", "-q", "--filter", f"label={ct.ENV_LABEL}={prefix}"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def make_env(tmp_path, bundle):
+    made = []
+
+    def make(config):
+        ctx = Context(f"tp{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
+        env = PodmanEnv(config, ctx)
+        made.append(env)
+        env.prepare(bundle)
+        return env
+
+    yield make
+    for env in made:
+        env.cleanup()
+        assert _ours(env.ctx.prefix) == ""
+        assert not env.ctx.scratch.exists() or not any(env.ctx.scratch.iterdir())
 
 
 @pytest.mark.requires("podman")
-def test_podman_launches_startup_and_null(tmp_path, bundle):
-    env = PodmanEnv({}, Context("tp", tmp_path, tmp_path / "cache"))
-    try:
-        env.prepare(bundle)
-        start = env.launch(Invocation("startup", "startup"), 60)
-        assert start.status == "ok", start.reason
-        assert start.phases["ready"] <= start.phases["exit"] <= start.phases["cleaned"]
-        assert start.host_side.get("conmon_cpu_ms", 0) > 0
-        null = env.launch(Invocation("syscall", "syscall", ("--op", "null")), 60)
-        assert null.status == "ok", null.reason
-        assert null.records and null.records[0]["op"] == "null"
-        assert "ulimits" in env.describe()
-    finally:
-        env.cleanup()
-    left = subprocess.run(
-        ["podman", "ps", "-a", "-q", "--filter", "label=isobench"], capture_output=True, text=True
-    ).stdout
-    assert left.strip() == ""
+def test_podman_launches_startup_and_null(make_env):
+    env = make_env({})
+    start = env.launch(Invocation("startup", "startup"), 60)
+    assert start.status == "ok", start.reason
+    assert start.phases["ready"] <= start.phases["exit"] <= start.phases["cleaned"]
+    assert start.host_side.get("conmon_cpu_ms", 0) > 0
+    null = env.launch(Invocation("syscall", "syscall", ("--op", "null")), 60)
+    assert null.status == "ok", null.reason
+    assert null.records and null.records[0]["op"] == "null"
+    assert "ulimits" in env.describe()
+    assert PodmanEnv.probe({"runtime": "runc"}).ok
+
+
+@pytest.mark.requires("podman")
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_held_container_stops_on_sigterm(make_env, runtime):
+    """SIGTERM to `podman run` reaches the container (podman passes it on, for runsc
+    too): the hold probe exits 0; then the other environment's container is untouched
+    by this one's cleanup."""
+    if not PodmanEnv.probe({"runtime": runtime}).ok:
+        pytest.skip(f"podman:runtime={runtime} not available here")
+    env, other = make_env({"runtime": runtime}), make_env({})
+    held, kept = env.start(HOLD, 60), other.start(HOLD, 60)
+    assert held.wait_ready() and kept.wait_ready()
+    time.sleep(0.2)
+    launch = held.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
+    assert 0 < launch.phases["ready"] < launch.phases["stop"] <= launch.phases["exit"]
+    env.cleanup()
+    assert _ours(env.ctx.prefix) == "" and _ours(other.ctx.prefix) != ""
+    assert kept.stop().exit_code == 0

@@ -1,6 +1,6 @@
-"""What docker, podman and oci share: option values, where an instance's cgroup lives,
-the host-side processes that carry a container (shim, runsc sandbox and gofer, conmon)
-and how to make sure none of them outlives a launch.
+"""What docker, podman and oci share: their options and labels, where an instance's
+cgroup lives, the host-side processes that carry a container (shim, runsc sandbox and
+gofer, conmon) and how to make sure none of them outlives a launch.
 
 The cgroup trick: runc removes a container's cgroup the moment its init exits, so a
 reading "after exit" finds nothing. Each launch therefore gets its own parent cgroup
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -25,71 +26,40 @@ from typing import Any
 
 import psutil
 
-from bench.envs.base import COMMON_OPTIONS, Option, OptionError
+from bench.envs.base import Availability, CpuSet, MemorySize, Option
 from bench.metrics import cgroup as cg
 
 SAMPLE_INTERVAL_S = 0.05
 FIND_EVERY_S = 0.25
 MIB = 2**20
 
-# ---------------------------------------------------------------- option values
+# ---------------------------------------------------------------- options and names
+
+CONTAINER_OPTIONS: dict[str, Option] = {
+    "seccomp": Option(
+        "default", "the engine's default seccomp profile, or none", ("default", "unconfined")
+    ),
+    "network": Option("none", "network mode", ("none", "bridge", "host")),
+    "storage": Option(
+        "overlay",
+        "where the io workload's directory is: the container's own fs, "
+        "a bind-mounted host directory, or a tmpfs",
+        ("overlay", "volume", "tmpfs"),
+    ),
+    "cpus": Option(None, "CPU quota in CPUs (e.g. 0.5)", type=float),
+    "cpuset": Option(None, "CPUs the container may use (e.g. 0-1)", type=CpuSet),
+    "memory": Option(None, "memory limit (e.g. 512m)", type=MemorySize),
+}  # the knobs docker and podman share; each adds its own `runtime`
+ENV_LABEL = "isobench.env"  # label value: the environment's name prefix
 
 
-class MemorySize(str):
-    """A memory limit as engines take it: 512m, 1g, 1073741824."""
-
-    PATTERN = re.compile(r"^[1-9][0-9]*(\.[0-9]+)?[bkmg]?$", re.IGNORECASE)
-
-    def __new__(cls, text: str):
-        if not cls.PATTERN.match(text):
-            raise ValueError(text)
-        return super().__new__(cls, text.lower())
-
-    def bytes(self) -> int:
-        units = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-        unit = self[-1] if self[-1] in units else "b"
-        number = self[:-1] if self[-1] in units else self
-        return int(float(number) * units[unit])
-
-
-class CpuSet(str):
-    """A cpuset list: 0, 0-1, 0,2-3."""
-
-    PATTERN = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
-
-    def __new__(cls, text: str):
-        if not cls.PATTERN.match(text):
-            raise ValueError(text)
-        return super().__new__(cls, text)
-
-
-MemorySize.__name__ = "memory size like 512m"
-CpuSet.__name__ = "cpu list like 0-1"
-
-
-def resolve_options(kind: str, options: dict[str, Option], config: dict[str, Any]) -> dict:
-    """config (strings from a spec, or values) -> every option of the kind with defaults.
-
-    Unknown option names and bad values raise OptionError with a sentence for the user.
-    """
-    out = {name: opt.default for name, opt in options.items()}
-    for name, value in config.items():
-        if name in COMMON_OPTIONS:
-            continue
-        if name not in options:
-            known = ", ".join(sorted(options))
-            raise OptionError(f"{kind} has no option {name!r} (known: {known})")
-        if value is None:
-            continue
-        out[name] = options[name].parse(name, value if isinstance(value, str) else str(value))
-    return out
+def labels(ctx) -> dict[str, str]:
+    """The labels of every container an environment makes: isobench (what `clean`
+    looks for), the run, and the environment (what its cleanup removes)."""
+    return {"isobench": "1", "isobench.run": ctx.run_id, ENV_LABEL: ctx.prefix}
 
 
 # ---------------------------------------------------------------- cgroups
-
-
-def instance_name(run_id: str, n: int) -> str:
-    return f"isobench-{run_id}-{n}"
 
 
 def systemd_slice_path(slice_name: str) -> str:
@@ -125,22 +95,15 @@ def container_rel_path(inspect: dict[str, Any], driver: str, engine: str = "dock
     return f"{parent.strip('/')}/{cid}"
 
 
-def hierarchy_paths(rel: str, layout: str, root: Path = cg.ROOT) -> dict[str, Path]:
-    """CgroupReader paths for one relative cgroup path under every hierarchy of `layout`."""
-    root = Path(root)
-    if layout == "v2":
-        return {"": root / rel}
-    paths = {c: root / c / rel for c in cg.V1_CONTROLLERS if (root / c).is_dir()}
-    if layout == "hybrid":
-        paths[cg.UNIFIED] = root / cg.UNIFIED / rel
-    return paths
+VOLUMES = "volumes"  # under the environment's own scratch directory
 
 
-def volume_dir(ctx, kind: str, name: str, storage: str) -> Path | None:
-    """The host directory bind-mounted as the io work directory (storage=volume)."""
+def volume_dir(ctx, name: str, storage: str) -> Path | None:
+    """The host directory bind-mounted as the io work directory (storage=volume), in
+    the environment's own scratch directory."""
     if storage != "volume":
         return None
-    path = ctx.scratch / f"{kind}-volumes" / name
+    path = ctx.scratch / VOLUMES / name
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o1777)  # the probe may run as any user inside
     return path
@@ -151,33 +114,25 @@ class LaunchCgroup:
     """The per-launch parent cgroup: read it after the instance exits, then remove it."""
 
     rel: str
-    layout: str = field(default_factory=cg.detect_layout)
-    root: Path = cg.ROOT
-
-    def paths(self) -> dict[str, Path]:
-        return {k: p for k, p in hierarchy_paths(self.rel, self.layout, self.root).items()}
+    layout: cg.Layout = field(default_factory=cg.Layout.detect)
 
     def read(self) -> dict[str, float]:
         """Totals since the parent was made (it starts at zero: the totals are the delta)."""
-        existing = {k: p for k, p in self.paths().items() if p.is_dir()}
-        return cg.CgroupReader(self.layout, existing).read() if existing else {}
+        reader = self.layout.reader(self.rel)
+        return reader.read() if reader else {}
 
     def pids(self) -> set[int]:
-        existing = {k: p for k, p in self.paths().items() if p.is_dir()}
-        return cg.CgroupReader(self.layout, existing).pids() if existing else set()
+        reader = self.layout.reader(self.rel)
+        return reader.pids() if reader else set()
+
+    def child(self, name: str) -> LaunchCgroup:
+        """A cgroup inside it (podman's conmon sits in <parent>/conmon)."""
+        return LaunchCgroup(f"{self.rel}/{name}", self.layout)
 
     def remove(self) -> None:
         """Remove it from every hierarchy: runc makes the parent path in all of them
         (devices, freezer, name=systemd...), not only in those isobench reads."""
-        existing = {k: p for k, p in self.paths().items() if p.is_dir()}
-        if self.layout != "v2":
-            for hierarchy in Path(self.root).iterdir():
-                path = hierarchy / self.rel
-                if not hierarchy.is_symlink() and path.is_dir():
-                    existing.setdefault(hierarchy.name, path)
-        if existing:
-            with contextlib.suppress(cg.CgroupError):
-                cg.Cgroup(self.layout, existing).remove()
+        self.layout.remove(self.rel)
 
 
 # ---------------------------------------------------------------- host-side processes
@@ -318,6 +273,17 @@ class HostSideSampler:
 
 
 # ---------------------------------------------------------------- misc
+
+
+def runtime_availability(runtime: str, layout: cg.Layout) -> Availability:
+    """Can podman or oci use this OCI runtime here: installed, and not refused by the
+    cgroup layout? (docker asks its daemon instead: DockerEnv.runtime_available.)"""
+    path = shutil.which(runtime)
+    if not path:
+        return Availability(False, f"{runtime}: not installed (apt-get install {runtime})")
+    if problem := layout.runtime_problem(runtime):
+        return Availability(False, problem)
+    return Availability(True, "", {runtime: tool_version([path, "--version"])})
 
 
 def first_line(text: str) -> str:

@@ -1,11 +1,12 @@
-"""`docker`: one container per launch through the Docker SDK (any runtime the daemon
+"""`docker`: one container per instance through the Docker SDK (any runtime the daemon
 lists: runc, runsc, crun, kata...), with one knob per option so overhead can be
 attributed: seccomp on/off, network none/bridge/host, storage overlay/volume/tmpfs, a
 CPU quota, a cpuset, a memory limit.
 
 Phases (ns since submit): created (create returned), started (start returned), ready
-(the probe's `ready` line seen on the stream attached before start), exit (wait
-returned), cleaned (container, volume dir and per-launch cgroup removed).
+(the probe's `ready` line seen on the stream attached before start), stop (a held
+instance was sent SIGTERM), exit (wait returned), cleaned (container, volume dir and
+per-launch cgroup removed).
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ from bench.envs.base import (
     Availability,
     Context,
     Environment,
+    Instance,
     Invocation,
     Launch,
     Leftover,
     Option,
     OptionError,
+    StartError,
 )
-from bench.probeio import is_ready, parse_lines
+from bench.envs.process import Streamed, to_launch
+from bench.metrics.cgroup import Layout
+from bench.probeio import is_ready
 from bench.resources import cache_dir
 
 SOCKET = "/var/run/docker.sock"
@@ -59,16 +64,17 @@ def _explain(exc: Exception) -> str:
 # ---------------------------------------------------------------- runtime availability
 
 
-def runtime_problem(name: str, spec: dict[str, Any], layout: str) -> str:
+def runtime_problem(name: str, spec: dict[str, Any], layout: Layout) -> str:
     """Pure: why a runtime the daemon lists cannot be used here ("" when no known reason)."""
     path = spec.get("path", name)
     args = spec.get("runtimeArgs") or []
     base = Path(path).name
     if base == "runsc" and "--network=host" not in args:
         return f"{name}: needs --network=host in this daemon's runtimeArgs"
-    if base == "crun" and layout == "hybrid":
-        return f"{name}: refuses the hybrid cgroup layout"
-    return ""
+    problem = layout.runtime_problem(base)
+    if problem and name != base:
+        return f"{name} ({base}): {problem}"
+    return problem
 
 
 _checked: dict[str, Availability] = {}  # trial_key -> result, this process
@@ -209,31 +215,19 @@ def _force_remove(api, cid: str, hung: bool = False) -> None:
 
 class DockerEnv(Environment):
     kind = "docker"
-    summary = "a container per launch through dockerd (runc, runsc, crun... as listed)"
+    summary = "a container per instance through dockerd (runc, runsc, crun... as listed)"
     options = {
         "runtime": Option("runc", "OCI runtime, as listed by `docker info` (runc, runsc...)"),
-        "seccomp": Option("default", "Docker's seccomp profile or none", ("default", "unconfined")),
-        "network": Option("none", "network mode", ("none", "bridge", "host")),
-        "storage": Option(
-            "overlay",
-            "where the io workload's directory is: the container's own fs, "
-            "a bind-mounted host directory, or a tmpfs",
-            ("overlay", "volume", "tmpfs"),
-        ),
-        "cpus": Option(None, "CPU quota in CPUs (e.g. 0.5)", type=float),
-        "cpuset": Option(None, "CPUs the container may use (e.g. 0-1)", type=ct.CpuSet),
-        "memory": Option(None, "memory limit (e.g. 512m)", type=ct.MemorySize),
+        **ct.CONTAINER_OPTIONS,
     }
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
-        self.opts = ct.resolve_options(self.kind, self.options, config)
         self._client = None
         self._image = None
         self._bundle = None
-        self._n = 0
         self._info: dict[str, Any] = {}
-        self._made_dirs: list[Path] = []
+        self._layout = Layout.detect()
 
     # -- availability
 
@@ -245,7 +239,14 @@ class DockerEnv(Environment):
             version = cl.version()
         except Exception:  # noqa: BLE001 - unreachable, whatever the exception
             return Availability(False, UNREACHABLE)
-        return Availability(True, "", cls._versions(version))
+        versions = cls._versions(version)
+        runtime = (opts or {}).get("runtime")
+        if runtime:  # the runtime these options name: listed, and able to run here?
+            av = cls.runtime_available(str(runtime))
+            if not av.ok:
+                return av
+            versions.update(av.versions)
+        return Availability(True, "", versions)
 
     @staticmethod
     def _versions(version: dict[str, Any]) -> dict[str, str]:
@@ -271,9 +272,7 @@ class DockerEnv(Environment):
                 f"{name}: not a runtime of this daemon (it lists {', '.join(listed(runtimes))}); "
                 'add it under "runtimes" in /etc/docker/daemon.json',
             )
-        from bench.metrics.cgroup import detect_layout
-
-        problem = runtime_problem(name, runtimes[name], detect_layout())
+        problem = runtime_problem(name, runtimes[name], Layout.detect())
         if problem:
             return Availability(False, problem)
         key = trial_key(info, name)
@@ -313,7 +312,12 @@ class DockerEnv(Environment):
         return rows
 
     @classmethod
-    def leftovers(cls) -> list[Leftover]:
+    def variants(cls) -> list[str]:
+        """The default, seccomp off (the filter's share), gVisor (the sandbox's share)."""
+        return ["docker", "docker:seccomp=unconfined", "docker:runtime=runsc"]
+
+    @classmethod
+    def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         try:
             cl = client()
             containers = cl.api.containers(all=True, filters={"label": "isobench"})
@@ -387,43 +391,39 @@ class DockerEnv(Environment):
     def _driver(self) -> str:
         return (self._info.get("CgroupDriver") or "cgroupfs").lower()
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
+    def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._image is None:
-            raise RuntimeError("docker: launch() before prepare()")
-        self._n += 1
-        name = ct.instance_name(self.ctx.run_id, self._n)
-        volume = ct.volume_dir(self.ctx, "docker", name, self.opts["storage"])
-        cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name))
-        run = _Run(self.cl.api, timeout)
+            raise RuntimeError("docker: start() before prepare()")
+        name = self.new_name()
         try:
-            launch = run.execute(
+            volume = ct.volume_dir(self.ctx, name, self.opts["storage"])
+        except OSError as e:
+            raise StartError(f"could not make the volume of {name}: {e}") from None
+        cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name), self._layout)
+        instance = DockerInstance(self.cl.api, name, timeout, cgroup, volume)
+        try:
+            instance.begin(
                 image=self._image.id,
                 argv=inv.argv(img.probe_path(inv.probe), STORAGE_TARGET),
-                name=name,
-                labels={"isobench": "1", "isobench.run": self.ctx.run_id},
+                labels=ct.labels(self.ctx),
                 host_config=self._host_config(name, volume),
-                cgroup=cgroup,
             )
-        finally:
-            with interrupt.shielded():
-                run.teardown(cgroup)
-                if volume is not None:
-                    shutil.rmtree(volume, ignore_errors=True)
-        launch.phases["cleaned"] = ct.ns_since(run.t_submit)
-        return launch
+        except BaseException:  # Ctrl-C mid-start: remove what was made, then re-raise
+            instance.abort()
+            raise
+        return instance
 
-    def cleanup(self) -> None:
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.ctx.scratch / ct.VOLUMES, ignore_errors=True)
         if self._client is None:
             return
-        shutil.rmtree(self.ctx.scratch / "docker-volumes", ignore_errors=True)
         try:
-            for c in self.cl.api.containers(
-                all=True, filters={"label": f"isobench.run={self.ctx.run_id}"}
-            ):
+            mine = f"{ct.ENV_LABEL}={self.ctx.prefix}"
+            for c in self.cl.api.containers(all=True, filters={"label": mine}):
                 _force_remove(self.cl.api, c["Id"])
         except Exception as e:  # dockerd is gone: say so, `clean` finds them by label later
             raise RuntimeError(
-                f"could not remove this run's containers ({ct.first_line(str(e))}): "
+                f"could not remove this environment's containers ({ct.first_line(str(e))}): "
                 "run `isobench clean` once dockerd is back"
             ) from None
         finally:
@@ -436,9 +436,7 @@ class DockerEnv(Environment):
         runtimes = info.get("Runtimes") or {}
         runtime = self.opts["runtime"]
         return {
-            "kind": self.kind,
-            "config": dict(self.config),
-            "options": {k: (str(v) if v is not None else None) for k, v in self.opts.items()},
+            **super().describe(),
             "runtime": {
                 "name": runtime,
                 "spec": runtimes.get(runtime),
@@ -468,136 +466,109 @@ def _runtime_version(spec: dict[str, Any]) -> str:
     return ct.tool_version([path, "--version"])
 
 
-# ---------------------------------------------------------------- one launch
+# ---------------------------------------------------------------- one instance
 
 
-class _Run:
-    """create → attach → start → ready → wait → read cgroup → remove, with a deadline."""
+class DockerInstance(Instance):
+    """One container: begin() = create → attach → start (phases created, started), then
+    ready on the attached stream, exit from `wait`; a stop is SIGTERM through the API.
+    An engine failure or a hang while starting is this instance's verdict (its launch
+    says which step), as a `podman run` that fails is a failed launch, not an exception.
+    _end reads the launch cgroup and the host-side sampler, concludes, and removes the
+    container (its runsc processes too when it hung), the volume and the cgroup."""
 
-    def __init__(self, api, timeout: float):
+    def __init__(self, api, name: str, timeout: float, cgroup: ct.LaunchCgroup, volume):
+        super().__init__(name, timeout)
         self.api = api
-        self.timeout = timeout
-        self.t_submit = time.monotonic_ns()
-        self.deadline = time.monotonic() + timeout
+        self.cgroup = cgroup
+        self.volume = volume
         self.cid: str | None = None
-        self.phase = "create"
-        self.ready = threading.Event()
-        self.t_ready: int | None = None
-        self.lines: list[str] = []
-        self.before: list[str] = []
-        self.stderr: list[bytes] = []
+        self.step = "create"
+        self.phases: dict[str, int] = {}
+        self.failure: tuple[str, str] | None = None  # (status, reason) of a failed step
+        self.hung = False  # teardown kills its runsc processes before removing it
+        self.res = Streamed(t_submit=self.t_submit)
+        self._ready_seen = threading.Event()
+        self._stream_ended = threading.Event()
+        self._stderr: list[bytes] = []
         self._stream = None
-        self.hung = False
-
-    def _left(self) -> float:
-        return self.deadline - time.monotonic()
+        self._reader: threading.Thread | None = None
+        self._sampler: ct.HostSideSampler | None = None
 
     def _call(self, fn, *args, **kwargs):
-        """An API call bounded by what is left of the launch's deadline."""
-        left = self._left()
+        """An API call bounded by what is left of the instance's deadline."""
+        left = self.left()
         if left <= 0:
-            raise TimeoutError(self.phase)
+            raise TimeoutError(self.step)
         self.api.timeout = left
         try:
             return fn(*args, **kwargs)
         finally:
             self.api.timeout = CALL_TIMEOUT_S
 
-    def execute(self, *, image, argv, name, labels, host_config, cgroup) -> Launch:
-        import docker.errors
-        import requests
+    def begin(self, *, image, argv, labels, host_config) -> None:
+        """create → attach → start; a failed step is recorded (self.failure), not raised."""
+        self._guarded(self._begin, image, argv, labels, host_config)
 
-        launch = Launch()
-        phases = launch.phases
-        sampler = None
+    def _begin(self, image, argv, labels, host_config) -> None:
+        self.cid = self._call(
+            self.api.create_container,
+            image,
+            command=argv,
+            name=self.name,
+            labels=labels,
+            host_config=host_config,
+            working_dir=img.WORKDIR,
+        )["Id"]
+        self.phases["created"] = ct.ns_since(self.t_submit)
+        self.step = "attach"
+        self.api.timeout = self.timeout + CALL_TIMEOUT_S  # a stream, not a call
         try:
-            self.cid = self._call(
-                self.api.create_container,
-                image,
-                command=argv,
-                name=name,
-                labels=labels,
-                host_config=host_config,
-                working_dir=img.WORKDIR,
-            )["Id"]
-            phases["created"] = ct.ns_since(self.t_submit)
-            self.phase = "attach"
-            self.api.timeout = self.timeout + CALL_TIMEOUT_S  # a stream, not a call
             self._stream = self.api.attach(
                 self.cid, stdout=True, stderr=True, stream=True, demux=True
             )
+        finally:
             self.api.timeout = CALL_TIMEOUT_S
-            reader = threading.Thread(target=self._read, daemon=True, name="isobench-attach")
-            reader.start()
-            self.phase = "start"
-            self._call(self.api.start, self.cid)
-            phases["started"] = ct.ns_since(self.t_submit)
-            sampler = ct.HostSideSampler(lambda: ct.find_carriers(self.cid), find_every=0.1)
-            sampler.__enter__()
-            self.phase = "ready"
-            if not self.ready.wait(max(0.0, self._left())) and reader.is_alive():
-                raise TimeoutError("ready")
-            self.phase = "exit"
-            status = self._call(self.api.wait, self.cid, timeout=max(1, int(self._left()) + 1))
-            phases["exit"] = ct.ns_since(self.t_submit)
-            launch.exit_code = status.get("StatusCode")
-            reader.join(max(0.1, min(5.0, self._left())))
-            sampler.stop()
-            launch.cgroup = cgroup.read()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="isobench-attach")
+        self._reader.start()
+        self.step = "start"
+        self._call(self.api.start, self.cid)
+        self.phases["started"] = ct.ns_since(self.t_submit)
+        self._sampler = ct.HostSideSampler(lambda: ct.find_carriers(self.cid), find_every=0.1)
+        self._sampler.__enter__()
+        self.step = "ready"
+
+    def _guarded(self, fn, *args) -> bool:
+        """Run an API step; True when it worked. A timeout, a daemon that went away or an
+        API error becomes this instance's failure (status, reason)."""
+        import docker.errors
+        import requests
+
+        try:
+            fn(*args)
+            return True
         except (TimeoutError, requests.exceptions.Timeout):
-            launch.status = "timeout"
-            launch.reason = self._timeout_reason()
+            self.failure = ("timeout", self._timeout_reason())
             self.hung = True
         except requests.exceptions.ConnectionError as e:
-            launch.status = "failed"
-            launch.reason = f"dockerd went away during {self.phase}: {ct.first_line(str(e))}"
+            reason = f"dockerd went away during {self.step}: {ct.first_line(str(e))}"
+            self.failure = ("failed", reason)
             self.hung = True
         except docker.errors.APIError as e:
-            launch.status = "failed"
-            launch.reason = f"{self.phase}: {_explain(e)}"
-        except BaseException:  # Ctrl-C included: teardown() runs in launch()'s finally
-            self.hung = True
-            raise
-        finally:
-            if sampler is not None:
-                sampler.stop()
-                launch.host_side = sampler.result()
-        if self.t_ready is not None:
-            phases["ready"] = self.t_ready - self.t_submit
-        out = parse_lines(self.lines)
-        launch.records = out.records
-        launch.extra = {"container_id": self.cid, "name": name, "cgroup_parent": cgroup.rel}
-        if out.errors:
-            launch.extra["probe_errors"] = out.errors
-        if out.garbage or self.before:
-            launch.extra["garbage"] = (self.before + out.garbage)[:20]
-        launch.stderr_tail = b"".join(self.stderr).decode(errors="replace")[-4000:]
-        if launch.status == "ok" and launch.exit_code:
-            launch.status = "failed"
-            launch.reason = f"the probe exited with {launch.exit_code}: " + ct.first_line(
-                launch.stderr_tail[-400:] or "(no stderr)"
-            )
-        elif launch.status == "ok" and self.t_ready is None:
-            launch.status = "failed"
-            launch.reason = "the probe never printed `ready`"
-        return launch
+            self.failure = ("failed", f"{self.step}: {_explain(e)}")
+        return False
 
     def _timeout_reason(self) -> str:
-        what = {
-            "create": "create did not return",
-            "attach": "attach did not return",
-            "start": "start did not return",
-            "ready": "no `ready`",
-            "exit": "the probe did not exit",
-        }[self.phase]
-        return f"{what} within {self.timeout:g} s: instance removed"
+        return f"{self.step} did not return within {self.timeout:g} s: instance removed"
+
+    # -- the attached stream (a thread: `ready` is timestamped as it arrives)
 
     def _read(self) -> None:
         buf = b""
         try:
             for out, err in self._stream:
                 if err:
-                    self.stderr.append(err)
+                    self._stderr.append(err)
                 if not out:
                     continue
                 *complete, buf = (buf + out).split(b"\n")
@@ -607,23 +578,104 @@ class _Run:
             pass
         if buf:
             self._take(buf.decode(errors="replace"))
+        self._stream_ended.set()
 
     def _take(self, line: str) -> None:
-        if self.t_ready is None:
+        res = self.res
+        if res.t_ready is None:
             if is_ready(line):
-                self.t_ready = time.monotonic_ns()
-                self.ready.set()
+                res.t_ready = time.monotonic_ns()
+                self._ready_seen.set()
             else:
-                self.before.append(line)
+                res.before_ready.append(line)
             return
-        self.lines.append(line)
+        res.lines.append(line)
 
-    def teardown(self, cgroup: ct.LaunchCgroup) -> None:
-        """Remove the container (force), its runsc processes and the launch cgroup."""
+    # -- the Instance hooks
+
+    def _ready(self, timeout: float) -> bool:
+        """`ready` seen within `timeout` (False at once when the stream ended without)."""
+        deadline = time.monotonic() + timeout
+        while self.failure is None and not self._ready_seen.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stream_ended.is_set():
+                break
+            self._ready_seen.wait(min(left, 0.05))
+        return self._ready_seen.is_set()
+
+    def _signal_stop(self) -> None:
+        if self.failure is None and self.cid is not None:
+            # exited already (a 409), or the daemon does not answer: _wait_exit times out
+            with contextlib.suppress(Exception):
+                self._call(self.api.kill, self.cid, "SIGTERM")
+
+    def _wait_exit(self, timeout: float) -> bool:
+        if self.failure is not None or self.cid is None:
+            return True  # it never started: nothing to wait for
+        self.step = "exit"
+
+        def wait() -> None:
+            if timeout <= 0:
+                raise TimeoutError(self.step)
+            self.api.timeout = timeout
+            try:
+                status = self.api.wait(self.cid, timeout=max(1, int(timeout) + 1))
+            finally:
+                self.api.timeout = CALL_TIMEOUT_S
+            self.res.t_exit = time.monotonic_ns()
+            self.res.exit_code = status.get("StatusCode")
+
+        if self._guarded(wait):
+            return True
+        if self.failure and self.failure[0] == "timeout":
+            self.failure = None  # not an engine failure: conclude() says "no exit"
+            return False
+        return True
+
+    def _kill(self) -> None:
+        """A hung runsc (its sandbox, gofer, runtime CLI) is killed now; the container
+        itself goes with the force remove in _end."""
+        self.hung = True
+        if self.cid is not None:
+            ct.kill_carriers(self.cid)
+
+    def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
+        try:
+            res = self.res
+            exited = res.t_exit is not None
+            if exited and self._reader is not None:
+                self._reader.join(max(0.1, min(5.0, self.left())))  # the last lines
+            if self._sampler is not None:
+                self._sampler.stop()
+            cgroup = self.cgroup.read() if exited else {}
+            res.timed_out = timed_out
+            res.stderr = b"".join(self._stderr).decode(errors="replace")
+            res.lines = list(res.lines)  # a snapshot: a hung stream's reader may still run
+            launch = to_launch(res, self.timeout, "instance", stopped=stopped)
+            launch.phases.update(self.phases)
+            launch.cgroup = cgroup
+            launch.host_side = self._sampler.result() if self._sampler else {}
+            if self.failure is not None:  # an engine step failed: its own reason
+                launch.status, launch.reason = self.failure
+            launch.extra.update(
+                container_id=self.cid, name=self.name, cgroup_parent=self.cgroup.rel
+            )
+            return launch
+        finally:
+            with interrupt.shielded():
+                self._teardown()
+
+    def _teardown(self) -> None:
+        """Remove the container (force), its runsc processes, the stream, the launch
+        cgroup and the volume directory."""
         self.api.timeout = CALL_TIMEOUT_S
+        if self._sampler is not None:
+            self._sampler.stop()
         if self.cid is not None:
             _force_remove(self.api, self.cid, hung=self.hung)
         if self._stream is not None:
             with contextlib.suppress(Exception):
                 self._stream.close()
-        cgroup.remove()
+        self.cgroup.remove()
+        if self.volume is not None:
+            shutil.rmtree(self.volume, ignore_errors=True)

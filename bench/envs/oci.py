@@ -2,10 +2,15 @@
 
 The difference between `oci:runtime=runc` and `docker:runtime=runc` is the daemon's
 share (dockerd + containerd + shim). The rootfs is the image's files unpacked once per
-environment under ctx.scratch; each launch gets its own bundle dir with a config.json
-(image.oci_config: namespaces pid/mount/ipc/uts/net, no seccomp, Docker's default
-capabilities) whose cgroupsPath is /<instance>/probe: the runtime creates and removes
-the leaf; isobench reads and removes the per-launch parent /<instance>.
+environment in its own scratch directory (no other environment reads or removes it);
+each instance gets its own bundle dir next to it with a config.json (image.oci_config:
+namespaces pid/mount/ipc/uts/net, no seccomp, Docker's default capabilities) whose
+cgroupsPath is /<instance>/probe: the runtime creates and removes the leaf; isobench
+reads and removes the per-launch parent /<instance>.
+
+The instance is the runtime's `run` process (process.Child). A stop is SIGTERM: runc and
+crun pass it from their process group to the container's init; `runsc run` does not (it
+dies of it, and its gofer with it), so runsc's stop is `runsc kill <id> TERM`.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from bench.envs.base import (
     Availability,
     Context,
     Environment,
+    Instance,
     Invocation,
     Launch,
     Leftover,
     Option,
     OptionError,
+    StartError,
 )
-from bench.envs.process import stream, to_launch
+from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
 
 RUNTIMES = ("runc", "crun", "runsc")
@@ -46,11 +53,8 @@ def runtime_argv(runtime: str, network: str) -> list[str]:
     return argv
 
 
-def runtime_problem(runtime: str, layout: str) -> str:
-    """Pure: a known reason this runtime cannot run here ("" when none)."""
-    if runtime == "crun" and layout == "hybrid":
-        return "crun: refuses the hybrid cgroup layout"
-    return ""
+ROOTFS = "rootfs"  # in the environment's scratch directory
+BUNDLES = "bundles"  # one bundle directory per instance, in the same place
 
 
 class OciEnv(Environment):
@@ -63,13 +67,15 @@ class OciEnv(Environment):
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
-        self.opts = ct.resolve_options(self.kind, self.options, config)
         self._bundle = None
         self._rootfs = None
-        self._n = 0
+        self._layout = cg.Layout.detect()
 
     @classmethod
     def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
+        runtime = (opts or {}).get("runtime")
+        if runtime:  # the runtime these options name
+            return ct.runtime_availability(str(runtime), cg.Layout.detect())
         found = [rt for rt in RUNTIMES if shutil.which(rt)]
         if not found:
             return Availability(False, "no OCI runtime installed (apt-get install runc)")
@@ -78,20 +84,11 @@ class OciEnv(Environment):
 
     @classmethod
     def details(cls) -> list[tuple[str, Availability]]:
-        layout = cg.detect_layout()
-        rows = []
-        for rt in RUNTIMES:
-            if not shutil.which(rt):
-                av = Availability(False, f"{rt}: not installed (apt-get install {rt})")
-            elif problem := runtime_problem(rt, layout):
-                av = Availability(False, problem)
-            else:
-                av = Availability(True, "", {rt: ct.tool_version([rt, "--version"])})
-            rows.append((f"oci:runtime={rt}", av))
-        return rows
+        layout = cg.Layout.detect()
+        return [(f"oci:runtime={rt}", ct.runtime_availability(rt, layout)) for rt in RUNTIMES]
 
     @classmethod
-    def leftovers(cls) -> list[Leftover]:
+    def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         out = []
         for rt in RUNTIMES:
             if not shutil.which(rt):
@@ -101,22 +98,18 @@ class OciEnv(Environment):
         return out
 
     def prepare(self, bundle) -> None:
-        runtime = self.opts["runtime"]
-        if not shutil.which(runtime):
-            raise OptionError(f"oci: runtime={runtime} is not installed")
-        if problem := runtime_problem(runtime, cg.detect_layout()):
-            raise OptionError(f"oci: {problem}")
+        av = ct.runtime_availability(self.opts["runtime"], self._layout)
+        if not av.ok:
+            raise OptionError(f"oci: {av.reason}")
         self._bundle = bundle
-        self._rootfs = img.unpack_rootfs(bundle, self.ctx.scratch / "oci" / "rootfs")
+        self._rootfs = img.unpack_rootfs(bundle, self.ctx.scratch / ROOTFS)
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
+    def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._rootfs is None:
-            raise RuntimeError("oci: launch() before prepare()")
-        self._n += 1
-        name = ct.instance_name(self.ctx.run_id, self._n)
+            raise RuntimeError("oci: start() before prepare()")
+        name = self.new_name()
         runtime = self.opts["runtime"]
-        bundle_dir = self.ctx.scratch / "oci" / name
-        bundle_dir.mkdir(parents=True)
+        bundle_dir = self.ctx.scratch / BUNDLES / name
         config = img.oci_config(
             inv.argv(img.probe_path(inv.probe), img.WORKDIR),
             self._rootfs,
@@ -124,8 +117,7 @@ class OciEnv(Environment):
             network=self.opts["network"],
             hostname=name,
         )
-        (bundle_dir / "config.json").write_text(json.dumps(config, indent=1))
-        cgroup = ct.LaunchCgroup(name)
+        cgroup = ct.LaunchCgroup(name, self._layout)
         argv = [
             *runtime_argv(runtime, self.opts["network"]),
             "run",
@@ -133,45 +125,66 @@ class OciEnv(Environment):
             str(bundle_dir),
             name,
         ]
-        try:
-            with ct.HostSideSampler(
-                lambda: _carriers(name), interval=0.02, find_every=0.05
-            ) as sampler:
-                res = stream(argv, timeout, on_kill=lambda: _delete(runtime, name))
-            launch = to_launch(res, timeout, "instance")
+        sampler = ct.HostSideSampler(lambda: _carriers(name), interval=0.02, find_every=0.05)
+
+        def teardown() -> None:
+            sampler.stop()
+            _delete(runtime, name)
+            cgroup.remove()
+            shutil.rmtree(bundle_dir, ignore_errors=True)
+
+        def collect(launch: Launch) -> None:
+            sampler.stop()
             launch.host_side = sampler.result()
             launch.cgroup = cgroup.read()
-            launch.extra.update(name=name, cgroup_parent=cgroup.rel)
-        finally:
-            with interrupt.shielded():
-                _delete(runtime, name)
-                cgroup.remove()
-                shutil.rmtree(bundle_dir, ignore_errors=True)
-        launch.phases["cleaned"] = ct.ns_since(res.t_submit)
-        return launch
+            launch.extra.update(cgroup_parent=cgroup.rel)
 
-    def cleanup(self) -> None:
-        prefix = f"isobench-{self.ctx.run_id}-"
-        for cid in _list(self.opts["runtime"]):
-            if cid.startswith(prefix):
-                _delete(self.opts["runtime"], cid)
-        shutil.rmtree(self.ctx.scratch / "oci", ignore_errors=True)
+        try:
+            bundle_dir.mkdir(parents=True)
+            (bundle_dir / "config.json").write_text(json.dumps(config, indent=1))
+            sampler.__enter__()  # before the runtime starts: runsc's carriers appear then
+            child = Child(argv, on_kill=lambda: _delete(runtime, name))
+        except BaseException as e:
+            with interrupt.shielded():
+                teardown()
+            if isinstance(e, OSError):
+                raise StartError(f"could not set up {name}: {e}") from None
+            raise
+        if runtime == "runsc":
+            return RunscInstance(name, child, timeout, collect=collect, teardown=teardown)
+        return ProcessInstance(name, child, timeout, collect=collect, teardown=teardown)
+
+    def _cleanup(self) -> None:
+        """This environment's containers (its name prefix) and its own directories."""
+        runtime = self.opts["runtime"]
+        for cid in _list(runtime):
+            if cid.startswith(f"{self.ctx.prefix}-"):
+                _delete(runtime, cid)
+        shutil.rmtree(self.ctx.scratch / BUNDLES, ignore_errors=True)
+        shutil.rmtree(self.ctx.scratch / ROOTFS, ignore_errors=True)
+        self._rootfs = None
 
     def describe(self) -> dict[str, Any]:
         runtime = self.opts["runtime"]
         return {
-            "kind": self.kind,
-            "config": dict(self.config),
-            "options": dict(self.opts),
+            **super().describe(),
             "runtime": {
                 "name": runtime,
                 "version": ct.tool_version([runtime, "--version"]),
                 "argv": runtime_argv(runtime, self.opts["network"]),
             },
             "seccomp": "none",
-            "cgroup_layout": cg.detect_layout(),
+            "cgroup_layout": self._layout.name,
             "bundle": self._bundle.hash if self._bundle else None,
         }
+
+
+class RunscInstance(ProcessInstance):
+    """`runsc run` does not pass a SIGTERM on to the container (it dies of it, with its
+    gofer, and the sandbox follows): the stop goes through `runsc kill <id> TERM`."""
+
+    def _signal_stop(self) -> None:
+        _signal("runsc", self.name, "TERM")
 
 
 def _carriers(name: str) -> dict[int, str]:
@@ -193,13 +206,21 @@ def _list(runtime: str) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+def _signal(runtime: str, cid: str, sig: str) -> None:
+    """`<runtime> kill <id> <sig>` (a container that already exited: nothing to do)."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(
+            [*runtime_argv(runtime, "none"), "kill", cid, sig],
+            capture_output=True,
+            timeout=CALL_TIMEOUT_S,
+            check=False,
+        )
+
+
 def _delete(runtime: str, cid: str) -> None:
     """kill + delete -f, then SIGKILL any runsc process of it that survived."""
     base = runtime_argv(runtime, "none")
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(
-            [*base, "kill", cid, "KILL"], capture_output=True, timeout=CALL_TIMEOUT_S, check=False
-        )
+    _signal(runtime, cid, "KILL")
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         subprocess.run(
             [*base, "delete", "-f", cid], capture_output=True, timeout=CALL_TIMEOUT_S, check=False

@@ -1,8 +1,10 @@
-"""`podman`: one container per launch through the podman CLI (no daemon to keep up).
+"""`podman`: one container per instance through the podman CLI (no daemon to keep up).
 
-`podman run` attaches to the container's output itself, so the phases come from the
-stream of the CLI process (process.stream): ready = the probe's `ready` line, exit = the
-CLI returned, cleaned = `podman rm -f` done and the per-launch cgroup removed.
+`podman run` attaches to the container's output itself, so the instance is the CLI
+process (process.Child): ready = the probe's `ready` line, stop = SIGTERM to the CLI,
+which passes it to the container (runsc included: podman signals it through the
+runtime), exit = the CLI returned, cleaned = `podman rm -f` done and the per-launch
+cgroup removed.
 
 Rlimits: podman asks for nofile/nproc limits (1048576 / 4194304) that hosts with lower
 hard limits refuse ("error setting rlimit type 7: operation not permitted"). The first
@@ -28,13 +30,15 @@ from bench.envs.base import (
     Availability,
     Context,
     Environment,
+    Instance,
     Invocation,
     Launch,
     Leftover,
     Option,
     OptionError,
+    StartError,
 )
-from bench.envs.process import stream, to_launch
+from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
 
 CALL_TIMEOUT_S = 60
@@ -84,27 +88,19 @@ _ulimits_found: dict[str, dict[str, int] | None] = {}  # runtime -> limits that 
 
 class PodmanEnv(Environment):
     kind = "podman"
-    summary = "a container per launch through the podman CLI (runc, crun, runsc)"
+    summary = "a container per instance through the podman CLI (runc, crun, runsc)"
     options = {
         "runtime": Option("runc", "OCI runtime podman uses", RUNTIMES),
-        "seccomp": Option("default", "podman's seccomp profile or none", ("default", "unconfined")),
-        "network": Option("none", "network mode", ("none", "bridge", "host")),
-        "storage": Option(
-            "overlay", "where the io workload's directory is", ("overlay", "volume", "tmpfs")
-        ),
-        "cpus": Option(None, "CPU quota in CPUs (e.g. 0.5)", type=float),
-        "cpuset": Option(None, "CPUs the container may use (e.g. 0-1)", type=ct.CpuSet),
-        "memory": Option(None, "memory limit (e.g. 512m)", type=ct.MemorySize),
+        **ct.CONTAINER_OPTIONS,
     }
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
-        self.opts = ct.resolve_options(self.kind, self.options, config)
         self._bundle = None
         self._image_id: str | None = None
         self._ulimits: dict[str, int] | None = None
         self._info: dict[str, Any] = {}
-        self._n = 0
+        self._layout = cg.Layout.detect()
 
     # -- availability
 
@@ -118,11 +114,17 @@ class PodmanEnv(Environment):
             return Availability(False, f"podman does not answer: {e}")
         if out.returncode != 0:
             return Availability(False, "podman: " + ct.first_line(out.stderr))
-        return Availability(
-            True,
-            "",
-            {"podman": out.stdout.strip(), "conmon": ct.tool_version(["conmon", "--version"])},
-        )
+        versions = {
+            "podman": out.stdout.strip(),
+            "conmon": ct.tool_version(["conmon", "--version"]),
+        }
+        runtime = (opts or {}).get("runtime")
+        if runtime:  # the runtime these options name
+            av = ct.runtime_availability(str(runtime), cg.Layout.detect())
+            if not av.ok:
+                return av
+            versions.update(av.versions)
+        return Availability(True, "", versions)
 
     @classmethod
     def details(cls) -> list[tuple[str, Availability]]:
@@ -130,31 +132,13 @@ class PodmanEnv(Environment):
         rows = [("podman", av)]
         if not av.ok:
             return rows
-        from bench.metrics.cgroup import detect_layout
-
-        layout = detect_layout()
+        layout = cg.Layout.detect()
         for rt in RUNTIMES:
-            path = shutil.which(rt)
-            if not path:
-                rows.append((f"podman:runtime={rt}", Availability(False, f"{rt}: not installed")))
-            elif rt == "crun" and layout == "hybrid":
-                rows.append(
-                    (
-                        f"podman:runtime={rt}",
-                        Availability(False, "crun: refuses the hybrid cgroup layout"),
-                    )
-                )
-            else:
-                rows.append(
-                    (
-                        f"podman:runtime={rt}",
-                        Availability(True, "", {rt: ct.tool_version([path, "--version"])}),
-                    )
-                )
+            rows.append((f"podman:runtime={rt}", ct.runtime_availability(rt, layout)))
         return rows
 
     @classmethod
-    def leftovers(cls) -> list[Leftover]:
+    def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         if not shutil.which("podman"):
             return []
         try:
@@ -178,8 +162,9 @@ class PodmanEnv(Environment):
     # -- lifecycle
 
     def prepare(self, bundle) -> None:
-        if self.opts["runtime"] == "crun" and cg.detect_layout() == "hybrid":
-            raise OptionError("podman: runtime=crun refuses the hybrid cgroup layout here")
+        av = ct.runtime_availability(self.opts["runtime"], self._layout)
+        if not av.ok:
+            raise OptionError(f"podman: {av.reason}")
         tag = img.image_tag(bundle.hash)
         found = _podman("image", "inspect", "--format", "{{.Id}}", tag)
         if found.returncode != 0:
@@ -246,10 +231,7 @@ class PodmanEnv(Environment):
             "--rm=false",
             "--name",
             name,
-            "--label",
-            "isobench=1",
-            "--label",
-            f"isobench.run={self.ctx.run_id}",
+            *[a for k, v in ct.labels(self.ctx).items() for a in ("--label", f"{k}={v}")],
             "--cgroup-parent",
             ct.cgroup_parent_arg(self._driver, name),
             "--network",
@@ -278,20 +260,29 @@ class PodmanEnv(Environment):
     def _driver(self) -> str:
         return "systemd" if self._info.get("cgroup_manager") == "systemd" else "cgroupfs"
 
-    def launch(self, inv: Invocation, timeout: float) -> Launch:
+    def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._image_id is None:
-            raise RuntimeError("podman: launch() before prepare()")
-        self._n += 1
-        name = ct.instance_name(self.ctx.run_id, self._n)
-        volume = ct.volume_dir(self.ctx, "podman", name, self.opts["storage"])
-        cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name))
-        argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume)
+            raise RuntimeError("podman: start() before prepare()")
+        name = self.new_name()
         try:
-            conmon_cg = _conmon_cgroup(cgroup)
-            find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
-            with ct.HostSideSampler(find, interval=0.02, find_every=0.0) as sampler:
-                res = stream(argv, timeout, on_kill=lambda: _remove(name))
-            launch = to_launch(res, timeout, "instance")
+            volume = ct.volume_dir(self.ctx, name, self.opts["storage"])
+        except OSError as e:
+            raise StartError(f"could not make the volume of {name}: {e}") from None
+        cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name), self._layout)
+        conmon_cg = cgroup.child("conmon")
+        argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume)
+        find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
+        sampler = ct.HostSideSampler(find, interval=0.02, find_every=0.0)
+
+        def teardown() -> None:
+            sampler.stop()
+            _remove(name)
+            cgroup.remove()
+            if volume is not None:
+                shutil.rmtree(volume, ignore_errors=True)
+
+        def collect(launch: Launch) -> None:
+            sampler.stop()
             launch.host_side = sampler.result()
             total = cgroup.read()
             conmon = conmon_cg.read()
@@ -302,29 +293,30 @@ class PodmanEnv(Environment):
                 launch.host_side["cpu_ms"] = round(
                     launch.host_side.get("cpu_ms", 0.0) - sampled + conmon["cpu_total_ms"], 3
                 )
-            launch.extra.update(name=name, cgroup_parent=cgroup.rel)
-        finally:
-            with interrupt.shielded():
-                _remove(name)
-                cgroup.remove()
-                if volume is not None:
-                    shutil.rmtree(volume, ignore_errors=True)
-        launch.phases["cleaned"] = ct.ns_since(res.t_submit)
-        return launch
+            launch.extra.update(cgroup_parent=cgroup.rel)
 
-    def cleanup(self) -> None:
+        try:
+            sampler.__enter__()  # before the CLI starts: conmon appears during its start
+            child = Child(argv, on_kill=lambda: _remove(name))
+        except BaseException as e:
+            with interrupt.shielded():
+                teardown()
+            if isinstance(e, OSError):
+                raise StartError(f"could not run podman for {name}: {e}") from None
+            raise
+        return ProcessInstance(name, child, timeout, collect=collect, teardown=teardown)
+
+    def _cleanup(self) -> None:
+        mine = f"label={ct.ENV_LABEL}={self.ctx.prefix}"
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            out = _podman("ps", "-a", "-q", "--filter", f"label=isobench.run={self.ctx.run_id}")
-            for cid in out.stdout.split():
+            for cid in _podman("ps", "-a", "-q", "--filter", mine).stdout.split():
                 _remove(cid)
-        shutil.rmtree(self.ctx.scratch / "podman-volumes", ignore_errors=True)
+        shutil.rmtree(self.ctx.scratch / ct.VOLUMES, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:
         runtime = self.opts["runtime"]
         return {
-            "kind": self.kind,
-            "config": dict(self.config),
-            "options": {k: (str(v) if v is not None else None) for k, v in self.opts.items()},
+            **super().describe(),
             "podman": ct.tool_version(["podman", "--version"]),
             "runtime": {"name": runtime, "version": ct.tool_version([runtime, "--version"])},
             "host": self._info,
@@ -335,10 +327,6 @@ class PodmanEnv(Environment):
             },
             "bundle": self._bundle.hash if self._bundle else None,
         }
-
-
-def _conmon_cgroup(parent: ct.LaunchCgroup) -> ct.LaunchCgroup:
-    return ct.LaunchCgroup(f"{parent.rel}/conmon", parent.layout, parent.root)
 
 
 def _minus(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
