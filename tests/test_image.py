@@ -21,6 +21,7 @@ def test_tar_is_deterministic_and_holds_the_same_bytes(bundle, tmp_path):
             data = tar.extractfile(f"probes/{probe}").read()
             assert hashlib.sha256(data).hexdigest() == want
     assert "work" in names and "tmp" in names
+    assert "probes/hold" in names  # held instances run the same bytes as everything else
     if bundle.busybox:
         assert "bin/sh" in names
 
@@ -28,9 +29,21 @@ def test_tar_is_deterministic_and_holds_the_same_bytes(bundle, tmp_path):
 def test_unpack_rootfs_is_idempotent(bundle, tmp_path):
     root = img.unpack_rootfs(bundle, tmp_path / "rootfs")
     assert (root / "probes" / "syscall").stat().st_mode & 0o111
+    assert img.probe_path("hold") == "/probes/hold" and (root / "probes" / "hold").is_file()
     (root / "probes" / "marker").write_text("x")
     img.unpack_rootfs(bundle, root)  # same bundle: left as is
     assert (root / "probes" / "marker").exists()
+
+
+def test_each_environment_unpacks_its_own_rootfs(bundle, tmp_path):
+    """Two environments' rootfs share nothing: removing one leaves the other whole."""
+    import shutil
+
+    a = img.unpack_rootfs(bundle, tmp_path / "e1" / "rootfs")
+    b = img.unpack_rootfs(bundle, tmp_path / "e2" / "rootfs")
+    shutil.rmtree(a)
+    assert (b / "probes" / "startup").read_bytes() == bundle.probes["startup"].read_bytes()
+    assert img.unpack_rootfs(bundle, b) == b
 
 
 def test_oci_config_namespaces_and_network():
