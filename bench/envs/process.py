@@ -202,7 +202,8 @@ class ProcessInstance(Instance):
     """The launch template of the kinds whose instance is a child process: a kind makes
     the Child and gives `collect` (read its cgroup, its samplers: fill the Launch) and
     `teardown` (remove what it made). A stop is SIGTERM to the child's process group
-    (runc/runsc/podman `run` pass it on to the container's init)."""
+    (runc, crun and `podman run` pass it on to the container's init; `runsc run` does
+    not: the oci kind stops it with `runsc kill <id> TERM`)."""
 
     def __init__(
         self,
