@@ -1,0 +1,226 @@
+"""The guest's initramfs: static busybox as /init's shell, the bundle's static probes
+under /probes, the kernel modules; gzip, cached under the cache directory by (bundle,
+kernel, init script). `trial_initramfs` is the same without probes, for the KVM trial.
+
+/init (INIT_SCRIPT) mounts, loads the modules, runs the probes the kernel command line
+names (RUN_SCRIPT, see console.py for both ends of that protocol) and powers off."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.bundle import find_busybox
+from bench.envs.guest import GuestError
+from bench.envs.guest.cpio import DIR, LNK, REG, CpioEntry, write_newc
+from bench.envs.guest.kernel import GuestKernel, sha256_file
+from bench.envs.guest.modules import BASE_MODULES, DISK_MODULES, ModuleTree, read_module
+
+NO_BUSYBOX = "no static busybox for the guest's init: apt-get install busybox-static"
+
+# What init does once its modules are loaded: read the words of the kernel command line
+# ($words), mount the io disk if asked (mount_io), then run each probe in sequence, every
+# one delimited on the console and killed when it outlives the time limit. Kept apart
+# from the rest of init so the tests run it under the host's busybox sh on fake probes.
+RUN_SCRIPT = r"""
+disk=0; limit=0
+for w in $words; do
+  case "$w" in
+    isobench.disk=1) disk=1 ;;
+    isobench.timeout=*) limit="${w#isobench.timeout=}" ;;
+  esac
+done
+[ "$disk" = 1 ] && mount_io
+read up idle < /proc/uptime
+echo "isobench-uptime $up"
+n=0; probe=""
+run() {  # the pending $probe with "$@" in a session of its own, watched by a dog that
+  # kills the session (the probe and its children) once it outlives $limit seconds
+  n=$((n + 1))
+  echo "isobench-begin $n $probe"
+  $bb setsid "$probes/$probe" "$@" &
+  pid=$!
+  (
+    t=0
+    while [ "$t" -lt "$limit" ]; do
+      $bb sleep 1
+      $bb kill -0 "$pid" 2>/dev/null || exit 0
+      t=$((t + 1))
+    done
+    echo "isobench-timeout $n $limit"
+    $bb kill -9 "-$pid"
+  ) &
+  wait "$pid"
+  rc=$?
+  echo "isobench-exit $n $rc"
+}
+set --
+for w in $words; do
+  case "$w" in
+    isobench.run=*)
+      [ -n "$probe" ] && run "$@"
+      probe="${w#isobench.run=}"
+      set --
+      ;;
+    isobench.arg=*) set -- "$@" "$(echo "${w#isobench.arg=}" | $bb base64 -d)" ;;
+  esac
+done
+[ -n "$probe" ] && run "$@"
+[ "$n" = 0 ] && echo ready
+"""
+
+INIT_SCRIPT = (
+    r"""#!/bin/sh
+# isobench guest init: mount, load modules, run the probes on the command line, power off.
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+fail() { echo "isobench-error $*"; $bb poweroff -f; }
+load() { for m in $($bb cat "$1"); do $bb insmod "/lib/modules/$m.ko" || fail "insmod $m"; done; }
+mount_io() {
+  load /etc/isobench/modules.disk
+  i=0
+  while [ ! -b /dev/vda ] && [ "$i" -lt 500 ]; do $bb usleep 10000; i=$((i + 1)); done
+  $bb mount -t ext4 /dev/vda /mnt/io || fail "mount /dev/vda"
+}
+load /etc/isobench/modules.base
+words=$($bb cat /proc/cmdline)
+probes=/probes
+"""
+    + RUN_SCRIPT
+    + r"""[ "$disk" = 1 ] && $bb umount /mnt/io
+$bb poweroff -f
+"""
+)
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    kernel: GuestKernel
+    initramfs: Path
+    initramfs_sha256: str
+    modules: dict[str, list[str]]  # "base"/"disk" -> load order
+
+    def describe(self) -> dict:
+        return {
+            "kernel": self.kernel.describe(),
+            "initramfs": str(self.initramfs),
+            "initramfs_sha256": self.initramfs_sha256,
+            "modules": self.modules,
+        }
+
+
+def initramfs_entries(
+    probes: Mapping[str, Path],
+    busybox: Path,
+    modules: Mapping[str, bytes],
+    order: Mapping[str, list[str]],
+) -> list[CpioEntry]:
+    """The initramfs contents, in archive order (directories before their files)."""
+    entries = [
+        CpioEntry(d, DIR | 0o755)
+        for d in (
+            "bin",
+            "dev",
+            "etc",
+            "etc/isobench",
+            "lib",
+            "lib/modules",
+            "mnt",
+            "mnt/io",
+            "probes",
+            "proc",
+            "sys",
+            "tmp",
+        )
+    ]
+    entries.append(CpioEntry("bin/busybox", REG | 0o755, busybox.read_bytes()))
+    entries.append(CpioEntry("bin/sh", LNK | 0o777, b"busybox"))
+    entries.append(CpioEntry("init", REG | 0o755, INIT_SCRIPT.encode()))
+    for group, names in order.items():
+        entries.append(
+            CpioEntry(
+                f"etc/isobench/modules.{group}",
+                REG | 0o644,
+                "".join(f"{n}\n" for n in names).encode(),
+            )
+        )
+    for name in sorted(modules):
+        entries.append(CpioEntry(f"lib/modules/{name}.ko", REG | 0o644, modules[name]))
+    for name in sorted(probes):
+        entries.append(CpioEntry(f"probes/{name}", REG | 0o755, probes[name].read_bytes()))
+    return entries
+
+
+def build_initramfs(bundle, kernel: GuestKernel, cache: Path) -> GuestImage:
+    """The bundle's guest initramfs for this kernel, built once into cache/guest/."""
+    if bundle.busybox is None:
+        raise GuestError(NO_BUSYBOX)
+    probes = {n: p for n, p in bundle.probes.items() if n != "busybox"}
+    return _initramfs(bundle.hash, probes, bundle.busybox, kernel, cache)
+
+
+def trial_initramfs(kernel: GuestKernel, cache: Path) -> GuestImage:
+    """An initramfs without probes (init itself says `ready`): enough for the KVM
+    trial, so doctor needs no compiled bundle."""
+    busybox = find_busybox()
+    if busybox is None:
+        raise GuestError(NO_BUSYBOX)
+    return _initramfs(f"trial-{sha256_file(busybox)[:16]}", {}, busybox, kernel, cache)
+
+
+def _initramfs(
+    name: str, probes: Mapping[str, Path], busybox: Path, kernel: GuestKernel, cache: Path
+) -> GuestImage:
+    """Built once per (name, kernel, init script) into cache/guest/."""
+    init = hashlib.sha256(INIT_SCRIPT.encode()).hexdigest()[:8]
+    key = f"{name}-{kernel.sha256[:16]}-{init}"
+    out_dir = Path(cache) / "guest"
+    target = out_dir / f"initramfs-{key}.cpio.gz"
+    meta_path = out_dir / f"initramfs-{key}.json"
+    if target.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return GuestImage(kernel, target, meta["sha256"], meta["modules"])
+    order: dict[str, list[str]] = {"base": [], "disk": []}
+    blobs: dict[str, bytes] = {}
+    if kernel.modules is not None:
+        tree = ModuleTree.open(kernel.modules)
+        base = tree.order([m for m in BASE_MODULES if m in tree.files or m in tree.builtin])
+        disk = [m for m in tree.order(DISK_MODULES) if m not in base]
+        order = {"base": base, "disk": disk}
+        blobs = {n: read_module(tree.files[n]) for n in base + disk}
+    archive = gzip.compress(
+        write_newc(initramfs_entries(probes, busybox, blobs, order)),
+        compresslevel=6,
+        mtime=0,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, archive)
+    digest = hashlib.sha256(archive).hexdigest()
+    _atomic_write(
+        meta_path,
+        json.dumps(
+            {"sha256": digest, "modules": order, "kernel": kernel.describe()}, indent=2
+        ).encode(),
+    )
+    return GuestImage(kernel, target, digest, order)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,102 @@
+"""QEMU itself: the binary, its version and machine types, and the command line of a
+direct launch (no defaults, serial console on stdio, exit on reboot)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.envs.guest.initramfs import GuestImage
+
+CACHE_MODES = ("none", "writeback", "unsafe")
+
+
+def qemu_binary() -> str | None:
+    return shutil.which("qemu-system-x86_64")
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        res = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    m = re.search(r"version (\S+)", res.stdout)
+    return m.group(1) if m else res.stdout.strip()[:80]
+
+
+def qemu_machines(binary: str) -> set[str]:
+    try:
+        res = subprocess.run(
+            [binary, "-machine", "help"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {line.split()[0] for line in res.stdout.splitlines()[1:] if line.strip()}
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    """One direct QEMU launch: everything that decides its command line."""
+
+    binary: str
+    image: GuestImage
+    cmdline: str
+    accel: str  # "kvm" | "tcg"
+    machine: str  # "microvm" | "q35" | "pc"
+    vcpus: int = 1
+    memory_mib: int = 512
+    cpu: str = "default"  # "host-passthrough" | "default"
+    disk: Path | None = None
+    cache: str = "none"
+
+
+def qemu_cpu(cpu: str, accel: str) -> str:
+    """-cpu value: host-passthrough is `host` under KVM and `max` under TCG (no host CPU)."""
+    if cpu == "host-passthrough":
+        return "host" if accel == "kvm" else "max"
+    return "qemu64"
+
+
+def qemu_command(spec: QemuSpec) -> list[str]:
+    """argv for qemu-system-x86_64: no defaults, serial console on stdio, exit on reboot."""
+    mmio = spec.machine == "microvm"
+    machine = "microvm,isa-serial=on" if mmio else spec.machine
+    argv = [
+        spec.binary,
+        "-machine",
+        f"{machine},accel={spec.accel}",
+        "-cpu",
+        qemu_cpu(spec.cpu, spec.accel),
+        "-smp",
+        str(spec.vcpus),
+        "-m",
+        f"{spec.memory_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-chardev",
+        "stdio,id=con,signal=off",
+        "-serial",
+        "chardev:con",
+        "-no-reboot",
+        "-kernel",
+        str(spec.image.kernel.path),
+        "-initrd",
+        str(spec.image.initramfs),
+        "-append",
+        spec.cmdline,
+    ]
+    if spec.disk is not None:
+        argv += [
+            "-drive",
+            f"file={spec.disk},if=none,id=io,format=raw,cache={spec.cache}",
+            "-device",
+            ("virtio-blk-device" if mmio else "virtio-blk-pci") + ",drive=io",
+        ]
+    return argv
