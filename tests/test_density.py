@@ -1,0 +1,292 @@
+"""Density (bench/density.py): the memory arithmetic on recorded /proc files, the ramp's
+safety (it stops at the memory reserve, a failed level ends it, Ctrl-C at any point of a
+level leaves nothing), and real rounds on host, namespaces and docker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import catalog, density
+from bench.clean import find_all
+from bench.envs import REGISTRY
+from bench.envs.base import Context, Environment, StartError
+from bench.metrics.cgroup import find_leftovers
+
+DATA = Path(__file__).parent / "data" / "density"
+WINDOW = 0.5  # a short idle window: the tests check the figures exist, not their size
+READY_S = 60
+
+
+def _text(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+# ---------------------------------------------------------------- pure, recorded files
+
+
+def test_meminfo_and_smaps_rollup_parse_to_kib():
+    """Recorded on this VM: MemAvailable before and with 8 idle hold probes in their
+    cgroups (host kind), one hold probe's smaps_rollup."""
+    before = density.parse_meminfo(_text("meminfo.before"))
+    held = density.parse_meminfo(_text("meminfo.held8"))
+    assert before["MemTotal"] == held["MemTotal"] == 24684092
+    assert (before["MemAvailable"], held["MemAvailable"]) == (24052648, 24052508)
+    assert before["HugePages_Total"] == 0  # a count without "kB" is kept as is
+    hold = density.parse_smaps_rollup(_text("smaps_rollup.hold"))
+    assert (hold["Rss"], hold["Pss"], hold["Pss_Anon"], hold["Anonymous"]) == (688, 124, 44, 44)
+    assert "[rollup]" not in " ".join(hold)  # the header line is not a field
+    harness = density.parse_smaps_rollup(_text("smaps_rollup.harness"))
+    assert harness["Anonymous"] > 1000 * hold["Anonymous"] // 44  # a Python process
+
+
+def test_system_view_per_instance_from_the_recorded_meminfo():
+    before = density.parse_meminfo(_text("meminfo.before"))["MemAvailable"]
+    held = density.parse_meminfo(_text("meminfo.held8"))["MemAvailable"]
+    # 140 kB less available with 8 held: 17.5 kB each
+    assert density.system_per_instance_mib(before, held, 8) == pytest.approx(17.5 / 1024)
+    # the harness's own growth is not the instances'
+    assert density.system_per_instance_mib(before, held, 8, harness_growth_kib=60) == (
+        pytest.approx(10 / 1024)
+    )
+    assert density.system_per_instance_mib(1_000_000, 1_000_000 - 8 * 2048, 8) == 2.0
+
+
+def test_accounted_view_adds_only_the_carriers_outside_the_cgroup():
+    docker_runc = {"shim_pss_mib": 3.5, "shim_cpu_ms": 12.0, "pss_mib": 3.5}
+    docker_runsc = {"shim_pss_mib": 3.0, "sandbox_pss_mib": 20.0, "gofer_pss_mib": 5.0}
+    host = {"sampler_cpu_ms": 4.0}
+    assert density.carriers_mib(docker_runc) == 3.5
+    assert density.carriers_mib(docker_runsc) == 3.0  # sandbox, gofer: inside the cgroup
+    assert density.carriers_mib(host) == 0.0 and not density.has_carriers(host)
+    assert density.has_carriers(docker_runsc)
+    assert density.accounted_per_instance_mib([1.0, 3.0], [3.5, 3.0]) == pytest.approx(5.25)
+    with pytest.raises(ValueError):
+        density.accounted_per_instance_mib([], [])
+
+
+def test_the_two_sources_are_flagged_past_twenty_percent():
+    assert density.disagreement(10.0, 8.1) == pytest.approx(0.19)
+    assert density.memory_note(10.0, 8.1) == ""
+    note = density.memory_note(10.0, 7.9)
+    assert "disagree by 21%" in note and "10.00" in note and "7.90" in note
+    assert density.memory_note(0.0, 0.0) == ""
+    assert density.memory_note(-1.0, 0.2)  # noise that made the system view negative
+
+
+def test_drift_between_the_baselines_is_named():
+    assert density.drift_note(10_000_000, 10_000_000 - 1024, 8 * 1024, 100.0, 120.0) == ""
+    note = density.drift_note(10_000_000, 10_000_000 - 90 * 1024, 8 * 1024, 100.0, 400.0)
+    assert "MemAvailable moved by 90.0 MiB" in note and "busy CPU moved by 300" in note
+
+
+def test_busy_cpu_from_recorded_proc_stat():
+    # user + nice + system + irq + softirq of the aggregate line; not idle, iowait, steal
+    assert density.busy_ticks(_text("stat.before")) == 820850 + 6702 + 252338 + 0 + 1563
+    assert density.busy_ticks(_text("stat.held8")) == 820853 + 6702 + 252419 + 0 + 1563
+    with pytest.raises(ValueError):
+        density.busy_ticks("cpu0 1 2 3 4\n")
+
+
+def test_the_reserve_arithmetic():
+    total = 24 * 1024 * 1024  # kB
+    # 10 GiB available, reserve 25% = 6 GiB: 4 GiB may go
+    assert density.reserve_refusal(10 * 1024 * 1024, total, 4000.0, 0.25) is None
+    why = density.reserve_refusal(10 * 1024 * 1024, total, 4200.0, 0.25)
+    assert why and "below the reserve of 25%" in why and "4200 MiB" in why
+    assert density.level_need_mib(2.0, 8) == pytest.approx(2.0 * 9 * density.HEADROOM)
+    assert density.level_need_mib(-3.0, 8) == 0.0  # a noisy negative estimate needs nothing
+
+
+def test_settle_waits_for_steady_readings_and_gives_up_in_time():
+    clock = [0.0]
+
+    def sleep(s):
+        clock[0] += s
+
+    values = iter([1000_000, 990_000, 985_000, 984_900, 984_800, 984_700, 984_600])
+    got, settled = density.settle(lambda: next(values), sleep=sleep, clock=lambda: clock[0])
+    assert settled and got == 984_900  # the last four lie within 2 MiB: their median
+    drifting = iter(range(10**6, 0, -10_000))
+    got, settled = density.settle(
+        lambda: next(drifting), sleep=sleep, clock=lambda: clock[0], max_s=2.0
+    )
+    assert not settled and got > 0
+
+
+def test_op_names_sort_by_level():
+    levels = [1, 8, 32, 64]
+    names = [density.op_name(n, levels) for n in levels]
+    assert names == ["n01", "n08", "n32", "n64"] and sorted(names) == names
+    assert density.op_name(8, [1, 2, 4, 8]) == "n08"
+    assert [density.op_name(n, [1, 128]) for n in (1, 128)] == ["n001", "n128"]
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+def test_catalog_levels():
+    w = catalog.load()["density"]
+    assert w.probe == "hold" and w.family == "density"
+    assert w.levels(quick=False, guest=False) == [1, 8, 32, 64]
+    assert w.levels(quick=False, guest=True) == [1, 2, 4, 8]
+    assert len(w.levels(quick=True, guest=False)) >= 2
+    assert len(w.levels(quick=True, guest=True)) >= 2
+    assert set(density.UNITS) == set(w.metrics)
+    assert all(w.metrics[m].unit == u for m, u in density.UNITS.items())
+    assert catalog.load()["cpu"].levels(quick=False, guest=False) == []
+
+
+def test_catalog_level_lists_are_checked():
+    assert catalog.parse_levels("d", {"full": [1, 4]})["quick_guests"] == (1, 4)
+    assert catalog.parse_levels("d", {"full": [1, 4], "quick": [1]})["quick_guests"] == (1,)
+    for bad in ({"full": [4, 1]}, {"full": [0, 1]}, {"full": []}, {"full": [1, 1]},
+                {"quick": [1]}, {"full": [1], "huge": [2]}, {"full": [True]}):  # fmt: skip
+        with pytest.raises(ValueError):
+            catalog.parse_levels("d", bad)
+
+
+# ---------------------------------------------------------------- real rounds
+
+
+@pytest.fixture
+def env_of(tmp_path, bundle):
+    made = []
+
+    def make(kind: str) -> Environment:
+        ctx = Context(f"d{os.getpid() % 10000}", tmp_path / kind, tmp_path / "cache")
+        ctx.scratch.mkdir(parents=True)
+        env = REGISTRY[kind]({}, ctx)
+        made.append(env)
+        env.prepare(bundle)
+        return env
+
+    yield make
+    for env in made:
+        env.cleanup()
+
+
+def _ours(env: Environment) -> list[str]:
+    """What is left of this environment: instances it still holds, what `clean` finds
+    with its prefix, cgroups with its prefix."""
+    prefix = env.ctx.prefix
+    held = [i.name for i in env._live if i.launch is None]
+    found = [item.what for item in find_all() if prefix in item.what]
+    return held + found + [str(p) for p in find_leftovers() if p.name.startswith(prefix)]
+
+
+def _check_round(env: Environment, launch, levels: list[int]) -> None:
+    assert launch.status == "ok", (launch.reason, launch.extra)
+    assert not launch.extra.get("probe_errors"), launch.extra
+    assert [r["op"] for r in launch.records] == [density.op_name(n, levels) for n in levels]
+    for r in launch.records:
+        m = r["metrics"]
+        assert set(m) <= set(density.UNITS) and r["units"] == {k: density.UNITS[k] for k in m}
+        for key in ("mem_system_mib", "mem_accounted_mib", "mem_cgroup_mib", "start_ms",
+                    "stop_ms", "idle_cpu_ms_per_s"):  # fmt: skip
+            assert key in m, (key, r)
+        assert 0 < m["mem_cgroup_mib"] < 64, r  # an idle static probe: well under 64 MiB
+        assert m["mem_accounted_mib"] >= m["mem_cgroup_mib"]
+        assert 0 < m["start_ms"] < READY_S * 1000 and 0 < m["stop_ms"] < READY_S * 1000
+    assert _ours(env) == []
+
+
+@pytest.mark.requires("host")
+def test_a_host_round(env_of):
+    env = env_of("host")
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    _check_round(env, launch, [1, 2])
+    for r in launch.records:  # host: the cgroups are found live, nothing carries it
+        assert "cgroup_idle_cpu_ms_per_s" in r["metrics"] and "mem_carriers_mib" not in r["metrics"]
+        assert "not found live" not in r["note"]
+
+
+@pytest.mark.requires("namespaces")
+def test_a_namespaces_round(env_of):
+    env = env_of("namespaces")
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    _check_round(env, launch, [1, 2])
+
+
+@pytest.mark.requires("docker")
+def test_a_docker_round(env_of):
+    env = env_of("docker")
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    _check_round(env, launch, [1, 2])
+    for r in launch.records:  # the containerd shim lives outside the container's cgroup
+        assert r["metrics"].get("mem_carriers_mib", 0) > 0, r
+
+
+@pytest.mark.requires("host")
+def test_the_ramp_stops_at_the_memory_reserve(env_of):
+    """Level 1 fits with 3 GiB to spare above the reserve; level 100000 would need
+    100001 x (per-instance memory, at least the ~0.2 MiB of an idle cgroup) x headroom:
+    skipped with the reason, before anything of it is started."""
+    env = env_of("host")
+    mem = density.HostProbe().memory()
+    reserve = (mem["MemAvailable"] - 3 * 1024 * 1024) / mem["MemTotal"]
+    levels = [1, 100_000]
+    log: list[str] = []
+    launch = density.run_round(env, levels, READY_S, reserve, log.append, window=WINDOW)
+    assert launch.status == "ok"
+    assert [r["op"] for r in launch.records] == ["n000001"]
+    (err,) = launch.extra["probe_errors"]
+    assert err.startswith("n100000: skipped: would leave") and "below the reserve" in err
+    assert not any(line.startswith("n100000: baseline") for line in log)
+    assert _ours(env) == []
+
+
+@pytest.mark.requires("host")
+def test_no_level_runs_when_the_host_is_already_below_the_reserve(env_of):
+    env = env_of("host")
+    mem = density.HostProbe().memory()
+    reserve = min(0.99, mem["MemAvailable"] / mem["MemTotal"] + 0.01)
+    launch = density.run_round(env, [1, 2], READY_S, reserve, window=WINDOW)
+    assert launch.status == "failed" and "no density level" in launch.reason
+    assert [e.split(":")[0] for e in launch.extra["probe_errors"]] == ["n01", "n02"]
+    assert launch.records == [] and env._live == []  # nothing was started
+
+
+@pytest.mark.requires("host")
+def test_a_level_that_cannot_start_fails_and_ends_the_ramp(env_of, monkeypatch):
+    """The 4th start of level 4 is refused (as a pids or engine limit would): the level
+    is recorded as failed with the reason, the 3 it started are stopped, 8 is skipped."""
+    env = env_of("host")
+    real_start, calls = env.start, []
+
+    def start(inv, timeout):
+        calls.append(1)
+        if len(calls) == 1 + 1 + 4:  # level 1 (+1 more), then the 4th of level 4
+            raise StartError("could not set up isobench-x: no more pids")
+        return real_start(inv, timeout)
+
+    monkeypatch.setattr(env, "start", start)
+    launch = density.run_round(env, [1, 4, 8], READY_S, 0.25, window=WINDOW)
+    assert [r["op"] for r in launch.records] == ["n01"]
+    failed, skipped = launch.extra["probe_errors"]
+    assert failed == "n04: instance 4 of 4 did not start: could not set up isobench-x: no more pids"
+    assert skipped == "n08: skipped: level 4 failed"
+    assert _ours(env) == []
+
+
+INTERRUPT_AT = ["started, waiting for ready", "held, settling", "idle window",
+                "one more with", "stopping"]  # fmt: skip
+
+
+@pytest.mark.requires("host")
+@pytest.mark.parametrize("moment", INTERRUPT_AT)
+def test_ctrl_c_anywhere_in_a_level_leaves_nothing(env_of, moment):
+    """KeyboardInterrupt from the log callback at each step of level 3: run_round
+    re-raises it, and before that every instance it held is gone (no env.cleanup())."""
+    env = env_of("host")
+
+    def log(line: str) -> None:
+        if line.startswith("n03:") and moment in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        density.run_round(env, [1, 3], READY_S, 0.25, log, window=WINDOW)
+    assert env._live, "the interrupt came after instances were started"
+    assert _ours(env) == []
