@@ -21,6 +21,15 @@ PHASE_METRICS = {
 }
 
 
+# [workloads.<name>.levels] keys, by (quick, guest); a missing key falls back as noted
+LEVEL_KEYS = {
+    (False, False): "full",
+    (True, False): "quick",  # default: full
+    (False, True): "guests",  # default: full
+    (True, True): "quick_guests",  # default: quick
+}
+
+
 @dataclass(frozen=True)
 class Metric:
     unit: str
@@ -42,6 +51,14 @@ class Workload:
     # CI width, never a reason to add rounds
     noisy: tuple[str, ...] = ()
     precision_floor: float = 0.0  # the loosest target this workload's figures can meet
+    # density: the levels N of held instances, per kind of run (LEVEL_KEYS); empty for
+    # every workload that is not a ramp
+    level_lists: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def levels(self, quick: bool, guest: bool) -> list[int]:
+        """The ramp's levels for a full or quick run of a container/namespaces kind or of
+        a guest (an environment whose `one_instance_per_round` is true)."""
+        return list(self.level_lists.get(LEVEL_KEYS[quick, guest], ()))
 
     def invocation(self, *, quick: bool, emulated: bool) -> Invocation:
         args = self.quick_args if quick else self.args
@@ -68,7 +85,31 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             metrics={k: Metric(**v) for k, v in w.get("metrics", {}).items()},
             noisy=tuple(w.get("noisy", ())),
             precision_floor=float(w.get("precision_floor", 0.0)),
+            level_lists=parse_levels(name, w.get("levels", {})),
         )
+    return out
+
+
+def parse_levels(workload: str, table: dict) -> dict[str, tuple[int, ...]]:
+    """A `levels` table -> every LEVEL_KEYS list, fallbacks filled in; ValueError when a
+    list is not ascending positive integers, a key is unknown or `full` is missing."""
+    known = set(LEVEL_KEYS.values())
+    if unknown := set(table) - known:
+        raise ValueError(f"{workload}: unknown levels {sorted(unknown)} (known: {sorted(known)})")
+    out: dict[str, tuple[int, ...]] = {}
+    for key, value in table.items():
+        ok = isinstance(value, list) and value and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value
+        )  # fmt: skip
+        if not ok or list(value) != sorted(set(value)):
+            raise ValueError(f"{workload}: levels.{key} must be ascending positive integers")
+        out[key] = tuple(value)
+    if out:
+        if "full" not in out:
+            raise ValueError(f"{workload}: levels needs a full list")
+        out.setdefault("quick", out["full"])
+        out.setdefault("guests", out["full"])
+        out.setdefault("quick_guests", out["quick"])
     return out
 
 
