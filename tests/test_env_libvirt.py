@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from bench import guest
 from bench.envs.base import Context, Invocation
+from bench.envs.guest import initramfs, kernel, kvm, qemu_cmd
+from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.libvirt import URI, LibvirtEnv, domain_xml
-from bench.envs.qemu import kvm_verdict
 from bench.runner import Interrupted
 
 pytestmark = pytest.mark.requires("libvirt")
@@ -76,7 +76,7 @@ def test_one_domain_runs_a_round_of_four_workloads(env):
 
 def test_hanging_guest_is_destroyed_at_the_timeout(env, ctx):
     e = env(accel="tcg")
-    hangs = guest.kvm_device_problem() is None and not kvm_verdict(e.image, e.binary, ctx.cache)[0]
+    hangs = kvm.kvm_device_problem() is None and not kvm_verdict(e.image, e.binary, ctx.cache)[0]
     if hangs:
         e = env(accel="kvm", cpu="default")  # -cpu host: QEMU aborts on PVM
     round_ = [Invocation("syscall", "syscall"), Invocation("startup", "startup")]
@@ -106,9 +106,9 @@ def _interrupt(signum, frame):
 
 
 def test_domain_xml_escapes_paths(tmp_path):
-    k = guest.GuestKernel(tmp_path / "k'&", "6.1", "0" * 64, None, "option")
-    img = guest.GuestImage(k, tmp_path / "i.gz", "0" * 64, {})
-    spec = guest.QemuSpec(
+    k = kernel.GuestKernel(tmp_path / "k'&", "6.1", "0" * 64, None, "option")
+    img = initramfs.GuestImage(k, tmp_path / "i.gz", "0" * 64, {})
+    spec = qemu_cmd.QemuSpec(
         "/usr/bin/qemu-system-x86_64",
         img,
         "console=ttyS0 a<b",

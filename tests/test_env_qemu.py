@@ -1,5 +1,5 @@
-"""Real boots of the direct QEMU kind under TCG (small sizes), the timeout path and the
-KVM trial."""
+"""Real boots of the direct QEMU kind under TCG (small sizes), a held guest, the timeout
+path and the KVM trial."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 import psutil
 import pytest
 
-from bench import guest
-from bench.envs.base import Context, Invocation
-from bench.envs.qemu import QemuEnv, kvm_availability, kvm_verdict
+from bench.envs.base import HOLD, Context, Invocation
+from bench.envs.guest import initramfs, kernel, kvm, qemu_cmd
+from bench.envs.guest.kvm import kvm_availability, kvm_verdict
+from bench.envs.qemu import QemuEnv
 
 pytestmark = pytest.mark.requires("libvirt")  # same stack: QEMU + guest kernel
 
@@ -87,9 +88,7 @@ def test_a_failing_or_overlong_probe_fails_only_its_own_launch(ctx, bundle):
 
 def _kvm_hangs(env, ctx) -> bool:
     """This host: /dev/kvm opens but guests hang under it."""
-    return (
-        guest.kvm_device_problem() is None and not kvm_verdict(env.image, env.binary, ctx.cache)[0]
-    )
+    return kvm.kvm_device_problem() is None and not kvm_verdict(env.image, env.binary, ctx.cache)[0]
 
 
 def test_guest_that_never_gets_ready_is_killed_at_the_timeout(ctx, bundle):
@@ -109,14 +108,14 @@ def test_guest_that_never_gets_ready_is_killed_at_the_timeout(ctx, bundle):
 def test_kvm_trial_is_recorded_and_leaves_nothing(tmp_path, monkeypatch):
     """The trial boots a probe-less guest under KVM once per (guest kernel, QEMU, host
     kernel); a hanging trial is killed and reaped; the next answer is the record."""
-    if guest.kvm_device_problem():
-        pytest.skip(f"no KVM trial here: {guest.kvm_device_problem()}")
-    kernel = guest.find_kernel()
+    if kvm.kvm_device_problem():
+        pytest.skip(f"no KVM trial here: {kvm.kvm_device_problem()}")
+    k = kernel.find_kernel()
     monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path))
-    monkeypatch.setenv(guest.KERNEL_ENV, str(kernel.path))
+    monkeypatch.setenv(kernel.KERNEL_ENV, str(k.path))
     assert "not yet checked" in kvm_availability().reason
-    image = guest.trial_initramfs(kernel, tmp_path)
-    binary = guest.qemu_binary()
+    image = initramfs.trial_initramfs(k, tmp_path)
+    binary = qemu_cmd.qemu_binary()
     ok, reason = kvm_verdict(image, binary, tmp_path, timeout=5)
     assert psutil.Process().children(recursive=True) == []  # the trial's QEMU is gone
     t = time.monotonic()
@@ -130,3 +129,22 @@ def test_kvm_trial_is_recorded_and_leaves_nothing(tmp_path, monkeypatch):
     data["verdicts"] = {key.replace(binary, "/other/qemu"): data["verdicts"][key]}
     path.write_text(json.dumps(data))
     assert "not yet checked" in kvm_availability().reason  # another QEMU: not its verdict
+
+
+def test_a_held_guest_is_named_for_clean_until_it_is_stopped(ctx, bundle):
+    """A held QEMU carries its instance's name (`-name`): `clean` finds it while it
+    runs; stop() powers it off and removes its cgroup and files."""
+    env = _env(ctx, bundle, accel="tcg")
+    try:
+        held = env.start(HOLD, 120)
+        assert held.wait_ready()
+        found = [x.what for x in QemuEnv.leftovers()]
+        assert any(held.name in what for what in found), found
+        launch = held.stop()
+    finally:
+        env.cleanup()
+    assert launch.status == "ok" and launch.exit_code is None, launch.reason
+    assert launch.phases["ready"] < launch.phases["stop"] <= launch.phases["exit"]
+    assert launch.host_side["cpu_ms"] > 0 and launch.cgroup
+    assert not [x for x in QemuEnv.leftovers() if held.name in x.what]
+    assert not list(ctx.scratch.glob("isobench-*"))

@@ -1,4 +1,5 @@
-"""Pure parts of the guest image: bzImage header, module order, cpio, command line."""
+"""Pure parts of the guest side: bzImage header, module order, cpio, command line,
+console, and how a boot's console becomes launches (a round, a held guest)."""
 
 from __future__ import annotations
 
@@ -12,29 +13,31 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import catalog, guest
+from bench import catalog
 from bench.bundle import find_busybox
-from bench.envs.base import Context, Invocation
-from bench.envs.qemu import Boot, QemuEnv
+from bench.envs.base import Context, Invocation, OptionError
+from bench.envs.guest import GuestError, console, cpio, initramfs, kernel, modules
+from bench.envs.qemu import QemuEnv
+from bench.envs.vm import Boot
 
 DATA = Path(__file__).parent / "data" / "guest"
 
 
 def test_bzimage_version_from_recorded_header():
     head = (DATA / "bzimage-6.1.0-56-amd64.head").read_bytes()
-    assert guest.bzimage_version(head) == "6.1.0-56-amd64"
+    assert kernel.bzimage_version(head) == "6.1.0-56-amd64"
 
 
 def test_bzimage_version_rejects_other_files():
-    assert guest.bzimage_version(b"\x7fELF" + b"\0" * 4096) is None
-    assert guest.bzimage_version(b"") is None
+    assert kernel.bzimage_version(b"\x7fELF" + b"\0" * 4096) is None
+    assert kernel.bzimage_version(b"") is None
 
 
 def test_modules_dep_order_puts_dependencies_first():
     deps = {
-        n: d for n, (_, d) in guest.parse_modules_dep((DATA / "modules.dep").read_text()).items()
+        n: d for n, (_, d) in modules.parse_modules_dep((DATA / "modules.dep").read_text()).items()
     }
-    order = guest.module_load_order(deps, ["virtio_pci", "virtio_blk", "ext4"])
+    order = modules.module_load_order(deps, ["virtio_pci", "virtio_blk", "ext4"])
     assert set(order) == {
         "virtio",
         "virtio_ring",
@@ -54,26 +57,26 @@ def test_modules_dep_order_puts_dependencies_first():
 
 def test_module_order_skips_builtin_and_names_missing():
     deps = {"a": ["b"], "b": []}
-    assert guest.module_load_order(deps, ["a"], builtin=["b"]) == ["a"]
-    with pytest.raises(guest.GuestError, match="virtio_mmio"):
-        guest.module_load_order(deps, ["virtio_mmio"])
+    assert modules.module_load_order(deps, ["a"], builtin=["b"]) == ["a"]
+    with pytest.raises(GuestError, match="virtio_mmio"):
+        modules.module_load_order(deps, ["virtio_mmio"])
 
 
 def test_module_name_strips_compression():
-    assert guest.module_name("kernel/fs/ext4/ext4.ko.xz") == "ext4"
-    assert guest.module_name("kernel/x/crc32c-generic.ko") == "crc32c_generic"
+    assert modules.module_name("kernel/fs/ext4/ext4.ko.xz") == "ext4"
+    assert modules.module_name("kernel/x/crc32c-generic.ko") == "crc32c_generic"
 
 
 def test_cpio_round_trip():
     entries = [
-        guest.CpioEntry("bin", guest.DIR | 0o755),
-        guest.CpioEntry("bin/x", guest.REG | 0o755, b"abc"),
-        guest.CpioEntry("bin/sh", guest.LNK | 0o777, b"busybox"),
-        guest.CpioEntry("empty", guest.REG | 0o644, b""),
+        cpio.CpioEntry("bin", cpio.DIR | 0o755),
+        cpio.CpioEntry("bin/x", cpio.REG | 0o755, b"abc"),
+        cpio.CpioEntry("bin/sh", cpio.LNK | 0o777, b"busybox"),
+        cpio.CpioEntry("empty", cpio.REG | 0o644, b""),
     ]
-    data = guest.write_newc(entries)
+    data = cpio.write_newc(entries)
     assert len(data) % 4 == 0
-    assert guest.read_newc(data) == entries
+    assert cpio.read_newc(data) == entries
 
 
 def _decoded(words: list[str]) -> list[tuple[str, list[str]]]:
@@ -89,31 +92,31 @@ def _decoded(words: list[str]) -> list[tuple[str, list[str]]]:
 
 def test_cmdline_carries_each_run_and_argument_as_data():
     args = ("--dir", "/mnt/io", "a b; $(reboot)", "'\"", "")
-    runs = [guest.GuestRun("startup", (), False), guest.GuestRun("io", args, True)]
-    words = guest.cmdline(runs, 29.5).split()
+    runs = [console.GuestRun("startup", (), False), console.GuestRun("io", args, True)]
+    words = console.cmdline(runs, 29.5).split()
     assert "isobench.disk=1" in words and "isobench.timeout=30" in words
     assert _decoded(words) == [("startup", []), ("io", list(args))]
-    assert "isobench.disk=1" not in guest.cmdline(runs[:1], 1).split()
-    with pytest.raises(guest.GuestError, match="plain file name"):
-        guest.cmdline([guest.GuestRun("../x", (), False)], 1)
-    with pytest.raises(guest.GuestError, match="too long"):
-        guest.cmdline([guest.GuestRun("io", ("x" * 1600,), False)], 1)
+    assert "isobench.disk=1" not in console.cmdline(runs[:1], 1).split()
+    with pytest.raises(GuestError, match="plain file name"):
+        console.cmdline([console.GuestRun("../x", (), False)], 1)
+    with pytest.raises(GuestError, match="too long"):
+        console.cmdline([console.GuestRun("io", ("x" * 1600,), False)], 1)
 
 
 def test_a_round_of_the_catalog_fits_on_the_kernel_command_line():
     """Every workload of the catalog in one boot, with the arguments emulated guests get."""
     for quick in (True, False):
         invs = [w.invocation(quick=quick, emulated=True) for w in catalog.load().values()]
-        runs = [guest.guest_run(invs[i]) for i in guest.run_order(invs)]
-        line = guest.cmdline(runs, 600)
-        assert len(line) < guest.CMDLINE_MAX / 2, line  # room for a longer catalog
+        runs = [console.guest_run(invs[i]) for i in console.run_order(invs)]
+        line = console.cmdline(runs, 600)
+        assert len(line) < console.CMDLINE_MAX / 2, line  # room for a longer catalog
         assert [p for p, _ in _decoded(line.split())] == [r.probe for r in runs]
 
 
 def test_run_order_puts_startup_first_and_keeps_the_rest():
     invs = [Invocation(w, w) for w in ("syscall", "io", "startup", "cpu")]
-    assert guest.run_order(invs) == [2, 0, 1, 3]
-    assert guest.run_order(invs[:2]) == [0, 1]
+    assert console.run_order(invs) == [2, 0, 1, 3]
+    assert console.run_order(invs[:2]) == [0, 1]
 
 
 def test_init_runs_each_probe_in_turn_with_its_own_status(tmp_path):
@@ -134,21 +137,21 @@ def test_init_runs_each_probe_in_turn_with_its_own_status(tmp_path):
         (probes / name).write_text(f"#!{busybox} sh\n{body}\n")
         (probes / name).chmod(0o755)
     runs = [
-        guest.GuestRun("args", ("a b", "", "$(touch x)", "'\""), False),
-        guest.GuestRun("fails", (), False),
-        guest.GuestRun("hangs", (), False),
-        guest.GuestRun("args", (), False),
+        console.GuestRun("args", ("a b", "", "$(touch x)", "'\""), False),
+        console.GuestRun("fails", (), False),
+        console.GuestRun("hangs", (), False),
+        console.GuestRun("args", (), False),
     ]
-    words = guest.cmdline(runs, 1)
+    words = console.cmdline(runs, 1)
     prologue = f"bb={busybox}; probes={probes}; words='{words}'; mount_io() {{ :; }}\n"
     res = subprocess.run(
-        [str(busybox), "sh", "-c", prologue + guest.RUN_SCRIPT],
+        [str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
         capture_output=True,
         text=True,
         timeout=30,
         cwd=tmp_path,
     )
-    con = guest.parse_console(res.stdout.splitlines())
+    con = console.parse_console(res.stdout.splitlines())
     assert con.uptime_s is not None and not con.errors
     assert [(r.probe, r.ready, r.exit_code, r.limit_s) for r in con.runs] == [
         ("args", True, 0, None),
@@ -184,7 +187,7 @@ def _missing(what: str) -> None:
 def test_parse_console_of_a_recorded_round():
     """A real TCG boot's console: startup, syscall, cpu with a bad option, io."""
     lines = (DATA / "console-round.txt").read_text().splitlines()
-    con = guest.parse_console(lines)
+    con = console.parse_console(lines)
     assert con.uptime_s == 7.78 and not con.errors
     assert con.other == ["[    9.629195] reboot: Power down"]
     assert [(r.probe, r.ready, r.exit_code) for r in con.runs] == [
@@ -199,18 +202,18 @@ def test_parse_console_of_a_recorded_round():
 
 
 def test_parse_console_of_a_guest_that_stopped_early():
-    con = guest.parse_console(
+    con = console.parse_console(
         ["Probing EDD", "isobench-error insmod virtio_blk", "isobench-uptime 1.25"]
     )
     assert con.errors == ["insmod virtio_blk"] and con.other == ["Probing EDD"]
-    con = guest.parse_console(["isobench-uptime 2", "isobench-begin 1 io", "ready", '{"a": 1}'])
-    assert con.runs == [guest.ProbeRun("io", True, ['{"a": 1}'], None, None)]
+    con = console.parse_console(["isobench-uptime 2", "isobench-begin 1 io", "ready", '{"a": 1}'])
+    assert con.runs == [console.ProbeRun("io", True, ['{"a": 1}'], None, None)]
 
 
 def test_find_kernel_explains_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(guest.GuestError, match="ISOBENCH_GUEST_KERNEL"):
-        guest.find_kernel(env={}, boot=tmp_path, release="0.0-none")
+    with pytest.raises(GuestError, match="ISOBENCH_GUEST_KERNEL"):
+        kernel.find_kernel(env={}, boot=tmp_path, release="0.0-none")
 
 
 def test_find_kernel_falls_back_to_a_package_unpacked_in_the_cache(tmp_path, monkeypatch):
@@ -221,7 +224,7 @@ def test_find_kernel_falls_back_to_a_package_unpacked_in_the_cache(tmp_path, mon
     (boot / "vmlinuz-6.1.0-1-amd64").write_bytes(
         (DATA / "bzimage-6.1.0-56-amd64.head").read_bytes()
     )
-    k = guest.find_kernel(env={}, boot=tmp_path, release="0.0-none")
+    k = kernel.find_kernel(env={}, boot=tmp_path, release="0.0-none")
     assert k.source == "cache" and k.path == boot / "vmlinuz-6.1.0-1-amd64"
 
 
@@ -270,3 +273,24 @@ def test_an_instance_that_failed_before_the_probe_ran_says_why():
     boot = Boot(0, "domain destroyed", [], {}, failure="libvirt: Failed to connect socket")
     (startup,) = _round(boot, ("startup",))
     assert startup.status == "failed" and startup.reason == "libvirt: Failed to connect socket"
+
+
+def test_a_held_guest_powered_off_once_ready_is_ok():
+    """A held guest's stop powers it off: the probe never exits, and that is its end."""
+    lines = ["isobench-uptime 2.5", "isobench-begin 1 hold", "ready"]
+    boot = Boot(0, "QEMU killed", lines, {"ready": 1, "exit": 3, "cleaned": 4})
+    env = QemuEnv({}, Context("t", Path("/nonexistent"), Path("/nonexistent")))
+    (held,) = env._round_launches(boot, [Invocation("hold", "hold")], 120, stopped=True)
+    assert held.status == "ok" and held.exit_code is None
+    assert held.phases == {"boot": 2_500_000_000, "ready": 1, "exit": 3, "cleaned": 4}
+    early = Boot(0, "QEMU killed", lines[:1], {"exit": 3})
+    (before,) = env._round_launches(early, [Invocation("hold", "hold")], 120, stopped=True)
+    assert before.status == "failed" and "before `ready`" in before.reason
+
+
+def test_guest_memory_takes_the_containers_sizes():
+    ctx = Context("t", Path("/nonexistent"), Path("/nonexistent"))
+    assert QemuEnv({}, ctx).memory_mib == 512
+    assert QemuEnv({"memory": "1g"}, ctx).describe()["memory_mib"] == 1024
+    with pytest.raises(OptionError, match="512m"):
+        QemuEnv({"memory": "1024"}, ctx)  # bytes, as for docker: not a guest's size

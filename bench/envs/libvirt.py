@@ -1,13 +1,15 @@
-"""The `libvirt` kind: one transient domain per round (all its workloads in one boot,
-bench/envs/qemu.py's VmEnvironment), through libvirt-python.
+"""The `libvirt` kind: transient domains through libvirt-python; the shared VM lifecycle
+(one domain per round running all its workloads, held guests) is bench/envs/vm.py's.
 
 A boot: createXML(paused) = "defined" (libvirt set up QEMU), resume = "started", the
-serial console (a file under ctx.scratch) tailed until the first probe's `ready` =
-"ready", the guest's own uptime at that moment = "boot", the domain shut down (the guest
-ran `poweroff -f`, QEMU exited, the transient domain is gone) = "exit", files removed =
-"cleaned". QEMU's CPU time and its cgroup are read when the guest prints a probe's exit
-line, the last one just before it powers off (libvirt's qemu driver cannot keep a
-powered-off QEMU alive: on_poweroff=preserve is refused), and every 100 ms as a fallback.
+serial console (a file under this environment's scratch directory) tailed until the
+first probe's `ready` = "ready", the guest's own uptime at that moment = "boot", the
+domain gone (the guest ran `poweroff -f`, QEMU exited, the transient domain vanished; or
+a held guest's stop destroyed it) = "exit", files removed = "cleaned". QEMU's CPU time
+and its cgroup are read when the guest prints a probe's exit line, the last one just
+before it powers off (libvirt's qemu driver cannot keep a powered-off QEMU alive:
+on_poweroff=preserve is refused), right before a stop destroys it, and every 100 ms
+while the console is read, as a fallback.
 
 libvirt is imported lazily: the package imports (and `probe()` answers) without it.
 """
@@ -20,14 +22,18 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from bench import guest, interrupt
+from bench import interrupt
 from bench.envs.base import Availability, Leftover
-from bench.envs.qemu import (
+from bench.envs.guest import GuestError
+from bench.envs.guest.console import EXIT_PREFIX, READY
+from bench.envs.guest.kvm import kvm_availability
+from bench.envs.guest.qemu_cmd import QemuSpec
+from bench.envs.vm import (
     VM_OPTIONS,
     Boot,
+    Guest,
     VmEnvironment,
     kernel_availability,
-    kvm_availability,
     qemu_availability,
 )
 from bench.metrics.cgroup import CgroupError, CgroupReader, delta
@@ -59,7 +65,7 @@ def connect():
     return lv.open(URI)
 
 
-def domain_xml(name: str, spec: guest.QemuSpec, console: Path) -> str:
+def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
     """The domain: direct kernel boot, serial console to a file, optional virtio io disk,
     QEMU as root without relabelling (the cache lives in root's home)."""
     kvm = spec.accel == "kvm"
@@ -144,6 +150,128 @@ class _ConsoleTail:
             self._f.close()
 
 
+class DomainGuest(Guest):
+    """A transient domain, created paused (the "defined" phase) then resumed ("started");
+    its console is a file tailed while the caller waits. A libvirt error ends it with
+    that error as the boot's failure."""
+
+    def __init__(self, connection, name: str, spec: QemuSpec, console: Path):
+        lv = _libvirt()
+        t0 = time.monotonic_ns()
+        self.boot = Boot(t0, DESTROYED)
+        self.name = name
+        self.dom = None
+        self.ended = False
+        self.pid: int | None = None
+        self.cg: CgroupReader | None = None
+        self.before: dict[str, float] = {}
+        self.sampler: PeakSampler | None = None
+        self.tail = _ConsoleTail(console)
+        self.final: dict[str, float] = {}  # QEMU's CPU time, last read
+        self.after_cg: dict[str, float] = {}
+        self.read_at = 0.0
+        try:
+            xml = domain_xml(name, spec, console)
+            self.dom = connection().createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
+            self.boot.phases["defined"] = time.monotonic_ns() - t0
+            self.pid = _qemu_pid(name)
+            with contextlib.suppress(CgroupError, OSError, TypeError):
+                self.cg = _own_cgroup(CgroupReader.for_pid(self.pid), name)
+            self.before = self.cg.read() if self.cg else {}
+            self.sampler = PeakSampler([self.pid]).start() if self.pid else None
+            self.dom.resume()
+            self.boot.phases["started"] = time.monotonic_ns() - t0
+        except lv.libvirtError as e:
+            self._failed(e)
+        except BaseException:
+            self._end()
+            raise
+
+    def _failed(self, e) -> None:
+        """libvirt refused or lost the domain: that is the boot's whole story."""
+        self._end()
+        self.boot = Boot(self.boot.t_submit, DESTROYED, failure=f"libvirt: {e.get_error_message()}")
+
+    def _end(self) -> None:
+        self.ended = True
+        self._destroy()
+        if self.sampler:
+            self.sampler.stop()
+        self.tail.close()
+
+    def _destroy(self, quiet: bool = True) -> None:
+        if self.dom is not None:
+            with interrupt.shielded(), contextlib.suppress(*((Exception,) if quiet else ())):
+                _destroy(self.dom)
+
+    def _read_costs(self) -> None:
+        self.final, self.after_cg = _read_costs(self.pid, self.cg, self.final, self.after_cg)
+        self.read_at = time.monotonic() + COST_EVERY_S
+
+    def _pump(self, timeout: float, until) -> bool:
+        """Read the console (and the costs) until `until()` holds (True), the domain is
+        gone (True: "exit" recorded) or `timeout` s pass (False)."""
+        if self.ended:
+            return True
+        lv = _libvirt()
+        boot = self.boot
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                for line in self.tail.poll():
+                    boot.lines.append(line)
+                    if "ready" not in boot.phases and line.strip() == READY:
+                        boot.phases["ready"] = time.monotonic_ns() - boot.t_submit
+                    elif line.startswith(EXIT_PREFIX):  # a probe ended: costs now
+                        self._read_costs()
+                if time.monotonic() >= self.read_at:
+                    self._read_costs()
+                if _state(self.dom, lv) not in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED):
+                    boot.phases["exit"] = time.monotonic_ns() - boot.t_submit
+                    self.ended = True
+                    return True
+                if until():
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(POLL_S)
+        except lv.libvirtError as e:
+            self._failed(e)
+            return True
+
+    def wait_ready(self, timeout: float) -> bool:
+        self._pump(timeout, lambda: "ready" in self.boot.phases)
+        return "ready" in self.boot.phases
+
+    def wait_exit(self, timeout: float) -> bool:
+        return self._pump(timeout, lambda: False)
+
+    def power_off(self) -> None:
+        if self.dom is not None and not self.ended:
+            with contextlib.suppress(Exception):
+                self._read_costs()  # the last reading while QEMU still runs
+        self._destroy()
+
+    def finish(self, *, timed_out: bool, stopped: bool) -> Boot:
+        boot = self.boot
+        if self.dom is None or boot.failure:  # never started, or libvirt lost it
+            return boot
+        try:
+            boot.timed_out = timed_out
+            boot.lines += self.tail.rest()
+            peaks = self.sampler.stop() if self.sampler else {}
+            self.tail.close()
+            if self.cg and self.after_cg:
+                boot.cgroup = delta(self.before, self.after_cg)
+            boot.host_side = {
+                "cpu_ms": self.final.get("cpu_user_ms", 0.0) + self.final.get("cpu_system_ms", 0.0),
+                **{k: v for k, v in peaks.items() if k.endswith("_mib")},
+            }
+            return boot
+        finally:
+            self._destroy(quiet=False)  # a domain that cannot be destroyed: say so
+
+
 class LibvirtEnv(VmEnvironment):
     kind = "libvirt"
     summary = "a KVM guest (QEMU TCG where KVM is unusable) as a transient libvirt domain"
@@ -185,7 +313,7 @@ class LibvirtEnv(VmEnvironment):
         q = qemu_availability()
         if not q.ok:
             return Availability(False, q.reason, lv.versions)
-        k = kernel_availability()
+        k = kernel_availability((opts or {}).get("kernel"))
         versions = {**lv.versions, **q.versions, **k.versions}
         if not k.ok:
             return Availability(False, k.reason, versions)
@@ -202,7 +330,7 @@ class LibvirtEnv(VmEnvironment):
         ]
 
     @classmethod
-    def leftovers(cls) -> list[Leftover]:
+    def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         try:
             conn = connect()
         except Exception:  # no libvirt here: nothing of ours can be left in it
@@ -219,7 +347,7 @@ class LibvirtEnv(VmEnvironment):
     def prepare(self, bundle) -> None:
         av = self._libvirt_availability()
         if not av.ok:
-            raise guest.GuestError(av.reason)
+            raise GuestError(av.reason)
         self.versions = av.versions
         super().prepare(bundle)
         if self._conn is None:
@@ -238,85 +366,26 @@ class LibvirtEnv(VmEnvironment):
         self._conn = connect()
         return self._conn
 
-    def cleanup(self) -> None:
+    def _guest(self, name: str, spec: QemuSpec, scratch: Path) -> Guest:
+        return DomainGuest(self._connection, name, spec, scratch / "console.log")
+
+    def _cleanup(self) -> None:
+        """This environment's domains that outlived their instance (none should)."""
         if self._conn is None:
             return  # never connected: nothing of ours can exist
         try:
             for dom in self._connection().listAllDomains(0):
-                if dom.name().startswith(f"{PREFIX}{self.ctx.run_id}-"):
+                if dom.name().startswith(f"{self.ctx.prefix}-"):
                     _destroy(dom)
         except Exception as e:  # libvirtd is gone: say so, `clean` finds them by name later
             raise RuntimeError(
-                f"could not remove this run's domains ({e}): "
+                f"could not remove this environment's domains ({e}): "
                 "run `isobench clean` once libvirtd is back"
             ) from None
         finally:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
-
-    def _boot(self, name: str, spec: guest.QemuSpec, scratch: Path, timeout: float) -> Boot:
-        lv = _libvirt()
-        console = scratch / "console.log"
-        xml = domain_xml(name, spec, console)
-        dom = None
-        t0 = time.monotonic_ns()
-        try:
-            dom = self._connection().createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
-            return self._run(dom, name, console, t0, timeout)
-        except lv.libvirtError as e:
-            return Boot(t0, DESTROYED, failure=f"libvirt: {e.get_error_message()}")
-        finally:
-            if dom is not None:
-                with interrupt.shielded():
-                    _destroy(dom)
-
-    def _run(self, dom, name: str, console: Path, t0: int, timeout: float) -> Boot:
-        lv = _libvirt()
-        boot = Boot(t0, DESTROYED, phases={"defined": time.monotonic_ns() - t0})
-        pid = _qemu_pid(name)
-        cg = None
-        with contextlib.suppress(CgroupError, OSError, TypeError):
-            cg = _own_cgroup(CgroupReader.for_pid(pid), name)
-        before = cg.read() if cg else {}
-        sampler = PeakSampler([pid]).start() if pid else None
-        tail = _ConsoleTail(console)
-        deadline = time.monotonic() + timeout
-        final: dict[str, float] = {}
-        after_cg: dict[str, float] = {}
-        read_at = 0.0
-        try:
-            dom.resume()
-            boot.phases["started"] = time.monotonic_ns() - t0
-            while True:
-                for line in tail.poll():
-                    boot.lines.append(line)
-                    if "ready" not in boot.phases and line.strip() == guest.READY:
-                        boot.phases["ready"] = time.monotonic_ns() - t0
-                    elif line.startswith(guest.EXIT_PREFIX):  # a probe ended: costs now
-                        final, after_cg = _read_costs(pid, cg, final, after_cg)
-                        read_at = time.monotonic() + COST_EVERY_S
-                if time.monotonic() >= read_at:
-                    final, after_cg = _read_costs(pid, cg, final, after_cg)
-                    read_at = time.monotonic() + COST_EVERY_S
-                if _state(dom, lv) not in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_PAUSED):
-                    boot.phases["exit"] = time.monotonic_ns() - t0
-                    break
-                if time.monotonic() > deadline:
-                    boot.timed_out = True
-                    break
-                time.sleep(POLL_S)
-            boot.lines += tail.rest()
-        finally:
-            peaks = sampler.stop() if sampler else {}
-            tail.close()
-        if cg and after_cg:
-            boot.cgroup = delta(before, after_cg)
-        boot.host_side = {
-            "cpu_ms": final.get("cpu_user_ms", 0.0) + final.get("cpu_system_ms", 0.0),
-            **{k: v for k, v in peaks.items() if k.endswith("_mib")},
-        }
-        return boot
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
