@@ -18,12 +18,8 @@ from bench.clean import find_all, live_runs, still_in_use
 from bench.envs import cri_daemon as dmn
 from bench.envs import cri_images as ci
 from bench.envs.base import HOLD, Context, Invocation, OptionError
-from bench.envs.cri import (
-    CriEnv,
-    handlers_of,
-    parse_cri_log,
-    parse_timestamp,
-)
+from bench.envs.cri import CriEnv
+from bench.envs.cri_client import Client, CriError, handlers_of, parse_cri_log, parse_timestamp
 from bench.metrics.cgroup import Layout
 
 SYSCALL = Invocation("syscall", "syscall", ("--op", "null", "--min-ms", "20", "--reps", "2"))
@@ -136,6 +132,14 @@ def _ours(prefix: str) -> list[str]:
     return left
 
 
+def _settled(look, within: float = 10.0) -> list:
+    """What `look()` still finds after at most `within` s (empty as soon as it is)."""
+    deadline = time.monotonic() + within
+    while (found := look()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 def _cmd(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()
@@ -225,7 +229,6 @@ def hang_daemon(tmp_path, bundle):
         dmn.Handler("hang", binary=str(script)),
     ]
     daemon = dmn.PrivateContainerd(lay, pause, handlers)
-    from bench.envs.cri import Client, CriError
 
     def answers() -> bool:
         cl = Client(lay.endpoint)
@@ -256,9 +259,8 @@ def test_a_hung_handler_times_out_and_leaves_nothing(cri_env, hang_daemon):
     sleepers = [p for p in psutil.process_iter() if str(script) in " ".join(_cmd(p))
                 or _cmd(p)[:2] == ["sleep", "3600"]]  # fmt: skip
     assert sleepers == [], "the hung runtime was killed"
-    assert dmn.shims_of(daemon.lay.socket) == []
-    from bench.envs.cri import Client
-
+    shims = _settled(lambda: [" ".join(_cmd(p)) for p in dmn.shims_of(daemon.lay.socket)])
+    assert shims == [], "containerd's own `shim delete` of the killed shim ends by itself"
     cl = Client(daemon.endpoint)
     try:
         assert cl.pods({"isobench": "1"}) == []
