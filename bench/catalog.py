@@ -54,6 +54,7 @@ class Workload:
     # density: the levels N of held instances, per kind of run (LEVEL_KEYS); empty for
     # every workload that is not a ramp
     level_lists: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    default: bool = True  # run when no workload is named (density is run only when asked)
 
     def levels(self, quick: bool, guest: bool) -> list[int]:
         """The ramp's levels for a full or quick run of a container/namespaces kind or of
@@ -86,6 +87,7 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             noisy=tuple(w.get("noisy", ())),
             precision_floor=float(w.get("precision_floor", 0.0)),
             level_lists=parse_levels(name, w.get("levels", {})),
+            default=bool(w.get("default", True)),
         )
     return out
 

@@ -275,6 +275,13 @@ def _default(name: str, fmt: str = "{}") -> str:
               "spinner on a sibling hyperthread slows CPU-bound probes (here null +30%) "
               "[default: off]")  # fmt: skip
 @click.option(
+    "--memory-reserve",
+    type=float,
+    show_default=_default("memory_reserve", "{:.0%}"),
+    help="density: stop the ramp before the host would have less than this share of its "
+    "memory available (0 to below 1)",
+)
+@click.option(
     "--resume",
     type=click.Path(path_type=Path),
     metavar="RUN_DIR",
@@ -304,7 +311,7 @@ def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, wi
         chosen["seed"] = secrets.randbelow(2**31)
     m = Matrix(
         envs=file_envs + specs or [parse_env_spec("host"), parse_env_spec("namespaces")],
-        workloads=list(workloads) or file_workloads or list(cat),
+        workloads=list(workloads) or file_workloads or [n for n, w in cat.items() if w.default],
         quick=quick,
         **chosen,
     )

@@ -9,6 +9,7 @@ From a TOML file:
     emulated_rounds = 3  # rounds for software-emulated guests (0: as many as the others)
     budget = 900         # seconds: the whole run's wall clock
     busy_cpus = false    # keep CPUs out of idle while measuring (bench/busy.py)
+    memory_reserve = 0.25  # density: never take the host below this share of its memory
     timeout = 120        # seconds per launch
     precision = 0.02     # target 95% CI half-width, relative to the median
     baseline = "host"
@@ -123,6 +124,7 @@ class Matrix:
     emulated_rounds: int = 0
     budget: float = 1800.0
     busy_cpus: bool = False
+    memory_reserve: float = 0.25
     timeout: float = 120.0
     precision: float = 0.02
     seed: int = 1
@@ -162,6 +164,11 @@ class Matrix:
         for name in ("budget", "timeout", "precision"):
             if getattr(self, name) <= 0:
                 raise MatrixError(f"{where}: {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.memory_reserve < 1:
+            raise MatrixError(
+                f"{where}: memory_reserve is a share of the host's memory, from 0 to below 1, "
+                f"got {self.memory_reserve}"
+            )
         if self.max_rounds < self.rounds:
             self.max_rounds = self.rounds
 
@@ -177,6 +184,7 @@ SCALARS: dict[str, type | tuple[type, ...]] = {
     "seed": int,
     "baseline": str,
     "busy_cpus": bool,
+    "memory_reserve": (int, float),
 }
 TOP_KEYS = {*SCALARS, "workloads", "env"}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import analysis, interrupt, provenance, stats
+from bench import analysis, density, interrupt, provenance, stats
 from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
@@ -334,7 +334,8 @@ class Runner:
         the same workloads (their rounds pair with them)."""
         if rnd == 0:  # warm-up: `warmup` launches per environment, not counted
             per_env: dict[str, list[Cell]] = defaultdict(list)
-            for c in cells:
+            probes_first = sorted(cells, key=self._held)  # a density round is no warm-up
+            for c in probes_first:
                 if self.active[c.env.label].ok and len(per_env[c.env.label]) < self.m.warmup:
                     per_env[c.env.label].append(c)
             return [c for group in per_env.values() for c in group]
@@ -412,8 +413,8 @@ class Runner:
                 pending.pop(0)  # an unavailable environment is recorded once per cell
                 continue
             group = [cell]
-            if act.env is not None and act.env.one_instance_per_round:
-                group = [c for c in pending if c.env.label == cell.env.label]
+            if act.env is not None and act.env.one_instance_per_round and not self._held(cell):
+                group = [c for c in pending if c.env.label == cell.env.label and not self._held(c)]
             pending = [c for c in pending if c not in group]
             elapsed = time.monotonic() - self.t_session + self.wall_before
             left = self._remaining(rnd, pending, cells)
@@ -436,6 +437,10 @@ class Runner:
         check()
         return "complete"
 
+    def _held(self, cell: Cell) -> bool:
+        """A cell measured on held instances (density), not by launching a probe."""
+        return self.workloads[cell.workload].family == "density"
+
     def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
         """Launch the cells of one environment (one instance for the whole group when the
         kind runs a round in one instance) and turn each launch into records."""
@@ -453,6 +458,12 @@ class Runner:
         if not act.ok or act.env is None:
             fail = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
             launches = [fail] * len(group)
+        elif self._held(group[0]):
+            w = self.workloads[group[0].workload]
+            levels = w.levels(quick=self.m.quick, guest=act.env.one_instance_per_round)
+            bases[0]["args"] = "levels=" + ",".join(map(str, levels))
+            launches = [density.run_round(act.env, levels, self.m.timeout,
+                                          self.m.memory_reserve, self.log)]  # fmt: skip
         else:
             invs = [
                 self.workloads[c.workload].invocation(quick=self.m.quick, emulated=emulated)
