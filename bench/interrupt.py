@@ -70,9 +70,14 @@ def install() -> dict:
 
 
 def ignore() -> None:
-    """From here on a signal changes nothing (the run's own final cleanup)."""
+    """From here on a signal changes nothing (the run's own final cleanup): a signal
+    recorded before no longer ends a shielded block either, so every environment's
+    cleanup and the scratch removal run to the end."""
+    global _installed
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    _pending.clear()
+    _installed = False
 
 
 def restore(old: dict) -> None:

@@ -49,6 +49,7 @@ CAPABILITIES = {
     "runsc": _runsc,
     "podman": _kind("podman"),
     "oci": _kind("oci"),
+    "cri": _kind("cri"),
     "libvirt": _kind("libvirt"),
     "chromium": _chromium,
 }

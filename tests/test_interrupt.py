@@ -49,3 +49,19 @@ def test_check_raises_a_recorded_signal(installed):
         with pytest.raises(interrupt.Interrupted):
             interrupt.check()
         interrupt._pending.clear()  # handled: leaving the block raises nothing more
+
+
+def test_after_ignore_a_recorded_signal_no_longer_ends_a_shielded_block():
+    """The run's final cleanup (every environment's shielded cleanup, the scratch
+    removal) runs to the end after the Ctrl-C that started it."""
+    old = interrupt.install()
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupt.check()
+        interrupt.ignore()
+        with interrupt.shielded():
+            pass  # raised Interrupted here before: the next cleanup step was skipped
+        interrupt.check()
+    finally:
+        interrupt.restore(old)
