@@ -29,7 +29,7 @@ from bench.scratch import PREFIX, owner, owner_alive, scratch_root
 BUILD_STALE_S = 600  # a `.building-*` bundle younger than this may be a build in progress
 # what an environment makes outside a run (tests, the harness) names its maker's pid:
 # isobench-<run id>-p<pid>-<n> (bench.envs.base.Context)
-HOST_CGROUP = re.compile(rf"^{PREFIX}.+-p(\d+)-\d+$")
+MADE_OUTSIDE_A_RUN = re.compile(rf"{PREFIX}[\w.-]*?-p\d+-\d+\b")
 
 
 def _rmtree(path: Path):
@@ -81,10 +81,10 @@ def still_in_use(what: str, live: dict[str, int], now: float | None = None) -> s
     for run_id, pid in live.items():
         if f"{PREFIX}{run_id}-" in what:
             return f"run {run_id} is still running (pid {pid})"
-    if what.startswith("cgroup "):
-        m = HOST_CGROUP.match(Path(what.removeprefix("cgroup ")).name)
-        if m and psutil.pid_exists(int(m.group(1))):  # cgroups do not outlive a boot
-            return f"the process that made it (pid {m.group(1)}) is still running"
+    for name in MADE_OUTSIDE_A_RUN.findall(what):  # a cgroup, a guest, a container
+        pid = int(name.rsplit("-p", 1)[1].split("-")[0])
+        if psutil.pid_exists(pid):  # what it names does not outlive a boot
+            return f"the process that made it (pid {pid}) is still running"
     if what.startswith("half-built bundle "):
         path = Path(what.removeprefix("half-built bundle "))
         try:

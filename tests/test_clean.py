@@ -86,9 +86,11 @@ def test_a_live_runs_other_leftovers_are_kept():
     )
 
 
-def test_a_host_cgroup_names_the_process_that_made_it():
+def test_what_is_made_outside_a_run_names_the_process_that_made_it():
     mine = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-p{os.getpid()}-3"
     assert f"pid {os.getpid()}" in clean.still_in_use(mine, {})
+    guest = f"QEMU process 55 ({PREFIX}t-qemu-p{os.getpid()}-1)"  # a test's live guest
+    assert f"pid {os.getpid()}" in clean.still_in_use(guest, {})
     gone = subprocess.Popen(["true"])
     gone.wait()
     dead = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-p{gone.pid}-3"
