@@ -222,6 +222,13 @@ class Instance:
     def left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
+    def address(self, port: int) -> tuple[str, int]:
+        """Where a client on the host reaches `port` of this (ready) instance: loopback,
+        right for the host and for kinds whose instances share the host's network. A kind
+        with its own network (a veth, a published port) overrides it; it may make what the
+        path needs on the first call and removes it with the instance."""
+        return ("127.0.0.1", port)
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the probe said `ready` (within `timeout`, default what is left)."""
         return self._ready(self.left() if timeout is None else timeout)
@@ -379,6 +386,11 @@ class Environment:
         from bench import provenance
 
         return provenance.host_facts()
+
+    def net_path(self) -> str | None:
+        """None when a client on the host can reach a server in this environment's
+        instances (Instance.address); else a sentence saying why not (network=none)."""
+        return None
 
     # -- lifecycle
     def prepare(self, bundle) -> None:
