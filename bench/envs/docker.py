@@ -210,6 +210,26 @@ def _force_remove(api, cid: str, hung: bool = False) -> None:
     ct.kill_carriers(cid)
 
 
+def served_port(inv: Invocation) -> int | None:
+    """Pure: the port a server invocation listens on (`--server ... --port P`), which a
+    bridge network publishes; None for every other invocation."""
+    args = list(inv.args)
+    if "--server" in args and "--port" in args and args.index("--port") + 1 < len(args):
+        with contextlib.suppress(ValueError):
+            return int(args[args.index("--port") + 1])
+    return None
+
+
+def net_path_problem(network: str) -> str | None:
+    """Pure: why a host-side client cannot reach an instance on `network` (None: it can)."""
+    if network == "none":
+        return (
+            "network=none gives the container no interface but loopback: "
+            "use network=bridge or network=host"
+        )
+    return None
+
+
 # ---------------------------------------------------------------- the environment
 
 
@@ -366,13 +386,17 @@ class DockerEnv(Environment):
         self._bundle = bundle
         self._image = img.ensure_docker_image(self.cl, bundle, self.ctx.cache)
 
-    def _host_config(self, name: str, volume: Path | None) -> dict[str, Any]:
+    def _host_config(
+        self, name: str, volume: Path | None, port: int | None = None
+    ) -> dict[str, Any]:
         o = self.opts
         kwargs: dict[str, Any] = {
             "runtime": o["runtime"],
             "network_mode": o["network"],
             "cgroup_parent": ct.cgroup_parent_arg(self._driver, name),
         }
+        if port is not None:  # a server on the bridge: published on the host's loopback
+            kwargs["port_bindings"] = {port: ("127.0.0.1",)}
         if o["seccomp"] == "unconfined":
             kwargs["security_opt"] = ["seccomp=unconfined"]
         if o["cpus"]:
@@ -401,17 +425,28 @@ class DockerEnv(Environment):
             raise StartError(f"could not make the volume of {name}: {e}") from None
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name), self._layout)
         instance = DockerInstance(self.cl.api, name, timeout, cgroup, volume)
+        instance.network = self.opts["network"]
+        instance.runsc = Path(self._runtime_spec().get("path", "")).name == "runsc"
+        port = served_port(inv) if instance.network == "bridge" else None
         try:
             instance.begin(
                 image=self._image.id,
                 argv=inv.argv(img.probe_path(inv.probe), STORAGE_TARGET),
                 labels=ct.labels(self.ctx),
-                host_config=self._host_config(name, volume),
+                host_config=self._host_config(name, volume, port),
+                ports=[port] if port is not None else None,
             )
         except BaseException:  # Ctrl-C mid-start: remove what was made, then re-raise
             instance.abort()
             raise
         return instance
+
+    def _runtime_spec(self) -> dict[str, Any]:
+        runtime = self.opts["runtime"]
+        return (self._info.get("Runtimes") or {}).get(runtime) or {"path": runtime}
+
+    def net_path(self) -> str | None:
+        return net_path_problem(self.opts["network"])
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.ctx.scratch / ct.VOLUMES, ignore_errors=True)
@@ -494,6 +529,34 @@ class DockerInstance(Instance):
         self._stream = None
         self._reader: threading.Thread | None = None
         self._sampler: ct.HostSideSampler | None = None
+        self.network = "none"  # the container's network mode (its path from the host)
+        self.runsc = False  # runsc: run with --network=host (the daemon's runtimeArgs)
+        self.path = ""  # the network path taken, once address() was asked
+
+    def address(self, port: int) -> tuple[str, int]:
+        """network=host: loopback; bridge: the port published on 127.0.0.1 (the daemon's
+        userland proxy for loopback, its NAT rules otherwise)."""
+        problem = net_path_problem(self.network)
+        if problem or self.cid is None:
+            raise StartError(problem or f"{self.name}: no container")
+        sandbox = (
+            " (runsc --network=host: the kernel's stack, not gVisor's netstack)"
+            if self.runsc
+            else ""
+        )
+        if self.network == "host":
+            self.path = f"host network: loopback 127.0.0.1:{port}{sandbox}"
+            return ("127.0.0.1", port)
+        try:
+            bound = self._call(self.api.port, self.cid, port) or []
+        except Exception as e:  # noqa: BLE001 - the daemon's reason
+            raise StartError(f"{self.name}: published port of {port}: {_explain(e)}") from None
+        host_port = next((int(b["HostPort"]) for b in bound if b.get("HostPort")), None)
+        if host_port is None:
+            raise StartError(f"{self.name}: port {port} is not published")
+        self.path = (f"bridge via published port 127.0.0.1:{host_port} -> {port} "
+                     f"(docker-proxy for loopback){sandbox}")  # fmt: skip
+        return ("127.0.0.1", host_port)
 
     def _call(self, fn, *args, **kwargs):
         """An API call bounded by what is left of the instance's deadline."""
@@ -506,11 +569,11 @@ class DockerInstance(Instance):
         finally:
             self.api.timeout = CALL_TIMEOUT_S
 
-    def begin(self, *, image, argv, labels, host_config) -> None:
+    def begin(self, *, image, argv, labels, host_config, ports=None) -> None:
         """create → attach → start; a failed step is recorded (self.failure), not raised."""
-        self._guarded(self._begin, image, argv, labels, host_config)
+        self._guarded(self._begin, image, argv, labels, host_config, ports)
 
-    def _begin(self, image, argv, labels, host_config) -> None:
+    def _begin(self, image, argv, labels, host_config, ports=None) -> None:
         self.cid = self._call(
             self.api.create_container,
             image,
@@ -519,6 +582,7 @@ class DockerInstance(Instance):
             labels=labels,
             host_config=host_config,
             working_dir=img.WORKDIR,
+            ports=ports,
         )["Id"]
         self.phases["created"] = ct.ns_since(self.t_submit)
         self.step = "attach"
@@ -660,6 +724,8 @@ class DockerInstance(Instance):
             launch.extra.update(
                 container_id=self.cid, name=self.name, cgroup_parent=self.cgroup.rel
             )
+            if self.path:
+                launch.extra["net_path"] = self.path
             return launch
         finally:
             with interrupt.shielded():

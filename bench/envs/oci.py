@@ -154,6 +154,11 @@ class OciEnv(Environment):
             return RunscInstance(name, child, timeout, collect=collect, teardown=teardown)
         return ProcessInstance(name, child, timeout, collect=collect, teardown=teardown)
 
+    def net_path(self) -> str | None:
+        if self.opts["network"] == "none":
+            return "network=none: the container has only its own loopback; use network=host"
+        return None
+
     def _cleanup(self) -> None:
         """This environment's containers (its name prefix) and its own directories."""
         runtime = self.opts["runtime"]

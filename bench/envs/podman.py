@@ -38,6 +38,7 @@ from bench.envs.base import (
     OptionError,
     StartError,
 )
+from bench.envs.docker import net_path_problem, served_port
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
 
@@ -222,7 +223,9 @@ class PodmanEnv(Environment):
             reasons.append(ct.first_line(res.stderr))
         raise RuntimeError("podman: no rlimits work on this host: " + "; ".join(reasons[-1:]))
 
-    def _run_argv(self, name: str, argv: list[str], volume: Path | None) -> list[str]:
+    def _run_argv(
+        self, name: str, argv: list[str], volume: Path | None, port: int | None = None
+    ) -> list[str]:
         o = self.opts
         out = [
             "podman",
@@ -254,7 +257,12 @@ class PodmanEnv(Environment):
             out += ["--volume", f"{volume}:{img.WORKDIR}:rw"]
         elif o["storage"] == "tmpfs":
             out += ["--tmpfs", f"{img.WORKDIR}:rw,mode=1777,size=2g"]
+        if port is not None:  # a server on the bridge: published on the host's loopback
+            out += ["--publish", f"127.0.0.1::{port}"]
         return [*out, self._image_id, *argv]
+
+    def net_path(self) -> str | None:
+        return net_path_problem(self.opts["network"])
 
     @property
     def _driver(self) -> str:
@@ -270,7 +278,8 @@ class PodmanEnv(Environment):
             raise StartError(f"could not make the volume of {name}: {e}") from None
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name), self._layout)
         conmon_cg = cgroup.child("conmon")
-        argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume)
+        port = served_port(inv) if self.opts["network"] == "bridge" else None
+        argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume, port)
         find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
         sampler = ct.HostSideSampler(find, interval=0.02, find_every=0.0)
 
@@ -304,7 +313,10 @@ class PodmanEnv(Environment):
             if isinstance(e, OSError):
                 raise StartError(f"could not run podman for {name}: {e}") from None
             raise
-        return ProcessInstance(name, child, timeout, collect=collect, teardown=teardown)
+        instance = PodmanInstance(name, child, timeout, collect=collect, teardown=teardown)
+        instance.network = self.opts["network"]
+        instance.runsc = self.opts["runtime"] == "runsc"
+        return instance
 
     def _cleanup(self) -> None:
         mine = f"label={ct.ENV_LABEL}={self.ctx.prefix}"
@@ -327,6 +339,42 @@ class PodmanEnv(Environment):
             },
             "bundle": self._bundle.hash if self._bundle else None,
         }
+
+
+class PodmanInstance(ProcessInstance):
+    """A `podman run` whose server a host-side client reaches: loopback on the host
+    network, the port published on 127.0.0.1 on the bridge."""
+
+    network = "none"
+    runsc = False  # runsc runs with --network=host (runtime_argv)
+    path = ""
+
+    def address(self, port: int) -> tuple[str, int]:
+        problem = net_path_problem(self.network)
+        if problem:
+            raise StartError(problem)
+        sandbox = " (runsc --network=host: the kernel's stack, not gVisor's netstack)"
+        sandbox = sandbox if self.runsc else ""
+        if self.network == "host":
+            self.path = f"host network: loopback 127.0.0.1:{port}{sandbox}"
+            return ("127.0.0.1", port)
+        try:
+            res = _podman("port", self.name, f"{port}/tcp", timeout=min(CALL_TIMEOUT_S, 30))
+        except subprocess.TimeoutExpired:
+            raise StartError(f"{self.name}: `podman port` did not answer") from None
+        host, _, host_port = res.stdout.strip().splitlines()[0].rpartition(":") if (
+            res.returncode == 0 and res.stdout.strip()) else ("", "", "")  # fmt: skip
+        if not host_port.isdigit():
+            why = ct.first_line(res.stderr) or "not published"
+            raise StartError(f"{self.name}: port {port}: {why}")
+        self.path = f"bridge + NAT via published port 127.0.0.1:{host_port} -> {port}{sandbox}"
+        return ("127.0.0.1", int(host_port))
+
+    def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
+        launch = super()._end(stopped=stopped, timed_out=timed_out)
+        if self.path:
+            launch.extra["net_path"] = self.path
+        return launch
 
 
 def _minus(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
