@@ -45,6 +45,7 @@
 #include "probe.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -101,12 +102,42 @@ static int io_fail(const char *what, int e, unsigned timeout_s)
     return -1;
 }
 
+/* How long a read or write may wait (ms): the client's --timeout-s, the server's
+ * --idle-s. Besides SO_RCVTIMEO/SO_SNDTIMEO, for sockets that come back non-blocking
+ * whatever was asked (gVisor's hostinet): EAGAIN then waits in poll() this long. */
+static int io_timeout_ms = 10000;
+
+/* After EAGAIN: wait until fd is ready for `events`; 0, or -1 with errno EAGAIN (the
+ * timeout passed) or poll's error. */
+static int wait_io(int fd, short events)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    int pr;
+    while ((pr = poll(&p, 1, io_timeout_ms)) < 0 && errno == EINTR) {
+    }
+    if (pr == 0)
+        errno = EAGAIN;
+    return pr > 0 ? 0 : -1;
+}
+
+/* read() that waits through EAGAIN (at most io_timeout_ms each time). */
+static ssize_t read_wait(int fd, void *buf, size_t n)
+{
+    for (;;) {
+        ssize_t r = read(fd, buf, n);
+        if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            return r;
+        if (wait_io(fd, POLLIN) != 0)
+            return -1;
+    }
+}
+
 /* Read exactly n bytes; 0 on success, -1 with errno (0: EOF). */
 static int read_full(int fd, void *buf, size_t n)
 {
     char *p = buf;
     while (n) {
-        ssize_t r = read(fd, p, n);
+        ssize_t r = read_wait(fd, p, n);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
@@ -126,6 +157,8 @@ static int write_full(int fd, const void *buf, size_t n)
     while (n) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && wait_io(fd, POLLOUT) == 0)
             continue;
         if (w <= 0) {
             if (w == 0)
@@ -178,7 +211,7 @@ static void serve(int fd, char mode, uint64_t connections)
         if (write_full(fd, &b, 1) != 0)
             return;
         while (!stop_server) {
-            ssize_t r = read(fd, &b, 1);
+            ssize_t r = read_wait(fd, &b, 1);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r <= 0)
@@ -193,7 +226,7 @@ static void serve(int fd, char mode, uint64_t connections)
     case 's': {
         uint64_t total = 0;
         while (!stop_server) {
-            ssize_t r = read(fd, buf, sizeof buf);
+            ssize_t r = read_wait(fd, buf, sizeof buf);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r < 0)
@@ -266,6 +299,8 @@ static int run_server(unsigned port, unsigned idle_s, unsigned max_s)
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
+        /* blocking, whatever the listener's flags were (gVisor's hostinet) */
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
         nodelay(fd);
         set_timeouts(fd, idle_s);
         char mode;
@@ -319,7 +354,7 @@ static int read_usage(const struct client *c, int fd, uint64_t *us)
     char line[128];
     size_t got = 0;
     while (got < sizeof line - 1) {
-        ssize_t r = read(fd, line + got, 1);
+        ssize_t r = read_wait(fd, line + got, 1);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -457,7 +492,7 @@ static int crr_one(const struct client *c)
     if (read_full(fd, b, 1) != 0)
         rc = io_fail("receive", errno, c->timeout_s);
     else {
-        ssize_t r = read(fd, b, 1); /* the server closes first: EOF */
+        ssize_t r = read_wait(fd, b, 1); /* the server closes first: EOF */
         if (r != 0)
             rc = io_fail("waiting for the server's close", r < 0 ? errno : EPROTO, c->timeout_s);
     }
@@ -556,7 +591,7 @@ static int op_s2c(const struct client *c, struct window *w)
     w->client_us = cpu_us_self();
     uint64_t start = probe_now_ns(), t = start;
     while (t - start < c->window_ns) {
-        ssize_t r = read(fd, buf, sizeof buf);
+        ssize_t r = read_wait(fd, buf, sizeof buf);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
@@ -693,10 +728,12 @@ int main(int argc, char **argv)
     if (server) {
         if (!port)
             probe_die_usage(&a, "--server needs --port P");
+        io_timeout_ms = (int)(idle_s * 1000);
         return run_server(port, idle_s, max_s);
     }
     if (a.min_ms == 0)
         probe_die_usage(&a, "--min-ms must be at least 1 for the net probe");
+    io_timeout_ms = (int)(timeout_s * 1000);
     probe_ready();
     return run_client(&a, client, timeout_s);
 }
