@@ -278,6 +278,12 @@ class StandIn:
             return self._after_sigterm(key)
         if not pause(d.run):
             return self._after_sigterm(key)
+        if probe == "startup" and argv[1:] not in ([], ["--help"]):
+            # the startup probe's own argv check (workloads/startup.c): `ready`, then 2
+            self._log(key, "startup: takes no arguments")
+            self._terminate(key, 2, "Error", None, phase="Failed")
+            term.wait()
+            return self._finish_delete(key)
         op = argv[argv.index("--op") + 1] if "--op" in argv[:-1] else "-"
         for line in self.outputs.get(probe, [nothing_ran(probe, op)] if probe != "startup" else []):
             self._log(key, line)

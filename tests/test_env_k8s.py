@@ -308,6 +308,15 @@ def test_a_probe_that_cannot_start_fails_with_its_exit_code(api, make_env):
     assert _pods(api) == []
 
 
+def test_a_probe_that_fails_after_ready_keeps_its_exit_code(api, make_env):
+    env = make_env(api)
+    launch = env.launch(Invocation("startup", "startup", ("--no-such-flag",)), timeout=20)
+    assert launch.status == "failed" and launch.exit_code == 2
+    assert launch.reason.startswith("exited with status 2") and "ready" in launch.phases
+    assert launch.extra["stray_lines"] == ["startup: takes no arguments"]  # the log mixes both
+    assert _pods(api) == []
+
+
 def test_an_image_that_cannot_be_pulled_times_out_and_is_removed(make_env):
     with StandIn(pull_fails={f"{IMAGE}:{BUNDLE.hash}"}) as api:
         env = make_env(api)
