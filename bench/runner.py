@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import analysis, density, interrupt, provenance, stats
+from bench import analysis, density, interrupt, netbench, provenance, stats
 from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
@@ -438,8 +438,9 @@ class Runner:
         return "complete"
 
     def _held(self, cell: Cell) -> bool:
-        """A cell measured on held instances (density), not by launching a probe."""
-        return self.workloads[cell.workload].family == "density"
+        """A cell measured on held instances (density, the net server), not by launching
+        a probe to completion."""
+        return self.workloads[cell.workload].family in ("density", "net")
 
     def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
         """Launch the cells of one environment (one instance for the whole group when the
@@ -458,12 +459,20 @@ class Runner:
         if not act.ok or act.env is None:
             fail = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
             launches = [fail] * len(group)
-        elif self._held(group[0]):
+        elif self.workloads[group[0].workload].family == "density":
             w = self.workloads[group[0].workload]
             levels = w.levels(quick=self.m.quick, guest=act.env.one_instance_per_round)
             bases[0]["args"] = "levels=" + ",".join(map(str, levels))
             launches = [density.run_round(act.env, levels, self.m.timeout,
                                           self.m.memory_reserve, self.log)]  # fmt: skip
+        elif self._held(group[0]):  # the net server held, the client on the host
+            inv = self.workloads[group[0].workload].invocation(quick=self.m.quick,
+                                                               emulated=emulated)  # fmt: skip
+            bases[0]["args"] = " ".join(inv.args)
+            launch = netbench.run_round(act.env, self.bundle, inv.args, self.m.timeout, self.log)
+            if launch.extra.get("net_path"):
+                self.manifest["environments"][act.spec.label]["net_path"] = launch.extra["net_path"]
+            launches = [launch]
         else:
             invs = [
                 self.workloads[c.workload].invocation(quick=self.m.quick, emulated=emulated)

@@ -16,7 +16,7 @@ import pytest
 from bench import netbench
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Invocation
-from bench.envs.docker import net_path_problem, served_port
+from bench.envs.containers import net_path_problem, network_of, served_port
 from bench.envs.namespaces import VETH_PREFIX, free_slash30, veth_names
 
 QUICK = ["--min-ms", "100"]
@@ -57,6 +57,10 @@ def test_served_port_and_paths():
     assert served_port(Invocation("hold", "hold")) is None
     assert "network=none" in net_path_problem("none")
     assert net_path_problem("bridge") is None and net_path_problem("host") is None
+    server = Invocation("net", "net", ("--server", "--port", "4321"))
+    assert network_of({"network": "none"}, {}, server) == "bridge"  # docker run's default
+    assert network_of({"network": "none"}, {}, Invocation("hold", "hold")) == "none"
+    assert network_of({"network": "none"}, {"network": "none"}, server) == "none"
 
 
 def test_veth_names_fit_the_kernel_limit_and_the_slash30_avoids_taken_networks():

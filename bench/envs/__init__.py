@@ -6,6 +6,7 @@ from bench.envs.base import Environment
 from bench.envs.cri import CriEnv
 from bench.envs.docker import DockerEnv
 from bench.envs.host import HostEnv
+from bench.envs.k8s import K8sEnv
 from bench.envs.libvirt import LibvirtEnv
 from bench.envs.namespaces import NamespacesEnv
 from bench.envs.oci import OciEnv
@@ -21,4 +22,5 @@ REGISTRY: dict[str, type[Environment]] = {
     "libvirt": LibvirtEnv,
     "qemu": QemuEnv,
     "cri": CriEnv,
+    "k8s": K8sEnv,
 }

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from bench.envs.base import Availability, CpuSet, MemorySize, Option
+from bench.envs.base import Availability, CpuSet, Invocation, MemorySize, Option
 from bench.metrics import cgroup as cg
 
 SAMPLE_INTERVAL_S = 0.05
@@ -325,3 +325,35 @@ def host_rlimits() -> dict[str, tuple[int, int]]:
         _, hard = resource.getrlimit(which)
         out[name] = (hard, hard)
     return out
+
+
+# ---------------------------------------------------------------- network
+
+
+def served_port(inv: Invocation) -> int | None:
+    """Pure: the port a server invocation listens on (`--server ... --port P`), which a
+    bridge network publishes; None for every other invocation."""
+    args = list(inv.args)
+    if "--server" in args and "--port" in args and args.index("--port") + 1 < len(args):
+        with contextlib.suppress(ValueError):
+            return int(args[args.index("--port") + 1])
+    return None
+
+
+def network_of(opts: dict[str, Any], config: dict[str, Any], inv: Invocation) -> str:
+    """The network an instance gets: the `network` option when the spec gives it; else
+    none for a probe (no interface to set up: nothing to measure there) and bridge for a
+    server the host must reach (what `docker run` and `podman run` give by default)."""
+    if config.get("network") is not None:
+        return opts["network"]
+    return "bridge" if served_port(inv) is not None else "none"
+
+
+def net_path_problem(network: str) -> str | None:
+    """Pure: why a host-side client cannot reach a server on `network` (None: it can)."""
+    if network == "none":
+        return (
+            "network=none gives the container no interface but loopback: "
+            "use network=bridge or network=host"
+        )
+    return None

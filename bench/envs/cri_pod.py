@@ -11,19 +11,15 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import cri_daemon as dmn
-from bench.envs.base import Instance, Invocation, Launch, StartError, conclude
+from bench.envs.base import Environment, Instance, Invocation, Launch, StartError, conclude
 from bench.envs.cri_client import CALL_S, Client, CriError, mono_offset, parse_cri_log, socket_path
 from bench.envs.image import WORKDIR, probe_path
 from bench.metrics.cgroup import CFS_PERIOD_US, Cgroup, CgroupError, Layout
 from bench.probeio import is_ready, parse_lines
-
-if TYPE_CHECKING:
-    from bench.envs.cri import CriEnv
 
 KILL_CALL_S = 5.0
 POLL_S = 0.005  # log and status polling while waiting for `ready` / exit
@@ -40,7 +36,7 @@ class _Pod:
     removes what it made and raises StartError, except a deadline: that gives an
     instance already ended with status timeout (a hung runtime is a launch's verdict)."""
 
-    def __init__(self, env: CriEnv, inv: Invocation, timeout: float):
+    def __init__(self, env: Environment, inv: Invocation, timeout: float):  # a CriEnv
         self.env = env
         self.cl: Client = env._client
         self.inv = inv

@@ -210,26 +210,6 @@ def _force_remove(api, cid: str, hung: bool = False) -> None:
     ct.kill_carriers(cid)
 
 
-def served_port(inv: Invocation) -> int | None:
-    """Pure: the port a server invocation listens on (`--server ... --port P`), which a
-    bridge network publishes; None for every other invocation."""
-    args = list(inv.args)
-    if "--server" in args and "--port" in args and args.index("--port") + 1 < len(args):
-        with contextlib.suppress(ValueError):
-            return int(args[args.index("--port") + 1])
-    return None
-
-
-def net_path_problem(network: str) -> str | None:
-    """Pure: why a host-side client cannot reach an instance on `network` (None: it can)."""
-    if network == "none":
-        return (
-            "network=none gives the container no interface but loopback: "
-            "use network=bridge or network=host"
-        )
-    return None
-
-
 # ---------------------------------------------------------------- the environment
 
 
@@ -387,12 +367,12 @@ class DockerEnv(Environment):
         self._image = img.ensure_docker_image(self.cl, bundle, self.ctx.cache)
 
     def _host_config(
-        self, name: str, volume: Path | None, port: int | None = None
+        self, name: str, volume: Path | None, network: str, port: int | None = None
     ) -> dict[str, Any]:
         o = self.opts
         kwargs: dict[str, Any] = {
             "runtime": o["runtime"],
-            "network_mode": o["network"],
+            "network_mode": network,
             "cgroup_parent": ct.cgroup_parent_arg(self._driver, name),
         }
         if port is not None:  # a server on the bridge: published on the host's loopback
@@ -425,15 +405,15 @@ class DockerEnv(Environment):
             raise StartError(f"could not make the volume of {name}: {e}") from None
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name), self._layout)
         instance = DockerInstance(self.cl.api, name, timeout, cgroup, volume)
-        instance.network = self.opts["network"]
+        instance.network = ct.network_of(self.opts, self.config, inv)
         instance.runsc = Path(self._runtime_spec().get("path", "")).name == "runsc"
-        port = served_port(inv) if instance.network == "bridge" else None
+        port = ct.served_port(inv) if instance.network == "bridge" else None
         try:
             instance.begin(
                 image=self._image.id,
                 argv=inv.argv(img.probe_path(inv.probe), STORAGE_TARGET),
                 labels=ct.labels(self.ctx),
-                host_config=self._host_config(name, volume, port),
+                host_config=self._host_config(name, volume, instance.network, port),
                 ports=[port] if port is not None else None,
             )
         except BaseException:  # Ctrl-C mid-start: remove what was made, then re-raise
@@ -446,7 +426,8 @@ class DockerEnv(Environment):
         return (self._info.get("Runtimes") or {}).get(runtime) or {"path": runtime}
 
     def net_path(self) -> str | None:
-        return net_path_problem(self.opts["network"])
+        given = self.config.get("network") is not None  # else a server gets the bridge
+        return ct.net_path_problem(self.opts["network"] if given else "bridge")
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.ctx.scratch / ct.VOLUMES, ignore_errors=True)
@@ -536,7 +517,7 @@ class DockerInstance(Instance):
     def address(self, port: int) -> tuple[str, int]:
         """network=host: loopback; bridge: the port published on 127.0.0.1 (the daemon's
         userland proxy for loopback, its NAT rules otherwise)."""
-        problem = net_path_problem(self.network)
+        problem = ct.net_path_problem(self.network)
         if problem or self.cid is None:
             raise StartError(problem or f"{self.name}: no container")
         sandbox = (

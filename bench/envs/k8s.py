@@ -320,6 +320,12 @@ class K8sEnv(Environment):
         return facts
 
     @classmethod
+    def variants(cls) -> list[str]:
+        """--all runs k8s only where a kubeconfig is found (and then needs `image` too:
+        the run says so); a host without a cluster is not asked about one."""
+        return [] if kubeconfig_problem(None) else [cls.kind]
+
+    @classmethod
     def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         """Pods and namespaces labelled isobench=1 in the configured cluster (none looked
         for without a kubeconfig); an unreachable cluster raises (clean says so)."""

@@ -38,7 +38,6 @@ from bench.envs.base import (
     OptionError,
     StartError,
 )
-from bench.envs.docker import net_path_problem, served_port
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
 
@@ -224,7 +223,12 @@ class PodmanEnv(Environment):
         raise RuntimeError("podman: no rlimits work on this host: " + "; ".join(reasons[-1:]))
 
     def _run_argv(
-        self, name: str, argv: list[str], volume: Path | None, port: int | None = None
+        self,
+        name: str,
+        argv: list[str],
+        volume: Path | None,
+        network: str,
+        port: int | None = None,
     ) -> list[str]:
         o = self.opts
         out = [
@@ -238,7 +242,7 @@ class PodmanEnv(Environment):
             "--cgroup-parent",
             ct.cgroup_parent_arg(self._driver, name),
             "--network",
-            o["network"],
+            network,
             "--workdir",
             img.WORKDIR,
             "--log-driver",
@@ -262,7 +266,8 @@ class PodmanEnv(Environment):
         return [*out, self._image_id, *argv]
 
     def net_path(self) -> str | None:
-        return net_path_problem(self.opts["network"])
+        given = self.config.get("network") is not None  # else a server gets the bridge
+        return ct.net_path_problem(self.opts["network"] if given else "bridge")
 
     @property
     def _driver(self) -> str:
@@ -278,8 +283,11 @@ class PodmanEnv(Environment):
             raise StartError(f"could not make the volume of {name}: {e}") from None
         cgroup = ct.LaunchCgroup(ct.parent_rel_path(self._driver, name), self._layout)
         conmon_cg = cgroup.child("conmon")
-        port = served_port(inv) if self.opts["network"] == "bridge" else None
-        argv = self._run_argv(name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume, port)
+        network = ct.network_of(self.opts, self.config, inv)
+        port = ct.served_port(inv) if network == "bridge" else None
+        argv = self._run_argv(
+            name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume, network, port
+        )
         find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
         sampler = ct.HostSideSampler(find, interval=0.02, find_every=0.0)
 
@@ -314,7 +322,7 @@ class PodmanEnv(Environment):
                 raise StartError(f"could not run podman for {name}: {e}") from None
             raise
         instance = PodmanInstance(name, child, timeout, collect=collect, teardown=teardown)
-        instance.network = self.opts["network"]
+        instance.network = network
         instance.runsc = self.opts["runtime"] == "runsc"
         return instance
 
@@ -350,7 +358,7 @@ class PodmanInstance(ProcessInstance):
     path = ""
 
     def address(self, port: int) -> tuple[str, int]:
-        problem = net_path_problem(self.network)
+        problem = ct.net_path_problem(self.network)
         if problem:
             raise StartError(problem)
         sandbox = " (runsc --network=host: the kernel's stack, not gVisor's netstack)"
