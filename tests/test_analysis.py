@@ -113,6 +113,18 @@ def test_page_cache_reads_are_flagged():
     assert "page-cache speed" in vm["flags"][0] and vm["ratio"] is None
 
 
+def test_a_density_figure_is_not_taken_for_a_counter_or_a_page_cache_read():
+    """density's MemAvailable drop per instance can be negative (noise), and its notes
+    speak of the page cache settling: neither is the io probe's or a counter's flag."""
+    note = "MemAvailable read after the page cache settled"
+    df = pd.DataFrame(samples("host", [-0.5, 0.2, 0.1], workload="density", op="n04",
+                              metric="mem_system_mib", note=note)
+                      + samples("vm", [9.0, 9.5, 9.2], workload="density", op="n04",
+                                metric="mem_system_mib", note=note))  # fmt: skip
+    rows = analysis.summarize_run(df, MANIFEST)
+    assert not any(r["flags"] for r in rows)
+
+
 def test_noisy_ops_have_no_precision_target():
     manifest = {**MANIFEST, "catalog": {"syscall": {"noisy": ["fork"]},
                                         "startup": {"precision_floor": 0.1}}}  # fmt: skip
