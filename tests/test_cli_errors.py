@@ -148,3 +148,20 @@ def test_the_example_matrix_has_every_key_and_passes_the_input_checks():
     for cls in REGISTRY.values():
         for option in cls.options:
             assert f"`{option}" in readme, (cls.kind, option)
+
+
+@pytest.mark.requires("docker")
+def test_image_push_says_in_one_line_why_it_could_not_push_and_keeps_no_tag():
+    """No registry can be reached from here: the push to a closed port fails with the
+    daemon's reason, exit 2, and the tag made for it is removed."""
+    import docker
+
+    res = isobench("image", "push", "localhost:1/isobench-probes")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "localhost:1/isobench-probes:" in lines[0], res.stderr
+    assert "connection refused" in lines[0]
+    tags = [t for i in docker.from_env().images.list() for t in i.tags]
+    assert not [t for t in tags if t.startswith("localhost:1/")]
+    bad = isobench("image", "push", "Bad Name!")
+    assert bad.returncode == 2 and "not a repository name" in bad.stderr
