@@ -56,7 +56,7 @@ def figure_flags(
         why = (
             "cgroup v1 keeps no I/O counts of a container's cgroup once the runtime removes "
             "it at exit (and charges buffered writeback elsewhere)"
-            if not Layout(layout or "v2").keeps_removed_child_io
+            if not Layout(layout or "v2").keeps_removed_child_io  # "" (unknown): as v2
             else "the cgroup accounted no writes"
         )
         flags.append(f"{metric} is 0 under {env} although the io probe wrote data: {why}")

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import bench
-from bench.metrics.cgroup import detect_layout
+from bench.metrics.cgroup import Layout
 
 COMPARABLE = ("cpu_model", "kernel", "cpu_count", "cgroup_layout")  # differ -> warn
 
@@ -65,7 +65,7 @@ def host_facts() -> dict:
         "cpu_count": os.cpu_count(),
         "memory_gib": round(mem / 2**30, 1),
         "virtualization": virtualization(),
-        "cgroup_layout": detect_layout(),
+        "cgroup_layout": Layout.detect().name,
         "mitigations": mitigations(),
         "cmdline": _read("/proc/cmdline"),
         "python": platform.python_version(),
