@@ -542,6 +542,250 @@ def footprint_rows(df, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# -- density (issue 14) -----------------------------------------------------------------------
+DENSITY_CHARTS = (  # (metric, title): one line per environment against N
+    ("mem_accounted_mib", "memory per instance, accounted (cgroup + carriers)"),
+    ("mem_system_mib", "memory per instance, system-wide (MemAvailable drop / N)"),
+    ("start_ms", "start of one more instance with N held"),
+)
+DENSITY_TABLE = ("mem_accounted_mib", "mem_system_mib", "mem_cgroup_mib", "mem_carriers_mib",
+                 "start_ms", "stop_ms", "idle_cpu_ms_per_s",
+                 "cgroup_idle_cpu_ms_per_s")  # fmt: skip
+DISAGREE_NOTE = "memory sources disagree"
+NO_NOTES = {"rounds": 0, "disagree": 0, "disagree_min": None, "disagree_max": None,
+            "example": "", "other": [], "guest": []}  # fmt: skip
+LOG_SPAN = 20  # a line chart gets a log axis where its values span more than this
+
+
+def level_n(op: str) -> int | None:
+    """The level's N from its op (`n08` -> 8); None for anything else."""
+    m = re.fullmatch(r"n(\d+)", op)
+    return int(m.group(1)) if m else None
+
+
+def figure(r: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """One summary row cut to what a section cell shows: value, CI, ratio, verdict."""
+    sig = bool(r["significant"]) and finding(r)
+    return {
+        "median": r["median"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"],
+        "unit": r["unit"], "better": r.get("better", "lower"),
+        "ratio": r["ratio"], "ratio_ci_low": r["ratio_ci_low"],
+        "ratio_ci_high": r["ratio_ci_high"], "p_adjusted": r["p_adjusted"],
+        "significant": sig, "worse": bool(sig and cost(r, r.get("better", "lower"))[0] > 1),
+        "words": analysis.verdict(r) if sig else "", "flags": r.get("flags") or [],
+        "no_ratio": "baseline" if r["env"] == baseline else (
+            "flagged: no ratio" if r.get("flags") else r.get("note") or "–"),
+    }  # fmt: skip
+
+
+def log_axis(lines: list[list[tuple]]) -> bool:
+    """A log axis where every drawn value (CI ends too) is positive and the medians span
+    more than LOG_SPAN times."""
+    pts = [p for line in lines for p in line]
+    meds = [p[1] for p in pts if p[1] is not None]
+    drawn = meds + [x for p in pts for x in (p[2], p[3]) if x is not None]
+    return bool(meds) and min(drawn) > 0 and max(meds) / min(meds) > LOG_SPAN
+
+
+def level_notes(data, env: str) -> dict[int, dict[str, Any]]:
+    """Per level of one environment: how many measured rounds carry the two-sources
+    disagreement note (and its range of %), what a guest's memory figure means, and the
+    other notes (those differing only in their numbers merged)."""
+    sub = data[(data["env"] == env) & (data["workload"] == "density")]
+    out: dict[int, dict[str, Any]] = {}
+    for op, g in sub.groupby("op"):
+        n = level_n(str(op))
+        if n is None:
+            continue
+        per_round = g.groupby("round")["note"].first().fillna("")
+        disagree, pct, other, guest = 0, [], [], []
+        for note in per_round:
+            parts = [p.strip() for p in str(note).split("; ") if p.strip()]
+            hits = [p for p in parts if p.startswith(DISAGREE_NOTE)]
+            disagree += bool(hits)
+            pct += [float(x) for p in hits for x in re.findall(r"by (\d+(?:\.\d+)?)%", p)]
+            other += [p for p in parts if not p.startswith((DISAGREE_NOTE, "guest:"))]
+            guest += [p for p in parts if p.startswith("guest:")]
+        out[n] = {"rounds": len(per_round), "disagree": disagree,
+                  "disagree_min": min(pct) if pct else None,
+                  "disagree_max": max(pct) if pct else None,
+                  "example": next((p for note in per_round for p in str(note).split("; ")
+                                   if p.startswith(DISAGREE_NOTE)), ""),
+                  "other": merge_similar(other), "guest": sorted(set(guest))}  # fmt: skip
+    return out
+
+
+def env_noun(label: str, e: dict[str, Any]) -> str:
+    """How the headline names one instance of an environment."""
+    kind = e.get("kind") or ""
+    runtime = (e.get("runtime") or {}).get("name") if isinstance(e.get("runtime"), dict) else None
+    if kind in ("libvirt", "qemu"):
+        return f"a {label} guest" + (" (emulated)" if e.get("emulated") else "")
+    if kind in ("docker", "podman", "oci", "cri", "k8s"):
+        named = f" ({runtime})" if runtime and runtime not in label else ""
+        return f"a {label} container{named}"
+    if kind == "host":
+        return f"a bare process on {label}" if label != "host" else "a bare host process"
+    return f"a {label} instance"
+
+
+def with_ci(p: dict[str, Any], unit: str) -> str:
+    """`median unit [low, high]`, all three in one readable unit."""
+    med, ci, u = fmt_ci(p["median"], p["ci_low"], p["ci_high"], unit)
+    return f"{med} {u} {ci}"
+
+
+def density_headline(lines: dict[str, dict[str, list]], described: dict[str, Any]) -> list[dict]:
+    """The claim as measured, per environment: accounted memory per instance at its largest
+    level (system-wide beside it), and the start of one more at the largest level against
+    the smallest. Built from the figures only."""
+    out = []
+    for env, by_metric in lines.items():
+        e = described.get(env, {})
+        mem = by_metric.get("mem_accounted_mib") or []
+        sysm = {p["n"]: p for p in by_metric.get("mem_system_mib") or []}
+        start = by_metric.get("start_ms") or []
+        parts = []
+        if mem:
+            top = mem[-1]
+            text = (f"{env_noun(env, e)} costs the host {with_ci(top, 'MiB')} per instance with "
+                    f"{top['n']} held (accounted)")  # fmt: skip
+            if top["n"] in sysm:
+                text += f"; system-wide {with_ci(sysm[top['n']], 'MiB')}"
+            parts.append(text)
+        if len(start) >= 2:
+            lo, hi = start[0], start[-1]
+            parts.append(f"with {hi['n']} held, one more starts in {with_ci(hi, 'ms')} vs "
+                         f"{with_ci(lo, 'ms')} with {lo['n']} held")  # fmt: skip
+        elif start:
+            parts.append(f"with {start[0]['n']} held, one more starts in {with_ci(start[0], 'ms')}")
+        if parts:
+            out.append({"env": env, "emulated": bool(e.get("emulated")), "text": "; ".join(parts)})
+    return out
+
+
+def density(rows, data, manifest: dict[str, Any], envs: list[str]) -> dict[str, Any] | None:
+    """The density section, or None when the run has no density figures: per environment
+    and level the figures (both memory sources side by side), line charts against N with
+    CI bands, the notes where the two memory sources disagree, and the headline."""
+    baseline = (manifest.get("matrix") or {}).get("baseline", "host")
+    described = manifest.get("environments") or {}
+    got = [r for r in rows if r["workload"] == "density" and level_n(r["op"]) is not None]
+    if not got:
+        return None
+    order = [e for e in envs if any(r["env"] == e for r in got)]
+    idx = {(r["env"], level_n(r["op"]), r["metric"]): r for r in got}
+    emulated = lambda env: bool(described.get(env, {}).get("emulated"))  # noqa: E731
+    lines: dict[str, dict[str, list]] = {}
+    table = []
+    for env in order:
+        levels = sorted({n for (e, n, _) in idx if e == env})
+        notes = level_notes(data, env) if len(data) else {}
+        for n in levels:
+            cells = {m: figure(idx[(env, n, m)], baseline) for m in DENSITY_TABLE
+                     if (env, n, m) in idx}  # fmt: skip
+            table.append({"env": env, "n": n, "emulated": emulated(env), "cells": cells,
+                          "notes": notes.get(n) or dict(NO_NOTES)})  # fmt: skip
+            for m, c in cells.items():
+                lines.setdefault(env, {}).setdefault(m, []).append(
+                    {"n": n, "median": c["median"], "ci_low": c["ci_low"],
+                     "ci_high": c["ci_high"], "count": c["n"]})  # fmt: skip
+    charts = []
+    for metric, title in DENSITY_CHARTS:
+        series = [{"env": env, "emulated": emulated(env), "points": lines[env][metric]}
+                  for env in order if metric in lines.get(env, {})]  # fmt: skip
+        if not series:
+            continue
+        tuples = [[(p["n"], p["median"], p["ci_low"], p["ci_high"]) for p in s["points"]]
+                  for s in series]  # fmt: skip
+        charts.append({"id": f"d{len(charts)}", "metric": metric, "title": title,
+                       "unit": "ms" if metric.endswith("_ms") else "MiB",
+                       "log": log_axis(tuples), "series": series})  # fmt: skip
+    guest_notes = sorted({g for t in table for g in t["notes"]["guest"]})
+    return {
+        "envs": order, "levels": sorted({t["n"] for t in table}), "table": table,
+        "charts": charts, "headline": density_headline(lines, described),
+        "disagree": any(t["notes"].get("disagree") for t in table),
+        "guest_notes": guest_notes,
+    }  # fmt: skip
+
+
+# -- network (issue 15) -----------------------------------------------------------------------
+NET_FIGURES = (  # (op, metric, words): the rows of the network table, in reading order
+    ("tcp_rr", "p50_us", "round trip p50"),
+    ("tcp_rr", "p99_us", "round trip p99"),
+    ("tcp_rr", "trans_per_s", "transactions/s"),
+    ("tcp_crr", "conn_per_s", "connections/s (connect + RR + close)"),
+    ("tcp_stream_c2s", "mb_per_s", "stream client → server"),
+    ("tcp_stream_s2c", "mb_per_s", "stream server → client"),
+    ("tcp_rr", "client_cpu_us_per_trans", "client CPU per transaction"),
+    ("tcp_rr", "server_cpu_us_per_trans", "server process CPU per transaction"),
+    ("tcp_rr", "server_cgroup_cpu_us_per_trans", "server cgroup CPU per transaction"),
+    ("tcp_crr", "client_cpu_us_per_trans", "client CPU per connection"),
+    ("tcp_crr", "server_cpu_us_per_trans", "server process CPU per connection"),
+    ("tcp_crr", "server_cgroup_cpu_us_per_trans", "server cgroup CPU per connection"),
+    ("tcp_stream_c2s", "client_cpu_ms_per_mb", "client CPU per MB, client → server"),
+    ("tcp_stream_c2s", "server_cpu_ms_per_mb", "server process CPU per MB, client → server"),
+    ("tcp_stream_c2s", "server_cgroup_cpu_ms_per_mb", "server cgroup CPU per MB, client → server"),
+    ("tcp_stream_s2c", "client_cpu_ms_per_mb", "client CPU per MB, server → client"),
+    ("tcp_stream_s2c", "server_cpu_ms_per_mb", "server process CPU per MB, server → client"),
+    ("tcp_stream_s2c", "server_cgroup_cpu_ms_per_mb", "server cgroup CPU per MB, server → client"),
+)
+NET_CHARTS = (  # (id, title, [(op, metric, legend)])
+    ("latency", "tcp_rr round trip (1-byte request/response)",
+     [("tcp_rr", "p50_us", "p50"), ("tcp_rr", "p99_us", "p99")]),
+    ("throughput", "tcp_stream throughput",
+     [("tcp_stream_c2s", "mb_per_s", "client → server"),
+      ("tcp_stream_s2c", "mb_per_s", "server → client")]),
+    ("rates", "request/response and connection rates",
+     [("tcp_rr", "trans_per_s", "tcp_rr transactions/s"),
+      ("tcp_crr", "conn_per_s", "tcp_crr connections/s")]),
+    ("cpu", "CPU per tcp_rr transaction",
+     [("tcp_rr", "client_cpu_us_per_trans", "client"),
+      ("tcp_rr", "server_cpu_us_per_trans", "server process"),
+      ("tcp_rr", "server_cgroup_cpu_us_per_trans", "server cgroup")]),
+)  # fmt: skip
+
+
+def network(rows, manifest: dict[str, Any], envs: list[str]) -> dict[str, Any] | None:
+    """The network section, or None when the run has no net figures: per environment the
+    path its server was reached by (from the manifest), and per figure the median with its
+    CI, the ratio to the baseline with its CI and the verdict; grouped charts."""
+    baseline = (manifest.get("matrix") or {}).get("baseline", "host")
+    described = manifest.get("environments") or {}
+    got = {(r["env"], r["op"], r["metric"]): r for r in rows if r["workload"] == "net"}
+    if not got:
+        return None
+    order = [e for e in envs if any(k[0] == e for k in got)]
+    env_rows = [{"env": e, "emulated": bool(described.get(e, {}).get("emulated")),
+                 "path": described.get(e, {}).get("net_path") or "not recorded"}
+                for e in order]  # fmt: skip
+    figures = []
+    for op, metric, words in NET_FIGURES:
+        cells = {e: figure(got[(e, op, metric)], baseline) for e in order if (e, op, metric) in got}
+        if cells:
+            unit = next(iter(cells.values()))["unit"]
+            figures.append({"op": op, "metric": metric, "words": words, "unit": unit,
+                            "better": better(catalog_of(manifest), "net", metric),
+                            "cells": cells})  # fmt: skip
+    charts = []
+    for cid, title, parts in NET_CHARTS:
+        series = []
+        for op, metric, legend in parts:
+            pts = [{"env": e, **figure(got[(e, op, metric)], baseline)}
+                   for e in order if (e, op, metric) in got]  # fmt: skip
+            if pts:
+                series.append({"name": legend, "op": op, "metric": metric, "points": pts})
+        if not series:
+            continue
+        meds = [p["median"] for s in series for p in s["points"]]
+        lows = [p["ci_low"] for s in series for p in s["points"]]
+        charts.append({"id": f"n{cid}", "title": title, "unit": series[0]["points"][0]["unit"],
+                       "better": better(catalog_of(manifest), "net", series[0]["metric"]),
+                       "log": wide(meds, lows), "envs": order, "series": series})  # fmt: skip
+    return {"baseline": baseline, "envs": env_rows, "figures": figures, "charts": charts}
+
+
 # -- the whole model ---------------------------------------------------------------------
 def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]:
     cat = catalog_of(manifest)
@@ -567,6 +811,8 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
         "charts": charts(main, data, cat, envs_in) if len(data) else [],
         "startup": startup(main, envs_in),
         "footprint": footprint(foot, envs),
+        "density": density(main, data, manifest, envs_in) if len(df) else None,
+        "network": network(main, manifest, envs_in),
         "summary": summary(main, envs, baseline),
         "provenance": prov,
         "warnings": warnings(manifest, df, main, prov),

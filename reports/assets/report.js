@@ -338,6 +338,96 @@
     });
   }
 
+  /* density: per environment a line of medians against N held (a log2 axis of N) and its
+     95% CI as a band: one polygon drawn by the item at index 0 from all of the series'
+     points, so the axes' extents hold every CI end */
+  function band(pts, col) {
+    return function (params, api) {
+      if (params.dataIndex !== 0) return null;
+      var ok = pts.filter(function (p) { return p[1] != null && p[2] != null && isFinite(p[1]) && isFinite(p[2]); });
+      if (ok.length < 2) return null;
+      var upper = ok.map(function (p) { return api.coord([p[0], p[2]]); });
+      var lower = ok.slice().reverse().map(function (p) { return api.coord([p[0], p[1]]); });
+      return { type: "polygon", shape: { points: upper.concat(lower) }, style: { fill: col, opacity: 0.18 } };
+    };
+  }
+  function scaled(x, f) { return x == null ? null : x * f; }
+  function densityChart(el, c) {
+    var meds = [], ns = [];
+    c.series.forEach(function (s) {
+      s.points.forEach(function (p) { meds.push(p.median); if (ns.indexOf(p.n) < 0) ns.push(p.n); });
+    });
+    var sc = timeScale(meds, c.unit), f = sc.f;
+    var nmin = Math.min.apply(null, ns), nmax = Math.max.apply(null, ns);
+    if (nmin === nmax) { nmin = Math.max(1, nmin / 2); nmax = nmax * 2; }
+    var series = [], names = [];
+    c.series.forEach(function (s, i) {
+      var name = s.env + (s.emulated ? " (emulated)" : ""), col = color(i);
+      names.push(name);
+      var pts = s.points.map(function (p) {
+        return [p.n, scaled(p.ci_low, f), scaled(p.ci_high, f)];
+      });
+      series.push({ type: "custom", name: name, silent: true, z: 1, itemStyle: { color: col },
+        renderItem: band(pts, col), encode: { x: 0, y: [1, 2] }, data: pts });
+      series.push({ type: "line", name: name, z: 3, symbol: "circle", symbolSize: 7,
+        itemStyle: { color: col }, lineStyle: { color: col, width: 2 },
+        data: s.points.map(function (p) { return { value: [p.n, p.median * f], point: p, env: s.env }; }) });
+    });
+    mount(el, {
+      legend: { top: 0, data: names, type: "scroll" },
+      grid: { left: 64, right: 24, top: 34, bottom: 40 },
+      tooltip: { trigger: "item", confine: true, formatter: function (p) {
+        var q = p.data && p.data.point;
+        if (!q) return "";
+        return "<b>" + esc(p.data.env) + "</b>" + (EMULATED[p.data.env] ? " (emulated)" : "") + "<br>N = " +
+          esc(q.n) + " held<br>" + esc(c.metric) + ": " + esc(fmt(q.median * f)) + " " + esc(sc.unit) +
+          " [" + esc(fmt(scaled(q.ci_low, f))) + ", " + esc(fmt(scaled(q.ci_high, f))) + "]; rounds = " + esc(q.count);
+      } },
+      xAxis: { type: "log", logBase: 2, min: nmin, max: nmax, name: "N held", nameLocation: "middle", nameGap: 26,
+        axisLabel: { formatter: function (v) { return String(Math.round(v)); } } },
+      yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: c.unit !== "MiB",
+        axisLabel: { formatter: function (v) { return fmt(v); } } },
+      series: series
+    });
+  }
+
+  /* net: per environment the figures of one chart side by side, median and 95% CI */
+  function netChart(el, c) {
+    var envs = c.envs;
+    var meds = [];
+    c.series.forEach(function (s) { s.points.forEach(function (p) { meds.push(p.median); }); });
+    var sc = timeScale(meds, c.unit), f = sc.f;
+    var step = Math.min(22, 120 / Math.max(1, c.series.length));
+    var ax = envAxis(el, envs, 64, 16);
+    var floor = c.log ? logFloor(c.series.reduce(function (a, s) {
+      return a.concat(s.points.map(function (p) { return (p.ci_low > 0 ? p.ci_low : p.median) * f; }));
+    }, [])) : null;
+    mount(el, {
+      legend: { top: 0, data: c.series.map(function (s) { return s.name; }) },
+      grid: { left: 64, right: 16, top: 30, bottom: ax.bottom },
+      tooltip: { trigger: "item", confine: true, extraCssText: "max-width: 360px; white-space: normal;", formatter: function (p) {
+        var r = p.data.row, s = c.series[p.seriesIndex];
+        return "<b>" + esc(r.env) + "</b>" + (EMULATED[r.env] ? " (emulated)" : "") + " · " + esc(s.name) +
+          "<br>median " + esc(fmt(r.median * f)) + " " + esc(sc.unit) + " [" + esc(fmt(scaled(r.ci_low, f))) + ", " +
+          esc(fmt(scaled(r.ci_high, f))) + "]; n = " + esc(r.n) +
+          (r.ratio != null ? "<br>ratio ×" + esc(fmt(r.ratio)) + " [" + esc(fmt(r.ratio_ci_low)) + ", " +
+            esc(fmt(r.ratio_ci_high)) + "] " + (r.significant ? esc(r.words) : "n.s.") : "<br>" + esc(r.no_ratio)) +
+          r.flags.map(function (x) { return "<br>⚠ " + esc(x); }).join("");
+      } },
+      xAxis: { type: "category", data: envs, axisLabel: ax.axisLabel },
+      yAxis: { type: c.log ? "log" : "value", name: sc.unit, min: floor,
+        axisLabel: { formatter: function (v) { return fmt(v); } } },
+      series: c.series.map(function (s, j) {
+        return { type: "custom", name: s.name, itemStyle: { color: color(j) },
+          renderItem: errorBar((j - (c.series.length - 1) / 2) * step, color(j)), encode: { x: 0, y: [1, 2, 3] },
+          data: s.points.map(function (r) {
+            var clip = c.log && !(r.ci_low > 0);
+            return { value: [envs.indexOf(r.env), clip ? floor : scaled(r.ci_low, f), r.median * f, scaled(r.ci_high, f), clip ? 1 : 0], row: r };
+          }) };
+      })
+    });
+  }
+
   /* compare: change % from A to B with its CI per cell; red = regression */
   function forest(el) {
     var C = D.cells.filter(function (c) { return c.change_pct != null; });
@@ -388,6 +478,8 @@
   var byId = {};
   (D.charts || []).forEach(function (c) { byId[c.id] = c; });
   ((D.footprint || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
+  ((D.density || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
+  ((D.network || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
   Array.prototype.forEach.call(document.querySelectorAll("[data-chart]"), function (el) {
     var kind = el.getAttribute("data-chart");
     if (kind === "heatmap") heatmap(el);
@@ -395,6 +487,8 @@
     else if (kind === "op") opChart(el, byId[el.getAttribute("data-id")]);
     else if (kind === "footprint") footprint(el, byId[el.getAttribute("data-id")]);
     else if (kind === "forest") forest(el);
+    else if (kind === "density") densityChart(el, byId[el.getAttribute("data-id")]);
+    else if (kind === "net") netChart(el, byId[el.getAttribute("data-id")]);
   });
 
   var btn = document.getElementById("download-csv");
