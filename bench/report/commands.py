@@ -181,4 +181,39 @@ def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
     click.echo(f"export: {write_output(path, lambda p: export_mod.write(p, data))}")
 
 
+def disk_rows(manifest: dict) -> list[tuple[str, str, str]]:
+    """Pure: the manifest's disk footprints (environments[label]["disk"], recorded once
+    per run) -> (environment, what, MiB or the reason there is no figure) rows."""
+    rows = []
+    for label, env in (manifest.get("environments") or {}).items():
+        disk = env.get("disk")
+        if not disk:
+            continue
+        if disk.get("error"):
+            rows.append((label, "disk footprint", f"not measured: {disk['error']}"))
+        for f in disk.get("figures") or []:
+            value = (f"{f['bytes'] / 2**20:.2f}" if f.get("bytes") is not None
+                     else f"– ({f.get('reason', 'not measured')})")  # fmt: skip
+            rows.append((label, f["what"], value))
+    return rows
+
+
+def print_disk(manifest: dict, console: Console | None = None) -> None:
+    """`summary --footprint`: the disk footprint of each environment, a small table
+    (nothing when the run recorded none). What each figure counts is in the manifest."""
+    rows = disk_rows(manifest)
+    if not rows:
+        return
+    out = console or Console(soft_wrap=True, highlight=False,
+                             width=None if sys.stdout.isatty() else 200)  # fmt: skip
+    t = Table(title=Text("disk footprint (MiB = 2^20 bytes; what each counts: manifest "
+                         "environments.<label>.disk)"))  # fmt: skip
+    t.add_column("environment")
+    t.add_column("what")
+    t.add_column("MiB", justify="right")
+    for row in rows:
+        t.add_row(*(Text(x) for x in row))
+    out.print(t)
+
+
 COMMANDS = (report, compare, notebook, export)
