@@ -710,6 +710,26 @@ def density(rows, data, manifest: dict[str, Any], envs: list[str]) -> dict[str, 
     }  # fmt: skip
 
 
+def disk(manifest: dict[str, Any], envs: list[str]) -> list[dict[str, Any]]:
+    """The disk footprint each environment recorded once per run (environments[label]
+    ["disk"]): its artefacts and what one instance adds, in MiB, each figure with what it
+    counts, or why there is none. Empty when the run recorded none."""
+    described = manifest.get("environments") or {}
+    order = envs + sorted(set(described) - set(envs))
+    out = []
+    for label in order:
+        d = (described.get(label) or {}).get("disk")
+        if not isinstance(d, dict):
+            continue
+        figures = [{"what": f.get("what", "?"), "counts": f.get("counts") or "",
+                    "mib": None if f.get("bytes") is None else f["bytes"] / 2**20,
+                    "reason": f.get("reason") or ""}
+                   for f in d.get("figures") or []]  # fmt: skip
+        out.append({"env": label, "emulated": bool(described[label].get("emulated")),
+                    "error": d.get("error") or "", "figures": figures})  # fmt: skip
+    return out
+
+
 # -- network (issue 15) -----------------------------------------------------------------------
 NET_FIGURES = (  # (op, metric, words): the rows of the network table, in reading order
     ("tcp_rr", "p50_us", "round trip p50"),
@@ -813,6 +833,7 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
         "footprint": footprint(foot, envs),
         "density": density(main, data, manifest, envs_in) if len(df) else None,
         "network": network(main, manifest, envs_in),
+        "disk": disk(manifest, envs),
         "summary": summary(main, envs, baseline),
         "provenance": prov,
         "warnings": warnings(manifest, df, main, prov),
