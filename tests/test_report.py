@@ -304,3 +304,150 @@ def test_a_run_recorded_at_schema_1_still_renders():
     cols = d["samples"]["data"]
     assert d["samples"]["columns"] == list(store.COLUMNS)
     assert set(cols["exit_code"]["num"]) == {None} and cols["stderr_tail"]["dict"] == [""]
+
+
+# -- density and network sections (issues 14, 15) --------------------------------------------
+RUNS = Path(__file__).parent / "data" / "runs"
+
+
+def recorded(name: str) -> tuple[dict, str, dict]:
+    """A recorded real run (tests/data/runs/<name>, see its README): manifest, HTML, model."""
+    run = RUNS / name
+    manifest = store.read_manifest(run)
+    text = html.render(manifest, store.load_samples(run), n_boot=200)
+    return manifest, text, blob(text)
+
+
+def test_log_axis_only_for_a_positive_wide_spread():
+    assert model.log_axis([[(1, 0.5, 0.4, 0.6)], [(1, 200.0, 150.0, 250.0)]])  # 400x
+    assert not model.log_axis([[(1, 10.0, 9.0, 11.0)], [(1, 150.0, 140.0, 160.0)]])  # 15x
+    assert not model.log_axis([[(1, 0.5, -0.2, 0.6)], [(1, 200.0, 150.0, 250.0)]])  # CI < 0
+
+
+def test_density_headline_is_built_from_the_figures():
+    def pts(*xs):
+        return [{"n": n, "median": m, "ci_low": lo, "ci_high": hi, "count": 5}
+                for n, m, lo, hi in xs]  # fmt: skip
+
+    lines = {"docker": {"mem_accounted_mib": pts((1, 13.0, 12.5, 13.4), (4, 10.4, 10.1, 10.9)),
+                        "mem_system_mib": pts((4, 3.4, 3.3, 3.5)),
+                        "start_ms": pts((1, 420.0, 400.0, 450.0), (4, 610.0, 580.0, 650.0))},
+             "libvirt": {"mem_accounted_mib": pts((2, 182.0, 170.0, 190.0)),
+                         "start_ms": pts((1, 6635.5, 6612.0, 6714.0),
+                                         (2, 6556.2, 6509.0, 6902.0))}}  # fmt: skip
+    described = {"docker": {"kind": "docker", "runtime": {"name": "runc"}},
+                 "libvirt": {"kind": "libvirt", "emulated": True}}  # fmt: skip
+    docker, libvirt = model.density_headline(lines, described)
+    assert docker["text"] == (
+        "a docker container (runc) costs the host 10.4 MiB [10.1, 10.9] per instance with 4 held "
+        "(accounted); system-wide 3.40 MiB [3.30, 3.50]; with 4 held, one more starts in 610 ms "
+        "[580, 650] vs 420 ms [400, 450] with 1 held"
+    )
+    assert libvirt["emulated"] and libvirt["text"] == (
+        "a libvirt guest (emulated) costs the host 182 MiB [170, 190] per instance with 2 held "
+        "(accounted); with 2 held, one more starts in 6.56 s [6.51, 6.90] vs 6.64 s [6.61, 6.71] "
+        "with 1 held"
+    )  # the CI in the median's unit
+
+
+def test_density_section_of_a_recorded_run():
+    manifest, text, d = recorded("density")
+    den = d["density"]
+    described = manifest["environments"]
+    assert den["envs"] == [e for e in ["host", "docker", "docker:runtime=runsc", "libvirt"]
+                           if e in described]  # fmt: skip
+    assert [c["metric"] for c in den["charts"]] == ["mem_accounted_mib", "mem_system_mib",
+                                                    "start_ms"]  # fmt: skip
+    for c in den["charts"]:
+        assert {s["env"] for s in c["series"]} == set(den["envs"])
+        for s in c["series"]:
+            assert s["emulated"] == bool(described[s["env"]].get("emulated"))
+            ns = [p["n"] for p in s["points"]]
+            assert ns == sorted(ns) and len(ns) >= 2, (s["env"], ns)  # at least two levels
+            for p in s["points"]:
+                assert p["ci_low"] <= p["median"] <= p["ci_high"]
+    # each table row's figures are the summary table's, level by level
+    summary = {(r["env"], r["op"], r["metric"]): r for g in d["summary"] for r in g["rows"]}
+    for t in den["table"]:
+        row = summary[(t["env"], f"n{t['n']:02d}", "mem_accounted_mib")]
+        assert t["cells"]["mem_accounted_mib"]["median"] == row["median"]
+    # the headline: every environment, its numbers those of its largest level
+    heads = {h["env"]: h["text"] for h in den["headline"]}
+    assert set(heads) == set(den["envs"])
+    assert heads["libvirt"].startswith("a libvirt guest (emulated) costs the host")
+    assert heads["docker"].startswith("a docker container (runc) costs the host")
+    top = max((t for t in den["table"] if t["env"] == "docker"), key=lambda t: t["n"])
+    assert f"{model.fmt_num(top['cells']['mem_accounted_mib']['median'])} MiB" in heads["docker"]
+    # the two sources' disagreement, as the records noted it, and what a guest's figure means
+    noted = [t for t in den["table"] if t["notes"]["disagree"]]
+    assert noted and den["disagree"]
+    assert all(t["notes"]["example"].startswith("memory sources disagree by") for t in noted)
+    assert den["guest_notes"] and den["guest_notes"][0].startswith("guest:")
+    markup = text.split('<script type="application/json"')[0]
+    assert 'id="density"' in markup and 'href="#density"' in markup
+    assert markup.count('data-chart="density"') == len(den["charts"])
+    assert str(markupsafe.escape(den["headline"][0]["text"])) in markup
+    assert d["network"] is None and 'id="network"' not in markup
+
+
+def test_network_section_of_a_recorded_run():
+    manifest, text, d = recorded("net")
+    net = d["network"]
+    assert [e["env"] for e in net["envs"]] == ["host", "namespaces", "docker",
+                                               "docker:network=host"]  # fmt: skip
+    for e in net["envs"]:
+        assert e["path"] == manifest["environments"][e["env"]]["net_path"]
+    figs = {(f["op"], f["metric"]): f for f in net["figures"]}
+    for key in [("tcp_rr", "p50_us"), ("tcp_rr", "p99_us"), ("tcp_rr", "trans_per_s"),
+                ("tcp_crr", "conn_per_s"), ("tcp_stream_c2s", "mb_per_s"),
+                ("tcp_stream_s2c", "mb_per_s"), ("tcp_rr", "client_cpu_us_per_trans"),
+                ("tcp_rr", "server_cpu_us_per_trans")]:  # fmt: skip
+        assert set(figs[key]["cells"]) == {e["env"] for e in net["envs"]}, key
+    p50 = figs[("tcp_rr", "p50_us")]["cells"]
+    assert p50["host"]["no_ratio"] == "baseline" and p50["host"]["ratio"] is None
+    # issue 15's claims as this run measured them: the bridge round trip significantly
+    # slower than the host's; host networking cheaper than the bridge
+    assert p50["docker"]["significant"] and p50["docker"]["worse"]
+    assert p50["docker"]["words"].endswith("slower")
+    assert p50["docker:network=host"]["median"] < p50["docker"]["median"]
+    rate = figs[("tcp_rr", "trans_per_s")]
+    assert rate["better"] == "higher" and rate["cells"]["docker"]["ratio"] < 1
+    assert [c["id"] for c in net["charts"]] == ["nlatency", "nthroughput", "nrates", "ncpu"]
+    assert [s["name"] for s in net["charts"][0]["series"]] == ["p50", "p99"]
+    markup = text.split('<script type="application/json"')[0]
+    assert 'id="network"' in markup and markup.count('data-chart="net"') == 4
+    for e in net["envs"]:
+        assert str(markupsafe.escape(e["path"])) in markup
+    assert p50["docker"]["words"] in markup
+    assert d["density"] is None and 'id="density"' not in markup
+
+
+def test_no_density_or_network_section_without_those_workloads():
+    text = html.render(store.read_manifest(RUNS / "v1"), store.load_samples(RUNS / "v1"),
+                       n_boot=200)  # fmt: skip
+    d = blob(text)
+    assert d["density"] is None and d["network"] is None
+    assert 'id="density"' not in text and 'id="network"' not in text
+
+
+def test_the_disk_footprint_recorded_in_the_manifest_is_shown(tmp_path):
+    disk = {"figures": [{"what": "image", "bytes": 3.5 * 2**20, "counts": "the engine's Size"},
+                        {"what": "writable layer", "bytes": None, "counts": "",
+                         "reason": "cgroup <v1> keeps none"}]}  # fmt: skip
+    manifest = {"schema_version": 1, "run_id": "disk", "status": "complete",
+                "matrix": {"baseline": "host", "envs": [{"label": "host"}, {"label": "vm"}]},
+                "environments": {"host": {"kind": "host", "available": True},
+                                 "vm": {"kind": "libvirt", "emulated": True, "disk": disk},
+                                 "oci": {"kind": "oci", "disk": {"figures": [],
+                                                                 "error": "no runc"}}}}  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    text = html.render(store.read_manifest(tmp_path), store.load_samples(tmp_path))
+    d = blob(text)
+    assert [(e["env"], e["error"]) for e in d["disk"]] == [("vm", ""), ("oci", "no runc")]
+    image, layer = d["disk"][0]["figures"]
+    assert image["mib"] == 3.5 and image["counts"] == "the engine's Size"
+    assert layer["mib"] is None and layer["reason"] == "cgroup <v1> keeps none"
+    markup = text.split('<script type="application/json"')[0]
+    assert 'id="disk"' in markup and '<td class="nw">3.50</td>' in markup
+    assert "cgroup &lt;v1&gt; keeps none" in markup and "not measured: no runc" in markup
+    assert blob(html.render({"run_id": "x"}, pd.DataFrame()))["disk"] == []

@@ -1,6 +1,8 @@
 """The report of a real run in real headless Chromium, offline: no console message, every
 chart rendered, the hostile label shown as text (tables, axis labels, tooltips) and never
-cut."""
+cut. The density and network sections are rendered from recorded real runs
+(tests/data/runs/density and net): their charts drawn, with a legend entry per line and
+the density CI bands."""
 
 from __future__ import annotations
 
@@ -8,15 +10,16 @@ import os
 import re
 import shutil
 import subprocess
+from html import unescape
 from pathlib import Path
 
 import pytest
 
 from bench import store
 from bench.report import html
-from tests.test_report import EVIL, make_run
+from tests.test_report import EVIL, blob, make_run
 
-pytestmark = pytest.mark.requires("chromium", "root", "cgroup", "compiler", "host", "namespaces")
+real_run = pytest.mark.requires("chromium", "root", "cgroup", "compiler", "host", "namespaces")
 
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;"
 # After the charts have drawn: open a tooltip on every chart (tooltips render HTML).
@@ -61,6 +64,7 @@ def console_messages(stderr: str) -> list[str]:
     ]
 
 
+@real_run
 def test_report_renders_offline_without_console_errors(page, tmp_path):
     res = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -83,6 +87,7 @@ def test_report_renders_offline_without_console_errors(page, tmp_path):
     assert "<script>alert(1)</script>" not in dom
 
 
+@real_run
 def test_tooltips_escape_the_label(page, tmp_path):
     hot = tmp_path / "tips.html"
     head, _, tail = page.read_text().rpartition("</body>")
@@ -96,6 +101,7 @@ def test_tooltips_escape_the_label(page, tmp_path):
     assert "<b>x</b>" not in dom
 
 
+@real_run
 def test_screenshot_at_1280(page, tmp_path):
     shot = tmp_path / "shot.png"
     res = chromium(page.as_uri(), tmp_path / "profile", "--hide-scrollbars",
@@ -103,3 +109,45 @@ def test_screenshot_at_1280(page, tmp_path):
     assert res.returncode == 0 and shot.stat().st_size > 50_000
     assert console_messages(res.stderr) == []
     assert EVIL not in page.read_text().split('id="isobench-data"')[0]
+
+
+# -- density and network sections, from recorded real runs (tests/data/runs/*/README) -------
+RUNS = Path(__file__).parent / "data" / "runs"
+
+
+def rendered(name: str, where: Path) -> tuple[Path, dict]:
+    run = RUNS / name
+    text = html.render(store.read_manifest(run), store.load_samples(run), n_boot=200)
+    out = where / f"{name}.html"
+    out.write_text(text)
+    return out, blob(text)
+
+
+def charts_in(dom: str, kind: str) -> list[str]:
+    return re.findall(rf'<div[^>]*\bdata-chart="{kind}"[^>]*>', dom)
+
+
+@pytest.mark.requires("chromium")
+@pytest.mark.parametrize("name, kind", [("density", "density"), ("net", "net")])
+def test_the_section_renders_without_console_errors(name, kind, tmp_path):
+    page, d = rendered(name, tmp_path)
+    res = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert console_messages(res.stderr) == []
+    dom = res.stdout
+    section = d["density" if kind == "density" else "network"]
+    charts = charts_in(dom, kind)
+    assert len(charts) == len(section["charts"]) >= 3
+    every = re.findall(r"<div[^>]*\bdata-chart=[^>]*>", dom)
+    assert [c for c in every if 'data-rendered="1"' not in c] == []
+    # each chart drew an SVG with one legend entry per line / figure and text on its axes
+    blocks = re.findall(rf'data-chart="{kind}"[^>]*>(.*?)</svg>', dom, re.S)
+    assert len(blocks) == len(charts)
+    for block, c in zip(blocks, section["charts"], strict=True):
+        names = [s["env"] + (" (emulated)" if s.get("emulated") else "") if kind == "density"
+                 else s["name"] for s in c["series"]]  # fmt: skip
+        svg_text = [unescape(t) for t in re.findall(r"<(?:text|tspan)[^>]*>([^<]*)<", block)]
+        for n in names:
+            assert n in svg_text, (c["id"], n)
+        if kind == "density":  # the CI bands: one filled, translucent path per line
+            assert len(re.findall(r'fill-opacity="0.18"|opacity="0.18"', block)) >= len(names)
