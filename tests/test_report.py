@@ -451,3 +451,23 @@ def test_the_disk_footprint_recorded_in_the_manifest_is_shown(tmp_path):
     assert 'id="disk"' in markup and '<td class="nw">3.50</td>' in markup
     assert "cgroup &lt;v1&gt; keeps none" in markup and "not measured: no runc" in markup
     assert blob(html.render({"run_id": "x"}, pd.DataFrame()))["disk"] == []
+
+
+def test_an_environment_without_a_network_path_says_why():
+    manifest = {"matrix": {"baseline": "host", "workloads": ["net"]},
+                "environments": {"host": {"kind": "host", "net_path": "loopback 127.0.0.1:5"},
+                                 "vm": {"kind": "libvirt", "emulated": True}}}  # fmt: skip
+    rows = [_row("host", 70.0, None, None, None, False, "p50_us", "us", workload="net",
+                 op="tcp_rr", ci_low=65.0, ci_high=75.0, n=5)]  # fmt: skip
+    fails = [{"env": "vm", "workload": "net", "status": "failed", "count": 3,
+              "reason": "libvirt: the guest's network path is not built yet"},
+             {"env": "vm", "workload": "cpu", "status": "failed", "count": 1,
+              "reason": "x"}]  # fmt: skip
+    net = model.network(rows, manifest, ["host", "vm"], fails)
+    assert [(e["env"], e["measured"]) for e in net["envs"]] == [("host", True), ("vm", False)]
+    why = "3× failed: libvirt: the guest's network path is not built yet"
+    assert net["envs"][1]["failed"] == [why]
+    assert net["measured"] == ["host"] and net["figures"][0]["cells"]["host"]["median"] == 70.0
+    manifest["matrix"]["workloads"] = ["cpu"]
+    assert model.network([], manifest, ["host"], fails) is None
+    assert model.network(rows, manifest, ["host"], []) is not None  # figures: shown

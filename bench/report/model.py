@@ -767,19 +767,31 @@ NET_CHARTS = (  # (id, title, [(op, metric, legend)])
 )  # fmt: skip
 
 
-def network(rows, manifest: dict[str, Any], envs: list[str]) -> dict[str, Any] | None:
-    """The network section, or None when the run has no net figures: per environment the
-    path its server was reached by (from the manifest), and per figure the median with its
-    CI, the ratio to the baseline with its CI and the verdict; grouped charts."""
+def network(rows, manifest: dict[str, Any], envs: list[str],
+            fails: list[dict[str, Any]] = ()) -> dict[str, Any] | None:  # fmt: skip
+    """The network section, or None when the run has no net workload: per environment the
+    path its server was reached by (from the manifest) or why it has no figures (its failed
+    launches' reasons), and per figure the median with its CI, the ratio to the baseline
+    with its CI and the verdict; grouped charts."""
     baseline = (manifest.get("matrix") or {}).get("baseline", "host")
     described = manifest.get("environments") or {}
     got = {(r["env"], r["op"], r["metric"]): r for r in rows if r["workload"] == "net"}
-    if not got:
+    failed: dict[str, list[str]] = {}
+    for f in fails:
+        if f["workload"] == "net":
+            reason = f["reason"] if isinstance(f["reason"], str) and f["reason"] else "no reason"
+            failed.setdefault(f["env"], []).append(f"{f['count']}× {f['status']}: {reason}")
+    if not got and "net" not in ((manifest.get("matrix") or {}).get("workloads") or []):
         return None
     order = [e for e in envs if any(k[0] == e for k in got)]
+    unmeasured = [e for e in list(envs) + sorted(set(failed) - set(envs))
+                  if e in failed and e not in order]  # fmt: skip
     env_rows = [{"env": e, "emulated": bool(described.get(e, {}).get("emulated")),
-                 "path": described.get(e, {}).get("net_path") or "not recorded"}
-                for e in order]  # fmt: skip
+                 "path": described.get(e, {}).get("net_path") or "not recorded",
+                 "measured": True, "failed": failed.get(e, [])} for e in order]  # fmt: skip
+    env_rows += [{"env": e, "emulated": bool(described.get(e, {}).get("emulated")),
+                  "path": described.get(e, {}).get("net_path") or "none",
+                  "measured": False, "failed": failed[e]} for e in unmeasured]  # fmt: skip
     figures = []
     for op, metric, words in NET_FIGURES:
         cells = {e: figure(got[(e, op, metric)], baseline) for e in order if (e, op, metric) in got}
@@ -803,7 +815,8 @@ def network(rows, manifest: dict[str, Any], envs: list[str]) -> dict[str, Any] |
         charts.append({"id": f"n{cid}", "title": title, "unit": series[0]["points"][0]["unit"],
                        "better": better(catalog_of(manifest), "net", series[0]["metric"]),
                        "log": wide(meds, lows), "envs": order, "series": series})  # fmt: skip
-    return {"baseline": baseline, "envs": env_rows, "figures": figures, "charts": charts}
+    return {"baseline": baseline, "envs": env_rows, "measured": order, "figures": figures,
+            "charts": charts}  # fmt: skip
 
 
 # -- the whole model ---------------------------------------------------------------------
@@ -832,7 +845,7 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
         "startup": startup(main, envs_in),
         "footprint": footprint(foot, envs),
         "density": density(main, data, manifest, envs_in) if len(df) else None,
-        "network": network(main, manifest, envs_in),
+        "network": network(main, manifest, envs_in, analysis.failures(df) if len(df) else []),
         "disk": disk(manifest, envs),
         "summary": summary(main, envs, baseline),
         "provenance": prov,
