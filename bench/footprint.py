@@ -171,7 +171,7 @@ def docker_image_figures(attrs: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def docker_rw_figure(inspect: dict[str, Any], storage: str) -> dict[str, Any]:
+def docker_rw_figure(inspect: dict[str, Any], storage: str, runsc: bool = False) -> dict[str, Any]:
     """Pure: `docker inspect --size` of the container that ran the io probe -> its
     writable layer (SizeRw), as the daemon computes it (apparent sizes in the upper dir)."""
     what = "writable layer after io"
@@ -182,6 +182,8 @@ def docker_rw_figure(inspect: dict[str, Any], storage: str) -> dict[str, Any]:
         if storage == "overlay"
         else (f"; storage={storage}: the io probe wrote to a {storage}, not to this layer")
     )
+    if runsc:
+        note += "; runsc: the sandbox may hold writes in its own rootfs overlay (--overlay2)"
     state = inspect.get("State") or {}
     return figure(
         what,
@@ -260,7 +262,8 @@ def _docker(env, bundle, io, timeout) -> list[dict[str, Any]]:
         api.wait(cid, timeout=max(1, int(instance.left()) + 1))
         # the SDK's inspect_container has no size flag: the CLI's `inspect --size`
         inspect = parse_inspect(_cli("docker", "container", "inspect", "--size", cid))
-        return [docker_rw_figure(inspect, env.opts["storage"])]
+        runsc = bool(getattr(instance, "runsc", False))
+        return [docker_rw_figure(inspect, env.opts["storage"], runsc)]
 
     return out + (after_io(env, io, timeout, measure) if io else [_no_io()])
 
@@ -356,8 +359,12 @@ def _guest(env, bundle, io, timeout) -> list[dict[str, Any]]:
         figure(
             "guest kernel",
             du(image.kernel.path).allocated,
-            f"allocated blocks of {image.kernel.path} (shared with the host's /boot when "
-            "it is the host's kernel)",
+            f"allocated blocks of {image.kernel.path} (found by: {image.kernel.source})"
+            + (
+                "; the host's own /boot file: no extra disk"
+                if Path(image.kernel.path).resolve().is_relative_to("/boot")
+                else ""
+            ),
         ),
         figure(
             "initramfs",

@@ -101,6 +101,7 @@ def test_docker_rw_figure_from_recorded_inspect():
     assert fig["bytes"] == inspect["SizeRw"] and "SizeRw" in fig["counts"]
     assert "storage=" not in fig["counts"]
     assert "storage=tmpfs" in footprint.docker_rw_figure(inspect, "tmpfs")["counts"]
+    assert "runsc" in footprint.docker_rw_figure(inspect, "overlay", runsc=True)["counts"]
     for bad in ("[]", "{}", '[{"a": 1}, {"b": 2}]'):
         with pytest.raises(ValueError, match="docker inspect"):
             footprint.parse_inspect(bad)
@@ -236,3 +237,41 @@ def test_oci_footprint_rootfs_and_bundle_dir(tmp_path, bundle):
     assert figs["bundle dir"]["bytes"] > 0  # its config.json
     assert figs["rootfs growth after io"]["bytes"] == 0  # the probe removed its files
     assert not any(env.ctx.scratch.iterdir())
+
+
+@pytest.mark.requires("libvirt", "root")
+def test_libvirt_footprint_guest_artefacts_and_io_disk(tmp_path, bundle):
+    from bench.envs.libvirt import LibvirtEnv
+
+    env = LibvirtEnv({}, _ctx(tmp_path))
+    env.prepare(bundle)
+    try:
+        inv = catalog.load()["io"].invocation(quick=True, emulated=env.emulated)
+        figs = _by_what(footprint.disk_footprint(env, bundle, io=inv, timeout=300))
+        image, template = env.image, env.disk_template
+    finally:
+        env.cleanup()
+    assert figs["guest kernel"]["bytes"] == _gnu_du(image.kernel.path.resolve())
+    assert figs["initramfs"]["bytes"] == _gnu_du(image.initramfs)
+    assert figs["disk template"]["bytes"] == _gnu_du(template)
+    assert figs["disk template (apparent)"]["bytes"] == template.stat().st_size
+    disk = figs["io disk after io"]
+    assert 0 < disk["bytes"] < template.stat().st_size, disk  # sparse, and written to
+    assert not any(env.ctx.scratch.iterdir())  # the guest's copy is gone
+
+
+@pytest.mark.requires("cri", "root")
+def test_cri_footprint_image_store_and_archive(tmp_path, bundle):
+    from bench.envs.cri import CriEnv
+
+    env = CriEnv({}, _ctx(tmp_path))
+    env.prepare(bundle)
+    try:
+        figs = _by_what(footprint.disk_footprint(env, bundle, io=_io()))
+        refs = env.describe()["images"]
+    finally:
+        env.cleanup()
+    for name, ref in (("image", refs["probes"]), ("pause image", refs["pause"])):
+        assert ref in figs[name]["counts"] and figs[name]["bytes"] > 0
+        assert figs[f"{name} (OCI archive)"]["bytes"] > 0
+    assert figs["writable layer after io"]["bytes"] is None  # said, not guessed
