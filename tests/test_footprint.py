@@ -117,19 +117,21 @@ def test_disk_table_from_a_manifest():
             footprint.figure("image", 3 * 2**20 + 2**19, "Size"),
             footprint.missing("writable layer after io", "the io launch was not ok: failed"),
         ]}},
-        "podman": {"disk": {"figures": [], "error": "RuntimeError: podman gone"}},
+        "podman": {"disk": {"figures": [footprint.figure("writable layer after io", 12, "x")]}},
+        "oci": {"disk": {"figures": [], "error": "RuntimeError: runc gone"}},
         "host": {"available": True},  # a run before disk footprints: no rows
     }}  # fmt: skip
     rows = disk_rows(manifest)
     assert rows == [
         ("docker", "image", "3.50"),
         ("docker", "writable layer after io", "– (the io launch was not ok: failed)"),
-        ("podman", "disk footprint", "not measured: RuntimeError: podman gone"),
+        ("podman", "writable layer after io", "0.00 (12 B)"),
+        ("oci", "disk footprint", "not measured: RuntimeError: runc gone"),
     ]
     buf = io.StringIO()
     print_disk(manifest, Console(file=buf, width=200))
     text = buf.getvalue()
-    assert "disk footprint" in text and "3.50" in text and "podman gone" in text
+    assert "disk footprint" in text and "3.50" in text and "runc gone" in text
     buf = io.StringIO()
     print_disk({"environments": {"host": {}}}, Console(file=buf, width=200))
     assert buf.getvalue() == ""

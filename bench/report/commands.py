@@ -192,8 +192,9 @@ def disk_rows(manifest: dict) -> list[tuple[str, str, str]]:
         if disk.get("error"):
             rows.append((label, "disk footprint", f"not measured: {disk['error']}"))
         for f in disk.get("figures") or []:
-            value = (f"{f['bytes'] / 2**20:.2f}" if f.get("bytes") is not None
-                     else f"– ({f.get('reason', 'not measured')})")  # fmt: skip
+            n = f.get("bytes")
+            value = (f"– ({f.get('reason', 'not measured')})" if n is None
+                     else f"{n / 2**20:.2f}" + (f" ({n} B)" if n < 10240 else ""))  # fmt: skip
             rows.append((label, f["what"], value))
     return rows
 
