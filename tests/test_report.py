@@ -471,3 +471,28 @@ def test_an_environment_without_a_network_path_says_why():
     manifest["matrix"]["workloads"] = ["cpu"]
     assert model.network([], manifest, ["host"], fails) is None
     assert model.network(rows, manifest, ["host"], []) is not None  # figures: shown
+
+
+def test_density_levels_that_did_not_fit_are_shown_with_their_reason(tmp_path):
+    """The recorded density run plus the records a ramp stopped at the memory reserve
+    writes (as bench/runner.py records a level's probe error), in two rounds."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(RUNS / "density", run)
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    first = json.loads(next(x for x in lines if json.loads(x)["env"] == "docker"))
+    for rnd, avail in ((1, 812), (2, 790)):
+        reason = (f"n08: skipped: MemAvailable {avail} MiB minus the level's need would leave "
+                  "less than the 25% reserve")  # fmt: skip
+        lines.append(json.dumps(first | {"round": rnd, "op": "n08", "metric": None, "value": None,
+                                         "unit": "", "status": "failed", "reason": reason,
+                                         "note": ""}))  # fmt: skip
+    (run / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    text = html.render(store.read_manifest(run), store.load_samples(run), n_boot=200)
+    den = blob(text)["density"]
+    assert den["unfit"] == [{"env": "docker", "lines": [
+        "n08: skipped: MemAvailable 812 MiB minus the level's need would leave less than the "
+        "25% reserve (seen 2×)"]}]  # fmt: skip
+    assert 8 not in den["levels"]  # a level that did not fit is no point on the lines
+    assert "<b>docker</b>: n08: skipped: MemAvailable 812 MiB" in text

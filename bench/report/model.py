@@ -664,14 +664,31 @@ def density_headline(lines: dict[str, dict[str, list]], described: dict[str, Any
     return out
 
 
-def density(rows, data, manifest: dict[str, Any], envs: list[str]) -> dict[str, Any] | None:
-    """The density section, or None when the run has no density figures: per environment
+def unfit_levels(df, envs: list[str]) -> list[dict[str, Any]]:
+    """The density levels recorded as failed or skipped (the memory reserve, a start that
+    failed, the level before failed), per environment, their reasons merged."""
+    if not len(df):
+        return []
+    bad = df[(df["workload"] == "density") & (df["status"] != "ok") & (df["round"] >= 0)]
+    out = []
+    order = {e: i for i, e in enumerate(envs)}
+    for env, g in sorted(bad.groupby("env"), key=lambda kv: (order.get(kv[0], 99), kv[0])):
+        reasons = [r if isinstance(r, str) and r else "no reason" for r in g["reason"]]
+        out.append({"env": env, "lines": merge_similar(reasons)})
+    return out
+
+
+def density(rows, data, df, manifest: dict[str, Any], envs: list[str]) -> dict[str, Any] | None:
+    """The density section, or None when the run has no density workload: per environment
     and level the figures (both memory sources side by side), line charts against N with
-    CI bands, the notes where the two memory sources disagree, and the headline."""
+    CI bands, the notes where the two memory sources disagree, the levels that did not fit
+    and why, and the headline."""
     baseline = (manifest.get("matrix") or {}).get("baseline", "host")
     described = manifest.get("environments") or {}
     got = [r for r in rows if r["workload"] == "density" and level_n(r["op"]) is not None]
-    if not got:
+    unfit = unfit_levels(df, envs)
+    planned = "density" in ((manifest.get("matrix") or {}).get("workloads") or [])
+    if not got and not unfit and not planned:
         return None
     order = [e for e in envs if any(r["env"] == e for r in got)]
     idx = {(r["env"], level_n(r["op"]), r["metric"]): r for r in got}
@@ -706,7 +723,7 @@ def density(rows, data, manifest: dict[str, Any], envs: list[str]) -> dict[str, 
         "envs": order, "levels": sorted({t["n"] for t in table}), "table": table,
         "charts": charts, "headline": density_headline(lines, described),
         "disagree": any(t["notes"].get("disagree") for t in table),
-        "guest_notes": guest_notes,
+        "guest_notes": guest_notes, "unfit": unfit,
     }  # fmt: skip
 
 
@@ -844,7 +861,7 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
         "charts": charts(main, data, cat, envs_in) if len(data) else [],
         "startup": startup(main, envs_in),
         "footprint": footprint(foot, envs),
-        "density": density(main, data, manifest, envs_in) if len(df) else None,
+        "density": density(main, data, df, manifest, envs) if len(df) else None,
         "network": network(main, manifest, envs_in, analysis.failures(df) if len(df) else []),
         "disk": disk(manifest, envs),
         "summary": summary(main, envs, baseline),
