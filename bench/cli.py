@@ -533,6 +533,8 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
             out.print(Text(f"  {cell.replace('|', ' / ')}  ±{width:.1%}"))
     for w in manifest.get("warnings", []):
         _say("warning:", "yellow", w, wrap=True)
+    if footprint:
+        report_commands.print_disk(manifest, out)
 
 
 MIN_LABEL = 12  # the environment column's narrowest width

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import analysis, density, interrupt, netbench, provenance, stats
+from bench import analysis, density, footprint, interrupt, netbench, provenance, stats
 from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
@@ -245,6 +245,7 @@ class Runner:
             targets = self.manifest.setdefault("targets", {})
             if target not in targets:
                 targets[target] = cls.target_facts(spec.options)
+            previous = envs.get(spec.label) or {}
             envs[spec.label] = {
                 "target": target,
                 "kind": spec.kind,
@@ -256,9 +257,21 @@ class Runner:
                 "emulated": bool(act.env and act.env.emulated),
                 **act.info,
             }
+            if act.ok and act.env is not None:
+                envs[spec.label]["disk"] = previous.get("disk") or self._disk(act.env)
             if not act.ok:
                 self.log(f"unavailable: {spec.label}: {act.reason}")
         self._save()
+
+    def _disk(self, env: Environment) -> dict[str, Any]:
+        """The environment's disk footprint, once per run: its artefacts' sizes; in a run
+        that measures density (the footprint study), also what one io launch's instance
+        adds (an io launch before the rounds: seconds for a guest under TCG)."""
+        io = None
+        if "density" in self.m.workloads and "io" in self.workloads:
+            io = self.workloads["io"].invocation(quick=self.m.quick, emulated=env.emulated)
+        self.log(f"disk footprint of {env.kind} …")
+        return footprint.disk_footprint(env, self.bundle, io=io, timeout=self.m.timeout)
 
     def _stop_envs(self) -> None:
         for act in self.active.values():
