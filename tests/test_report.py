@@ -255,9 +255,11 @@ def test_an_emulated_environment_is_tagged_everywhere(real_run, tmp_path):
     text = html.render(store.read_manifest(odd_run), store.load_samples(odd_run))
     d = blob(text)
     markup = text.split('<script type="application/json"')[0]
-    # the emulated tag beside the name: headline, startup table, summary table, provenance
+    # the emulated tag beside the name: headline, startup table, summary table, provenance,
+    # and each row of its disk footprint where the run recorded one
     label = str(markupsafe.escape(EVIL))
-    assert markup.count(f'{label} <span class="badge emulated">') == 4
+    disk_rows = sum(len(e["figures"]) + bool(e["error"]) for e in d["disk"] if e["env"] == EVIL)
+    assert markup.count(f'{label} <span class="badge emulated">') == 4 + disk_rows
     assert next(e for e in d["envs"] if e["label"] == EVIL)["emulated"] is True
 
 
