@@ -440,7 +440,9 @@ def _k8s(env, bundle, io, timeout) -> list[dict[str, Any]]:
 
 
 def _no_io() -> dict[str, Any]:
-    return missing("per instance after io", "measured in runs with the density workload (one io launch)")
+    return missing(
+        "per instance after io", "measured in runs with the density workload (one io launch)"
+    )
 
 
 KINDS: dict[str, Callable[..., list[dict[str, Any]]]] = {
