@@ -352,6 +352,16 @@ def test_density_headline_is_built_from_the_figures():
     )  # the CI in the median's unit
 
 
+def test_an_instance_is_named_by_its_kind():
+    runc, runsc = {"kind": "oci", "runtime": {"name": "runc"}}, {"runtime": {"name": "runsc"}}
+    assert model.env_noun("oci", runc) == "an oci container (runc)"
+    assert model.env_noun("docker:runtime=runsc", runsc | {"kind": "docker"}) == (
+        "a docker:runtime=runsc container"
+    )
+    assert model.env_noun("qemu", {"kind": "qemu", "emulated": True}) == "a qemu guest (emulated)"
+    assert model.env_noun("namespaces", {"kind": "namespaces"}) == "a namespaces instance"
+
+
 def test_density_section_of_a_recorded_run():
     manifest, text, d = recorded("density")
     den = d["density"]

@@ -616,17 +616,18 @@ def level_notes(data, env: str) -> dict[int, dict[str, Any]]:
 
 
 def env_noun(label: str, e: dict[str, Any]) -> str:
-    """How the headline names one instance of an environment."""
+    """How the headline names one instance of an environment ("an oci container (runc)")."""
     kind = e.get("kind") or ""
     runtime = (e.get("runtime") or {}).get("name") if isinstance(e.get("runtime"), dict) else None
     if kind in ("libvirt", "qemu"):
-        return f"a {label} guest" + (" (emulated)" if e.get("emulated") else "")
-    if kind in ("docker", "podman", "oci", "cri", "k8s"):
-        named = f" ({runtime})" if runtime and runtime not in label else ""
-        return f"a {label} container{named}"
-    if kind == "host":
+        noun = f"{label} guest" + (" (emulated)" if e.get("emulated") else "")
+    elif kind in ("docker", "podman", "oci", "cri", "k8s"):
+        noun = f"{label} container" + (f" ({runtime})" if runtime and runtime not in label else "")
+    elif kind == "host":
         return f"a bare process on {label}" if label != "host" else "a bare host process"
-    return f"a {label} instance"
+    else:
+        noun = f"{label} instance"
+    return ("an " if noun[:1].lower() in "aeio" else "a ") + noun
 
 
 def with_ci(p: dict[str, Any], unit: str) -> str:

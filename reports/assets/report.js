@@ -374,7 +374,7 @@
         data: s.points.map(function (p) { return { value: [p.n, p.median * f], point: p, env: s.env }; }) });
     });
     mount(el, {
-      legend: { top: 0, data: names, type: "scroll" },
+      legend: { top: 0, data: names },
       grid: { left: 64, right: 24, top: 34, bottom: 40 },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var q = p.data && p.data.point;
