@@ -375,7 +375,7 @@
     });
     mount(el, {
       legend: { top: 0, data: names },
-      grid: { left: 64, right: 24, top: 34, bottom: 40 },
+      grid: { left: 64, right: 24, top: 52, bottom: 40 },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var q = p.data && p.data.point;
         if (!q) return "";
@@ -385,7 +385,8 @@
       } },
       xAxis: { type: "log", logBase: 2, min: nmin, max: nmax, name: "N held", nameLocation: "middle", nameGap: 26,
         axisLabel: { formatter: function (v) { return String(Math.round(v)); } } },
-      yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: c.unit !== "MiB",
+      yAxis: { type: c.log ? "log" : "value", name: sc.unit, scale: c.unit !== "MiB", nameGap: 8,
+        nameTextStyle: { align: "right" },
         axisLabel: { formatter: function (v) { return fmt(v); } } },
       series: series
     });
