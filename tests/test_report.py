@@ -508,3 +508,16 @@ def test_density_levels_that_did_not_fit_are_shown_with_their_reason(tmp_path):
         "25% reserve (seen 2×)"]}]  # fmt: skip
     assert 8 not in den["levels"]  # a level that did not fit is no point on the lines
     assert "<b>docker</b>: n08: skipped: MemAvailable 812 MiB" in text
+
+
+def test_a_cpu_cost_is_more_or_less_cpu_not_slower_or_faster():
+    rows = [_row("docker", 21.3, 0.81, 0.75, 0.88, True, "client_cpu_us_per_trans", "us",
+                 ci_low=18.0, ci_high=23.0, n=5),
+            _row("docker", 121.7, 1.73, 1.61, 1.85, True, "p50_us", "us", ci_low=120.0,
+                 ci_high=123.0, n=5),
+            _row("vm", 23.7, 2.5, 2.0, 3.1, True, "idle_cpu_ms_per_s", "ms/s", ci_low=12.0,
+                 ci_high=42.0, n=4)]  # fmt: skip
+    cpu, p50, idle = (model.figure(r, "host") for r in rows)
+    assert cpu["words"] == "1.23× less CPU" and not cpu["worse"]
+    assert p50["words"] == "1.73× slower" and p50["worse"]
+    assert idle["words"] == "2.50× more CPU" and idle["worse"]

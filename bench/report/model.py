@@ -563,6 +563,15 @@ def level_n(op: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def words(r: dict[str, Any]) -> str:
+    """The verdict in words; a CPU cost (per transaction, per MB, per second idle) is more
+    or less CPU, not slower or faster."""
+    if "cpu" in r["metric"]:
+        said = analysis.verdict({**r, "scope": analysis.FOOTPRINT})
+        return f"{said} CPU" if said else ""
+    return analysis.verdict(r)
+
+
 def figure(r: dict[str, Any], baseline: str) -> dict[str, Any]:
     """One summary row cut to what a section cell shows: value, CI, ratio, verdict."""
     sig = bool(r["significant"]) and finding(r)
@@ -572,7 +581,7 @@ def figure(r: dict[str, Any], baseline: str) -> dict[str, Any]:
         "ratio": r["ratio"], "ratio_ci_low": r["ratio_ci_low"],
         "ratio_ci_high": r["ratio_ci_high"], "p_adjusted": r["p_adjusted"],
         "significant": sig, "worse": bool(sig and cost(r, r.get("better", "lower"))[0] > 1),
-        "words": analysis.verdict(r) if sig else "", "flags": r.get("flags") or [],
+        "words": words(r) if sig else "", "flags": r.get("flags") or [],
         "no_ratio": "baseline" if r["env"] == baseline else (
             "flagged: no ratio" if r.get("flags") else r.get("note") or "–"),
     }  # fmt: skip
