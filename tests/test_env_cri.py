@@ -19,7 +19,13 @@ from bench.envs import cri_daemon as dmn
 from bench.envs import cri_images as ci
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.cri import CriEnv
-from bench.envs.cri_client import Client, CriError, handlers_of, parse_cri_log, parse_timestamp
+from bench.envs.cri_client import (
+    Client,
+    answers,
+    handlers_of,
+    parse_cri_log,
+    parse_timestamp,
+)
 from bench.metrics.cgroup import Layout
 
 SYSCALL = Invocation("syscall", "syscall", ("--op", "null", "--min-ms", "20", "--reps", "2"))
@@ -230,17 +236,7 @@ def hang_daemon(tmp_path, bundle):
     ]
     daemon = dmn.PrivateContainerd(lay, pause, handlers)
 
-    def answers() -> bool:
-        cl = Client(lay.endpoint)
-        try:
-            cl.version(timeout=1)
-            return True
-        except CriError:
-            return False
-        finally:
-            cl.close()
-
-    daemon.start(answers)
+    daemon.start(lambda: answers(lay.endpoint))
     yield daemon, script
     daemon.stop()
 

@@ -344,10 +344,16 @@ class Environment:
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         self.config = config
-        self.opts = parse_options(self.kind, self.options, config)  # typed, defaults in
+        self.opts = self.parse(config)  # typed, defaults in
         self.ctx = ctx
         self._names = itertools.count(1)
         self._live: list[Instance] = []
+
+    @classmethod
+    def parse(cls, opts: dict[str, Any] | None) -> dict[str, Any]:
+        """Every option of the kind, typed, from a spec's (or None: the defaults), for the
+        classmethods that take `opts` (probe, leftovers, target...)."""
+        return parse_options(cls.kind, cls.options, dict(opts or {}))
 
     def new_name(self) -> str:
         """A name for the next thing this environment makes (instance, cgroup, domain)."""

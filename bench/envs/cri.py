@@ -51,12 +51,12 @@ from bench.envs.base import (
     MemorySize,
     Option,
     OptionError,
-    parse_options,
 )
 from bench.envs.cri_client import (
     CALL_S,
     Client,
     CriError,
+    answers,
     handlers_of,
     socket_path,
     stubs,
@@ -212,13 +212,9 @@ class CriEnv(Environment):
     # -- availability and leftovers
 
     @classmethod
-    def _parse(cls, opts: dict[str, Any] | None) -> dict[str, Any]:
-        return parse_options(cls.kind, cls.options, dict(opts or {}))
-
-    @classmethod
     def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         try:
-            o = cls._parse(opts)
+            o = cls.parse(opts)
         except OptionError as e:
             return Availability(False, str(e))
         if o["endpoint"] == PRIVATE:
@@ -253,7 +249,7 @@ class CriEnv(Environment):
                 out.append(Leftover(f"cni network {net.name} ({ifaces})",
                                     lambda n=net.name: dmn.remove_cni_state(n)))  # fmt: skip
         try:
-            o = cls._parse(opts)
+            o = cls.parse(opts)
         except OptionError:
             return out
         if o["endpoint"] != PRIVATE:
@@ -297,18 +293,8 @@ class CriEnv(Environment):
         lay = dmn.DaemonPaths(self.ctx.prefix, self.ctx.scratch / "containerd")
         self._daemon = dmn.PrivateContainerd(lay, self._refs["pause"], handlers)
 
-        def answers() -> bool:
-            cl = Client(lay.endpoint)
-            try:
-                cl.version(timeout=1)
-                return True
-            except CriError:
-                return False
-            finally:
-                cl.close()
-
         try:
-            self._daemon.start(answers)
+            self._daemon.start(lambda: answers(lay.endpoint))
         except dmn.DaemonError as e:
             self._daemon = None
             raise RuntimeError(f"isobench's containerd: {e}") from None

@@ -151,3 +151,15 @@ def mono_offset() -> int:
         if best is None or m1 - m0 < best[0]:
             best = (m1 - m0, w - (m0 + m1) // 2)
     return best[1]
+
+
+def answers(endpoint: str) -> bool:
+    """Does the CRI at `endpoint` answer a Version call within a second?"""
+    cl = Client(endpoint)
+    try:
+        cl.version(timeout=1)
+        return True
+    except CriError:
+        return False
+    finally:
+        cl.close()

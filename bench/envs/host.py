@@ -131,24 +131,22 @@ class HostEnv(Environment):
         if self._bundle is None:
             raise RuntimeError(f"{self.kind}: start() before prepare()")
         name = self.new_name()
-        workdir = None
-        made: list[Any] = []  # what to remove, in order
+        workdir = cg = sampler = None
 
-        def teardown() -> None:
-            for thing in reversed(made):
-                if isinstance(thing, Cgroup):
-                    with contextlib.suppress(CgroupError, OSError):
-                        thing.remove()
-                else:
-                    shutil.rmtree(thing, ignore_errors=True)
+        def teardown() -> None:  # what was made so far (Cgroup.remove kills what is left)
+            if sampler:
+                sampler.stop()
+            if cg is not None:
+                with contextlib.suppress(CgroupError, OSError):
+                    cg.remove()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
 
         try:
             if inv.needs_workdir:
                 workdir = self.ctx.scratch / name
                 workdir.mkdir(parents=True)
-                made.append(workdir)
             cg = Cgroup.create(name, cpus=self.opts["cpus"], cpuset=self.opts["cpuset"])
-            made.append(cg)
             if self.opts["weight"]:
                 cg.set_weight(self.opts["weight"])
             sampler = CgroupSampler(cg) if self.opts["sampler"] == "on" else None
@@ -177,14 +175,8 @@ class HostEnv(Environment):
                 launch.cgroup.update(instance)
                 launch.host_side.update(harness)
 
-        def teardown_all() -> None:
-            if sampler:
-                sampler.stop()
-            cg.kill_all()
-            teardown()
-
         return ProcessInstance(name, child, timeout, what="probe", collect=collect,
-                               teardown=teardown_all)  # fmt: skip
+                               teardown=teardown)  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         av = self.probe()

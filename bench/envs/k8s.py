@@ -45,7 +45,6 @@ from bench.envs.base import (
     Option,
     OptionError,
     StartError,
-    parse_options,
 )
 from bench.envs.image import REPOSITORY, WORKDIR, image_tag, probe_path
 from bench.envs.k8s_client import CALL_S, Client, K8sError, contexts, kubeconfig_problem
@@ -238,13 +237,9 @@ class K8sEnv(Environment):
         self._notes: list[str] = []
 
     @classmethod
-    def _parse(cls, opts: dict[str, Any] | None) -> dict[str, Any]:
-        return parse_options(cls.kind, cls.options, dict(opts or {}))
-
-    @classmethod
     def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         try:
-            o = cls._parse(opts)
+            o = cls.parse(opts)
         except OptionError as e:
             return Availability(False, str(e))
         problem = kubeconfig_problem(o["kubeconfig"])
@@ -269,7 +264,7 @@ class K8sEnv(Environment):
     @classmethod
     def details(cls) -> list[tuple[str, Availability]]:
         rows = [("k8s (real cluster)", Availability(False, f"not run on one: {UNTESTED}"))]
-        o = cls._parse({})
+        o = cls.parse({})
         if kubeconfig_problem(o["kubeconfig"]):
             return rows
         try:
@@ -286,7 +281,7 @@ class K8sEnv(Environment):
     @classmethod
     def target(cls, opts: dict[str, Any] | None = None) -> str:
         try:
-            o = cls._parse(opts)
+            o = cls.parse(opts)
             if o["context"]:
                 return f"k8s:{o['context']}"
             if kubeconfig_problem(o["kubeconfig"]):
@@ -301,7 +296,7 @@ class K8sEnv(Environment):
         runtime, kubelet), the pinned node's only when `node` is set. Never raises."""
         facts: dict[str, Any] = {"kind": "kubernetes cluster", "tested": UNTESTED}
         try:
-            o = cls._parse(opts)
+            o = cls.parse(opts)
             client = Client(o["kubeconfig"], o["context"])
         except (OptionError, K8sError) as e:
             return {**facts, "error": str(e)}
@@ -329,7 +324,7 @@ class K8sEnv(Environment):
     def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
         """Pods and namespaces labelled isobench=1 in the configured cluster (none looked
         for without a kubeconfig); an unreachable cluster raises (clean says so)."""
-        o = cls._parse(opts)
+        o = cls.parse(opts)
         if kubeconfig_problem(o["kubeconfig"]):
             return []
         client = Client(o["kubeconfig"], o["context"])
