@@ -21,7 +21,10 @@ the per-round ratios with its t interval), Benjamini-Hochberg across figures.
    time (three periods), which read a quota exactly whatever phase they start at
    (workloads/probe.h). During this run every CPU is kept out of
    idle by a SCHED_IDLE spinner (bench.busy: the matrix's `busy_cpus`).
-3. vDSO control: `clock_gettime` namespaces/host: the ratio CI must contain 1.0.
+3. vDSO control: `clock_gettime` namespaces/host is shown equal within 10% (the whole
+   90% CI inside 1 ± 10%: two one-sided tests). A host whose namespaces lose the vDSO
+   clock reads many-fold (gVisor: x3,000); "the 95% CI contains 1.0" instead failed one
+   validation in twenty on a chance 2% offset of a 20 ns call (the A/A figures' alpha).
 4. Harness cost (`bench.harness.measure`) and the sampler's perturbation of the cpu
    probe: `host:sampler=on` vs `host:sampler=off` in the same run; the ratio CI of time
    per op must lie within 1 ± 1% (an equivalence test: a wide CI fails as "not shown").
@@ -66,6 +69,7 @@ WEIGHT = 10240  # validate's probes get 10x a plain process's CPU weight (other 
 WEIGHTED = ("host", "namespaces")  # the kinds that have a weight option
 QUOTAS = (0.25, 0.5)
 QUOTA_KINDS = ("host", "namespaces", "docker", "podman")
+VDSO_MARGIN = 0.10  # namespaces must serve the vDSO clock as the host does, within 10%
 QUOTA_MARGIN = 0.05  # a quota q must read as 1/q within 5%
 PIN = "1"  # the CPU the pinned cells run on
 
@@ -145,15 +149,6 @@ def aa_check(pairs: dict[str, tuple[dict, dict]], *, alpha: float = ALPHA) -> Ch
     if bad:
         line += f" — significant: {', '.join(bad)}"
     return Check("A/A", ok, line, {"figures": figures, "significant": bad})
-
-
-def contains_check(name: str, values, baseline, expected: float, better: str = "lower") -> Check:
-    """Passes when the ratio CI of the cost-oriented figure contains `expected`."""
-    t = ratio(values, baseline, better)
-    r, lo, hi = t.ratio, t.low, t.high
-    ok = math.isfinite(lo) and math.isfinite(hi) and lo <= expected <= hi
-    line = f"ratio {_ci(r, lo, hi)} (expected {expected:g}), n={len(values)}/{len(baseline)}"
-    return Check(name, ok, line, {"ratio": r, "ci_low": lo, "ci_high": hi, "expected": expected})
 
 
 def equivalence_check(
@@ -303,9 +298,9 @@ def check_syscall(records) -> list[Check]:
             "startup ready": ("startup", "phases", "ready_ms"),
             "startup exit": ("startup", "phases", "exit_ms")}  # fmt: skip
     pairs = {n: (rounds(records, "B", *f), rounds(records, "A", *f)) for n, f in figs.items()}
-    vdso = contains_check("vDSO control (clock_gettime namespaces/host)",
-                          rounds(records, "namespaces", *figs["clock_gettime"]),
-                          pairs["clock_gettime"][1], 1.0)  # fmt: skip
+    vdso = equivalence_check("vDSO control (clock_gettime namespaces/host)",
+                             rounds(records, "namespaces", *figs["clock_gettime"]),
+                             pairs["clock_gettime"][1], VDSO_MARGIN)  # fmt: skip
     return [aa_check(pairs), vdso]
 
 

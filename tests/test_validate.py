@@ -62,17 +62,25 @@ def test_aa_without_data_fails():
 def test_known_answer_on_throughput_uses_time_per_op():
     base = _lognormal(1e6, 0.02, 25, 1)  # ops/s, higher is better
     half = _lognormal(0.5e6, 0.02, 25, 2)
-    c = v.contains_check("known", half, base, 2.0, "higher")
+    c = v.known_answer_check("known", half, base, 2.0, better="higher")
     assert c.passed, c.line
     assert c.data["ratio"] == pytest.approx(2.0, rel=0.03)
     # The same data read as lower-is-better gives 0.5: the check must fail then.
-    assert not v.contains_check("known", half, base, 2.0, "lower").passed
+    assert not v.known_answer_check("known", half, base, 2.0, better="lower").passed
 
 
 def test_known_answer_fails_when_quota_has_no_effect():
     base = _lognormal(1e6, 0.02, 25, 1)
-    c = v.contains_check("known", _lognormal(1e6, 0.02, 25, 2), base, 2.0, "higher")
+    c = v.known_answer_check("known", _lognormal(1e6, 0.02, 25, 2), base, 2.0, better="higher")
     assert not c.passed
+
+
+def test_vdso_control_tolerates_a_chance_offset_and_fails_without_a_vdso_clock():
+    host = _lognormal(21.5, 0.03, 20, 1)  # ns per clock_gettime
+    c = v.equivalence_check("vDSO", _lognormal(21.5 * 0.98, 0.03, 20, 2), host, v.VDSO_MARGIN)
+    assert c.passed, c.line  # 2% off (the 95% CI may exclude 1): still the vDSO clock
+    c = v.equivalence_check("vDSO", _lognormal(21.5 * 3000, 0.03, 20, 3), host, v.VDSO_MARGIN)
+    assert not c.passed and "differs by more than 10%" in c.line
 
 
 def test_quota_known_answer_needs_its_whole_ci_within_five_percent():
