@@ -26,10 +26,13 @@ def wait(pred, limit: float) -> bool:
 
 @pytest.mark.requires("docker", "host")
 def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
-    # syscall launches take ~0.4 s on the host, so the run outlasts the outage
+    # rounds go on until the budget (the run's wall clock) is spent: an unreachable
+    # precision keeps them going, and the host's syscall launches (~0.5 s) keep a round
+    # long while docker's fail at once, so the run outlasts the outage
     args = ["--env", "host", "--env", "docker", "--workload", "syscall", "--quick"]
-    proc = start(tmp_path, *args, "--rounds", "60", "--max-rounds", "60", "--seed", "2")
-    run_dir = wait_for_samples(tmp_path, 60, proc, limit=180)
+    proc = start(tmp_path, *args, "--max-rounds", "400", "--budget", "40", "--precision",
+                 "0.0001", "--warmup", "0", "--seed", "2")  # fmt: skip
+    run_dir = wait_for_samples(tmp_path, 20, proc, limit=180)
     subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=True)
     try:
         assert wait(lambda: not docker_up(), 60), "dockerd did not stop"
@@ -42,10 +45,9 @@ def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    host = {
-        r["round"] for r in records if r["env"] == "host" and r["status"] == "ok" and r["round"]
-    }
-    assert host == set(range(1, 61))  # the host cells went on through the outage
+    rounds = {r["round"] for r in records}
+    host = {r["round"] for r in records if r["env"] == "host" and r["status"] == "ok"}
+    assert host == rounds  # the host cells went on through the outage
     failed = [r for r in records if r["env"] == "docker" and r["status"] != "ok"]
     assert failed and all(r["reason"] for r in failed)
     ok_after = [r for r in records if r["env"] == "docker" and r["status"] == "ok"
@@ -58,14 +60,14 @@ def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
 
 @pytest.mark.requires("root", "host")
 def test_results_disk_fills_up_mid_run(tmp_path):
-    """Results on a 256 KiB tmpfs: the run measures on, says what could not be saved,
+    """Results on a 128 KiB tmpfs: the run measures on, says what could not be saved,
     exits 1, and every line on disk is whole."""
     results = tmp_path / "results"
     results.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(results)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(results)], check=True)
     try:
-        proc = start(tmp_path, "--env", "host", "--workload", "syscall", "--rounds", "60",
-                     "--max-rounds", "60", "--warmup", "0")  # fmt: skip
+        proc = start(tmp_path, "--env", "host", "--workload", "syscall", "--quick", "--rounds",
+                     "20", "--max-rounds", "20", "--warmup", "0")  # fmt: skip
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 1, err
         assert "No space left on device" in err and "Traceback" not in err
