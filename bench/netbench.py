@@ -1,7 +1,8 @@
 """The network path (issue 15): a `net` server held in the environment, the `net` client
 on the host, outside every environment, so every environment is measured by the same
 client over the path a user would take to reach it (Instance.address: loopback, a veth,
-a published port). The runner calls `run_round` once per round of a `net` cell.
+a published port, a pod's IP, a guest's virtio-net on a tap). The runner calls
+`run_round` once per round of a `net` cell.
 
 One round:
 
@@ -9,8 +10,9 @@ One round:
    reason, before anything is started;
 2. a free port on the host (a server on the host's network must find it free; the
    others do not care), the server started as a held instance (`net --server --port P`)
-   and its `ready` awaited; `inst.address(P)` makes whatever the path needs (the
-   namespaces kind's veth) and says where to connect;
+   and its `ready` awaited (a guest's tap is made before it boots: its NIC must exist
+   then); `inst.address(P)` makes whatever else the path needs (the namespaces kind's
+   veth) and says where to connect;
 3. per op and per rep, one run of the client: `net --client HOST:PORT --op OP --reps 1`
    plus the catalog's other arguments. The client is a plain child process of the
    harness in its own session (process.stream: killed on timeout and Ctrl-C), not in a
@@ -24,7 +26,8 @@ Figures per record (one per op and rep), the probe's own:
   tcp_crr         conn_per_s, client_cpu_us_per_trans, server_cpu_us_per_trans (per connection)
   tcp_stream_*    mb_per_s, client_cpu_ms_per_mb, server_cpu_ms_per_mb
 (server_cpu_*: the server process's getrusage over the window, asked by the client) plus,
-where the instance's cgroup is found live (host, namespaces, docker, podman, oci), the
+where the instance's cgroup is found live (host, namespaces, docker, podman, oci, qemu's
+own cgroup around QEMU; not a libvirt domain's scope), the
 second source `server_cgroup_cpu_us_per_trans` / `server_cgroup_cpu_ms_per_mb`: the
 instance cgroup's CPU over the client's whole run, scaled to the measurement window by
 wall time (the warm-up does the same work at the same rate). It includes what the
@@ -33,7 +36,9 @@ work charged to the instance.
 
 The Launch: records as above; extra["probe_errors"] = ["<op>: reason"] for ops that
 failed (the rest of that op's reps are skipped); extra["net_path"] the path taken (the
-kind's own words, e.g. "veth ibv1a2b3c4dh 10.201.7.1/30 <-> ..."; loopback otherwise);
+kind's own words, e.g. "veth ibv1a2b3c4dh 10.201.7.1/30 <-> ...", "virtio-net on tap
+ibt0a1b2c3d ... (emulated: TCG)", "pod network (CNI ptp, routed, no NAT): pod IP ...";
+loopback otherwise);
 phases, cgroup and host-side figures of the server instance; status "failed" only when
 no op was measured.
 """

@@ -118,3 +118,28 @@ def test_domain_xml_escapes_paths(tmp_path):
     )
     xml = domain_xml("isobench-x-1", spec, tmp_path / "c.log")
     assert "k'&amp;" in xml and "a&lt;b" in xml and "<cpu mode='maximum'/>" in xml
+
+
+def test_domain_xml_attaches_a_nic_to_the_made_tap_and_changes_nothing(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    k = kernel.GuestKernel(tmp_path / "vmlinuz", "6.1", "0" * 64, None, "option")
+    img = initramfs.GuestImage(k, tmp_path / "i.gz", "0" * 64, {})
+    nic = ("ibt0123abcd", "52:54:00:aa:bb:cc")
+    spec = qemu_cmd.QemuSpec("/usr/bin/qemu-system-x86_64", img, "x", "tcg", "q35", nic=nic)
+    iface = ET.fromstring(domain_xml("isobench-x-1", spec, tmp_path / "c.log")).find(
+        "devices/interface"
+    )
+    assert iface.get("type") == "ethernet"  # no bridge, no network of libvirt's
+    target = iface.find("target")
+    assert (target.get("dev"), target.get("managed")) == ("ibt0123abcd", "no")
+    assert iface.find("mac").get("address") == "52:54:00:aa:bb:cc"
+    assert iface.find("model").get("type") == "virtio"
+    assert iface.find("rom").get("enabled") == "no"
+    plain = qemu_cmd.QemuSpec("/usr/bin/qemu-system-x86_64", img, "x", "tcg", "q35")
+    assert (
+        ET.fromstring(domain_xml("isobench-x-1", plain, tmp_path / "c.log")).find(
+            "devices/interface"
+        )
+        is None
+    )

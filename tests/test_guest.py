@@ -16,7 +16,7 @@ import pytest
 from bench import catalog
 from bench.bundle import find_busybox
 from bench.envs.base import Context, Invocation, OptionError
-from bench.envs.guest import GuestError, console, cpio, initramfs, kernel, modules
+from bench.envs.guest import GuestError, console, cpio, initramfs, kernel, modules, qemu_cmd, tap
 from bench.envs.qemu import QemuEnv
 from bench.envs.vm import Boot
 
@@ -103,6 +103,42 @@ def test_cmdline_carries_each_run_and_argument_as_data():
         console.cmdline([console.GuestRun("io", ("x" * 1600,), False)], 1)
 
 
+def test_a_net_boot_says_the_nics_address_on_the_command_line():
+    runs = [console.GuestRun("net", ("--server", "--port", "4321"), False)]
+    words = console.cmdline(runs, 60, "10.201.3.6/30").split()
+    assert "isobench.net=10.201.3.6/30" in words
+    assert not [w for w in console.cmdline(runs, 60).split() if w.startswith("isobench.net")]
+    with pytest.raises(ValueError):
+        console.cmdline(runs, 60, "10.201.3.6/30 isobench.run=x")  # one address, nothing more
+
+
+def _spec(tmp_path, machine: str, nic=None) -> qemu_cmd.QemuSpec:
+    k = kernel.GuestKernel(tmp_path / "vmlinuz", "6.1", "0" * 64, None, "option")
+    img = initramfs.GuestImage(k, tmp_path / "i.gz", "0" * 64, {})
+    return qemu_cmd.QemuSpec("/usr/bin/qemu-system-x86_64", img, "x", "tcg", machine, nic=nic)
+
+
+def test_a_nic_is_virtio_net_on_the_given_tap_without_a_script(tmp_path):
+    nic = ("ibt0123abcd", "52:54:00:aa:bb:cc")
+    for machine, device in (("q35", "virtio-net-pci,romfile="), ("microvm", "virtio-net-device")):
+        argv = qemu_cmd.qemu_command(_spec(tmp_path, machine, nic))
+        netdev = argv[argv.index("-netdev") + 1]
+        assert netdev == "tap,id=net0,ifname=ibt0123abcd,script=no,downscript=no"
+        assert argv[argv.index("-device", argv.index("-netdev")) + 1] == (
+            f"{device},netdev=net0,mac=52:54:00:aa:bb:cc"
+        )
+    assert "-netdev" not in qemu_cmd.qemu_command(_spec(tmp_path, "q35"))
+
+
+def test_tap_names_and_macs_are_the_instances_own():
+    a, b = tap.tap_name("isobench-r-e0-1"), tap.tap_name("isobench-r-e0-2")
+    assert a != b and a.startswith(tap.TAP_PREFIX) and len(a) <= 15
+    mac = tap.guest_mac("isobench-r-e0-1")
+    first = int(mac.split(":")[0], 16)
+    assert mac.startswith("52:54:00:") and not first & 1  # unicast, QEMU's locally run OUI
+    assert len(mac.split(":")) == 6 and mac != tap.guest_mac("isobench-r-e0-2")
+
+
 def test_a_round_of_the_catalog_fits_on_the_kernel_command_line():
     """Every workload of the catalog in one boot, with the arguments emulated guests get."""
     for quick in (True, False):
@@ -144,6 +180,7 @@ def test_init_runs_each_probe_in_turn_with_its_own_status(tmp_path):
     ]
     words = console.cmdline(runs, 1)
     prologue = f"bb={busybox}; probes={probes}; words='{words}'; mount_io() {{ :; }}\n"
+    prologue += 'net_up() { echo "net_up $*" >> net.log; }\n'  # no net word: never called
     res = subprocess.run(
         [str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
         capture_output=True,
@@ -160,13 +197,34 @@ def test_init_runs_each_probe_in_turn_with_its_own_status(tmp_path):
         ("args", True, 0, None),
     ]
     assert con.runs[0].lines == ["[a b]", "[]", "[$(touch x)]", "['\"]"]
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "net.log").exists()
     assert "bad option" in res.stderr
     for _ in range(30):  # the killed probe's child went with it; the dogs end within 1 s
         if not _processes_under(probes, busybox):
             break
         time.sleep(0.1)
     assert not _processes_under(probes, busybox)
+
+
+def test_init_brings_the_nic_up_before_the_first_probe(tmp_path):
+    """RUN_SCRIPT under the guest's busybox: `isobench.net=` calls net_up with the
+    address (the real one loads virtio-net and configures eth0) before any probe runs."""
+    busybox = find_busybox()
+    if busybox is None:
+        _missing("a static busybox (apt-get install busybox-static)")
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    (probes / "seen").write_text(f"#!{busybox} sh\necho ready\ncat net.log\n")
+    (probes / "seen").chmod(0o755)
+    words = console.cmdline([console.GuestRun("seen", (), False)], 5, "10.201.3.6/30")
+    prologue = (f"bb={busybox}; probes={probes}; words='{words}'; mount_io() {{ :; }}\n"
+                'net_up() { echo "net_up $*" >> net.log; }\n')  # fmt: skip
+    res = subprocess.run([str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path)  # fmt: skip
+    con = console.parse_console(res.stdout.splitlines())
+    assert [(r.ready, r.exit_code, r.lines) for r in con.runs] == [
+        (True, 0, ["net_up 10.201.3.6/30"])
+    ]
 
 
 def _processes_under(probes: Path, busybox: Path) -> list[str]:

@@ -66,14 +66,22 @@ def connect():
 
 
 def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
-    """The domain: direct kernel boot, serial console to a file, optional virtio io disk,
-    QEMU as root without relabelling (the cache lives in root's home)."""
+    """The domain: direct kernel boot, serial console to a file, optional virtio io disk
+    and virtio-net NIC (on a tap isobench made: type ethernet, managed='no'), QEMU as
+    root without relabelling (the cache lives in root's home)."""
     kvm = spec.accel == "kvm"
     if spec.cpu == "host-passthrough":
         cpu = "<cpu mode='host-passthrough'/>" if kvm else "<cpu mode='maximum'/>"
     else:
         cpu = ""
-    disk = ""
+    disk = nic = ""
+    if spec.nic is not None:  # the tap isobench made: libvirt attaches, changes nothing
+        tap, mac = spec.nic
+        nic = (
+            f"<interface type='ethernet'><target dev={quoteattr(tap)} managed='no'/>"
+            f"<mac address={quoteattr(mac)}/><model type='virtio'/><rom enabled='no'/>"
+            "</interface>"
+        )
     if spec.disk is not None:
         disk = (
             f"<disk type='file' device='disk'><driver name='qemu' type='raw' "
@@ -97,6 +105,7 @@ def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
   <devices>
     <emulator>{escape(spec.binary)}</emulator>
     {disk}
+    {nic}
     <serial type='file'><source path={quoteattr(str(console))}/><target port='0'/></serial>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>

@@ -1,5 +1,10 @@
 """Linux namespaces in their rawest form: unshare(1) gives the probe new pid, mount, net,
-uts, ipc and cgroup namespaces inside a fresh cgroup. No runtime, no seccomp, no image."""
+uts, ipc and cgroup namespaces inside a fresh cgroup. No runtime, no seccomp, no image.
+
+Also the host links isobench makes for the net workload (this kind's veths, a guest's
+tap: bench/envs/guest/tap.py): a /30 of VETH_BLOCK that overlaps nothing on the host,
+and the alias "isobench <instance>" on every such link, by which `clean` proves a link
+is isobench's and finds the run that made it (`link_leftovers`)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import subprocess
 from typing import Any
 
 from bench import interrupt
-from bench.envs.base import Availability, Instance, Invocation, Launch, StartError
+from bench.envs.base import Availability, Instance, Invocation, Launch, Leftover, StartError
 from bench.envs.containers import tool_version
 from bench.envs.host import HostEnv
 from bench.envs.process import ProcessInstance
@@ -22,6 +27,7 @@ UNSHARE = ["--pid", "--fork", "--mount-proc", "--mount", "--net", "--uts", "--ip
 VETH_BLOCK = "10.201.0.0/16"  # where each instance's /30 is looked for
 VETH_PREFIX = "ibv"  # interface names: ibv<8 hex>h (host end), ibv<8 hex>n (namespace end)
 IP_TIMEOUT_S = 10
+ALIAS_PREFIX = "isobench "  # a link's alias: "isobench <the instance's name>"
 
 
 def veth_names(instance: str) -> tuple[str, str]:
@@ -46,7 +52,7 @@ def free_slash30(taken: list[str], seed: str, block: str = VETH_BLOCK) -> ipaddr
     raise ValueError(f"no free /30 in {block}")
 
 
-def _ip(*args: str, netns_pid: int | None = None) -> str:
+def run_ip(*args: str, netns_pid: int | None = None) -> str:
     """Run `ip` (in the network namespace of `netns_pid` when given); its stdout, or
     StartError with its message."""
     argv = ["ip", *args]
@@ -61,15 +67,52 @@ def _ip(*args: str, netns_pid: int | None = None) -> str:
     return res.stdout
 
 
-def _taken_networks() -> list[str]:
+def taken_networks() -> list[str]:
     """The host's IPv4 addresses and routes (CIDR), which a veth /30 must not overlap."""
     out = []
-    for addr in json.loads(_ip("-j", "-4", "addr") or "[]"):
+    for addr in json.loads(run_ip("-j", "-4", "addr") or "[]"):
         out += [f"{a['local']}/{a['prefixlen']}" for a in addr.get("addr_info", [])]
-    for route in json.loads(_ip("-j", "-4", "route") or "[]"):
+    for route in json.loads(run_ip("-j", "-4", "route") or "[]"):
         if route.get("dst") not in (None, "default"):
             out.append(route["dst"] if "/" in route["dst"] else f"{route['dst']}/32")
     return out
+
+
+def link_alias(instance: str) -> str:
+    return f"{ALIAS_PREFIX}{instance}"
+
+
+def remove_link(name: str) -> None:
+    """Delete a link (a veth pair goes with either end); gone already is fine."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["ip", "link", "del", "dev", name], capture_output=True,
+                       timeout=IP_TIMEOUT_S, check=False)  # fmt: skip
+
+
+def owned_links(links: list[dict[str, Any]], prefixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Pure: `ip -j link` entries -> (name, instance) of the links isobench made: a name
+    with one of its `prefixes` and the alias it gives ("isobench isobench-<...>"); a
+    look-alike without that alias is not listed."""
+    out = []
+    for link in links:
+        name, alias = link.get("ifname", ""), link.get("ifalias") or ""
+        instance = alias.removeprefix(ALIAS_PREFIX)
+        if name.startswith(prefixes) and alias.startswith(ALIAS_PREFIX + "isobench-"):
+            out.append((name, instance))
+    return out
+
+
+def link_leftovers(prefixes: tuple[str, ...]) -> list[Leftover]:
+    """Links isobench made and did not remove (a run killed with -9), for `clean`; each
+    names the instance, so `clean` keeps those of a run still alive."""
+    try:
+        links = json.loads(run_ip("-j", "link", "show") or "[]")
+    except (StartError, ValueError):
+        return []
+    return [
+        Leftover(f"network interface {name} ({instance})", lambda n=name: remove_link(n))
+        for name, instance in owned_links(links, prefixes)
+    ]
 
 
 class VethInstance(ProcessInstance):
@@ -100,18 +143,18 @@ class VethInstance(ProcessInstance):
         except OSError as e:
             raise StartError(f"{self.name}: its network namespace: {e}") from None
         host_end, ns_end = veth_names(self.name)
-        net = free_slash30(_taken_networks(), self.name)
+        net = free_slash30(taken_networks(), self.name)
         near, far = (f"{a}/30" for a in list(net.hosts())[:2])
         try:
             self.veth = (host_end, ns_end)
-            _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end,
+            run_ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end,
                 "netns", str(pid))  # fmt: skip
-            _ip("link", "set", "dev", host_end, "alias", f"isobench {self.name}")
-            _ip("addr", "add", near, "dev", host_end)
-            _ip("link", "set", "dev", host_end, "up")
-            _ip("addr", "add", far, "dev", ns_end, netns_pid=pid)
-            _ip("link", "set", "dev", ns_end, "up", netns_pid=pid)
-            _ip("link", "set", "dev", "lo", "up", netns_pid=pid)
+            run_ip("link", "set", "dev", host_end, "alias", link_alias(self.name))
+            run_ip("addr", "add", near, "dev", host_end)
+            run_ip("link", "set", "dev", host_end, "up")
+            run_ip("addr", "add", far, "dev", ns_end, netns_pid=pid)
+            run_ip("link", "set", "dev", ns_end, "up", netns_pid=pid)
+            run_ip("link", "set", "dev", "lo", "up", netns_pid=pid)
         except BaseException:
             with interrupt.shielded():
                 self._remove_veth()
@@ -123,9 +166,7 @@ class VethInstance(ProcessInstance):
         """Delete the pair (gone already when the namespace ended first)."""
         if self.veth is None:
             return
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(["ip", "link", "del", "dev", self.veth[0]], capture_output=True,
-                           timeout=IP_TIMEOUT_S, check=False)  # fmt: skip
+        remove_link(self.veth[0])
         self.veth = None
 
     def _end(self, *, stopped: bool, timed_out: bool) -> Launch:

@@ -16,6 +16,11 @@ Two uses of a boot:
   killed / the domain destroyed, as a plug is pulled; the probe inside gets no signal,
   so its launch has no exit code and is ok once it was ready (phases ready, stop, exit,
   cleaned).
+
+A held guest that serves the net workload (`net --server`) gets a NIC: a tap isobench
+makes before the boot (guest/tap.py), virtio-net in the guest, whose init gives it the
+far address of the tap's /30; `address()` is that address, the path "virtio-net on tap
+ibt<hex> ... (emulated: TCG)"; the tap is deleted when the guest has ended.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from bench.envs.base import (
     OptionError,
     StartError,
 )
+from bench.envs.containers import served_port
 from bench.envs.guest import GuestError
 from bench.envs.guest.console import (
     ProbeRun,
@@ -52,6 +58,7 @@ from bench.envs.guest.initramfs import GuestImage, build_initramfs
 from bench.envs.guest.kernel import find_kernel
 from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.guest.qemu_cmd import CACHE_MODES, QemuSpec, qemu_binary, qemu_version
+from bench.envs.guest.tap import Tap, make_tap
 from bench.probeio import parse_lines
 
 TAIL_CHARS = 2000  # console lines kept as a launch's stderr tail
@@ -149,14 +156,20 @@ class GuestInstance(Instance):
 
     def __init__(
         self, env: VmEnvironment, name: str, guest: Guest, invs: list[Invocation],
-        scratch: Path, timeout: float,
+        scratch: Path, timeout: float, tap: Tap | None = None,
     ):  # fmt: skip
         super().__init__(name, timeout, guest.boot.t_submit)
         self.env = env
         self.guest = guest
         self.invs = invs
         self.scratch = scratch
+        self.tap = tap  # the guest's NIC's host end (a net server), deleted at the end
         self.launches: list[Launch] = []  # one per invocation, once ended
+
+    def address(self, port: int) -> tuple[str, int]:
+        if self.tap is None:
+            raise StartError(f"{self.name}: this guest has no NIC (only a net server gets one)")
+        return (str(self.tap.guest.ip), port)
 
     def run_round(self) -> list[Launch]:
         """Wait for the guest to power off (kill it at the timeout), then its Launches."""
@@ -187,11 +200,15 @@ class GuestInstance(Instance):
             boot = self.guest.finish(timed_out=timed_out, stopped=stopped)
         finally:
             with interrupt.shielded():
+                if self.tap is not None:
+                    self.tap.remove()
                 shutil.rmtree(self.scratch, ignore_errors=True)
         boot.phases["cleaned"] = time.monotonic_ns() - boot.t_submit
         self.launches = self.env._round_launches(boot, self.invs, self.timeout, stopped)
         for launch in self.launches:
             launch.extra["domain"] = self.name
+        if self.tap is not None:
+            self.launches[0].extra["net_path"] = self.tap.path(self.env.emulated)
         return self.launches[0]
 
 
@@ -205,9 +222,6 @@ class VmEnvironment(Environment):
     options = VM_OPTIONS
     machine_default = "q35"
     one_instance_per_round = True
-
-    def net_path(self) -> str | None:
-        return "not built yet: a guest NIC for the net workload (virtio-net on a tap, issue 15)"
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
@@ -246,7 +260,9 @@ class VmEnvironment(Environment):
             self.accel, self.accel_reason = wanted, f"accel={wanted} requested"
         self.emulated = self.accel == "tcg"
 
-    def _spec_for(self, cmdline: str, disk: Path | None) -> QemuSpec:
+    def _spec_for(
+        self, cmdline: str, disk: Path | None, nic: tuple[str, str] | None = None
+    ) -> QemuSpec:
         """The VM as configured; describe() shows it with placeholders."""
         return QemuSpec(
             self.binary or "qemu-system-x86_64",
@@ -259,6 +275,7 @@ class VmEnvironment(Environment):
             self.opts["cpu"],
             disk,
             self.opts["cache"],
+            nic,
         )
 
     def _labels(self) -> dict[str, Any]:
@@ -268,25 +285,32 @@ class VmEnvironment(Environment):
 
     def _boot_instance(self, invs: list[Invocation], limit: float, timeout: float):
         """Boot a guest that runs `invs` in turn, each within `limit` s in the guest;
-        `timeout` bounds its `ready` and its end. Whatever was made is removed when the
-        boot cannot be started (also when interrupted)."""
+        `timeout` bounds its `ready` and its end; a net server among them gets a NIC on
+        a tap made now. Whatever was made is removed when the boot cannot be started
+        (also when interrupted)."""
         if self.image is None:
             raise RuntimeError(f"{self.kind}: a guest started before prepare()")
         name = self.new_name()
         runs = [guest_run(inv) for inv in invs]
         scratch = self.ctx.scratch / name
         scratch.mkdir(parents=True)
+        tap = None
         try:
             disk = None
             if any(r.disk for r in runs):
                 disk = new_disk(self.disk_template, scratch / "io.raw")
-            spec = self._spec_for(cmdline(runs, limit), disk)
+            if any(served_port(inv) is not None for inv in invs):
+                tap = make_tap(name)
+            net, nic = (str(tap.guest), (tap.name, tap.mac)) if tap else (None, None)
+            spec = self._spec_for(cmdline(runs, limit, net), disk, nic)
             guest = self._guest(name, spec, scratch)
         except BaseException:
             with interrupt.shielded():
+                if tap is not None:
+                    tap.remove()
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return GuestInstance(self, name, guest, invs, scratch, timeout)
+        return GuestInstance(self, name, guest, invs, scratch, timeout, tap)
 
     def _guest(self, name: str, spec: QemuSpec, scratch: Path) -> Guest:
         """Start the guest (its files under `scratch`); a failure to start is a Guest

@@ -6,6 +6,9 @@ decodes each into one positional parameter and runs "$probe" "$@", one probe aft
 other, so no shell string is ever built from user input. One boot runs all the workloads
 of a round (`run_order`: startup first).
 
+A boot for the net workload also has `isobench.net=ADDR/PREFIX`: init loads virtio-net
+and gives the guest's NIC that address before the first probe.
+
 Out: the serial console (ttyS0), parsed by `parse_console` (pure): `isobench-uptime <s>`
 (the guest kernel's /proc/uptime right before the first probe starts), then for each
 probe `isobench-begin <n> <probe>`, the probe's own `ready` and JSON lines (and its
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -60,14 +64,17 @@ def run_order(invs: Sequence) -> list[int]:
     return sorted(range(len(invs)), key=lambda i: invs[i].workload != "startup")
 
 
-def cmdline(runs: Sequence[GuestRun], limit_s: float) -> str:
+def cmdline(runs: Sequence[GuestRun], limit_s: float, net: str | None = None) -> str:
     """The kernel command line for one boot: each probe as an `isobench.run=` word,
     followed by its arguments base64-encoded, one `isobench.arg=` word each (RUN_SCRIPT
     decodes each into one positional parameter: no shell string is built from them).
+    `net`: the guest NIC's address (ADDR/PREFIX), which init gives it before the probes.
     Without runs, init itself says `ready` (the KVM trial)."""
     words = [*BASE_CMDLINE, f"isobench.timeout={math.ceil(limit_s)}"]
     if any(r.disk for r in runs):
         words.append("isobench.disk=1")
+    if net is not None:
+        words.append(f"isobench.net={ipaddress.IPv4Interface(net).with_prefixlen}")
     for r in runs:
         if not PROBE_NAME.match(r.probe):
             raise GuestError(f"probe name {r.probe!r} is not a plain file name")

@@ -3,7 +3,9 @@ under /probes, the kernel modules; gzip, cached under the cache directory by (bu
 kernel, init script). `trial_initramfs` is the same without probes, for the KVM trial.
 
 /init (INIT_SCRIPT) mounts, loads the modules, runs the probes the kernel command line
-names (RUN_SCRIPT, see console.py for both ends of that protocol) and powers off."""
+names (RUN_SCRIPT, see console.py for both ends of that protocol) and powers off. A boot
+for the net workload (`isobench.net=ADDR/30`) first loads virtio-net and gives the
+guest's NIC that address (net_up)."""
 
 from __future__ import annotations
 
@@ -21,23 +23,32 @@ from bench.bundle import find_busybox
 from bench.envs.guest import GuestError
 from bench.envs.guest.cpio import DIR, LNK, REG, CpioEntry, write_newc
 from bench.envs.guest.kernel import GuestKernel, sha256_file
-from bench.envs.guest.modules import BASE_MODULES, DISK_MODULES, ModuleTree, read_module
+from bench.envs.guest.modules import (
+    BASE_MODULES,
+    DISK_MODULES,
+    NET_MODULES,
+    ModuleTree,
+    read_module,
+)
 
 NO_BUSYBOX = "no static busybox for the guest's init: apt-get install busybox-static"
 
 # What init does once its modules are loaded: read the words of the kernel command line
-# ($words), mount the io disk if asked (mount_io), then run each probe in sequence, every
+# ($words), mount the io disk if asked (mount_io), bring up the NIC if asked (net_up
+# ADDR/30), then run each probe in sequence, every
 # one delimited on the console and killed when it outlives the time limit. Kept apart
 # from the rest of init so the tests run it under the host's busybox sh on fake probes.
 RUN_SCRIPT = r"""
-disk=0; limit=0
+disk=0; limit=0; net=""
 for w in $words; do
   case "$w" in
     isobench.disk=1) disk=1 ;;
     isobench.timeout=*) limit="${w#isobench.timeout=}" ;;
+    isobench.net=*) net="${w#isobench.net=}" ;;
   esac
 done
 [ "$disk" = 1 ] && mount_io
+[ -n "$net" ] && net_up "$net"
 read up idle < /proc/uptime
 echo "isobench-uptime $up"
 n=0; probe=""
@@ -91,6 +102,14 @@ mount_io() {
   while [ ! -b /dev/vda ] && [ "$i" -lt 500 ]; do $bb usleep 10000; i=$((i + 1)); done
   $bb mount -t ext4 /dev/vda /mnt/io || fail "mount /dev/vda"
 }
+net_up() {  # the guest's only NIC (eth0) gets ADDR/30
+  load /etc/isobench/modules.net
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ "$i" -lt 500 ]; do $bb usleep 10000; i=$((i + 1)); done
+  $bb ip link set lo up
+  $bb ip addr add "$1" dev eth0 || fail "ip addr add $1 dev eth0"
+  $bb ip link set eth0 up || fail "ip link set eth0 up"
+}
 load /etc/isobench/modules.base
 words=$($bb cat /proc/cmdline)
 probes=/probes
@@ -107,7 +126,7 @@ class GuestImage:
     kernel: GuestKernel
     initramfs: Path
     initramfs_sha256: str
-    modules: dict[str, list[str]]  # "base"/"disk" -> load order
+    modules: dict[str, list[str]]  # "base"/"disk"/"net" -> load order
 
     def describe(self) -> dict:
         return {
@@ -189,14 +208,17 @@ def _initramfs(
     if target.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         return GuestImage(kernel, target, meta["sha256"], meta["modules"])
-    order: dict[str, list[str]] = {"base": [], "disk": []}
+    order: dict[str, list[str]] = {"base": [], "disk": [], "net": []}
     blobs: dict[str, bytes] = {}
     if kernel.modules is not None:
         tree = ModuleTree.open(kernel.modules)
         base = tree.order([m for m in BASE_MODULES if m in tree.files or m in tree.builtin])
         disk = [m for m in tree.order(DISK_MODULES) if m not in base]
-        order = {"base": base, "disk": disk}
-        blobs = {n: read_module(tree.files[n]) for n in base + disk}
+        # a kernel without virtio-net boots every other workload; its net boot says why
+        have = [m for m in NET_MODULES if m in tree.files or m in tree.builtin]
+        net = [m for m in tree.order(have) if m not in base and m not in disk]
+        order = {"base": base, "disk": disk, "net": net}
+        blobs = {n: read_module(tree.files[n]) for n in base + disk + net}
     archive = gzip.compress(
         write_newc(initramfs_entries(probes, busybox, blobs, order)),
         compresslevel=6,

@@ -14,6 +14,7 @@ from bench.envs.guest import GuestError
 
 BASE_MODULES = ("virtio_pci", "virtio_mmio", "virtio_console")
 DISK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")  # ext4 soft-depends on crc32c
+NET_MODULES = ("virtio_net",)  # with failover and net_failover (Debian builds it as a module)
 
 
 def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:

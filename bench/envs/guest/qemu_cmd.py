@@ -53,6 +53,7 @@ class QemuSpec:
     cpu: str = "default"  # "host-passthrough" | "default"
     disk: Path | None = None
     cache: str = "none"
+    nic: tuple[str, str] | None = None  # (tap, MAC): a virtio-net NIC on a made tap
 
 
 def qemu_cpu(cpu: str, accel: str) -> str:
@@ -98,5 +99,14 @@ def qemu_command(spec: QemuSpec) -> list[str]:
             f"file={spec.disk},if=none,id=io,format=raw,cache={spec.cache}",
             "-device",
             ("virtio-blk-device" if mmio else "virtio-blk-pci") + ",drive=io",
+        ]
+    if spec.nic is not None:  # the tap exists: QEMU only attaches (no script, no ROM)
+        tap, mac = spec.nic
+        device = "virtio-net-device" if mmio else "virtio-net-pci,romfile="
+        argv += [
+            "-netdev",
+            f"tap,id=net0,ifname={tap},script=no,downscript=no",
+            "-device",
+            f"{device},netdev=net0,mac={mac}",
         ]
     return argv
