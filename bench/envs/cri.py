@@ -19,6 +19,10 @@ runtime's log writer stamped on the probe's `ready` line, converted from the wal
 clock), exit (the probe's process ended: a pidfd on it, else the first ContainerStatus
 that said so), cleaned (pod stopped and removed, pod cgroup and log removed).
 
+The net workload's server is a pod like any other; the host-side client reaches it
+on loopback (network=host: the node's namespace) or at the pod's IP (network=pod:
+PodSandboxStatus's, routed by the CNI plugin to the pod's veth, no NAT).
+
 Resources have the Guaranteed QoS shape: requests = limits on the container (quota,
 shares, memory), and the pod cgroup gets the CPU quota too, as a kubelet's pod cgroup
 does. The pod cgroup is a per-launch parent isobench makes (LinuxPodSandboxConfig.
@@ -228,9 +232,6 @@ class CriEnv(Environment):
             rows.append((f"cri:runtime={runtime}", cls.probe({"runtime": runtime})))
         rows.append(("cri:network=pod", cls.probe({"network": "pod"})))
         return rows
-
-    def net_path(self) -> str | None:
-        return "not built yet: the pod network path of the net workload (issue 15)"
 
     @classmethod
     def variants(cls) -> list[str]:

@@ -212,8 +212,31 @@ class PodInstance(Instance):
         self.daemon_cpu0 = self._daemon_cpu()
         self.notes: list[str] = []
         self.unresponsive = False  # a CRI call on this pod ran out of time
+        self.path = ""  # the network path taken, once address() was asked
         if not failed:
             self._watch()
+
+    def address(self, port: int) -> tuple[str, int]:
+        """network=host: loopback (the node's namespace); pod: the pod's IP, which the
+        CNI plugin routes to the pod's veth (PodSandboxStatus says which it is)."""
+        if self.failed or self.pod.sid is None:
+            raise StartError(self.failed or f"{self.name}: no pod")
+        if self.pod.env.opts["network"] == "host":
+            self.path = f"node network (hostNetwork pod): loopback 127.0.0.1:{port}"
+            return ("127.0.0.1", port)
+        req = self.cl.pb.PodSandboxStatusRequest(pod_sandbox_id=self.pod.sid)
+        try:
+            st = self.cl.call("PodSandboxStatus", req, max(0.1, min(CALL_S, self.left()))).status
+        except CriError as e:
+            raise StartError(f"{self.name}: the pod's IP: {e}") from None
+        ip = st.network.ip if st.HasField("network") else ""
+        if not ip:
+            raise StartError(f"{self.name}: the pod has no IP (PodSandboxStatus network)")
+        cni = self.pod.env._info.get("cni") or {}
+        how = f"CNI {cni['plugin']}" if cni.get("plugin") else "CNI"
+        routed = ", routed, no NAT" if cni.get("ip_masq") is False else ""
+        self.path = f"pod network ({how}{routed}): pod IP {ip}:{port}"
+        return (ip, port)
 
     # -- watching
     def _watch(self) -> None:
@@ -367,6 +390,8 @@ class PodInstance(Instance):
             launch.host_side["containerd_cpu_ms"] = round(cpu1 - self.daemon_cpu0, 3)
         if problems or self.notes:
             launch.extra["cri_problems"] = [*self.notes, *problems]
+        if self.path:
+            launch.extra["net_path"] = self.path
         return launch
 
     def _collect(self, *, stopped: bool, timed_out: bool) -> Launch:
