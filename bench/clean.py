@@ -1,12 +1,14 @@
 """`isobench clean`: find and remove what crashed runs left behind: containers, images
-no bundle needs, guests, cgroups, scratch directories and half-built bundles.
+no bundle needs, guests, the net workload's veths and taps, cgroups, scratch directories
+and half-built bundles.
 
 It touches only what it can prove isobench made (a label, a name an isobench run
 gives, the owner marker of a scratch directory: a user's `/tmp/isobench-notes/` has
 none and is never listed) and only when the run that made it is no longer alive: a run
 is alive while the process named in its scratch marker runs (same boot), and a host
 cgroup names the pid of the process that made it. It refuses while a run holds the
-lock."""
+lock. A veth or tap is isobench's when its name has isobench's prefix and its alias
+names the instance that made it ("isobench <instance>")."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import psutil
 
 from bench.envs import REGISTRY
 from bench.envs.base import Leftover
+from bench.envs.guest.tap import TAP_PREFIX
+from bench.envs.namespaces import VETH_PREFIX, link_leftovers
 from bench.lock import RunLock
 from bench.metrics.cgroup import Cgroup
 from bench.metrics.cgroup import find_leftovers as cgroup_leftovers
@@ -64,6 +68,7 @@ def find_all() -> list[Leftover]:
             found.extend(cls.leftovers())
         except Exception as e:  # an engine that is down cannot have its leftovers listed
             found.append(Leftover(f"{cls.kind}: could not look for leftovers ({e})", lambda: None))
+    found.extend(link_leftovers((VETH_PREFIX, TAP_PREFIX)))  # after the guests that use them
     for path in cgroup_leftovers():
         found.append(Leftover(f"cgroup {path}", Cgroup.at(path).remove))
     for path in scratch_dirs():

@@ -86,6 +86,15 @@ def test_a_live_runs_other_leftovers_are_kept():
     )
 
 
+def test_a_veth_or_tap_is_kept_while_its_run_or_maker_lives():
+    live = {"20260101-000000-ab12": 4242}
+    veth = "network interface ibv1a2b3c4dh (isobench-20260101-000000-ab12-e1-3)"
+    assert "still running (pid 4242)" in clean.still_in_use(veth, live)
+    assert clean.still_in_use(veth, {}) == ""
+    tap = f"network interface ibt0badf00d (isobench-t-qemu-p{os.getpid()}-1)"
+    assert f"pid {os.getpid()}" in clean.still_in_use(tap, {})
+
+
 def test_what_is_made_outside_a_run_names_the_process_that_made_it():
     mine = f"cgroup /sys/fs/cgroup/memory/{PREFIX}harness-p{os.getpid()}-3"
     assert f"pid {os.getpid()}" in clean.still_in_use(mine, {})

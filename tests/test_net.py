@@ -9,7 +9,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +20,11 @@ from bench import netbench
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Invocation
 from bench.envs.containers import net_path_problem, network_of, served_port
-from bench.envs.namespaces import VETH_PREFIX, free_slash30, veth_names
+from bench.envs.guest.tap import TAP_PREFIX
+from bench.envs.namespaces import VETH_PREFIX, free_slash30, owned_links, veth_names
 
 QUICK = ["--min-ms", "100"]
+ROOT = Path(__file__).parents[1]
 
 
 # ---------------------------------------------------------------- pure
@@ -72,6 +77,34 @@ def test_veth_names_fit_the_kernel_limit_and_the_slash30_avoids_taken_networks()
     assert first.prefixlen == 30 and again != first and not again.overlaps(first)
     with pytest.raises(ValueError):
         free_slash30(["10.201.0.0/28"], "seed", "10.201.0.0/28")
+
+
+def test_only_links_with_isobench_s_prefix_and_alias_are_its_own():
+    links = [  # as `ip -j link` gives them
+        {"ifname": "ibv1a2b3c4dh", "ifalias": "isobench isobench-20260101-000000-ab12-e1-3"},
+        {"ifname": "ibt0badf00d", "ifalias": "isobench isobench-t-qemu-p4242-1"},
+        {"ifname": "ibt0badf00e"},  # a look-alike without the alias
+        {"ifname": "ibv99999999h", "ifalias": "someone else's"},
+        {"ifname": "eth0", "ifalias": "isobench isobench-x-1"},  # not a name isobench gives
+    ]
+    assert owned_links(links, (VETH_PREFIX, TAP_PREFIX)) == [
+        ("ibv1a2b3c4dh", "isobench-20260101-000000-ab12-e1-3"),
+        ("ibt0badf00d", "isobench-t-qemu-p4242-1"),
+    ]
+    assert owned_links(links, (VETH_PREFIX,)) == [owned_links(links, (VETH_PREFIX,))[0]]
+
+
+def test_a_taps_path_says_where_and_whether_emulated():
+    import ipaddress
+
+    from bench.envs.guest.tap import Tap
+
+    t = Tap("ibt0badf00d", ipaddress.IPv4Interface("10.201.3.5/30"),
+            ipaddress.IPv4Interface("10.201.3.6/30"), "52:54:00:aa:bb:cc")  # fmt: skip
+    assert t.path(True) == (
+        "virtio-net on tap ibt0badf00d 10.201.3.5/30 <-> guest eth0 10.201.3.6/30 (emulated: TCG)"
+    )
+    assert t.path(False).endswith("10.201.3.6/30")
 
 
 # ---------------------------------------------------------------- the probe on loopback
@@ -168,14 +201,49 @@ def test_a_server_killed_mid_stream_fails_the_op_quickly(bundle, server):
 # ---------------------------------------------------------------- real rounds
 
 
-def _veths() -> set[str]:
+def _links(prefix: str = "isobench-") -> dict[str, str]:
+    """`ip -o link`: isobench's veths and taps (name prefix, and the alias naming an
+    instance whose name starts with `prefix`) -> their line."""
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
-            if f" {VETH_PREFIX}" in line}  # fmt: skip
+    found = {}
+    for line in out.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith((VETH_PREFIX, TAP_PREFIX)) and f"alias isobench {prefix}" in line:
+            found[name] = line
+    return found
 
 
-def _env(kind: str, tmp_path, config=None):
-    ctx = Context(f"n{os.getpid() % 10000}", tmp_path / kind, tmp_path / "cache")
+def _veths(prefix: str = "isobench-") -> set[str]:
+    return {n for n in _links(prefix) if n.startswith(VETH_PREFIX)}
+
+
+def _iptables() -> list[str]:
+    """iptables-save's rules (no counters) that could be isobench's: naming its links,
+    its veth/tap block or isobench itself."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    marks = (VETH_PREFIX, TAP_PREFIX, "10.201.", "isobench")
+    return sorted(x for x in out.splitlines()
+                  if not x.startswith(("#", ":")) and any(m in x for m in marks))  # fmt: skip
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.fixture
+def host_net():
+    """The host's network as isobench could touch it, before and after the test: no
+    link, iptables rule or named network namespace of isobench's is added."""
+    before = (_links(), _iptables(), _netns())
+    yield before
+    assert _links() == before[0], "isobench links left behind"
+    assert _iptables() == before[1], "iptables rules changed"
+    assert {n for n in _netns() - before[2] if "isobench" in n} == set()
+
+
+def _env(kind: str, tmp_path, config=None, cache=None):
+    ctx = Context(f"n{os.getpid() % 10000}", tmp_path / kind, cache or tmp_path / "cache")
     return REGISTRY[kind](config or {}, ctx)
 
 
@@ -187,13 +255,15 @@ def _round(env, bundle, **kw):
         env.cleanup()
 
 
-def _check_records(launch):
+def _check_records(launch, cgroup=True):
     assert launch.status == "ok", (launch.reason, launch.extra.get("probe_errors"))
     ops = {r["op"] for r in launch.records}
     assert ops == {"tcp_rr", "tcp_stream_c2s"}
     rr = next(r for r in launch.records if r["op"] == "tcp_rr")
     assert rr["metrics"]["p50_us"] > 0 and rr["units"]["p50_us"] == "us"
-    assert rr["metrics"]["server_cgroup_cpu_us_per_trans"] > 0
+    assert rr["metrics"]["server_cpu_us_per_trans"] > 0
+    if cgroup:
+        assert rr["metrics"]["server_cgroup_cpu_us_per_trans"] > 0
 
 
 @pytest.mark.requires("host")
@@ -204,15 +274,15 @@ def test_host_round_is_loopback(bundle, tmp_path):
 
 
 @pytest.mark.requires("namespaces")
-def test_namespaces_round_goes_over_a_veth_made_and_removed(bundle, tmp_path):
-    before = _veths()
+def test_namespaces_round_goes_over_a_veth_made_and_removed(bundle, tmp_path, host_net):
+    env = _env("namespaces", tmp_path)
     seen: list[set[str]] = []
-    launch = _round(_env("namespaces", tmp_path), bundle, log=lambda s: seen.append(_veths()))
+    launch = _round(env, bundle, log=lambda s: seen.append(_veths(env.ctx.prefix)))
     _check_records(launch)
     assert launch.extra["net_path"].startswith("veth ")
     assert launch.extra["target"].startswith("10.201.")
-    assert any(s - before for s in seen), "no veth while the round ran"
-    assert _veths() == before
+    assert any(seen), "no veth while the round ran"
+    assert not _veths(env.ctx.prefix)
 
 
 def _docker_leftovers() -> list[str]:
@@ -225,12 +295,22 @@ def _docker_leftovers() -> list[str]:
     return [c.name for c in listed if c.name.startswith(mine)]
 
 
+def _dport_rules(port: str) -> list[str]:
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return [x for x in out.splitlines() if f"--dport {port} " in f"{x} "]
+
+
 @pytest.mark.requires("docker")
 def test_docker_bridge_goes_through_a_published_port(bundle, tmp_path):
-    launch = _round(_env("docker", tmp_path, {"network": "bridge"}), bundle)
+    during: list[list[str]] = []
+    launch = _round(_env("docker", tmp_path, {"network": "bridge"}), bundle,
+                    log=lambda s: during.append(_dport_rules(s.rsplit(":", 1)[-1])))  # fmt: skip
     _check_records(launch)
     assert "published port 127.0.0.1:" in launch.extra["net_path"]
     assert not _docker_leftovers()
+    port = launch.extra["target"].rsplit(":", 1)[1]
+    assert any(during), "docker's DNAT rule for the published port while the round ran"
+    assert _dport_rules(port) == [], "the published port's iptables rules are gone"
 
 
 @pytest.mark.requires("docker")
@@ -249,16 +329,15 @@ def test_docker_without_a_network_is_a_failed_round_with_its_reason(bundle, tmp_
 
 
 @pytest.mark.requires("namespaces")
-def test_an_interrupted_namespaces_round_leaves_no_veth_or_cgroup(bundle, tmp_path):
+def test_an_interrupted_namespaces_round_leaves_no_veth_or_cgroup(bundle, tmp_path, host_net):
     from bench.metrics.cgroup import find_leftovers
 
-    before = _veths()
     env = _env("namespaces", tmp_path)
     env.prepare(bundle)
     calls = []
 
     def interrupt_second(_msg):
-        calls.append(_veths())
+        calls.append(_veths(env.ctx.prefix))
         if len(calls) == 2:
             raise KeyboardInterrupt
 
@@ -268,8 +347,8 @@ def test_an_interrupted_namespaces_round_leaves_no_veth_or_cgroup(bundle, tmp_pa
                                log=interrupt_second)  # fmt: skip
     finally:
         env.cleanup()
-    assert calls[1] - before, "the veth existed when the round was interrupted"
-    assert _veths() == before
+    assert calls[1], "the veth existed when the round was interrupted"
+    assert not _veths(env.ctx.prefix)
     assert not [c for c in find_leftovers() if env.ctx.prefix in str(c)]
 
 
@@ -287,3 +366,162 @@ def test_an_interrupted_docker_round_leaves_no_container(bundle, tmp_path):
     finally:
         env.cleanup()
     assert not _docker_leftovers()
+
+
+# ---------------------------------------------------------------- guests (TCG: few boots)
+
+
+def _guest_env(kind: str, tmp_path, bundle):
+    return _env(kind, tmp_path, {"accel": "tcg"}, cache=bundle.root.parent.parent)
+
+
+def _guest_round_checks(launch, env, seen, cgroup=True):
+    _check_records(launch, cgroup)
+    path = launch.extra["net_path"]
+    assert path.startswith("virtio-net on tap ibt") and path.endswith("(emulated: TCG)"), path
+    assert launch.extra["target"].startswith("10.201.")
+    assert launch.extra["emulated"] is True
+    assert any(seen), "no tap while the round ran"
+    assert not _links(env.ctx.prefix)
+
+
+@pytest.mark.requires("libvirt")
+def test_qemu_round_goes_over_virtio_net_on_a_tap_made_and_removed(bundle, tmp_path, host_net):
+    env = _guest_env("qemu", tmp_path, bundle)
+    seen: list[dict[str, str]] = []
+    launch = _round(env, bundle, log=lambda s: seen.append(_links(env.ctx.prefix)))
+    _guest_round_checks(launch, env, seen)
+    (line,) = seen[0].values()  # one tap, with the alias naming its instance
+    assert f"alias isobench {env.ctx.prefix}-" in line
+    assert not [x for x in REGISTRY["qemu"].leftovers() if env.ctx.prefix in x.what]
+
+
+@pytest.mark.requires("libvirt")
+def test_libvirt_round_goes_over_virtio_net_on_a_tap_made_and_removed(bundle, tmp_path, host_net):
+    env = _guest_env("libvirt", tmp_path, bundle)
+    seen: list[dict[str, str]] = []
+    launch = _round(env, bundle, log=lambda s: seen.append(_links(env.ctx.prefix)))
+    _guest_round_checks(launch, env, seen, cgroup=False)  # the domain's scope is libvirt's
+    assert not [x for x in REGISTRY["libvirt"].leftovers() if env.ctx.prefix in x.what]
+
+
+@pytest.mark.requires("libvirt")
+def test_an_interrupted_guest_round_leaves_no_tap_qemu_or_cgroup(bundle, tmp_path, host_net):
+    from bench.metrics.cgroup import find_leftovers
+
+    env = _guest_env("qemu", tmp_path, bundle)
+    env.prepare(bundle)
+    seen = []
+
+    def interrupt_now(_msg):
+        seen.append(_links(env.ctx.prefix))
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            netbench.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 60, log=interrupt_now)
+    finally:
+        env.cleanup()
+    assert seen and seen[0], "the tap existed when the round was interrupted"
+    assert not _links(env.ctx.prefix)
+    assert not [x for x in REGISTRY["qemu"].leftovers() if env.ctx.prefix in x.what]
+    assert not [c for c in find_leftovers() if env.ctx.prefix in str(c)]
+
+
+# ---------------------------------------------------------------- cri
+
+
+@pytest.mark.requires("cri")
+def test_cri_pod_network_round_reaches_the_pod_ip(bundle, tmp_path, host_net):
+    env = _env("cri", tmp_path, {"network": "pod"}, cache=bundle.root.parent.parent)
+    launch = _round(env, bundle)
+    _check_records(launch, cgroup=False)  # the pod's cgroup is a parent of the server's
+    assert launch.extra["net_path"].startswith("pod network (CNI ptp, routed, no NAT): pod IP ")
+    host = launch.extra["target"].rsplit(":", 1)[0]
+    assert not host.startswith("127.") and host in launch.extra["net_path"]
+
+
+@pytest.mark.requires("cri")
+def test_cri_node_network_round_is_loopback(bundle, tmp_path, host_net):
+    env = _env("cri", tmp_path, {"network": "host"}, cache=bundle.root.parent.parent)
+    launch = _round(env, bundle)
+    _check_records(launch, cgroup=False)
+    path = launch.extra["net_path"]
+    assert path.startswith("node network (hostNetwork pod): loopback 127.0.0.1:"), path
+
+
+# ---------------------------------------------------------------- kill -9, then clean
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from bench import bundle as B
+from bench.envs import REGISTRY
+from bench.envs.base import Context, Invocation
+bundle = B.build()
+scratch, tag, port = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+server = Invocation("net", "net", ("--server", "--port", port))
+for kind, config in (("namespaces", {}), ("qemu", {"accel": "tcg"})):
+    env = REGISTRY[kind](config, Context(tag + kind[0], scratch / kind, bundle.root.parent.parent))
+    env.prepare(bundle)
+    inst = env.start(server, 120)
+    assert inst.wait_ready(), kind
+    print(kind, env.ctx.prefix, *inst.address(int(port)), flush=True)
+time.sleep(600)
+"""
+
+
+def _clean_dry_run(tmp_path) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(tmp_path / "lock")}
+    res = subprocess.run([sys.executable, "-m", "bench.cli", "clean", "--dry-run"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
+
+
+@pytest.mark.requires("namespaces", "libvirt")
+def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, host_net):
+    """A process holding a namespaces server (veth) and a guest server (tap) is killed
+    with -9: its veth, tap, QEMU and cgroups stay; `clean` keeps them while the process
+    lives, lists them once it is dead, and removing them leaves nothing."""
+    from bench import clean
+
+    tag = f"k{os.getpid() % 10000}"
+    port = str(netbench.free_port())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path), tag, port], stdout=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    watchdog = threading.Timer(240, holder.kill)  # a holder that never says it is up
+    watchdog.start()
+    try:
+        held = {}
+        for _ in range(2):
+            kind, prefix, host, _port = holder.stdout.readline().split()
+            held[kind] = (prefix, host)
+        links = {k: _links(prefix) for k, (prefix, _) in held.items()}
+        assert len(links["namespaces"]) == 1 and len(links["qemu"]) == 1, links
+        assert held["namespaces"][1].startswith("10.201.") and held["qemu"][1].startswith("10.201.")
+        names = [n for found in links.values() for n in found]
+        lines = _clean_dry_run(tmp_path)
+        for name in names:  # the process that made them runs: kept
+            assert any(x.startswith(f"keeping network interface {name} (") and
+                       f"(pid {holder.pid})" in x for x in lines), lines  # fmt: skip
+    finally:
+        watchdog.cancel()
+        holder.kill()  # kill -9
+        holder.wait(10)
+    assert set(_links(held["namespaces"][0])) | set(_links(held["qemu"][0])) == set(names)
+    lines = _clean_dry_run(tmp_path)
+    for name in names:
+        assert any(x.startswith(f"would remove network interface {name} (isobench-{tag}")
+                   for x in lines), lines  # fmt: skip
+    prefixes = [prefix for prefix, _ in held.values()]
+    assert any(x.startswith("would remove QEMU process") and prefixes[1] in x for x in lines)
+    live = clean.live_runs()
+    for item in clean.find_all():  # what `clean` removes, of ours only
+        if any(f"{p}-" in item.what for p in prefixes):
+            assert clean.still_in_use(item.what, live) == ""
+            item.remove()
+    assert not _links(prefixes[0]) and not _links(prefixes[1])
+    assert not [x.what for x in clean.find_all() if any(f"{p}-" in x.what for p in prefixes)]
