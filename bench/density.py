@@ -17,9 +17,12 @@ Per level, from zero (the level before is fully stopped first):
    - `mem_accounted_mib`: the instances' cgroup memory, read live (`mem_current_mib`) where
      the cgroup is found under the instance's name (host, namespaces, containers with an
      isobench cgroup parent), else the peak the stopped instance reported; plus the PSS of
-     the carriers that live outside that cgroup (the containerd shim), from the stopped
-     instances' host-side figures. Carriers inside it (runsc sandbox and gofer, podman's
-     conmon under the parent, QEMU) are already in the cgroup figure.
+     the carriers that live outside that cgroup. A kind that names its carriers
+     (Instance.carriers: podman's conmon, oci's foreground `run` process, runsc's sandbox
+     and gofer) has them read live, each counted only when its memory cgroup is not the
+     instance's or below it (is_inside); otherwise the peak PSS its stopped instances
+     reported for roles outside the cgroup (OUTSIDE_CARRIERS: docker's containerd shim).
+     Carriers inside (QEMU in a guest's scope) are in the cgroup figure already.
 4. idle CPU of the N over a fixed window, two sources:
    - `idle_cpu_ms_per_s`: the host-wide busy CPU (/proc/stat: user, nice, system, irq,
      softirq) during the window minus what the harness process itself used in it (the
@@ -56,7 +59,7 @@ from pathlib import Path
 
 from bench import interrupt
 from bench.envs.base import HOLD, Environment, Instance, Launch
-from bench.metrics.cgroup import CgroupReader, Layout
+from bench.metrics.cgroup import CgroupError, CgroupReader, Layout
 
 RESERVE = 0.25  # fraction of MemTotal a ramp never takes the host below
 DISAGREE = 0.20  # the two memory sources may differ by this much without a note
@@ -150,11 +153,37 @@ def has_carriers(host_side: dict[str, float], outside: Sequence[str] = OUTSIDE_C
     return any(f"{role}_pss_mib" in host_side for role in outside)
 
 
+def memory_dir(paths: dict[str, Path]) -> Path | None:
+    """The memory controller's directory of a cgroup's paths (v1 "memory", v2 "")."""
+    return paths.get("memory") or paths.get("")
+
+
+def is_inside(carrier: dict[str, Path], instance: dict[str, Path]) -> bool:
+    """Is a carrier's memory cgroup the instance's own or one below it? Its memory is then
+    in the instance's cgroup figure already (v1 with use_hierarchy, v2: hierarchical)."""
+    c, i = memory_dir(carrier), memory_dir(instance)
+    return c is not None and i is not None and (c == i or i in c.parents)
+
+
 def accounted_per_instance_mib(cgroup_mib: Sequence[float], carrier_mib: Sequence[float]) -> float:
     """The accounted view: the mean over the instances of cgroup memory + carriers' PSS."""
     if not cgroup_mib:
         raise ValueError("no instance figures")
     return (sum(cgroup_mib) + sum(carrier_mib)) / len(cgroup_mib)
+
+
+def carriers_note(outside: Sequence[dict[str, float]], named: Sequence[dict[int, str]]) -> str:
+    """Which carriers the accounted view added (PSS per instance, by role) and which it
+    left to the cgroup figure (inside the instance's cgroup)."""
+    n = len(outside) or 1
+    added: dict[str, float] = {}
+    for roles in outside:
+        for role, mib in roles.items():
+            added[role] = added.get(role, 0.0) + mib / n
+    inside = sorted({r for c in named for r in c.values()} - set(added))
+    parts = [f"{role} {mib:.2f} MiB" for role, mib in sorted(added.items())]
+    text = "carriers outside the cgroup, PSS per instance: " + (", ".join(parts) or "none")
+    return text + (f" (inside it: {', '.join(inside)})" if inside else "")
 
 
 def disagreement(a: float, b: float) -> float:
@@ -290,6 +319,34 @@ def instance_cgroup(name: str, layout: Layout | None = None) -> CgroupReader | N
     return None
 
 
+def pss_mib(pid: int) -> float | None:
+    """A process's PSS now (MiB), None when it is gone or its smaps cannot be read."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    pss = parse_smaps_rollup(text).get("Pss")
+    return None if pss is None else pss / MIB_KIB
+
+
+def outside_carriers_mib(carriers: dict[int, str], reader: CgroupReader | None) -> dict[str, float]:
+    """The PSS now (MiB, per role) of the carriers a held instance names (pid -> role, from
+    Instance.carriers) that sit outside its live cgroup `reader`; those inside are in the
+    cgroup figure already. With no live cgroup (None), every carrier named counts."""
+    out: dict[str, float] = {}
+    for pid, role in carriers.items():
+        try:
+            where = CgroupReader.for_pid(pid).paths
+        except CgroupError:
+            continue  # gone since it was named
+        if reader is not None and is_inside(where, reader.paths):
+            continue
+        pss = pss_mib(pid)
+        if pss is not None:
+            out[role] = out.get(role, 0.0) + pss
+    return out
+
+
 def idle_cpu(
     host: HostProbe, window: float, readers: Sequence[CgroupReader] = ()
 ) -> tuple[float, float | None]:
@@ -414,6 +471,9 @@ def _level(
         readers = [instance_cgroup(inst.name) for inst in held]
         live = [r for r in readers if r is not None]
         live_mem = [r.read().get("mem_current_mib") for r in live]
+        found = [inst.carriers() for inst in held]
+        named = [outside_carriers_mib(c, r) for c, r in zip(found, readers, strict=True)]
+        names_carriers = any(found)
         log(f"{op}: idle window")
         host_rate, cg_rate = idle_cpu(host, window, live if len(live) == n else ())
         log(f"{op}: one more with {n} held")
@@ -440,8 +500,14 @@ def _level(
     else:
         cg_mib = [launch.cgroup.get("mem_peak_mib", 0.0) for launch in launches]
         notes.append("cgroup memory: the peak the stopped instances reported (not found live)")
-    carrier = [carriers_mib(launch.host_side) for launch in launches]
+    if names_carriers:  # read live, beside the cgroups (podman's CLI, oci's `run`)
+        carrier = [sum(roles.values()) for roles in named]
+        if note := carriers_note(named, found):
+            notes.append(note)
+    else:  # the peak its stopped instances reported (docker's shim)
+        carrier = [carriers_mib(launch.host_side) for launch in launches]
     accounted = accounted_per_instance_mib(cg_mib, carrier)
+
     metrics = {
         "mem_system_mib": round(system, 3),
         "mem_accounted_mib": round(accounted, 3),
@@ -449,7 +515,7 @@ def _level(
         "idle_cpu_ms_per_s": round((host_rate - (rate_before + rate_after) / 2) / n, 3),
         "stop_ms": round(stop_ms, 3),
     }
-    if any(has_carriers(launch.host_side) for launch in launches):
+    if names_carriers or any(has_carriers(launch.host_side) for launch in launches):
         metrics["mem_carriers_mib"] = round(sum(carrier) / n, 3)
     if cg_rate is not None:
         metrics["cgroup_idle_cpu_ms_per_s"] = round(cg_rate / n, 4)

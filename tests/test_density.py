@@ -1,6 +1,6 @@
 """Density (bench/density.py): the memory arithmetic on recorded /proc files, the ramp's
 safety (it stops at the memory reserve, a failed level ends it, Ctrl-C at any point of a
-level leaves nothing), and real rounds on host, namespaces and docker."""
+level leaves nothing), and real rounds on host, namespaces, docker, podman and oci."""
 
 from __future__ import annotations
 
@@ -65,6 +65,33 @@ def test_accounted_view_adds_only_the_carriers_outside_the_cgroup():
     assert density.accounted_per_instance_mib([1.0, 3.0], [3.5, 3.0]) == pytest.approx(5.25)
     with pytest.raises(ValueError):
         density.accounted_per_instance_mib([], [])
+
+
+def test_a_carrier_counts_only_outside_the_instances_memory_cgroup():
+    """Membership by the memory controller's directory (v1 `memory`, v2 the one tree):
+    the instance's own cgroup and those below it are inside, a sibling with a common
+    prefix is not."""
+    v1 = Path("/sys/fs/cgroup/memory")
+    inst = {"memory": v1 / "isobench-r-e1-1", "pids": v1.parent / "pids/isobench-r-e1-1"}
+    assert density.is_inside({"memory": v1 / "isobench-r-e1-1/conmon"}, inst)
+    assert density.is_inside({"memory": v1 / "isobench-r-e1-1"}, inst)
+    assert not density.is_inside({"memory": v1 / "isobench-r-e1-10"}, inst)  # a neighbour
+    assert not density.is_inside({"memory": v1 / "process_api/abc"}, inst)  # the harness
+    assert not density.is_inside({"pids": v1.parent / "pids/isobench-r-e1-1"}, inst)
+    v2 = Path("/sys/fs/cgroup")
+    assert density.is_inside({"": v2 / "a.slice/a-b.slice/x"}, {"": v2 / "a.slice/a-b.slice"})
+    assert not density.is_inside({"": v2 / "system.slice/containerd.service"}, {"": v2 / "x"})
+
+
+def test_the_carriers_note_names_what_was_added_and_what_was_inside():
+    outside = [{"podman": 30.0}, {"podman": 32.0}]
+    named = [{11: "podman", 12: "conmon"}, {21: "podman", 22: "conmon"}]
+    assert density.carriers_note(outside, named) == (
+        "carriers outside the cgroup, PSS per instance: podman 31.00 MiB (inside it: conmon)"
+    )
+    assert density.carriers_note([{}], [{5: "sandbox"}]) == (
+        "carriers outside the cgroup, PSS per instance: none (inside it: sandbox)"
+    )
 
 
 def test_the_two_sources_are_flagged_past_twenty_percent():
@@ -217,6 +244,33 @@ def test_a_docker_round(env_of):
     _check_round(env, launch, [1, 2])
     for r in launch.records:  # the containerd shim lives outside the container's cgroup
         assert r["metrics"].get("mem_carriers_mib", 0) > 0, r
+
+
+@pytest.mark.requires("podman")
+def test_a_podman_round_counts_the_attached_cli_not_conmon_twice(env_of):
+    """podman's carriers are read live: the attached `podman run` (outside the per-launch
+    cgroup) is added, conmon (in <parent>/conmon, inside) is not added again."""
+    env = env_of("podman")
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    _check_round(env, launch, [1, 2])
+    for r in launch.records:
+        m = r["metrics"]
+        assert m["mem_carriers_mib"] > 0, r
+        assert m["mem_accounted_mib"] == pytest.approx(
+            m["mem_cgroup_mib"] + m["mem_carriers_mib"], abs=0.002
+        )
+        assert "carriers outside the cgroup, PSS per instance: podman " in r["note"]
+        assert "(inside it: conmon)" in r["note"]
+
+
+@pytest.mark.requires("oci", "root")
+def test_an_oci_round_counts_the_foreground_run_process(env_of):
+    env = env_of("oci")
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    _check_round(env, launch, [1, 2])
+    for r in launch.records:
+        assert r["metrics"]["mem_carriers_mib"] > 0, r
+        assert "carriers outside the cgroup, PSS per instance: runtime " in r["note"]
 
 
 @pytest.mark.requires("host")

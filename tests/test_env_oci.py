@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from bench import density
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.containers import runtime_availability
 from bench.envs.oci import OciEnv
@@ -106,3 +107,29 @@ def test_a_siblings_cleanup_leaves_this_rootfs(make_env, bundle, sibling):
     assert held.stop().exit_code == 0
     launch = runc.launch(STARTUP, 60)
     assert launch.status == "ok", launch.reason + launch.stderr_tail
+
+
+@pytest.mark.requires("oci", "root")
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_a_held_instance_names_its_carriers_and_density_counts_those_outside(make_env, runtime):
+    """The foreground `run` process sits in the harness's cgroup: counted. runsc's sandbox
+    and gofer sit in the container's cgroup (<instance>/probe): named, but left to the
+    cgroup figure (not counted twice). Once stopped, nothing is named."""
+    if runtime == "runsc" and not _runsc_ok():
+        pytest.skip("runsc not installed")
+    env = make_env({"runtime": runtime})
+    held = env.start(HOLD, 60)
+    try:
+        assert held.wait_ready()
+        carriers = held.carriers()
+        assert carriers[held.child.proc.pid] == "runtime"
+        want = {"runtime", "sandbox", "gofer"} if runtime == "runsc" else {"runtime"}
+        assert set(carriers.values()) == want
+        reader = density.instance_cgroup(held.name)
+        assert reader is not None
+        outside = density.outside_carriers_mib(carriers, reader)
+        assert set(outside) == {"runtime"} and outside["runtime"] > 0
+        assert outside["runtime"] == pytest.approx(density.pss_mib(held.child.proc.pid), rel=0.5)
+    finally:
+        held.stop()
+    assert held.carriers() == {}

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bench import density
 from bench.envs import containers as ct
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.podman import PodmanEnv, ulimit_argv, ulimit_candidates
@@ -91,3 +92,24 @@ def test_held_container_stops_on_sigterm(make_env, runtime):
     env.cleanup()
     assert _ours(env.ctx.prefix) == "" and _ours(other.ctx.prefix) != ""
     assert kept.stop().exit_code == 0
+
+
+@pytest.mark.requires("podman")
+def test_a_held_instance_names_its_carriers_and_density_counts_those_outside(make_env):
+    """The attached `podman run` stays in the harness's cgroup for the container's life:
+    counted. conmon sits in <parent>/conmon, inside the per-launch cgroup density reads:
+    named, but left to the cgroup figure (not counted twice)."""
+    env = make_env({})
+    held = env.start(HOLD, 60)
+    try:
+        assert held.wait_ready()
+        carriers = held.carriers()
+        assert carriers[held.child.proc.pid] == "podman"
+        assert "conmon" in carriers.values()
+        reader = density.instance_cgroup(held.name)
+        assert reader is not None
+        outside = density.outside_carriers_mib(carriers, reader)
+        assert set(outside) == {"podman"} and outside["podman"] > 0
+    finally:
+        held.stop()
+    assert held.carriers() == {}

@@ -229,6 +229,12 @@ class Instance:
         path needs on the first call and removes it with the instance."""
         return ("127.0.0.1", port)
 
+    def carriers(self) -> dict[int, str]:
+        """The host processes that carry this started instance now, pid -> role (conmon,
+        the runtime's foreground `run`, a sandbox, a shim): what density adds to the
+        instance's cgroup memory when they sit outside that cgroup. Default: none named."""
+        return {}
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the probe said `ready` (within `timeout`, default what is left)."""
         return self._ready(self.left() if timeout is None else timeout)

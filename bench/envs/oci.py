@@ -11,6 +11,10 @@ reads and removes the per-launch parent /<instance>.
 The instance is the runtime's `run` process (process.Child). A stop is SIGTERM: runc and
 crun pass it from their process group to the container's init; `runsc run` does not (it
 dies of it, and its gofer with it), so runsc's stop is `runsc kill <id> TERM`.
+
+A held instance names its carriers (carriers()): the foreground `run` process (in the
+harness's cgroup: outside the instance's) and, for runsc, the sandbox and gofer it started
+(in the container's cgroup); density counts the PSS of those outside.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import json
 import shutil
 import subprocess
 from typing import Any
+
+import psutil
 
 from bench import interrupt
 from bench.envs import containers as ct
@@ -152,7 +158,7 @@ class OciEnv(Environment):
             raise
         if runtime == "runsc":
             return RunscInstance(name, child, timeout, collect=collect, teardown=teardown)
-        return ProcessInstance(name, child, timeout, collect=collect, teardown=teardown)
+        return OciInstance(name, child, timeout, collect=collect, teardown=teardown)
 
     def net_path(self) -> str | None:
         if self.opts["network"] == "none":
@@ -184,7 +190,26 @@ class OciEnv(Environment):
         }
 
 
-class RunscInstance(ProcessInstance):
+class OciInstance(ProcessInstance):
+    def carriers(self) -> dict[int, str]:
+        """The runtime's foreground `run` process and the carriers it started (runsc's
+        sandbox and gofer); not the container's own processes."""
+        if self.launch is not None:
+            return {}
+        try:
+            run = psutil.Process(self.child.proc.pid)
+            below = run.children(recursive=True)
+        except psutil.Error:
+            return {}
+        out = {run.pid: "runtime"}
+        for proc in below:
+            role = ct.role_of(ct.cmdline(proc), self.name)
+            if role in ("sandbox", "gofer"):
+                out[proc.pid] = role
+        return out
+
+
+class RunscInstance(OciInstance):
     """`runsc run` does not pass a SIGTERM on to the container (it dies of it, with its
     gofer, and the sandbox follows): the stop goes through `runsc kill <id> TERM`."""
 

@@ -12,7 +12,10 @@ launch's prepare() finds limits that work here (the host's hard limits, then sma
 ones) with a tiny `true` run and passes them explicitly; describe() records them.
 
 conmon (podman's per-container monitor) sits in <parent>/conmon of the per-launch
-cgroup: its usage is subtracted from the container's and reported host-side.
+cgroup: its usage is subtracted from the container's and reported host-side. A held
+instance names its carriers (carriers()): the attached `podman run` (in the harness's
+cgroup, for the container's whole life: outside the per-launch cgroup) and conmon
+(inside it); density counts the PSS of those outside.
 """
 
 from __future__ import annotations
@@ -322,6 +325,7 @@ class PodmanEnv(Environment):
                 raise StartError(f"could not run podman for {name}: {e}") from None
             raise
         instance = PodmanInstance(name, child, timeout, collect=collect, teardown=teardown)
+        instance.conmon_cgroup = conmon_cg
         instance.network = network
         instance.runsc = self.opts["runtime"] == "runsc"
         return instance
@@ -356,6 +360,17 @@ class PodmanInstance(ProcessInstance):
     network = "none"
     runsc = False  # runsc runs with --network=host (runtime_argv)
     path = ""
+    conmon_cgroup: ct.LaunchCgroup | None = None
+
+    def carriers(self) -> dict[int, str]:
+        """The attached `podman run` (this instance's process: it stays for the
+        container's life, in the harness's cgroup) and conmon (in <parent>/conmon)."""
+        out = {}
+        if self.launch is None and self.child.proc.poll() is None:
+            out[self.child.proc.pid] = "podman"
+        if self.conmon_cgroup is not None:
+            out.update(dict.fromkeys(self.conmon_cgroup.pids(), "conmon"))
+        return out
 
     def address(self, port: int) -> tuple[str, int]:
         problem = ct.net_path_problem(self.network)
