@@ -428,6 +428,23 @@ def test_an_interrupted_guest_round_leaves_no_tap_qemu_or_cgroup(bundle, tmp_pat
     assert not [c for c in find_leftovers() if env.ctx.prefix in str(c)]
 
 
+@pytest.mark.requires("libvirt")
+def test_a_guest_server_not_ready_in_time_is_a_failed_round_without_its_tap(
+    bundle, tmp_path, host_net
+):
+    env = _guest_env("qemu", tmp_path, bundle)
+    env.prepare(bundle)
+    try:  # no TCG guest says `ready` within half a second
+        launch = netbench.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 0.5)
+    finally:
+        env.cleanup()
+    assert launch.status == "failed" and not launch.records
+    assert launch.reason.startswith("the server was not ready"), launch.reason
+    assert launch.extra["net_path"].startswith("virtio-net on tap ibt")  # it had one
+    assert not _links(env.ctx.prefix)
+    assert not [x for x in REGISTRY["qemu"].leftovers() if env.ctx.prefix in x.what]
+
+
 # ---------------------------------------------------------------- cri
 
 
