@@ -8,7 +8,8 @@ Per level, from zero (the level before is fully stopped first):
 1. a baseline: MemAvailable once the page cache has settled, and the host's busy CPU over
    the idle window, with none of this environment's instances held; a second one after
    the level is stopped: the held readings are compared with their mean, so drift from
-   other load is corrected to first order (and named in the note when it is large);
+   other load is corrected to first order (and named in the note when it is large). The
+   baseline after a level is the next level's baseline before (nothing is held between);
 2. hold N instances of the `hold` probe (start all, then wait for every `ready`); the
    memory reserve is checked before every start;
 3. memory per instance, two sources, cross-checked (a note when they differ by > 20%):
@@ -405,6 +406,7 @@ class Level:
 
     record: dict
     per_instance_mib: float
+    after: Baseline  # the next level's baseline before
 
 
 def _hold(env: Environment, n: int, timeout: float, host: HostProbe, floor_kib: float,
@@ -435,12 +437,33 @@ def _hold(env: Environment, n: int, timeout: float, host: HostProbe, floor_kib: 
             raise LevelFailed(f"instance {i + 1} of {n} not ready: {why}")
 
 
-def _baseline(host: HostProbe, window: float) -> tuple[int, bool, float]:
-    """With none of the level's instances held: settled MemAvailable (kB), whether it
-    settled, the host's busy CPU rate less the harness's (ms/s)."""
-    avail, settled = settle(host.available_kib)
-    rate, _ = idle_cpu(host, window)
-    return avail, settled, rate
+@dataclass(frozen=True)
+class Pace:
+    """How long a level waits: the idle CPU window, and at most how long MemAvailable may
+    take to settle before it is read anyway (with a note). Tests shorten both: they check
+    that the figures exist, not how precise they are."""
+
+    window: float = IDLE_WINDOW_S
+    settle_max: float = SETTLE_MAX_S
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The host with none of the environment's instances held: settled MemAvailable (kB),
+    whether it settled, the host's busy CPU rate less the harness's (ms/s), and the
+    harness's own anonymous memory (kB) at that moment."""
+
+    avail_kib: int
+    settled: bool
+    rate: float
+    anon_kib: int
+
+
+def _baseline(host: HostProbe, pace: Pace) -> Baseline:
+    anon = host.harness_anon_kib()
+    avail, settled = settle(host.available_kib, max_s=pace.settle_max)
+    rate, _ = idle_cpu(host, pace.window)
+    return Baseline(avail, settled, rate, anon)
 
 
 def _level(
@@ -449,24 +472,25 @@ def _level(
     op: str,
     timeout: float,
     reserve: float,
-    window: float,
+    pace: Pace,
     host: HostProbe,
     log: Callable[[str], None],
+    before: Baseline,
 ) -> Level:
-    """One level: a baseline, N held (memory, idle CPU), one more started, all stopped, a
-    second baseline. The two baselines bracket the held readings, so a host whose memory
-    or CPU use drifts for other reasons (other load) is corrected to first order."""
+    """One level from the baseline `before` (the previous level's after, or the round's
+    first): N held (memory, idle CPU), one more started, all stopped, a baseline after.
+    The two baselines bracket the held readings, so a host whose memory or CPU use drifts
+    for other reasons (other load) is corrected to first order."""
     total_kib = host.memory()["MemTotal"]
-    log(f"{op}: baseline (settling, {window:g} s idle window)")
-    anon_before = host.harness_anon_kib()
-    avail_before, settled_before, rate_before = _baseline(host, window)
+    anon_before = before.anon_kib
+    avail_before, settled_before, rate_before = before.avail_kib, before.settled, before.rate
     held: list[Instance] = []
     extra: list[Instance] = []
     notes = []
     try:
         _hold(env, n, timeout, host, reserve * total_kib, held, lambda s: log(f"{op}: {s}"))
         log(f"{op}: {n} held, settling")
-        avail_held, settled_held = settle(host.available_kib)
+        avail_held, settled_held = settle(host.available_kib, max_s=pace.settle_max)
         anon_growth = max(0, host.harness_anon_kib() - anon_before)
         readers = [instance_cgroup(inst.name) for inst in held]
         live = [r for r in readers if r is not None]
@@ -475,7 +499,7 @@ def _level(
         named = [outside_carriers_mib(c, r) for c, r in zip(found, readers, strict=True)]
         names_carriers = any(found)
         log(f"{op}: idle window")
-        host_rate, cg_rate = idle_cpu(host, window, live if len(live) == n else ())
+        host_rate, cg_rate = idle_cpu(host, pace.window, live if len(live) == n else ())
         log(f"{op}: one more with {n} held")
         one_more = _one_more(env, timeout, extra)
         log(f"{op}: stopping {n}")
@@ -491,7 +515,8 @@ def _level(
             raise
         raise LevelFailed(f"{type(e).__name__}: {e}") from None
     log(f"{op}: baseline after")
-    avail_after, settled_after, rate_after = _baseline(host, window)
+    after = _baseline(host, pace)
+    avail_after, settled_after, rate_after = after.avail_kib, after.settled, after.rate
 
     avail_base = (avail_before + avail_after) // 2
     system = system_per_instance_mib(avail_base, avail_held, n, anon_growth)
@@ -507,7 +532,6 @@ def _level(
     else:  # the peak its stopped instances reported (docker's shim)
         carrier = [carriers_mib(launch.host_side) for launch in launches]
     accounted = accounted_per_instance_mib(cg_mib, carrier)
-
     metrics = {
         "mem_system_mib": round(system, 3),
         "mem_accounted_mib": round(accounted, 3),
@@ -528,7 +552,7 @@ def _level(
     drift = drift_note(avail_before, avail_after, avail_base - avail_held, rate_before, rate_after)
     settled = settled_before and settled_held and settled_after
     if not settled:
-        notes.append(f"MemAvailable did not settle within {SETTLE_MAX_S:g} s (other load?)")
+        notes.append(f"MemAvailable did not settle within {pace.settle_max:g} s (other load?)")
     if drift:
         notes.append(drift)
     bad = [launch.reason for launch in launches if launch.status != "ok"]
@@ -549,7 +573,7 @@ def _level(
     }
     # the next level's estimate: the system view only when it can be trusted
     trusted = settled and not drift
-    return Level(record, max(system, accounted) if trusted else accounted)
+    return Level(record, max(system, accounted) if trusted else accounted, after)
 
 
 def run_round(
@@ -559,7 +583,7 @@ def run_round(
     reserve: float = RESERVE,
     log: Callable[[str], None] = lambda s: None,
     *,
-    window: float = IDLE_WINDOW_S,
+    pace: Pace = Pace(),
     host: HostProbe | None = None,
 ) -> Launch:
     """One density round of `env` over `levels` (ascending N). Returns a Launch whose
@@ -572,6 +596,7 @@ def run_round(
     launch = Launch()
     errors: list[str] = []
     per_instance: float | None = None
+    before: Baseline | None = None
     for index, n in enumerate(levels):
         op = op_name(n, levels)
         interrupt.check()
@@ -582,8 +607,11 @@ def run_round(
             errors.extend(f"{op_name(m, levels)}: skipped: {refusal}" for m in levels[index:])
             log(f"{op}: {refusal}; ramp stopped")
             break
+        if before is None:
+            log(f"{op}: baseline (settling, {pace.window:g} s idle window)")
+            before = _baseline(host, pace)
         try:
-            level = _level(env, n, op, timeout, reserve, window, host, log)
+            level = _level(env, n, op, timeout, reserve, pace, host, log, before)
         except LevelFailed as e:
             errors.append(f"{op}: {e}")
             errors.extend(
@@ -593,6 +621,7 @@ def run_round(
             break
         launch.records.append(level.record)
         per_instance = level.per_instance_mib
+        before = level.after
     if errors:
         launch.extra["probe_errors"] = errors
     if not launch.records:

@@ -16,7 +16,9 @@ from bench.envs.base import Context, Environment, StartError
 from bench.metrics.cgroup import find_leftovers
 
 DATA = Path(__file__).parent / "data" / "density"
-WINDOW = 0.5  # a short idle window: the tests check the figures exist, not their size
+# a short idle window and settle: the tests check that the figures exist, not their
+# precision (settle itself is tested on a fake clock)
+PACE = density.Pace(window=0.5, settle_max=1.5)
 READY_S = 60
 
 
@@ -223,7 +225,7 @@ def _check_round(env: Environment, launch, levels: list[int]) -> None:
 @pytest.mark.requires("host")
 def test_a_host_round(env_of):
     env = env_of("host")
-    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, pace=PACE)
     _check_round(env, launch, [1, 2])
     for r in launch.records:  # host: the cgroups are found live, nothing carries it
         assert "cgroup_idle_cpu_ms_per_s" in r["metrics"] and "mem_carriers_mib" not in r["metrics"]
@@ -233,14 +235,14 @@ def test_a_host_round(env_of):
 @pytest.mark.requires("namespaces")
 def test_a_namespaces_round(env_of):
     env = env_of("namespaces")
-    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, pace=PACE)
     _check_round(env, launch, [1, 2])
 
 
 @pytest.mark.requires("docker")
 def test_a_docker_round(env_of):
     env = env_of("docker")
-    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, pace=PACE)
     _check_round(env, launch, [1, 2])
     for r in launch.records:  # the containerd shim lives outside the container's cgroup
         assert r["metrics"].get("mem_carriers_mib", 0) > 0, r
@@ -251,7 +253,7 @@ def test_a_podman_round_counts_the_attached_cli_not_conmon_twice(env_of):
     """podman's carriers are read live: the attached `podman run` (outside the per-launch
     cgroup) is added, conmon (in <parent>/conmon, inside) is not added again."""
     env = env_of("podman")
-    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, pace=PACE)
     _check_round(env, launch, [1, 2])
     for r in launch.records:
         m = r["metrics"]
@@ -266,7 +268,7 @@ def test_a_podman_round_counts_the_attached_cli_not_conmon_twice(env_of):
 @pytest.mark.requires("oci", "root")
 def test_an_oci_round_counts_the_foreground_run_process(env_of):
     env = env_of("oci")
-    launch = density.run_round(env, [1, 2], READY_S, 0.25, window=WINDOW)
+    launch = density.run_round(env, [1, 2], READY_S, 0.25, pace=PACE)
     _check_round(env, launch, [1, 2])
     for r in launch.records:
         assert r["metrics"]["mem_carriers_mib"] > 0, r
@@ -283,7 +285,7 @@ def test_the_ramp_stops_at_the_memory_reserve(env_of):
     reserve = (mem["MemAvailable"] - 3 * 1024 * 1024) / mem["MemTotal"]
     levels = [1, 100_000]
     log: list[str] = []
-    launch = density.run_round(env, levels, READY_S, reserve, log.append, window=WINDOW)
+    launch = density.run_round(env, levels, READY_S, reserve, log.append, pace=PACE)
     assert launch.status == "ok"
     assert [r["op"] for r in launch.records] == ["n000001"]
     (err,) = launch.extra["probe_errors"]
@@ -297,7 +299,7 @@ def test_no_level_runs_when_the_host_is_already_below_the_reserve(env_of):
     env = env_of("host")
     mem = density.HostProbe().memory()
     reserve = min(0.99, mem["MemAvailable"] / mem["MemTotal"] + 0.01)
-    launch = density.run_round(env, [1, 2], READY_S, reserve, window=WINDOW)
+    launch = density.run_round(env, [1, 2], READY_S, reserve, pace=PACE)
     assert launch.status == "failed" and "no density level" in launch.reason
     assert [e.split(":")[0] for e in launch.extra["probe_errors"]] == ["n01", "n02"]
     assert launch.records == [] and env._live == []  # nothing was started
@@ -317,7 +319,7 @@ def test_a_level_that_cannot_start_fails_and_ends_the_ramp(env_of, monkeypatch):
         return real_start(inv, timeout)
 
     monkeypatch.setattr(env, "start", start)
-    launch = density.run_round(env, [1, 4, 8], READY_S, 0.25, window=WINDOW)
+    launch = density.run_round(env, [1, 4, 8], READY_S, 0.25, pace=PACE)
     assert [r["op"] for r in launch.records] == ["n01"]
     failed, skipped = launch.extra["probe_errors"]
     assert failed == "n04: instance 4 of 4 did not start: could not set up isobench-x: no more pids"
@@ -325,22 +327,28 @@ def test_a_level_that_cannot_start_fails_and_ends_the_ramp(env_of, monkeypatch):
     assert _ours(env) == []
 
 
-INTERRUPT_AT = ["started, waiting for ready", "held, settling", "idle window",
-                "one more with", "stopping"]  # fmt: skip
+# the log lines of level 3's steps, in order (each is where a Ctrl-C is raised)
+INTERRUPT_AT = ["3 started, waiting for ready", "3 held, settling", "idle window",
+                "one more with 3 held", "stopping 3"]  # fmt: skip
 
 
 @pytest.mark.requires("host")
 @pytest.mark.parametrize("moment", INTERRUPT_AT)
 def test_ctrl_c_anywhere_in_a_level_leaves_nothing(env_of, moment):
-    """KeyboardInterrupt from the log callback at each step of level 3: run_round
-    re-raises it, and before that every instance it held is gone (no env.cleanup())."""
+    """KeyboardInterrupt from the log callback at each step of level 3 (after its
+    baseline): run_round re-raises it, and before that every instance it held is gone
+    (no env.cleanup())."""
     env = env_of("host")
+    seen: list[str] = []
 
     def log(line: str) -> None:
-        if line.startswith("n03:") and moment in line:
+        seen.append(line)
+        if line == f"n03: {moment}":
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        density.run_round(env, [1, 3], READY_S, 0.25, log, window=WINDOW)
-    assert env._live, "the interrupt came after instances were started"
+        density.run_round(env, [3], READY_S, 0.25, log, pace=PACE)
+    assert seen[-1] == f"n03: {moment}"
+    assert len(env._live) >= 3, "the interrupt came after the level's instances were started"
+    assert all(i.launch is not None for i in env._live)
     assert _ours(env) == []
