@@ -542,3 +542,59 @@ def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, h
             item.remove()
     assert not _links(prefixes[0]) and not _links(prefixes[1])
     assert not [x.what for x in clean.find_all() if any(f"{p}-" in x.what for p in prefixes)]
+
+
+# ---------------------------------------------------------------- a real run, whole or Ctrl-C
+
+RUN = ["--env", "namespaces", "--env", "qemu:accel=tcg", "--workload", "net", "--quick",
+       "--rounds", "1", "--max-rounds", "1", "--warmup", "0"]  # fmt: skip
+
+
+def _run(tmp_path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(tmp_path / "lock")}
+    argv = [sys.executable, "-m", "bench.cli", "run", *RUN, "--results", str(tmp_path / "r")]
+    return subprocess.Popen([*argv, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+
+
+def _run_prefix(tmp_path, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        made = [p.name for p in (tmp_path / "r").glob("*") if p.is_dir()]
+        if made:
+            return f"isobench-{made[0]}-"
+        time.sleep(0.1)
+    raise AssertionError("the run made no run directory")
+
+
+@pytest.mark.requires("namespaces", "libvirt")
+def test_a_real_run_records_each_path_and_leaves_no_link_or_rule(tmp_path, host_net):
+    run = _run(tmp_path)
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, out
+    (manifest,) = (tmp_path / "r").glob("*/manifest.json")
+    envs = json.loads(manifest.read_text())["environments"]
+    assert envs["namespaces"]["net_path"].startswith("veth ibv"), envs["namespaces"]
+    assert envs["qemu:accel=tcg"]["net_path"].startswith("virtio-net on tap ibt")
+    assert "net · tcp_rr p50_us" in out
+    assert not _links(f"isobench-{manifest.parent.name}-")
+
+
+@pytest.mark.requires("namespaces", "libvirt")
+def test_a_real_run_interrupted_with_ctrl_c_leaves_no_link_or_rule(tmp_path, host_net):
+    run = _run(tmp_path)
+    try:
+        prefix = _run_prefix(tmp_path)
+        deadline = time.monotonic() + 120
+        while not any(n.startswith(TAP_PREFIX) for n in _links(prefix)):
+            assert time.monotonic() < deadline and run.poll() is None, "no tap while it ran"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert "interrupted (SIGINT): cleaned up" in out, out
+    assert not _links(prefix)
+    assert not [x for x in REGISTRY["qemu"].leftovers() if prefix in x.what]
