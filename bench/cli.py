@@ -25,6 +25,7 @@ from bench.matrix import QUICK, Matrix, MatrixError, load_toml, parse_env_spec
 from bench.metrics import noise
 from bench.report import commands as report_commands
 from bench.report import html, model
+from bench.rootfs_cli import rootfs
 from bench.runner import Interrupted, Runner, new_manifest
 from bench.validate import validate
 
@@ -617,7 +618,7 @@ def _print_flags(rows: list[dict]) -> None:
         _say("flagged:", "red", f"{flag} ({', '.join(where)})", wrap=True)
 
 
-for _command in (*report_commands.COMMANDS, validate):
+for _command in (*report_commands.COMMANDS, validate, rootfs):
     cli.add_command(_command)
 
 if __name__ == "__main__":

@@ -1,0 +1,485 @@
+"""Root filesystems (bench/rootfs.py, `isobench rootfs`): pure helpers on recorded and
+given input; a real mmdebstrap build (once per session, in a private cache), its tar
+imported by docker and podman, its ext4 image checked by e2fsck, an image imported back,
+bad input as one line with exit 2, and an interrupted build that leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import rootfs as rf
+
+DATA = Path(__file__).parent / "data" / "rootfs"
+PACKAGES = ("hello", "netbase")  # small: the build stays well under a minute
+
+
+def isobench(*args, cache: Path, timeout=900):
+    env = {**os.environ, "ISOBENCH_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", "rootfs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def one_line_error(res, message: str) -> None:
+    assert res.returncode == 2, res
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("isobench: error:"), res.stderr
+    assert message in lines[-1], res.stderr
+
+
+def missing(why: str) -> None:
+    """Skip; in CI (CI=true) a missing capability is a failure (as conftest's marks)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI=true: a missing capability fails)", pytrace=False)
+    pytest.skip(why)
+
+
+def need(*tools: str) -> None:
+    if os.geteuid() != 0:
+        missing("needs root")
+    if absent := [t for t in tools if not shutil.which(t)]:
+        missing(f"needs {', '.join(absent)} (apt-get install mmdebstrap e2fsprogs)")
+
+
+def need_engine(engine: str) -> None:
+    ok = shutil.which(engine) is not None
+    if ok:
+        ok = subprocess.run([engine, "info"], capture_output=True, timeout=60).returncode == 0
+    if not ok:
+        missing(f"{engine} is not installed or not answering ({engine} info)")
+
+
+# ------------------------------------------------------------------ pure
+
+
+def test_indextargets_recorded_gives_the_hosts_debian_sources():
+    text = (DATA / "indextargets.txt").read_text()
+    assert rf.parse_indextargets(text, "bookworm") == [
+        "deb http://deb.debian.org/debian/ bookworm main",
+        "deb http://deb.debian.org/debian/ bookworm-updates main",
+        "deb http://deb.debian.org/debian-security/ bookworm-security main",
+    ]
+    assert rf.parse_indextargets(text, "trixie") == []
+
+
+def test_indextargets_skips_sources_translations_and_other_suites():
+    block = (
+        "MetaKey: {mk}\nURI: x\nRepo-URI: {uri}\nRelease: {rel}\nComponent: {comp}\n"
+        "Identifier: {ident}\nTarget-Of: {of}\n"
+    )
+    text = "\n".join(
+        block.format(mk=f"k{i}", uri=u, rel=r, comp=c, ident=i_, of=o)
+        for i, (u, r, c, i_, o) in enumerate(
+            [
+                ("http://m/debian/", "bookworm", "main", "Packages", "deb"),
+                ("http://m/debian/", "bookworm", "contrib", "Packages", "deb"),
+                ("http://m/debian/", "bookworm", "main", "Translations", "deb"),
+                ("http://m/debian/", "bookworm", "main", "Sources", "deb-src"),
+                ("https://deb.nodesource.com/node_20.x/", "nodistro", "main", "Packages", "deb"),
+                ("http://m/debian/", "bookworm-backports", "main", "Packages", "deb"),
+                ("http://m/debian/", "bookworm", "main", "Packages", "deb"),  # i386 too: once
+            ]
+        )
+    )
+    assert rf.parse_indextargets(text, "bookworm") == [
+        "deb http://m/debian/ bookworm main",
+        "deb http://m/debian/ bookworm contrib",
+        "deb http://m/debian/ bookworm-backports main",
+    ]
+
+
+def test_host_suite_from_os_release():
+    assert rf.host_suite("ID=debian\nVERSION_CODENAME=bookworm\n") == "bookworm"
+    with pytest.raises(rf.RootfsError, match="needs a Debian host"):
+        rf.host_suite("ID=ubuntu\nVERSION_CODENAME=noble\n")
+    with pytest.raises(rf.RootfsError, match="needs a Debian host"):
+        rf.host_suite("ID=debian\n")  # sid without a codename
+
+
+def test_dpkg_query_keeps_installed_packages_sorted():
+    text = "ii \thello\t2.10-3\tamd64\nrc \told\t1.0\tamd64\nii \tbase-files\t12.4\tamd64\n"
+    assert rf.parse_dpkg_query(text) == [
+        ["base-files", "12.4", "amd64"],
+        ["hello", "2.10-3", "amd64"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nocolon", "expected SRC:DEST"),
+        ("x:relative/path", "expected SRC:DEST"),
+        ("x:/", "DEST must name a path below /"),
+        ("x:/opt/../etc", "without . or .."),
+        ("/nonexistent-isobench-src:/opt/x", "does not exist"),
+    ],
+)
+def test_parse_copy_refuses(spec, message):
+    with pytest.raises(rf.RootfsError, match=message.replace(".", r"\.")):
+        rf.parse_copy(spec)
+
+
+def test_parse_copy_splits_at_the_last_colon(tmp_path):
+    src = tmp_path / "a:b"
+    src.write_text("x")
+    c = rf.parse_copy(f"{src}:/opt//x/")
+    assert c.src == src and c.dest == "/opt/x"
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "-x", "a/b", "a b", "x" * 64])
+def test_bad_names(name):
+    with pytest.raises(rf.RootfsError, match="rootfs name"):
+        rf.check_name(name)
+
+
+def test_packages_must_be_names():
+    for bad in ("-oAPT::x=1", "hello=2.10", "Hello", "a b"):
+        with pytest.raises(rf.RootfsError, match="not a Debian package name"):
+            rf.check_packages([bad])
+
+
+def test_pip_needs_pypi_and_refuses_options():
+    with pytest.raises(
+        rf.RootfsError, match="--pip needs PyPI reachable.*python3-pytest-benchmark"
+    ):
+        rf.check_pip(["pytest-benchmark"], probe_url="http://127.0.0.1:9/")
+    with pytest.raises(rf.RootfsError, match="not an option"):
+        rf.check_pip(["--index-url=http://evil"], probe_url="http://127.0.0.1:9/")
+    assert rf.check_pip([], probe_url="http://127.0.0.1:9/") == []  # nothing to reach
+
+
+def test_inside_never_leaves_the_tree(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "bin").symlink_to("usr/bin")
+    (tree / "etc").mkdir()
+    (tree / "etc/abs").symlink_to("/usr/bin")  # absolute: the tree's /usr/bin, not the host's
+    (tree / "etc/up").symlink_to("../../../../..")
+    (tree / "loop").symlink_to("loop")
+    assert rf.inside(tree, "/bin/x") == tree / "usr/bin/x"
+    assert rf.inside(tree, "/etc/abs/y") == tree / "usr/bin/y"
+    assert rf.inside(tree, "/etc/up/etc") == tree / "etc"
+    assert rf.inside(tree, "/../../etc") == tree / "etc"
+    with pytest.raises(rf.RootfsError, match="too many symbolic links"):
+        rf.inside(tree, "/loop/x")
+
+
+def test_tree_hash_is_content_not_time(tmp_path):
+    a = tmp_path / "a"
+    (a / "d").mkdir(parents=True)
+    (a / "d/f").write_text("one")
+    (a / "l").symlink_to("d/f")
+    h = rf.tree_hash(a)
+    os.utime(a / "d/f", (1, 1))
+    assert rf.tree_hash(a) == h  # mtime is not content
+    (a / "d/f").write_text("two")
+    h2 = rf.tree_hash(a)
+    assert h2 != h
+    (a / "d/f").chmod(0o755)
+    assert rf.tree_hash(a) != h2  # a mode is
+    (a / "l").unlink()
+    (a / "l").symlink_to("d")
+    assert rf.tree_hash(a) not in (h, h2)
+
+
+def test_ext4_geometry():
+    kib, inodes = rf.ext4_geometry({"allocated": 100 * 2**20, "inodes": 5000}, 256)
+    assert kib == 125 * 1024 + 16 * 1024 + 256 * 1024
+    assert inodes == 14096
+
+
+def test_image_name():
+    assert rf.image_name("debian:bookworm") == "debian-bookworm"
+    assert rf.image_name("registry.example:5000/team/App:1.2@sha256:ab") == "app-1.2"
+
+
+def test_sweep_removes_only_dead_builds(tmp_path):
+    store = tmp_path / "rootfs"
+    dead = store / ".building-dead"
+    alive = store / ".building-alive"
+    foreign = store / "0123456789abcdef"
+    for d in (dead, alive, foreign):
+        d.mkdir(parents=True)
+    (dead / ".isobench-scratch").write_text(json.dumps({"pid": 2**22 + 7, "boot_id": "x"}))
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (alive / ".isobench-scratch").write_text(json.dumps({"pid": os.getpid(), "boot_id": boot}))
+    assert rf.sweep(store) == [dead]
+    assert alive.is_dir() and foreign.is_dir() and not dead.exists()
+
+
+# ------------------------------------------------------------------ a real build
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One real build for the session: hello and netbase, plus a copied directory."""
+    need("mmdebstrap", "unshare", "chroot", "mke2fs", "e2fsck")
+    cache = tmp_path_factory.mktemp("rootfs-cache")
+    src = tmp_path_factory.mktemp("copy-src")
+    (src / "sub").mkdir()
+    (src / "sub/data.txt").write_text("same bytes everywhere\n")
+    (src / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (src / "run.sh").chmod(0o755)
+    args = ["build", "t1", *(f"--package={p}" for p in PACKAGES), "--copy", f"{src}:/opt/t"]
+    t0 = time.monotonic()
+    res = isobench(*args, cache=cache)
+    assert res.returncode == 0, res.stderr
+    yield {
+        "cache": cache,
+        "src": src,
+        "args": args,
+        "seconds": time.monotonic() - t0,
+        "rootfs": rf.load("t1", cache),
+    }
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_build_record(built):
+    r = built["rootfs"]
+    rec = r.record
+    assert rec["source"] == "build" and len(r.key) == 16 and r.root.name == r.key
+    names = {p[0]: p[1] for p in rec["packages"]}
+    assert set(PACKAGES) <= set(names) and "apt" in names and "dpkg" in names
+    want = subprocess.run(
+        ["dpkg-query", f"--admindir={r.tree}/var/lib/dpkg", "-W", "-f", "${Version}", "hello"],
+        capture_output=True,
+        text=True,
+    )
+    assert names["hello"] == want.stdout
+    recipe = rec["recipe"]
+    assert recipe["suite"] == rf.host_suite() and recipe["packages"] == sorted(PACKAGES)
+    assert recipe["releases"] and all(len(h) == 64 for h in recipe["releases"].values())
+    assert recipe["copies"][0]["dest"] == "/opt/t"
+    assert recipe["copies"][0]["hash"] == rf.tree_hash(built["src"])
+    du = subprocess.run(["du", "-s", "-B1", "-x", str(r.tree)], capture_output=True, text=True)
+    assert rec["size"]["allocated"] == int(du.stdout.split()[0])
+    assert rec["content"] == rf.tree_hash(r.tree)
+    assert not list((r.tree / "var/lib/apt/lists").glob("*Release"))  # dropped after reading
+    assert not list(r.root.parent.glob(".building-*"))
+
+
+def test_built_tree_runs_its_binaries_and_has_the_copies(built):
+    r = built["rootfs"]
+    out = subprocess.run(["chroot", str(r.tree), "hello"], capture_output=True, text=True)
+    assert out.stdout.strip() == "Hello, world!"
+    out = subprocess.run(["chroot", str(r.tree), "/opt/t/run.sh"], capture_output=True, text=True)
+    assert out.stdout == "ran\n"
+    assert (r.tree / "opt/t/sub/data.txt").read_text() == "same bytes everywhere\n"
+
+
+def test_same_recipe_is_the_same_rootfs_at_once(built):
+    t0 = time.monotonic()
+    res = isobench(*built["args"], cache=built["cache"])
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - t0 < 20 and "same recipe" in res.stderr
+    assert res.stdout.split()[1] == built["rootfs"].key
+
+
+def test_ls_and_show(built):
+    res = isobench("ls", "--json", cache=built["cache"])
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    row = next(r for r in rows if r["name"] == "t1")
+    assert row["hash"] == built["rootfs"].key and row["packages"] > 10
+    shown = json.loads(isobench("show", "t1", cache=built["cache"]).stdout)
+    assert shown["key"] == built["rootfs"].key and shown["path"] == str(built["rootfs"].tree)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "t1", "--package", "hello"], "exists"),  # another recipe under t1
+        (["build", "t9", "--package", "no-such-package-isobench"], "unknown to apt"),
+        (["build", "t9", "--copy", "/nonexistent-isobench:/opt/x"], "does not exist"),
+        (["build", "Bad/Name"], "rootfs name"),
+        (["build", "t9", "--pip", "--extra-index-url=x"], "not an option"),
+        (["rm", "nothing-here"], "no rootfs named nothing-here"),
+        (["show", "nothing-here"], "no rootfs named nothing-here"),
+        (["import", "isobench-no-such-image:1", "--name", "t9"], "no image"),
+    ],
+)
+def test_bad_input_one_line_exit_2(built, args, message):
+    t0 = time.monotonic()
+    res = isobench(*args, cache=built["cache"], timeout=120)
+    one_line_error(res, message)
+    assert time.monotonic() - t0 < 60  # refused before any build
+
+
+def test_tar_imports_into_docker_and_runs(built):
+    need_engine("docker")
+    r = built["rootfs"]
+    tar = r.tar_file()
+    assert tar == r.tar_file()  # made once
+    tag = f"isobench-test-rootfs:{secrets.token_hex(4)}"
+    try:
+        imp = subprocess.run(
+            ["docker", "import", "--change", "LABEL isobench=1", str(tar), tag],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert imp.returncode == 0, imp.stderr
+        run = subprocess.run(
+            ["docker", "run", "--rm", "--network", "none", tag, "/bin/true"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        run = subprocess.run(
+            ["docker", "run", "--rm", "--network", "none", tag, "hello"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.stdout.strip() == "Hello, world!"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_tar_stream_imports_into_podman(built):
+    need_engine("podman")
+    tag = f"localhost/isobench-test-rootfs:{secrets.token_hex(4)}"
+    try:
+        with built["rootfs"].tar_stream() as stream:
+            imp = subprocess.run(
+                ["podman", "import", "-", tag],
+                stdin=stream,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        assert imp.returncode == 0, imp.stderr
+        run = subprocess.run(
+            # as bench/envs/podman.py runs it: runc (crun refuses hybrid cgroups), limits
+            # below any host's hard limits (podman's own defaults exceed some)
+            [
+                "podman",
+                "--runtime",
+                "runc",
+                "run",
+                "--rm",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+                "--network",
+                "none",
+                tag,
+                "/bin/true",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_ext4_image_passes_fsck_and_holds_the_tree(built):
+    r = built["rootfs"]
+    img = r.ext4_image(headroom_mib=64)
+    fsck = subprocess.run(["e2fsck", "-f", "-n", str(img)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    cat = subprocess.run(
+        ["debugfs", "-R", "cat /opt/t/sub/data.txt", str(img)], capture_output=True, text=True
+    )
+    assert cat.stdout == "same bytes everywhere\n"
+    st = subprocess.run(
+        ["debugfs", "-R", "stat /usr/bin/hello", str(img)], capture_output=True, text=True
+    )
+    assert "User:     0" in st.stdout and "Mode:  0755" in st.stdout
+    df = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True)
+    fields = dict(ln.split(":", 1) for ln in df.stdout.splitlines() if ":" in ln)
+    free = int(fields["Free blocks"]) * int(fields["Block size"])
+    assert free >= 64 * 2**20  # the headroom asked for
+
+
+def test_import_image_round_trip(built):
+    need_engine("docker")
+    r = built["rootfs"]
+    cache = built["cache"]
+    tag = f"isobench-test-import:{secrets.token_hex(4)}"
+    subprocess.run(
+        ["docker", "import", "--change", "LABEL isobench=1", str(r.tar_file()), tag],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    try:
+        a = isobench("import", tag, "--name", "imp-a", cache=cache)
+        assert a.returncode == 0, a.stderr
+        b = isobench("import", tag, "--name", "imp-b", cache=cache)
+        assert b.returncode == 0, b.stderr
+        ia, ib = rf.load("imp-a", cache), rf.load("imp-b", cache)
+        assert ia.key == ib.key and ia.root == ib.root  # the content hash: one tree
+        assert ia.record["packages"] == r.record["packages"]  # dpkg inside, as built
+        assert ia.record["image"]["id"].startswith("sha256:")
+        assert (ia.tree / "opt/t/sub/data.txt").read_text() == "same bytes everywhere\n"
+        leftover = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", "name=isobench-rootfs-import"],
+            capture_output=True,
+            text=True,
+        )
+        assert leftover.stdout.strip() == ""
+        assert isobench("rm", "imp-a", cache=cache).returncode == 0
+        assert ib.root.is_dir()  # still named imp-b
+        assert isobench("rm", "imp-b", cache=cache).returncode == 0
+        assert not ib.root.exists()
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_ctrl_c_during_build_leaves_nothing(built, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ISOBENCH_CACHE": str(cache)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "rootfs", "build", "tint", "--package", "hello"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        store = cache / "rootfs"
+        while time.monotonic() < deadline:  # until mmdebstrap has started filling the tree
+            trees = list(store.glob(".building-*/tree/var"))
+            if trees:
+                break
+            time.sleep(0.2)
+        assert trees, "the build never started"
+        time.sleep(2)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "nothing was kept" in err and "Traceback" not in err
+    assert not list(store.glob(".building-*")) and not (store / "names").exists()
+    assert str(cache) not in Path("/proc/self/mountinfo").read_text()
+    ps = subprocess.run(["pgrep", "-f", str(cache)], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""  # no mmdebstrap, apt or dpkg left working on it
+
+
+def test_build_time(built):
+    """A session's single build stays small enough for CI."""
+    assert built["seconds"] < 300
