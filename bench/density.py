@@ -69,7 +69,7 @@ IDLE_WINDOW_S = 2.0  # idle CPU window: 200 /proc/stat ticks per CPU at USER_HZ 
 SETTLE_INTERVAL_S = 0.25
 SETTLE_READINGS = 4  # settled: this many readings in a row within SETTLE_SPAN_KIB
 SETTLE_SPAN_KIB = 2048
-SETTLE_MAX_S = 10.0
+SETTLE_MAX_S = 5.0  # then read anyway, with a note: other load keeps it from settling
 MIB_KIB = 1024
 DRIFT_MIN_KIB = 4 * MIB_KIB  # baselines that differ by less are not worth a note
 DRIFT_CPU_MS_PER_S = 50.0  # a twentieth of a CPU
@@ -574,6 +574,31 @@ def _level(
     # the next level's estimate: the system view only when it can be trusted
     trusted = settled and not drift
     return Level(record, max(system, accounted) if trusted else accounted, after)
+
+
+def warm_up(env: Environment, timeout: float) -> Launch:
+    """The warm-up of a density cell: one instance started, held until `ready`, stopped
+    (the image, the probe's pages and the engine's caches warmed, as a probe's warm-up
+    launch does; a whole ramp warms nothing more). A failure is a failed Launch."""
+    try:
+        inst = env.start(HOLD, timeout)
+    except Exception as e:
+        return Launch(status="failed", reason=f"{type(e).__name__}: {e}")
+    try:
+        inst.wait_ready()
+        return inst.stop()
+    except BaseException:
+        inst.abort()
+        raise
+
+
+def round_seconds(levels: Sequence[int], one_s: float, window: float = IDLE_WINDOW_S) -> float:
+    """What a round over `levels` is expected to take when one instance's start and stop
+    took `one_s` (the warm-up's): per level N + 1 instances and an idle window with N
+    held plus a baseline's window, each with its shortest settle, and the first baseline."""
+    settle_s = (SETTLE_READINGS - 1) * SETTLE_INTERVAL_S
+    per_level = [(n + 1) * one_s + 2 * (window + settle_s) for n in levels]
+    return window + settle_s + sum(per_level)
 
 
 def run_round(

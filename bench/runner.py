@@ -333,6 +333,18 @@ class Runner:
     def _done(self) -> set[tuple[int, str]]:
         return {(r["round"], r["cell"]) for r in self.records}
 
+    def _min_rounds_first(self) -> bool:
+        """A quick run whose workloads are all outside the main job (catalog `default =
+        false`: density, net) on --quick's default budget, not one the user gave: its
+        minimum rounds are not cut by that budget (a density round of four environments
+        takes about all of it, and fewer than `rounds` leave no 95% interval); rounds
+        beyond them only while the budget lasts. A given --budget always holds."""
+        named = [self.workloads[w] for w in self.m.workloads if w in self.workloads]
+        return bool(
+            self.m.quick and self.m.budget_from_quick and named
+            and not any(w.default for w in named)
+        )  # fmt: skip
+
     def _round_cap(self, label: str) -> int:
         """Emulated guests measure no virtualisation overhead and cost seconds a boot:
         they get `emulated_rounds` rounds when the matrix sets it."""
@@ -366,6 +378,12 @@ class Runner:
         mine = self.durations.get(cell.key)
         if mine:
             return sorted(mine)[len(mine) // 2]
+        warm = self.warm.get(cell.env.label)
+        act = self.active[cell.env.label]
+        w = self.workloads[cell.workload]
+        if w.family == "density" and warm and act.env is not None:  # a warm-up held one
+            levels = w.levels(quick=self.m.quick, guest=act.env.one_instance_per_round)
+            return density.round_seconds(levels, sorted(warm)[len(warm) // 2])
         same_env = [d for k, ds in self.durations.items() if k.startswith(cell.env.label + "|")
                     for d in ds]  # fmt: skip
         known = (
@@ -380,6 +398,8 @@ class Runner:
         ahead = sum(self._estimate(c) for c in rest)
         for r in range(max(rnd, 0) + 1, self.m.rounds + 1):
             ahead += sum(self._estimate(c) for c in self._plan(r, cells))
+        if self._min_rounds_first():
+            return ahead
         return min(ahead, max(0.0, self.deadline - time.monotonic()))
 
     def _measure(self, writer: SampleWriter) -> str:
@@ -391,12 +411,20 @@ class Runner:
         spent = self.manifest.get("measured_seconds", 0.0)
         self.manifest.setdefault("rounds_done", 0)
         first = 0 if self.m.warmup else 1
+        min_first = self._min_rounds_first()
+        if min_first:
+            self.log(
+                f"--quick with only {', '.join(self.m.workloads)} (outside the main job): "
+                f"its {self.m.rounds} minimum rounds run whatever the {self.m.budget:g} s "
+                "quick budget says (give --budget to bound the run)"
+            )
         for rnd in range(first, self.m.max_rounds + 1):
             planned = self._plan(rnd, cells)
             if rnd > self.m.rounds and not planned:
                 return self._stop("precision reached")
             ahead = sum(self._estimate(c) for c in planned if self.active[c.env.label].ok)
-            if rnd > 1 and time.monotonic() + ahead > self.deadline:
+            over = rnd > 1 and time.monotonic() + ahead > self.deadline
+            if over and not (min_first and rnd <= self.m.rounds):
                 if rnd <= self.m.rounds:
                     self.manifest.setdefault("warnings", []).append(
                         f"the time budget ({self.m.budget:g} s) ended the run after {rnd - 1} "
@@ -472,6 +500,9 @@ class Runner:
         if not act.ok or act.env is None:
             fail = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
             launches = [fail] * len(group)
+        elif self.workloads[group[0].workload].family == "density" and rnd == 0:
+            bases[0]["args"] = "warm-up: one instance held"  # a whole ramp warms no more
+            launches = [density.warm_up(act.env, self.m.timeout)]
         elif self.workloads[group[0].workload].family == "density":
             w = self.workloads[group[0].workload]
             levels = w.levels(quick=self.m.quick, guest=act.env.one_instance_per_round)

@@ -3,7 +3,7 @@
 import pytest
 
 from bench import catalog
-from bench.matrix import Matrix, MatrixError, load_toml, parse_env_spec
+from bench.matrix import QUICK, Matrix, MatrixError, load_toml, parse_env_spec
 
 
 def test_env_spec_parsing_and_labels():
@@ -84,3 +84,19 @@ def test_duplicate_labels_are_refused():
     m = Matrix(envs=[parse_env_spec("host"), parse_env_spec("host")], workloads=["syscall"])
     with pytest.raises(MatrixError, match="label 'host' is used twice"):
         m.check(catalog.load())
+
+
+def test_the_quick_budget_is_told_apart_from_a_given_one():
+    """--quick's budget is a default (a quick density run may outgrow it); the same
+    figure given as --budget or in a file is the run's wall clock. Kept through the
+    manifest, so a resumed run keeps its rule."""
+    envs = [parse_env_spec("host")]
+    quick = Matrix(envs=envs, workloads=["density"], quick=True, **QUICK)
+    given = Matrix(envs=envs, workloads=["density"], quick=True, **{**QUICK, "budget": 285.0})
+    assert quick.budget == given.budget == 285.0 and type(quick.budget) is float
+    assert quick.budget_from_quick and not given.budget_from_quick
+    assert not Matrix(envs=envs, workloads=["syscall"]).budget_from_quick
+    for m in (quick, given):
+        assert Matrix.from_dict(m.to_dict()) == m
+    old = {k: v for k, v in quick.to_dict().items() if k != "budget_from_quick"}
+    assert not Matrix.from_dict(old).budget_from_quick  # a run made before: a fixed budget

@@ -12,7 +12,7 @@ import pytest
 
 from bench import catalog, runner
 from bench.envs.base import Availability, Environment, Launch, Option
-from bench.matrix import EnvSpec, Matrix, parse_env_spec
+from bench.matrix import QUICK, EnvSpec, Matrix, parse_env_spec
 
 
 class Clock:
@@ -24,6 +24,7 @@ class Clock:
 
 
 CLOCK = Clock()
+LOG: list[str] = []  # what the last fake run logged
 
 
 class FakeEnv(Environment):
@@ -82,22 +83,27 @@ def run(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.provenance, "host_facts", lambda: {"cgroup_layout": "v2"})
     monkeypatch.setattr("bench.envs.REGISTRY", {"fake": FakeEnv, "batch": BatchEnv})
     FakeEnv.calls = []
+    LOG.clear()
     workloads = {
         "syscall": catalog.Workload("syscall", "syscall", "syscall", "", (), (), None),
         "cpu": catalog.Workload("cpu", "cpu", "cpu", "", (), (), None),
-    }
+        "density": catalog.Workload(
+            "density", "hold", "density", "", (), (), None, default=False,
+            level_lists=catalog.parse_levels("density", {"full": [1, 8], "quick": [1, 4]}),
+        ),
+    }  # fmt: skip
     FakeEnv.rng = np.random.default_rng(0)
 
-    def go(envs: list[str], **settings):
+    def go(envs: list[str], workloads_run=("syscall", "cpu"), **settings):
         specs = [parse_env_spec(e) for e in envs]
-        m = Matrix(envs=specs, workloads=["syscall", "cpu"], baseline=specs[0].label, seed=3,
+        m = Matrix(envs=specs, workloads=list(workloads_run), baseline=specs[0].label, seed=3,
                    **settings)  # fmt: skip
         bundle = FakeBundle(tmp_path / "cache" / "bundles" / "x")
         run_dir = tmp_path / "run"
         run_dir.mkdir(exist_ok=True)
         manifest = runner.new_manifest("r1", m, bundle, workloads)
         manifest["created"] = runner.time.time()
-        r = runner.Runner(m, run_dir, "r1", bundle, workloads, manifest, log=lambda _: None)
+        r = runner.Runner(m, run_dir, "r1", bundle, workloads, manifest, log=LOG.append)
         r.run()
         return manifest, r.records
 
@@ -171,3 +177,96 @@ def test_a_failed_launch_keeps_its_exit_code_and_stderr_tail():
     cell = runner.Cell(EnvSpec("fake"), "syscall")
     (rec,) = runner.launch_records(launch, cell, {"round": 1})
     assert rec["status"] == "failed" and rec["reason"] == runner.failure_reason(launch)
+
+
+# ---------------------------------------------------------------- density's rounds and budget
+
+DENSITY_LEVEL_S = 50.0  # a fake density level: a round of [1, 4] takes 100 s per environment
+
+
+@pytest.fixture
+def fake_density(monkeypatch):
+    """density.run_round / warm_up on the fake clock: calls -> [(env label, levels or
+    "warm-up")]; each level measures a noisy memory figure."""
+    calls: list[tuple[str, object]] = []
+
+    def run_round(env, levels, timeout, reserve, log):
+        calls.append((env.ctx.prefix, list(levels)))
+        CLOCK.now += DENSITY_LEVEL_S * len(levels)
+        recs = [{"op": f"n{n:02d}", "units": {"mem_accounted_mib": "MiB"},
+                 "metrics": {"mem_accounted_mib": 1.0 + FakeEnv.rng.normal(0, 0.2)}}
+                for n in levels]  # fmt: skip
+        return Launch(records=recs)
+
+    def warm_up(env, timeout):
+        calls.append((env.ctx.prefix, "warm-up"))
+        CLOCK.now += 5.0  # a held instance started and stopped
+        return Launch(phases={"ready": 1_000_000})
+
+    monkeypatch.setattr(runner.density, "run_round", run_round)
+    monkeypatch.setattr(runner.density, "warm_up", warm_up)
+    return calls
+
+
+def test_a_quick_density_run_gets_its_minimum_rounds_on_the_quick_budget(run, fake_density):
+    """--quick --workload density without --budget: 6 rounds of 2 x 100 s, far past the
+    285 s quick budget; no rounds beyond them (the budget is spent), no warning that the
+    budget cut the run, and the progress output says why."""
+    m, records = run(["fake:label=a", "fake:label=b"], ["density"], quick=True, **QUICK)
+    assert _rounds(records, "a") == _rounds(records, "b") == list(range(1, 7))
+    assert m["stop_reason"] in ("time budget spent", "precision reached")
+    assert not any("ended the run" in w for w in m["warnings"])
+    assert any("6 minimum rounds run whatever the 285 s quick budget" in line for line in LOG)
+    assert m["matrix"]["budget_from_quick"] is True
+
+
+def test_a_density_warm_up_holds_one_instance_not_a_ramp(run, fake_density):
+    run(["fake:label=a", "batch:label=vm"], ["density"], quick=True, **QUICK)
+    warm = [c for c in fake_density if c[1] == "warm-up"]
+    assert len(warm) == 2  # one per environment, before any round
+    assert fake_density[:2] == warm
+    ramps = [levels for _, levels in fake_density if levels != "warm-up"]
+    assert [1, 4] in ramps and [1, 2] not in ramps  # no quick_guests list: guests fall back
+    assert len(ramps) == 6 + 4  # a: 6 rounds; vm (emulated): emulated_rounds
+
+
+def test_a_given_budget_holds_for_a_quick_density_run(run, fake_density):
+    settings = {**QUICK, "budget": 285.0}  # as --budget 285 gives it: a plain number
+    m, records = run(["fake:label=a", "fake:label=b"], ["density"], quick=True, **settings)
+    assert m["matrix"]["budget_from_quick"] is False
+    assert _rounds(records, "a") == [1]  # 10 s warm-up + 200 s; a second would end at 410
+    assert any("ended the run after 1 of 6 rounds" in w for w in m["warnings"])
+    assert not any("minimum rounds" in line for line in LOG)
+
+
+@pytest.mark.parametrize("workloads", [("syscall", "cpu"), ("density", "syscall")])
+def test_the_quick_budget_holds_when_a_main_job_workload_is_in_the_run(
+    run, fake_density, workloads, monkeypatch
+):
+    """The main job (`run --all --quick`) and any run that includes one of its workloads
+    keep the quick budget as the run's wall clock."""
+    monkeypatch.setattr(FakeEnv, "seconds", 20.0)
+    m, records = run(["fake:label=a", "fake:label=b"], workloads, quick=True, **QUICK)
+    assert m["stop_reason"] == "time budget spent"
+    assert len(_rounds(records, "a")) < QUICK["rounds"]
+    assert m["wall_seconds"] <= QUICK["budget"]
+    assert not any("minimum rounds" in line for line in LOG)
+
+
+def test_a_quick_density_runs_progress_counts_its_minimum_rounds(run, fake_density, monkeypatch):
+    seen = []
+    orig = runner.Runner.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        self.progress = lambda what, done, total: seen.append((CLOCK.now, done, total))
+
+    monkeypatch.setattr(runner.Runner, "__init__", init)
+    run(["fake:label=a", "fake:label=b"], ["density"], quick=True, **QUICK)
+    start, end = seen[0][0], CLOCK.now
+    assert end - start > 2 * QUICK["budget"]
+    # from the first round on (the warm-up timed one held instance), 6 rounds ahead: the
+    # total is not cut at the quick budget
+    assert all(total > QUICK["budget"] for _, _, total in seen[2:])
+    for now, done, total in seen[4:]:  # once a round of each has been timed
+        assert abs((total - done) - (end - now)) <= 0.2 * (end - start) + 1
