@@ -13,6 +13,8 @@ import click
 
 from bench import interrupt
 from bench import rootfs as rf
+from bench import rootfs_build as rb
+from bench import rootfs_import as ri
 
 
 class RootfsUserError(click.ClickException):
@@ -74,8 +76,8 @@ def build_cmd(name, packages, pip, copies):
     """Build NAME: a Debian tree (mmdebstrap, the host's release and apt sources)."""
 
     def go():
-        parsed = [rf.parse_copy(c) for c in copies]
-        return rf.build(name, list(packages), list(pip), parsed, log=_log)
+        parsed = [rb.parse_copy(c) for c in copies]
+        return rb.build(name, list(packages), list(pip), parsed, log=_log)
 
     r = _guarded(go)
     click.echo(
@@ -96,7 +98,7 @@ def build_cmd(name, packages, pip, copies):
 )
 def import_cmd(image, name, engine):
     """Import IMAGE's filesystem (create + export) as a rootfs, keyed by its content."""
-    r = _guarded(lambda: rf.import_image(image, name, engine, log=_log))
+    r = _guarded(lambda: ri.import_image(image, name, engine, log=_log))
     click.echo(
         f"{r.name} {r.key} {_mib(r.record['size']['allocated'])} "
         f"{len(r.record['packages'])} packages {r.tree}"

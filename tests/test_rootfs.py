@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench import rootfs as rf
+from bench import rootfs_build as rb
+from bench import rootfs_import as ri
 
 DATA = Path(__file__).parent / "data" / "rootfs"
 PACKAGES = ("hello", "netbase")  # small: the build stays well under a minute
@@ -69,12 +71,12 @@ def need_engine(engine: str) -> None:
 
 def test_indextargets_recorded_gives_the_hosts_debian_sources():
     text = (DATA / "indextargets.txt").read_text()
-    assert rf.parse_indextargets(text, "bookworm") == [
+    assert rb.parse_indextargets(text, "bookworm") == [
         "deb http://deb.debian.org/debian/ bookworm main",
         "deb http://deb.debian.org/debian/ bookworm-updates main",
         "deb http://deb.debian.org/debian-security/ bookworm-security main",
     ]
-    assert rf.parse_indextargets(text, "trixie") == []
+    assert rb.parse_indextargets(text, "trixie") == []
 
 
 def test_indextargets_skips_sources_translations_and_other_suites():
@@ -96,7 +98,7 @@ def test_indextargets_skips_sources_translations_and_other_suites():
             ]
         )
     )
-    assert rf.parse_indextargets(text, "bookworm") == [
+    assert rb.parse_indextargets(text, "bookworm") == [
         "deb http://m/debian/ bookworm main",
         "deb http://m/debian/ bookworm contrib",
         "deb http://m/debian/ bookworm-backports main",
@@ -104,11 +106,11 @@ def test_indextargets_skips_sources_translations_and_other_suites():
 
 
 def test_host_suite_from_os_release():
-    assert rf.host_suite("ID=debian\nVERSION_CODENAME=bookworm\n") == "bookworm"
+    assert rb.host_suite("ID=debian\nVERSION_CODENAME=bookworm\n") == "bookworm"
     with pytest.raises(rf.RootfsError, match="needs a Debian host"):
-        rf.host_suite("ID=ubuntu\nVERSION_CODENAME=noble\n")
+        rb.host_suite("ID=ubuntu\nVERSION_CODENAME=noble\n")
     with pytest.raises(rf.RootfsError, match="needs a Debian host"):
-        rf.host_suite("ID=debian\n")  # sid without a codename
+        rb.host_suite("ID=debian\n")  # sid without a codename
 
 
 def test_dpkg_query_keeps_installed_packages_sorted():
@@ -131,13 +133,13 @@ def test_dpkg_query_keeps_installed_packages_sorted():
 )
 def test_parse_copy_refuses(spec, message):
     with pytest.raises(rf.RootfsError, match=message.replace(".", r"\.")):
-        rf.parse_copy(spec)
+        rb.parse_copy(spec)
 
 
 def test_parse_copy_splits_at_the_last_colon(tmp_path):
     src = tmp_path / "a:b"
     src.write_text("x")
-    c = rf.parse_copy(f"{src}:/opt//x/")
+    c = rb.parse_copy(f"{src}:/opt//x/")
     assert c.src == src and c.dest == "/opt/x"
 
 
@@ -150,17 +152,17 @@ def test_bad_names(name):
 def test_packages_must_be_names():
     for bad in ("-oAPT::x=1", "hello=2.10", "Hello", "a b"):
         with pytest.raises(rf.RootfsError, match="not a Debian package name"):
-            rf.check_packages([bad])
+            rb.check_packages([bad])
 
 
 def test_pip_needs_pypi_and_refuses_options():
     with pytest.raises(
         rf.RootfsError, match="--pip needs PyPI reachable.*python3-pytest-benchmark"
     ):
-        rf.check_pip(["pytest-benchmark"], probe_url="http://127.0.0.1:9/")
+        rb.check_pip(["pytest-benchmark"], probe_url="http://127.0.0.1:9/")
     with pytest.raises(rf.RootfsError, match="not an option"):
-        rf.check_pip(["--index-url=http://evil"], probe_url="http://127.0.0.1:9/")
-    assert rf.check_pip([], probe_url="http://127.0.0.1:9/") == []  # nothing to reach
+        rb.check_pip(["--index-url=http://evil"], probe_url="http://127.0.0.1:9/")
+    assert rb.check_pip([], probe_url="http://127.0.0.1:9/") == []  # nothing to reach
 
 
 def test_inside_never_leaves_the_tree(tmp_path):
@@ -171,12 +173,12 @@ def test_inside_never_leaves_the_tree(tmp_path):
     (tree / "etc/abs").symlink_to("/usr/bin")  # absolute: the tree's /usr/bin, not the host's
     (tree / "etc/up").symlink_to("../../../../..")
     (tree / "loop").symlink_to("loop")
-    assert rf.inside(tree, "/bin/x") == tree / "usr/bin/x"
-    assert rf.inside(tree, "/etc/abs/y") == tree / "usr/bin/y"
-    assert rf.inside(tree, "/etc/up/etc") == tree / "etc"
-    assert rf.inside(tree, "/../../etc") == tree / "etc"
+    assert rb.inside(tree, "/bin/x") == tree / "usr/bin/x"
+    assert rb.inside(tree, "/etc/abs/y") == tree / "usr/bin/y"
+    assert rb.inside(tree, "/etc/up/etc") == tree / "etc"
+    assert rb.inside(tree, "/../../etc") == tree / "etc"
     with pytest.raises(rf.RootfsError, match="too many symbolic links"):
-        rf.inside(tree, "/loop/x")
+        rb.inside(tree, "/loop/x")
 
 
 def test_tree_hash_is_content_not_time(tmp_path):
@@ -204,8 +206,8 @@ def test_ext4_geometry():
 
 
 def test_image_name():
-    assert rf.image_name("debian:bookworm") == "debian-bookworm"
-    assert rf.image_name("registry.example:5000/team/App:1.2@sha256:ab") == "app-1.2"
+    assert ri.image_name("debian:bookworm") == "debian-bookworm"
+    assert ri.image_name("registry.example:5000/team/App:1.2@sha256:ab") == "app-1.2"
 
 
 def test_sweep_removes_only_dead_builds(tmp_path):
@@ -262,7 +264,7 @@ def test_build_record(built):
     )
     assert names["hello"] == want.stdout
     recipe = rec["recipe"]
-    assert recipe["suite"] == rf.host_suite() and recipe["packages"] == sorted(PACKAGES)
+    assert recipe["suite"] == rb.host_suite() and recipe["packages"] == sorted(PACKAGES)
     assert recipe["releases"] and all(len(h) == 64 for h in recipe["releases"].values())
     assert recipe["copies"][0]["dest"] == "/opt/t"
     assert recipe["copies"][0]["hash"] == rf.tree_hash(built["src"])

@@ -1,0 +1,162 @@
+"""`isobench rootfs import`: a docker or podman image's filesystem (`create` + `export`)
+as a rootfs, keyed by the content hash of the exported tree, with the image's metadata."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from bench import interrupt
+from bench.rootfs import (
+    BUILD_TIMEOUT_S,
+    CALL_TIMEOUT_S,
+    Rootfs,
+    RootfsError,
+    _building,
+    _commit,
+    _inspect_tree,
+    _link,
+    _named,
+    _need_root,
+    _run,
+    _stop,
+    _tail,
+    check_name,
+    store_dir,
+)
+
+IMPORT_LABEL = "isobench"  # the label `isobench clean` looks for on leftover containers
+
+
+def import_image(
+    image: str,
+    name: str | None = None,
+    engine: str = "docker",
+    *,
+    cache: Path | None = None,
+    log=lambda msg: None,
+) -> Rootfs:
+    """The filesystem of a docker or podman image (`create` + `export`), keyed by the
+    content hash of the tree."""
+    if engine not in ("docker", "podman"):
+        raise RootfsError(f"--engine {engine}: docker or podman")
+    if not shutil.which(engine):
+        raise RootfsError(f"rootfs import needs the {engine} command")
+    if image.startswith("-") or not image.strip():
+        raise RootfsError(f"rootfs import {image!r}: not an image reference")
+    name = check_name(name or image_name(image))
+    _need_root("rootfs import")
+    r = _run([engine, "image", "inspect", image], CALL_TIMEOUT_S)
+    if r.returncode != 0:
+        raise RootfsError(
+            f"no image {image} in {engine} ({_tail(r.stderr)}): {engine} pull or build it first"
+        )
+    meta = _image_meta(json.loads(r.stdout)[0], engine, image)
+    existing = _named(name, cache)
+    if existing is not None:
+        if (existing.record.get("image") or {}).get("id") == meta["id"]:
+            log(f"rootfs {name} exists ({existing.key}), imported from the same image")
+            return existing
+        raise RootfsError(
+            f"rootfs {name} exists ({existing.key}): `isobench rootfs rm "
+            f"{name}` first, or pass --name"
+        )
+    store = store_dir(cache)
+    with _building(store) as tmp:
+        tree = tmp / "tree"
+        tree.mkdir()
+        log(f"{engine} export {image} …")
+        _export(engine, image, tree)
+        info = _inspect_tree(tree, python=False)
+        key = info["content"][:16]
+        _commit(store, tmp, {"key": key, "source": f"{engine} image", "image": meta, **info})
+    return _link(name, key, cache)
+
+
+def image_name(image: str) -> str:
+    """A rootfs name from an image reference: debian:bookworm -> debian-bookworm."""
+    base = image.split("@", 1)[0].rsplit("/", 1)[-1].lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", base).strip("-._")[:63] or "image"
+
+
+def _image_meta(attrs: dict, engine: str, ref: str) -> dict:
+    cfg = attrs.get("Config") or {}
+    return {
+        "engine": engine,
+        "ref": ref,
+        "id": attrs.get("Id"),
+        "tags": attrs.get("RepoTags") or [],
+        "digests": attrs.get("RepoDigests") or [],
+        "created": attrs.get("Created"),
+        "architecture": attrs.get("Architecture"),
+        "os": attrs.get("Os"),
+        "env": cfg.get("Env") or [],
+        "entrypoint": cfg.get("Entrypoint"),
+        "cmd": cfg.get("Cmd"),
+        "workdir": cfg.get("WorkingDir") or "",
+        "user": cfg.get("User") or "",
+    }
+
+
+def _export(engine: str, image: str, tree: Path) -> None:
+    cname = f"isobench-rootfs-import-{secrets.token_hex(4)}"
+    r = _run(
+        [
+            engine,
+            "create",
+            "--name",
+            cname,
+            "--label",
+            f"{IMPORT_LABEL}=1",
+            "--entrypoint",
+            "/bin/true",
+            image,
+        ],
+        CALL_TIMEOUT_S,
+    )
+    if r.returncode != 0:
+        raise RootfsError(f"{engine} create {image}: {_tail(r.stderr)}")
+    try:
+        exp = subprocess.Popen(
+            [engine, "export", cname],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        untar = subprocess.Popen(
+            [
+                "tar",
+                "-x",
+                "-C",
+                str(tree),
+                "--numeric-owner",
+                "--same-owner",
+                "--same-permissions",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-f",
+                "-",
+            ],
+            stdin=exp.stdout,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        exp.stdout.close()
+        try:
+            tar_err = untar.communicate(timeout=BUILD_TIMEOUT_S)[1]
+            exp_err = exp.communicate(timeout=CALL_TIMEOUT_S)[1]
+        except BaseException:
+            _stop(untar)
+            _stop(exp)
+            raise
+        if exp.returncode != 0:
+            raise RootfsError(f"{engine} export {image}: {_tail(exp_err.decode())}")
+        if untar.returncode != 0:
+            raise RootfsError(f"unpacking {image}: {_tail(tar_err.decode())}")
+    finally:
+        with interrupt.shielded():
+            _run([engine, "rm", "-f", cname], CALL_TIMEOUT_S)
