@@ -1,10 +1,16 @@
 """Density (bench/density.py): the memory arithmetic on recorded /proc files, the ramp's
 safety (it stops at the memory reserve, a failed level ends it, Ctrl-C at any point of a
-level leaves nothing), and real rounds on host, namespaces, docker, podman and oci."""
+level leaves nothing), real rounds on host, namespaces, docker, podman and oci, and a
+real run killed with SIGKILL while it holds a level, then `isobench clean`."""
 
 from __future__ import annotations
 
 import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -352,3 +358,99 @@ def test_ctrl_c_anywhere_in_a_level_leaves_nothing(env_of, moment):
     assert len(env._live) >= 3, "the interrupt came after the level's instances were started"
     assert all(i.launch is not None for i in env._live)
     assert _ours(env) == []
+
+
+# ---------------------------------------------------------------- kill -9, then clean
+
+ROOT = Path(__file__).parents[1]
+HELD_AT = "n04: 4 held, settling"  # the quick ramp's second level, all four ready
+
+
+def _held_by_run(kind: str, run_id: str) -> list[str]:
+    """The containers of a run as their engine (docker, podman) or runc lists them."""
+    label = f"label=isobench.run={run_id}"
+    argv = [kind, "ps", "-a", "-q", "--filter", label]
+    if kind == "oci":
+        argv = ["runc", "--root", "/run/isobench-oci/runc", "list", "-q"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout.split()
+    return [x for x in out if kind != "oci" or run_id in x]
+
+
+def _run_until(proc: subprocess.Popen, line: str, limit: float) -> list[str]:
+    """The run's output lines up to `line` (AssertionError when it ends or takes longer).
+    A thread reads them as they come, so the line is seen while the level still holds."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for got in proc.stdout:
+            lines.put(got.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + limit
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            got = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        assert got is not None, "the run ended before the level was held: " + " | ".join(seen[-5:])
+        seen.append(got)
+        if got == line:
+            return seen
+    raise AssertionError(f"no '{line}' within {limit:g} s: " + " | ".join(seen[-5:]))
+
+
+@pytest.mark.requires("docker", "podman", "oci", "root")
+@pytest.mark.parametrize("kind", ["docker", "podman", "oci"])
+def test_kill_9_while_a_level_is_held_then_clean_removes_every_instance(tmp_path, kind):
+    """A real `isobench run --workload density` killed with SIGKILL while it holds four
+    containers: they outlive it (in the engine, or runc's state for oci; their cgroups;
+    podman's attached CLIs and oci's `run` processes), `isobench clean` lists and removes
+    every one, and nothing of the run remains. (The host kind's instances are processes
+    in cgroups: test_reliability kills a host run and cleans its cgroups.)"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "ISOBENCH_LOCK": str(tmp_path / "lock")}  # fmt: skip
+    cli = [sys.executable, "-m", "bench.cli"]
+    proc = subprocess.Popen(
+        [*cli, "run", "--env", kind, "--workload", "density", "--quick", "--warmup", "0",
+         "--results", str(tmp_path / "results")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        _run_until(proc, HELD_AT, 240)
+    finally:
+        proc.kill()
+        proc.wait(60)
+    (run_dir,) = (tmp_path / "results").iterdir()
+    run_id = run_dir.name
+    cgroups = [p for p in find_leftovers() if run_id in p.name]
+    pids = {int(x) for p in cgroups for f in p.rglob("cgroup.procs") for x in f.read_text().split()}
+    held = _held_by_run(kind, run_id)
+    assert len({p.name for p in cgroups}) >= 4 and len(pids) >= 4, (cgroups, pids)
+    assert len(held) >= 4, held
+
+    dry = subprocess.run([*cli, "clean", "--dry-run"], capture_output=True, text=True,
+                         env=env, timeout=300)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    for name in {p.name for p in cgroups}:
+        assert f"would remove cgroup /sys/fs/cgroup/memory/{name}" in dry.stdout, name
+    assert all(cid[:12] in dry.stdout for cid in held), dry.stdout
+    res = subprocess.run([*cli, "clean"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+    assert [p for p in find_leftovers() if run_id in p.name] == []
+    assert _held_by_run(kind, run_id) == []
+    deadline = time.monotonic() + 10  # an attached CLI may take a moment to see its end
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _alive(pid)]
+    assert subprocess.run(["pgrep", "-f", run_id], capture_output=True).stdout == b""
+    assert not list(Path("/var/tmp").glob(f"isobench-{run_id}-*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
