@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from bench import parsers as p
+from bench import rootfs as rf
 
 DATA = Path(__file__).parent / "data" / "parsers"
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def read(name: str) -> str:
@@ -212,6 +217,64 @@ def test_wrk_bad():
 def test_unknown_parser():
     with pytest.raises(p.ParseError, match="unknown parser 'nginx'"):
         p.parse("nginx", "")
+
+
+# ------------------------------------------------------------------ the examples
+
+
+def test_example_suite_runs_and_every_round_parses(tmp_path):
+    """examples/pytest-benchmark with this interpreter's pytest-benchmark (the recording
+    above is Debian's 3.2.2): three benchmarks by their pytest names, each round a figure."""
+    out = tmp_path / "out.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(EXAMPLES / "pytest-benchmark"),
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            "--benchmark-min-rounds=3",
+            "--benchmark-max-time=0.02",
+            "--benchmark-warmup=off",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout[-2000:]
+    parsed = p.parse("pytest-benchmark", out.read_text())
+    assert sorted(parsed.ops()) == [
+        "test_compute.py::test_compute",
+        "test_syscalls.py::test_getppid",
+        "test_syscalls.py::test_stat",
+    ]
+    for op in parsed.ops():
+        rounds = [f.value for f in parsed.figures if f.op == op]
+        assert len(rounds) >= 3 and min(rounds) > 0
+    assert parsed.notes == []
+
+
+def test_example_matrices_name_known_parsers_and_kinds():
+    files = sorted(EXAMPLES.glob("*.toml"))
+    users = {}
+    for f in files:
+        doc = tomllib.loads(f.read_text())
+        if "user_workload" in doc:
+            users[f.name] = doc
+    assert set(users) == {"pytest-benchmark.toml", "sysbench-fio.toml", "redis-benchmark.toml"}
+    for name, doc in users.items():
+        rf.check_name(doc["rootfs"])
+        assert doc["env"][0]["kind"] == "host" and doc["baseline"] == "host", name
+        for w in doc["user_workload"]:
+            assert w["kind"] in ("pytest-benchmark", "command"), name
+            if w["kind"] == "command":
+                assert w["parser"] in p.PARSERS, (name, w)
+                assert w["argv"][0] == w["quick_argv"][0] == w["parser"], (name, w)
+            else:
+                assert w["dir"].startswith("/")
 
 
 # ------------------------------------------------------------------ the recordings' figures
