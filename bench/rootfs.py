@@ -39,6 +39,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 BUILD_TIMEOUT_S = 1800
 CALL_TIMEOUT_S = 120
 STOP_GRACE_S = 30
+UNMARKED_GRACE_S = 600
 CLEAN_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -170,7 +171,7 @@ def remove(name: str, cache: Path | None = None) -> bool:
     with interrupt.shielded():
         doomed = store / f".removing-{secrets.token_hex(4)}"
         os.rename(rfs.root, doomed)
-        shutil.rmtree(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)  # a concurrent sweep may help
     return True
 
 
@@ -367,11 +368,18 @@ def _building(store: Path) -> Iterator[Path]:
 
 
 def sweep(store: Path) -> list[Path]:
-    """Remove `.building-*` / `.removing-*` directories whose process is gone."""
+    """Remove `.building-*` / `.removing-*` directories whose process is gone (one
+    without its owner marker yet only when older than UNMARKED_GRACE_S: it may be a
+    build that has just begun)."""
     removed = []
     for d in store.glob(".building-*") if store.is_dir() else ():
         data = scratch.owner(d)
-        if data is None or not scratch.owner_alive(data):
+        if data is None:
+            with contextlib.suppress(OSError):
+                if time.time() - d.stat().st_mtime > UNMARKED_GRACE_S:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+        elif not scratch.owner_alive(data):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     for d in store.glob(".removing-*") if store.is_dir() else ():
@@ -383,7 +391,6 @@ def sweep(store: Path) -> list[Path]:
 def _commit(store: Path, tmp: Path, record: dict) -> None:
     """Rename the finished tree into <store>/<key> (unless those bytes are there)."""
     final = store / record["key"]
-    (tmp / scratch.MARKER).unlink()
     (tmp / "rootfs.json").write_text(json.dumps(record, indent=1) + "\n")
     (tmp / "mmdebstrap.log").unlink(missing_ok=True)
     if final.is_dir():
@@ -392,6 +399,7 @@ def _commit(store: Path, tmp: Path, record: dict) -> None:
     with interrupt.shielded():
         os.rename(tmp, final)
         tmp.mkdir()  # _building's cleanup removes this empty stand-in
+        (final / scratch.MARKER).unlink()  # kept until here: a sweep leaves it alone
 
 
 def _named(name: str, cache: Path | None) -> Rootfs | None:

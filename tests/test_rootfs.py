@@ -231,14 +231,18 @@ def test_sweep_removes_only_dead_builds(tmp_path):
     store = tmp_path / "rootfs"
     dead = store / ".building-dead"
     alive = store / ".building-alive"
+    fresh = store / ".building-fresh"  # just made, its marker not written yet
+    old = store / ".building-old"  # unmarked for longer than the grace
     foreign = store / "0123456789abcdef"
-    for d in (dead, alive, foreign):
+    for d in (dead, alive, fresh, old, foreign):
         d.mkdir(parents=True)
     (dead / ".isobench-scratch").write_text(json.dumps({"pid": 2**22 + 7, "boot_id": "x"}))
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     (alive / ".isobench-scratch").write_text(json.dumps({"pid": os.getpid(), "boot_id": boot}))
-    assert rf.sweep(store) == [dead]
-    assert alive.is_dir() and foreign.is_dir() and not dead.exists()
+    past = time.time() - rf.UNMARKED_GRACE_S - 60
+    os.utime(old, (past, past))
+    assert sorted(rf.sweep(store)) == sorted([dead, old])
+    assert alive.is_dir() and fresh.is_dir() and foreign.is_dir()
 
 
 # ------------------------------------------------------------------ a real build
