@@ -187,15 +187,17 @@ def check_name(name: str) -> str:
 # ---------------------------------------------------------------------------- the tree
 
 
-def tree_hash(root: Path) -> str:
+def tree_hash(root: Path, owners: bool = True) -> str:
     """sha256 over every entry below `root` (or the file itself): path, type, mode,
-    owner, content / link target / device; mtimes are not content."""
+    owner (unless `owners` is false: a copy into a rootfs is root's whoever owned the
+    source), content / link target / device; mtimes are not content."""
     h = hashlib.sha256()
     root = Path(root)
 
     def entry(path: Path, rel: str) -> None:
         st = os.lstat(path)
-        h.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0".encode())
+        owner = f"{st.st_uid}\0{st.st_gid}" if owners else ""
+        h.update(f"{rel}\0{st.st_mode:o}\0{owner}\0".encode())
         if stat.S_ISLNK(st.st_mode):
             h.update(os.readlink(path).encode(errors="surrogateescape"))
         elif stat.S_ISREG(st.st_mode):

@@ -55,7 +55,7 @@ class Copy:
     dest: str  # absolute path inside the tree
 
     def content_hash(self) -> str:
-        return tree_hash(self.src)
+        return tree_hash(self.src, owners=False)
 
 
 def parse_copy(spec: str) -> Copy:
@@ -188,7 +188,7 @@ def build(
         "sources": sources,
         "packages": pkgs,
         "pip": reqs,
-        "copies": [{"dest": c.dest, "src": str(c.src), "hash": c.content_hash()} for c in copies],
+        "copies": [{"dest": c.dest, "hash": c.content_hash()} for c in copies],  # not src
         "mmdebstrap": _mmdebstrap_version(),
     }
     existing = _named(name, cache)
@@ -217,6 +217,7 @@ def build(
             "key": key,
             "source": "build",
             "recipe": recipe,
+            "copied_from": {c.dest: str(c.src) for c in copies},
             **_inspect_tree(tree, python=bool(reqs)),
         }
         _commit(store, tmp, record)

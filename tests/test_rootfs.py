@@ -213,7 +213,14 @@ def test_tree_hash_is_content_not_time(tmp_path):
     assert rf.tree_hash(a) != h2  # a mode is
     (a / "l").unlink()
     (a / "l").symlink_to("d")
-    assert rf.tree_hash(a) not in (h, h2)
+    h3 = rf.tree_hash(a)
+    assert h3 not in (h, h2)
+    anyone = rf.tree_hash(a, owners=False)
+    os.lchown(a / "d/f", 4242, 4242)
+    assert rf.tree_hash(a) != h3  # an owner is content of a tree
+    assert rf.tree_hash(a, owners=False) == anyone  # not of what is copied into one
+    os.lchown(a / "d/f", 0, 0)
+    assert rf.tree_hash(a) == h3
 
 
 def test_ext4_geometry():
@@ -288,7 +295,8 @@ def test_build_record(built):
     assert recipe["suite"] == rb.host_suite() and recipe["packages"] == sorted(PACKAGES)
     assert recipe["releases"] and all(len(h) == 64 for h in recipe["releases"].values())
     assert recipe["copies"][0]["dest"] == "/opt/t"
-    assert recipe["copies"][0]["hash"] == rf.tree_hash(built["src"])
+    assert recipe["copies"][0]["hash"] == rf.tree_hash(built["src"], owners=False)
+    assert "src" not in recipe["copies"][0] and rec["copied_from"] == {"/opt/t": str(built["src"])}
     du = subprocess.run(["du", "-s", "-B1", "-x", str(r.tree)], capture_output=True, text=True)
     assert rec["size"]["allocated"] == int(du.stdout.split()[0])
     assert rec["content"] == rf.tree_hash(r.tree)
