@@ -31,8 +31,11 @@ def isobench(*args, cache: Path, timeout=900):
     env = {**os.environ, "ISOBENCH_CACHE": str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "bench.cli", "rootfs", *args],
-        capture_output=True, text=True, env=env, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -382,7 +385,7 @@ def test_tar_imports_into_docker_and_runs(built):
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
 
 
-def test_tar_stream_imports_into_podman(built):
+def test_tar_stream_imports_into_podman_and_back(built, inproc):
     need_engine("podman")
     tag = f"localhost/isobench-test-rootfs:{secrets.token_hex(4)}"
     try:
@@ -412,14 +415,27 @@ def test_tar_stream_imports_into_podman(built):
                 "none",
                 tag,
                 "/bin/true",
-            ],  # fmt: skip
+            ],
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert run.returncode == 0, run.stderr
+        back = inproc("import", tag, "--engine", "podman", "--name", "imp-p", cache=built["cache"])
+        assert back.returncode == 0, back.stderr
+        imported = rf.load("imp-p", built["cache"])
+        assert imported.record["source"] == "podman image"
+        assert imported.record["packages"] == built["rootfs"].record["packages"]
+        assert inproc("rm", "imp-p", cache=built["cache"]).returncode == 0
+        assert not imported.root.exists()
     finally:
         subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=120)
+    left = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", "name=isobench-rootfs-import"],
+        capture_output=True,
+        text=True,
+    )
+    assert left.stdout.strip() == ""
 
 
 def test_ext4_image_passes_fsck_and_holds_the_tree(built):
