@@ -101,6 +101,8 @@ class Option:
             return text
         try:
             parsed = self.type(text)
+        except OptionError as e:  # the type's own sentence (e.g. no such rootfs)
+            raise OptionError(f"option {name}={text}: {e}") from None
         except ValueError:
             raise OptionError(f"option {name}={text}: expected a {self.type.__name__}") from None
         if isinstance(parsed, (int, float)) and parsed <= 0:

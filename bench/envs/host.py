@@ -1,5 +1,7 @@
 """The bare host: the probe as a child process in a fresh cgroup that the harness makes
-and removes, so the baseline is measured exactly like every other environment."""
+and removes, so the baseline is measured exactly like every other environment. With
+rootfs=NAME the probe runs chrooted into that isobench rootfs (bench/envs/roots.py): the
+very tree the containers and guests run from."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import interrupt
+from bench.envs import roots
 from bench.envs.base import (
     Availability,
     CpuSet,
@@ -21,6 +24,7 @@ from bench.envs.base import (
     StartError,
 )
 from bench.envs.process import Child, ProcessInstance
+from bench.envs.roots import ROOTFS_OPTION
 from bench.metrics.cgroup import (
     Cgroup,
     CgroupError,
@@ -110,28 +114,37 @@ def _cgroup_availability() -> Availability:
 class HostEnv(Environment):
     kind = "host"
     summary = "the bare host: a child process in a fresh cgroup (the baseline)"
-    options = CGROUP_OPTIONS
+    options = {**CGROUP_OPTIONS, "rootfs": ROOTFS_OPTION}
 
     def __init__(self, config: dict[str, Any], ctx):
         super().__init__(config, ctx)
         self._bundle = None
+        self._rootfs = None  # the isobench rootfs the probes run chrooted into, if any
 
     @classmethod
     def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         return _cgroup_availability()
 
     def prepare(self, bundle) -> None:
+        self._rootfs = roots.load(self.opts["rootfs"], self.ctx.cache)
         self._bundle = bundle
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The command that runs argv in this environment (the host: argv itself)."""
         return argv
 
+    def command(self, procs: list[str], argv: list[str], root: list[str]) -> list[str]:
+        """The whole command of a launch: the bundle's `attach` joins the cgroup (its
+        `procs` files) and, given `root` (roots.attach_options), enters the rootfs, then
+        execs argv: no preexec_fn, so the spawn is a vfork, not a fork of the harness
+        (workloads/attach.c)."""
+        return [str(self._bundle.probes["attach"]), *root, *procs, "--", *self.wrap(argv)]
+
     def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._bundle is None:
             raise RuntimeError(f"{self.kind}: start() before prepare()")
         name = self.new_name()
-        workdir = cg = sampler = None
+        workdir = cg = sampler = launch_root = None
 
         def teardown() -> None:  # what was made so far (Cgroup.remove kills what is left)
             if sampler:
@@ -141,6 +154,8 @@ class HostEnv(Environment):
                     cg.remove()
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
+            if launch_root is not None:  # its mounts went with its processes
+                shutil.rmtree(launch_root, ignore_errors=True)
 
         try:
             if inv.needs_workdir:
@@ -150,14 +165,16 @@ class HostEnv(Environment):
             if self.opts["weight"]:
                 cg.set_weight(self.opts["weight"])
             sampler = CgroupSampler(cg) if self.opts["sampler"] == "on" else None
+            probe, root = str(self._bundle.probes[inv.probe]), []
+            if self._rootfs is not None:  # the same probe, seen inside the tree
+                launch_root = self.ctx.scratch / f"{name}.root"
+                root = roots.attach_options(self._rootfs, self._bundle, launch_root, workdir)
+                probe = roots.probe_path(inv.probe)
+            argv = inv.argv(probe, roots.WORKDIR if root else str(workdir or ""))
             before = cg.read()
-            argv = self.wrap(inv.argv(str(self._bundle.probes[inv.probe]), str(workdir or "")))
-            # the bundle's `attach` joins the cgroup and execs the probe: no preexec_fn,
-            # so the spawn is a vfork, not a fork of the harness (workloads/attach.c)
-            attach = [str(self._bundle.probes["attach"]), *cg.procs_files, "--"]
             warm_migration_lock()  # the probe is moved like one born there: see its doc
             child = Child(
-                [*attach, *argv], on_kill=cg.kill_all,
+                self.command(cg.procs_files, argv, root), on_kill=cg.kill_all,
                 on_start=(lambda pid: sampler.start()) if sampler else None,
             )  # fmt: skip
         except BaseException as e:
@@ -189,6 +206,7 @@ class HostEnv(Environment):
             **super().describe(),
             "versions": av.versions,
             "argv_prefix": self.wrap([]),
+            "rootfs": roots.describe(self._rootfs),
             "resources": {
                 "cpus": self.opts["cpus"],  # CPU quota in CPUs; None: no quota
                 "cpuset": cpuset,

@@ -1,5 +1,6 @@
 """Linux namespaces in their rawest form: unshare(1) gives the probe new pid, mount, net,
-uts, ipc and cgroup namespaces inside a fresh cgroup. No runtime, no seccomp, no image.
+uts, ipc and cgroup namespaces inside a fresh cgroup. No runtime, no seccomp, no image;
+with rootfs=NAME, an isobench rootfs's tree as the root (bench/envs/roots.py).
 
 Also the host links isobench makes for the net workload (this kind's veths, a guest's
 tap: bench/envs/guest/tap.py): a /30 of VETH_BLOCK that overlaps nothing on the host,
@@ -207,6 +208,14 @@ class NamespacesEnv(HostEnv):
 
     def wrap(self, argv: list[str]) -> list[str]:
         return [shutil.which("unshare") or "unshare", *UNSHARE, "--", *argv]
+
+    def command(self, procs: list[str], argv: list[str], root: list[str]) -> list[str]:
+        """`attach` joins the cgroup, unshare makes the namespaces; from a rootfs, a
+        second `attach` enters the tree inside them (its mounts in the instance's own
+        mount namespace, /proc the one unshare mounted for the new pid namespace)."""
+        attach = str(self._bundle.probes["attach"])
+        inner = [attach, *root, "--", *argv] if root else argv
+        return [attach, *procs, "--", *self.wrap(inner)]
 
     def _start(self, inv: Invocation, timeout: float) -> Instance:
         return VethInstance(super()._start(inv, timeout))
