@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.envs import containers as ct
+from bench.envs import roots
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.docker import DockerEnv, runtime_problem
 from bench.envs.host import HostEnv
@@ -111,13 +112,16 @@ def test_options_validate(tmp_path):
 
 
 def test_container_options_are_declared_once():
-    """docker and podman share one declaration; each adds only its runtime; a cpuset is
-    checked as the host checks it."""
+    """docker and podman share one declaration; each adds its runtime, docker the rootfs
+    it may run from (the very option host takes); a cpuset is checked as the host checks
+    it."""
+    assert set(DockerEnv.options) == {"runtime", "rootfs", *ct.CONTAINER_OPTIONS}
+    assert set(PodmanEnv.options) == {"runtime", *ct.CONTAINER_OPTIONS}
     for cls in (DockerEnv, PodmanEnv):
-        assert set(cls.options) == {"runtime", *ct.CONTAINER_OPTIONS}
         for name, opt in ct.CONTAINER_OPTIONS.items():
             assert cls.options[name] is opt
     assert DockerEnv.options["cpuset"].type is HostEnv.options["cpuset"].type
+    assert DockerEnv.options["rootfs"] is HostEnv.options["rootfs"] is roots.ROOTFS_OPTION
 
 
 def test_variants_and_labels(tmp_path):

@@ -18,8 +18,10 @@ import pytest
 
 from bench import catalog
 from bench import rootfs as rf
+from bench.envs import image as img
 from bench.envs import roots
 from bench.envs.base import HOLD, Context, Invocation, OptionError
+from bench.envs.docker import DockerEnv
 from bench.envs.host import HostEnv
 from bench.envs.namespaces import NamespacesEnv
 from bench.matrix import MatrixError, parse_env_spec
@@ -88,7 +90,7 @@ def test_the_option_names_a_rootfs_that_exists(tree, monkeypatch, tmp_path):
     monkeypatch.setenv("ISOBENCH_CACHE", str(tree.root.parent.parent))
     spec = parse_env_spec(f"host:rootfs={NAME}")
     assert spec.options["rootfs"] == NAME and spec.spec == f"host:rootfs={NAME}"
-    for kind in ("host", "namespaces"):
+    for kind in ("host", "namespaces", "docker"):
         with pytest.raises(MatrixError, match="no rootfs named nope"):
             parse_env_spec(f"{kind}:rootfs=nope")
     with pytest.raises(OptionError, match="rootfs name"):
@@ -179,9 +181,9 @@ def test_timeout_kills_and_leaves_nothing(ctx, bundle):
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.requires("host", "namespaces")
-def test_quick_run_records_the_tree_in_the_manifest(tree, tmp_path):
-    envs = [f"host:rootfs={NAME}", f"namespaces:rootfs={NAME}"]
+@pytest.mark.requires("host", "namespaces", "docker")
+def test_quick_run_records_the_tree_in_the_manifest(tree, tmp_path, tree_images):
+    envs = [f"host:rootfs={NAME}", f"namespaces:rootfs={NAME}", f"docker:rootfs={NAME}"]
     res = isobench("run", *(a for e in envs for a in ("--env", e)), "--workload", "syscall",
                    "--workload", "startup", "--quick", "--rounds", "1", "--max-rounds", "1",
                    "--results", str(tmp_path / "r"), cache=tree.root.parent.parent,
@@ -199,6 +201,8 @@ def test_quick_run_records_the_tree_in_the_manifest(tree, tmp_path):
     assert {(e, w) for e in envs for w in ("syscall", "startup")} <= ran, sorted(ran)
     assert _mounts_of(tree.tree) == []
     assert not [p for p in find_leftovers() if manifest["run_id"] in p.name]
+    assert _containers(manifest["run_id"]) == ""
+    assert len(_images_of(tree.key)) == 1  # the cached one, reused across runs
 
 
 HOLDER = """
@@ -254,3 +258,95 @@ def test_kill_9_leaves_only_what_clean_finds_and_removes(tree, bundle, tmp_path)
     assert not Path(f"/proc/{pid}").exists()
     assert not Path(scratch).exists()
     assert not [item for item in find_all() if run_id in item.what]
+
+
+# ---------------------------------------------------------------- docker
+
+
+def _containers(run_id: str) -> str:
+    return subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", f"label=isobench.run={run_id}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+
+
+def _images_of(key: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "images", "-q", "--no-trunc", "--filter", f"label={img.ROOTFS_LABEL}={key}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    return sorted(set(out))
+
+
+@pytest.fixture(scope="session")
+def tree_images(tree):
+    """The docker images made from the session's tree: removed at the end (the tree goes
+    with its private cache, so they would otherwise be leftovers of `clean`)."""
+    yield
+    for image in _images_of(tree.key):
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, timeout=120)
+
+
+@pytest.mark.requires("docker")
+def test_docker_runs_from_the_tree_and_reuses_its_image(ctx, bundle, tree, tree_images):
+    env = DockerEnv({"rootfs": NAME}, ctx)
+    bare = DockerEnv({}, ctx.for_env(2))
+    try:
+        env.prepare(bundle)
+        bare.prepare(bundle)
+        in_marker = Invocation("io", "io", ("--dir", MARKER_DIR, "--op", "create_unlink"))
+        inside = env.launch(in_marker, timeout=60)
+        assert inside.status == "ok", (inside.reason, inside.stderr_tail)
+        assert bare.launch(in_marker, timeout=60).status == "failed"  # not in the probe image
+        for workload in ("syscall", "startup", "io"):
+            inv = catalog.load()[workload].invocation(quick=True, emulated=False)
+            launch = env.launch(inv, timeout=60)
+            assert launch.status == "ok", (workload, launch.reason, launch.stderr_tail)
+        described = env.describe()
+        assert described["rootfs"]["key"] == tree.key
+        assert described["image"]["tag"] == img.rootfs_image_tag(tree.key, bundle.hash)
+        image = env.cl.images.get(described["image"]["id"])
+        assert image.labels[img.ROOTFS_LABEL] == tree.key
+        assert image.labels[img.BUNDLE_LABEL] == bundle.hash
+        again = DockerEnv({"rootfs": NAME}, ctx.for_env(3))
+        again.prepare(bundle)  # present: reused, not imported again
+        assert again.describe()["image"]["id"] == described["image"]["id"]
+        again.cleanup()
+    finally:
+        env.cleanup()
+        bare.cleanup()
+    assert _images_of(tree.key) == [described["image"]["id"]]
+    assert _containers(ctx.run_id) == ""
+    assert [p.name for p in (tree.tree / MARKER_DIR.lstrip("/")).iterdir()] == ["marker.txt"]
+
+
+def test_rootfs_image_stream_is_the_tree_then_the_probes(tree, bundle):
+    import io
+    import tarfile
+
+    data = b"".join(img.rootfs_image_stream(tree, bundle, chunk=1 << 16))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        probe = tar.extractfile(f".{roots.probe_path('syscall')}").read()
+    assert f".{MARKER_DIR}/marker.txt" in names and "./etc/debian_version" in names
+    assert probe == bundle.probes["syscall"].read_bytes()
+    assert f".{roots.WORKDIR}" in names
+
+
+@pytest.mark.requires("docker")
+def test_clean_finds_an_image_whose_rootfs_is_gone(ctx, bundle, tree, tree_images, tmp_path,
+                                                  monkeypatch):  # fmt: skip
+    env = DockerEnv({"rootfs": NAME}, ctx)
+    try:
+        env.prepare(bundle)
+    finally:
+        env.cleanup()
+    mine = [i for i in DockerEnv.leftovers() if tree.key in i.what]
+    assert mine == []  # its rootfs is in the cache: kept
+    elsewhere = tmp_path / "elsewhere"  # a cache with the bundle but not the rootfs
+    (elsewhere / "bundles" / bundle.hash).mkdir(parents=True)
+    monkeypatch.setenv("ISOBENCH_CACHE", str(elsewhere))
+    (gone,) = [i for i in DockerEnv.leftovers() if tree.key in i.what]
+    assert f"rootfs {tree.key} no longer in the cache" in gone.what
+    gone.remove()
+    assert _images_of(tree.key) == []

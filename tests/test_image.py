@@ -46,6 +46,28 @@ def test_each_environment_unpacks_its_own_rootfs(bundle, tmp_path):
     assert img.unpack_rootfs(bundle, b) == b
 
 
+def test_probe_layer_puts_the_same_probes_under_the_rootfs_probe_dir(bundle):
+    """What a rootfs's tar gets added for docker: the bundle's probes, byte for byte, at
+    the path host and namespaces bind them to, and the io directory; fixed metadata."""
+    import io
+
+    from bench.envs import roots
+
+    layer = img.probe_layer(bundle)
+    assert layer == img.probe_layer(bundle)
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        for probe, want in bundle.probe_hashes.items():
+            member = tar.getmember(f".{roots.probe_path(probe)}")
+            assert member.mode == 0o755 and member.uid == 0 and member.mtime == 0
+            data = tar.extractfile(member).read()
+            assert hashlib.sha256(data).hexdigest() == want
+        assert tar.getmember(f".{roots.WORKDIR}").mode == 0o1777
+    tag = img.rootfs_image_tag("k" * 16, bundle.hash)
+    assert tag == f"isobench-rootfs:{'k' * 16}-{bundle.hash}"
+    labels = img.rootfs_image_labels("k" * 16, bundle.hash)
+    assert labels == {"isobench": "1", img.BUNDLE_LABEL: bundle.hash, img.ROOTFS_LABEL: "k" * 16}
+
+
 def test_oci_config_namespaces_and_network():
     cfg = img.oci_config(["/probes/startup"], img.Path("/r"), "/isobench-x-1/probe")
     types = {ns["type"] for ns in cfg["linux"]["namespaces"]}

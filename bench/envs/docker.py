@@ -1,7 +1,9 @@
 """`docker`: one container per instance through the Docker SDK (any runtime the daemon
 lists: runc, runsc, crun, kata...), with one knob per option so overhead can be
 attributed: seccomp on/off, network none/bridge/host, storage overlay/volume/tmpfs, a
-CPU quota, a cpuset, a memory limit.
+CPU quota, a cpuset, a memory limit. With rootfs=NAME the container's image is that
+isobench rootfs plus the bundle's probes (image.ensure_docker_rootfs_image), the very
+tree host and namespaces chroot into.
 
 Phases (ns since submit): created (create returned), started (start returned), ready
 (the probe's `ready` line seen on the stream attached before start), stop (a held
@@ -23,6 +25,7 @@ from typing import Any
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
+from bench.envs import roots
 from bench.envs.base import (
     Availability,
     Context,
@@ -39,6 +42,7 @@ from bench.envs.process import Streamed, to_launch
 from bench.metrics.cgroup import Layout
 from bench.probeio import is_ready
 from bench.resources import cache_dir
+from bench.rootfs import store_dir as rootfs_store
 
 SOCKET = "/var/run/docker.sock"
 UNREACHABLE = f"dockerd not reachable at {SOCKET}: start it (systemctl start docker)"
@@ -218,6 +222,7 @@ class DockerEnv(Environment):
     summary = "a container per instance through dockerd (runc, runsc, crun... as listed)"
     options = {
         "runtime": Option("runc", "OCI runtime, as listed by `docker info` (runc, runsc...)"),
+        "rootfs": roots.ROOTFS_OPTION,
         **ct.CONTAINER_OPTIONS,
     }
 
@@ -226,6 +231,7 @@ class DockerEnv(Environment):
         self._client = None
         self._image = None
         self._bundle = None
+        self._rootfs = None  # the isobench rootfs the image is made from, if any
         self._info: dict[str, Any] = {}
         self._layout = Layout.detect()
 
@@ -334,13 +340,20 @@ class DockerEnv(Environment):
                 )
             )
         bundles = cache_dir() / "bundles"
+        trees = rootfs_store()
         for im in images:
-            bundle_hash = (im.get("Labels") or {}).get(img.BUNDLE_LABEL)
+            labels = im.get("Labels") or {}
+            bundle_hash, key = labels.get(img.BUNDLE_LABEL), labels.get(img.ROOTFS_LABEL)
+            why = ""
             if bundle_hash and not (bundles / bundle_hash).is_dir():
+                why = f"bundle {bundle_hash} no longer in the cache"
+            elif key and not (trees / key).is_dir():
+                why = f"rootfs {key} no longer in the cache"
+            if why:
                 tags = ", ".join(im.get("RepoTags") or []) or im["Id"][:19]
                 out.append(
                     Leftover(
-                        f"docker image {tags} (bundle {bundle_hash} no longer in the cache)",
+                        f"docker image {tags} ({why})",
                         lambda iid=im["Id"]: client().api.remove_image(iid, force=True),
                     )
                 )
@@ -364,7 +377,19 @@ class DockerEnv(Environment):
                 f"({', '.join(listed(runtimes))})"
             )
         self._bundle = bundle
-        self._image = img.ensure_docker_image(self.cl, bundle, self.ctx.cache)
+        self._rootfs = roots.load(self.opts["rootfs"], self.ctx.cache)
+        if self._rootfs is None:
+            self._image = img.ensure_docker_image(self.cl, bundle, self.ctx.cache)
+        else:
+            self._image = img.ensure_docker_rootfs_image(self.cl, bundle, self._rootfs)
+
+    @property
+    def _workdir(self) -> str:
+        """The io workload's directory inside the container (its image's WORKDIR)."""
+        return roots.WORKDIR if self._rootfs else STORAGE_TARGET
+
+    def _probe_path(self, probe: str) -> str:
+        return roots.probe_path(probe) if self._rootfs else img.probe_path(probe)
 
     def _host_config(
         self, name: str, volume: Path | None, network: str, port: int | None = None
@@ -386,9 +411,9 @@ class DockerEnv(Environment):
         if o["memory"]:
             kwargs["mem_limit"] = str(o["memory"])
         if o["storage"] == "volume" and volume is not None:
-            kwargs["binds"] = {str(volume): {"bind": STORAGE_TARGET, "mode": "rw"}}
+            kwargs["binds"] = {str(volume): {"bind": self._workdir, "mode": "rw"}}
         elif o["storage"] == "tmpfs":
-            kwargs["tmpfs"] = {STORAGE_TARGET: "rw,mode=1777,size=2g"}
+            kwargs["tmpfs"] = {self._workdir: "rw,mode=1777,size=2g"}
         return self.cl.api.create_host_config(**kwargs)
 
     @property
@@ -411,10 +436,11 @@ class DockerEnv(Environment):
         try:
             instance.begin(
                 image=self._image.id,
-                argv=inv.argv(img.probe_path(inv.probe), STORAGE_TARGET),
+                argv=inv.argv(self._probe_path(inv.probe), self._workdir),
                 labels=ct.labels(self.ctx),
                 host_config=self._host_config(name, volume, instance.network, port),
                 ports=[port] if port is not None else None,
+                workdir=self._workdir,
             )
         except BaseException:  # Ctrl-C mid-start: remove what was made, then re-raise
             instance.abort()
@@ -469,10 +495,18 @@ class DockerEnv(Environment):
             },
             "image": {
                 "id": self._image.id if self._image else None,
-                "tag": img.image_tag(self._bundle.hash) if self._bundle else None,
+                "tag": self._image_tag(),
             },
             "bundle": self._bundle.hash if self._bundle else None,
+            "rootfs": roots.describe(self._rootfs),
         }
+
+    def _image_tag(self) -> str | None:
+        if self._bundle is None:
+            return None
+        if self._rootfs is not None:
+            return img.rootfs_image_tag(self._rootfs.key, self._bundle.hash)
+        return img.image_tag(self._bundle.hash)
 
 
 def _runtime_version(spec: dict[str, Any]) -> str:
@@ -550,11 +584,11 @@ class DockerInstance(Instance):
         finally:
             self.api.timeout = CALL_TIMEOUT_S
 
-    def begin(self, *, image, argv, labels, host_config, ports=None) -> None:
+    def begin(self, *, image, argv, labels, host_config, ports=None, workdir=img.WORKDIR) -> None:
         """create → attach → start; a failed step is recorded (self.failure), not raised."""
-        self._guarded(self._begin, image, argv, labels, host_config, ports)
+        self._guarded(self._begin, image, argv, labels, host_config, ports, workdir)
 
-    def _begin(self, image, argv, labels, host_config, ports=None) -> None:
+    def _begin(self, image, argv, labels, host_config, ports=None, workdir=img.WORKDIR) -> None:
         self.cid = self._call(
             self.api.create_container,
             image,
@@ -562,7 +596,7 @@ class DockerInstance(Instance):
             name=self.name,
             labels=labels,
             host_config=host_config,
-            working_dir=img.WORKDIR,
+            working_dir=workdir,
             ports=ports,
         )["Id"]
         self.phases["created"] = ct.ns_since(self.t_submit)

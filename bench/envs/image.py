@@ -8,20 +8,32 @@
 
 Everything a probe sees is in the bundle, so the report can tie a container result to the
 very bytes that ran on the host, by hash.
+
+From an isobench rootfs (issue 16), `ensure_docker_rootfs_image(client, bundle, rootfs)`:
+the rootfs's tar with the bundle's probes added at roots.PROBE_DIR, imported as
+`isobench-rootfs:<rootfs key>-<bundle hash>` (labelled with both), only when missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.envs import roots
+
 REPOSITORY = "isobench-probes"
+ROOTFS_REPOSITORY = "isobench-rootfs"
 LABEL = "isobench"
 BUNDLE_LABEL = "isobench.bundle"
+ROOTFS_LABEL = "isobench.rootfs"  # the key of the rootfs an image was made from
+IMPORT_TIMEOUT_S = 600  # importing a rootfs's tree (hundreds of MB) into the daemon
 PROBE_DIR = "/probes"
 WORKDIR = "/work"  # the io workload's directory in the container's own filesystem
 BUSYBOX_LINKS = ("sh", "true", "sleep", "cat", "ls")
@@ -140,6 +152,85 @@ def ensure_docker_image(client, bundle, cache: Path):
         str(tar), repository=REPOSITORY, tag=bundle.hash, changes=changes
     )
     return client.images.get(image_tag(bundle.hash))
+
+
+def rootfs_image_tag(rootfs_key: str, bundle_hash: str) -> str:
+    return f"{ROOTFS_REPOSITORY}:{rootfs_key}-{bundle_hash}"
+
+
+def rootfs_image_labels(rootfs_key: str, bundle_hash: str) -> dict[str, str]:
+    return {**image_labels(bundle_hash), ROOTFS_LABEL: rootfs_key}
+
+
+def probe_layer(bundle) -> bytes:
+    """A tar of the bundle's probes at roots.PROBE_DIR and an empty roots.WORKDIR (fixed
+    owners, modes and mtimes), what a rootfs's tar gets added."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, mode in (
+            ("isobench", 0o755),
+            (roots.PROBE_DIR.lstrip("/"), 0o755),
+            (roots.WORKDIR.lstrip("/"), 0o1777),
+        ):
+            info = tarfile.TarInfo(f"./{name}")
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 0
+            tar.addfile(info)
+        for name in sorted(bundle.probes):
+            info = tarfile.TarInfo(f"./{roots.probe_path(name).lstrip('/')}")
+            info.size, info.mode, info.mtime = bundle.probes[name].stat().st_size, 0o755, 0
+            with open(bundle.probes[name], "rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def rootfs_image_stream(rootfs, bundle, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The rootfs's tar (rootfs.tar_file(), kept beside its tree) up to its end-of-archive
+    blocks, then the probe layer: one tar, streamed, nothing more written to disk."""
+    path = rootfs.tar_file()
+    with tarfile.open(path) as tar:
+        for _ in tar:  # headers only: the end of the last member
+            pass
+        end = tar.offset
+    with open(path, "rb") as f:
+        while (left := end - f.tell()) > 0:
+            yield f.read(min(chunk, left))
+    yield probe_layer(bundle)
+
+
+def find_docker_rootfs_image(client, rootfs_key: str, bundle_hash: str):
+    """The image of this rootfs with this bundle's probes, or None."""
+    import docker.errors
+
+    try:
+        return client.images.get(rootfs_image_tag(rootfs_key, bundle_hash))
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def ensure_docker_rootfs_image(client, bundle, rootfs):
+    """`isobench-rootfs:<key>-<hash>` in the daemon, imported when missing."""
+    image = find_docker_rootfs_image(client, rootfs.key, bundle.hash)
+    if image is not None:
+        return image
+    changes = [f"LABEL {k}={v}" for k, v in rootfs_image_labels(rootfs.key, bundle.hash).items()]
+    changes.append(f"WORKDIR {roots.WORKDIR}")
+    api, timeout = client.api, client.api.timeout
+    api.timeout = IMPORT_TIMEOUT_S  # the daemon answers once the whole tree is in
+    try:
+        answer = api.import_image(
+            src=rootfs_image_stream(rootfs, bundle),
+            repository=ROOTFS_REPOSITORY,
+            tag=f"{rootfs.key}-{bundle.hash}",
+            changes=changes,
+            stream_src=True,
+        )
+    finally:
+        api.timeout = timeout
+    for line in str(answer).splitlines():  # a JSON line per step; an error in one of them
+        with contextlib.suppress(ValueError, AttributeError):
+            if error := json.loads(line).get("error"):
+                raise RuntimeError(f"docker import of rootfs {rootfs.name}: {error}")
+    return client.images.get(rootfs_image_tag(rootfs.key, bundle.hash))
 
 
 def podman_import_argv(tar: Path, bundle_hash: str) -> list[str]:
