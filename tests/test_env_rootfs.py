@@ -168,6 +168,23 @@ def test_held_probe_sees_the_tree_and_its_mounts_are_private(ctx, bundle, tree):
     assert _left(ctx) == []
 
 
+@pytest.mark.requires("host", "namespaces")
+@pytest.mark.parametrize("cls", LOCAL)
+def test_instances_still_held_at_cleanup_leave_nothing(cls, ctx, bundle, tree):
+    """The run ends while instances are held (Ctrl-C, a failure): cleanup kills them and
+    removes their overlays' directories; no mount of them ever reached the host."""
+    env = cls({"rootfs": NAME}, ctx)
+    env.prepare(bundle)
+    try:
+        held = [env.start(HOLD, timeout=60) for _ in range(2)]
+        assert all(h.wait_ready(30) for h in held)
+        assert len(list(ctx.scratch.glob("*.root"))) == 2
+    finally:
+        env.cleanup()
+    assert all(h.launch is not None for h in held)
+    assert _left(ctx) == [] and _mounts_of(tree.tree) == []
+
+
 @pytest.mark.requires("host")
 def test_timeout_kills_and_leaves_nothing(ctx, bundle):
     env = HostEnv({"rootfs": NAME}, ctx)
