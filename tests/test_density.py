@@ -372,8 +372,9 @@ def _held_by_run(kind: str, run_id: str) -> list[str]:
     argv = [kind, "ps", "-a", "-q", "--filter", label]
     if kind == "oci":
         argv = ["runc", "--root", "/run/isobench-oci/runc", "list", "-q"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout.split()
-    return [x for x in out if kind != "oci" or run_id in x]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr  # a listing that failed would say "none left"
+    return [x for x in res.stdout.split() if kind != "oci" or run_id in x]
 
 
 def _run_until(proc: subprocess.Popen, line: str, limit: float) -> list[str]:
@@ -435,9 +436,14 @@ def test_kill_9_while_a_level_is_held_then_clean_removes_every_instance(tmp_path
     assert dry.returncode == 0, dry.stderr
     for name in {p.name for p in cgroups}:
         assert f"would remove cgroup /sys/fs/cgroup/memory/{name}" in dry.stdout, name
-    assert all(cid[:12] in dry.stdout for cid in held), dry.stdout
+    engine = "runc" if kind == "oci" else kind
+    named = [cid if kind == "oci" else cid[:12] for cid in held]  # oci: the names runc lists
+    assert all(f"would remove {engine} container {x}" in dry.stdout for x in named), dry.stdout
     res = subprocess.run([*cli, "clean"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
+    for name in {p.name for p in cgroups}:
+        assert f"removing cgroup /sys/fs/cgroup/memory/{name}" in res.stdout, res.stdout
+    assert all(f"removing {engine} container {x}" in res.stdout for x in named), res.stdout
 
     assert [p for p in find_leftovers() if run_id in p.name] == []
     assert _held_by_run(kind, run_id) == []
