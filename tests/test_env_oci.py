@@ -133,3 +133,22 @@ def test_a_held_instance_names_its_carriers_and_density_counts_those_outside(mak
     finally:
         held.stop()
     assert held.carriers() == {}
+
+
+@pytest.mark.requires("oci", "root")
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_clean_finds_a_held_container_of_each_runtime(make_env, runtime):
+    """What `isobench clean` lists after a crash: a held container of either runtime (runsc
+    has no `list -q`: its containers were never listed)."""
+    if runtime == "runsc" and not _runsc_ok():
+        pytest.skip("runsc not installed")
+    env = make_env({"runtime": runtime})
+    held = env.start(HOLD, 60)
+    try:
+        assert held.wait_ready()
+        found = [item.what for item in OciEnv.leftovers()]
+        assert f"{runtime} container {held.name}" in found
+        assert not any("could not look" in what for what in found), found
+    finally:
+        held.stop()
+    assert f"{runtime} container {held.name}" not in [i.what for i in OciEnv.leftovers()]

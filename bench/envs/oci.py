@@ -99,7 +99,12 @@ class OciEnv(Environment):
         for rt in RUNTIMES:
             if not shutil.which(rt):
                 continue
-            for cid in _list(rt):
+            try:
+                found = _list(rt, strict=True)
+            except RuntimeError as e:  # said, so that clean does not report "nothing"
+                out.append(Leftover(f"oci: could not look for {rt} containers ({e})", lambda: None))
+                continue
+            for cid in found:
                 out.append(Leftover(f"{rt} container {cid}", lambda r=rt, c=cid: _delete(r, c)))
         return out
 
@@ -222,17 +227,24 @@ def _carriers(name: str) -> dict[int, str]:
     return {pid: role for pid, role in ct.find_carriers(name).items() if role != "runtime"}
 
 
-def _list(runtime: str) -> list[str]:
+def _list(runtime: str, strict: bool = False) -> list[str]:
+    """The ids of the runtime's containers under isobench's --root (`--quiet`: runsc has
+    no `-q`). A listing that fails is [] or, when `strict` (clean), an error naming why:
+    an empty answer must not read as "nothing left"."""
     try:
         out = subprocess.run(
-            [*runtime_argv(runtime, "none"), "list", "-q"],
+            [*runtime_argv(runtime, "none"), "list", "--quiet"],
             capture_output=True,
             text=True,
             timeout=CALL_TIMEOUT_S,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired) as e:
+        if strict:
+            raise RuntimeError(f"{runtime} list: {e}") from None
         return []
+    if out.returncode != 0 and strict:
+        raise RuntimeError(f"{runtime} list: " + ct.first_line(out.stderr or out.stdout))
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
