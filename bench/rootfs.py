@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import interrupt, scratch
-from bench.footprint import du
 from bench.resources import cache_dir
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -220,6 +219,39 @@ def tree_hash(root: Path, owners: bool = True) -> str:
     return h.hexdigest()
 
 
+def tree_usage(root: Path) -> tuple[int, int, int]:
+    """(allocated bytes, apparent bytes, inodes) of a tree, as `du -x` counts: st_blocks
+    * 512, each inode once (hard links), symlinks not followed, other filesystems not
+    entered. (bench/footprint.du does the same; importing it would tie this module to
+    the environments through footprint's imports: an import cycle.)"""
+    top = os.lstat(root)
+    seen: set[int] = set()
+    allocated = apparent = inodes = 0
+
+    def add(st: os.stat_result) -> None:
+        nonlocal allocated, apparent, inodes
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if st.st_ino in seen:
+                return
+            seen.add(st.st_ino)
+        allocated += st.st_blocks * 512
+        apparent += st.st_size
+        inodes += 1
+
+    add(top)
+    for dirpath, dirnames, filenames in os.walk(root):
+        keep = []
+        for n in dirnames:
+            st = os.lstat(os.path.join(dirpath, n))
+            add(st)
+            if st.st_dev == top.st_dev and stat.S_ISDIR(st.st_mode):
+                keep.append(n)
+        dirnames[:] = keep
+        for n in filenames:
+            add(os.lstat(os.path.join(dirpath, n)))
+    return allocated, apparent, inodes
+
+
 def parse_dpkg_query(text: str) -> list[list[str]]:
     """Pure: dpkg-query -W -f '${db:Status-Abbrev}\\t${Package}\\t${Version}\\t
     ${Architecture}\\n' -> [[package, version, arch]] of installed ones ("ii"), sorted."""
@@ -232,13 +264,13 @@ def parse_dpkg_query(text: str) -> list[list[str]]:
 
 
 def _inspect_tree(tree: Path, python: bool) -> dict:
-    usage = du(tree)
+    usage = tree_usage(tree)
     info = {
         "content": tree_hash(tree),
         "size": {
-            "allocated": usage.allocated,
-            "apparent": usage.apparent,
-            "inodes": usage.inodes,
+            "allocated": usage[0],
+            "apparent": usage[1],
+            "inodes": usage[2],
         },
         "packages": [],
         "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

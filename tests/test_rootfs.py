@@ -226,6 +226,18 @@ def test_tree_hash_is_content_not_time(tmp_path):
     assert rf.tree_hash(a) == h3
 
 
+def test_tree_usage_counts_hard_links_once_as_du(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/a").write_bytes(b"x" * 100_000)
+    os.link(tmp_path / "d/a", tmp_path / "d/b")
+    (tmp_path / "l").symlink_to("d/a")
+    allocated, apparent, inodes = rf.tree_usage(tmp_path)
+    du = subprocess.run(["du", "-s", "-B1", "-x", str(tmp_path)], capture_output=True, text=True)
+    assert allocated == int(du.stdout.split()[0])
+    assert inodes == 4  # the top, d, a (= b), l
+    assert apparent >= 100_000
+
+
 def test_ext4_geometry():
     kib, inodes = rf.ext4_geometry({"allocated": 100 * 2**20, "inodes": 5000}, 256)
     assert kib == 125 * 1024 + 16 * 1024 + 256 * 1024
