@@ -251,7 +251,9 @@ def _default(name: str, fmt: str = "{}") -> str:
     "--budget",
     type=float,
     show_default=_default("budget", "{:g}"),
-    help="the whole run's wall clock in seconds, preparation included",
+    help="the whole run's wall clock in seconds, preparation included (with --quick and only "
+    "workloads outside the main job, density or net, the quick default does not cut their "
+    "minimum rounds)",
 )
 @click.option(
     "--timeout",
