@@ -260,11 +260,15 @@ def _signal(runtime: str, cid: str, sig: str) -> None:
 
 
 def _delete(runtime: str, cid: str) -> None:
-    """kill + delete -f, then SIGKILL any runsc process of it that survived."""
+    """kill + delete --force (runsc has no -f), then SIGKILL any runsc process of it that
+    survived."""
     base = runtime_argv(runtime, "none")
     _signal(runtime, cid, "KILL")
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         subprocess.run(
-            [*base, "delete", "-f", cid], capture_output=True, timeout=CALL_TIMEOUT_S, check=False
+            [*base, "delete", "--force", cid],
+            capture_output=True,
+            timeout=CALL_TIMEOUT_S,
+            check=False,
         )
     ct.kill_carriers(cid)
