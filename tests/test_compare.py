@@ -150,7 +150,10 @@ def test_runs_without_a_common_figure_exit_2_with_one_line(tmp_path):
 
 @pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
 def test_a_30_percent_change_between_two_quick_runs_fails_the_build(tmp_path):
-    """A real quick run (its six rounds), and a copy in which one op got 1.3× slower."""
+    """A real quick run (its six rounds), and a copy in which one op got 1.3× slower. The
+    op is clock_gettime (a ±0.5% figure here): six rounds of a heavy-tailed op such as
+    stat on this VM ([380, 655] ns under load) do not call 1.3× every time, and a CI
+    rehearsal once read it n.s."""
     from bench.cli import cli
 
     args = ["run", "--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
@@ -163,11 +166,11 @@ def test_a_30_percent_change_between_two_quick_runs_fails_the_build(tmp_path):
     with open(a / "samples.jsonl") as src, open(b / "samples.jsonl", "w") as dst:
         for line in src:
             r = json.loads(line)
-            if r["env"] == "namespaces" and r["op"] == "stat" and r["value"] is not None:
+            if r["env"] == "namespaces" and r["op"] == "clock_gettime" and r["value"] is not None:
                 r["value"] *= 1.3
             dst.write(json.dumps(r) + "\n")
     assert _isobench("compare", a, a).returncode == 0
     res = _isobench("compare", a, b, "--json")
     assert res.returncode == 1, res.stdout[-2000:]
     flagged = [c for c in json.loads(res.stdout)["cells"] if c["verdict"] == "regression"]
-    assert [(c["env"], c["op"]) for c in flagged] == [("namespaces", "stat")]
+    assert [(c["env"], c["op"]) for c in flagged] == [("namespaces", "clock_gettime")]
