@@ -471,14 +471,7 @@ def _run(argv: list[str], timeout: float, env: dict | None = None) -> subprocess
         )
     except OSError as e:
         raise RootfsError(f"{argv[0]}: {e.strerror}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        raise RootfsError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
-    except BaseException:
-        _stop(proc)
-        raise
+    out, err = _finish(proc, argv, lambda: proc.communicate(timeout=timeout), timeout)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
@@ -490,8 +483,13 @@ def _run_logged(argv: list[str], logf, timeout: float) -> int:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    return _finish(proc, argv, lambda: proc.wait(timeout), timeout)
+
+
+def _finish(proc: subprocess.Popen, argv: list[str], wait, timeout: float):
+    """wait()'s answer; on its timeout or a signal the group is stopped first."""
     try:
-        return proc.wait(timeout)
+        return wait()
     except subprocess.TimeoutExpired:
         _stop(proc)
         raise RootfsError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
