@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 import bench
-from bench import analysis, bundle, catalog, harness, provenance, store
+from bench import analysis, bundle, catalog, harness, provenance, store, userwork
 from bench.envs import REGISTRY
 from bench.envs.base import COMMON_OPTIONS
 from bench.lock import LockError, RunLock
@@ -313,9 +313,12 @@ def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, wi
         chosen["seed"] = seed
     elif "seed" not in chosen:
         chosen["seed"] = secrets.randbelow(2**31)
+    defaults = (
+        [] if file_settings.get("user_workloads") else [n for n, w in cat.items() if w.default]
+    )
     m = Matrix(
         envs=file_envs + specs or [parse_env_spec("host"), parse_env_spec("namespaces")],
-        workloads=list(workloads) or file_workloads or [n for n, w in cat.items() if w.default],
+        workloads=list(workloads) or file_workloads or defaults,
         quick=quick,
         **chosen,
     )
@@ -389,6 +392,7 @@ def _log(msg: str) -> None:
 
 
 def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) -> int:
+    cat = userwork.with_catalog(cat, m.user_workloads)  # the matrix's own workloads too
     with RunLock(run_dir.resolve()):
         b = bundle.build()
         if new:

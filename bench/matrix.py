@@ -23,6 +23,14 @@ From a TOML file:
     label = "gvisor"
     runtime = "runsc"
 
+Your own workloads run from a rootfs (`isobench rootfs build`; bench/userwork.py):
+
+    rootfs = "pytest-bench"  # every env that can take rootfs=NAME and sets none
+    [[user_workload]]
+    name = "suite"
+    kind = "pytest-benchmark"  # or "command", with argv = [...] and parser = "sysbench"
+    dir = "/opt/bench"
+
 or from `--env KIND:key=value,...` flags. Every problem is a MatrixError whose message
 names the file and key and suggests the closest known name.
 """
@@ -30,12 +38,15 @@ names the file and key and suggests the closest known name.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.envs.base import COMMON_OPTIONS, OptionError, parse_options
+from bench.userwork import KINDS as USER_KINDS
+from bench.userwork import UserWorkload
 
 # --quick: the settings of a first look (a file or flags may still override each one).
 # Six rounds: the fewest at which a median's order-statistic interval reaches 95%
@@ -143,11 +154,20 @@ class Matrix:
     # a quick run of workloads outside the main job only may then take what its minimum
     # rounds need. None: decided from the budget's type (a QuickBudget or not).
     budget_from_quick: bool | None = None
+    rootfs: str | None = None  # every env that can run from a rootfs and names none runs from it
+    user_workloads: list[UserWorkload] = field(default_factory=list)  # always run
 
     def __post_init__(self):
         if self.budget_from_quick is None:
             self.budget_from_quick = isinstance(self.budget, QuickBudget)
         self.budget = float(self.budget)
+        self.user_workloads = [
+            u if isinstance(u, UserWorkload) else UserWorkload.from_dict(u)
+            for u in self.user_workloads
+        ]
+        self.workloads = list(self.workloads) + [
+            u.name for u in self.user_workloads if u.name not in self.workloads
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,8 +180,13 @@ class Matrix:
         return cls(**{**d, "envs": envs})
 
     def check(self, workloads: dict, where: str = "matrix") -> None:
+        user = {u.name for u in self.user_workloads}
+        for name in sorted(user & set(workloads)):
+            raise MatrixError(
+                f"{where}: user workload '{name}' has the name of a catalog workload: rename it"
+            )
         for w in self.workloads:
-            if w not in workloads:
+            if w not in workloads and w not in user:
                 raise MatrixError(
                     f"{where}: unknown workload '{w}'{_suggest(w, workloads)}"
                     f"; known: {', '.join(sorted(workloads))}"
@@ -189,6 +214,43 @@ class Matrix:
             )
         if self.max_rounds < self.rounds:
             self.max_rounds = self.rounds
+        if self.rootfs:
+            self.envs = [with_rootfs(e, self.rootfs, where) for e in self.envs]
+        if self.user_workloads:
+            for e in self.envs:
+                if not e.options.get("rootfs"):
+                    raise MatrixError(
+                        f"{where}: user workload '{self.user_workloads[0].name}' runs from a "
+                        f"rootfs, and environment '{e.label}' names none: set rootfs = NAME "
+                        "at the top of the matrix, or rootfs=NAME on the environment"
+                    )
+
+
+def rootfs_kinds() -> list[str]:
+    """The environment kinds that can run from an isobench rootfs (option rootfs=NAME)."""
+    from bench.envs import REGISTRY
+
+    return [k for k, cls in REGISTRY.items() if "rootfs" in cls.options]
+
+
+def with_rootfs(env: EnvSpec, name: str, where: str) -> EnvSpec:
+    """The matrix's top-level rootfs on an environment that sets none (its label kept: the
+    rootfs is the matrix's, not what tells its environments apart)."""
+    from bench.envs import REGISTRY
+
+    if env.options.get("rootfs"):
+        return env
+    cls = REGISTRY[env.kind]
+    if "rootfs" not in cls.options:
+        raise MatrixError(
+            f"{where}: environment '{env.label}': {env.kind} cannot run from a rootfs yet "
+            f"(rootfs = {name!r} applies to {', '.join(rootfs_kinds())}): remove it"
+        )
+    try:
+        value = parse_options(env.kind, cls.options, {"rootfs": name})["rootfs"]
+    except OptionError as e:
+        raise MatrixError(f"{where}: rootfs: {e}") from None
+    return EnvSpec(env.kind, {**env.options, "rootfs": value}, env.label)
 
 
 SCALARS: dict[str, type | tuple[type, ...]] = {
@@ -204,7 +266,80 @@ SCALARS: dict[str, type | tuple[type, ...]] = {
     "busy_cpus": bool,
     "memory_reserve": (int, float),
 }
-TOP_KEYS = {*SCALARS, "workloads", "env"}
+TOP_KEYS = {*SCALARS, "workloads", "env", "rootfs", "user_workload"}
+
+# [[user_workload]] keys per kind (bench/userwork.py)
+USER_KEYS = {
+    "pytest-benchmark": {"name", "kind", "dir", "args", "quick_args"},
+    "command": {"name", "kind", "argv", "quick_argv", "parser", "dir"},
+}
+NOT_BUILT = {  # keys of the design (issue 16) that this version cannot run yet
+    "server": "a server command held in the environment with its client on the host "
+    "(redis-server + redis-benchmark) is not built yet: only commands that run to "
+    "completion inside the environment are",
+    "port": "see 'server': held server commands are not built yet",
+}
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _strings(value: Any, here: str, key: str, empty: bool = True) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise MatrixError(f"{here}: '{key}' must be a list of strings")
+    if not empty and not value:
+        raise MatrixError(f"{here}: '{key}' must not be empty")
+    return tuple(value)
+
+
+def user_workload(table: dict[str, Any], here: str) -> UserWorkload:
+    """One [[user_workload]] table, checked; MatrixError names the key at fault."""
+    from bench.parsers import PARSERS
+
+    for key in ("name", "kind"):
+        if key not in table:
+            raise MatrixError(f"{here}: missing key '{key}'")
+    name, kind = table["name"], table["kind"]
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise MatrixError(f"{here}: name must be letters, digits, _ . - (got {name!r})")
+    if kind not in USER_KINDS:
+        raise MatrixError(
+            f"{here}: unknown kind {kind!r}{_suggest(str(kind), USER_KINDS)}; "
+            f"known: {', '.join(USER_KINDS)}"
+        )
+    here = f"{here} ({name})"
+    for key in table:
+        if key in NOT_BUILT:
+            raise MatrixError(f"{here}: '{key}': {NOT_BUILT[key]}")
+        if key not in USER_KEYS[kind]:
+            raise MatrixError(
+                f"{here}: a {kind} workload has no key '{key}'{_suggest(key, USER_KEYS[kind])}"
+                f"; its keys: {', '.join(sorted(USER_KEYS[kind]))}"
+            )
+    directory = table.get("dir", "")
+    if not isinstance(directory, str) or (directory and not directory.startswith("/")):
+        raise MatrixError(f"{here}: dir must be an absolute path inside the rootfs")
+    if kind == "pytest-benchmark":
+        if not directory:
+            raise MatrixError(f"{here}: missing key 'dir' (the suite's directory in the rootfs)")
+        args = _strings(table.get("args", []), here, "args")
+        quick = table.get("quick_args")
+        quick_args = None if quick is None else _strings(quick, here, "quick_args")
+        return UserWorkload(name, kind, "pytest-benchmark", directory, args, quick_args)
+    if "argv" not in table:
+        raise MatrixError(f"{here}: missing key 'argv' (the command, a list of strings)")
+    argv = _strings(table["argv"], here, "argv", empty=False)
+    quick = table.get("quick_argv")
+    parser = table.get("parser")
+    if parser is None:
+        raise MatrixError(f"{here}: missing key 'parser' (one of {', '.join(PARSERS)})")
+    if parser not in PARSERS or parser == "pytest-benchmark":
+        known = [p for p in PARSERS if p != "pytest-benchmark"]
+        hint = ' (a suite is kind = "pytest-benchmark")' if parser == "pytest-benchmark" else ""
+        raise MatrixError(
+            f"{here}: unknown parser {parser!r}{hint or _suggest(str(parser), known)}; "
+            f"known: {', '.join(known)}"
+        )
+    quick_argv = None if quick is None else _strings(quick, here, "quick_argv", empty=False)
+    return UserWorkload(name, kind, parser, directory, argv=argv, quick_argv=quick_argv)
 
 
 def load_toml(path: Path) -> tuple[list[EnvSpec], list[str], dict[str, Any]]:
@@ -227,6 +362,19 @@ def load_toml(path: Path) -> tuple[list[EnvSpec], list[str], dict[str, Any]]:
                 want = typ.__name__ if isinstance(typ, type) else "number"
                 raise MatrixError(f"{where}: key '{key}' must be a {want}, got {value!r}")
             settings[key] = value
+    if "rootfs" in data:
+        if not isinstance(data["rootfs"], str) or not data["rootfs"].strip():
+            raise MatrixError(f"{where}: key 'rootfs' must be the name of a rootfs")
+        settings["rootfs"] = data["rootfs"].strip()
+    tables = data.get("user_workload", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise MatrixError(f"{where}: 'user_workload' must be [[user_workload]] tables")
+    user = [user_workload(t, f"{where}: user_workload[{i}]") for i, t in enumerate(tables)]
+    names = [u.name for u in user]
+    if dup := sorted({x for x in names if names.count(x) > 1}):
+        raise MatrixError(f"{where}: user workload name '{dup[0]}' is used twice")
+    if user:
+        settings["user_workloads"] = user
     workloads = data.get("workloads", [])
     if not isinstance(workloads, list) or not all(isinstance(w, str) for w in workloads):
         raise MatrixError(f"{where}: key 'workloads' must be a list of names")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import analysis, density, footprint, interrupt, netbench, provenance, stats
+from bench import analysis, density, footprint, interrupt, netbench, provenance, stats, userwork
 from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
@@ -78,6 +78,8 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
     for err in launch.extra.get("probe_errors", []):
         op = err.split(":", 1)[0].split("/")[-1]
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=err)
+    for op, why in launch.extra.get("op_failures", []):  # a user workload's failed benchmark
+        rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=why)
     if launch.status != "ok":
         rec(op=None, metric=None, value=None, unit="", source="launch", status=launch.status,
             reason=failure_reason(launch), stderr_tail=launch.stderr_tail)  # fmt: skip
@@ -175,6 +177,7 @@ class Runner:
         self.seq = 1 + max((r.get("launch", 0) for r in self.records), default=0)
         self.active: dict[str, Active] = {}
         self.write_error: str | None = None
+        self.user = {u.name: u for u in matrix.user_workloads}  # run by userrun, parsed here
 
     def _save(self, writer: SampleWriter | None = None, new=()) -> None:
         """Append samples (or just the manifest); a full disk is reported once, and
@@ -530,5 +533,22 @@ class Runner:
                 launches = [Launch(status="failed", reason=f"{type(e).__name__}: {e}")] * len(group)
         out = []
         for cell, base, launch in zip(group, bases, launches, strict=True):
+            if cell.workload in self.user:
+                launch = self._user_launch(launch, cell, base)
             out.extend(launch_records(launch, cell, base))
         return out
+
+    def _user_launch(self, launch: Launch, cell: Cell, base: dict[str, Any]) -> Launch:
+        """A user workload's launch read by its parser; its output kept under raw/."""
+        described = self.manifest.get("environments", {}).get(cell.env.label, {})
+        env = {
+            "env": cell.env.label, "kind": cell.env.kind, "spec": cell.env.spec,
+            "versions": described.get("versions", {}),
+            "emulated": bool(described.get("emulated")),
+            "rootfs": (described.get("rootfs") or {}).get("key"),
+            "run_id": self.run_id, "round": base["round"], "launch": base["launch"],
+        }  # fmt: skip
+        at = userwork.raw_path(self.run_dir, cell.workload, cell.env.label, base["round"],
+                               base["launch"])  # fmt: skip
+        args = self.workloads[cell.workload].invocation(quick=self.m.quick, emulated=False).args
+        return userwork.read_launch(launch, self.user[cell.workload], args, at, env)

@@ -1,0 +1,269 @@
+"""A user's own workloads (issue 16): a pytest-benchmark suite or any command, declared in
+the matrix ([[user_workload]]) and run from the environment's rootfs through the normal
+probe path of every kind.
+
+The bundle's `userrun` probe (workloads/userrun.c) runs the command inside the instance
+and hands back its output as base64 chunk lines and an exit line; here that output is
+reassembled, kept in the run directory (raw/<workload>/...), read by the workload's
+parser (bench/parsers.py) and turned back into probe-like records, one per figure, so
+the runner, the statistics, the summary and the report treat them as any probe's.
+
+A pytest-benchmark suite: `python3 -m pytest --benchmark-only --benchmark-json={out}`
+in its directory; every benchmark is an op named by its pytest name, with one figure per
+pytest-benchmark round (stats.data). The kept JSON gets the environment in its
+machine_info (and each benchmark's extra_info), so pytest-benchmark's own tools read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import parsers
+from bench.catalog import Workload
+from bench.envs.base import Launch
+
+PROBE = "userrun"
+KINDS = ("pytest-benchmark", "command")
+FAMILY = "user"  # the catalog family of every user workload (the report's own section)
+PYTHON = "python3"  # the interpreter of a pytest-benchmark suite, found on the rootfs's PATH
+PYTEST_ADDED = ("--benchmark-only", "--benchmark-json={out}")
+PYTEST_NO_TESTS = 5  # pytest's exit status when it collected nothing
+SUMMARY_LINE = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$")
+
+
+@dataclass(frozen=True)
+class UserWorkload:
+    """One [[user_workload]] table, decoded (bench/matrix.py checks it)."""
+
+    name: str
+    kind: str  # KINDS
+    parser: str  # a name in parsers.PARSERS ("pytest-benchmark" for that kind)
+    dir: str = ""  # pytest-benchmark: the suite's directory inside the rootfs (its cwd)
+    args: tuple[str, ...] = ()  # pytest-benchmark: more pytest arguments
+    quick_args: tuple[str, ...] | None = None  # ... for --quick runs (default: args)
+    argv: tuple[str, ...] = ()  # command: what runs
+    quick_argv: tuple[str, ...] | None = None  # ... for --quick runs (default: argv)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UserWorkload:
+        """From Matrix.to_dict() (tuples came back as lists)."""
+        tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
+        return cls(**{**d, **tup})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def command(self, quick: bool) -> list[str]:
+        """The argv userrun runs inside the instance ("{out}": its output file)."""
+        if self.kind == "pytest-benchmark":
+            args = self.quick_args if quick and self.quick_args is not None else self.args
+            return [PYTHON, "-m", "pytest", *PYTEST_ADDED, *args, "."]
+        argv = self.quick_argv if quick and self.quick_argv is not None else self.argv
+        return list(argv)
+
+    def probe_args(self, quick: bool) -> tuple[str, ...]:
+        """userrun's arguments: the same in every environment ({workdir} is replaced by
+        the environment, as in the catalog's probes)."""
+        out = ["--cd", self.dir or "/"]
+        if self.kind == "pytest-benchmark":
+            out.append("--out")
+        return (*out, "--", *self.command(quick))
+
+    def workload(self) -> Workload:
+        """The catalog entry the runner, the manifest and the report see."""
+        what = (
+            f"pytest-benchmark suite in {self.dir}"
+            if self.kind == "pytest-benchmark"
+            else f"command {' '.join(self.argv)[:120]} (parser {self.parser})"
+        )
+        return Workload(
+            name=self.name,
+            probe=PROBE,
+            family=FAMILY,
+            description=f"your own workload: {what}, run from the environment's rootfs",
+            args=self.probe_args(quick=False),
+            quick_args=self.probe_args(quick=True),
+            emulated_args=None,
+            metrics=dict(parsers.METRICS[self.parser]),
+        )
+
+
+def with_catalog(cat: dict[str, Workload], user: list[UserWorkload]) -> dict[str, Workload]:
+    """The catalog plus the matrix's user workloads."""
+    return {**cat, **{u.name: u.workload() for u in user}}
+
+
+# ---------------------------------------------------------------- userrun's output
+
+
+@dataclass
+class Output:
+    """What userrun handed back: the command's streams and how it ended (status None: no
+    exit line, the instance ended before userrun could report)."""
+
+    stdout: str = ""
+    file: str | None = None  # the {out} file, when the command wrote one
+    stderr: str = ""
+    status: int | None = None
+    signal: int = 0
+    elapsed_ns: int = 0
+    truncated: list[str] = field(default_factory=list)
+
+
+def reassemble(records: list[dict[str, Any]]) -> Output:
+    """Pure: userrun's records (chunk lines in order, then the exit line) -> Output."""
+    parts: dict[str, list[tuple[int, bytes]]] = {"stdout": [], "file": [], "stderr": []}
+    out, has_file = Output(), False
+    for r in records:
+        if r.get("probe") != PROBE:
+            continue
+        if r.get("op") == "chunk" and r.get("stream") in parts:
+            parts[r["stream"]].append((int(r.get("seq", 0)), base64.b64decode(r.get("b64", ""))))
+        elif r.get("op") == "exit":
+            out.status = int(r["metrics"]["exit_status"])
+            out.signal = int(r.get("signal") or 0)
+            out.elapsed_ns = int(r.get("elapsed_ns") or 0)
+            out.truncated = list(r.get("truncated") or [])
+            has_file = bool(r.get("file"))
+    text = {k: b"".join(b for _, b in sorted(v)).decode(errors="replace") for k, v in parts.items()}
+    out.stdout, out.stderr = text["stdout"], text["stderr"]
+    if out.status is not None and has_file:
+        out.file = text["file"]
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def failed_tests(stdout: str) -> list[tuple[str, str]]:
+    """Pure: pytest's short summary lines (FAILED/ERROR name - message) -> (name, why)."""
+    out = []
+    for line in stdout.splitlines():
+        m = SUMMARY_LINE.match(line.strip())
+        if m:
+            what = "failed" if m.group(1) == "FAILED" else "errored"
+            out.append((m.group(2), f"benchmark {m.group(2)} {what}" + (
+                f": {m.group(3)[:200]}" if m.group(3) else "")))  # fmt: skip
+    return out
+
+
+@dataclass
+class Verdict:
+    """The reading of one launch of a user workload: its figures, the ops that failed,
+    the reason when nothing could be measured, and the text the parser read."""
+
+    parsed: parsers.Parsed | None = None
+    failed_ops: list[tuple[str, str]] = field(default_factory=list)
+    reason: str = ""  # "" when the cell measured something
+
+
+def judge(uw: UserWorkload, out: Output, argv: list[str]) -> Verdict:
+    """Pure: what one run of the command measured, or why it measured nothing."""
+    tail = _last_line(out.stderr)
+    if out.status is None:
+        return Verdict(reason="userrun gave no exit line (the instance ended before it could)")
+    if out.status == 127 and tail.startswith("userrun:"):
+        return Verdict(reason=tail.removeprefix("userrun: "))
+    if uw.kind == "command":
+        if out.status != 0:
+            why = f"{argv[0]} exited with status {out.status}"
+            return Verdict(reason=why + (f": {tail}" if tail else ""))
+        try:
+            return Verdict(parsed=parsers.parse(uw.parser, out.stdout, argv))
+        except parsers.ParseError as e:
+            return Verdict(reason=str(e))
+    failed = failed_tests(out.stdout)
+    if out.status == PYTEST_NO_TESTS:
+        return Verdict(reason=f"no benchmarks: pytest collected no tests in {uw.dir}")
+    if out.status not in (0, 1) or out.file is None:
+        why = _last_line(out.stdout) if out.status == 1 else tail or _last_line(out.stdout)
+        return Verdict(failed_ops=failed, reason=f"pytest exited with status {out.status}"
+                       + (f": {why}" if why else ""))  # fmt: skip
+    try:
+        parsed = parsers.parse(uw.parser, out.file, argv)
+    except parsers.ParseError as e:
+        if failed:
+            return Verdict(failed_ops=failed, reason="; ".join(why for _, why in failed))
+        return Verdict(reason=str(e))
+    if out.status == 1 and not failed:
+        failed = [("pytest", f"pytest exited with status 1: {_last_line(out.stdout)}")]
+    return Verdict(parsed=parsed, failed_ops=failed)
+
+
+def with_environment(text: str, env: dict[str, Any]) -> str:
+    """A --benchmark-json file with the environment in its machine_info ("isobench") and
+    in every benchmark's extra_info, so pytest-benchmark's own tools show where it ran."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(doc, dict):
+        return text
+    info = doc.setdefault("machine_info", {})
+    if isinstance(info, dict):
+        info["isobench"] = env
+    for b in doc.get("benchmarks") or []:
+        if isinstance(b, dict) and isinstance(b.setdefault("extra_info", {}), dict):
+            b["extra_info"]["isobench_env"] = env.get("env")
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def raw_path(run_dir: Path, workload: str, env: str, rnd: int, launch: int) -> Path:
+    """results/<run>/raw/<workload>/<env>-r<round>-<launch>: one launch's kept files."""
+    safe = re.sub(r"[^A-Za-z0-9_.=,:+-]", "_", env)
+    return run_dir / "raw" / workload / f"{safe}-r{rnd}-{launch}"
+
+
+def keep(base: Path, out: Output, env: dict[str, Any]) -> list[str]:
+    """Write the launch's output next to the samples; the paths written (relative to the
+    run directory's parent). A full disk loses the raw files, not the figures."""
+    written = []
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        files = {".stdout.txt": out.stdout, ".stderr.txt": out.stderr}
+        if out.file is not None:
+            files[".json"] = with_environment(out.file, env)
+        for suffix, text in files.items():
+            if text:
+                path = base.with_name(base.name + suffix)
+                path.write_text(text)
+                written.append(path.name)
+    except OSError:
+        pass
+    return written
+
+
+def read_launch(
+    launch: Launch, uw: UserWorkload, args: tuple[str, ...], keep_at: Path, env: dict[str, Any]
+) -> Launch:
+    """The launch of a user workload, its userrun records replaced by the parser's figures
+    (one probe-like record each) and its failures by a reason: a command that measured
+    nothing makes the launch failed; single benchmarks that failed are op failures
+    (extra["op_failures"]) next to the figures of the others."""
+    if launch.status != "ok":
+        return launch
+    argv = list(args[args.index("--") + 1 :]) if "--" in args else list(args)
+    out = reassemble(launch.records)
+    launch.records = []
+    launch.extra["raw"] = keep(keep_at, out, env)
+    if out.truncated:
+        launch.extra.setdefault("notes", []).append(f"output truncated: {', '.join(out.truncated)}")
+    v = judge(uw, out, argv)
+    if v.parsed is None:  # the reason says it all (the failed benchmarks included)
+        launch.status, launch.reason = "failed", v.reason  # the command's stderr: under raw/
+        return launch
+    launch.extra["op_failures"] = v.failed_ops
+    for f in v.parsed.figures:
+        note = "; ".join(n for n in v.parsed.notes if n.startswith(f"{f.op}:"))
+        launch.records.append({
+            "probe": PROBE, "op": f.op, "iterations": 1, "elapsed_ns": 0,
+            "metrics": {f.metric: f.value}, "units": {f.metric: f.unit}, "note": note,
+        })  # fmt: skip
+    return launch
