@@ -49,10 +49,13 @@ from bench.userwork import KINDS as USER_KINDS
 from bench.userwork import UserWorkload
 
 # --quick: the settings of a first look (a file or flags may still override each one).
-# Six rounds: the fewest at which a median's order-statistic interval reaches 95%
-# ([min, max] covers 96.9% at n = 6, 93.8% at n = 5). Emulated guests get four (a boot
-# costs ~10 s and their figures are no virtualisation overhead; at three, t's two degrees
-# of freedom leave even a ×10 short of significance in a 100-figure matrix). The budget is the whole
+# Eight rounds: the verdicts' trimmed t (bench/stats.py) cuts one round from each end
+# below ten, so eight leave six rounds and five degrees of freedom, what the paired t had
+# at six; fewer lose +10% figures under clean noise (tests/test_stats.py), and six is
+# already the fewest at which a median's order-statistic interval reaches 95%. Emulated
+# guests get four (a boot costs ~10 s and their figures are no virtualisation overhead;
+# nothing is trimmed at four; at three, t's two degrees of freedom leave even a ×10 short
+# of significance in a 100-figure matrix). The budget is the whole
 # run's wall clock: `--all` on a 2-core host fits in it. A quick run of workloads outside the
 # main job only (density, net) is not cut by this default before its minimum rounds: one
 # density round of four environments takes about as long as the whole budget (Runner).
@@ -64,7 +67,7 @@ class QuickBudget(float):
 
 
 QUICK = {
-    "rounds": 6,
+    "rounds": 8,
     "max_rounds": 12,
     "warmup": 1,
     "emulated_rounds": 4,

@@ -209,14 +209,15 @@ def fake_density(monkeypatch):
 
 
 def test_a_quick_density_run_gets_its_minimum_rounds_on_the_quick_budget(run, fake_density):
-    """--quick --workload density without --budget: 6 rounds of 2 x 100 s, far past the
+    """--quick --workload density without --budget: 8 rounds of 2 x 100 s, far past the
     285 s quick budget; no rounds beyond them (the budget is spent), no warning that the
     budget cut the run, and the progress output says why."""
     m, records = run(["fake:label=a", "fake:label=b"], ["density"], quick=True, **QUICK)
-    assert _rounds(records, "a") == _rounds(records, "b") == list(range(1, 7))
+    n = QUICK["rounds"]
+    assert _rounds(records, "a") == _rounds(records, "b") == list(range(1, n + 1))
     assert m["stop_reason"] in ("time budget spent", "precision reached")
     assert not any("ended the run" in w for w in m["warnings"])
-    assert any("6 minimum rounds run whatever the 285 s quick budget" in line for line in LOG)
+    assert any(f"{n} minimum rounds run whatever the 285 s quick budget" in line for line in LOG)
     assert m["matrix"]["budget_from_quick"] is True
 
 
@@ -227,7 +228,7 @@ def test_a_density_warm_up_holds_one_instance_not_a_ramp(run, fake_density):
     assert fake_density[:2] == warm
     ramps = [levels for _, levels in fake_density if levels != "warm-up"]
     assert [1, 4] in ramps and [1, 2] not in ramps  # no quick_guests list: guests fall back
-    assert len(ramps) == 6 + 4  # a: 6 rounds; vm (emulated): emulated_rounds
+    assert len(ramps) == QUICK["rounds"] + QUICK["emulated_rounds"]  # a's rounds, vm's
 
 
 def test_a_given_budget_holds_for_a_quick_density_run(run, fake_density):
@@ -235,7 +236,7 @@ def test_a_given_budget_holds_for_a_quick_density_run(run, fake_density):
     m, records = run(["fake:label=a", "fake:label=b"], ["density"], quick=True, **settings)
     assert m["matrix"]["budget_from_quick"] is False
     assert _rounds(records, "a") == [1]  # 10 s warm-up + 200 s; a second would end at 410
-    assert any("ended the run after 1 of 6 rounds" in w for w in m["warnings"])
+    assert any(f"ended the run after 1 of {QUICK['rounds']} rounds" in w for w in m["warnings"])
     assert not any("minimum rounds" in line for line in LOG)
 
 

@@ -374,38 +374,52 @@ int main(int argc, char **argv)
     c.fd_zero = open("/dev/zero", O_RDONLY | O_CLOEXEC);
     c.fd_null = open("/dev/null", O_WRONLY | O_CLOEXEC);
 
+    /* Repetitions are interleaved across the ops (rep 1 of every op, then rep 2...):
+     * the machine's slow episodes (a neighbour's burst, a previous instance's
+     * teardown) last tens to hundreds of ms, so each one lands in at most one or two
+     * repetitions of an op, and the launch's median of an op's repetitions stays
+     * clean. Back-to-back repetitions of one op fell into the same episode together.
+     * Each op keeps its calibrated count from one repetition to the next. */
+    uint64_t n[NOPS];
+    int dead[NOPS];
     for (int k = 0; k < a.nsel; k++) {
-        int i = a.sel[k];
-        const char *name = OPS[i];
-        const struct op *op = &OP_TABLE[i];
-
-        if ((op->run == op_read && c.fd_zero < 0) ||
-            ((op->run == op_write || op->run == op_fstat) && c.fd_null < 0)) {
-            probe_error(PROBE, name, "cannot open %s",
-                        op->run == op_read ? "/dev/zero" : "/dev/null");
-            continue;
-        }
-        probe_errbuf[0] = 0;
-        if (op->setup) {
-            int rc = op->setup(&c);
-            if (rc) {
-                probe_error(PROBE, name, "setup failed: %s", probe_strerr(rc));
+        n[k] = OP_TABLE[a.sel[k]].start_n;
+        dead[k] = 0;
+    }
+    for (uint64_t r = 0; r < a.reps; r++) {
+        for (int k = 0; k < a.nsel; k++) {
+            int i = a.sel[k];
+            const char *name = OPS[i];
+            const struct op *op = &OP_TABLE[i];
+            if (dead[k])
+                continue;
+            dead[k] = 1; /* until this repetition is measured */
+            if ((op->run == op_read && c.fd_zero < 0) ||
+                ((op->run == op_write || op->run == op_fstat) && c.fd_null < 0)) {
+                probe_error(PROBE, name, "cannot open %s",
+                            op->run == op_read ? "/dev/zero" : "/dev/null");
                 continue;
             }
-        }
-        uint64_t n = op->start_n;
-        for (uint64_t r = 0; r < a.reps; r++) {
-            uint64_t elapsed = 0, cks = 0;
-            int rc = probe_calibrate(op->run, &c, a.min_ms, &n, &elapsed, &cks);
-            if (rc) {
-                probe_error(PROBE, name, "%s", probe_strerr(rc));
-                break;
+            probe_errbuf[0] = 0;
+            if (op->setup) {
+                int rc = op->setup(&c);
+                if (rc) {
+                    probe_error(PROBE, name, "setup failed: %s", probe_strerr(rc));
+                    continue;
+                }
             }
-            probe_emit1(PROBE, name, n, elapsed, "ns_per_op", (double)elapsed / (double)n,
-                        "ns", cks, PROBE_NO_EXTRA);
+            uint64_t elapsed = 0, cks = 0;
+            int rc = probe_calibrate(op->run, &c, a.min_ms, &n[k], &elapsed, &cks);
+            if (rc)
+                probe_error(PROBE, name, "%s", probe_strerr(rc));
+            else {
+                probe_emit1(PROBE, name, n[k], elapsed, "ns_per_op",
+                            (double)elapsed / (double)n[k], "ns", cks, PROBE_NO_EXTRA);
+                dead[k] = 0;
+            }
+            if (op->teardown)
+                op->teardown(&c);
         }
-        if (op->teardown)
-            op->teardown(&c);
     }
     return 0;
 }
