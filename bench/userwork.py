@@ -182,12 +182,13 @@ def judge(uw: UserWorkload, out: Output, argv: list[str]) -> Verdict:
     failed = failed_tests(out.stdout)
     if out.status == PYTEST_NO_TESTS:
         return Verdict(reason=f"no benchmarks: pytest collected no tests in {uw.dir}")
-    if out.status not in (0, 1) or out.file is None:
-        why = _last_line(out.stdout) if out.status == 1 else tail or _last_line(out.stdout)
-        return Verdict(failed_ops=failed, reason=f"pytest exited with status {out.status}"
-                       + (f": {why}" if why else ""))  # fmt: skip
-    try:
-        parsed = parsers.parse(uw.parser, out.file, argv)
+    if out.status not in (0, 1):  # interrupted, an internal or a usage error
+        why = tail or _last_line(out.stdout)
+        return Verdict(
+            reason=f"pytest exited with status {out.status}" + (f": {why}" if why else "")
+        )
+    try:  # pytest-benchmark leaves the file empty when no benchmark ran
+        parsed = parsers.parse(uw.parser, out.file or "", argv)
     except parsers.ParseError as e:
         if failed:
             return Verdict(failed_ops=failed, reason="; ".join(why for _, why in failed))

@@ -846,6 +846,35 @@ def network(rows, manifest: dict[str, Any], envs: list[str],
             "charts": charts}  # fmt: skip
 
 
+def user_workloads(rows, manifest: dict[str, Any], envs: list[str],
+                   fails: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:  # fmt: skip
+    """The user's own workloads (catalog family "user", bench/userwork.py), one table each:
+    a row per benchmark by its pytest name (or per command figure), a column per
+    environment with the median, its CI, the ratio and the verdict; and each environment's
+    failed launches or benchmarks with their reasons."""
+    cat = catalog_of(manifest)
+    baseline = (manifest.get("matrix") or {}).get("baseline", "host")
+    declared = {u.get("name"): u for u in (manifest.get("matrix") or {}).get("user_workloads", [])}
+    out = []
+    for w in [n for n, c in cat.items() if c.get("family") == "user"]:
+        u = declared.get(w, {})
+        what = (f"pytest-benchmark suite in {u.get('dir')}" if u.get("kind") == "pytest-benchmark"
+                else f"{' '.join(u.get('argv') or ())} (parser {u.get('parser')})")  # fmt: skip
+        got = {(r["env"], r["op"], r["metric"]): r for r in rows if r["workload"] == w}
+        shown = [e for e in envs if any(k[0] == e for k in got)]
+        figures = [
+            {"op": op, "metric": m, "unit": got[next(k for k in got if k[1:] == (op, m))]["unit"],
+             "better": better(cat, w, m),
+             "cells": {e: figure(got[(e, op, m)], baseline) for e in shown if (e, op, m) in got}}
+            for op, m in sorted({k[1:] for k in got})
+        ]  # fmt: skip
+        failed = [f"{f['env']}: {f['count']}× {f['status']}: {f['reason'] or 'no reason'}"
+                  for f in fails if f["workload"] == w]  # fmt: skip
+        out.append({"name": w, "description": what if u else "", "envs": shown,
+                    "figures": figures, "failed": failed})  # fmt: skip
+    return out
+
+
 # -- the whole model ---------------------------------------------------------------------
 def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]:
     cat = catalog_of(manifest)
@@ -873,6 +902,7 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
         "footprint": footprint(foot, envs),
         "density": density(main, data, df, manifest, envs) if len(df) else None,
         "network": network(main, manifest, envs_in, analysis.failures(df) if len(df) else []),
+        "user": user_workloads(main, manifest, envs_in, analysis.failures(df) if len(df) else []),
         "disk": disk(manifest, envs),
         "summary": summary(main, envs, baseline),
         "provenance": prov,
