@@ -28,6 +28,7 @@ from bench.envs.guest import GuestError
 from bench.envs.guest.console import EXIT_PREFIX, READY
 from bench.envs.guest.kvm import kvm_availability
 from bench.envs.guest.qemu_cmd import QemuSpec
+from bench.envs.guest.rootdisk import IO_SERIAL, ROOT_SERIAL
 from bench.envs.vm import (
     VM_OPTIONS,
     Boot,
@@ -66,8 +67,9 @@ def connect():
 
 
 def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
-    """The domain: direct kernel boot, serial console to a file, optional virtio io disk
-    and virtio-net NIC (on a tap isobench made: type ethernet, managed='no'), QEMU as
+    """The domain: direct kernel boot, serial console to a file, optional virtio root
+    disk (a boot's overlay of an isobench rootfs's disk), virtio io disk and virtio-net
+    NIC (on a tap isobench made: type ethernet, managed='no'), QEMU as
     root without relabelling (the cache lives in root's home)."""
     kvm = spec.accel == "kvm"
     if spec.cpu == "host-passthrough":
@@ -82,11 +84,19 @@ def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
             f"<mac address={quoteattr(mac)}/><model type='virtio'/><rom enabled='no'/>"
             "</interface>"
         )
-    if spec.disk is not None:
+    if spec.root is not None:  # vda; the guest finds it (and the io disk) by serial
+        path, fmt = spec.root
         disk = (
+            f"<disk type='file' device='disk'><driver name='qemu' type={quoteattr(fmt)} "
+            f"cache={quoteattr(spec.cache)}/><source file={quoteattr(str(path))}/>"
+            f"<target dev='vda' bus='virtio'/><serial>{ROOT_SERIAL}</serial></disk>"
+        )
+    if spec.disk is not None:
+        dev, serial = ("vdb", f"<serial>{IO_SERIAL}</serial>") if spec.root else ("vda", "")
+        disk += (
             f"<disk type='file' device='disk'><driver name='qemu' type='raw' "
             f"cache={quoteattr(spec.cache)}/><source file={quoteattr(str(spec.disk))}/>"
-            "<target dev='vda' bus='virtio'/></disk>"
+            f"<target dev='{dev}' bus='virtio'/>{serial}</disk>"
         )
     return f"""<domain type='{"kvm" if kvm else "qemu"}'>
   <name>{escape(name)}</name>
@@ -401,7 +411,8 @@ class LibvirtEnv(VmEnvironment):
         d["libvirt"] = getattr(self, "versions", {}).get("libvirt")
         d["uri"] = URI
         if self.image is not None:
-            spec = self._spec_for("<cmdline>", Path("<io.raw>"))
+            root = (Path("<root.qcow2>"), "qcow2") if self.root_disk else None
+            spec = self._spec_for("<cmdline>", Path("<io.raw>"), root=root)
             d["domain_xml_template"] = domain_xml("<name>", spec, Path("<console.log>"))
         return d
 

@@ -12,6 +12,7 @@ Every QEMU it starts is named (`-name`) after its instance, so `clean` can find 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -21,7 +22,7 @@ import psutil
 
 from bench import interrupt
 from bench.envs.base import Availability, Leftover, Option
-from bench.envs.guest import GuestError
+from bench.envs.guest import GuestError, rootdisk
 from bench.envs.guest.console import READY
 from bench.envs.guest.kvm import kvm_availability
 from bench.envs.guest.qemu_cmd import QemuSpec, qemu_command, qemu_machines
@@ -36,6 +37,7 @@ from bench.envs.vm import (
 )
 from bench.metrics.cgroup import Cgroup, CgroupError, delta, find_leftovers, preexec_attach
 from bench.metrics.procs import PeakSampler
+from bench.resources import cache_dir
 
 PREFIX = "isobench-"
 KILLED = "QEMU killed"
@@ -201,11 +203,16 @@ class QemuEnv(VmEnvironment):
 
     @classmethod
     def leftovers(cls, opts: dict[str, Any] | None = None) -> list[Leftover]:
-        """QEMU processes isobench named (their cgroups are found as cgroups)."""
-        return [
+        """QEMU processes isobench named (their cgroups are found as cgroups); and, for
+        both VM kinds, root disks in the guest cache whose rootfs is gone or whose build
+        was interrupted (guest/rootdisk.py)."""
+        out = [
             Leftover(f"QEMU process {proc.pid} ({name})", lambda p=proc: _kill(p))
             for proc, name in _named_qemus(PREFIX)
         ]
+        for why, path in rootdisk.leftovers(cache_dir()):
+            out.append(Leftover(f"{path} ({why})", lambda p=path: shutil.rmtree(p, True)))
+        return out
 
     def _guest(self, name: str, spec: QemuSpec, scratch: Path) -> Guest:
         pidfile = scratch / "qemu.pid"
@@ -224,6 +231,7 @@ class QemuEnv(VmEnvironment):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         if self.image is not None:
-            spec = self._spec_for("<cmdline>", Path("<io.raw>"))
+            root = (Path("<root.qcow2>"), "qcow2") if self.root_disk else None
+            spec = self._spec_for("<cmdline>", Path("<io.raw>"), root=root)
             d["argv_template"] = qemu_command(spec)
         return d

@@ -17,6 +17,12 @@ Two uses of a boot:
   so its launch has no exit code and is ok once it was ready (phases ready, stop, exit,
   cleaned).
 
+With `rootfs=NAME` (an isobench rootfs, issue 16) the guest boots from a root disk made
+of that tree and the bundle's probes (guest/rootdisk.py, cached; each boot writes to a
+copy-on-write overlay in its scratch directory): its initramfs mounts it and switches
+root into it, and the probes run at roots.PROBE_DIR with the rootfs as /, the io disk
+at roots.WORKDIR. Without it, the probes run from the initramfs itself.
+
 A held guest that serves the net workload (`net --server`) gets a NIC: a tap isobench
 makes before the boot (guest/tap.py), virtio-net in the guest, whose init gives it the
 far address of the tap's /30; `address()` is that address, the path "virtio-net on tap
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import interrupt
+from bench.envs import roots
 from bench.envs.base import (
     Availability,
     Context,
@@ -47,6 +54,7 @@ from bench.envs.base import (
 from bench.envs.containers import served_port
 from bench.envs.guest import GuestError
 from bench.envs.guest.console import (
+    GUEST_WORKDIR,
     ProbeRun,
     cmdline,
     guest_run,
@@ -58,6 +66,7 @@ from bench.envs.guest.initramfs import GuestImage, build_initramfs
 from bench.envs.guest.kernel import find_kernel
 from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.guest.qemu_cmd import CACHE_MODES, QemuSpec, qemu_binary, qemu_version
+from bench.envs.guest.rootdisk import RootDisk, overlay, root_disk
 from bench.envs.guest.tap import Tap, make_tap
 from bench.probeio import parse_lines
 
@@ -84,7 +93,8 @@ VM_OPTIONS: dict[str, Option] = {
         None,
         "guest kernel (vmlinuz); default $ISOBENCH_GUEST_KERNEL, then /boot/vmlinuz-$(uname -r)",
     ),
-    "cache": Option("none", "host cache mode of the io disk", choices=CACHE_MODES),
+    "cache": Option("none", "host cache mode of the disks (io, root)", choices=CACHE_MODES),
+    "rootfs": roots.ROOTFS_OPTION,
 }
 
 
@@ -236,6 +246,8 @@ class VmEnvironment(Environment):
         self.accel = ""
         self.accel_reason = ""
         self.disk_template: Path | None = None
+        self._rootfs = None  # the isobench rootfs the guests boot from, if any
+        self.root_disk: RootDisk | None = None
 
     @property
     def machine(self) -> str:
@@ -249,6 +261,9 @@ class VmEnvironment(Environment):
         kernel = find_kernel(self.opts["kernel"])
         self.image = build_initramfs(bundle, kernel, self.ctx.cache)
         self.disk_template = disk_template(self.ctx.cache)
+        self._rootfs = roots.load(self.opts["rootfs"], self.ctx.cache)
+        if self._rootfs is not None:
+            self.root_disk = root_disk(self._rootfs, bundle, self.ctx.cache)
         self._choose_accel()
 
     def _choose_accel(self) -> None:
@@ -261,8 +276,9 @@ class VmEnvironment(Environment):
         self.emulated = self.accel == "tcg"
 
     def _spec_for(
-        self, cmdline: str, disk: Path | None, nic: tuple[str, str] | None = None
-    ) -> QemuSpec:
+        self, cmdline: str, disk: Path | None, nic: tuple[str, str] | None = None,
+        root: tuple[Path, str] | None = None,
+    ) -> QemuSpec:  # fmt: skip
         """The VM as configured; describe() shows it with placeholders."""
         return QemuSpec(
             self.binary or "qemu-system-x86_64",
@@ -276,6 +292,7 @@ class VmEnvironment(Environment):
             disk,
             self.opts["cache"],
             nic,
+            root,
         )
 
     def _labels(self) -> dict[str, Any]:
@@ -291,18 +308,21 @@ class VmEnvironment(Environment):
         if self.image is None:
             raise RuntimeError(f"{self.kind}: a guest started before prepare()")
         name = self.new_name()
-        runs = [guest_run(inv) for inv in invs]
+        io_dir = roots.WORKDIR if self.root_disk else GUEST_WORKDIR
+        runs = [guest_run(inv, io_dir) for inv in invs]
         scratch = self.ctx.scratch / name
         scratch.mkdir(parents=True)
         tap = None
         try:
-            disk = None
+            disk = root = None
+            if self.root_disk is not None:  # this boot's copy-on-write root disk
+                root = overlay(self.root_disk, scratch)
             if any(r.disk for r in runs):
                 disk = new_disk(self.disk_template, scratch / "io.raw")
             if any(served_port(inv) is not None for inv in invs):
                 tap = make_tap(name)
             net, nic = (str(tap.guest), (tap.name, tap.mac)) if tap else (None, None)
-            spec = self._spec_for(cmdline(runs, limit, net), disk, nic)
+            spec = self._spec_for(cmdline(runs, limit, net, root is not None), disk, nic, root)
             guest = self._guest(name, spec, scratch)
         except BaseException:
             with interrupt.shielded():
@@ -431,4 +451,7 @@ class VmEnvironment(Environment):
             d["qemu"] = qemu_version(self.binary)
         if self.image is not None:
             d.update(self.image.describe())
+        d["rootfs"] = roots.describe(self._rootfs)
+        if self.root_disk is not None:
+            d["root_disk"] = self.root_disk.describe()
         return d

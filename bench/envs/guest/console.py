@@ -7,7 +7,8 @@ other, so no shell string is ever built from user input. One boot runs all the w
 of a round (`run_order`: startup first).
 
 A boot for the net workload also has `isobench.net=ADDR/PREFIX`: init loads virtio-net
-and gives the guest's NIC that address before the first probe.
+and gives the guest's NIC that address before the first probe. A boot from an isobench
+rootfs has `isobench.root=1`: init switches root into its root disk first.
 
 Out: the serial console (ttyS0), parsed by `parse_console` (pure): `isobench-uptime <s>`
 (the guest kernel's /proc/uptime right before the first probe starts), then for each
@@ -52,8 +53,9 @@ class GuestRun:
     disk: bool
 
 
-def guest_run(inv) -> GuestRun:
-    workdir = GUEST_WORKDIR if inv.needs_workdir else None
+def guest_run(inv, io_dir: str = GUEST_WORKDIR) -> GuestRun:
+    """`io_dir`: where the io disk is mounted in the guest (a rootfs's roots.WORKDIR)."""
+    workdir = io_dir if inv.needs_workdir else None
     return GuestRun(inv.probe, tuple(inv.argv(inv.probe, workdir)[1:]), inv.needs_workdir)
 
 
@@ -64,15 +66,20 @@ def run_order(invs: Sequence) -> list[int]:
     return sorted(range(len(invs)), key=lambda i: invs[i].workload != "startup")
 
 
-def cmdline(runs: Sequence[GuestRun], limit_s: float, net: str | None = None) -> str:
+def cmdline(
+    runs: Sequence[GuestRun], limit_s: float, net: str | None = None, root: bool = False
+) -> str:
     """The kernel command line for one boot: each probe as an `isobench.run=` word,
     followed by its arguments base64-encoded, one `isobench.arg=` word each (RUN_SCRIPT
     decodes each into one positional parameter: no shell string is built from them).
     `net`: the guest NIC's address (ADDR/PREFIX), which init gives it before the probes.
+    `root`: init switches root into the root disk first (`isobench.root=1`).
     Without runs, init itself says `ready` (the KVM trial)."""
     words = [*BASE_CMDLINE, f"isobench.timeout={math.ceil(limit_s)}"]
     if any(r.disk for r in runs):
         words.append("isobench.disk=1")
+    if root:
+        words.append("isobench.root=1")
     if net is not None:
         words.append(f"isobench.net={ipaddress.IPv4Interface(net).with_prefixlen}")
     for r in runs:

@@ -5,7 +5,9 @@ kernel, init script). `trial_initramfs` is the same without probes, for the KVM 
 /init (INIT_SCRIPT) mounts, loads the modules, runs the probes the kernel command line
 names (RUN_SCRIPT, see console.py for both ends of that protocol) and powers off. A boot
 for the net workload (`isobench.net=ADDR/30`) first loads virtio-net and gives the
-guest's NIC that address (net_up)."""
+guest's NIC that address (net_up). A boot from an isobench rootfs (`isobench.root=1`)
+mounts its root disk (rootdisk.py) and switch_roots into it first (ROOT_STAGE), where
+STAGE2_SCRIPT runs the probes the same way."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from bench.envs.guest.modules import (
     ModuleTree,
     read_module,
 )
+from bench.envs.guest.rootdisk import BUSYBOX_PATH, IO_SERIAL, ROOT_SERIAL
+from bench.envs.roots import PROBE_DIR, WORKDIR
 
 NO_BUSYBOX = "no static busybox for the guest's init: apt-get install busybox-static"
 
@@ -87,6 +91,66 @@ done
 [ "$n" = 0 ] && echo ready
 """
 
+# A guest with a root disk (`isobench.root=1`: an isobench rootfs, rootdisk.py): init
+# loads the disk modules, finds the root disk and the io disk by their virtio serials,
+# mounts the root disk at /newroot, the io disk (if asked) at its roots.WORKDIR, a tmpfs
+# at /tmp and /dev/shm, brings the NIC up (if asked: the modules go with the
+# initramfs), moves /proc /sys /dev into it and switch_roots there into STAGE2_SCRIPT,
+# run by the busybox on the disk: the same RUN_SCRIPT, the probes at roots.PROBE_DIR.
+ROOT_STAGE = rf"""
+find_disk() {{  # the vdX whose virtio serial is $1
+  i=0
+  while [ "$i" -lt 500 ]; do
+    for s in /sys/block/vd*/serial; do
+      [ "$($bb cat "$s" 2>/dev/null)" = "$1" ] || continue
+      d="${{s%/serial}}"; echo "${{d##*/}}"; return 0
+    done
+    $bb usleep 10000; i=$((i + 1))
+  done
+  return 1
+}}
+root_stage() {{
+  load /etc/isobench/modules.disk
+  dev=$(find_disk {ROOT_SERIAL}) || fail "no root disk (virtio serial {ROOT_SERIAL})"
+  $bb mount -t ext4 "/dev/$dev" /newroot || fail "mount /dev/$dev (root disk) on /newroot"
+  for w in $words; do
+    case "$w" in
+      isobench.disk=1)
+        dev=$(find_disk {IO_SERIAL}) || fail "no io disk (virtio serial {IO_SERIAL})"
+        $bb mount -t ext4 "/dev/$dev" /newroot{WORKDIR} || fail "mount /dev/$dev on {WORKDIR}"
+        ;;
+      isobench.net=*) net_up "${{w#isobench.net=}}" ;;
+    esac
+  done
+  for d in proc sys dev tmp; do $bb mkdir -p "/newroot/$d"; done
+  $bb mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || fail "mount /tmp"
+  for d in proc sys dev; do $bb mount --move "/$d" "/newroot/$d" || fail "mount --move /$d"; done
+  $bb mkdir -p /newroot/dev/shm /newroot/dev/pts
+  $bb mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
+  $bb mount -t devpts devpts /newroot/dev/pts
+  exec $bb switch_root /newroot {BUSYBOX_PATH} sh -c "$($bb cat /etc/isobench/stage2)"
+  fail "switch_root /newroot"
+}}
+"""
+
+# After switch_root: / is the rootfs; proc, sys, dev, /tmp, the io disk and the NIC are
+# set up already (mount_io and net_up do nothing).
+STAGE2_SCRIPT = (
+    rf"""# isobench guest init, stage 2: / is the rootfs; run the probes, power off.
+bb={BUSYBOX_PATH}
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+mount_io() {{ :; }}
+net_up() {{ :; }}
+words=$($bb cat /proc/cmdline)
+probes={PROBE_DIR}
+cd /
+"""
+    + RUN_SCRIPT
+    + rf"""[ "$disk" = 1 ] && $bb umount {WORKDIR}
+$bb poweroff -f
+"""
+)
+
 INIT_SCRIPT = (
     r"""#!/bin/sh
 # isobench guest init: mount, load modules, run the probes on the command line, power off.
@@ -110,8 +174,12 @@ net_up() {  # the guest's only NIC (eth0) gets ADDR/30
   $bb ip addr add "$1" dev eth0 || fail "ip addr add $1 dev eth0"
   $bb ip link set eth0 up || fail "ip link set eth0 up"
 }
+"""
+    + ROOT_STAGE
+    + r"""
 load /etc/isobench/modules.base
 words=$($bb cat /proc/cmdline)
+for w in $words; do [ "$w" = isobench.root=1 ] && root_stage; done
 probes=/probes
 """
     + RUN_SCRIPT
@@ -155,6 +223,7 @@ def initramfs_entries(
             "lib/modules",
             "mnt",
             "mnt/io",
+            "newroot",
             "probes",
             "proc",
             "sys",
@@ -164,6 +233,7 @@ def initramfs_entries(
     entries.append(CpioEntry("bin/busybox", REG | 0o755, busybox.read_bytes()))
     entries.append(CpioEntry("bin/sh", LNK | 0o777, b"busybox"))
     entries.append(CpioEntry("init", REG | 0o755, INIT_SCRIPT.encode()))
+    entries.append(CpioEntry("etc/isobench/stage2", REG | 0o644, STAGE2_SCRIPT.encode()))
     for group, names in order.items():
         entries.append(
             CpioEntry(
@@ -200,7 +270,7 @@ def _initramfs(
     name: str, probes: Mapping[str, Path], busybox: Path, kernel: GuestKernel, cache: Path
 ) -> GuestImage:
     """Built once per (name, kernel, init script) into cache/guest/."""
-    init = hashlib.sha256(INIT_SCRIPT.encode()).hexdigest()[:8]
+    init = hashlib.sha256((INIT_SCRIPT + STAGE2_SCRIPT).encode()).hexdigest()[:8]
     key = f"{name}-{kernel.sha256[:16]}-{init}"
     out_dir = Path(cache) / "guest"
     target = out_dir / f"initramfs-{key}.cpio.gz"

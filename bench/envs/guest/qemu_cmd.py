@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.envs.guest.initramfs import GuestImage
+from bench.envs.guest.rootdisk import IO_SERIAL, ROOT_SERIAL
 
 CACHE_MODES = ("none", "writeback", "unsafe")
 
@@ -54,6 +55,7 @@ class QemuSpec:
     disk: Path | None = None
     cache: str = "none"
     nic: tuple[str, str] | None = None  # (tap, MAC): a virtio-net NIC on a made tap
+    root: tuple[Path, str] | None = None  # (file, format): the root disk's per-boot overlay
 
 
 def qemu_cpu(cpu: str, accel: str) -> str:
@@ -93,12 +95,22 @@ def qemu_command(spec: QemuSpec) -> list[str]:
         "-append",
         spec.cmdline,
     ]
+    blk = "virtio-blk-device" if mmio else "virtio-blk-pci"
+    if spec.root is not None:  # found by its serial, as the io disk then is
+        path, fmt = spec.root
+        argv += [
+            "-drive",
+            f"file={path},if=none,id=root,format={fmt},cache={spec.cache}",
+            "-device",
+            f"{blk},drive=root,serial={ROOT_SERIAL}",
+        ]
     if spec.disk is not None:
+        serial = f",serial={IO_SERIAL}" if spec.root is not None else ""
         argv += [
             "-drive",
             f"file={spec.disk},if=none,id=io,format=raw,cache={spec.cache}",
             "-device",
-            ("virtio-blk-device" if mmio else "virtio-blk-pci") + ",drive=io",
+            f"{blk},drive=io{serial}",
         ]
     if spec.nic is not None:  # the tap exists: QEMU only attaches (no script, no ROM)
         tap, mac = spec.nic
