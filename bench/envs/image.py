@@ -12,17 +12,25 @@ very bytes that ran on the host, by hash.
 From an isobench rootfs (issue 16), `ensure_docker_rootfs_image(client, bundle, rootfs)`:
 the rootfs's tar with the bundle's probes added at roots.PROBE_DIR, imported as
 `isobench-rootfs:<rootfs key>-<bundle hash>` (labelled with both), only when missing.
+The same stream goes into `podman import -` (podman_rootfs_import_argv, feed) and, as
+one layer of an OCI archive, into containerd (cri_images); `add_probes` writes the same
+probe files into a directory (the upper layer of the oci kind's overlay on the tree).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tarfile
-from collections.abc import Iterator
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +249,107 @@ def podman_import_argv(tar: Path, bundle_hash: str) -> list[str]:
     return argv
 
 
+def podman_rootfs_import_argv(rootfs_key: str, bundle_hash: str) -> list[str]:
+    """`podman import` of rootfs_image_stream() from its standard input, tagged and
+    labelled as docker's image of the same rootfs and bundle."""
+    argv = ["podman", "import"]
+    for k, v in rootfs_image_labels(rootfs_key, bundle_hash).items():
+        argv += ["--change", f"LABEL {k}={v}"]
+    tag = rootfs_image_tag(rootfs_key, bundle_hash)
+    return [*argv, "--change", f"WORKDIR {roots.WORKDIR}", "-", tag]
+
+
+def stream_digest(chunks: Iterable[bytes]) -> tuple[str, int]:
+    """("sha256:<hex>", size in bytes) of a stream."""
+    h, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        h.update(chunk)
+        size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with_parent():
+    """A preexec_fn: SIGKILL when the harness dies (kill -9 included), before the end of
+    the stream could reach the command as an end of file (a tar cut between two members
+    reads as complete: `podman import` would keep a partial tree under the tag)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # died already, before the prctl
+            os._exit(1)
+
+    return preexec
+
+
+def feed(argv: list[str], chunks: Iterable[bytes], timeout: float) -> tuple[int, str]:
+    """Run `argv` with `chunks` on its standard input: (exit status, its stderr). The
+    command is killed (its process group) before its input is closed when the chunks
+    fail, when it runs past `timeout` (TimeoutError) or on Ctrl-C, and by the kernel when
+    this process dies, so a half stream is never taken for a whole one."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True,
+                                preexec_fn=_dies_with_parent())  # fmt: skip
+        failed: list[BaseException] = []
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        def write() -> None:
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # the command stopped reading: its status says why
+            except BaseException as e:  # noqa: BLE001 - re-raised by the caller's thread
+                failed.append(e)
+                kill()
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+
+        writer = threading.Thread(target=write, daemon=True, name="isobench-feed")
+        try:
+            writer.start()
+            try:
+                code = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"{argv[0]} {argv[1]} took over {timeout:g} s") from None
+        finally:
+            if proc.poll() is None:
+                kill()
+                proc.wait()
+            writer.join()
+        if failed:
+            raise failed[0]
+        err.seek(0)
+        return code, err.read().decode(errors="replace")
+
+
+def add_probes(bundle, root: Path) -> None:
+    """The probe layer's files written below `root` (an overlay's upper directory): the
+    bundle's probes at roots.PROBE_DIR, an empty roots.WORKDIR (mode 1777)."""
+    probes = root / roots.PROBE_DIR.lstrip("/")
+    probes.mkdir(parents=True, exist_ok=True)
+    probes.parent.chmod(0o755)
+    probes.chmod(0o755)
+    work = root / roots.WORKDIR.lstrip("/")
+    work.mkdir(exist_ok=True)
+    work.chmod(0o1777)
+    for name in sorted(bundle.probes):
+        dest = probes / name
+        shutil.copyfile(bundle.probes[name], dest)
+        dest.chmod(0o755)
+
+
 # ---------------------------------------------------------------- OCI runtime config
 
 OCI_VERSION = "1.0.2"
@@ -273,6 +382,9 @@ MASKED = (
     "/proc/scsi",
 )
 READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+PROBES_ENV = ("PATH=/probes:/bin", "HOME=/")  # the probes' own image
+# an isobench rootfs: the PATH docker gives an image without one, Debian's default
+ROOTFS_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root")
 
 
 def oci_config(
@@ -284,6 +396,8 @@ def oci_config(
     hostname: str = "isobench",
     rlimits: dict[str, tuple[int, int]] | None = None,
     extra_mounts: list[dict[str, Any]] | None = None,
+    cwd: str = WORKDIR,
+    env: tuple[str, ...] = PROBES_ENV,
 ) -> dict[str, Any]:
     """An OCI runtime config like `runc spec`'s defaults, for one probe invocation.
 
@@ -336,8 +450,8 @@ def oci_config(
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
             "args": list(args),
-            "env": ["PATH=/probes:/bin", "HOME=/"],
-            "cwd": WORKDIR,
+            "env": list(env),
+            "cwd": cwd,
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "rlimits": [
                 {"type": name, "soft": soft, "hard": hard} for name, (soft, hard) in rl.items()
