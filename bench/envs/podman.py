@@ -16,11 +16,19 @@ cgroup: its usage is subtracted from the container's and reported host-side. A h
 instance names its carriers (carriers()): the attached `podman run` (in the harness's
 cgroup, for the container's whole life: outside the per-launch cgroup) and conmon
 (inside it); density counts the PSS of those outside.
+
+With rootfs=NAME the container's image is that isobench rootfs plus the bundle's probes:
+the very stream docker imports (image.rootfs_image_stream), fed to `podman import -` as
+`localhost/isobench-rootfs:<rootfs key>-<bundle hash>` (labelled with both) only when the
+tag is missing; probes at roots.PROBE_DIR, the io directory at roots.WORKDIR. `clean`
+lists an isobench image once its bundle or its rootfs is no longer in the cache, as
+docker's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,6 +37,7 @@ from typing import Any
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
+from bench.envs import roots
 from bench.envs.base import (
     Availability,
     Context,
@@ -43,8 +52,11 @@ from bench.envs.base import (
 )
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
+from bench.resources import cache_dir
+from bench.rootfs import store_dir as rootfs_store
 
 CALL_TIMEOUT_S = 60
+IMPORT_TIMEOUT_S = img.IMPORT_TIMEOUT_S  # a rootfs's tree (hundreds of MB) into storage
 RUNTIMES = ("runc", "crun", "runsc")
 PODMAN_DEFAULT_ULIMITS = {"nofile": 1048576, "nproc": 4194304}
 FALLBACK_NPROC = (4096, 1024)
@@ -94,6 +106,7 @@ class PodmanEnv(Environment):
     summary = "a container per instance through the podman CLI (runc, crun, runsc)"
     options = {
         "runtime": Option("runc", "OCI runtime podman uses", RUNTIMES),
+        "rootfs": roots.ROOTFS_OPTION,
         **ct.CONTAINER_OPTIONS,
     }
 
@@ -101,6 +114,7 @@ class PodmanEnv(Environment):
         super().__init__(config, ctx)
         self._bundle = None
         self._image_id: str | None = None
+        self._rootfs = None  # the isobench rootfs the image is made from, if any
         self._ulimits: dict[str, int] | None = None
         self._info: dict[str, Any] = {}
         self._layout = cg.Layout.detect()
@@ -160,7 +174,7 @@ class PodmanEnv(Environment):
         for line in out.stdout.splitlines():
             cid, _, name = line.partition(" ")
             found.append(Leftover(f"podman container {cid} ({name})", lambda c=cid: _remove(c)))
-        return found
+        return found + _image_leftovers()
 
     # -- lifecycle
 
@@ -168,27 +182,15 @@ class PodmanEnv(Environment):
         av = ct.runtime_availability(self.opts["runtime"], self._layout)
         if not av.ok:
             raise OptionError(f"podman: {av.reason}")
-        tag = img.image_tag(bundle.hash)
-        found = _podman("image", "inspect", "--format", "{{.Id}}", tag)
-        if found.returncode != 0:
-            tar = img.rootfs_tar(bundle, self.ctx.cache)
-            res = subprocess.run(
-                img.podman_import_argv(tar, bundle.hash),
-                capture_output=True,
-                text=True,
-                timeout=CALL_TIMEOUT_S,
-                check=False,
-            )
-            if res.returncode != 0:
-                raise RuntimeError("podman import: " + ct.first_line(res.stderr))
-            found = _podman("image", "inspect", "--format", "{{.Id}}", tag)
-        self._image_id = found.stdout.strip()
+        self._rootfs = roots.load(self.opts["rootfs"], self.ctx.cache)
+        if self._rootfs is None:
+            self._image_id = _ensure_probes_image(bundle, self.ctx.cache)
+        else:
+            self._image_id = _ensure_rootfs_image(bundle, self._rootfs)
         self._bundle = bundle
         self._ulimits = self._find_ulimits()
         info = _podman("info", "--format", "json")
         if info.returncode == 0:
-            import json
-
             host = json.loads(info.stdout).get("host", {})
             self._info = {
                 "cgroup_manager": host.get("cgroupManager"),
@@ -214,7 +216,8 @@ class PodmanEnv(Environment):
                 "isobench=1",
                 *ulimit_argv(cand),
                 self._image_id,
-                "/bin/true",
+                # a user's rootfs need not have /bin/true; every bundle has `startup`
+                roots.probe_path("startup") if self._rootfs else "/bin/true",
             ]
             res = subprocess.run(
                 argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S, check=False
@@ -247,7 +250,7 @@ class PodmanEnv(Environment):
             "--network",
             network,
             "--workdir",
-            img.WORKDIR,
+            self._workdir,
             "--log-driver",
             "none",
             *ulimit_argv(self._ulimits),
@@ -261,12 +264,20 @@ class PodmanEnv(Environment):
         if o["memory"]:
             out += ["--memory", str(o["memory"])]
         if o["storage"] == "volume" and volume is not None:
-            out += ["--volume", f"{volume}:{img.WORKDIR}:rw"]
+            out += ["--volume", f"{volume}:{self._workdir}:rw"]
         elif o["storage"] == "tmpfs":
-            out += ["--tmpfs", f"{img.WORKDIR}:rw,mode=1777,size=2g"]
+            out += ["--tmpfs", f"{self._workdir}:rw,mode=1777,size=2g"]
         if port is not None:  # a server on the bridge: published on the host's loopback
             out += ["--publish", f"127.0.0.1::{port}"]
         return [*out, self._image_id, *argv]
+
+    @property
+    def _workdir(self) -> str:
+        """The io workload's directory inside the container (its image's WORKDIR)."""
+        return roots.WORKDIR if self._rootfs else img.WORKDIR
+
+    def _probe_path(self, probe: str) -> str:
+        return roots.probe_path(probe) if self._rootfs else img.probe_path(probe)
 
     def net_path(self) -> str | None:
         given = self.config.get("network") is not None  # else a server gets the bridge
@@ -289,7 +300,7 @@ class PodmanEnv(Environment):
         network = ct.network_of(self.opts, self.config, inv)
         port = ct.served_port(inv) if network == "bridge" else None
         argv = self._run_argv(
-            name, inv.argv(img.probe_path(inv.probe), img.WORKDIR), volume, network, port
+            name, inv.argv(self._probe_path(inv.probe), self._workdir), volume, network, port
         )
         find = lambda: {pid: "conmon" for pid in conmon_cg.pids()}  # noqa: E731
         sampler = ct.HostSideSampler(find, interval=0.02, find_every=0.0)
@@ -345,12 +356,17 @@ class PodmanEnv(Environment):
             "runtime": {"name": runtime, "version": ct.tool_version([runtime, "--version"])},
             "host": self._info,
             "ulimits": self._ulimits or "podman defaults",
-            "image": {
-                "id": self._image_id,
-                "tag": img.image_tag(self._bundle.hash) if self._bundle else None,
-            },
+            "image": {"id": self._image_id, "tag": self._image_tag()},
             "bundle": self._bundle.hash if self._bundle else None,
+            "rootfs": roots.describe(self._rootfs),
         }
+
+    def _image_tag(self) -> str | None:
+        if self._bundle is None:
+            return None
+        if self._rootfs is not None:
+            return img.rootfs_image_tag(self._rootfs.key, self._bundle.hash)
+        return img.image_tag(self._bundle.hash)
 
 
 class PodmanInstance(ProcessInstance):
@@ -398,6 +414,82 @@ class PodmanInstance(ProcessInstance):
         if self.path:
             launch.extra["net_path"] = self.path
         return launch
+
+
+def _image_id(tag: str) -> str | None:
+    found = _podman("image", "inspect", "--format", "{{.Id}}", tag)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def _ensure_probes_image(bundle, cache: Path) -> str:
+    """`isobench-probes:<hash>` in podman's storage, imported from the tar when missing."""
+    tag = img.image_tag(bundle.hash)
+    if found := _image_id(tag):
+        return found
+    res = subprocess.run(
+        img.podman_import_argv(img.rootfs_tar(bundle, cache), bundle.hash),
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT_S,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError("podman import: " + ct.first_line(res.stderr))
+    if found := _image_id(tag):
+        return found
+    raise RuntimeError(f"podman import said it made {tag}, which podman cannot find")
+
+
+def _ensure_rootfs_image(bundle, rootfs) -> str:
+    """`isobench-rootfs:<key>-<hash>` in podman's storage, streamed into `podman import`
+    when missing (killed on a timeout or Ctrl-C: no half image under the tag)."""
+    tag = img.rootfs_image_tag(rootfs.key, bundle.hash)
+    if found := _image_id(tag):
+        return found
+    argv = img.podman_rootfs_import_argv(rootfs.key, bundle.hash)
+    try:
+        code, err = img.feed(argv, img.rootfs_image_stream(rootfs, bundle), IMPORT_TIMEOUT_S)
+    except TimeoutError as e:
+        raise RuntimeError(f"podman import of rootfs {rootfs.name}: {e}") from None
+    if code != 0:
+        raise RuntimeError(f"podman import of rootfs {rootfs.name}: {ct.first_line(err)}")
+    if found := _image_id(tag):
+        return found
+    raise RuntimeError(f"podman import said it made {tag}, which podman cannot find")
+
+
+def image_leftover_reason(labels: dict[str, str], bundles: Path, trees: Path) -> str:
+    """Pure: why an isobench image is no longer needed ("" when it is), as docker's: its
+    bundle or the rootfs it was made from is gone from the cache."""
+    bundle_hash, key = labels.get(img.BUNDLE_LABEL), labels.get(img.ROOTFS_LABEL)
+    if bundle_hash and not (bundles / bundle_hash).is_dir():
+        return f"bundle {bundle_hash} no longer in the cache"
+    if key and not (trees / key).is_dir():
+        return f"rootfs {key} no longer in the cache"
+    return ""
+
+
+def _image_leftovers() -> list[Leftover]:
+    """podman images labelled isobench whose bundle or rootfs is no longer in the cache."""
+    try:
+        out = _podman("images", "--filter", f"label={img.LABEL}", "--format", "json", timeout=20)
+        images = json.loads(out.stdout or "[]") if out.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return []
+    bundles, trees = cache_dir() / "bundles", rootfs_store()
+    found = []
+    for im in images:
+        why = image_leftover_reason(im.get("Labels") or {}, bundles, trees)
+        if why:
+            iid = im.get("Id", "")
+            tags = ", ".join(im.get("Names") or []) or iid[:12]
+            found.append(Leftover(f"podman image {tags} ({why})", lambda i=iid: _remove_image(i)))
+    return found
+
+
+def _remove_image(iid: str) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        _podman("rmi", "-f", iid)
 
 
 def _minus(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
