@@ -15,6 +15,14 @@ dies of it, and its gofer with it), so runsc's stop is `runsc kill <id> TERM`.
 A held instance names its carriers (carriers()): the foreground `run` process (in the
 harness's cgroup: outside the instance's) and, for runsc, the sandbox and gofer it started
 (in the container's cgroup); density counts the PSS of those outside.
+
+With rootfs=NAME the bundle's rootfs is that isobench rootfs's tree, never written:
+prepare() mounts an overlay at <scratch>/rootfs (the tree below; above it, in
+<scratch>/rootfs.overlay, the bundle's probes at roots.PROBE_DIR and an empty
+roots.WORKDIR: the files docker's image of the rootfs adds), shared by the
+environment's instances as the unpacked probes' rootfs is; cleanup() unmounts it. A
+crash leaves the mount: `isobench clean` lists an overlay mounted at `rootfs` inside an
+isobench scratch directory and detaches it before the scratch directory goes.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ import contextlib
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench import interrupt
+from bench import interrupt, scratch
 from bench.envs import containers as ct
 from bench.envs import image as img
+from bench.envs import roots
 from bench.envs.base import (
     Availability,
     Context,
@@ -42,6 +52,7 @@ from bench.envs.base import (
     OptionError,
     StartError,
 )
+from bench.envs.cri_daemon import mounts_under, unmount_under
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
 
@@ -60,6 +71,7 @@ def runtime_argv(runtime: str, network: str) -> list[str]:
 
 
 ROOTFS = "rootfs"  # in the environment's scratch directory
+OVERLAY = "rootfs.overlay"  # upper and work of the overlay on a rootfs's tree, beside it
 BUNDLES = "bundles"  # one bundle directory per instance, in the same place
 
 
@@ -69,12 +81,14 @@ class OciEnv(Environment):
     options = {
         "runtime": Option("runc", "OCI runtime binary", RUNTIMES),
         "network": Option("none", "a new empty network namespace, or the host's", ("none", "host")),
+        "rootfs": roots.ROOTFS_OPTION,
     }
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
         self._bundle = None
-        self._rootfs = None
+        self._rootfs: Path | None = None  # the bundle's rootfs directory
+        self._tree = None  # the isobench rootfs mounted there, if any
         self._layout = cg.Layout.detect()
 
     @classmethod
@@ -106,6 +120,8 @@ class OciEnv(Environment):
                 continue
             for cid in found:
                 out.append(Leftover(f"{rt} container {cid}", lambda r=rt, c=cid: _delete(r, c)))
+        for point in overlay_leftovers():  # after the containers that run from them
+            out.append(Leftover(f"oci rootfs overlay {point}", lambda p=point: _unmount(p)))
         return out
 
     def prepare(self, bundle) -> None:
@@ -113,7 +129,11 @@ class OciEnv(Environment):
         if not av.ok:
             raise OptionError(f"oci: {av.reason}")
         self._bundle = bundle
-        self._rootfs = img.unpack_rootfs(bundle, self.ctx.scratch / ROOTFS)
+        self._tree = roots.load(self.opts["rootfs"], self.ctx.cache)
+        if self._tree is None:
+            self._rootfs = img.unpack_rootfs(bundle, self.ctx.scratch / ROOTFS)
+        else:
+            self._rootfs = mount_overlay(self._tree, bundle, self.ctx.scratch)
 
     def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._rootfs is None:
@@ -121,12 +141,18 @@ class OciEnv(Environment):
         name = self.new_name()
         runtime = self.opts["runtime"]
         bundle_dir = self.ctx.scratch / BUNDLES / name
+        if self._tree is None:
+            probe, cwd, env = img.probe_path(inv.probe), img.WORKDIR, img.PROBES_ENV
+        else:  # the rootfs's own PATH; the probes and the io directory where docker's are
+            probe, cwd, env = roots.probe_path(inv.probe), roots.WORKDIR, img.ROOTFS_ENV
         config = img.oci_config(
-            inv.argv(img.probe_path(inv.probe), img.WORKDIR),
+            inv.argv(probe, cwd),
             self._rootfs,
             f"/{name}/probe",
             network=self.opts["network"],
             hostname=name,
+            cwd=cwd,
+            env=env,
         )
         cgroup = ct.LaunchCgroup(name, self._layout)
         argv = [
@@ -177,7 +203,11 @@ class OciEnv(Environment):
             if cid.startswith(f"{self.ctx.prefix}-"):
                 _delete(runtime, cid)
         shutil.rmtree(self.ctx.scratch / BUNDLES, ignore_errors=True)
-        shutil.rmtree(self.ctx.scratch / ROOTFS, ignore_errors=True)
+        rootfs = self.ctx.scratch / ROOTFS
+        if not _unmount(rootfs):  # never delete through a mount: it is the tree's view
+            raise RuntimeError(f"oci: could not unmount the overlay at {rootfs}")
+        shutil.rmtree(rootfs, ignore_errors=True)
+        shutil.rmtree(self.ctx.scratch / OVERLAY, ignore_errors=True)
         self._rootfs = None
 
     def describe(self) -> dict[str, Any]:
@@ -192,6 +222,7 @@ class OciEnv(Environment):
             "seccomp": "none",
             "cgroup_layout": self._layout.name,
             "bundle": self._bundle.hash if self._bundle else None,
+            "rootfs": roots.describe(self._tree),
         }
 
 
@@ -220,6 +251,64 @@ class RunscInstance(OciInstance):
 
     def _signal_stop(self) -> None:
         _signal("runsc", self.name, "TERM")
+
+
+def mount_overlay(tree, bundle, where: Path) -> Path:
+    """An overlay of rootfs `tree` at <where>/rootfs, the probes in its upper layer;
+    already mounted (a second prepare): left as it is."""
+    target, layers = where / ROOTFS, where / OVERLAY
+    if mounts_under(target):
+        return target
+    upper, work = layers / "upper", layers / "work"
+    paths = [str(tree.tree), str(upper), str(work)]
+    if bad := [p for p in paths if any(c in p for c in roots.OVERLAY_UNSAFE)]:
+        raise RuntimeError(f"oci: overlay cannot take the path {bad[0]} (it has , : or \\)")
+    shutil.rmtree(layers, ignore_errors=True)  # an earlier prepare's, never mounted
+    for path in (target, upper, work):
+        path.mkdir(parents=True, exist_ok=True)
+    img.add_probes(bundle, upper)
+    opts = f"lowerdir={paths[0]},upperdir={paths[1]},workdir={paths[2]}"
+    try:
+        res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(target)],
+                             capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
+                             check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"oci: mount of the overlay on {tree.tree}: {e}") from None
+    if res.returncode != 0:
+        raise RuntimeError(f"oci: mount of the overlay on {tree.tree}: "
+                           + ct.first_line(res.stderr))  # fmt: skip
+    return target
+
+
+def _unmount(path: Path | str) -> bool:
+    """Detach the mounts at `path`; True when none is left there."""
+    with interrupt.shielded():
+        unmount_under(Path(path))
+    return not mounts_under(Path(path))
+
+
+def overlay_leftovers(mountinfo: str | None = None) -> list[str]:
+    """Overlays mounted at `rootfs` below an isobench scratch directory (its owner
+    marker proves isobench made it), from the host's mount table: what mount_overlay
+    left when its run was killed."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return []
+    found = []
+    for line in mountinfo.splitlines():
+        fields, _, after = line.partition(" - ")
+        fields, after = fields.split(), after.split()
+        if len(fields) < 5 or not after or after[0] != "overlay":
+            continue
+        point = Path(fields[4].encode().decode("unicode_escape"))
+        if point.name != ROOTFS:
+            continue
+        tops = [p for p in point.parents if p.parent != p and p.name.startswith(scratch.PREFIX)]
+        if any(scratch.owner(p) is not None for p in tops):
+            found.append(str(point))
+    return found
 
 
 def _carriers(name: str) -> dict[int, str]:
