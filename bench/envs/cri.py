@@ -30,6 +30,12 @@ cgroup_parent, cgroupfs driver): its totals, read after the pod is stopped, are 
 pod's (probe and pause container). Host-side cost: the pod's shim and its pause
 process (HostSideSampler), and, with the private daemon, containerd's own CPU time
 over the launch (shared with any launch that overlapped it).
+
+With rootfs=NAME the pod's container image is that isobench rootfs plus the bundle's
+probes (the bytes docker and podman import), `isobench.local/rootfs:<key>-<bundle hash>`,
+streamed into the endpoint's containerd when missing (cri_images.import_rootfs); the
+probes at roots.PROBE_DIR, the io directory at roots.WORKDIR. The private containerd's
+images go with it; on a node's endpoint the image stays, as the probes' image does.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from typing import Any
 from bench.envs import containers as ct
 from bench.envs import cri_daemon as dmn
 from bench.envs import cri_images as ci
+from bench.envs import image as img
+from bench.envs import roots
 from bench.envs.base import (
     Availability,
     Context,
@@ -198,6 +206,7 @@ class CriEnv(Environment):
         "memory": Option(
             None, "memory limit of the pod, requests = limits (e.g. 512m)", type=MemorySize
         ),  # fmt: skip
+        "rootfs": roots.ROOTFS_OPTION,
     }
 
     def __init__(self, config: dict[str, Any], ctx: Context):
@@ -206,6 +215,7 @@ class CriEnv(Environment):
         self._daemon: dmn.PrivateContainerd | None = None
         self._client: Client | None = None
         self._refs: dict[str, str] = {}
+        self._rootfs = None  # the isobench rootfs the container's image is made from, if any
         self._info: dict[str, Any] = {}
         self._owns_cgroups = True
 
@@ -261,8 +271,14 @@ class CriEnv(Environment):
 
     def prepare(self, bundle) -> None:
         self._bundle = bundle
-        archives = ci.archives(bundle, self.ctx.cache)
+        self._rootfs = roots.load(self.opts["rootfs"], self.ctx.cache)
+        if self._rootfs is None:
+            archives = ci.archives(bundle, self.ctx.cache)
+        else:  # the container's image is the rootfs's, streamed in below
+            archives = ci.pause_archive(bundle, self.ctx.cache)
         self._refs = {("pause" if "/pause:" in ref else "probes"): ref for ref in archives}
+        if self._rootfs is not None:
+            self._refs["rootfs"] = ci.rootfs_ref(self._rootfs.key, bundle.hash)
         try:
             if self.private:
                 self._start_daemon()
@@ -270,15 +286,35 @@ class CriEnv(Environment):
             self._check_endpoint()
             for ref, archive in archives.items():
                 if not self._client.has_image(ref):
-                    if self._info.get("runtime_name") != "containerd":
-                        raise RuntimeError(
-                            f"{ref} is not in {self._endpoint}'s image store and only "
-                            "containerd's can be filled without a registry (ctr import)"
-                        )
+                    self._can_import(ref)
                     ci.import_archive(socket_path(self._endpoint), archive)
+            if self._rootfs is not None and not self._client.has_image(self._refs["rootfs"]):
+                self._can_import(self._refs["rootfs"])
+                ci.import_rootfs(socket_path(self._endpoint), self._rootfs, bundle,
+                                 self.ctx.cache)  # fmt: skip
         except BaseException:
             self._cleanup()
             raise
+
+    def _can_import(self, ref: str) -> None:
+        if self._info.get("runtime_name") != "containerd":
+            raise RuntimeError(
+                f"{ref} is not in {self._endpoint}'s image store and only "
+                "containerd's can be filled without a registry (ctr import)"
+            )
+
+    @property
+    def image_ref(self) -> str:
+        """The image of the pods' probe container: the rootfs's, else the probes'."""
+        return self._refs["rootfs" if self._rootfs is not None else "probes"]
+
+    @property
+    def workdir(self) -> str:
+        """The io workload's directory inside the container (its image's WORKDIR)."""
+        return roots.WORKDIR if self._rootfs is not None else img.WORKDIR
+
+    def probe_path(self, probe: str) -> str:
+        return roots.probe_path(probe) if self._rootfs is not None else img.probe_path(probe)
 
     @property
     def _endpoint(self) -> str:
@@ -372,6 +408,7 @@ class CriEnv(Environment):
                 else "BestEffort"
             ),  # fmt: skip
             "bundle": self._bundle.hash if self._bundle else None,
+            "rootfs": roots.describe(self._rootfs),
         }
         if self._daemon is not None:
             out["daemon"] = {"config": dmn.config_toml(self._daemon.lay, self._refs["pause"],

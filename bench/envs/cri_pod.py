@@ -17,7 +17,6 @@ from bench.envs import containers as ct
 from bench.envs import cri_daemon as dmn
 from bench.envs.base import Environment, Instance, Invocation, Launch, StartError, conclude
 from bench.envs.cri_client import CALL_S, Client, CriError, mono_offset, parse_cri_log, socket_path
-from bench.envs.image import WORKDIR, probe_path
 from bench.metrics.cgroup import CFS_PERIOD_US, Cgroup, CgroupError, Layout
 from bench.probeio import is_ready, parse_lines
 
@@ -111,9 +110,9 @@ class _Pod:
             phase = "CreateContainer"
             container = pb.ContainerConfig(
                 metadata=pb.ContainerMetadata(name="probe", attempt=0),
-                image=pb.ImageSpec(image=env._refs["probes"]),
-                command=self.inv.argv(probe_path(self.inv.probe), WORKDIR),
-                working_dir=WORKDIR,
+                image=pb.ImageSpec(image=env.image_ref),
+                command=self.inv.argv(env.probe_path(self.inv.probe), env.workdir),
+                working_dir=env.workdir,
                 log_path=LOG_NAME,
                 labels=self.labels,
                 linux=pb.LinuxContainerConfig(
