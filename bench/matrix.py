@@ -218,6 +218,8 @@ class Matrix:
         if self.max_rounds < self.rounds:
             self.max_rounds = self.rounds
         if self.rootfs:
+            for e in self.envs:  # every kind that cannot take it first, then the name
+                with_rootfs(e, None, where)
             self.envs = [with_rootfs(e, self.rootfs, where) for e in self.envs]
         if self.user_workloads:
             for e in self.envs:
@@ -236,9 +238,10 @@ def rootfs_kinds() -> list[str]:
     return [k for k, cls in REGISTRY.items() if "rootfs" in cls.options]
 
 
-def with_rootfs(env: EnvSpec, name: str, where: str) -> EnvSpec:
+def with_rootfs(env: EnvSpec, name: str | None, where: str) -> EnvSpec:
     """The matrix's top-level rootfs on an environment that sets none (its label kept: the
-    rootfs is the matrix's, not what tells its environments apart)."""
+    rootfs is the matrix's, not what tells its environments apart); name None: only check
+    that the environment's kind can take one."""
     from bench.envs import REGISTRY
 
     if env.options.get("rootfs"):
@@ -247,8 +250,10 @@ def with_rootfs(env: EnvSpec, name: str, where: str) -> EnvSpec:
     if "rootfs" not in cls.options:
         raise MatrixError(
             f"{where}: environment '{env.label}': {env.kind} cannot run from a rootfs yet "
-            f"(rootfs = {name!r} applies to {', '.join(rootfs_kinds())}): remove it"
+            f"(rootfs applies to {', '.join(rootfs_kinds())}): remove it"
         )
+    if name is None:
+        return env
     try:
         value = parse_options(env.kind, cls.options, {"rootfs": name})["rootfs"]
     except OptionError as e:

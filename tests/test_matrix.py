@@ -100,3 +100,109 @@ def test_the_quick_budget_is_told_apart_from_a_given_one():
         assert Matrix.from_dict(m.to_dict()) == m
     old = {k: v for k, v in quick.to_dict().items() if k != "budget_from_quick"}
     assert not Matrix.from_dict(old).budget_from_quick  # a run made before: a fixed budget
+
+
+# ------------------------------------------------------------------ user workloads (issue 16)
+
+SUITE = '[[user_workload]]\nname = "suite"\nkind = "pytest-benchmark"\ndir = "/opt/bench"\n'
+CMD = '[[user_workload]]\nname = "s"\nkind = "command"\n'
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[user_workload]]\nname = "x"\nkind = "pytest_benchmark"', "unknown kind "
+         "'pytest_benchmark' (did you "
+         "mean 'pytest-benchmark'?); known: pytest-benchmark, command"),
+        (SUITE + 'arg = ["-x"]', "(suite): a pytest-benchmark workload has no key 'arg' (did you "
+         "mean 'args'?); its keys: args, dir, kind, name, quick_args"),
+        (CMD + 'argv = ["sysbench"]\nparser = "sysbench2"',
+         "(s): unknown parser 'sysbench2' (did you mean 'sysbench'?); known: sysbench, fio, "
+         "redis-benchmark, wrk"),
+        (CMD + 'argv = ["x"]\nparser = "pytest-benchmark"',
+         "unknown parser 'pytest-benchmark' (a suite is kind = \"pytest-benchmark\")"),
+        (CMD + 'argv = "sysbench cpu"\nparser = "sysbench"',
+         "(s): 'argv' must be a list of strings"),
+        (CMD + 'argv = []\nparser = "sysbench"',
+         "(s): 'argv' must not be empty"),
+        (CMD + 'argv = ["x"]', "missing key 'parser'"),
+        ('[[user_workload]]\nname = "s"\nkind = "pytest-benchmark"', "missing key 'dir'"),
+        (SUITE.replace("/opt/bench", "opt/bench"), "dir must be an absolute path"),
+        ('[[user_workload]]\nkind = "command"', "user_workload[0]: missing key 'name'"),
+        ('[[user_workload]]\nname = "a b"\nkind = "command"', "name must be letters, digits"),
+        (SUITE + SUITE, "user workload name 'suite' is used twice"),
+        ('[[user_workload]]\nname = "r"\nkind = "command"\nparser = "redis-benchmark"\n'
+         'argv = ["redis-benchmark"]\nserver = ["redis-server"]',
+         "(r): 'server': a server command held in the environment with its client on the host"),
+        ("rootfs = 3", "key 'rootfs' must be the name of a rootfs"),
+        ("user_workload = 3", "'user_workload' must be [[user_workload]] tables"),
+    ],
+)  # fmt: skip
+def test_bad_user_workloads_are_one_line_errors(tmp_path, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(MatrixError) as e:
+        load_toml(f)
+    assert str(e.value).startswith(str(f)) and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_user_workloads_run_alone_and_go_through_the_manifest(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text('rootfs = "tools"\n' + SUITE + 'quick_args = ["--benchmark-max-time=0.1"]\n'
+                 '[[user_workload]]\nname = "cpu-sb"\nkind = "command"\nparser = "sysbench"\n'
+                 'argv = ["sysbench", "cpu", "run"]\n[[env]]\nkind = "host"\n')  # fmt: skip
+    envs, workloads, settings = load_toml(f)
+    assert workloads == [] and settings["rootfs"] == "tools"
+    m = Matrix(envs=envs, workloads=workloads, **settings)
+    assert m.workloads == ["suite", "cpu-sb"]
+    suite = m.user_workloads[0]
+    assert suite.probe_args(quick=True) == (
+        "--cd", "/opt/bench", "--out", "--", "python3", "-m", "pytest", "--benchmark-only",
+        "--benchmark-json={out}", "--benchmark-max-time=0.1", ".",
+    )  # fmt: skip
+    assert suite.probe_args(quick=False)[-2:] == ("--benchmark-json={out}", ".")
+    assert m.user_workloads[1].probe_args(quick=True) == (
+        "--cd",
+        "/",
+        "--",
+        "sysbench",
+        "cpu",
+        "run",
+    )
+    assert Matrix.from_dict(m.to_dict()) == m
+
+
+@pytest.mark.parametrize(
+    "envs, extra, message",
+    [
+        (["host", "k8s"], {"rootfs": "tools"},  # the kind is refused before the name is read
+         "environment 'k8s': k8s cannot run from a rootfs yet (rootfs applies to host, "
+         "namespaces, docker"),
+        (["host"], {}, "user workload 'suite' runs from a rootfs, and environment 'host' names "
+         "none: set rootfs = NAME at the top of the matrix, or rootfs=NAME on the environment"),
+        (["host"], {"rootfs": "no-such-rootfs-here"}, "rootfs: option rootfs=no-such-rootfs-here"),
+    ],
+)  # fmt: skip
+def test_a_user_workload_needs_a_rootfs_every_environment_can_run_from(
+    tmp_path, monkeypatch, envs, extra, message
+):
+    monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path))  # an empty cache: no rootfs in it
+    from bench.userwork import UserWorkload
+
+    suite = UserWorkload("suite", "pytest-benchmark", "pytest-benchmark", "/opt/bench")
+    m = Matrix(envs=[parse_env_spec(e) for e in envs], workloads=[], user_workloads=[suite],
+               **extra)  # fmt: skip
+    with pytest.raises(MatrixError) as e:
+        m.check(catalog.load(), "m.toml")
+    assert str(e.value).startswith("m.toml: ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_user_workload_may_not_take_a_catalog_name():
+    from bench.userwork import UserWorkload
+
+    clash = UserWorkload("cpu", "command", "sysbench", argv=("sysbench", "cpu", "run"))
+    m = Matrix(envs=[parse_env_spec("host")], workloads=[], user_workloads=[clash])
+    with pytest.raises(MatrixError, match="user workload 'cpu' has the name of a catalog workload"):
+        m.check(catalog.load(), "m.toml")
