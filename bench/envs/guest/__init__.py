@@ -8,6 +8,8 @@
 - `console`: what host and guest say to each other: the kernel command line that tells
   init which probes to run, and the console lines that say how each went.
 - `disk`: the io disk (an ext4 image copied per boot).
+- `rootdisk`: a root disk from an isobench rootfs (its tree + the bundle's probes, ext4,
+  cached; a qcow2 overlay per boot), which init switches root into.
 - `qemu_cmd`: the QEMU binary, its machine types, the command line of a direct launch.
 - `kvm`: whether KVM really works here (a trial boot, its verdict cached).
 
