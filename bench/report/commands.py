@@ -123,13 +123,9 @@ def print_table(result: dict, stderr: bool = False) -> None:
     for c in result["cells"]:
         a = model.fmt_quantity(c["median_a"], c["unit"])
         b = model.fmt_quantity(c["median_b"], c["unit"])
-        ch = (
-            "–"
-            if c["change_pct"] is None
-            else (
-                f"{c['change_pct']:+.1f} % [{c['change_ci_low']:+.1f}, {c['change_ci_high']:+.1f}]"
-            )
-        )
+        lo, hi = c["change_ci_low"], c["change_ci_high"]
+        ci = "[–]" if lo is None or hi is None else f"[{lo:+.1f}, {hi:+.1f}]"  # one round: no CI
+        ch = "–" if c["change_pct"] is None else f"{c['change_pct']:+.1f} % {ci}"
         p = "–" if c["p_adjusted"] is None else f"{c['p_adjusted']:.3g}"
         cells = (c["env"], c["workload"], c["op"], c["metric"], a, b, ch, p, c["verdict"])
         t.add_row(*(Text(str(x)) for x in cells), style=style.get(c["verdict"]))
