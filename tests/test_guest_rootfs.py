@@ -3,7 +3,7 @@ the root disk's recipe and the init's text (fast), then real TCG boots from a mi
 tree built once for this module (in a private cache, with a marker directory copied
 in): the probes run with the tree as / (a directory only the tree has, the tree's own
 /bin/sh and /etc/debian_version), the cached disk is reused and never written, nothing
-is left after a round or a held guest's stop."""
+is left after a round, a timeout, a held guest's stop or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -28,6 +29,7 @@ from bench.envs.guest.cpio import read_newc, write_newc
 from bench.envs.guest.kernel import sha256_file
 from bench.envs.libvirt import URI, LibvirtEnv, domain_xml
 from bench.envs.qemu import QemuEnv
+from bench.runner import Interrupted
 
 NAME = "guest-test"
 MARKER_DIR = "/opt/isobench-test"  # only in the tree: copied in by the fixture
@@ -290,6 +292,7 @@ def test_qemu_boots_the_tree_and_runs_the_probes_in_it(ctx, tree, oscheck_bundle
         made = disk.path.stat()
         syscall, marker, io, startup, oscheck = env.launch_round(round_, 180)
         desc = env.describe()
+        (late,) = env.launch_round([Invocation("startup", "startup")], 0.5)  # a timeout
     finally:
         env.cleanup()
     for launch in (syscall, marker, io, startup, oscheck):
@@ -302,6 +305,7 @@ def test_qemu_boots_the_tree_and_runs_the_probes_in_it(ctx, tree, oscheck_bundle
     assert rec["debian_version"] == (tree.tree / "etc/debian_version").read_text().strip()
     assert rec["marker"] == MARKER.strip() and "/usr/bin" in rec["path"]
     assert startup.phases["boot"] > 0
+    assert late.status == "timeout" and "QEMU killed" in late.reason
     # the manifest: the rootfs as the other kinds record it, and the disk's hash
     assert desc["rootfs"] == roots.describe(tree)
     assert desc["root_disk"]["sha256"] == disk.sha256 and desc["root_disk"]["rootfs"] == tree.key
@@ -315,7 +319,7 @@ def test_qemu_boots_the_tree_and_runs_the_probes_in_it(ctx, tree, oscheck_bundle
 
 
 @pytest.mark.requires("libvirt")
-def test_a_held_libvirt_guest_from_the_tree_leaves_nothing_after_stop(
+def test_a_libvirt_guest_from_the_tree_leaves_nothing_after_stop_or_ctrl_c(
     ctx, tree, oscheck_bundle, guest_kernel
 ):
     import libvirt
@@ -344,6 +348,14 @@ def test_a_held_libvirt_guest_from_the_tree_leaves_nothing_after_stop(
         assert root.find("serial").text == rootdisk.ROOT_SERIAL
         assert any(held.name in x.what for x in LibvirtEnv.leftovers())
         launch = held.stop()
+        old = signal.signal(signal.SIGALRM, _interrupt)  # Ctrl-C during the next boot
+        signal.setitimer(signal.ITIMER_REAL, 3.0)
+        try:
+            with pytest.raises(Interrupted):
+                env.launch_round([Invocation("startup", "startup")], 120)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
     finally:
         env.cleanup()
     assert launch.status == "ok", launch.reason
@@ -351,3 +363,7 @@ def test_a_held_libvirt_guest_from_the_tree_leaves_nothing_after_stop(
     assert not [x for x in LibvirtEnv.leftovers() if ctx.prefix in x.what]
     assert sha256_file(disk.path) == disk.sha256
     assert not _left(ctx)
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
