@@ -445,6 +445,7 @@ class VmEnvironment(Environment):
                 "fs": DISK_FS,
                 "size_mib": DISK_MIB,
                 "format": "raw",
+                "mount": roots.WORKDIR if self.opts["rootfs"] else GUEST_WORKDIR,
             },
         }
         if self.binary:
