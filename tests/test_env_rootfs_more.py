@@ -85,15 +85,15 @@ def _untouched(tree) -> tuple:
             marker.stat().st_mtime_ns)  # fmt: skip
 
 
-def _runs_inside(env, bare) -> None:
+def _runs_inside(env, bare, workloads=("syscall", "startup", "io")) -> None:
     """io in the marker directory works from the tree and fails from the probes' image;
-    syscall, startup and io (in the rootfs's io directory) run."""
+    the workloads (io: in the rootfs's io directory) run."""
     inside = env.launch(IN_MARKER, timeout=60)
     assert inside.status == "ok", (inside.reason, inside.stderr_tail)
     assert [r["op"] for r in inside.records] == ["create_unlink"]
     if bare is not None:
         assert bare.launch(IN_MARKER, timeout=60).status == "failed"  # no such directory
-    for workload in ("syscall", "startup", "io"):
+    for workload in workloads:
         inv = catalog.load()[workload].invocation(quick=True, emulated=False)
         launch = env.launch(inv, timeout=60)
         assert launch.status == "ok", (workload, launch.reason, launch.stderr_tail)
@@ -416,7 +416,7 @@ def test_cri_runs_pods_from_the_trees_image(ctx, bundle, tree):
     env.ctx.scratch.mkdir(parents=True)
     try:
         env.prepare(bundle)
-        _runs_inside(env, None)
+        _runs_inside(env, None, ("startup", "io"))  # syscall: as from any image
         described = _described(env, tree)
         ref = ci.rootfs_ref(tree.key, bundle.hash)
         assert described["images"]["rootfs"] == ref and "probes" not in described["images"]
@@ -428,3 +428,36 @@ def test_cri_runs_pods_from_the_trees_image(ctx, bundle, tree):
     assert not any(env.ctx.scratch.iterdir())
     assert not [p for p in find_leftovers() if env.ctx.prefix in p.name]
     assert _untouched(tree) == before
+
+
+# ---------------------------------------------------------------- a run
+
+
+@pytest.mark.requires("podman", "oci")
+def test_a_quick_run_records_the_tree_in_the_manifest(tree, tmp_path, podman_images):
+    """Through the runner: the manifest keeps each environment's description (cri's,
+    checked above, is left out here: its own containerd and import cost ~8 s more)."""
+    envs = [f"podman:rootfs={NAME}", f"oci:rootfs={NAME}"]
+    env = {**os.environ, "ISOBENCH_CACHE": str(tree.root.parent.parent),
+           "ISOBENCH_LOCK": str(tmp_path / "lock"),
+           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", *(a for e in envs for a in ("--env", e)),
+         "--workload", "startup", "--quick", "--rounds", "1", "--max-rounds", "1",
+         "--results", str(tmp_path / "r")],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (run,) = (tmp_path / "r").iterdir()
+    manifest = json.loads((run / "manifest.json").read_text())
+    for spec in envs:
+        described = manifest["environments"][spec]
+        assert described["available"], described["reason"]
+        assert described["rootfs"]["key"] == tree.key and described["rootfs"]["packages"]
+        assert described["options"]["rootfs"] == NAME
+    samples = [json.loads(ln) for ln in (run / "samples.jsonl").read_text().splitlines()]
+    assert {s["env"] for s in samples if s["status"] == "ok"} == set(envs)
+    run_id = manifest["run_id"]
+    assert not [p for p in find_leftovers() if run_id in p.name]
+    assert not [p for p in overlay_leftovers() if run_id in p]
+    assert _pgrep(run_id) == ""
