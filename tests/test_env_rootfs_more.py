@@ -377,6 +377,24 @@ def test_oci_runsc_runs_from_the_tree(ctx, bundle, tree):
     assert _mounts_of(ctx.scratch) == [] and not any(env.ctx.scratch.iterdir())
 
 
+def test_only_overlays_in_a_marked_scratch_directory_are_leftovers(tmp_path):
+    """An overlay at `rootfs` is isobench's only below a directory whose owner marker
+    says so; a look-alike (no marker, another name, another type) is never listed."""
+    from bench.scratch import MARKER
+
+    mine = tmp_path / "isobench-r1-abc" / "e1" / ROOTFS
+    mine.mkdir(parents=True)
+    (tmp_path / "isobench-r1-abc" / MARKER).write_text('{"run_id": "r1", "pid": 1}')
+    alike = tmp_path / "isobench-r2-def" / "e1" / ROOTFS
+    alike.mkdir(parents=True)
+    line = "41 1 0:50 / {} rw,relatime - {} overlay rw,lowerdir=/t,upperdir=/u,workdir=/w"
+    info = "\n".join([
+        line.format(mine, "overlay"), line.format(alike, "overlay"),
+        line.format(mine.parent / "other", "overlay"), line.format(mine, "tmpfs"),
+    ])  # fmt: skip
+    assert overlay_leftovers(info) == [str(mine)]
+
+
 @pytest.mark.requires("oci", "root")
 def test_clean_detaches_an_overlay_a_killed_run_left(tree, bundle, monkeypatch):
     """A run killed with its overlay mounted: `clean` lists the mount (named by its
