@@ -356,6 +356,14 @@ class Runner:
             return self.m.emulated_rounds
         return self.m.max_rounds
 
+    def _warmups(self, cell: Cell) -> int:
+        """Warm-up launches of the cell's environment: `emulated_warmup` for an emulated
+        guest where the matrix sets it, `warmup` otherwise."""
+        env = self.active[cell.env.label].env
+        if env is not None and env.emulated and self.m.emulated_warmup is not None:
+            return self.m.emulated_warmup
+        return self.m.warmup
+
     def _plan(self, rnd: int, cells: list[Cell]) -> list[Cell]:
         """The cells of round `rnd`: every cell up to `rounds`; after that only the
         cells with a figure still wider than its target, with the baseline's cells of
@@ -364,7 +372,7 @@ class Runner:
             per_env: dict[str, list[Cell]] = defaultdict(list)
             probes_first = sorted(cells, key=self._held)  # a density round is no warm-up
             for c in probes_first:
-                if self.active[c.env.label].ok and len(per_env[c.env.label]) < self.m.warmup:
+                if self.active[c.env.label].ok and len(per_env[c.env.label]) < self._warmups(c):
                     per_env[c.env.label].append(c)
             return [c for group in per_env.values() for c in group]
         cells = [c for c in cells if rnd <= self._round_cap(c.env.label)]

@@ -127,6 +127,15 @@ def test_a_kind_that_asks_runs_a_whole_round_in_one_instance(run):
     assert _rounds(records, "vm") == [1, 2, 3]
 
 
+def test_emulated_guests_get_their_own_warm_up_count(run):
+    _, records = run(["fake:label=host", "batch:label=vm"], rounds=2, max_rounds=2,
+                     emulated_warmup=0)  # fmt: skip
+    assert {r["env"] for r in records if r["round"] == 0} == {"host"}
+    assert _rounds(records, "vm") == [1, 2]
+    _, records = run(["fake:label=host", "batch:label=vm"], rounds=2, max_rounds=2)
+    assert {r["env"] for r in records if r["round"] == 0} == {"host", "vm"}  # as warmup
+
+
 def test_emulated_guests_stop_at_their_round_cap(run):
     m, records = run(["fake:label=host", "batch:label=vm"], rounds=6, max_rounds=6,
                      emulated_rounds=2)  # fmt: skip
@@ -224,8 +233,8 @@ def test_a_quick_density_run_gets_its_minimum_rounds_on_the_quick_budget(run, fa
 def test_a_density_warm_up_holds_one_instance_not_a_ramp(run, fake_density):
     run(["fake:label=a", "batch:label=vm"], ["density"], quick=True, **QUICK)
     warm = [c for c in fake_density if c[1] == "warm-up"]
-    assert len(warm) == 2  # one per environment, before any round
-    assert fake_density[:2] == warm
+    assert len(warm) == 1 + QUICK["emulated_warmup"]  # a's (vm: emulated), before any round
+    assert fake_density[: len(warm)] == warm
     ramps = [levels for _, levels in fake_density if levels != "warm-up"]
     assert [1, 4] in ramps and [1, 2] not in ramps  # no quick_guests list: guests fall back
     assert len(ramps) == QUICK["rounds"] + QUICK["emulated_rounds"]  # a's rounds, vm's
