@@ -259,6 +259,7 @@ def read_launch(
     v = judge(uw, out, argv)
     if v.parsed is None:  # the reason says it all (the failed benchmarks included)
         launch.status, launch.reason = "failed", v.reason  # the command's stderr: under raw/
+        launch.stderr_tail = ""  # the instance ran fine: its own stderr (a console) says nothing
         return launch
     launch.extra["op_failures"] = v.failed_ops
     for f in v.parsed.figures:
