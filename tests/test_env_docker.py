@@ -112,11 +112,11 @@ def test_options_validate(tmp_path):
 
 
 def test_container_options_are_declared_once():
-    """docker and podman share one declaration; each adds its runtime, docker the rootfs
-    it may run from (the very option host takes); a cpuset is checked as the host checks
+    """docker and podman share one declaration; each adds its runtime and the rootfs it
+    may run from (the very option host takes); a cpuset is checked as the host checks
     it."""
     assert set(DockerEnv.options) == {"runtime", "rootfs", *ct.CONTAINER_OPTIONS}
-    assert set(PodmanEnv.options) == {"runtime", *ct.CONTAINER_OPTIONS}
+    assert set(PodmanEnv.options) == {"runtime", "rootfs", *ct.CONTAINER_OPTIONS}
     for cls in (DockerEnv, PodmanEnv):
         for name, opt in ct.CONTAINER_OPTIONS.items():
             assert cls.options[name] is opt
