@@ -93,8 +93,9 @@ def test_quota_known_answer_needs_its_whole_ci_within_five_percent():
     c = v.known_answer_check("q", _lognormal(3e8 / 2.73, 0.01, 30, 3), base, 4.0, better="higher")
     assert not c.passed and "off by -31." in c.line
     # Right on average, but too noisy to show +-5%.
-    noisy = _lognormal(0.25 * 3e8, 0.2, 6, 4)
-    c = v.known_answer_check("q", noisy, _lognormal(3e8, 0.2, 6, 5), 4.0, better="higher")
+    spread = dict(enumerate(np.exp([0.3, -0.3, 0.2, -0.2, 0.1, -0.1]), start=1))
+    noisy = {r: 0.25 * 3e8 * e for r, e in spread.items()}  # per-round ratios 4 * e^-+0.1..0.3
+    c = v.known_answer_check("q", noisy, dict.fromkeys(spread, 3e8), 4.0, better="higher")
     assert not c.passed and "more rounds needed" in c.line
     assert "no data" in v.known_answer_check("q", {}, base, 4.0, better="higher").line
 
