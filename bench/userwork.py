@@ -148,9 +148,12 @@ def failed_tests(stdout: str) -> list[tuple[str, str]]:
     for line in stdout.splitlines():
         m = SUMMARY_LINE.match(line.strip())
         if m:
-            what = "failed" if m.group(1) == "FAILED" else "errored"
-            out.append((m.group(2), f"benchmark {m.group(2)} {what}" + (
-                f": {m.group(3)[:200]}" if m.group(3) else "")))  # fmt: skip
+            what = (  # ERROR: a collection or fixture error, not always one benchmark
+                f"benchmark {m.group(2)} failed"
+                if m.group(1) == "FAILED"
+                else f"{m.group(2)} errored"
+            )
+            out.append((m.group(2), what + (f": {m.group(3)[:200]}" if m.group(3) else "")))
     return out
 
 
@@ -182,8 +185,8 @@ def judge(uw: UserWorkload, out: Output, argv: list[str]) -> Verdict:
     failed = failed_tests(out.stdout)
     if out.status == PYTEST_NO_TESTS:
         return Verdict(reason=f"no benchmarks: pytest collected no tests in {uw.dir}")
-    if out.status not in (0, 1):  # interrupted, an internal or a usage error
-        why = tail or _last_line(out.stdout)
+    if out.status not in (0, 1):  # interrupted (a collection error), an internal or usage error
+        why = "; ".join(w for _, w in failed) or tail or _last_line(out.stdout)
         return Verdict(
             reason=f"pytest exited with status {out.status}" + (f": {why}" if why else "")
         )

@@ -104,6 +104,12 @@ def test_no_benchmark_and_unparsable_output_fail_the_cell_with_the_parsers_reaso
     assert judge(SUITE, usage, []).reason == (
         "pytest exited with status 4: pytest: error: unrecognized arguments: --benchmark-only"
     )
+    broken = Output(stdout="ERROR test_x.py - ModuleNotFoundError: No module named 'numpy'\n"
+                    "=== 1 error in 0.12s ===\n", status=2)  # fmt: skip
+    assert judge(SUITE, broken, []).reason == (
+        "pytest exited with status 2: test_x.py errored: "
+        "ModuleNotFoundError: No module named 'numpy'"
+    )
     garbled = Output(stdout="Segmentation fault\n", status=0)
     with pytest.raises(parsers.ParseError) as e:
         parsers.parse("sysbench", garbled.stdout, SYSBENCH.argv)
