@@ -870,7 +870,9 @@ def user_workloads(rows, manifest: dict[str, Any], envs: list[str],
         ]  # fmt: skip
         failed = [f"{f['env']}: {f['count']}× {f['status']}: {f['reason'] or 'no reason'}"
                   for f in fails if f["workload"] == w]  # fmt: skip
+        described = manifest.get("environments") or {}
         out.append({"name": w, "description": what if u else "", "envs": shown,
+                    "emulated": {e: bool(described.get(e, {}).get("emulated")) for e in shown},
                     "figures": figures, "failed": failed})  # fmt: skip
     return out
 
