@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,44 @@ def pytest_runtest_setup(item):
 def bundle():
     """The real probe bundle, compiled once per session into the normal cache."""
     return bundle_mod.build()
+
+
+MARKER_ROOTFS = "tests-marker"  # the name of marker_rootfs's tree in its cache
+MARKER_DIR = "/opt/isobench-test"  # only in that tree: copied in by the fixture
+MARKER = "isobench rootfs marker\n"
+
+
+def missing(why: str) -> None:
+    """Skip; in CI (CI=true) a missing capability is a failure (as the marks)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI=true: a missing capability fails)", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def marker_rootfs(tmp_path_factory):
+    """One minbase rootfs with a marker directory (MARKER_DIR/marker.txt), in a cache of
+    its own, built once for every test that runs a kind from a tree."""
+    from bench import rootfs
+
+    if os.geteuid() != 0:
+        missing("needs root")
+    if absent := [t for t in ("mmdebstrap", "unshare", "chroot") if not shutil.which(t)]:
+        missing(f"needs {', '.join(absent)} (apt-get install mmdebstrap)")
+    cache = tmp_path_factory.mktemp("marker-rootfs-cache")
+    src = tmp_path_factory.mktemp("marker") / "m"
+    src.mkdir()
+    (src / "marker.txt").write_text(MARKER)
+    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "ISOBENCH_LOCK": str(src.parent / "lock"),
+           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "rootfs", "build", MARKER_ROOTFS,
+         "--copy", f"{src}:{MARKER_DIR}"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=src.parent,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    yield rootfs.load(MARKER_ROOTFS, cache)
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -69,7 +69,7 @@ def test_run_help_shows_defaults_and_explains_every_option():
         line = next(x for x in text.splitlines() if x.strip().startswith(option))
         assert len(line.split()) > 2, f"{option} has no help"
     flat = " ".join(text.split())
-    assert "[default: (10; --quick: 6)]" in flat and "preparation included" in flat
+    assert "[default: (10; --quick: 8)]" in flat and "preparation included" in flat
 
 
 @pytest.mark.requires("docker")

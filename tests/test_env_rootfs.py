@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from bench import catalog
-from bench import rootfs as rf
 from bench.envs import image as img
 from bench.envs import roots
 from bench.envs.base import HOLD, Context, Invocation, OptionError
@@ -26,18 +24,10 @@ from bench.envs.host import HostEnv
 from bench.envs.namespaces import NamespacesEnv
 from bench.matrix import MatrixError, parse_env_spec
 from bench.metrics.cgroup import find_leftovers
+from tests.conftest import MARKER, MARKER_DIR, MARKER_ROOTFS
 
-NAME = "envs-test"
-MARKER_DIR = "/opt/isobench-test"  # only in the tree: copied in by the fixture
-MARKER = "isobench rootfs marker\n"
+NAME = MARKER_ROOTFS  # conftest's tree
 LOCAL = [HostEnv, NamespacesEnv]
-
-
-def missing(why: str) -> None:
-    """Skip; in CI (CI=true) a missing capability is a failure (as conftest's marks)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} (CI=true: a missing capability fails)", pytrace=False)
-    pytest.skip(why)
 
 
 def isobench(*args, cache: Path, tmp: Path, timeout=600):
@@ -48,21 +38,9 @@ def isobench(*args, cache: Path, tmp: Path, timeout=600):
 
 
 @pytest.fixture(scope="session")
-def tree(tmp_path_factory):
-    """A minbase rootfs with a marker directory, in a cache of its own."""
-    if os.geteuid() != 0:
-        missing("needs root")
-    if absent := [t for t in ("mmdebstrap", "unshare", "chroot") if not shutil.which(t)]:
-        missing(f"needs {', '.join(absent)} (apt-get install mmdebstrap)")
-    cache = tmp_path_factory.mktemp("rootfs-env-cache")
-    src = tmp_path_factory.mktemp("marker") / "m"
-    src.mkdir()
-    (src / "marker.txt").write_text(MARKER)
-    tmp = tmp_path_factory.mktemp("rootfs-env")
-    res = isobench("rootfs", "build", NAME, "--copy", f"{src}:{MARKER_DIR}", cache=cache, tmp=tmp)
-    assert res.returncode == 0, res.stderr
-    yield rf.load(NAME, cache)
-    shutil.rmtree(cache, ignore_errors=True)
+def tree(marker_rootfs):
+    """The minbase rootfs with a marker directory (conftest), in a cache of its own."""
+    return marker_rootfs
 
 
 @pytest.fixture

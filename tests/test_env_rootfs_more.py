@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from bench import catalog
-from bench import rootfs as rf
 from bench.clean import still_in_use
 from bench.envs import cri_images as ci
 from bench.envs import image as img
@@ -33,42 +32,17 @@ from bench.envs.podman import PodmanEnv, image_leftover_reason
 from bench.matrix import MatrixError, parse_env_spec
 from bench.metrics.cgroup import find_leftovers
 from bench.scratch import new_scratch
+from tests.conftest import MARKER, MARKER_DIR, MARKER_ROOTFS, missing
 
-NAME = "envs-more"
-MARKER_DIR = "/opt/isobench-test"  # only in the tree: copied in by the fixture
-MARKER = "isobench rootfs marker\n"
+NAME = MARKER_ROOTFS  # conftest's tree
 KINDS = (PodmanEnv, OciEnv, CriEnv)
 IN_MARKER = Invocation("io", "io", ("--dir", MARKER_DIR, "--op", "create_unlink"))
 
 
-def missing(why: str) -> None:
-    """Skip; in CI (CI=true) a missing capability is a failure (as conftest's marks)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} (CI=true: a missing capability fails)", pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A minbase rootfs with a marker directory, in a cache of its own."""
-    if os.geteuid() != 0:
-        missing("needs root")
-    if absent := [t for t in ("mmdebstrap", "unshare", "chroot") if not shutil.which(t)]:
-        missing(f"needs {', '.join(absent)} (apt-get install mmdebstrap)")
-    cache = tmp_path_factory.mktemp("rootfs-more-cache")
-    src = tmp_path_factory.mktemp("marker") / "m"
-    src.mkdir()
-    (src / "marker.txt").write_text(MARKER)
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "rootfs", "build", NAME, "--copy",
-         f"{src}:{MARKER_DIR}"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=src.parent,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    yield rf.load(NAME, cache)
-    shutil.rmtree(cache, ignore_errors=True)
+def tree(marker_rootfs):
+    """The minbase rootfs with a marker directory (conftest), in a cache of its own."""
+    return marker_rootfs
 
 
 @pytest.fixture

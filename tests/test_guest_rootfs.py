@@ -13,14 +13,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import psutil
 import pytest
 
-from bench import rootfs as rf
 from bench.envs import roots
 from bench.envs.base import HOLD, Context, Invocation
 from bench.envs.guest import GuestError, initramfs, kernel, qemu_cmd, rootdisk
@@ -30,10 +28,9 @@ from bench.envs.guest.kernel import sha256_file
 from bench.envs.libvirt import URI, LibvirtEnv, domain_xml
 from bench.envs.qemu import QemuEnv
 from bench.runner import Interrupted
+from tests.conftest import MARKER, MARKER_DIR, MARKER_ROOTFS, missing
 
-NAME = "guest-test"
-MARKER_DIR = "/opt/isobench-test"  # only in the tree: copied in by the fixture
-MARKER = "isobench guest rootfs marker\n"
+NAME = MARKER_ROOTFS  # conftest's tree
 # a probe of the test's bundle that is a script for the tree's own /bin/sh: it runs only
 # where / is the tree, and reports the tree's /etc/debian_version and what it sees as /
 OSCHECK = """#!/bin/sh
@@ -44,13 +41,6 @@ echo "{\\"probe\\": \\"oscheck\\", \\"op\\": \\"os\\", \\"iterations\\": 1, \\"e
 \\"metrics\\": {\\"ppid\\": $PPID}, \\"units\\": {\\"ppid\\": \\"pid\\"}, \
 \\"debian_version\\": \\"$v\\", \\"marker\\": \\"$m\\", \\"path\\": \\"$PATH\\"}"
 """
-
-
-def missing(why: str) -> None:
-    """Skip; in CI (CI=true) a missing capability is a failure (as conftest's marks)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{why} (CI=true: a missing capability fails)", pytrace=False)
-    pytest.skip(why)
 
 
 # ---------------------------------------------------------------- pure parts
@@ -219,27 +209,11 @@ def test_a_boots_overlay_is_backed_by_the_untouched_image(tmp_path, bundle):
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A minbase rootfs with a marker directory, in a cache of its own."""
-    if os.geteuid() != 0:
-        missing("needs root")
-    if absent := [t for t in ("mmdebstrap", "mke2fs", "debugfs") if not shutil.which(t)]:
-        missing(f"needs {', '.join(absent)} (apt-get install mmdebstrap e2fsprogs)")
-    cache = tmp_path_factory.mktemp("guest-rootfs-cache")
-    src = tmp_path_factory.mktemp("guest-marker") / "m"
-    src.mkdir()
-    (src / "marker.txt").write_text(MARKER)
-    tmp = tmp_path_factory.mktemp("guest-rootfs")
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "ISOBENCH_LOCK": str(tmp / "lock"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "rootfs", "build", NAME,
-         "--copy", f"{src}:{MARKER_DIR}"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    yield rf.load(NAME, cache)
-    shutil.rmtree(cache, ignore_errors=True)
+def tree(marker_rootfs):
+    """The minbase rootfs with a marker directory (conftest), in a cache of its own."""
+    if absent := [t for t in ("mke2fs", "debugfs") if not shutil.which(t)]:
+        missing(f"needs {', '.join(absent)} (apt-get install e2fsprogs)")
+    return marker_rootfs
 
 
 @pytest.fixture(scope="module")
