@@ -12,7 +12,10 @@ One round:
    others do not care), the server started as a held instance (`net --server --port P`)
    and its `ready` awaited (a guest's tap is made before it boots: its NIC must exist
    then); `inst.address(P)` makes whatever else the path needs (the namespaces kind's
-   veth) and says where to connect;
+   veth) and says where to connect; the harness then waits until that address accepts a
+   connection (`wait_for_path`, up to PATH_WAIT_S: a TCG guest's NIC has answered ARP
+   seconds after its server listened, and the first client read "No route to host"),
+   the server's one unmeasured connection;
 3. per op and per rep, one run of the client: `net --client HOST:PORT --op OP --reps 1`
    plus the catalog's other arguments. The client is a plain child process of the
    harness in its own session (process.stream: killed on timeout and Ctrl-C), not in a
@@ -58,6 +61,7 @@ PROBE = "net"
 OPS = ("tcp_rr", "tcp_crr", "tcp_stream_c2s", "tcp_stream_s2c")
 STREAMS = ("tcp_stream_c2s", "tcp_stream_s2c")
 DEFAULT_MIN_MS = 1000  # the probe's own default window
+PATH_WAIT_S = 15.0  # how long a ready server's address may take to accept a connection
 CLIENT_TIMEOUT_S = 10  # the probe's default --timeout-s
 CLIENT_SLACK_S = 5.0  # a client run's start, warm-up and usage requests, beyond its window
 
@@ -127,6 +131,24 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- the round
+
+
+def wait_for_path(host: str, port: int, limit: float = PATH_WAIT_S) -> str:
+    """Connect to host:port until it accepts (then close at once) or `limit` seconds have
+    passed: "" when the path is up, else the last error. Ctrl-C is honoured between tries."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        interrupt.check()
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return ""
+        except OSError as e:
+            why = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() >= deadline:
+            return why
+        time.sleep(0.1)
 
 
 def _cpu_ms(reader) -> float | None:
@@ -221,6 +243,11 @@ def run_round(
             launch.status, launch.reason = "failed", f"no path to the server: {e}"
             return launch
         target = f"{host}:{hport}"
+        if why := wait_for_path(host, hport):
+            launch = inst.stop()
+            launch.status = "failed"
+            launch.reason = f"no path to the server at {target} for {PATH_WAIT_S:g} s: {why}"
+            return launch
         records, errors = _measure(inst, client, target, ops, reps, rest, log)
         launch = inst.stop()
     except BaseException:

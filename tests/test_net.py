@@ -68,6 +68,28 @@ def test_served_port_and_paths():
     assert network_of({"network": "none"}, {"network": "none"}, server) == "none"
 
 
+def test_wait_for_path_returns_once_the_address_accepts_or_says_why_it_never_did():
+    """A ready server whose path is not up yet (a TCG guest's NIC answering ARP late) is
+    waited for; one that never accepts fails with the last error, after the limit."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now, nobody listening yet
+    t0 = time.monotonic()
+    why = netbench.wait_for_path("127.0.0.1", port, limit=0.5)
+    assert "refused" in why.lower() and time.monotonic() - t0 >= 0.5
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    late = threading.Timer(0.4, lambda: (srv.bind(("127.0.0.1", port)), srv.listen()))
+    late.start()
+    try:
+        t0 = time.monotonic()
+        assert netbench.wait_for_path("127.0.0.1", port, limit=5.0) == ""
+        assert 0.3 < time.monotonic() - t0 < 3.0
+    finally:
+        late.join()
+        srv.close()
+
+
 def test_veth_names_fit_the_kernel_limit_and_the_slash30_avoids_taken_networks():
     host_end, ns_end = veth_names("isobench-abcdef-e12-345")
     assert len(host_end) <= 15 and len(ns_end) <= 15
