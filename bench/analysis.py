@@ -5,6 +5,7 @@ its precision target."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -84,6 +85,15 @@ def precision_target(manifest: dict[str, Any], workload: str, op: str, metric: s
     return max(manifest.get("matrix", {}).get("precision", 0.02), w.get("precision_floor", 0.0))
 
 
+def test_name(t: stats.RatioTest) -> str:
+    """How a ratio was tested, in words: "paired trimmed t, n=8" (Yuen's; Student's
+    below 5 rounds, where nothing is trimmed), "welch trimmed t, n=6"; "" untested."""
+    if not t.method:
+        return ""
+    trimmed = " trimmed" if math.floor(stats.TRIM * t.n) else ""
+    return f"{t.method}{trimmed} t, n={t.n}"
+
+
 def compare_rounds(
     values: dict[int, float], base: dict[int, float], confidence: float = 0.95
 ) -> stats.RatioTest:
@@ -150,6 +160,9 @@ def summarize_run(
         if base is not None and args[key] != args[base_key]:
             base = None  # other probe arguments (an emulated guest's sizes): no ratio
             row["note"] = "no ratio: the baseline ran this probe with other arguments"
+        if base and _signed(manifest, workload, metric):
+            base = None  # a difference around 0: a ratio of two of them means nothing
+            row["note"] = "no ratio: a signed figure (a difference that can be 0 or below)"
         if env != baseline and base:
             t = compare_rounds(by_rnd, base)
             row.update(
@@ -157,7 +170,7 @@ def summarize_run(
                 ratio_ci_low=json_safe(t.low),
                 ratio_ci_high=json_safe(t.high),
             )
-            row.update(p_value=json_safe(t.p_value), test=t.method and f"{t.method} t, n={t.n}")
+            row.update(p_value=json_safe(t.p_value), test=test_name(t))
         row["flags"] = checks.figure_flags(row, values, layout=layout, notes=notes[key])
         if row["flags"]:  # an implausible figure or a failed control is no finding
             row.update(ratio=None, ratio_ci_low=None, ratio_ci_high=None, p_value=None)
@@ -172,6 +185,12 @@ def summarize_run(
             and stats.significant(p, r["ratio_ci_low"], r["ratio_ci_high"])
         )
     return rows
+
+
+def _signed(manifest: dict[str, Any], workload: str, metric: str) -> bool:
+    """A figure the run's catalog declares signed (it can be 0 or below)."""
+    metrics = manifest.get("catalog", {}).get(workload, {}).get("metrics", {})
+    return bool(metrics.get(metric, {}).get("signed"))
 
 
 def _better(manifest: dict[str, Any], workload: str, metric: str) -> str:

@@ -35,6 +35,9 @@ class Metric:
     unit: str
     better: str  # "lower" | "higher"
     description: str = ""
+    # a difference that can be 0 or below by construction (density's MemAvailable drop,
+    # idle CPU over a baseline): shown with its median and CI, never as a ratio
+    signed: bool = False
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,9 @@ def test_pairs_by_round_cancel_a_drift_the_unpaired_view_cannot():
     df = pd.DataFrame(samples("host", drift) + samples("vm", [d * 1.05 for d in drift]))
     vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
     assert (
-        vm["ratio"] == pytest.approx(1.05) and vm["significant"] and vm["test"] == "paired t, n=6"
+        vm["ratio"] == pytest.approx(1.05)
+        and vm["significant"]
+        and vm["test"] == "paired trimmed t, n=6"
     )
 
 
@@ -123,6 +125,22 @@ def test_a_density_figure_is_not_taken_for_a_counter_or_a_page_cache_read():
                                 metric="mem_system_mib", note=note))  # fmt: skip
     rows = analysis.summarize_run(df, MANIFEST)
     assert not any(r["flags"] for r in rows)
+
+
+def test_a_signed_figure_gets_no_ratio():
+    """A figure declared signed (a difference that straddles 0) is shown with its median
+    and CI; a ratio of two such differences (here -0.2 vs 9) would be no finding."""
+    manifest = {**MANIFEST, "catalog": {"density": {"metrics": {
+        "mem_system_mib": {"unit": "MiB", "better": "lower", "signed": True}}}}}  # fmt: skip
+    df = pd.DataFrame(samples("host", [-0.5, 0.2, -0.1], workload="density", op="n04",
+                              metric="mem_system_mib")
+                      + samples("vm", [9.0, 9.5, 9.2], workload="density", op="n04",
+                                metric="mem_system_mib"))  # fmt: skip
+    vm = next(r for r in analysis.summarize_run(df, manifest) if r["env"] == "vm")
+    assert vm["ratio"] is None and vm["p_value"] is None and not vm["significant"]
+    assert "signed figure" in vm["note"] and vm["median"] == 9.2
+    plain = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
+    assert plain["ratio"] is not None  # the same rows, undeclared: a ratio (old runs)
 
 
 def test_noisy_ops_have_no_precision_target():
