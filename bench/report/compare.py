@@ -1,5 +1,6 @@
 """Compare two runs figure by figure: medians A and B over rounds, the change with its CI
-from Welch's t on the logs of the per-round figures (two runs' rounds do not pair),
+from Yuen's two-sample trimmed t on the logs of the per-round figures (two runs' rounds
+do not pair; Welch's degrees of freedom),
 Benjamini–Hochberg across the figures, and a regression/improvement verdict that knows
 whether lower or higher is better."""
 
