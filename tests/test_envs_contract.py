@@ -153,12 +153,17 @@ def test_holds_instances_stops_half_and_ctrl_c_removes_the_rest(kind, env_of):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_runs_one_to_completion(kind, env_of):
+    """A probe runs to completion; a failing one fails its own launch (a kind that runs a
+    round in one instance, a guest: both in one boot, as a round would)."""
     env = env_of(kind)
-    launch = env.launch(Invocation("startup", "startup"), READY_S)
+    good, bad = Invocation("startup", "startup"), Invocation("startup", "startup", ("--bad",))
+    if REGISTRY[kind].one_instance_per_round:
+        launch, failed = env.launch_round([good, bad], READY_S)
+    else:
+        launch, failed = env.launch(good, READY_S), env.launch(bad, READY_S)
     assert launch.status == "ok", launch.reason
     assert launch.exit_code == 0
     assert 0 < launch.phases["ready"] <= launch.phases.get("exit", launch.phases.get("round_exit"))
-    failed = env.launch(Invocation("startup", "startup", ("--no-such-flag",)), READY_S)
     assert failed.status == "failed" and failed.exit_code not in (0, None), failed
     env.cleanup()
     assert _ours(env.ctx.prefix) == []
