@@ -10,8 +10,9 @@ One round, `run_server_round`:
    started as a held instance of the bundle's userrun probe (`userrun --server --port P
    --cd DIR -- SERVER...`: every kind gives such an invocation a network path, see
    bench/envs/containers.py served_port) and its `ready` awaited (userrun says it once a
-   TCP connect to 127.0.0.1:P inside the instance succeeds); `inst.address(P)` says where
-   the host reaches it;
+   TCP connect to 127.0.0.1:P inside the instance succeeds; a server that exits first is
+   a failed round with the last line of its log); `inst.address(P)` says where the host
+   reaches it;
 3. the client: "{host}" and "{port}" in `argv` replaced by that address, run to
    completion by userrun in `client_env`, a host environment on the same rootfs (chroot
    through an overlay, the host's network namespace): the very redis-benchmark of the
@@ -58,19 +59,15 @@ def client_args(uw: UserWorkload, quick: bool, host: str, port: int) -> tuple[st
     return ("--cd", uw.dir or "/", "--", *substitute(uw.command(quick), port, host))
 
 
-def server_failure(launch: Launch, port: int, what: str) -> str:
-    """Why a server was never ready: how it ended (userrun's exit line and the last line
-    of its log) when it exited, else the instance's own reason."""
-    out = userwork.reassemble(launch.records)
-    if out.status is None:
-        return f"the server was not ready: {launch.reason or 'no `ready`'}"
-    tail = userwork._last_line(out.stderr)
-    if out.status == 127 and tail.startswith("userrun:"):
-        return f"the server could not run: {tail.removeprefix('userrun: ')}"
-    return (
-        f"the server exited before it listened on port {port}: {what} exited with status "
-        f"{out.status}" + (f": {tail}" if tail else "")
-    )
+def server_failure(launch: Launch) -> str:
+    """Why a server was never ready: how it ended, as userrun says on its stderr when the
+    server exited before it listened (the kind keeps that stderr's tail), else the
+    instance's own reason (a timeout, a start that failed)."""
+    lines = [ln.strip() for ln in launch.stderr_tail.splitlines()]
+    said = [ln for ln in lines if ln.startswith("userrun: ") and "before it listened" in ln]
+    if said:
+        return "the server never listened: " + said[-1].removeprefix("userrun: ")[:400]
+    return f"the server was not ready: {launch.reason or 'no `ready`'}"
 
 
 # ---------------------------------------------------------------- the round
@@ -97,8 +94,7 @@ def run_server_round(
     try:
         if not inst.wait_ready():
             launch = inst.stop()
-            reason = server_failure(launch, port, uw.server[0])
-            return Launch(status="failed", reason=reason, phases=launch.phases)
+            return Launch(status="failed", reason=server_failure(launch))
         try:
             host, hport = inst.address(port)
         except StartError as e:

@@ -16,7 +16,10 @@
  *            server. On SIGTERM or SIGINT, ARGV gets SIGTERM (SIGKILL after STOP_GRACE_S
  *            s), then its stderr tail and exit line are printed and userrun exits 0. If
  *            ARGV exits before it listens, its stderr tail and exit line are printed
- *            without `ready`. ARGV's stdout and stderr both go to the stderr tail (a
+ *            without `ready`, and on userrun's own stderr that tail and a last line
+ *            "userrun: ARGV0 exited with status S before it listened on port P: <the
+ *            log's last line>" (the reason a harness that saw no `ready` gives), and
+ *            userrun exits 1. ARGV's stdout and stderr both go to the stderr tail (a
  *            server's log: only its last STDERR_KEEP bytes are kept). userrun knows
  *            nothing of templates: the harness puts the port in ARGV itself.
  *
@@ -352,7 +355,19 @@ static int run_server(char **cmd, const char *cd, int port)
         drain(pe[0], NULL, 1, &log_open);
     emit_chunks("stderr", err_tail, err_len);
     print_exit(t_exit - t0, status, 0, 0, 0);
-    return 0;
+    if (ready)
+        return 0;
+    /* never listened: the harness saw no `ready`, so say why on stderr (its reason) */
+    size_t end = err_len, start;
+    while (end && (err_tail[end - 1] == '\n' || err_tail[end - 1] == ' '))
+        end--;
+    for (start = end; start && err_tail[start - 1] != '\n'; start--)
+        ;
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    fwrite(err_tail, 1, err_len, stderr);
+    fprintf(stderr, "\nuserrun: %s exited with status %d before it listened on port %d%s%.*s\n",
+            cmd[0], code, port, end > start ? ": " : "", (int)(end - start), err_tail + start);
+    return 1;
 }
 
 int main(int argc, char **argv)
