@@ -579,7 +579,10 @@ class Runner:
                                           self.m.memory_reserve, self.log)]  # fmt: skip
         elif self._held(group[0]) and group[0].workload in self.user:  # a user server held
             launch = self._server_round(act, group[0].workload)
-            bases[0]["args"] = " ".join(launch.extra.get("userrun_args") or ())
+            inv = self.workloads[group[0].workload].invocation(quick=self.m.quick,
+                                                               emulated=emulated)  # fmt: skip
+            bases[0]["args"] = " ".join(inv.args)  # the client's, {host} and {port} unfilled:
+            # the same in every environment, so ratios pair them (the filled ones: raw/)
             if launch.extra.get("net_path"):
                 self.manifest["environments"][act.spec.label]["net_path"] = launch.extra["net_path"]
             launches = [launch]
