@@ -32,6 +32,10 @@ Your own workloads run from a rootfs (`isobench rootfs build`; bench/userwork.py
     kind = "pytest-benchmark"  # or "command", with argv = [...] and parser = "sysbench"
     dir = "/opt/bench"
 
+A command may hold a server in the environment, `argv` then being its client on the host
+(bench/userserver.py): server = ["redis-server", "--port", "{port}"], argv =
+["redis-benchmark", "-h", "{host}", "-p", "{port}", "--csv"].
+
 or from `--env KIND:key=value,...` flags. Every problem is a MatrixError whose message
 names the file and key and suggests the closest known name.
 """
@@ -286,13 +290,13 @@ TOP_KEYS = {*SCALARS, "workloads", "env", "rootfs", "user_workload"}
 # [[user_workload]] keys per kind (bench/userwork.py)
 USER_KEYS = {
     "pytest-benchmark": {"name", "kind", "dir", "args", "quick_args"},
-    "command": {"name", "kind", "argv", "quick_argv", "parser", "dir"},
+    "command": {"name", "kind", "argv", "quick_argv", "parser", "dir", "server"},
 }
-NOT_BUILT = {  # keys of the design (issue 16) that this version cannot run yet
-    "server": "a server command held in the environment with its client on the host "
-    "(redis-server + redis-benchmark) is not built yet: only commands that run to "
-    "completion inside the environment are",
-    "port": "see 'server': held server commands are not built yet",
+NOT_KEYS = {  # keys a user may expect, and what to do instead
+    "port": 'not a key: isobench picks a free port for the server; write "{port}" in '
+    "'server' where it listens and in 'argv' where the client connects",
+    "address": 'not a key: write "{host}" and "{port}" in \'argv\' where the client '
+    "connects (isobench puts in the address the environment's network path gives)",
 }
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -322,8 +326,8 @@ def user_workload(table: dict[str, Any], here: str) -> UserWorkload:
         )
     here = f"{here} ({name})"
     for key in table:
-        if key in NOT_BUILT:
-            raise MatrixError(f"{here}: '{key}': {NOT_BUILT[key]}")
+        if key in NOT_KEYS and kind == "command":
+            raise MatrixError(f"{here}: '{key}' is {NOT_KEYS[key]}")
         if key not in USER_KEYS[kind]:
             raise MatrixError(
                 f"{here}: a {kind} workload has no key '{key}'{_suggest(key, USER_KEYS[kind])}"
@@ -354,7 +358,35 @@ def user_workload(table: dict[str, Any], here: str) -> UserWorkload:
             f"known: {', '.join(known)}"
         )
     quick_argv = None if quick is None else _strings(quick, here, "quick_argv", empty=False)
-    return UserWorkload(name, kind, parser, directory, argv=argv, quick_argv=quick_argv)
+    server = _server(table, here, argv, quick_argv)
+    return UserWorkload(
+        name, kind, parser, directory, argv=argv, quick_argv=quick_argv, server=server
+    )
+
+
+def _server(
+    table: dict[str, Any], here: str, argv: tuple[str, ...], quick_argv: tuple[str, ...] | None
+) -> tuple[str, ...]:
+    """A command's `server` (none: ()), checked with its client: the server says where it
+    listens ({port}), the client where it connects ({host} and {port})."""
+    if "server" not in table:
+        return ()
+    server = _strings(table["server"], here, "server", empty=False)
+    if not any("{port}" in a for a in server):
+        raise MatrixError(
+            f"{here}: 'server' must listen on the port isobench picks: put \"{{port}}\" in "
+            'it (e.g. "--port", "{port}")'
+        )
+    for key, client in (("argv", argv), ("quick_argv", quick_argv)):
+        if client is None:
+            continue
+        absent = [m for m in ("{host}", "{port}") if not any(m in a for a in client)]
+        if absent:
+            raise MatrixError(
+                f"{here}: '{key}' is the server's client: it must connect to "
+                f'"{{host}}" and "{{port}}" (missing {" and ".join(absent)})'
+            )
+    return server
 
 
 def load_toml(path: Path) -> tuple[list[EnvSpec], list[str], dict[str, Any]]:

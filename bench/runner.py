@@ -16,7 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from bench import analysis, density, footprint, interrupt, netbench, provenance, stats, userwork
+from bench import (
+    analysis,
+    density,
+    footprint,
+    interrupt,
+    netbench,
+    provenance,
+    stats,
+    userserver,
+    userwork,
+)
 from bench.busy import busy_cpus
 from bench.catalog import Workload
 from bench.envs import REGISTRY
@@ -178,6 +188,9 @@ class Runner:
         self.active: dict[str, Active] = {}
         self.write_error: str | None = None
         self.user = {u.name: u for u in matrix.user_workloads}  # run by userrun, parsed here
+        self.ctx: Context | None = None
+        # the hosts that run user servers' clients, per rootfs name: made on first use
+        self.clients: dict[str, Active] = {}
 
     def _save(self, writer: SampleWriter | None = None, new=()) -> None:
         """Append samples (or just the manifest); a full disk is reported once, and
@@ -202,6 +215,7 @@ class Runner:
         after cleaning up and marking the manifest."""
         scratch = new_scratch(self.run_id)
         ctx = Context(self.run_id, scratch, self.bundle.root.parent.parent, self.m.quick)
+        self.ctx = ctx
         writer = SampleWriter(self.run_dir)
         self._start_clock()
         old = interrupt.install()
@@ -276,8 +290,48 @@ class Runner:
         self.log(f"disk footprint of {env.kind} …")
         return footprint.disk_footprint(env, self.bundle, io=io, timeout=self.m.timeout)
 
+    def _client(self, rootfs: str) -> Active:
+        """The host environment that runs user servers' clients from `rootfs` (the
+        environment's own tree: the same client bytes against every server), made and
+        prepared on first use with a context of its own, removed with the environments."""
+        if rootfs in self.clients:
+            return self.clients[rootfs]
+        assert self.ctx is not None
+        spec = EnvSpec("host", {"rootfs": rootfs, "sampler": "off"}, f"client:{rootfs}")
+        cls = REGISTRY["host"]
+        av = cls.probe(spec.options)
+        act = Active(spec, None, av.ok, av.reason)
+        if av.ok:
+            ctx = self.ctx.for_env(len(self.m.envs) + 1 + len(self.clients))
+            ctx.scratch.mkdir(parents=True, exist_ok=True)
+            env = cls(dict(spec.options), ctx)
+            self.clients[rootfs] = act  # cleaned up with the others, whatever comes next
+            try:
+                self.log(f"preparing the client host on rootfs {rootfs} …")
+                env.prepare(self.bundle)
+                act.env = env
+            except Interrupted:
+                env.cleanup()
+                raise
+            except Exception as e:
+                env.cleanup()
+                act.ok, act.reason = False, f"prepare failed: {type(e).__name__}: {e}"
+        self.clients[rootfs] = act
+        return act
+
+    def _server_round(self, act: Active, workload: str) -> Launch:
+        """One round of a user server workload in `act`'s environment, its client on the
+        host from the same rootfs."""
+        assert act.env is not None
+        client = self._client(str(act.spec.options["rootfs"]))
+        if not client.ok or client.env is None:
+            return Launch(status="failed", reason=f"no client host: {client.reason}")
+        return userserver.run_server_round(
+            act.env, client.env, self.user[workload], self.m.quick, self.m.timeout, self.log
+        )
+
     def _stop_envs(self) -> None:
-        for act in self.active.values():
+        for act in [*self.active.values(), *self.clients.values()]:
             if act.env:
                 try:
                     act.env.cleanup()
@@ -492,7 +546,10 @@ class Runner:
     def _held(self, cell: Cell) -> bool:
         """A cell measured on held instances (density, the net server), not by launching
         a probe to completion."""
-        return self.workloads[cell.workload].family in ("density", "net")
+        user = self.user.get(cell.workload)
+        return self.workloads[cell.workload].family in ("density", "net") or bool(
+            user and user.server
+        )
 
     def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
         """Launch the cells of one environment (one instance for the whole group when the
@@ -520,6 +577,15 @@ class Runner:
             bases[0]["args"] = "levels=" + ",".join(map(str, levels))
             launches = [density.run_round(act.env, levels, self.m.timeout,
                                           self.m.memory_reserve, self.log)]  # fmt: skip
+        elif self._held(group[0]) and group[0].workload in self.user:  # a user server held
+            launch = self._server_round(act, group[0].workload)
+            inv = self.workloads[group[0].workload].invocation(quick=self.m.quick,
+                                                               emulated=emulated)  # fmt: skip
+            bases[0]["args"] = " ".join(inv.args)  # the client's, {host} and {port} unfilled:
+            # the same in every environment, so ratios pair them (the filled ones: raw/)
+            if launch.extra.get("net_path"):
+                self.manifest["environments"][act.spec.label]["net_path"] = launch.extra["net_path"]
+            launches = [launch]
         elif self._held(group[0]):  # the net server held, the client on the host
             inv = self.workloads[group[0].workload].invocation(quick=self.m.quick,
                                                                emulated=emulated)  # fmt: skip
@@ -558,5 +624,8 @@ class Runner:
         }  # fmt: skip
         at = userwork.raw_path(self.run_dir, cell.workload, cell.env.label, base["round"],
                                base["launch"])  # fmt: skip
-        args = self.workloads[cell.workload].invocation(quick=self.m.quick, emulated=False).args
+        args = (
+            launch.extra.pop("userrun_args", None)
+            or self.workloads[cell.workload].invocation(quick=self.m.quick, emulated=False).args
+        )  # a server's client: the argv it ran with, its address in
         return userwork.read_launch(launch, self.user[cell.workload], args, at, env)

@@ -12,6 +12,10 @@ A pytest-benchmark suite: `python3 -m pytest --benchmark-only --benchmark-json={
 in its directory; every benchmark is an op named by its pytest name, with one figure per
 pytest-benchmark round (stats.data). The kept JSON gets the environment in its
 machine_info (and each benchmark's extra_info), so pytest-benchmark's own tools read it.
+
+A command with a `server` (redis-server...): the server is held in the environment and
+`argv` is its client, run on the host from the same rootfs (bench/userserver.py); the
+client's output is read here as any command's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class UserWorkload:
     quick_args: tuple[str, ...] | None = None  # ... for --quick runs (default: args)
     argv: tuple[str, ...] = ()  # command: what runs
     quick_argv: tuple[str, ...] | None = None  # ... for --quick runs (default: argv)
+    # command: a server held in the environment ("{port}": the port it must listen on);
+    # argv is then its client, run on the host ("{host}", "{port}": where to connect)
+    server: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UserWorkload:
@@ -81,6 +88,11 @@ class UserWorkload:
             if self.kind == "pytest-benchmark"
             else f"command {' '.join(self.argv)[:120]} (parser {self.parser})"
         )
+        if self.server:
+            what = (
+                f"server {' '.join(self.server)[:120]} held in the environment, its client "
+                f"on the host from the same rootfs: {what}"
+            )
         return Workload(
             name=self.name,
             probe=PROBE,

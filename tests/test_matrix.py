@@ -106,6 +106,8 @@ def test_the_quick_budget_is_told_apart_from_a_given_one():
 
 SUITE = '[[user_workload]]\nname = "suite"\nkind = "pytest-benchmark"\ndir = "/opt/bench"\n'
 CMD = '[[user_workload]]\nname = "s"\nkind = "command"\n'
+REDIS = '[[user_workload]]\nname = "r"\nkind = "command"\nparser = "redis-benchmark"\n'
+SERVER = 'server = ["redis-server", "--port", "{port}"]\n'
 
 
 @pytest.mark.parametrize(
@@ -131,9 +133,23 @@ CMD = '[[user_workload]]\nname = "s"\nkind = "command"\n'
         ('[[user_workload]]\nkind = "command"', "user_workload[0]: missing key 'name'"),
         ('[[user_workload]]\nname = "a b"\nkind = "command"', "name must be letters, digits"),
         (SUITE + SUITE, "user workload name 'suite' is used twice"),
-        ('[[user_workload]]\nname = "r"\nkind = "command"\nparser = "redis-benchmark"\n'
-         'argv = ["redis-benchmark"]\nserver = ["redis-server"]',
-         "(r): 'server': a server command held in the environment with its client on the host"),
+        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+         'server = ["redis-server"]',
+         "(r): 'server' must listen on the port isobench picks: put \"{port}\" in it"),
+        (REDIS + 'argv = ["redis-benchmark", "-p", "{port}"]\n' + SERVER,
+         "(r): 'argv' is the server's client: it must connect to \"{host}\" and \"{port}\" "
+         "(missing {host})"),
+        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+         'quick_argv = ["redis-benchmark"]\n' + SERVER,
+         "(r): 'quick_argv' is the server's client: it must connect to \"{host}\" and "
+         "\"{port}\" (missing {host} and {port})"),
+        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\nserver = []',
+         "(r): 'server' must not be empty"),
+        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+         'server = "redis-server --port {port}"', "(r): 'server' must be a list of strings"),
+        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n' + SERVER
+         + "port = 6379", "(r): 'port' is not a key: isobench picks a free port for the server"),
+        (SUITE + SERVER, "(suite): a pytest-benchmark workload has no key 'server'"),
         ("rootfs = 3", "key 'rootfs' must be the name of a rootfs"),
         ("user_workload = 3", "'user_workload' must be [[user_workload]] tables"),
     ],
@@ -197,6 +213,20 @@ def test_a_user_workload_needs_a_rootfs_every_environment_can_run_from(
         m.check(catalog.load(), "m.toml")
     assert str(e.value).startswith("m.toml: ") and message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_server_command_goes_through_the_manifest(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text(REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}", "--csv"]\n'
+                 + SERVER + '[[env]]\nkind = "host"\n')  # fmt: skip
+    envs, workloads, settings = load_toml(f)
+    m = Matrix(envs=envs, workloads=workloads, **settings)
+    (redis,) = m.user_workloads
+    assert redis.server == ("redis-server", "--port", "{port}")
+    assert Matrix.from_dict(m.to_dict()) == m
+    assert "server redis-server --port {port} held in the environment" in (
+        redis.workload().description
+    )
 
 
 def test_a_user_workload_may_not_take_a_catalog_name():

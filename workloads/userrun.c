@@ -4,11 +4,24 @@
  * command takes the same path as every probe: `ready`, then JSON lines on stdout.
  *
  *     userrun [--cd DIR] [--out] -- ARGV...
+ *     userrun --server --port P [--cd DIR] -- ARGV...
  *
  * --cd DIR   run ARGV in DIR (default /): the same working directory everywhere
  * --out      make a private directory under /tmp and replace "{out}" in every element
  *            of ARGV with the path of a file in it (pytest's --benchmark-json={out});
  *            that file's content is handed back too, then the directory is removed
+ * --server   ARGV is a server that listens on TCP port P (--port): a held instance.
+ *            `ready` is printed only once a TCP connect to 127.0.0.1:P succeeds (tried
+ *            every POLL_MS ms), so the harness's client starts against a listening
+ *            server. On SIGTERM or SIGINT, ARGV gets SIGTERM (SIGKILL after STOP_GRACE_S
+ *            s), then its stderr tail and exit line are printed and userrun exits 0. If
+ *            ARGV exits before it listens, its stderr tail and exit line are printed
+ *            without `ready`, and on userrun's own stderr that tail and a last line
+ *            "userrun: ARGV0 exited with status S before it listened on port P: <the
+ *            log's last line>" (the reason a harness that saw no `ready` gives), and
+ *            userrun exits 1. ARGV's stdout and stderr both go to the stderr tail (a
+ *            server's log: only its last STDERR_KEEP bytes are kept). userrun knows
+ *            nothing of templates: the harness puts the port in ARGV itself.
  *
  * ARGV runs with a fixed environment (PATH, HOME=/root, LANG=C.UTF-8,
  * PYTHONDONTWRITEBYTECODE=1, TMPDIR=/tmp): nothing of the harness's own environment, so
@@ -34,8 +47,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -44,14 +59,19 @@
 #define MAX_CAPTURE (64u << 20)        /* stdout and the file: the first 64 MiB */
 #define STDERR_KEEP 4096               /* stderr: the last 4 KiB */
 #define OUT_MARK "{out}"
+#define POLL_MS 20                     /* --server: how often the port is tried */
+#define STOP_GRACE_S 5                 /* --server: SIGTERM, then SIGKILL after this */
 
 static const char USAGE[] =
     "usage: userrun [--cd DIR] [--out] -- ARGV...\n"
+    "       userrun --server --port P [--cd DIR] -- ARGV...\n"
     "Prints `ready`, runs ARGV (stdin /dev/null, a fixed environment) with its output\n"
     "captured, then prints that output as base64 chunk lines and how ARGV ended.\n"
     "  --cd DIR  run ARGV in DIR (default /)\n"
     "  --out     replace {out} in ARGV with a file in a private directory under /tmp\n"
-    "            and hand that file's content back too\n";
+    "            and hand that file's content back too\n"
+    "  --server  ARGV is a server on TCP port P: `ready` once 127.0.0.1:P accepts a\n"
+    "            connection; SIGTERM stops it (then its stderr tail and exit line)\n";
 
 typedef struct {
     char *data;
@@ -215,9 +235,148 @@ static void drain(int fd, buf_t *out, int is_err, int *open_fd)
     }
 }
 
+/* The exit line: how ARGV ended (status: waitpid's), what was cut. */
+static void print_exit(uint64_t elapsed_ns, int status, int has_file, int out_cut, int file_cut)
+{
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    printf("{\"probe\":\"userrun\",\"op\":\"exit\",\"iterations\":1,\"elapsed_ns\":%" PRIu64
+           ",\"metrics\":{\"exit_status\":%d},\"units\":{\"exit_status\":\"status\"},"
+           "\"checksum\":0,\"signal\":%d,\"file\":%s,\"truncated\":[",
+           elapsed_ns, code, sig, has_file ? "true" : "false");
+    const char *sep = "";
+    if (out_cut) {
+        printf("\"stdout\"");
+        sep = ",";
+    }
+    if (file_cut) {
+        printf("%s\"file\"", sep);
+        sep = ",";
+    }
+    if (err_cut)
+        printf("%s\"stderr\"", sep);
+    fputs("]}\n", stdout);
+    fflush(stdout);
+}
+
+/* --server: the child that runs ARGV (stdout and stderr into one pipe: its log). */
+static void exec_server(char **cmd, const char *cd, int log_fd)
+{
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0)
+        dup2(null, 0);
+    dup2(log_fd, 1);
+    dup2(log_fd, 2);
+    if (chdir(cd) != 0) {
+        fprintf(stderr, "userrun: cannot change to %s: %s\n", cd, strerror(errno));
+        _exit(127);
+    }
+    setenv("PATH", FIXED_ENV[0] + 5, 1);
+    execvpe(cmd[0], cmd, FIXED_ENV);
+    fprintf(stderr, "userrun: cannot run %s: %s\n", cmd[0], strerror(errno));
+    _exit(127);
+}
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+/* True when something accepts a TCP connection on 127.0.0.1:port now. */
+static int port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* --server: start ARGV, `ready` once it listens on port, forward SIGTERM/SIGINT to it
+ * (SIGKILL after STOP_GRACE_S s), then its log's tail and the exit line. */
+static int run_server(char **cmd, const char *cd, int port)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop; /* no SA_RESTART: poll returns at once */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    int pe[2];
+    if (pipe2(pe, O_CLOEXEC)) {
+        probe_error("userrun", "run", "pipe: %s", strerror(errno));
+        return 1;
+    }
+    uint64_t t0 = probe_now_ns(), t_stop = 0;
+    pid_t pid = fork();
+    if (pid < 0) {
+        probe_error("userrun", "run", "fork: %s", strerror(errno));
+        return 1;
+    }
+    if (pid == 0)
+        exec_server(cmd, cd, pe[1]);
+    close(pe[1]);
+    fcntl(pe[0], F_SETFL, O_NONBLOCK);
+    int log_open = 1, status = 0, ready = 0, termed = 0, killed = 0;
+    for (;;) {
+        if (stop_requested && !termed) {
+            kill(pid, SIGTERM);
+            termed = 1;
+            t_stop = probe_now_ns();
+        }
+        if (termed && !killed && probe_now_ns() - t_stop > STOP_GRACE_S * 1000000000ull) {
+            kill(pid, SIGKILL);
+            killed = 1;
+        }
+        if (log_open) {
+            struct pollfd fd = {pe[0], POLLIN, 0};
+            poll(&fd, 1, POLL_MS);
+            drain(pe[0], NULL, 1, &log_open);
+        } else {
+            usleep(POLL_MS * 1000);
+        }
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            break;
+        if (!ready && !stop_requested && port_open(port)) {
+            probe_ready();
+            ready = 1;
+        }
+    }
+    uint64_t t_exit = probe_now_ns();
+    if (log_open)
+        drain(pe[0], NULL, 1, &log_open);
+    emit_chunks("stderr", err_tail, err_len);
+    print_exit(t_exit - t0, status, 0, 0, 0);
+    if (ready)
+        return 0;
+    /* never listened: the harness saw no `ready`, so say why on stderr (its reason) */
+    size_t end = err_len, start;
+    while (end && (err_tail[end - 1] == '\n' || err_tail[end - 1] == ' '))
+        end--;
+    for (start = end; start && err_tail[start - 1] != '\n'; start--)
+        ;
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    fwrite(err_tail, 1, err_len, stderr);
+    fprintf(stderr, "\nuserrun: %s exited with status %d before it listened on port %d%s%.*s\n",
+            cmd[0], code, port, end > start ? ": " : "", (int)(end - start), err_tail + start);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
-    probe_ready();
+    int server = 0, port = 0;
+    for (int k = 1; k < argc && strcmp(argv[k], "--") != 0; k++)
+        server |= strcmp(argv[k], "--server") == 0;
+    if (!server)
+        probe_ready(); /* a server's `ready` waits until it listens */
     const char *cd = "/";
     int want_out = 0, i = 1;
     for (; i < argc; i++) {
@@ -228,6 +387,16 @@ int main(int argc, char **argv)
             cd = argv[++i];
         } else if (strcmp(argv[i], "--out") == 0) {
             want_out = 1;
+        } else if (strcmp(argv[i], "--server") == 0) {
+            server = 1;
+        } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
+            char *end;
+            long p = strtol(argv[++i], &end, 10);
+            if (*end || p < 1 || p > 65535) {
+                fprintf(stderr, "userrun: --port must be 1-65535: %s\n", argv[i]);
+                return 2;
+            }
+            port = (int)p;
         } else if (strcmp(argv[i], "--help") == 0) {
             fputs(USAGE, stdout);
             return 0;
@@ -242,6 +411,12 @@ int main(int argc, char **argv)
     }
     char **cmd = argv + i;
     int ncmd = argc - i;
+    if (server && (!port || want_out)) {
+        fprintf(stderr, "userrun: --server needs --port P (and takes no --out)\n%s", USAGE);
+        return 2;
+    }
+    if (server)
+        return run_server(cmd, cd, port);
     char dir[] = "/tmp/isobench-userrun-XXXXXX", outpath[64] = "";
     if (want_out) {
         mkdir("/tmp", 01777); /* a tree without /tmp still gets one */
@@ -321,27 +496,9 @@ int main(int argc, char **argv)
         read_file(outpath, &file);
         remove_dir(dir);
     }
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     emit_chunks("stdout", out.data, out.len);
     emit_chunks("file", file.data, file.len);
     emit_chunks("stderr", err_tail, err_len);
-    printf("{\"probe\":\"userrun\",\"op\":\"exit\",\"iterations\":1,\"elapsed_ns\":%" PRIu64
-           ",\"metrics\":{\"exit_status\":%d},\"units\":{\"exit_status\":\"status\"},"
-           "\"checksum\":0,\"signal\":%d,\"file\":%s,\"truncated\":[",
-           t_exit - t0, code, sig, want_out && file.len ? "true" : "false");
-    const char *sep = "";
-    if (out.truncated) {
-        printf("\"stdout\"");
-        sep = ",";
-    }
-    if (file.truncated) {
-        printf("%s\"file\"", sep);
-        sep = ",";
-    }
-    if (err_cut)
-        printf("%s\"stderr\"", sep);
-    fputs("]}\n", stdout);
-    fflush(stdout);
+    print_exit(t_exit - t0, status, want_out && file.len, out.truncated, file.truncated);
     return 0;
 }
