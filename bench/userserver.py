@@ -12,7 +12,8 @@ One round, `run_server_round`:
    bench/envs/containers.py served_port) and its `ready` awaited (userrun says it once a
    TCP connect to 127.0.0.1:P inside the instance succeeds; a server that exits first is
    a failed round with the last line of its log); `inst.address(P)` says where the host
-   reaches it;
+   reaches it, and the round waits until that address accepts a connection
+   (netbench.wait_for_path);
 3. the client: "{host}" and "{port}" in `argv` replaced by that address, run to
    completion by userrun in `client_env`, a host environment on the same rootfs (chroot
    through an overlay, the host's network namespace): the very redis-benchmark of the
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 from bench import interrupt, userwork
 from bench.envs.base import Environment, Invocation, Launch, StartError
-from bench.netbench import free_port
+from bench.netbench import PATH_WAIT_S, free_port, wait_for_path
 from bench.userwork import UserWorkload
 
 HOST, PORT = "{host}", "{port}"
@@ -80,9 +81,11 @@ def run_server_round(
     quick: bool,
     timeout: float,
     log: Callable[[str], None] = lambda s: None,
+    reach: Callable[[str, int], str] = wait_for_path,
 ) -> Launch:
     """One round of `uw`'s server held in `env` and its client run in `client_env` (both
-    prepared). Nothing this round started outlives it (Ctrl-C included)."""
+    prepared); `reach(host, port)` waits for the server's address ("" once it accepts,
+    else why not). Nothing this round started outlives it (Ctrl-C included)."""
     why_not = env.net_path()
     if why_not:
         return Launch(status="failed", reason=f"no network path to {env.kind}: {why_not}")
@@ -100,6 +103,10 @@ def run_server_round(
         except StartError as e:
             launch = inst.stop()
             return Launch(status="failed", reason=f"no path to the server: {e}")
+        if why := reach(host, hport):  # a guest's NIC may answer ARP late
+            inst.stop()
+            return Launch(status="failed", reason=f"no path to the server at {host}:{hport} "
+                          f"for {PATH_WAIT_S:g} s: {why}")  # fmt: skip
         args = client_args(uw, quick, host, hport)
         log(f"{uw.name}: {' '.join(args[args.index('--') + 1 :])}")
         client = client_env.launch(Invocation(uw.name, userwork.PROBE, args), timeout)

@@ -27,6 +27,13 @@ from bench.envs.base import Launch, StartError
 from bench.userwork import UserWorkload
 
 NAME = "userserver-test"
+
+
+def reachable(host: str, port: int) -> str:
+    """A stand-in address accepts at once (netbench.wait_for_path's answer)."""
+    return ""
+
+
 REDIS = UserWorkload(
     "redis", "command", "redis-benchmark",
     argv=("redis-benchmark", "-h", "{host}", "-p", "{port}", "-n", "2000", "--csv"),
@@ -112,25 +119,38 @@ def test_a_server_that_exits_first_is_a_failed_round_with_its_log():
             "status 1 before it listened on port 6400: Bad directive\n")  # fmt: skip
     inst = StandIn(False, Launch(status="failed", reason="exited with status 1 before `ready`",
                                  stderr_tail=said))  # fmt: skip
-    launch = userserver.run_server_round(Env(inst), Env(), REDIS, True, 5)
+    launch = userserver.run_server_round(Env(inst), Env(), REDIS, True, 5, reach=reachable)
     assert launch.status == "failed" and inst.ended == "stopped"
     assert launch.reason == (
         "the server never listened: redis-server exited with status 1 before it listened on "
         "port 6400: Bad directive"
     )
     gone = StandIn(False, Launch(status="timeout", reason="no `ready` within 5 s: killed"))
-    launch = userserver.run_server_round(Env(gone), Env(), REDIS, True, 5)
+    launch = userserver.run_server_round(Env(gone), Env(), REDIS, True, 5, reach=reachable)
     assert launch.reason == "the server was not ready: no `ready` within 5 s: killed"
 
 
+def test_an_address_that_never_accepts_is_a_failed_round_and_the_server_stopped():
+    inst = StandIn(True, Launch(records=records(0)))
+    client = Env(client=Launch(records=records(0)))
+    launch = userserver.run_server_round(Env(inst), client, REDIS, True, 5,
+                                         reach=lambda host, port: "No route to host")  # fmt: skip
+    assert launch.status == "failed" and inst.ended == "stopped" and client.invs == []
+    assert "no path to the server at" in launch.reason and "No route to host" in launch.reason
+
+
 def test_no_path_no_start_and_a_failing_client_are_failed_rounds():
-    launch = userserver.run_server_round(Env(path="network=none"), Env(), REDIS, True, 5)
+    launch = userserver.run_server_round(
+        Env(path="network=none"), Env(), REDIS, True, 5, reach=reachable
+    )
     assert launch.reason == "no network path to stand-in: network=none"
-    launch = userserver.run_server_round(Env(error=StartError("no image")), Env(), REDIS, True, 5)
+    launch = userserver.run_server_round(
+        Env(error=StartError("no image")), Env(), REDIS, True, 5, reach=reachable
+    )
     assert launch.reason == "the server did not start: no image"
     inst = StandIn(True, Launch(records=records(0)))
     client = Env(client=Launch(status="timeout", reason="no exit within 5 s: probe killed"))
-    launch = userserver.run_server_round(Env(inst), client, REDIS, True, 5)
+    launch = userserver.run_server_round(Env(inst), client, REDIS, True, 5, reach=reachable)
     assert inst.ended == "stopped" and launch.status == "timeout"
     assert launch.reason == "the client: no exit within 5 s: probe killed"
 
@@ -140,7 +160,7 @@ def test_the_round_is_the_servers_launch_with_the_clients_records():
     inst = StandIn(True, server)
     client = Env(client=Launch(records=records(0, "x")))
     env = Env(inst)
-    launch = userserver.run_server_round(env, client, REDIS, True, 5)
+    launch = userserver.run_server_round(env, client, REDIS, True, 5, reach=reachable)
     port = int(env.invs[0].args[2])
     assert env.invs[0].args[:3] == ("--server", "--port", str(port))
     assert client.invs[0].args == userserver.client_args(REDIS, True, "10.0.0.2", port + 1)
@@ -153,7 +173,9 @@ def test_the_round_is_the_servers_launch_with_the_clients_records():
 def test_ctrl_c_in_the_client_aborts_the_server():
     inst = StandIn(True, Launch())
     with pytest.raises(KeyboardInterrupt):
-        userserver.run_server_round(Env(inst), Env(client=KeyboardInterrupt()), REDIS, True, 5)
+        userserver.run_server_round(
+            Env(inst), Env(client=KeyboardInterrupt()), REDIS, True, 5, reach=reachable
+        )
     assert inst.ended == "aborted"
 
 
