@@ -53,6 +53,7 @@ CAPABILITIES = {
     "oci": _kind("oci"),
     "cri": _kind("cri"),
     "libvirt": _kind("libvirt"),
+    "qemu": _kind("qemu"),
     "chromium": _chromium,
 }
 

@@ -1,7 +1,8 @@
 """User workloads (issue 16): the userrun probe, the reading of its output, and a real
-pytest-benchmark suite run on the host and inside docker from a rootfs built from Debian's
-packages, with the bad inputs (no benchmark, a failing benchmark, a command whose output
-does not parse) as failed cells with their reasons while the run goes on."""
+pytest-benchmark suite run on the host, inside docker and inside a guest from a rootfs
+built from Debian's packages, with the bad inputs (no benchmark, a failing benchmark, a
+command whose output does not parse) as failed cells with their reasons while the run
+goes on."""
 
 from __future__ import annotations
 
@@ -303,3 +304,52 @@ def test_a_pytest_benchmark_suite_runs_on_the_host_and_in_docker_from_one_rootfs
     section = report[report.index('<section id="user">') :]
     section = section[: section.index("</section>")]
     assert "test_good.py::test_getppid" in section and "test_failing.py::test_broken" in section
+
+
+GUEST_MATRIX = f"""
+rootfs = "{NAME}"
+baseline = "host"
+
+[[user_workload]]
+name = "suite"
+kind = "pytest-benchmark"
+dir = "/opt/suites/good"
+quick_args = {json.dumps(QUICK)}
+
+[[env]]
+kind = "host"
+
+[[env]]
+kind = "qemu"
+label = "guest"
+accel = "tcg"
+memory = "1g"
+kernel = "KERNEL"
+"""
+
+
+@pytest.mark.requires("host", "qemu")
+def test_the_same_suite_runs_inside_a_guest_booted_from_the_rootfs(suites_rootfs, tmp_path):
+    """The suite in a QEMU guest (TCG here) whose root is the rootfs's disk: python3 and
+    pytest-benchmark of the tree, its benchmarks by their pytest names, labelled emulated."""
+    from bench.envs.guest import kernel
+
+    cache, tree = suites_rootfs
+    guest_kernel = str(kernel.find_kernel().path)  # the normal cache's, not the tree's
+    (tmp_path / "m.toml").write_text(GUEST_MATRIX.replace("KERNEL", guest_kernel))
+    res = isobench("run", "m.toml", "--quick", "--rounds", "1", "--max-rounds", "1",
+                   "--warmup", "0", "--results", "r", cache=cache, cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = (tmp_path / "r").iterdir()
+    samples = [json.loads(ln) for ln in (run / "samples.jsonl").read_text().splitlines()]
+    guest = json.loads((run / "manifest.json").read_text())["environments"]["guest"]
+    assert guest["emulated"] and guest["rootfs"]["key"] == tree.key
+    assert guest["root_disk"]["rootfs"] == tree.key
+    ok = [s for s in samples if s["env"] == "guest" and s["source"] == "probe"
+          and s["status"] == "ok" and s["workload"] == "suite"]  # fmt: skip
+    kept = json.loads(next((run / "raw" / "suite").glob("guest-r1-*.json")).read_text())
+    assert kept["machine_info"]["isobench"]["env"] == "guest"
+    for b in kept["benchmarks"]:
+        got = [s["value"] for s in ok if s["op"] == b["fullname"]]
+        assert got == pytest.approx([x * 1e9 for x in b["stats"]["data"]]) and len(got) >= 3
+    assert {s["op"] for s in ok} == {"test_good.py::test_getppid", "test_good.py::test_compute"}
