@@ -42,7 +42,7 @@ def busy_cpus(enabled: bool = True) -> Iterator[None]:
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-c", SPIN], preexec_fn=lambda c=cpu: _become_spinner(c)
-                )  # fmt: skip
+                )
             )
         yield
     finally:

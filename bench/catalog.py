@@ -103,9 +103,11 @@ def parse_levels(workload: str, table: dict) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"{workload}: unknown levels {sorted(unknown)} (known: {sorted(known)})")
     out: dict[str, tuple[int, ...]] = {}
     for key, value in table.items():
-        ok = isinstance(value, list) and value and all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value
-        )  # fmt: skip
+        ok = (
+            isinstance(value, list)
+            and value
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+        )
         if not ok or list(value) != sorted(set(value)):
             raise ValueError(f"{workload}: levels.{key} must be ascending positive integers")
         out[key] = tuple(value)

@@ -35,8 +35,9 @@ PIPED_WIDTH = 100  # columns when the output is not a terminal and COLUMNS is un
 def _console(stream) -> Console:
     """A console as wide as the terminal; piped, as wide as COLUMNS says, else 100."""
     tty_or_columns = stream.isatty() or os.environ.get("COLUMNS", "").isdigit()
-    return Console(stderr=stream is sys.stderr, soft_wrap=True,
-                   width=None if tty_or_columns else PIPED_WIDTH)  # fmt: skip
+    return Console(
+        stderr=stream is sys.stderr, soft_wrap=True, width=None if tty_or_columns else PIPED_WIDTH
+    )
 
 
 out = _console(sys.stdout)
@@ -94,8 +95,12 @@ def doctor_data(checking=lambda what: None) -> dict:
         }
     checking("noise (load, steal, governor, busy processes)")
     snap = noise.snapshot()
-    return {"host": provenance.host_facts(), "environments": kinds, "noise": snap,
-            "warnings": noise.warnings(snap)}  # fmt: skip
+    return {
+        "host": provenance.host_facts(),
+        "environments": kinds,
+        "noise": snap,
+        "warnings": noise.warnings(snap),
+    }
 
 
 @cli.command()
@@ -108,9 +113,13 @@ def doctor(as_json):
         click.echo(json.dumps(data, indent=2, default=str))
         return
     h = data["host"]
-    _say("host", "bold", f"{h['hostname']}: {h['os']}, kernel {h['kernel']}, "
-         f"{h['cpu_count']}× {h['cpu_model']}, {h['memory_gib']} GiB, "
-         f"virtualization {h['virtualization']}, cgroup {h['cgroup_layout']}")  # fmt: skip
+    _say(
+        "host",
+        "bold",
+        f"{h['hostname']}: {h['os']}, kernel {h['kernel']}, "
+        f"{h['cpu_count']}× {h['cpu_model']}, {h['memory_gib']} GiB, "
+        f"virtualization {h['virtualization']}, cgroup {h['cgroup_layout']}",
+    )
     t = Table("environment", "available", "reason / versions", box=None, pad_edge=False)
     for name, k in data["environments"].items():
         t.add_row(Text(name), _yes(k["available"]), Text(k["reason"] or _versions(k["versions"])))
@@ -273,11 +282,14 @@ def _default(name: str, fmt: str = "{}") -> str:
     show_default=Matrix.baseline,
     help="environment label the ratios are against",
 )
-@click.option("--busy-cpus/--no-busy-cpus", default=None,
-              help="keep CPUs out of idle with idle-class spinners while measuring: a CPU "
-              "quota then reads 1/q on a VM whose halted vCPUs come back slower, but a "
-              "spinner on a sibling hyperthread slows CPU-bound probes (here null +30%) "
-              "[default: off]")  # fmt: skip
+@click.option(
+    "--busy-cpus/--no-busy-cpus",
+    default=None,
+    help="keep CPUs out of idle with idle-class spinners while measuring: a CPU "
+    "quota then reads 1/q on a VM whose halted vCPUs come back slower, but a "
+    "spinner on a sibling hyperthread slows CPU-bound probes (here null +30%) "
+    "[default: off]",
+)
 @click.option(
     "--memory-reserve",
     type=float,
@@ -292,8 +304,9 @@ def _default(name: str, fmt: str = "{}") -> str:
     help="complete an interrupted run",
 )
 @click.option("--report", "with_report", is_flag=True, help="write RUN_DIR/report.html at the end")
-def run(matrix_file, envs, all_envs, workloads, quick, results, seed, resume, with_report,
-        **settings):  # fmt: skip
+def run(
+    matrix_file, envs, all_envs, workloads, quick, results, seed, resume, with_report, **settings
+):
     """Run a benchmark matrix and write results/<run-id>/."""
     if resume:
         return _resume(resume, with_report)
@@ -371,9 +384,14 @@ def _resume(run_dir: Path, with_report: bool) -> int:
         raise MatrixError(f"{run_dir}: this run is complete; nothing to resume")
     m = Matrix.from_dict(manifest["matrix"])
     return _execute(
-        m, run_dir, manifest["run_id"], catalog.load(), new=False, manifest=manifest,
+        m,
+        run_dir,
+        manifest["run_id"],
+        catalog.load(),
+        new=False,
+        manifest=manifest,
         with_report=with_report,
-    )  # fmt: skip
+    )
 
 
 def _harness_cost(b) -> dict:
@@ -410,9 +428,12 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
             _say("warning:", "yellow", w, err)
         _log(f"run {run_id} → {run_dir}")
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[eta]}"),
-            console=err, transient=True,
-        ) as bar:  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[eta]}"),
+            console=err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("starting", total=None, eta="")
 
             def progress(what: str, done: int, total: int) -> None:
@@ -491,8 +512,11 @@ def clean_cmd(dry_run):
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per row")
-@click.option("--baseline", type=str, help="environment label to compare against "
-              "[default: the run's baseline]")  # fmt: skip
+@click.option(
+    "--baseline",
+    type=str,
+    help="environment label to compare against [default: the run's baseline]",
+)
 @click.option("--footprint", is_flag=True, help="cgroup and host-side figures instead")
 def summary(run_dir, as_json, baseline, footprint):
     """Statistics per figure, with ratios to the baseline."""
@@ -534,8 +558,11 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
         what = f"{f['env']} / {f['workload']} ×{f['count']}: {f['reason']}"
         _say(f["status"], "red", what, wrap=True)
     if manifest.get("unreached"):
-        _say("precision not reached", "yellow",
-             f"({manifest.get('stop_reason')}); 95% CI half-width per cell:")  # fmt: skip
+        _say(
+            "precision not reached",
+            "yellow",
+            f"({manifest.get('stop_reason')}); 95% CI half-width per cell:",
+        )
         for cell, width in manifest["unreached"].items():
             out.print(Text(f"  {cell.replace('|', ' / ')}  ±{width:.1%}"))
     for w in manifest.get("warnings", []):
@@ -562,8 +589,10 @@ def summary_table(rows: list[dict], base: str, order: list[str], width: int) -> 
     sections = []
     for (workload, op, metric), group in sorted(figures.items()):
         scale, unit = model.time_scale([r["median"] for r in group], group[0]["unit"])
-        head = Text.assemble((model.short_label(workload, op, metric, keys), "bold"),
-                             f"  {unit}, {group[0]['better']} is better ({metric})")  # fmt: skip
+        head = Text.assemble(
+            (model.short_label(workload, op, metric, keys), "bold"),
+            f"  {unit}, {group[0]['better']} is better ({metric})",
+        )
         sections.append((head, [_summary_cells(r, base, scale) for r in group]))
     widths = [len(c) for c in SUMMARY_COLUMNS]
     for _, cells in sections:
@@ -580,8 +609,13 @@ def summary_table(rows: list[dict], base: str, order: list[str], width: int) -> 
         for name, w in zip(SUMMARY_COLUMNS, widths, strict=True):
             right = name in ("median [95% CI]", "n", "ratio [95% CI]")
             folds = name in ("environment", "ratio [95% CI]", "in words")
-            t.add_column(name, width=w, justify="right" if right else "left",
-                         overflow="fold", no_wrap=not folds)  # fmt: skip
+            t.add_column(
+                name,
+                width=w,
+                justify="right" if right else "left",
+                overflow="fold",
+                no_wrap=not folds,
+            )
         return t
 
     parts: list = [table(header=True)]
@@ -609,9 +643,14 @@ def _summary_cells(r: dict, base: str, scale: float = 1.0) -> tuple[Text, ...]:
             ratio += f" [{model.fmt_num(r['ratio_ci_low'])}, {model.fmt_num(r['ratio_ci_high'])}]"
         words = analysis.verdict(r) if r["significant"] else ""
         sig = "–" if r["p_adjusted"] is None else ("yes" if r["significant"] else "no")
-    return (Text(label, style="bold" if r["env"] == base else ""),
-            Text(f"{num(r['median'])} [{num(r['ci_low'])}, {num(r['ci_high'])}]"),
-            Text(str(r["n"])), Text(ratio), Text(words, style="bold"), Text(sig))  # fmt: skip
+    return (
+        Text(label, style="bold" if r["env"] == base else ""),
+        Text(f"{num(r['median'])} [{num(r['ci_low'])}, {num(r['ci_high'])}]"),
+        Text(str(r["n"])),
+        Text(ratio),
+        Text(words, style="bold"),
+        Text(sig),
+    )
 
 
 def _print_flags(rows: list[dict]) -> None:

@@ -409,8 +409,15 @@ class Level:
     after: Baseline  # the next level's baseline before
 
 
-def _hold(env: Environment, n: int, timeout: float, host: HostProbe, floor_kib: float,
-          held: list[Instance], log: Callable[[str], None]) -> None:  # fmt: skip
+def _hold(
+    env: Environment,
+    n: int,
+    timeout: float,
+    host: HostProbe,
+    floor_kib: float,
+    held: list[Instance],
+    log: Callable[[str], None],
+) -> None:
     """Start n instances into `held` (checking the reserve before each), then wait for
     every `ready`. LevelFailed with the reason when that cannot be done."""
     for i in range(n):
@@ -612,7 +619,7 @@ def run_round(
     host: HostProbe | None = None,
 ) -> Launch:
     """One density round of `env` over `levels` (ascending N). Returns a Launch whose
-    records are one per measured level (op `nNN`) and whose extra["probe_errors"] holds
+    records are one per measured level (op `nNN`) and whose probe_errors holds
     `"nNN: reason"` for each level that failed or was skipped. Status "failed" only when
     no level was measured. Nothing this round started outlives it (Ctrl-C included)."""
     if not 0 <= reserve < 1:
@@ -648,7 +655,7 @@ def run_round(
         per_instance = level.per_instance_mib
         before = level.after
     if errors:
-        launch.extra["probe_errors"] = errors
+        launch.probe_errors = errors
     if not launch.records:
         launch.status = "failed"
         launch.reason = "no density level could be held: " + (errors[0] if errors else "no levels")

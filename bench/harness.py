@@ -147,7 +147,7 @@ def report(pairs, cpu, *, seconds: float = math.nan) -> dict[str, Any]:
         "host_ms": {
             k: _summary([h[k] for h, _ in pairs])
             for k in ("ready_ms", "exit_ms", "cleaned_ms", "wall_ms")
-        },  # fmt: skip
+        },
         "bare_ms": {k: _summary([b[k] for _, b in pairs]) for k in ("ready_ms", "exit_ms")},
         "sampler": {
             "interval_s": SAMPLER_INTERVAL_S,

@@ -68,8 +68,10 @@ class Manifest(BaseModel):
             raise ValueError(f"schema_version is {self.schema_version}, not {SCHEMA_VERSION}")
         for label, env in self.environments.items():
             if "target" in env.model_fields_set and env.target not in self.targets:
-                raise ValueError(f"environment {label!r} runs on target {env.target!r}, "
-                                 f"which is not in targets {sorted(self.targets)}")  # fmt: skip
+                raise ValueError(
+                    f"environment {label!r} runs on target {env.target!r}, "
+                    f"which is not in targets {sorted(self.targets)}"
+                )
         return self
 
     @classmethod

@@ -37,8 +37,8 @@ wall time (the warm-up does the same work at the same rate). It includes what th
 server process's own figure cannot see: a gVisor sandbox's netstack and gofer, softirq
 work charged to the instance.
 
-The Launch: records as above; extra["probe_errors"] = ["<op>: reason"] for ops that
-failed (the rest of that op's reps are skipped); extra["net_path"] the path taken (the
+The Launch: records as above; launch.probe_errors = ["<op>: reason"] for ops that
+failed (the rest of that op's reps are skipped); launch.net_path the path taken (the
 kind's own words, e.g. "veth ibv1a2b3c4dh 10.201.7.1/30 <-> ...", "virtio-net on tap
 ibt0a1b2c3d ... (emulated: TCG)", "pod network (CNI ptp, routed, no NAT): pod IP ...";
 loopback otherwise);
@@ -161,9 +161,14 @@ def _cpu_ms(reader) -> float | None:
 
 
 def _measure(
-    inst: Instance, client: str, target: str, ops: list[str], reps: int, rest: list[str],
+    inst: Instance,
+    client: str,
+    target: str,
+    ops: list[str],
+    reps: int,
+    rest: list[str],
     log: Callable[[str], None],
-) -> tuple[list[dict], list[str]]:  # fmt: skip
+) -> tuple[list[dict], list[str]]:
     """Every op and rep against the ready server: (records, "<op>: reason" errors)."""
     import time
 
@@ -184,10 +189,14 @@ def _measure(
                 errors.append(f"{op}: the client did not finish within {timeout:g} s: killed")
                 break
             if out.errors or not out.records:
-                why = out.errors[0].split(": ", 1)[-1] if out.errors else (
-                    f"the client exited with status {res.exit_code}: "
-                    + (res.stderr.strip().splitlines() or ["no output"])[-1]
-                )  # fmt: skip
+                why = (
+                    out.errors[0].split(": ", 1)[-1]
+                    if out.errors
+                    else (
+                        f"the client exited with status {res.exit_code}: "
+                        + (res.stderr.strip().splitlines() or ["no output"])[-1]
+                    )
+                )
                 errors.append(f"{op}: {why}")
                 break
             for rec in out.records:
@@ -260,10 +269,10 @@ def run_round(
     launch.records = records
     if server_lines:
         launch.extra["server"] = server_lines[0]["metrics"]
-    launch.extra["net_path"] = launch.extra.get("net_path") or f"loopback {target}"
+    launch.net_path = launch.net_path or f"loopback {target}"
     launch.extra["target"] = target
     if errors:
-        launch.extra["probe_errors"] = errors
+        launch.probe_errors = errors
     if not records:
         launch.status = "failed"
         launch.reason = "no net op was measured: " + (errors[0] if errors else "no ops")

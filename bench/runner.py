@@ -77,22 +77,31 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
     out = []
 
     def rec(**kw):
-        out.append({**base, "status": "ok", "reason": "", "note": "",
-                    "exit_code": launch.exit_code, **kw})  # fmt: skip
+        out.append(
+            {**base, "status": "ok", "reason": "", "note": "", "exit_code": launch.exit_code, **kw}
+        )
 
     for r in launch.records:
         note = r.get("note", "")
         for metric, value in r["metrics"].items():
             unit = r["units"][metric]
             rec(op=r["op"], metric=metric, value=value, unit=unit, source="probe", note=note)
-    for err in launch.extra.get("probe_errors", []):
+    for err in launch.probe_errors:
         op = err.split(":", 1)[0].split("/")[-1]
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=err)
-    for op, why in launch.extra.get("op_failures", []):  # a user workload's failed benchmark
+    for op, why in launch.op_failures:  # a user workload's failed benchmark
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=why)
     if launch.status != "ok":
-        rec(op=None, metric=None, value=None, unit="", source="launch", status=launch.status,
-            reason=failure_reason(launch), stderr_tail=launch.stderr_tail)  # fmt: skip
+        rec(
+            op=None,
+            metric=None,
+            value=None,
+            unit="",
+            source="launch",
+            status=launch.status,
+            reason=failure_reason(launch),
+            stderr_tail=launch.stderr_tail,
+        )
         return out
     for name, ns in launch.phases.items():
         rec(op="phases", metric=f"{name}_ms", value=ns / 1e6, unit="ms", source="phase")
@@ -157,7 +166,7 @@ def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload])
                 "precision_floor": w.precision_floor,
             }
             for n, w in workloads.items()
-        },  # fmt: skip
+        },
         "noise": {"start": start, "pinned": pinned},
         "warnings": warnings,
     }
@@ -398,9 +407,11 @@ class Runner:
         beyond them only while the budget lasts. A given --budget always holds."""
         named = [self.workloads[w] for w in self.m.workloads if w in self.workloads]
         return bool(
-            self.m.quick and self.m.budget_from_quick and named
+            self.m.quick
+            and self.m.budget_from_quick
+            and named
             and not any(w.default for w in named)
-        )  # fmt: skip
+        )
 
     def _round_cap(self, label: str) -> int:
         """Emulated guests measure no virtualisation overhead and cost seconds a boot:
@@ -449,8 +460,9 @@ class Runner:
         if w.family == "density" and warm and act.env is not None:  # a warm-up held one
             levels = w.levels(quick=self.m.quick, guest=act.env.one_instance_per_round)
             return density.round_seconds(levels, sorted(warm)[len(warm) // 2])
-        same_env = [d for k, ds in self.durations.items() if k.startswith(cell.env.label + "|")
-                    for d in ds]  # fmt: skip
+        same_env = [
+            d for k, ds in self.durations.items() if k.startswith(cell.env.label + "|") for d in ds
+        ]
         known = (
             same_env
             or self.warm.get(cell.env.label)
@@ -558,12 +570,21 @@ class Runner:
         emulated = bool(act.env and act.env.emulated)
         bases = []
         for cell in group:
-            bases.append({
-                "run_id": self.run_id, "round": rnd, "cell": cell.key, "env": cell.env.label,
-                "env_kind": cell.env.kind, "spec": cell.env.spec, "options": cell.env.options,
-                "emulated": emulated, "workload": cell.workload, "launch": self.seq,
-                "t": time.time(),
-            })  # fmt: skip
+            bases.append(
+                {
+                    "run_id": self.run_id,
+                    "round": rnd,
+                    "cell": cell.key,
+                    "env": cell.env.label,
+                    "env_kind": cell.env.kind,
+                    "spec": cell.env.spec,
+                    "options": cell.env.options,
+                    "emulated": emulated,
+                    "workload": cell.workload,
+                    "launch": self.seq,
+                    "t": time.time(),
+                }
+            )
             self.seq += 1
         if not act.ok or act.env is None:
             fail = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
@@ -575,24 +596,27 @@ class Runner:
             w = self.workloads[group[0].workload]
             levels = w.levels(quick=self.m.quick, guest=act.env.one_instance_per_round)
             bases[0]["args"] = "levels=" + ",".join(map(str, levels))
-            launches = [density.run_round(act.env, levels, self.m.timeout,
-                                          self.m.memory_reserve, self.log)]  # fmt: skip
+            launches = [
+                density.run_round(act.env, levels, self.m.timeout, self.m.memory_reserve, self.log)
+            ]
         elif self._held(group[0]) and group[0].workload in self.user:  # a user server held
             launch = self._server_round(act, group[0].workload)
-            inv = self.workloads[group[0].workload].invocation(quick=self.m.quick,
-                                                               emulated=emulated)  # fmt: skip
+            inv = self.workloads[group[0].workload].invocation(
+                quick=self.m.quick, emulated=emulated
+            )
             bases[0]["args"] = " ".join(inv.args)  # the client's, {host} and {port} unfilled:
             # the same in every environment, so ratios pair them (the filled ones: raw/)
-            if launch.extra.get("net_path"):
-                self.manifest["environments"][act.spec.label]["net_path"] = launch.extra["net_path"]
+            if launch.net_path:
+                self.manifest["environments"][act.spec.label]["net_path"] = launch.net_path
             launches = [launch]
         elif self._held(group[0]):  # the net server held, the client on the host
-            inv = self.workloads[group[0].workload].invocation(quick=self.m.quick,
-                                                               emulated=emulated)  # fmt: skip
+            inv = self.workloads[group[0].workload].invocation(
+                quick=self.m.quick, emulated=emulated
+            )
             bases[0]["args"] = " ".join(inv.args)
             launch = netbench.run_round(act.env, self.bundle, inv.args, self.m.timeout, self.log)
-            if launch.extra.get("net_path"):
-                self.manifest["environments"][act.spec.label]["net_path"] = launch.extra["net_path"]
+            if launch.net_path:
+                self.manifest["environments"][act.spec.label]["net_path"] = launch.net_path
             launches = [launch]
         else:
             invs = [
@@ -616,16 +640,21 @@ class Runner:
         """A user workload's launch read by its parser; its output kept under raw/."""
         described = self.manifest.get("environments", {}).get(cell.env.label, {})
         env = {
-            "env": cell.env.label, "kind": cell.env.kind, "spec": cell.env.spec,
+            "env": cell.env.label,
+            "kind": cell.env.kind,
+            "spec": cell.env.spec,
             "versions": described.get("versions", {}),
             "emulated": bool(described.get("emulated")),
             "rootfs": (described.get("rootfs") or {}).get("key"),
-            "run_id": self.run_id, "round": base["round"], "launch": base["launch"],
-        }  # fmt: skip
-        at = userwork.raw_path(self.run_dir, cell.workload, cell.env.label, base["round"],
-                               base["launch"])  # fmt: skip
+            "run_id": self.run_id,
+            "round": base["round"],
+            "launch": base["launch"],
+        }
+        at = userwork.raw_path(
+            self.run_dir, cell.workload, cell.env.label, base["round"], base["launch"]
+        )
         args = (
-            launch.extra.pop("userrun_args", None)
+            launch.userrun_args
             or self.workloads[cell.workload].invocation(quick=self.m.quick, emulated=False).args
         )  # a server's client: the argv it ran with, its address in
         return userwork.read_launch(launch, self.user[cell.workload], args, at, env)

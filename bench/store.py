@@ -37,10 +37,29 @@ from bench.manifest import migrate as migrate
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 COLUMNS = (
-    "run_id", "round", "cell", "env", "env_kind", "spec", "options", "emulated", "workload",
-    "op", "metric", "value", "unit", "source", "launch", "t", "status", "reason", "note", "args",
-    "exit_code", "stderr_tail",
-)  # fmt: skip
+    "run_id",
+    "round",
+    "cell",
+    "env",
+    "env_kind",
+    "spec",
+    "options",
+    "emulated",
+    "workload",
+    "op",
+    "metric",
+    "value",
+    "unit",
+    "source",
+    "launch",
+    "t",
+    "status",
+    "reason",
+    "note",
+    "args",
+    "exit_code",
+    "stderr_tail",
+)
 
 
 class StoreError(Exception):

@@ -23,8 +23,8 @@ One round, `run_server_round`:
 
 The Launch is the server instance's (its phases, cgroup and host-side figures: what the
 server cost in its environment) carrying the client's userrun records, status and reason,
-so userwork.read_launch reads it as any command's; extra["userrun_args"] are the client's
-userrun arguments (the argv the parser sees), extra["net_path"] the path taken,
+so userwork.read_launch reads it as any command's; launch.userrun_args are the client's
+userrun arguments (the argv the parser sees), launch.net_path the path taken,
 extra["server_exit"] the server's exit status after the stop.
 """
 
@@ -51,8 +51,15 @@ def substitute(argv: Sequence[str], port: int, host: str = "") -> list[str]:
 
 def server_args(uw: UserWorkload, port: int) -> tuple[str, ...]:
     """userrun's arguments that hold the server listening on `port`."""
-    return ("--server", "--port", str(port), "--cd", uw.dir or "/", "--",
-            *substitute(uw.server, port))  # fmt: skip
+    return (
+        "--server",
+        "--port",
+        str(port),
+        "--cd",
+        uw.dir or "/",
+        "--",
+        *substitute(uw.server, port),
+    )
 
 
 def client_args(uw: UserWorkload, quick: bool, host: str, port: int) -> tuple[str, ...]:
@@ -105,8 +112,10 @@ def run_server_round(
             return Launch(status="failed", reason=f"no path to the server: {e}")
         if why := reach(host, hport):  # a guest's NIC may answer ARP late
             inst.stop()
-            return Launch(status="failed", reason=f"no path to the server at {host}:{hport} "
-                          f"for {PATH_WAIT_S:g} s: {why}")  # fmt: skip
+            return Launch(
+                status="failed",
+                reason=f"no path to the server at {host}:{hport} for {PATH_WAIT_S:g} s: {why}",
+            )
         args = client_args(uw, quick, host, hport)
         log(f"{uw.name}: {' '.join(args[args.index('--') + 1 :])}")
         client = client_env.launch(Invocation(uw.name, userwork.PROBE, args), timeout)
@@ -117,8 +126,8 @@ def run_server_round(
         raise
     served = userwork.reassemble(launch.records)
     launch.extra["server_exit"] = served.status
-    launch.extra["net_path"] = launch.extra.get("net_path") or f"loopback {host}:{hport}"
-    launch.extra["userrun_args"] = list(args)
+    launch.net_path = launch.net_path or f"loopback {host}:{hport}"
+    launch.userrun_args = list(args)
     launch.records = client.records
     launch.status, launch.reason = client.status, client.reason
     launch.exit_code, launch.stderr_tail = client.exit_code, client.stderr_tail

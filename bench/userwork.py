@@ -262,7 +262,7 @@ def read_launch(
     """The launch of a user workload, its userrun records replaced by the parser's figures
     (one probe-like record each) and its failures by a reason: a command that measured
     nothing makes the launch failed; single benchmarks that failed are op failures
-    (extra["op_failures"]) next to the figures of the others."""
+    (launch.op_failures) next to the figures of the others."""
     if launch.status != "ok":
         return launch
     argv = list(args[args.index("--") + 1 :]) if "--" in args else list(args)
@@ -276,11 +276,18 @@ def read_launch(
         launch.status, launch.reason = "failed", v.reason  # the command's stderr: under raw/
         launch.stderr_tail = ""  # the instance ran fine: its own stderr (a console) says nothing
         return launch
-    launch.extra["op_failures"] = v.failed_ops
+    launch.op_failures = v.failed_ops
     for f in v.parsed.figures:
         note = "; ".join(n for n in v.parsed.notes if n.startswith(f"{f.op}:"))
-        launch.records.append({
-            "probe": PROBE, "op": f.op, "iterations": 1, "elapsed_ns": 0,
-            "metrics": {f.metric: f.value}, "units": {f.metric: f.unit}, "note": note,
-        })  # fmt: skip
+        launch.records.append(
+            {
+                "probe": PROBE,
+                "op": f.op,
+                "iterations": 1,
+                "elapsed_ns": 0,
+                "metrics": {f.metric: f.value},
+                "units": {f.metric: f.unit},
+                "note": note,
+            }
+        )
     return launch

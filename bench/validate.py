@@ -79,8 +79,9 @@ OPS = {"ops_per_s": Metric("ops/s", "higher")}
 
 def _workload(name: str, probe: str, args: tuple[str, ...], metrics: dict) -> Workload:
     """A workload with the same arguments in every mode (quick, emulated)."""
-    return Workload(name, probe, probe, f"validate: {probe} {' '.join(args)}".strip(),
-                    args, args, args, metrics)  # fmt: skip
+    return Workload(
+        name, probe, probe, f"validate: {probe} {' '.join(args)}".strip(), args, args, args, metrics
+    )
 
 
 WORKLOADS = {
@@ -111,8 +112,12 @@ def _ci(r: float, lo: float, hi: float) -> str:
     return f"{r:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def ratio(values: dict[int, float], baseline: dict[int, float], better: str = "lower",
-          confidence: float = 0.95):  # fmt: skip
+def ratio(
+    values: dict[int, float],
+    baseline: dict[int, float],
+    better: str = "lower",
+    confidence: float = 0.95,
+):
     """The cost-oriented ratio of two figures' per-round values, paired by round (the
     summary's own comparison: analysis.compare_rounds)."""
     cost = (lambda x: 1.0 / x) if better == "higher" else (lambda x: x)
@@ -137,14 +142,22 @@ def aa_check(pairs: dict[str, tuple[dict, dict]], *, alpha: float = ALPHA) -> Ch
     figures, bad = {}, []
     for name, (b, a), t, pa in zip(names, pairs.values(), tests, adj, strict=True):
         sig = stats.significant(pa, t.low, t.high, alpha=alpha)
-        figures[name] = {"ratio": t.ratio, "ci_low": t.low, "ci_high": t.high,
-                         "p": t.p_value, "p_adjusted": pa, "significant": sig,
-                         "n": [len(b), len(a)]}  # fmt: skip
+        figures[name] = {
+            "ratio": t.ratio,
+            "ci_low": t.low,
+            "ci_high": t.high,
+            "p": t.p_value,
+            "p_adjusted": pa,
+            "significant": sig,
+            "n": [len(b), len(a)],
+        }
         if sig:
             bad.append(name)
     ok = bool(names) and not bad
-    parts = [f"{n} B/A {_ci(f['ratio'], f['ci_low'], f['ci_high'])} p_adj={f['p_adjusted']:.2g}"
-             for n, f in figures.items()]  # fmt: skip
+    parts = [
+        f"{n} B/A {_ci(f['ratio'], f['ci_low'], f['ci_high'])} p_adj={f['p_adjusted']:.2g}"
+        for n, f in figures.items()
+    ]
     line = "; ".join(parts) if names else "no data"
     if bad:
         line += f" — significant: {', '.join(bad)}"
@@ -186,10 +199,13 @@ def known_answer_check(
         why = f"off by {r / expected - 1:+.1%} (limit ± {margin:.0%})"
     else:
         why = f"CI wider than {expected:g} ± {margin:.0%}: more rounds needed"
-    line = f"ratio {_ci(r, lo, hi)} (expected {expected:g}), {why}, " \
-           f"n={len(values)}/{len(baseline)}"  # fmt: skip
-    return Check(name, ok, line, {"ratio": r, "ci_low": lo, "ci_high": hi,
-                                  "expected": expected, "margin": margin})  # fmt: skip
+    line = f"ratio {_ci(r, lo, hi)} (expected {expected:g}), {why}, n={len(values)}/{len(baseline)}"
+    return Check(
+        name,
+        ok,
+        line,
+        {"ratio": r, "ci_low": lo, "ci_high": hi, "expected": expected, "margin": margin},
+    )
 
 
 def sampler_check(
@@ -205,17 +221,21 @@ def sampler_check(
     frac = stats.summarize(cpu_fraction)
     data = {**direct.data, "cpu_fraction": frac.as_dict()}
     r, lo, hi = direct.data["ratio"], direct.data["ci_low"], direct.data["ci_high"]
-    bound = f"sampler CPU {frac.median * 100:.2f}% [{frac.ci_low * 100:.2f}, " \
-            f"{frac.ci_high * 100:.2f}] of a CPU"  # fmt: skip
+    bound = (
+        f"sampler CPU {frac.median * 100:.2f}% [{frac.ci_low * 100:.2f}, "
+        f"{frac.ci_high * 100:.2f}] of a CPU"
+    )
     name = "sampler perturbation (sampler on / off, time per op)"
     if direct.passed:
         return Check(name, True, f"{direct.line}; {bound}", {**data, "shown_by": "A/B"})
     no_effect = math.isfinite(lo) and lo <= 1.0 <= hi
     under = math.isfinite(frac.ci_high) and frac.ci_high < margin
     ok = no_effect and under
-    line = (f"ratio {_ci(r, lo, hi)} (A/B too wide to show {margin:.0%} at this load; "
-            f"{'contains' if no_effect else 'excludes'} 1); {bound} "
-            f"{'<' if under else '>='} {margin:.0%}")  # fmt: skip
+    line = (
+        f"ratio {_ci(r, lo, hi)} (A/B too wide to show {margin:.0%} at this load; "
+        f"{'contains' if no_effect else 'excludes'} 1); {bound} "
+        f"{'<' if under else '>='} {margin:.0%}"
+    )
     return Check(name, ok, line, {**data, "shown_by": "CPU bound" if ok else None})
 
 
@@ -231,8 +251,7 @@ def mde_check(
         common = sorted(set(a) & set(b))
         d = [math.log(b[r] / a[r]) for r in common if a[r] > 0 and b[r] > 0]
         figures[family] = stats.min_detectable_ratio(d, n=n) - 1
-    bad = [f for f, m in figures.items()
-           if not (math.isfinite(m) and m <= limits.get(f, limit))]  # fmt: skip
+    bad = [f for f, m in figures.items() if not (math.isfinite(m) and m <= limits.get(f, limit))]
     line = "; ".join(
         f"{f} {m * 100:.2f}% (limit {limits.get(f, limit):.0%})" for f, m in figures.items()
     )
@@ -253,9 +272,15 @@ def rounds(records, env: str, workload: str, op: str, metric: str) -> dict[int, 
 
 def _per_launch(records, env: str, source: str, metric: str) -> list[float]:
     """One figure per measured launch of `env`, in launch order (host_side or phase)."""
-    out = sorted((r["launch"], r["value"]) for r in records
-                 if r["round"] >= 1 and r["status"] == "ok" and r["env"] == env
-                 and r["source"] == source and r["metric"] == metric)  # fmt: skip
+    out = sorted(
+        (r["launch"], r["value"])
+        for r in records
+        if r["round"] >= 1
+        and r["status"] == "ok"
+        and r["env"] == env
+        and r["source"] == source
+        and r["metric"] == metric
+    )
     return [v for _, v in out]
 
 
@@ -286,21 +311,32 @@ def _matrix(envs: list[str], workloads: list[str], budget: float, **kw) -> Matri
         label = "" if "label=" in opts else f",label={kind}"
         weight = [f"weight={WEIGHT}"] if kind in WEIGHTED else []
         specs.append(f"{kind}:" + ",".join([*weight, *filter(None, [opts])]) + label)
-    m = Matrix(envs=[parse_env_spec(e) for e in specs], workloads=workloads, budget=budget,
-               timeout=60.0, seed=kw.pop("seed", 1), **kw)  # fmt: skip
+    m = Matrix(
+        envs=[parse_env_spec(e) for e in specs],
+        workloads=workloads,
+        budget=budget,
+        timeout=60.0,
+        seed=kw.pop("seed", 1),
+        **kw,
+    )
     m.check(WORKLOADS, "validate")
     return m
 
 
 def check_syscall(records) -> list[Check]:
-    figs = {"null": ("syscall-null", "null", "ns_per_op"),
-            "clock_gettime": ("clock_gettime", "clock_gettime", "ns_per_op"),
-            "startup ready": ("startup", "phases", "ready_ms"),
-            "startup exit": ("startup", "phases", "exit_ms")}  # fmt: skip
+    figs = {
+        "null": ("syscall-null", "null", "ns_per_op"),
+        "clock_gettime": ("clock_gettime", "clock_gettime", "ns_per_op"),
+        "startup ready": ("startup", "phases", "ready_ms"),
+        "startup exit": ("startup", "phases", "exit_ms"),
+    }
     pairs = {n: (rounds(records, "B", *f), rounds(records, "A", *f)) for n, f in figs.items()}
-    vdso = equivalence_check("vDSO control (clock_gettime namespaces/host)",
-                             rounds(records, "namespaces", *figs["clock_gettime"]),
-                             pairs["clock_gettime"][1], VDSO_MARGIN)  # fmt: skip
+    vdso = equivalence_check(
+        "vDSO control (clock_gettime namespaces/host)",
+        rounds(records, "namespaces", *figs["clock_gettime"]),
+        pairs["clock_gettime"][1],
+        VDSO_MARGIN,
+    )
     return [aa_check(pairs), vdso]
 
 
@@ -351,10 +387,15 @@ def check_quota(records, kinds) -> list[Check]:
             against = "no quota" if base_kind == kind else f"{base_kind} without a quota"
             for q in QUOTAS:
                 where = f"{kind}:cpus={q:g}" + (f",cpuset={PIN}" if pinned else "")
-                checks.append(known_answer_check(
-                    f"known answer ({where} / {against}, time per op)",
-                    rounds(records, quota_label(kind, q, pinned), *COMPUTE), base,
-                    1 / q, better="higher"))  # fmt: skip
+                checks.append(
+                    known_answer_check(
+                        f"known answer ({where} / {against}, time per op)",
+                        rounds(records, quota_label(kind, q, pinned), *COMPUTE),
+                        base,
+                        1 / q,
+                        better="higher",
+                    )
+                )
     return checks
 
 
@@ -391,13 +432,19 @@ def check_mde(syscall_records, cpu_records) -> Check:
     """Per family, from two identical environments' rounds (the A/A twin; for compute,
     the host with and without its sampler, whose <= 1% offset leaves the spread alone),
     at the rounds a quick run has."""
-    fig = {"syscall (null)": ("syscall-null", "null", "ns_per_op"),
-           "syscall (clock_gettime)": ("clock_gettime", "clock_gettime", "ns_per_op"),
-           "startup (ready_ms)": ("startup", "phases", "ready_ms")}  # fmt: skip
-    pairs = {f: (rounds(syscall_records, "B", *k), rounds(syscall_records, "A", *k))
-             for f, k in fig.items()}  # fmt: skip
-    pairs["cpu (compute)"] = (rounds(cpu_records, "nosampler", *COMPUTE),
-                              rounds(cpu_records, "host", *COMPUTE))  # fmt: skip
+    fig = {
+        "syscall (null)": ("syscall-null", "null", "ns_per_op"),
+        "syscall (clock_gettime)": ("clock_gettime", "clock_gettime", "ns_per_op"),
+        "startup (ready_ms)": ("startup", "phases", "ready_ms"),
+    }
+    pairs = {
+        f: (rounds(syscall_records, "B", *k), rounds(syscall_records, "A", *k))
+        for f, k in fig.items()
+    }
+    pairs["cpu (compute)"] = (
+        rounds(cpu_records, "nosampler", *COMPUTE),
+        rounds(cpu_records, "host", *COMPUTE),
+    )
     return mde_check(pairs, n=QUICK["rounds"], limits=MDE_LIMITS)
 
 
@@ -419,8 +466,17 @@ def run_quota(results: Path, budget: float, seed: int, b, log, kinds=QUOTA_KINDS
         return [], {}, skipped
     # every cell runs every round until the budget ends: each check pairs a cell with
     # its own baseline (pinned alike), which adaptive rounds would leave behind
-    m = _matrix(all_quota_cells(available), ["compute"], budget, rounds=30, max_rounds=30,
-                precision=0.01, warmup=0, seed=seed, busy_cpus=True)  # fmt: skip
+    m = _matrix(
+        all_quota_cells(available),
+        ["compute"],
+        budget,
+        rounds=30,
+        max_rounds=30,
+        precision=0.01,
+        warmup=0,
+        seed=seed,
+        busy_cpus=True,
+    )
     records, manifest = run_matrix(m, results, "quota", b, log)
     return check_quota(records, available), _run_info(manifest), skipped
 
@@ -431,18 +487,40 @@ def run_all(
     """The three runs: syscall (15% of the budget), cpu sampler (15%), quotas (70%)."""
     b = bundle_mod.build()
     h = harness.measure(b)
-    sys_m = _matrix(["host:label=A", "host:label=B", "namespaces"],
-                    ["syscall-null", "clock_gettime", "startup"], budget * 0.15,
-                    rounds=20, max_rounds=60, precision=0.02, seed=seed)  # fmt: skip
+    sys_m = _matrix(
+        ["host:label=A", "host:label=B", "namespaces"],
+        ["syscall-null", "clock_gettime", "startup"],
+        budget * 0.15,
+        rounds=20,
+        max_rounds=60,
+        precision=0.02,
+        seed=seed,
+    )
     sys_records, _ = run_matrix(sys_m, results, "syscall", b, log)
-    cpu_m = _matrix(["host", "host:sampler=off,label=nosampler"], ["compute"], budget * 0.15,
-                    rounds=8, max_rounds=100, precision=0.003, seed=seed)  # fmt: skip
+    cpu_m = _matrix(
+        ["host", "host:sampler=off,label=nosampler"],
+        ["compute"],
+        budget * 0.15,
+        rounds=8,
+        max_rounds=100,
+        precision=0.003,
+        seed=seed,
+    )
     cpu_records, cpu_manifest = run_matrix(cpu_m, results, "cpu", b, log)
     quota, quota_info, skipped = run_quota(results, budget * 0.7, seed, b, log, kinds)
-    checks = [check_harness(h), *check_syscall(sys_records), *quota, *check_cpu(cpu_records),
-              check_mde(sys_records, cpu_records)]  # fmt: skip
-    info = {"harness": h, "cpu_run": _run_info(cpu_manifest), "quota_run": quota_info,
-            "quota_skipped": skipped}  # fmt: skip
+    checks = [
+        check_harness(h),
+        *check_syscall(sys_records),
+        *quota,
+        *check_cpu(cpu_records),
+        check_mde(sys_records, cpu_records),
+    ]
+    info = {
+        "harness": h,
+        "cpu_run": _run_info(cpu_manifest),
+        "quota_run": quota_info,
+        "quota_skipped": skipped,
+    }
     return checks, info
 
 
@@ -472,7 +550,7 @@ def run_all(
 @click.pass_context
 def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
     """Check this host before trusting its numbers: A/A, known answer, vDSO control,
-    harness cost and sampler perturbation, minimum detectable effect."""  # fmt: skip
+    harness cost and sampler perturbation, minimum detectable effect."""
     started = time.monotonic()
     kinds = [k.strip() for k in quota_kinds.split(",") if k.strip()]
     if unknown := [k for k in kinds if k not in QUOTA_KINDS]:

@@ -20,8 +20,19 @@ import pandas as pd
 from bench import store
 from bench.report import html
 
-OPS = ["null", "read", "write", "open_close", "stat", "fstat", "clock_gettime", "page_fault",
-       "fork", "fork_exec", "pipe_pingpong"]  # fmt: skip
+OPS = [
+    "null",
+    "read",
+    "write",
+    "open_close",
+    "stat",
+    "fstat",
+    "clock_gettime",
+    "page_fault",
+    "fork",
+    "fork_exec",
+    "pipe_pingpong",
+]
 FOOT = ["cpu_user_ms", "cpu_system_ms", "cpu_total_ms", "mem_peak_mib", "pids_peak"]
 
 
@@ -37,23 +48,60 @@ def synthetic(n_target: int = 100_000, rounds: int = 30, seed: int = 0):
         for i, env in enumerate(envs):
             f = 1 + 0.3 * i
             for op in OPS:
-                rows.append((r, env, "syscall", op, "ns_per_op", "ns", "probe",
-                             rng.lognormal(np.log(200 * f), 0.05)))  # fmt: skip
+                rows.append(
+                    (
+                        r,
+                        env,
+                        "syscall",
+                        op,
+                        "ns_per_op",
+                        "ns",
+                        "probe",
+                        rng.lognormal(np.log(200 * f), 0.05),
+                    )
+                )
             for p, base in (("ready_ms", 20), ("exit_ms", 21), ("cleaned_ms", 24)):
-                rows.append((r, env, "startup", "phases", p, "ms", "phase",
-                             rng.lognormal(np.log(base * f), 0.1)))  # fmt: skip
+                rows.append(
+                    (
+                        r,
+                        env,
+                        "startup",
+                        "phases",
+                        p,
+                        "ms",
+                        "phase",
+                        rng.lognormal(np.log(base * f), 0.1),
+                    )
+                )
             for w in ("syscall", "startup"):
                 for m in FOOT:
                     rows.append((r, env, w, "cgroup", m, "ms", "cgroup", rng.gamma(5, f)))
-    df = pd.DataFrame(rows[:n_target], columns=["round", "env", "workload", "op", "metric",
-                                                "unit", "source", "value"])  # fmt: skip
+    df = pd.DataFrame(
+        rows[:n_target],
+        columns=["round", "env", "workload", "op", "metric", "unit", "source", "value"],
+    )
     df["round"] += 1
-    df = df.assign(run_id="synthetic", cell=df["env"] + "|" + df["workload"], env_kind="x",
-                   spec=df["env"], options="{}", emulated=False, launch=0, t=0.0,
-                   status="ok", reason="", note="", args="")  # fmt: skip
-    manifest = {"schema_version": 1, "run_id": "synthetic", "status": "complete",
-                "matrix": {"baseline": "host", "envs": [{"label": e} for e in envs]},
-                "environments": {e: {"kind": "x", "available": True} for e in envs}}  # fmt: skip
+    df = df.assign(
+        run_id="synthetic",
+        cell=df["env"] + "|" + df["workload"],
+        env_kind="x",
+        spec=df["env"],
+        options="{}",
+        emulated=False,
+        launch=0,
+        t=0.0,
+        status="ok",
+        reason="",
+        note="",
+        args="",
+    )
+    manifest = {
+        "schema_version": 1,
+        "run_id": "synthetic",
+        "status": "complete",
+        "matrix": {"baseline": "host", "envs": [{"label": e} for e in envs]},
+        "environments": {e: {"kind": "x", "available": True} for e in envs},
+    }
     return manifest, df[list(store.COLUMNS)]
 
 

@@ -115,13 +115,29 @@ def marker_rootfs(tmp_path_factory):
     src = tmp_path_factory.mktemp("marker") / "m"
     src.mkdir()
     (src / "marker.txt").write_text(MARKER)
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "ISOBENCH_LOCK": str(src.parent / "lock"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+    env = {
+        **os.environ,
+        "ISOBENCH_CACHE": str(cache),
+        "ISOBENCH_LOCK": str(src.parent / "lock"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
     res = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "rootfs", "build", MARKER_ROOTFS,
-         "--copy", f"{src}:{MARKER_DIR}"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=src.parent,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "rootfs",
+            "build",
+            MARKER_ROOTFS,
+            "--copy",
+            f"{src}:{MARKER_DIR}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=src.parent,
+    )
     assert res.returncode == 0, res.stderr
     yield rootfs.load(MARKER_ROOTFS, cache)
     shutil.rmtree(cache, ignore_errors=True)

@@ -48,8 +48,9 @@ PROBES = ("hold", "startup", "syscall")  # what the stand-in pretends to run
 
 
 def nothing_ran(probe: str, op: str) -> str:
-    return json.dumps({"probe": probe, "op": op,
-                       "error": "the k8s stand-in ran nothing: no measurement"})  # fmt: skip
+    return json.dumps(
+        {"probe": probe, "op": op, "error": "the k8s stand-in ran nothing: no measurement"}
+    )
 
 
 @dataclass
@@ -72,8 +73,14 @@ def _stamp(precise: bool = False) -> str:
 
 
 def _status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-            "reason": reason, "code": code}  # fmt: skip
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _matches(obj: dict, labels: dict[str, str], fields: dict[str, str]) -> bool:
@@ -127,16 +134,26 @@ class StandIn:
                 "kind": "RuntimeClass",
                 "metadata": {"name": n},
                 "handler": n,
-            }  # fmt: skip
+            }
             for n in runtime_classes
         }
-        self.nodes = {node: {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
-                             "status": {"capacity": {"cpu": "2", "memory": "4Gi"},
-                                        "nodeInfo": {"kernelVersion": "(stand-in: no node)",
-                                                     "osImage": "(stand-in: no node)",
-                                                     "containerRuntimeVersion": "standin://0",
-                                                     "kubeletVersion": VERSION["gitVersion"],
-                                                     "architecture": "amd64"}}}}  # fmt: skip
+        self.nodes = {
+            node: {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node},
+                "status": {
+                    "capacity": {"cpu": "2", "memory": "4Gi"},
+                    "nodeInfo": {
+                        "kernelVersion": "(stand-in: no node)",
+                        "osImage": "(stand-in: no node)",
+                        "containerRuntimeVersion": "standin://0",
+                        "kubeletVersion": VERSION["gitVersion"],
+                        "architecture": "amd64",
+                    },
+                },
+            }
+        }
         self.stopping = threading.Event()
         self.server: ThreadingHTTPServer | None = None
         self.dir: Path | None = None
@@ -151,8 +168,9 @@ class StandIn:
             self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
             self.server.daemon_threads = True
             self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-            threading.Thread(target=self.server.serve_forever, name="k8s-standin",
-                             daemon=True).start()  # fmt: skip
+            threading.Thread(
+                target=self.server.serve_forever, name="k8s-standin", daemon=True
+            ).start()
             self.kubeconfig = self.dir / "kubeconfig"
             self.kubeconfig.write_text(self.kubeconfig_text())
         except BaseException:
@@ -176,20 +194,34 @@ class StandIn:
             self.dir = None
 
     def kubeconfig_text(self, context: str = "standin") -> str:
-        return json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": context,
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "standin", "user": {"token": TOKEN}}],
-            "contexts": [{"name": context, "context": {"cluster": "standin", "user": "standin"}}],
-        }, indent=1)  # fmt: skip
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": context,
+                "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+                "users": [{"name": "standin", "user": {"token": TOKEN}}],
+                "contexts": [
+                    {"name": context, "context": {"cluster": "standin", "user": "standin"}}
+                ],
+            },
+            indent=1,
+        )
 
     # -- state (under self.lock)
     def _namespace(self, name: str, labels=None, annotations=None) -> dict:
-        return {"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": name, "labels": dict(labels or {}),
-                             "annotations": dict(annotations or {}),
-                             "creationTimestamp": _stamp(), "resourceVersion": "1"},
-                "status": {"phase": "Active"}}  # fmt: skip
+        return {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": dict(labels or {}),
+                "annotations": dict(annotations or {}),
+                "creationTimestamp": _stamp(),
+                "resourceVersion": "1",
+            },
+            "status": {"phase": "Active"},
+        }
 
     def _bump(self, kind: str, pod: dict) -> None:
         self.rv += 1
@@ -233,8 +265,9 @@ class StandIn:
 
             def schedule(pod):
                 pod["spec"]["nodeName"] = next(iter(self.nodes))
-                pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True",
-                                                "lastTransitionTime": _stamp()}]  # fmt: skip
+                pod["status"]["conditions"] = [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": _stamp()}
+                ]
                 self._mark(name, "scheduled")
 
             change(schedule)
@@ -246,9 +279,17 @@ class StandIn:
         if container["image"] in self.pull_fails:
 
             def backoff(pod):
-                pod["status"]["containerStatuses"] = [self._cs(container, {"waiting": {
-                    "reason": "ImagePullBackOff",
-                    "message": f'Back-off pulling image "{container["image"]}"'}})]  # fmt: skip
+                pod["status"]["containerStatuses"] = [
+                    self._cs(
+                        container,
+                        {
+                            "waiting": {
+                                "reason": "ImagePullBackOff",
+                                "message": f'Back-off pulling image "{container["image"]}"',
+                            }
+                        },
+                    )
+                ]
 
             change(backoff)
             term.wait()
@@ -256,16 +297,19 @@ class StandIn:
         argv = container.get("command") or []
         probe = argv[0].rsplit("/", 1)[-1] if argv else ""
         if probe not in PROBES:
-            msg = (f'failed to create containerd task: exec: "{argv[0] if argv else ""}": '
-                   "stat: no such file or directory (isobench stand-in)")  # fmt: skip
+            msg = (
+                f'failed to create containerd task: exec: "{argv[0] if argv else ""}": '
+                "stat: no such file or directory (isobench stand-in)"
+            )
             self._terminate(key, 128, "StartError", msg, phase="Failed")
             term.wait()
             return self._finish_delete(key)
 
         def running(pod):
             pod["status"]["phase"] = "Running"
-            pod["status"]["containerStatuses"] = [self._cs(container, {
-                "running": {"startedAt": _stamp()}})]  # fmt: skip
+            pod["status"]["containerStatuses"] = [
+                self._cs(container, {"running": {"startedAt": _stamp()}})
+            ]
             self._mark(name, "started")
 
         change(running)
@@ -292,8 +336,13 @@ class StandIn:
         return self._finish_delete(key)
 
     def _cs(self, container: dict, state: dict) -> dict:
-        return {"name": container["name"], "image": container["image"], "state": state,
-                "ready": "running" in state, "restartCount": 0}  # fmt: skip
+        return {
+            "name": container["name"],
+            "image": container["image"],
+            "state": state,
+            "ready": "running" in state,
+            "restartCount": 0,
+        }
 
     def _log(self, key, line: str) -> None:
         with self.lock:
@@ -310,9 +359,19 @@ class StandIn:
                 term["message"] = message
             cs = (pod["status"].get("containerStatuses") or [{}])[0]
             container = pod["spec"]["containers"][0]
-            pod["status"]["containerStatuses"] = [self._cs(container, {"terminated": {
-                "startedAt": ((cs.get("state") or {}).get("running") or {}).get("startedAt"),
-                **term}})]  # fmt: skip
+            pod["status"]["containerStatuses"] = [
+                self._cs(
+                    container,
+                    {
+                        "terminated": {
+                            "startedAt": ((cs.get("state") or {}).get("running") or {}).get(
+                                "startedAt"
+                            ),
+                            **term,
+                        }
+                    },
+                )
+            ]
             pod["status"]["phase"] = phase
             self._mark(key[1], "exit")
             self._bump("MODIFIED", pod)
@@ -346,21 +405,30 @@ class StandIn:
         name = meta.get("name", "")
         spec = body.get("spec") or {}
         containers = spec.get("containers") or []
-        if not name or not containers or not all(c.get("image") and c.get("name")
-                                                 for c in containers):  # fmt: skip
-            return 422, _status(422, "Invalid", "Pod is invalid: name, containers and image "
-                                                "are required")  # fmt: skip
+        if (
+            not name
+            or not containers
+            or not all(c.get("image") and c.get("name") for c in containers)
+        ):
+            return 422, _status(
+                422, "Invalid", "Pod is invalid: name, containers and image are required"
+            )
         rc = spec.get("runtimeClassName")
         with self.lock:
             if ns not in self.namespaces:
                 return 404, _status(404, "NotFound", f'namespaces "{ns}" not found')
             if self.namespaces[ns]["status"]["phase"] != "Active":
-                return 403, _status(403, "Forbidden", f'unable to create new content in '
-                                                      f'namespace {ns} because it is being '
-                                                      'terminated')  # fmt: skip
+                return 403, _status(
+                    403,
+                    "Forbidden",
+                    f"unable to create new content in "
+                    f"namespace {ns} because it is being "
+                    "terminated",
+                )
             if rc and rc not in self.runtime_classes:
-                return 403, _status(403, "Forbidden", f'pod rejected: RuntimeClass "{rc}" '
-                                                      'not found')  # fmt: skip
+                return 403, _status(
+                    403, "Forbidden", f'pod rejected: RuntimeClass "{rc}" not found'
+                )
             if (ns, name) in self.pods:
                 return 409, _status(409, "AlreadyExists", f'pods "{name}" already exists')
             pod = copy.deepcopy(body)
@@ -508,9 +576,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._get_or_list([], api.namespaces, "NamespaceList", q)
         ns = rest[1]
         if ns in api.forbidden and len(rest) > 2:
-            return self._json(403, _status(403, "Forbidden", f'pods is forbidden: User "standin" '
-                                                             f'cannot list resource "pods" in '
-                                                             f'the namespace "{ns}"'))  # fmt: skip
+            return self._json(
+                403,
+                _status(
+                    403,
+                    "Forbidden",
+                    f'pods is forbidden: User "standin" '
+                    f'cannot list resource "pods" in '
+                    f'the namespace "{ns}"',
+                ),
+            )
         if len(rest) == 2:
             if method == "DELETE":
                 return self._json(*api.delete_namespace(ns))
@@ -542,9 +617,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200, copy.deepcopy(obj))
             labels = _selector(q.get("labelSelector", ""))
             items = [copy.deepcopy(o) for o in store.values() if _matches(o, labels, {})]
-        return self._json(200, {"kind": list_kind, "apiVersion": "v1",
-                                "metadata": {"resourceVersion": str(self.api.rv)},
-                                "items": items})  # fmt: skip
+        return self._json(
+            200,
+            {
+                "kind": list_kind,
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.api.rv)},
+                "items": items,
+            },
+        )
 
     def _create_namespace(self, q: dict) -> None:
         api = self.api
@@ -552,11 +633,13 @@ class _Handler(BaseHTTPRequestHandler):
         name = meta.get("name", "")
         with api.lock:
             if name in api.forbidden:
-                return self._json(403, _status(403, "Forbidden", f'namespaces "{name}" is '
-                                                                 'forbidden'))  # fmt: skip
+                return self._json(
+                    403, _status(403, "Forbidden", f'namespaces "{name}" is forbidden')
+                )
             if name in api.namespaces:
-                return self._json(409, _status(409, "AlreadyExists",
-                                               f'namespaces "{name}" already exists'))  # fmt: skip
+                return self._json(
+                    409, _status(409, "AlreadyExists", f'namespaces "{name}" already exists')
+                )
             ns = api._namespace(name, meta.get("labels"), meta.get("annotations"))
             if q.get("dryRun") != "All":
                 api.namespaces[name] = ns
@@ -619,9 +702,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(404, _status(404, "NotFound", f'pods "{name}" not found'))
             states = [cs.get("state") or {} for cs in pod["status"].get("containerStatuses") or []]
             if not any("running" in s or "terminated" in s for s in states):
-                return self._json(400, _status(400, "BadRequest", f'container "probe" in pod '
-                                                                  f'"{name}" is waiting to start: '
-                                                                  'ContainerCreating'))  # fmt: skip
+                return self._json(
+                    400,
+                    _status(
+                        400,
+                        "BadRequest",
+                        f'container "probe" in pod "{name}" is waiting to start: ContainerCreating',
+                    ),
+                )
         stamps = str(q.get("timestamps")).lower() in ("true", "1")
         follow = str(q.get("follow")).lower() in ("true", "1")
         self._start_stream("text/plain")

@@ -7,24 +7,39 @@ import pytest
 from bench import analysis, store
 
 
-def samples(env, values, args="", op="null", workload="syscall", metric="ns_per_op",
-            source="probe", note=""):  # fmt: skip
+def samples(
+    env, values, args="", op="null", workload="syscall", metric="ns_per_op", source="probe", note=""
+):
     return [
-        {**dict.fromkeys(store.COLUMNS), "env": env, "workload": workload, "op": op,
-         "metric": metric, "unit": "ns", "value": v, "round": i + 1, "status": "ok",
-         "source": source, "args": args, "note": note}
+        {
+            **dict.fromkeys(store.COLUMNS),
+            "env": env,
+            "workload": workload,
+            "op": op,
+            "metric": metric,
+            "unit": "ns",
+            "value": v,
+            "round": i + 1,
+            "status": "ok",
+            "source": source,
+            "args": args,
+            "note": note,
+        }
         for i, v in enumerate(values)
-    ]  # fmt: skip
+    ]
 
 
-MANIFEST = {"matrix": {"baseline": "host", "precision": 0.02},
-            "environments": {"host": {"kind": "host"}, "vm": {"kind": "libvirt"}}}  # fmt: skip
+MANIFEST = {
+    "matrix": {"baseline": "host", "precision": 0.02},
+    "environments": {"host": {"kind": "host"}, "vm": {"kind": "libvirt"}},
+}
 
 
 def test_ratio_and_significance_on_a_clear_shift():
     rng = np.random.default_rng(1)
-    df = pd.DataFrame(samples("host", 100 + rng.normal(0, 1, 20))
-                      + samples("vm", 200 + rng.normal(0, 1, 20)))  # fmt: skip
+    df = pd.DataFrame(
+        samples("host", 100 + rng.normal(0, 1, 20)) + samples("vm", 200 + rng.normal(0, 1, 20))
+    )
     rows = {r["env"]: r for r in analysis.summarize_run(df, MANIFEST)}
     vm = rows["vm"]
     assert 1.95 < vm["ratio_ci_low"] < vm["ratio"] < vm["ratio_ci_high"] < 2.05
@@ -33,8 +48,10 @@ def test_ratio_and_significance_on_a_clear_shift():
 
 
 def test_no_ratio_against_a_baseline_that_ran_other_arguments():
-    df = pd.DataFrame(samples("host", [100.0] * 5, args="--mem-mib 96")
-                      + samples("vm", [50.0] * 5, args="--mem-mib 48"))  # fmt: skip
+    df = pd.DataFrame(
+        samples("host", [100.0] * 5, args="--mem-mib 96")
+        + samples("vm", [50.0] * 5, args="--mem-mib 48")
+    )
     vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
     assert vm["ratio"] is None and vm["p_value"] is None and "other arguments" in vm["note"]
 
@@ -74,15 +91,19 @@ def test_pairs_by_round_cancel_a_drift_the_unpaired_view_cannot():
 def test_identical_twin_is_not_significant():
     rng = np.random.default_rng(3)
     drift = 100 * np.exp(rng.normal(0, 0.05, 6))
-    df = pd.DataFrame(samples("host", drift * np.exp(rng.normal(0, 0.01, 6)))
-                      + samples("vm", drift * np.exp(rng.normal(0, 0.01, 6))))  # fmt: skip
+    df = pd.DataFrame(
+        samples("host", drift * np.exp(rng.normal(0, 0.01, 6)))
+        + samples("vm", drift * np.exp(rng.normal(0, 0.01, 6)))
+    )
     vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
     assert not vm["significant"] and vm["ratio_ci_low"] < 1 < vm["ratio_ci_high"]
 
 
 def test_failed_vdso_control_is_flagged_not_a_finding():
-    df = pd.DataFrame(samples("host", [23.0, 23.1, 22.9, 23.0], op="clock_gettime")
-                      + samples("vm", [7e4, 7.1e4, 6.9e4, 7.2e4], op="clock_gettime"))  # fmt: skip
+    df = pd.DataFrame(
+        samples("host", [23.0, 23.1, 22.9, 23.0], op="clock_gettime")
+        + samples("vm", [7e4, 7.1e4, 6.9e4, 7.2e4], op="clock_gettime")
+    )
     vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
     assert vm["flags"] and vm["flags"][0].startswith("vDSO control failed: clock_gettime ×3,")
     assert vm["ratio"] is None and not vm["significant"] and vm["p_value"] is None
@@ -93,14 +114,28 @@ def test_failed_vdso_control_is_flagged_not_a_finding():
 
 def test_implausible_counters_are_flagged():
     manifest = {**MANIFEST, "host": {"cgroup_layout": "hybrid"}}
-    neg = samples("host", [-0.45, -0.3, 0.1], workload="io", op="cgroup", metric="io_read_mib",
-                  source="cgroup")  # fmt: skip
-    zero = samples("vm", [0.0, 0.0, 0.0], workload="io", op="cgroup", metric="io_write_mib",
-                   source="cgroup")  # fmt: skip
-    zero_host = samples("host", [32.0, 32.0, 32.0], workload="io", op="cgroup",
-                        metric="io_write_mib", source="cgroup")  # fmt: skip
-    rows = analysis.summarize_run(pd.DataFrame(neg + zero + zero_host), manifest,
-                                  scope=analysis.FOOTPRINT)  # fmt: skip
+    neg = samples(
+        "host",
+        [-0.45, -0.3, 0.1],
+        workload="io",
+        op="cgroup",
+        metric="io_read_mib",
+        source="cgroup",
+    )
+    zero = samples(
+        "vm", [0.0, 0.0, 0.0], workload="io", op="cgroup", metric="io_write_mib", source="cgroup"
+    )
+    zero_host = samples(
+        "host",
+        [32.0, 32.0, 32.0],
+        workload="io",
+        op="cgroup",
+        metric="io_write_mib",
+        source="cgroup",
+    )
+    rows = analysis.summarize_run(
+        pd.DataFrame(neg + zero + zero_host), manifest, scope=analysis.FOOTPRINT
+    )
     by = {(r["env"], r["metric"]): r for r in rows}
     assert "negative io_read_mib" in by[("host", "io_read_mib")]["flags"][0]
     z = by[("vm", "io_write_mib")]
@@ -108,9 +143,16 @@ def test_implausible_counters_are_flagged():
 
 
 def test_page_cache_reads_are_flagged():
-    df = pd.DataFrame(samples("host", [900.0, 910.0, 905.0], workload="io", op="seq_read")
-                      + samples("vm", [9e3, 9.1e3, 9e3], workload="io", op="seq_read",
-                                note="O_DIRECT not honoured: page cache"))  # fmt: skip
+    df = pd.DataFrame(
+        samples("host", [900.0, 910.0, 905.0], workload="io", op="seq_read")
+        + samples(
+            "vm",
+            [9e3, 9.1e3, 9e3],
+            workload="io",
+            op="seq_read",
+            note="O_DIRECT not honoured: page cache",
+        )
+    )
     vm = next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
     assert "page-cache speed" in vm["flags"][0] and vm["ratio"] is None
 
@@ -119,10 +161,19 @@ def test_a_density_figure_is_not_taken_for_a_counter_or_a_page_cache_read():
     """density's MemAvailable drop per instance can be negative (noise), and its notes
     speak of the page cache settling: neither is the io probe's or a counter's flag."""
     note = "MemAvailable read after the page cache settled"
-    df = pd.DataFrame(samples("host", [-0.5, 0.2, 0.1], workload="density", op="n04",
-                              metric="mem_system_mib", note=note)
-                      + samples("vm", [9.0, 9.5, 9.2], workload="density", op="n04",
-                                metric="mem_system_mib", note=note))  # fmt: skip
+    df = pd.DataFrame(
+        samples(
+            "host",
+            [-0.5, 0.2, 0.1],
+            workload="density",
+            op="n04",
+            metric="mem_system_mib",
+            note=note,
+        )
+        + samples(
+            "vm", [9.0, 9.5, 9.2], workload="density", op="n04", metric="mem_system_mib", note=note
+        )
+    )
     rows = analysis.summarize_run(df, MANIFEST)
     assert not any(r["flags"] for r in rows)
 
@@ -130,12 +181,18 @@ def test_a_density_figure_is_not_taken_for_a_counter_or_a_page_cache_read():
 def test_a_signed_figure_gets_no_ratio():
     """A figure declared signed (a difference that straddles 0) is shown with its median
     and CI; a ratio of two such differences (here -0.2 vs 9) would be no finding."""
-    manifest = {**MANIFEST, "catalog": {"density": {"metrics": {
-        "mem_system_mib": {"unit": "MiB", "better": "lower", "signed": True}}}}}  # fmt: skip
-    df = pd.DataFrame(samples("host", [-0.5, 0.2, -0.1], workload="density", op="n04",
-                              metric="mem_system_mib")
-                      + samples("vm", [9.0, 9.5, 9.2], workload="density", op="n04",
-                                metric="mem_system_mib"))  # fmt: skip
+    manifest = {
+        **MANIFEST,
+        "catalog": {
+            "density": {
+                "metrics": {"mem_system_mib": {"unit": "MiB", "better": "lower", "signed": True}}
+            }
+        },
+    }
+    df = pd.DataFrame(
+        samples("host", [-0.5, 0.2, -0.1], workload="density", op="n04", metric="mem_system_mib")
+        + samples("vm", [9.0, 9.5, 9.2], workload="density", op="n04", metric="mem_system_mib")
+    )
     vm = next(r for r in analysis.summarize_run(df, manifest) if r["env"] == "vm")
     assert vm["ratio"] is None and vm["p_value"] is None and not vm["significant"]
     assert "signed figure" in vm["note"] and vm["median"] == 9.2
@@ -144,11 +201,21 @@ def test_a_signed_figure_gets_no_ratio():
 
 
 def test_noisy_ops_have_no_precision_target():
-    manifest = {**MANIFEST, "catalog": {"syscall": {"noisy": ["fork"]},
-                                        "startup": {"precision_floor": 0.1}}}  # fmt: skip
-    df = pd.DataFrame(samples("host", [1.0, 2.0, 3.0], op="fork")
-                      + samples("host", [10.0, 10.5, 11.0], workload="startup", op="phases",
-                                metric="ready_ms", source="phase"))  # fmt: skip
+    manifest = {
+        **MANIFEST,
+        "catalog": {"syscall": {"noisy": ["fork"]}, "startup": {"precision_floor": 0.1}},
+    }
+    df = pd.DataFrame(
+        samples("host", [1.0, 2.0, 3.0], op="fork")
+        + samples(
+            "host",
+            [10.0, 10.5, 11.0],
+            workload="startup",
+            op="phases",
+            metric="ready_ms",
+            source="phase",
+        )
+    )
     rows = {r["op"]: r for r in analysis.summarize_run(df, manifest)}
     assert rows["fork"]["precision_target"] is None and not rows["fork"]["reached_precision"]
     assert rows["phases"]["precision_target"] == 0.1

@@ -15,8 +15,11 @@ from bench import busy
 
 
 def _spinners() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"])
-            if busy.SPIN in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if busy.SPIN in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_one_idle_class_spinner_per_cpu_and_none_after():

@@ -21,8 +21,13 @@ ROOT = Path(__file__).parents[1]
 
 def dry_run(tmp_path) -> list[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(tmp_path / "lock")}
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "clean", "--dry-run"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "clean", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()
 
@@ -38,8 +43,13 @@ def dirs():
 def dead_run_scratch(run_id: str) -> Path:
     """A scratch directory made by a real run process that has exited since."""
     code = f"from bench.scratch import new_scratch; print(new_scratch({run_id!r}))"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
     return Path(res.stdout.strip())
 
 

@@ -8,9 +8,12 @@ import pytest
 
 def isobench(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=cwd,
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,8 +99,12 @@ def test_dash_output_writes_to_stdout(run, tmp_path, command):
     res = isobench(args[0], str(run), *args[1:], "-o", "-", cwd=tmp_path)
     assert res.returncode in (0, 1), res.stderr  # compare: 1 on a significant change
     assert not (tmp_path / "-").exists()
-    head = {"report": "<!DOCTYPE html>", "compare": "<!DOCTYPE html>", "notebook": "{",
-            "export": "run_id,"}[command[0]]  # fmt: skip
+    head = {
+        "report": "<!DOCTYPE html>",
+        "compare": "<!DOCTYPE html>",
+        "notebook": "{",
+        "export": "run_id,",
+    }[command[0]]
     assert res.stdout.lstrip().startswith(head)
 
 
@@ -115,8 +122,10 @@ def test_unwritable_output_is_one_line(run, tmp_path, command, target):
 
 @needs_run
 def test_summary_with_an_unknown_baseline_names_the_known_ones(run):
-    one_line_error(isobench("summary", str(run), "--baseline", "nosuch"),
-                   "--baseline nosuch: no such environment (known: host, ")  # fmt: skip
+    one_line_error(
+        isobench("summary", str(run), "--baseline", "nosuch"),
+        "--baseline nosuch: no such environment (known: host, ",
+    )
 
 
 @needs_run

@@ -17,8 +17,13 @@ from bench.report import compare
 from bench.report.commands import compare as compare_cmd
 from tests.test_report import make_run
 
-HOST = {"cpu_model": "X", "kernel": "6.1", "cpu_count": 2, "cgroup_layout": "unified",
-        "hostname": "h"}  # fmt: skip
+HOST = {
+    "cpu_model": "X",
+    "kernel": "6.1",
+    "cpu_count": 2,
+    "cgroup_layout": "unified",
+    "hostname": "h",
+}
 CAT = {
     "syscall": {"family": "syscall", "metrics": {"ns_per_op": {"unit": "ns", "better": "lower"}}},
     "cpu": {"family": "cpu", "metrics": {"mb_per_s": {"unit": "MB/s", "better": "higher"}}},
@@ -42,9 +47,23 @@ def write_run(path, run_id, cells, host=HOST, versions=None):
     with open(path / "samples.jsonl", "w") as f:
         for (env, w, op, metric, unit), values in cells.items():
             for i, v in enumerate(values):
-                f.write(json.dumps({"run_id": run_id, "round": i + 1, "env": env, "workload": w,
-                                    "op": op, "metric": metric, "unit": unit, "value": float(v),
-                                    "source": "probe", "status": "ok"}) + "\n")  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {
+                            "run_id": run_id,
+                            "round": i + 1,
+                            "env": env,
+                            "workload": w,
+                            "op": op,
+                            "metric": metric,
+                            "unit": unit,
+                            "value": float(v),
+                            "source": "probe",
+                            "status": "ok",
+                        }
+                    )
+                    + "\n"
+                )
     return path
 
 
@@ -88,8 +107,13 @@ def test_no_change_exits_0_and_writes_html(tmp_path):
 
 def test_warns_when_hosts_or_versions_differ(tmp_path):
     a = write_run(tmp_path / "a", "A", {NULL: [1, 2, 3]}, versions={"runc": "1.1"})
-    b = write_run(tmp_path / "b", "B", {NULL: [1, 2, 3]}, host=HOST | {"kernel": "6.9"},
-                  versions={"runc": "1.2"})  # fmt: skip
+    b = write_run(
+        tmp_path / "b",
+        "B",
+        {NULL: [1, 2, 3]},
+        host=HOST | {"kernel": "6.9"},
+        versions={"runc": "1.2"},
+    )
     res = CliRunner().invoke(compare_cmd, [str(a), str(b)])
     assert "hosts differ: kernel: '6.1' vs '6.9'" in res.stderr
     assert "host: runc version differs: '1.1' vs '1.2'" in res.stderr
@@ -123,8 +147,9 @@ def test_labels_are_not_rich_markup(tmp_path):
 
 def test_bad_input(tmp_path):
     with pytest.raises(store.StoreError):
-        CliRunner().invoke(compare_cmd, [str(tmp_path / "x"), str(tmp_path / "y")],
-                           catch_exceptions=False)  # fmt: skip
+        CliRunner().invoke(
+            compare_cmd, [str(tmp_path / "x"), str(tmp_path / "y")], catch_exceptions=False
+        )
 
 
 @pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
@@ -136,8 +161,12 @@ def test_real_run_against_itself(tmp_path_factory):
 
 
 def _isobench(*args):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_runs_without_a_common_figure_exit_2_with_one_line(tmp_path):
@@ -156,8 +185,20 @@ def test_a_30_percent_change_between_two_quick_runs_fails_the_build(tmp_path):
     rehearsal once read it n.s."""
     from bench.cli import cli
 
-    args = ["run", "--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
-            "--max-rounds", "6", "--results", str(tmp_path / "results")]  # fmt: skip
+    args = [
+        "run",
+        "--env",
+        "host",
+        "--env",
+        "namespaces",
+        "--workload",
+        "syscall",
+        "--quick",
+        "--max-rounds",
+        "6",
+        "--results",
+        str(tmp_path / "results"),
+    ]
     assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
     (a,) = [p.parent for p in (tmp_path / "results").glob("*/manifest.json")]
     b = tmp_path / "slower"

@@ -177,8 +177,15 @@ def test_catalog_levels():
 def test_catalog_level_lists_are_checked():
     assert catalog.parse_levels("d", {"full": [1, 4]})["quick_guests"] == (1, 4)
     assert catalog.parse_levels("d", {"full": [1, 4], "quick": [1]})["quick_guests"] == (1,)
-    for bad in ({"full": [4, 1]}, {"full": [0, 1]}, {"full": []}, {"full": [1, 1]},
-                {"quick": [1]}, {"full": [1], "huge": [2]}, {"full": [True]}):  # fmt: skip
+    for bad in (
+        {"full": [4, 1]},
+        {"full": [0, 1]},
+        {"full": []},
+        {"full": [1, 1]},
+        {"quick": [1]},
+        {"full": [1], "huge": [2]},
+        {"full": [True]},
+    ):
         with pytest.raises(ValueError):
             catalog.parse_levels("d", bad)
 
@@ -214,13 +221,19 @@ def _ours(env: Environment) -> list[str]:
 
 def _check_round(env: Environment, launch, levels: list[int]) -> None:
     assert launch.status == "ok", (launch.reason, launch.extra)
-    assert not launch.extra.get("probe_errors"), launch.extra
+    assert not launch.probe_errors, launch.extra
     assert [r["op"] for r in launch.records] == [density.op_name(n, levels) for n in levels]
     for r in launch.records:
         m = r["metrics"]
         assert set(m) <= set(density.UNITS) and r["units"] == {k: density.UNITS[k] for k in m}
-        for key in ("mem_system_mib", "mem_accounted_mib", "mem_cgroup_mib", "start_ms",
-                    "stop_ms", "idle_cpu_ms_per_s"):  # fmt: skip
+        for key in (
+            "mem_system_mib",
+            "mem_accounted_mib",
+            "mem_cgroup_mib",
+            "start_ms",
+            "stop_ms",
+            "idle_cpu_ms_per_s",
+        ):
             assert key in m, (key, r)
         assert 0 < m["mem_cgroup_mib"] < 64, r  # an idle static probe: well under 64 MiB
         assert m["mem_accounted_mib"] >= m["mem_cgroup_mib"]
@@ -294,7 +307,7 @@ def test_the_ramp_stops_at_the_memory_reserve(env_of):
     launch = density.run_round(env, levels, READY_S, reserve, log.append, pace=PACE)
     assert launch.status == "ok"
     assert [r["op"] for r in launch.records] == ["n000001"]
-    (err,) = launch.extra["probe_errors"]
+    (err,) = launch.probe_errors
     assert err.startswith("n100000: skipped: would leave") and "below the reserve" in err
     assert not any(line.startswith("n100000: baseline") for line in log)
     assert _ours(env) == []
@@ -307,7 +320,7 @@ def test_no_level_runs_when_the_host_is_already_below_the_reserve(env_of):
     reserve = min(0.99, mem["MemAvailable"] / mem["MemTotal"] + 0.01)
     launch = density.run_round(env, [1, 2], READY_S, reserve, pace=PACE)
     assert launch.status == "failed" and "no density level" in launch.reason
-    assert [e.split(":")[0] for e in launch.extra["probe_errors"]] == ["n01", "n02"]
+    assert [e.split(":")[0] for e in launch.probe_errors] == ["n01", "n02"]
     assert launch.records == [] and env._live == []  # nothing was started
 
 
@@ -327,15 +340,20 @@ def test_a_level_that_cannot_start_fails_and_ends_the_ramp(env_of, monkeypatch):
     monkeypatch.setattr(env, "start", start)
     launch = density.run_round(env, [1, 4, 8], READY_S, 0.25, pace=PACE)
     assert [r["op"] for r in launch.records] == ["n01"]
-    failed, skipped = launch.extra["probe_errors"]
+    failed, skipped = launch.probe_errors
     assert failed == "n04: instance 4 of 4 did not start: could not set up isobench-x: no more pids"
     assert skipped == "n08: skipped: level 4 failed"
     assert _ours(env) == []
 
 
 # the log lines of level 3's steps, in order (each is where a Ctrl-C is raised)
-INTERRUPT_AT = ["3 started, waiting for ready", "3 held, settling", "idle window",
-                "one more with 3 held", "stopping 3"]  # fmt: skip
+INTERRUPT_AT = [
+    "3 started, waiting for ready",
+    "3 held, settling",
+    "idle window",
+    "one more with 3 held",
+    "stopping 3",
+]
 
 
 @pytest.mark.requires("host")
@@ -410,14 +428,32 @@ def test_kill_9_while_a_level_is_held_then_clean_removes_every_instance(tmp_path
     podman's attached CLIs and oci's `run` processes), `isobench clean` lists and removes
     every one, and nothing of the run remains. (The host kind's instances are processes
     in cgroups: test_reliability kills a host run and cleans its cgroups.)"""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-           "ISOBENCH_LOCK": str(tmp_path / "lock")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "ISOBENCH_LOCK": str(tmp_path / "lock"),
+    }
     cli = [sys.executable, "-m", "bench.cli"]
     proc = subprocess.Popen(
-        [*cli, "run", "--env", kind, "--workload", "density", "--quick", "--warmup", "0",
-         "--results", str(tmp_path / "results")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        [
+            *cli,
+            "run",
+            "--env",
+            kind,
+            "--workload",
+            "density",
+            "--quick",
+            "--warmup",
+            "0",
+            "--results",
+            str(tmp_path / "results"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         _run_until(proc, HELD_AT, 240)
     finally:
@@ -431,8 +467,9 @@ def test_kill_9_while_a_level_is_held_then_clean_removes_every_instance(tmp_path
     assert len({p.name for p in cgroups}) >= 4 and len(pids) >= 4, (cgroups, pids)
     assert len(held) >= 4, held
 
-    dry = subprocess.run([*cli, "clean", "--dry-run"], capture_output=True, text=True,
-                         env=env, timeout=300)  # fmt: skip
+    dry = subprocess.run(
+        [*cli, "clean", "--dry-run"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert dry.returncode == 0, dry.stderr
     for name in {p.name for p in cgroups}:
         assert f"would remove cgroup /sys/fs/cgroup/memory/{name}" in dry.stdout, name

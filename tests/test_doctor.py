@@ -60,8 +60,12 @@ def kvm_sandboxes() -> list[str]:
 
 
 def check_containers() -> str:
-    res = subprocess.run(["docker", "ps", "-aq", "--filter", "label=isobench.check"],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=isobench.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return res.stdout.strip()
 
 
@@ -84,8 +88,13 @@ def test_a_hanging_runtime_trial_leaves_nothing_running():
 def doctor() -> tuple[float, dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "doctor", "--json"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     return time.monotonic() - t0, json.loads(res.stdout)  # --json: nothing else on stdout
 

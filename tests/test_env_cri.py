@@ -44,8 +44,10 @@ def test_cri_log_lines_join_partials_and_keep_their_stamps():
     )
     lines = parse_cri_log(text)
     assert [(s, line) for _, s, line in lines] == [
-        ("stdout", "ready"), ("stderr", "oops"), ("stdout", '{"a":1}'),
-    ]  # fmt: skip
+        ("stdout", "ready"),
+        ("stderr", "oops"),
+        ("stdout", '{"a":1}'),
+    ]
     assert lines[0][0] == parse_timestamp("2025-01-02T03:04:05Z") + 123456789
     assert lines[1][0] == parse_timestamp("2025-01-02T02:04:05.3Z")
     with pytest.raises(ValueError):
@@ -57,9 +59,14 @@ def test_daemon_config_keeps_everything_in_its_own_directories(tmp_path):
     text = dmn.config_toml(lay, "isobench.local/pause:x", [dmn.Handler("runc", binary="/r")])
     assert dmn.config_prefix(text) == "isobench-t-e1"
     assert dmn.config_root(text) == tmp_path / "root"
-    for needed in ("restrict_oom_score_adj = true", "netns_mounts_under_state_dir = true",
-                   'stream_server_port = "0"', "SystemdCgroup = false",
-                   f'address = "{lay.socket}"', f'Root = "{lay.state}/runtimes/runc"'):  # fmt: skip
+    for needed in (
+        "restrict_oom_score_adj = true",
+        "netns_mounts_under_state_dir = true",
+        'stream_server_port = "0"',
+        "SystemdCgroup = false",
+        f'address = "{lay.socket}"',
+        f'Root = "{lay.state}/runtimes/runc"',
+    ):
         assert needed in text
     assert "/run/containerd" not in text and "/var/lib/containerd" not in text
     assert dmn.config_prefix("version = 2\n") is None  # not one isobench wrote
@@ -80,8 +87,9 @@ def test_mounts_under_a_directory_deepest_first():
         "4 1 0:6 / /run/isobench-cri/p2/y rw - tmpfs tmpfs rw\n"
     )
     assert dmn.mounts_under(Path("/run/isobench-cri/p"), info) == [
-        "/run/isobench-cri/p/state/x/rootfs", "/run/isobench-cri/p/netns/cni-1",
-    ]  # fmt: skip
+        "/run/isobench-cri/p/state/x/rootfs",
+        "/run/isobench-cri/p/netns/cni-1",
+    ]
 
 
 def test_handlers_from_a_containerd_status():
@@ -98,7 +106,7 @@ def test_handlers_from_a_containerd_status():
         {"memory": "lots"},
         {"cpus": "-1"},
         {"handler": "runc"},
-    ],  # fmt: skip
+    ],
 )
 def test_bad_options_are_refused_with_a_sentence(config, tmp_path):
     with pytest.raises(OptionError, match=r"option|no option"):
@@ -224,8 +232,10 @@ def hang_daemon(tmp_path, bundle):
     handler `hang` is runc except that `create` never returns: a node with a broken
     RuntimeClass. The environment uses it as a node's endpoint."""
     script = tmp_path / "hang-runtime"
-    script.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = create ] && exec sleep 3600; done\n'
-                      f'exec {os.path.realpath("/usr/sbin/runc")} "$@"\n')  # fmt: skip
+    script.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = create ] && exec sleep 3600; done\n'
+        f'exec {os.path.realpath("/usr/sbin/runc")} "$@"\n'
+    )
     script.chmod(0o755)
     refs = ci.archives(bundle, tmp_path / "cache")
     pause = next(r for r in refs if "/pause:" in r)
@@ -252,8 +262,11 @@ def test_a_hung_handler_times_out_and_leaves_nothing(cri_env, hang_daemon):
     assert "RunPodSandbox did not return within 5 s" in launch.reason
     assert took < 5 + 30, f"the launch took {took:.0f} s"
     assert "cleaned" in launch.phases
-    sleepers = [p for p in psutil.process_iter() if str(script) in " ".join(_cmd(p))
-                or _cmd(p)[:2] == ["sleep", "3600"]]  # fmt: skip
+    sleepers = [
+        p
+        for p in psutil.process_iter()
+        if str(script) in " ".join(_cmd(p)) or _cmd(p)[:2] == ["sleep", "3600"]
+    ]
     assert sleepers == [], "the hung runtime was killed"
     shims = _settled(lambda: [" ".join(_cmd(p)) for p in dmn.shims_of(daemon.lay.socket)])
     assert shims == [], "containerd's own `shim delete` of the killed shim ends by itself"
@@ -283,12 +296,24 @@ def test_a_nodes_endpoint_lists_only_isobench_pods_as_leftovers(cri_env, hang_da
 
 
 def _run(tmp_path: Path, *specs: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "bench.cli", "run", "--quick", "--workload", "startup",
-            "--results", str(tmp_path / "results"), "--budget", "120"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--quick",
+        "--workload",
+        "startup",
+        "--results",
+        str(tmp_path / "results"),
+        "--budget",
+        "120",
+    ]
     for spec in specs:
         argv += ["--env", spec]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _wait_for_pod(before: set[str], timeout: float = 90) -> str:

@@ -15,8 +15,19 @@ from bench.envs.host import HostEnv
 from bench.envs.namespaces import NamespacesEnv
 from bench.metrics.cgroup import find_leftovers
 
-SYSCALL_OPS = {"null", "read", "write", "open_close", "stat", "fstat", "clock_gettime",
-               "page_fault", "fork", "fork_exec", "pipe_pingpong"}  # fmt: skip
+SYSCALL_OPS = {
+    "null",
+    "read",
+    "write",
+    "open_close",
+    "stat",
+    "fstat",
+    "clock_gettime",
+    "page_fault",
+    "fork",
+    "fork_exec",
+    "pipe_pingpong",
+}
 EXPECTED = {
     "syscall": SYSCALL_OPS,
     "cpu": {"compute", "mem_bw", "mem_lat"},
@@ -90,15 +101,42 @@ def test_cli_quick_run_and_summary(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     cmd = [sys.executable, "-m", "bench.cli"]
     res = subprocess.run(
-        [*cmd, "run", "--env", "host", "--env", f"namespaces:label={NS}", "--workload", "syscall",
-         "--workload", "startup", "--quick", "--rounds", "3", "--max-rounds", "3",
-         "--results", str(tmp_path / "results"), "--seed", "3"],
-        capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env, timeout=300,
-    )  # fmt: skip
+        [
+            *cmd,
+            "run",
+            "--env",
+            "host",
+            "--env",
+            f"namespaces:label={NS}",
+            "--workload",
+            "syscall",
+            "--workload",
+            "startup",
+            "--quick",
+            "--rounds",
+            "3",
+            "--max-rounds",
+            "3",
+            "--results",
+            str(tmp_path / "results"),
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     (run_dir,) = (tmp_path / "results").iterdir()
-    res = subprocess.run([*cmd, "summary", str(run_dir), "--json"], capture_output=True,
-                         text=True, env=env, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [*cmd, "summary", str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     import json
 
@@ -109,6 +147,7 @@ def test_cli_quick_run_and_summary(tmp_path):
     assert ns_null["n"] == 3 and ns_null["ratio"] > 0
     startup = {r["metric"] for r in rows if r["workload"] == "startup"}
     assert {"ready_ms", "exit_ms", "cleaned_ms"} <= startup
-    table = subprocess.run([*cmd, "summary", str(run_dir)], capture_output=True, text=True,
-                           env=env, timeout=120)  # fmt: skip
+    table = subprocess.run(
+        [*cmd, "summary", str(run_dir)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert table.returncode == 0 and NS in table.stdout  # a label is text, never markup

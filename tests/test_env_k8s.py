@@ -64,10 +64,17 @@ def _pods(api: StandIn) -> list[str]:
 
 def test_manifest_is_a_guaranteed_unprivileged_pod_with_its_runtime_class():
     labels = {"isobench": "1", "isobench.run": "r1", "isobench.env": "isobench-r1-e0"}
-    m = pod_manifest("isobench-r1-e0-1", namespace="isobench", labels=labels,
-                     image="reg/isobench-probes:h", argv=["/probes/syscall", "--op", "null"],
-                     workdir="/work", runtime_class="gvisor", cpus=0.5,
-                     memory_bytes=512 * 2**20)  # fmt: skip
+    m = pod_manifest(
+        "isobench-r1-e0-1",
+        namespace="isobench",
+        labels=labels,
+        image="reg/isobench-probes:h",
+        argv=["/probes/syscall", "--op", "null"],
+        workdir="/work",
+        runtime_class="gvisor",
+        cpus=0.5,
+        memory_bytes=512 * 2**20,
+    )
     assert m["kind"] == "Pod" and m["metadata"]["labels"] == labels
     spec = m["spec"]
     assert spec["restartPolicy"] == "Never" and spec["runtimeClassName"] == "gvisor"
@@ -77,21 +84,38 @@ def test_manifest_is_a_guaranteed_unprivileged_pod_with_its_runtime_class():
     assert c["command"] == ["/probes/syscall", "--op", "null"] and c["workingDir"] == "/work"
     assert c["securityContext"] == {"privileged": False, "allowPrivilegeEscalation": False}
     text = json.dumps(m)
-    for never in ("hostNetwork", "hostPID", "hostIPC", "hostPath", "privileged\": true",
-                  "capabilities", "volumes"):  # fmt: skip
+    for never in (
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "hostPath",
+        'privileged": true',
+        "capabilities",
+        "volumes",
+    ):
         assert never not in text
     assert spec["automountServiceAccountToken"] is False
 
 
 def test_manifest_without_options_names_no_runtime_class_and_no_limits():
-    m = pod_manifest("p", namespace="n", labels={}, image="i:t", argv=["/probes/hold"],
-                     workdir="/work", node="node-7")  # fmt: skip
+    m = pod_manifest(
+        "p",
+        namespace="n",
+        labels={},
+        image="i:t",
+        argv=["/probes/hold"],
+        workdir="/work",
+        node="node-7",
+    )
     assert "runtimeClassName" not in m["spec"] and m["spec"]["nodeName"] == "node-7"
     assert m["spec"]["containers"][0]["resources"] == {}
-    m = pod_manifest("p", namespace="n", labels={}, image="i:t", argv=["/probes/hold"],
-                     workdir="/work", cpus=2)  # fmt: skip
-    assert m["spec"]["containers"][0]["resources"] == {"limits": {"cpu": "2000m"},
-                                                       "requests": {"cpu": "2000m"}}  # fmt: skip
+    m = pod_manifest(
+        "p", namespace="n", labels={}, image="i:t", argv=["/probes/hold"], workdir="/work", cpus=2
+    )
+    assert m["spec"]["containers"][0]["resources"] == {
+        "limits": {"cpu": "2000m"},
+        "requests": {"cpu": "2000m"},
+    }
 
 
 def test_image_reference_gets_the_bundle_tag_unless_it_has_one():
@@ -100,15 +124,26 @@ def test_image_reference_gets_the_bundle_tag_unless_it_has_one():
     assert image_for("reg:5000/isobench-probes", "abc") == "reg:5000/isobench-probes:abc"
     assert image_for("reg/isobench-probes:mine", "abc") == "reg/isobench-probes:mine"
     assert push_commands("abc", "reg/x") == [
-        ["docker", "tag", "isobench-probes:abc", "reg/x:abc"], ["docker", "push", "reg/x:abc"],
-    ]  # fmt: skip
+        ["docker", "tag", "isobench-probes:abc", "reg/x:abc"],
+        ["docker", "push", "reg/x:abc"],
+    ]
 
 
 def test_cluster_facts_from_nodes():
     def node(name, kernel):
-        return {"metadata": {"name": name}, "status": {"capacity": {"cpu": "4"}, "nodeInfo": {
-            "kernelVersion": kernel, "osImage": "Debian", "containerRuntimeVersion": "containerd://1.7",
-            "kubeletVersion": "v1.30.1", "architecture": "amd64"}}}  # fmt: skip
+        return {
+            "metadata": {"name": name},
+            "status": {
+                "capacity": {"cpu": "4"},
+                "nodeInfo": {
+                    "kernelVersion": kernel,
+                    "osImage": "Debian",
+                    "containerRuntimeVersion": "containerd://1.7",
+                    "kubeletVersion": "v1.30.1",
+                    "architecture": "amd64",
+                },
+            },
+        }
 
     same = cluster_facts({"gitVersion": "v1.30.1"}, [node("a", "6.1"), node("b", "6.1")])
     assert same["api_server"] == "v1.30.1" and same["kernel"] == "6.1" and same["cpu_count"] == "4"
@@ -237,16 +272,23 @@ def _assert_watch_timings(launch, t_submit: int, seen: dict[str, int]) -> None:
 
 
 def test_run_to_completion_reads_the_probe_output_from_the_log(api, make_env):
-    line = {"probe": "syscall", "op": "null", "iterations": 10, "elapsed_ns": 20,
-            "metrics": {"ns_per_op": 2.0}, "units": {"ns_per_op": "ns"}, "checksum": 0,
-            "note": "written by this test into the stand-in's log: not a measurement"}  # fmt: skip
+    line = {
+        "probe": "syscall",
+        "op": "null",
+        "iterations": 10,
+        "elapsed_ns": 20,
+        "metrics": {"ns_per_op": 2.0},
+        "units": {"ns_per_op": "ns"},
+        "checksum": 0,
+        "note": "written by this test into the stand-in's log: not a measurement",
+    }
     api.outputs["syscall"] = [json.dumps(line), "not json"]
     env = make_env(api)
     inst = env.start(SYSCALL, timeout=20)
     launch = inst.wait()
     assert launch.status == "ok", launch.reason
     assert launch.exit_code == 0 and launch.records == [line]
-    assert launch.extra["stray_lines"] == ["not json"]
+    assert launch.stray_lines == ["not json"]
     assert launch.extra["node"] == "standin-node-1"
     _assert_watch_timings(launch, inst.t_submit, api.transitions[launch.extra["name"]])
     assert _pods(api) == []
@@ -259,9 +301,7 @@ def test_the_stand_in_reports_no_measurement_by_default(api, make_env):
     env = make_env(api)
     launch = env.launch(SYSCALL, timeout=20)
     assert launch.status == "ok" and launch.records == []
-    assert launch.extra["probe_errors"] == [
-        "syscall/null: the k8s stand-in ran nothing: no measurement"
-    ]
+    assert launch.probe_errors == ["syscall/null: the k8s stand-in ran nothing: no measurement"]
     startup = env.launch(STARTUP, timeout=20)
     assert startup.status == "ok" and startup.records == [] and "ready" in startup.phases
 
@@ -273,8 +313,11 @@ def test_held_instance_is_stopped_by_a_graceful_delete(api, make_env):
     (name,) = [p.split("/")[1] for p in _pods(api)]
     pod = api.pods[("isobench", name)]
     assert pod["spec"]["runtimeClassName"] == "gvisor"
-    assert pod["metadata"]["labels"] == {"isobench": "1", "isobench.run": env.ctx.run_id,
-                                         "isobench.env": env.ctx.prefix}  # fmt: skip
+    assert pod["metadata"]["labels"] == {
+        "isobench": "1",
+        "isobench.run": env.ctx.run_id,
+        "isobench.env": env.ctx.prefix,
+    }
     assert pod["status"]["phase"] == "Running"
     launch = inst.stop()
     assert launch.status == "ok" and launch.exit_code == 0
@@ -313,7 +356,7 @@ def test_a_probe_that_fails_after_ready_keeps_its_exit_code(api, make_env):
     launch = env.launch(Invocation("startup", "startup", ("--no-such-flag",)), timeout=20)
     assert launch.status == "failed" and launch.exit_code == 2
     assert launch.reason.startswith("exited with status 2") and "ready" in launch.phases
-    assert launch.extra["stray_lines"] == ["startup: takes no arguments"]  # the log mixes both
+    assert launch.stray_lines == ["startup: takes no arguments"]  # the log mixes both
     assert _pods(api) == []
 
 

@@ -31,10 +31,20 @@ LOCAL = [HostEnv, NamespacesEnv]
 
 
 def isobench(*args, cache: Path, tmp: Path, timeout=600):
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "ISOBENCH_LOCK": str(tmp / "lock"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=tmp)  # fmt: skip
+    env = {
+        **os.environ,
+        "ISOBENCH_CACHE": str(cache),
+        "ISOBENCH_LOCK": str(tmp / "lock"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=tmp,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +87,19 @@ def test_the_option_names_a_rootfs_that_exists(tree, monkeypatch, tmp_path):
 
 
 def test_unknown_rootfs_is_one_line_and_exit_2(tree, tmp_path):
-    res = isobench("run", "--env", "host:rootfs=nope", "--quick", "--rounds", "1",
-                   "--results", str(tmp_path / "r"), cache=tree.root.parent.parent,
-                   tmp=tmp_path, timeout=120)  # fmt: skip
+    res = isobench(
+        "run",
+        "--env",
+        "host:rootfs=nope",
+        "--quick",
+        "--rounds",
+        "1",
+        "--results",
+        str(tmp_path / "r"),
+        cache=tree.root.parent.parent,
+        tmp=tmp_path,
+        timeout=120,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     (line,) = res.stderr.strip().splitlines()
     assert line.startswith("isobench: error:") and "no rootfs named nope" in line
@@ -179,10 +199,23 @@ def test_timeout_kills_and_leaves_nothing(ctx, bundle):
 @pytest.mark.requires("host", "namespaces", "docker")
 def test_quick_run_records_the_tree_in_the_manifest(tree, tmp_path, tree_images):
     envs = [f"host:rootfs={NAME}", f"namespaces:rootfs={NAME}", f"docker:rootfs={NAME}"]
-    res = isobench("run", *(a for e in envs for a in ("--env", e)), "--workload", "syscall",
-                   "--workload", "startup", "--quick", "--rounds", "1", "--max-rounds", "1",
-                   "--results", str(tmp_path / "r"), cache=tree.root.parent.parent,
-                   tmp=tmp_path)  # fmt: skip
+    res = isobench(
+        "run",
+        *(a for e in envs for a in ("--env", e)),
+        "--workload",
+        "syscall",
+        "--workload",
+        "startup",
+        "--quick",
+        "--rounds",
+        "1",
+        "--max-rounds",
+        "1",
+        "--results",
+        str(tmp_path / "r"),
+        cache=tree.root.parent.parent,
+        tmp=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     (run,) = (tmp_path / "r").iterdir()
     manifest = json.loads((run / "manifest.json").read_text())
@@ -227,12 +260,14 @@ def test_kill_9_leaves_only_what_clean_finds_and_removes(tree, bundle, tmp_path)
 
     run_id = f"k9{os.getpid()}"
     cache = tree.root.parent.parent
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, run_id, str(cache), str(bundle.root), NAME],
-        stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         pid, scratch = holder.stdout.readline().split()
     finally:
@@ -261,15 +296,21 @@ def test_kill_9_leaves_only_what_clean_finds_and_removes(tree, bundle, tmp_path)
 def _containers(run_id: str) -> str:
     return subprocess.run(
         ["docker", "ps", "-a", "-q", "--filter", f"label=isobench.run={run_id}"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
 
 
 def _images_of(key: str) -> list[str]:
     out = subprocess.run(
         ["docker", "images", "-q", "--no-trunc", "--filter", f"label={img.ROOTFS_LABEL}={key}"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.split()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
     return sorted(set(out))
 
 
@@ -329,8 +370,9 @@ def test_rootfs_image_stream_is_the_tree_then_the_probes(tree, bundle):
 
 
 @pytest.mark.requires("docker")
-def test_clean_finds_an_image_whose_rootfs_is_gone(ctx, bundle, tree, tree_images, tmp_path,
-                                                  monkeypatch):  # fmt: skip
+def test_clean_finds_an_image_whose_rootfs_is_gone(
+    ctx, bundle, tree, tree_images, tmp_path, monkeypatch
+):
     env = DockerEnv({"rootfs": NAME}, ctx)
     try:
         env.prepare(bundle)

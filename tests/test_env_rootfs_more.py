@@ -55,8 +55,11 @@ def _untouched(tree) -> tuple:
     """What a write into the cached tree would change: its top level (no /isobench made
     in it) and the marker directory's entries and mtime (io ran there)."""
     marker = tree.tree / MARKER_DIR.lstrip("/")
-    return (sorted(p.name for p in tree.tree.iterdir()), sorted(p.name for p in marker.iterdir()),
-            marker.stat().st_mtime_ns)  # fmt: skip
+    return (
+        sorted(p.name for p in tree.tree.iterdir()),
+        sorted(p.name for p in marker.iterdir()),
+        marker.stat().st_mtime_ns,
+    )
 
 
 def _runs_inside(env, bare, workloads=("syscall", "startup", "io")) -> None:
@@ -121,8 +124,11 @@ def test_a_streamed_oci_archive_is_the_written_one(tmp_path):
     written = ci.write_archive(tmp_path / "a.tar", "isobench.local/rootfs:k1-b1", layer, config)
     digest, size = img.stream_digest([layer.read_bytes()])
     chunks = lambda: iter([layer.read_bytes()[:1000], layer.read_bytes()[1000:]])  # noqa: E731
-    streamed = b"".join(ci.archive_stream("isobench.local/rootfs:k1-b1", chunks, digest, size,
-                                          ci.rootfs_config("k1", "b1")))  # fmt: skip
+    streamed = b"".join(
+        ci.archive_stream(
+            "isobench.local/rootfs:k1-b1", chunks, digest, size, ci.rootfs_config("k1", "b1")
+        )
+    )
     data = written.read_bytes()
     assert data.startswith(streamed) and not data[len(streamed) :].strip(b"\0")
     with tarfile.open(fileobj=io.BytesIO(streamed)) as tar:
@@ -167,8 +173,9 @@ def test_a_half_fed_import_never_sees_the_end_of_its_input(tmp_path):
     code, err = img.feed(["sh", "-c", "cat >/dev/null; echo no >&2; exit 3"], iter([b"a"]), 30)
     assert (code, err) == (3, "no\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    harness = subprocess.Popen([sys.executable, "-c", FEEDER, str(mark)], env=env,
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    harness = subprocess.Popen(
+        [sys.executable, "-c", FEEDER, str(mark)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert harness.stdout.readline() == "fed\n"
     finally:
@@ -191,16 +198,22 @@ def _pgrep(pattern: str) -> str:
 def _podman_images(key: str) -> list[str]:
     out = subprocess.run(
         ["podman", "images", "-q", "--no-trunc", "--filter", f"label={img.ROOTFS_LABEL}={key}"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.split()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
     return sorted({i.removeprefix("sha256:") for i in out})
 
 
 def _podman_containers(prefix: str) -> str:
     return subprocess.run(
         ["podman", "ps", "-a", "-q", "--filter", f"label=isobench.env={prefix}"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +269,15 @@ def test_podman_runs_from_the_tree_and_reuses_its_image(ctx, bundle, tree, podma
         _runs_inside(env, bare)
         described = _described(env, tree)
         assert described["image"]["tag"] == img.rootfs_image_tag(tree.key, bundle.hash)
-        labels = json.loads(subprocess.run(
-            ["podman", "image", "inspect", "--format", "{{json .Labels}}", env._image_id],
-            capture_output=True, text=True, check=True, timeout=60).stdout)  # fmt: skip
+        labels = json.loads(
+            subprocess.run(
+                ["podman", "image", "inspect", "--format", "{{json .Labels}}", env._image_id],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
         assert labels[img.ROOTFS_LABEL] == tree.key and labels[img.BUNDLE_LABEL] == bundle.hash
         again = PodmanEnv({"rootfs": NAME}, ctx.for_env(3))
         again.prepare(bundle)  # present: reused, not imported again
@@ -273,8 +292,9 @@ def test_podman_runs_from_the_tree_and_reuses_its_image(ctx, bundle, tree, podma
 
 
 @pytest.mark.requires("podman")
-def test_clean_finds_a_podman_image_whose_rootfs_is_gone(ctx, bundle, tree, podman_images,
-                                                         tmp_path, monkeypatch):  # fmt: skip
+def test_clean_finds_a_podman_image_whose_rootfs_is_gone(
+    ctx, bundle, tree, podman_images, tmp_path, monkeypatch
+):
     env = PodmanEnv({"rootfs": NAME}, ctx)
     try:
         env.prepare(bundle)
@@ -318,8 +338,13 @@ def test_oci_runs_runc_on_an_overlay_of_the_tree(ctx, bundle, tree):
         _described(env, tree)
         held = env.start(HOLD, timeout=60)
         assert held.wait_ready(30)
-        state = subprocess.run([*runtime_argv("runc", "none"), "state", held.name],
-                               capture_output=True, text=True, check=True, timeout=30)  # fmt: skip
+        state = subprocess.run(
+            [*runtime_argv("runc", "none"), "state", held.name],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         pid = json.loads(state.stdout)["pid"]  # the container's init: the probe
         root = Path(f"/proc/{pid}/root")
         assert (root / MARKER_DIR.lstrip("/") / "marker.txt").read_text() == MARKER
@@ -362,10 +387,14 @@ def test_only_overlays_in_a_marked_scratch_directory_are_leftovers(tmp_path):
     alike = tmp_path / "isobench-r2-def" / "e1" / ROOTFS
     alike.mkdir(parents=True)
     line = "41 1 0:50 / {} rw,relatime - {} overlay rw,lowerdir=/t,upperdir=/u,workdir=/w"
-    info = "\n".join([
-        line.format(mine, "overlay"), line.format(alike, "overlay"),
-        line.format(mine.parent / "other", "overlay"), line.format(mine, "tmpfs"),
-    ])  # fmt: skip
+    info = "\n".join(
+        [
+            line.format(mine, "overlay"),
+            line.format(alike, "overlay"),
+            line.format(mine.parent / "other", "overlay"),
+            line.format(mine, "tmpfs"),
+        ]
+    )
     assert overlay_leftovers(info) == [str(mine)]
 
 
@@ -430,15 +459,35 @@ def test_a_quick_run_records_the_tree_in_the_manifest(tree, tmp_path, podman_ima
     """Through the runner: the manifest keeps each environment's description (cri's,
     checked above, is left out here: its own containerd and import cost ~8 s more)."""
     envs = [f"podman:rootfs={NAME}", f"oci:rootfs={NAME}"]
-    env = {**os.environ, "ISOBENCH_CACHE": str(tree.root.parent.parent),
-           "ISOBENCH_LOCK": str(tmp_path / "lock"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+    env = {
+        **os.environ,
+        "ISOBENCH_CACHE": str(tree.root.parent.parent),
+        "ISOBENCH_LOCK": str(tmp_path / "lock"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
     res = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", *(a for e in envs for a in ("--env", e)),
-         "--workload", "startup", "--quick", "--rounds", "1", "--max-rounds", "1",
-         "--results", str(tmp_path / "r")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "run",
+            *(a for e in envs for a in ("--env", e)),
+            "--workload",
+            "startup",
+            "--quick",
+            "--rounds",
+            "1",
+            "--max-rounds",
+            "1",
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     (run,) = (tmp_path / "r").iterdir()
     manifest = json.loads((run / "manifest.json").read_text())

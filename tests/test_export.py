@@ -32,8 +32,11 @@ def test_export_samples(run, tmp_path, fmt):
         pytest.importorskip("pyarrow")
     out = tmp_path / f"s.{fmt}"
     assert invoke(run, "--format", fmt, "-o", out).exit_code == 0
-    df = {"csv": pd.read_csv, "json": lambda p: pd.DataFrame(json.loads(p.read_text())),
-          "parquet": pd.read_parquet}[fmt](out)  # fmt: skip
+    df = {
+        "csv": pd.read_csv,
+        "json": lambda p: pd.DataFrame(json.loads(p.read_text())),
+        "parquet": pd.read_parquet,
+    }[fmt](out)
     assert len(df) == len(store.load_samples(run))
     assert list(df.columns) == list(store.COLUMNS)
 

@@ -30,8 +30,20 @@ def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
     # precision keeps them going, and the host's syscall launches (~0.5 s) keep a round
     # long while docker's fail at once, so the run outlasts the outage
     args = ["--env", "host", "--env", "docker", "--workload", "syscall", "--quick"]
-    proc = start(tmp_path, *args, "--max-rounds", "400", "--budget", "40", "--precision",
-                 "0.0001", "--warmup", "0", "--seed", "2")  # fmt: skip
+    proc = start(
+        tmp_path,
+        *args,
+        "--max-rounds",
+        "400",
+        "--budget",
+        "40",
+        "--precision",
+        "0.0001",
+        "--warmup",
+        "0",
+        "--seed",
+        "2",
+    )
     run_dir = wait_for_samples(tmp_path, 20, proc, limit=180)
     subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=True)
     try:
@@ -39,8 +51,13 @@ def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
         time.sleep(3)  # launches fail while it is away
     finally:
         with open(tmp_path / "dockerd.log", "w") as log:
-            subprocess.Popen([shutil.which("dockerd")], stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            subprocess.Popen(
+                [shutil.which("dockerd")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         assert wait(docker_up, 90), "dockerd did not come back"
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
@@ -50,11 +67,17 @@ def test_dockerd_stopped_and_restarted_mid_run(tmp_path):
     assert host == rounds  # the host cells went on through the outage
     failed = [r for r in records if r["env"] == "docker" and r["status"] != "ok"]
     assert failed and all(r["reason"] for r in failed)
-    ok_after = [r for r in records if r["env"] == "docker" and r["status"] == "ok"
-                and r["launch"] > max(f["launch"] for f in failed)]  # fmt: skip
+    ok_after = [
+        r
+        for r in records
+        if r["env"] == "docker"
+        and r["status"] == "ok"
+        and r["launch"] > max(f["launch"] for f in failed)
+    ]
     assert ok_after, "docker cells did not recover once dockerd was back"
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=isobench"],
-                          capture_output=True, text=True).stdout  # fmt: skip
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=isobench"], capture_output=True, text=True
+    ).stdout
     assert left.strip() == ""
 
 
@@ -66,8 +89,20 @@ def test_results_disk_fills_up_mid_run(tmp_path):
     results.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(results)], check=True)
     try:
-        proc = start(tmp_path, "--env", "host", "--workload", "syscall", "--quick", "--rounds",
-                     "20", "--max-rounds", "20", "--warmup", "0")  # fmt: skip
+        proc = start(
+            tmp_path,
+            "--env",
+            "host",
+            "--workload",
+            "syscall",
+            "--quick",
+            "--rounds",
+            "20",
+            "--max-rounds",
+            "20",
+            "--warmup",
+            "0",
+        )
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 1, err
         assert "No space left on device" in err and "Traceback" not in err
@@ -81,8 +116,12 @@ def test_results_disk_fills_up_mid_run(tmp_path):
 
 
 def virsh_names() -> list[str]:
-    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     return (
         [n for n in out.stdout.split() if n.startswith("isobench")] if out.returncode == 0 else []
     )
@@ -98,8 +137,20 @@ def test_libvirtd_stopped_mid_launch_and_restarted(tmp_path):
     # rounds go on until the budget (the run's wall clock, guest preparation included) is
     # spent, so the run outlasts the outage (launches fail at once while libvirtd is away)
     args = ["--env", "host", "--env", "libvirt", "--workload", "startup", "--rounds", "3"]
-    proc = start(tmp_path, *args, "--max-rounds", "400", "--budget", "75", "--precision",
-                 "0.0001", "--warmup", "0", "--timeout", "120")  # fmt: skip
+    proc = start(
+        tmp_path,
+        *args,
+        "--max-rounds",
+        "400",
+        "--budget",
+        "75",
+        "--precision",
+        "0.0001",
+        "--warmup",
+        "0",
+        "--timeout",
+        "120",
+    )
     assert wait(lambda: bool(virsh_names()) or proc.poll() is not None, 120), "no guest started"
     subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=True)
     try:

@@ -112,15 +112,23 @@ def test_docker_rw_figure_from_recorded_inspect():
 def test_disk_table_from_a_manifest():
     from bench.report.commands import disk_rows, print_disk
 
-    manifest = {"environments": {
-        "docker": {"disk": {"figures": [
-            footprint.figure("image", 3 * 2**20 + 2**19, "Size"),
-            footprint.missing("writable layer after io", "the io launch was not ok: failed"),
-        ]}},
-        "podman": {"disk": {"figures": [footprint.figure("writable layer after io", 12, "x")]}},
-        "oci": {"disk": {"figures": [], "error": "RuntimeError: runc gone"}},
-        "host": {"available": True},  # a run before disk footprints: no rows
-    }}  # fmt: skip
+    manifest = {
+        "environments": {
+            "docker": {
+                "disk": {
+                    "figures": [
+                        footprint.figure("image", 3 * 2**20 + 2**19, "Size"),
+                        footprint.missing(
+                            "writable layer after io", "the io launch was not ok: failed"
+                        ),
+                    ]
+                }
+            },
+            "podman": {"disk": {"figures": [footprint.figure("writable layer after io", 12, "x")]}},
+            "oci": {"disk": {"figures": [], "error": "RuntimeError: runc gone"}},
+            "host": {"available": True},  # a run before disk footprints: no rows
+        }
+    }
     rows = disk_rows(manifest)
     assert rows == [
         ("docker", "image", "3.50"),
@@ -177,8 +185,12 @@ def test_docker_footprint_image_and_writable_layer(tmp_path, bundle):
         image_id = env.describe()["image"]["id"]
     finally:
         env.cleanup()
-    cli = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image_id],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    cli = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Size}}", image_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert figs["image"]["bytes"] == int(cli) > 0
     rw = figs["writable layer after io"]
     assert isinstance(rw["bytes"], int) and rw["bytes"] >= 0, rw
@@ -214,8 +226,12 @@ def test_podman_footprint_image_and_writable_layer(tmp_path, bundle):
         image_id = env.describe()["image"]["id"]
     finally:
         env.cleanup()
-    cli = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", image_id],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    cli = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Size}}", image_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert figs["image"]["bytes"] == int(cli) > 0
     rw = figs["writable layer after io"]
     assert isinstance(rw["bytes"], int) and rw["bytes"] >= 0, rw

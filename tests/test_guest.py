@@ -217,10 +217,17 @@ def test_init_brings_the_nic_up_before_the_first_probe(tmp_path):
     (probes / "seen").write_text(f"#!{busybox} sh\necho ready\ncat net.log\n")
     (probes / "seen").chmod(0o755)
     words = console.cmdline([console.GuestRun("seen", (), False)], 5, "10.201.3.6/30")
-    prologue = (f"bb={busybox}; probes={probes}; words='{words}'; mount_io() {{ :; }}\n"
-                'net_up() { echo "net_up $*" >> net.log; }\n')  # fmt: skip
-    res = subprocess.run([str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
-                         capture_output=True, text=True, timeout=30, cwd=tmp_path)  # fmt: skip
+    prologue = (
+        f"bb={busybox}; probes={probes}; words='{words}'; mount_io() {{ :; }}\n"
+        'net_up() { echo "net_up $*" >> net.log; }\n'
+    )
+    res = subprocess.run(
+        [str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     con = console.parse_console(res.stdout.splitlines())
     assert [(r.ready, r.exit_code, r.lines) for r in con.runs] == [
         (True, 0, ["net_up 10.201.3.6/30"])
@@ -298,8 +305,11 @@ def test_a_round_makes_one_launch_per_probe_and_the_boot_goes_to_startup():
     boot = Boot(0, "QEMU killed", lines, phases, cgroup={"cpu_total_ms": 9e3})
     startup, syscall, cpu, io = _round(boot)
     # the boot ran the round's other workloads too: its end is the round's, not startup's
-    round_phases = {"ready": phases["ready"], "round_exit": phases["exit"],
-                    "round_cleaned": phases["cleaned"]}  # fmt: skip
+    round_phases = {
+        "ready": phases["ready"],
+        "round_exit": phases["exit"],
+        "round_cleaned": phases["cleaned"],
+    }
     assert startup.status == "ok" and startup.phases == {**round_phases, "boot": 7_780_000_000}
     assert startup.cgroup == {"cpu_total_ms": 9e3} and "reboot: Power down" in startup.stderr_tail
     assert syscall.status == "ok" and len(syscall.records) == 2

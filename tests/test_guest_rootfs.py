@@ -308,9 +308,10 @@ def test_a_libvirt_guest_from_the_tree_leaves_nothing_after_stop_or_ctrl_c(
         info = json.loads(
             subprocess.run(
                 ["qemu-img", "info", "-U", "--output=json", str(overlay)],
-                capture_output=True, check=True,
+                capture_output=True,
+                check=True,
             ).stdout
-        )  # fmt: skip
+        )
         assert info["backing-filename"] == str(disk.path)
         conn = libvirt.open(URI)
         try:

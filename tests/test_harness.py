@@ -22,12 +22,17 @@ def test_components_are_paired_differences():
 def test_report_summarises_each_component_with_a_ci():
     pairs = [
         (
-            {"ready_ms": 10 + i % 3, "exit_ms": 11 + i % 3, "cleaned_ms": 14 + i % 3,
-             "wall_ms": 18 + i % 3, "sampler_cpu_ms": 1.0},
+            {
+                "ready_ms": 10 + i % 3,
+                "exit_ms": 11 + i % 3,
+                "cleaned_ms": 14 + i % 3,
+                "wall_ms": 18 + i % 3,
+                "sampler_cpu_ms": 1.0,
+            },
             {"ready_ms": 1.0, "exit_ms": 1.5},
         )
         for i in range(12)
-    ]  # fmt: skip
+    ]
     cpu = [{"exit_ms": 200.0, "sampler_cpu_ms": 4.0}] * 3
     r = harness.report(pairs, cpu, seconds=1.0)
     assert r["n"] == 12

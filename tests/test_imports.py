@@ -45,8 +45,9 @@ def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 base = ".".join(up + ([node.module] if node.module else []))
             # `from bench import stats` imports the module bench.stats; `from bench.store
             # import COLUMNS` imports bench.store
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                       for a in node.names]  # fmt: skip
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            ]
         else:
             continue
         for target in targets:

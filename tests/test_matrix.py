@@ -113,47 +113,74 @@ SERVER = 'server = ["redis-server", "--port", "{port}"]\n'
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('[[user_workload]]\nname = "x"\nkind = "pytest_benchmark"', "unknown kind "
-         "'pytest_benchmark' (did you "
-         "mean 'pytest-benchmark'?); known: pytest-benchmark, command"),
-        (SUITE + 'arg = ["-x"]', "(suite): a pytest-benchmark workload has no key 'arg' (did you "
-         "mean 'args'?); its keys: args, dir, kind, name, quick_args"),
-        (CMD + 'argv = ["sysbench"]\nparser = "sysbench2"',
-         "(s): unknown parser 'sysbench2' (did you mean 'sysbench'?); known: sysbench, fio, "
-         "redis-benchmark, wrk"),
-        (CMD + 'argv = ["x"]\nparser = "pytest-benchmark"',
-         "unknown parser 'pytest-benchmark' (a suite is kind = \"pytest-benchmark\")"),
-        (CMD + 'argv = "sysbench cpu"\nparser = "sysbench"',
-         "(s): 'argv' must be a list of strings"),
-        (CMD + 'argv = []\nparser = "sysbench"',
-         "(s): 'argv' must not be empty"),
+        (
+            '[[user_workload]]\nname = "x"\nkind = "pytest_benchmark"',
+            "unknown kind "
+            "'pytest_benchmark' (did you "
+            "mean 'pytest-benchmark'?); known: pytest-benchmark, command",
+        ),
+        (
+            SUITE + 'arg = ["-x"]',
+            "(suite): a pytest-benchmark workload has no key 'arg' (did you "
+            "mean 'args'?); its keys: args, dir, kind, name, quick_args",
+        ),
+        (
+            CMD + 'argv = ["sysbench"]\nparser = "sysbench2"',
+            "(s): unknown parser 'sysbench2' (did you mean 'sysbench'?); known: sysbench, fio, "
+            "redis-benchmark, wrk",
+        ),
+        (
+            CMD + 'argv = ["x"]\nparser = "pytest-benchmark"',
+            "unknown parser 'pytest-benchmark' (a suite is kind = \"pytest-benchmark\")",
+        ),
+        (
+            CMD + 'argv = "sysbench cpu"\nparser = "sysbench"',
+            "(s): 'argv' must be a list of strings",
+        ),
+        (CMD + 'argv = []\nparser = "sysbench"', "(s): 'argv' must not be empty"),
         (CMD + 'argv = ["x"]', "missing key 'parser'"),
         ('[[user_workload]]\nname = "s"\nkind = "pytest-benchmark"', "missing key 'dir'"),
         (SUITE.replace("/opt/bench", "opt/bench"), "dir must be an absolute path"),
         ('[[user_workload]]\nkind = "command"', "user_workload[0]: missing key 'name'"),
         ('[[user_workload]]\nname = "a b"\nkind = "command"', "name must be letters, digits"),
         (SUITE + SUITE, "user workload name 'suite' is used twice"),
-        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
-         'server = ["redis-server"]',
-         "(r): 'server' must listen on the port isobench picks: put \"{port}\" in it"),
-        (REDIS + 'argv = ["redis-benchmark", "-p", "{port}"]\n' + SERVER,
-         "(r): 'argv' is the server's client: it must connect to \"{host}\" and \"{port}\" "
-         "(missing {host})"),
-        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
-         'quick_argv = ["redis-benchmark"]\n' + SERVER,
-         "(r): 'quick_argv' is the server's client: it must connect to \"{host}\" and "
-         "\"{port}\" (missing {host} and {port})"),
-        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\nserver = []',
-         "(r): 'server' must not be empty"),
-        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
-         'server = "redis-server --port {port}"', "(r): 'server' must be a list of strings"),
-        (REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n' + SERVER
-         + "port = 6379", "(r): 'port' is not a key: isobench picks a free port for the server"),
+        (
+            REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+            'server = ["redis-server"]',
+            "(r): 'server' must listen on the port isobench picks: put \"{port}\" in it",
+        ),
+        (
+            REDIS + 'argv = ["redis-benchmark", "-p", "{port}"]\n' + SERVER,
+            '(r): \'argv\' is the server\'s client: it must connect to "{host}" and "{port}" '
+            "(missing {host})",
+        ),
+        (
+            REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+            'quick_argv = ["redis-benchmark"]\n' + SERVER,
+            "(r): 'quick_argv' is the server's client: it must connect to \"{host}\" and "
+            '"{port}" (missing {host} and {port})',
+        ),
+        (
+            REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\nserver = []',
+            "(r): 'server' must not be empty",
+        ),
+        (
+            REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+            'server = "redis-server --port {port}"',
+            "(r): 'server' must be a list of strings",
+        ),
+        (
+            REDIS
+            + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}"]\n'
+            + SERVER
+            + "port = 6379",
+            "(r): 'port' is not a key: isobench picks a free port for the server",
+        ),
         (SUITE + SERVER, "(suite): a pytest-benchmark workload has no key 'server'"),
         ("rootfs = 3", "key 'rootfs' must be the name of a rootfs"),
         ("user_workload = 3", "'user_workload' must be [[user_workload]] tables"),
     ],
-)  # fmt: skip
+)
 def test_bad_user_workloads_are_one_line_errors(tmp_path, text, message):
     f = tmp_path / "bad.toml"
     f.write_text(text)
@@ -165,18 +192,29 @@ def test_bad_user_workloads_are_one_line_errors(tmp_path, text, message):
 
 def test_user_workloads_run_alone_and_go_through_the_manifest(tmp_path):
     f = tmp_path / "m.toml"
-    f.write_text('rootfs = "tools"\n' + SUITE + 'quick_args = ["--benchmark-max-time=0.1"]\n'
-                 '[[user_workload]]\nname = "cpu-sb"\nkind = "command"\nparser = "sysbench"\n'
-                 'argv = ["sysbench", "cpu", "run"]\n[[env]]\nkind = "host"\n')  # fmt: skip
+    f.write_text(
+        'rootfs = "tools"\n' + SUITE + 'quick_args = ["--benchmark-max-time=0.1"]\n'
+        '[[user_workload]]\nname = "cpu-sb"\nkind = "command"\nparser = "sysbench"\n'
+        'argv = ["sysbench", "cpu", "run"]\n[[env]]\nkind = "host"\n'
+    )
     envs, workloads, settings = load_toml(f)
     assert workloads == [] and settings["rootfs"] == "tools"
     m = Matrix(envs=envs, workloads=workloads, **settings)
     assert m.workloads == ["suite", "cpu-sb"]
     suite = m.user_workloads[0]
     assert suite.probe_args(quick=True) == (
-        "--cd", "/opt/bench", "--out", "--", "python3", "-m", "pytest", "--benchmark-only",
-        "--benchmark-json={out}", "--benchmark-max-time=0.1", ".",
-    )  # fmt: skip
+        "--cd",
+        "/opt/bench",
+        "--out",
+        "--",
+        "python3",
+        "-m",
+        "pytest",
+        "--benchmark-only",
+        "--benchmark-json={out}",
+        "--benchmark-max-time=0.1",
+        ".",
+    )
     assert suite.probe_args(quick=False)[-2:] == ("--benchmark-json={out}", ".")
     assert m.user_workloads[1].probe_args(quick=True) == (
         "--cd",
@@ -192,14 +230,21 @@ def test_user_workloads_run_alone_and_go_through_the_manifest(tmp_path):
 @pytest.mark.parametrize(
     "envs, extra, message",
     [
-        (["host", "k8s"], {"rootfs": "tools"},  # the kind is refused before the name is read
-         "environment 'k8s': k8s cannot run from a rootfs yet (rootfs applies to host, "
-         "namespaces, docker"),
-        (["host"], {}, "user workload 'suite' runs from a rootfs, and environment 'host' names "
-         "none: set rootfs = NAME at the top of the matrix, or rootfs=NAME on the environment"),
+        (
+            ["host", "k8s"],
+            {"rootfs": "tools"},  # the kind is refused before the name is read
+            "environment 'k8s': k8s cannot run from a rootfs yet (rootfs applies to host, "
+            "namespaces, docker",
+        ),
+        (
+            ["host"],
+            {},
+            "user workload 'suite' runs from a rootfs, and environment 'host' names "
+            "none: set rootfs = NAME at the top of the matrix, or rootfs=NAME on the environment",
+        ),
         (["host"], {"rootfs": "no-such-rootfs-here"}, "rootfs: option rootfs=no-such-rootfs-here"),
     ],
-)  # fmt: skip
+)
 def test_a_user_workload_needs_a_rootfs_every_environment_can_run_from(
     tmp_path, monkeypatch, envs, extra, message
 ):
@@ -207,8 +252,9 @@ def test_a_user_workload_needs_a_rootfs_every_environment_can_run_from(
     from bench.userwork import UserWorkload
 
     suite = UserWorkload("suite", "pytest-benchmark", "pytest-benchmark", "/opt/bench")
-    m = Matrix(envs=[parse_env_spec(e) for e in envs], workloads=[], user_workloads=[suite],
-               **extra)  # fmt: skip
+    m = Matrix(
+        envs=[parse_env_spec(e) for e in envs], workloads=[], user_workloads=[suite], **extra
+    )
     with pytest.raises(MatrixError) as e:
         m.check(catalog.load(), "m.toml")
     assert str(e.value).startswith("m.toml: ") and message in str(e.value)
@@ -217,8 +263,12 @@ def test_a_user_workload_needs_a_rootfs_every_environment_can_run_from(
 
 def test_a_server_command_goes_through_the_manifest(tmp_path):
     f = tmp_path / "m.toml"
-    f.write_text(REDIS + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}", "--csv"]\n'
-                 + SERVER + '[[env]]\nkind = "host"\n')  # fmt: skip
+    f.write_text(
+        REDIS
+        + 'argv = ["redis-benchmark", "-h", "{host}", "-p", "{port}", "--csv"]\n'
+        + SERVER
+        + '[[env]]\nkind = "host"\n'
+    )
     envs, workloads, settings = load_toml(f)
     m = Matrix(envs=envs, workloads=workloads, **settings)
     (redis,) = m.user_workloads

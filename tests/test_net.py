@@ -121,8 +121,12 @@ def test_a_taps_path_says_where_and_whether_emulated():
 
     from bench.envs.guest.tap import Tap
 
-    t = Tap("ibt0badf00d", ipaddress.IPv4Interface("10.201.3.5/30"),
-            ipaddress.IPv4Interface("10.201.3.6/30"), "52:54:00:aa:bb:cc")  # fmt: skip
+    t = Tap(
+        "ibt0badf00d",
+        ipaddress.IPv4Interface("10.201.3.5/30"),
+        ipaddress.IPv4Interface("10.201.3.6/30"),
+        "52:54:00:aa:bb:cc",
+    )
     assert t.path(True) == (
         "virtio-net on tap ibt0badf00d 10.201.3.5/30 <-> guest eth0 10.201.3.6/30 (emulated: TCG)"
     )
@@ -143,8 +147,12 @@ def _lines(text: str) -> list[dict]:
 @pytest.fixture
 def server(bundle):
     port = _free_port()
-    proc = subprocess.Popen([str(bundle.probes["net"]), "--server", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(bundle.probes["net"]), "--server", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     yield proc, port
     if proc.poll() is None:
@@ -156,8 +164,10 @@ def test_probe_against_itself_on_loopback(bundle, server):
     proc, port = server
     res = subprocess.run(
         [str(bundle.probes["net"]), "--client", f"127.0.0.1:{port}", *QUICK],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0] == "ready"
     recs = {r["op"]: r for r in _lines(res.stdout)}
@@ -184,8 +194,10 @@ def test_client_without_a_server_fails_the_op_with_the_reason(bundle):
     port = _free_port()  # nothing listens there
     res = subprocess.run(
         [str(bundle.probes["net"]), "--client", f"127.0.0.1:{port}", "--op", "tcp_rr", *QUICK],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     errors = [r for r in _lines(res.stdout) if "error" in r]
     assert errors and "Connection refused" in errors[0]["error"]
 
@@ -197,10 +209,20 @@ def test_a_peer_that_never_answers_is_a_timeout_not_a_hang(bundle):
         port = lsock.getsockname()[1]
         t0 = time.monotonic()
         res = subprocess.run(
-            [str(bundle.probes["net"]), "--client", f"127.0.0.1:{port}", "--op", "tcp_rr",
-             "--timeout-s", "1", *QUICK],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [
+                str(bundle.probes["net"]),
+                "--client",
+                f"127.0.0.1:{port}",
+                "--op",
+                "tcp_rr",
+                "--timeout-s",
+                "1",
+                *QUICK,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert time.monotonic() - t0 < 10
     errors = [r for r in _lines(res.stdout) if "error" in r]
     assert errors and "no answer within 1 s" in errors[0]["error"]
@@ -209,10 +231,20 @@ def test_a_peer_that_never_answers_is_a_timeout_not_a_hang(bundle):
 def test_a_server_killed_mid_stream_fails_the_op_quickly(bundle, server):
     proc, port = server
     client = subprocess.Popen(
-        [str(bundle.probes["net"]), "--client", f"127.0.0.1:{port}", "--op", "tcp_stream_s2c",
-         "--min-ms", "5000", "--timeout-s", "2"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(bundle.probes["net"]),
+            "--client",
+            f"127.0.0.1:{port}",
+            "--op",
+            "tcp_stream_s2c",
+            "--min-ms",
+            "5000",
+            "--timeout-s",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     proc.kill()
     out, _ = client.communicate(timeout=20)
@@ -244,8 +276,9 @@ def _iptables() -> list[str]:
     its veth/tap block or isobench itself."""
     out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     marks = (VETH_PREFIX, TAP_PREFIX, "10.201.", "isobench")
-    return sorted(x for x in out.splitlines()
-                  if not x.startswith(("#", ":")) and any(m in x for m in marks))  # fmt: skip
+    return sorted(
+        x for x in out.splitlines() if not x.startswith(("#", ":")) and any(m in x for m in marks)
+    )
 
 
 def _netns() -> set[str]:
@@ -278,7 +311,7 @@ def _round(env, bundle, **kw):
 
 
 def _check_records(launch, cgroup=True):
-    assert launch.status == "ok", (launch.reason, launch.extra.get("probe_errors"))
+    assert launch.status == "ok", (launch.reason, launch.probe_errors)
     ops = {r["op"] for r in launch.records}
     assert ops == {"tcp_rr", "tcp_stream_c2s"}
     rr = next(r for r in launch.records if r["op"] == "tcp_rr")
@@ -292,7 +325,7 @@ def _check_records(launch, cgroup=True):
 def test_host_round_is_loopback(bundle, tmp_path):
     launch = _round(_env("host", tmp_path), bundle)
     _check_records(launch)
-    assert launch.extra["net_path"].startswith("loopback 127.0.0.1:")
+    assert launch.net_path.startswith("loopback 127.0.0.1:")
 
 
 @pytest.mark.requires("namespaces")
@@ -301,7 +334,7 @@ def test_namespaces_round_goes_over_a_veth_made_and_removed(bundle, tmp_path, ho
     seen: list[set[str]] = []
     launch = _round(env, bundle, log=lambda s: seen.append(_veths(env.ctx.prefix)))
     _check_records(launch)
-    assert launch.extra["net_path"].startswith("veth ")
+    assert launch.net_path.startswith("veth ")
     assert launch.extra["target"].startswith("10.201.")
     assert any(seen), "no veth while the round ran"
     assert not _veths(env.ctx.prefix)
@@ -325,10 +358,13 @@ def _dport_rules(port: str) -> list[str]:
 @pytest.mark.requires("docker")
 def test_docker_bridge_goes_through_a_published_port(bundle, tmp_path):
     during: list[list[str]] = []
-    launch = _round(_env("docker", tmp_path, {"network": "bridge"}), bundle,
-                    log=lambda s: during.append(_dport_rules(s.rsplit(":", 1)[-1])))  # fmt: skip
+    launch = _round(
+        _env("docker", tmp_path, {"network": "bridge"}),
+        bundle,
+        log=lambda s: during.append(_dport_rules(s.rsplit(":", 1)[-1])),
+    )
     _check_records(launch)
-    assert "published port 127.0.0.1:" in launch.extra["net_path"]
+    assert "published port 127.0.0.1:" in launch.net_path
     assert not _docker_leftovers()
     port = launch.extra["target"].rsplit(":", 1)[1]
     assert any(during), "docker's DNAT rule for the published port while the round ran"
@@ -339,7 +375,7 @@ def test_docker_bridge_goes_through_a_published_port(bundle, tmp_path):
 def test_docker_host_network_is_loopback(bundle, tmp_path):
     launch = _round(_env("docker", tmp_path, {"network": "host"}), bundle)
     _check_records(launch)
-    assert launch.extra["net_path"].startswith("host network: loopback")
+    assert launch.net_path.startswith("host network: loopback")
 
 
 @pytest.mark.requires("docker")
@@ -365,8 +401,9 @@ def test_an_interrupted_namespaces_round_leaves_no_veth_or_cgroup(bundle, tmp_pa
 
     try:
         with pytest.raises(KeyboardInterrupt):
-            netbench.run_round(env, bundle, ["--op", "tcp_rr,tcp_crr", *QUICK], 60,
-                               log=interrupt_second)  # fmt: skip
+            netbench.run_round(
+                env, bundle, ["--op", "tcp_rr,tcp_crr", *QUICK], 60, log=interrupt_second
+            )
     finally:
         env.cleanup()
     assert calls[1], "the veth existed when the round was interrupted"
@@ -399,7 +436,7 @@ def _guest_env(kind: str, tmp_path, bundle):
 
 def _guest_round_checks(launch, env, seen, cgroup=True):
     _check_records(launch, cgroup)
-    path = launch.extra["net_path"]
+    path = launch.net_path
     assert path.startswith("virtio-net on tap ibt") and path.endswith("(emulated: TCG)"), path
     assert launch.extra["target"].startswith("10.201.")
     assert launch.extra["emulated"] is True
@@ -462,7 +499,7 @@ def test_a_guest_server_not_ready_in_time_is_a_failed_round_without_its_tap(
         env.cleanup()
     assert launch.status == "failed" and not launch.records
     assert launch.reason.startswith("the server was not ready"), launch.reason
-    assert launch.extra["net_path"].startswith("virtio-net on tap ibt")  # it had one
+    assert launch.net_path.startswith("virtio-net on tap ibt")  # it had one
     assert not _links(env.ctx.prefix)
     assert not [x for x in REGISTRY["qemu"].leftovers() if env.ctx.prefix in x.what]
 
@@ -475,9 +512,9 @@ def test_cri_pod_network_round_reaches_the_pod_ip(bundle, tmp_path, host_net):
     env = _env("cri", tmp_path, {"network": "pod"}, cache=bundle.root.parent.parent)
     launch = _round(env, bundle)
     _check_records(launch, cgroup=False)  # the pod's cgroup is a parent of the server's
-    assert launch.extra["net_path"].startswith("pod network (CNI ptp, routed, no NAT): pod IP ")
+    assert launch.net_path.startswith("pod network (CNI ptp, routed, no NAT): pod IP ")
     host = launch.extra["target"].rsplit(":", 1)[0]
-    assert not host.startswith("127.") and host in launch.extra["net_path"]
+    assert not host.startswith("127.") and host in launch.net_path
 
 
 @pytest.mark.requires("cri")
@@ -485,7 +522,7 @@ def test_cri_node_network_round_is_loopback(bundle, tmp_path, host_net):
     env = _env("cri", tmp_path, {"network": "host"}, cache=bundle.root.parent.parent)
     launch = _round(env, bundle)
     _check_records(launch, cgroup=False)
-    path = launch.extra["net_path"]
+    path = launch.net_path
     assert path.startswith("node network (hostNetwork pod): loopback 127.0.0.1:"), path
 
 
@@ -512,8 +549,13 @@ time.sleep(600)
 
 def _clean_dry_run(tmp_path) -> list[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(tmp_path / "lock")}
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "clean", "--dry-run"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "clean", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()
 
@@ -528,9 +570,11 @@ def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, h
     tag = f"k{os.getpid() % 10000}"
     port = str(netbench.free_port())
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path), tag, port], stdout=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        [sys.executable, "-c", HOLDER, str(tmp_path), tag, port],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     watchdog = threading.Timer(240, holder.kill)  # a holder that never says it is up
     watchdog.start()
     try:
@@ -544,8 +588,10 @@ def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, h
         names = [n for found in links.values() for n in found]
         lines = _clean_dry_run(tmp_path)
         for name in names:  # the process that made them runs: kept
-            assert any(x.startswith(f"keeping network interface {name} (") and
-                       f"(pid {holder.pid})" in x for x in lines), lines  # fmt: skip
+            assert any(
+                x.startswith(f"keeping network interface {name} (") and f"(pid {holder.pid})" in x
+                for x in lines
+            ), lines
     finally:
         watchdog.cancel()
         holder.kill()  # kill -9
@@ -553,8 +599,9 @@ def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, h
     assert set(_links(held["namespaces"][0])) | set(_links(held["qemu"][0])) == set(names)
     lines = _clean_dry_run(tmp_path)
     for name in names:
-        assert any(x.startswith(f"would remove network interface {name} (isobench-{tag}")
-                   for x in lines), lines  # fmt: skip
+        assert any(
+            x.startswith(f"would remove network interface {name} (isobench-{tag}") for x in lines
+        ), lines
     prefixes = [prefix for prefix, _ in held.values()]
     assert any(x.startswith("would remove QEMU process") and prefixes[1] in x for x in lines)
     live = clean.live_runs()
@@ -568,15 +615,29 @@ def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, h
 
 # ---------------------------------------------------------------- a real run, whole or Ctrl-C
 
-RUN = ["--env", "namespaces", "--env", "qemu:accel=tcg", "--workload", "net", "--quick",
-       "--rounds", "1", "--max-rounds", "1", "--warmup", "0"]  # fmt: skip
+RUN = [
+    "--env",
+    "namespaces",
+    "--env",
+    "qemu:accel=tcg",
+    "--workload",
+    "net",
+    "--quick",
+    "--rounds",
+    "1",
+    "--max-rounds",
+    "1",
+    "--warmup",
+    "0",
+]
 
 
 def _run(tmp_path, *args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(tmp_path / "lock")}
     argv = [sys.executable, "-m", "bench.cli", "run", *RUN, "--results", str(tmp_path / "r")]
-    return subprocess.Popen([*argv, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [*argv, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def _run_prefix(tmp_path, timeout: float = 120) -> str:

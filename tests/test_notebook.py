@@ -24,12 +24,14 @@ def test_notebook_executes_with_a_real_kernel(tmp_path_factory, tmp_path, monkey
     nb = nbformat.read(str(out), as_version=4)
     # the kernel imports the bench under test, not whatever copy is installed
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+    nbclient.NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
-                   for o in outputs)  # fmt: skip
+    text = "".join(
+        str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs
+    )
     assert "getppid" in text or "null" in text  # the summary table came out
     assert "ratio" in text
 
@@ -42,11 +44,18 @@ def test_generating_needs_only_the_core_dependencies(tmp_path_factory, tmp_path)
     import nbformat
 
     run = make_run(tmp_path_factory)
-    code = ("import sys; sys.modules.update(nbclient=None, ipykernel=None, jupyter_client=None)\n"
-            "from bench.cli import main\n"
-            "sys.argv = ['isobench', 'notebook', sys.argv[1], '-o', '-']; main()")  # fmt: skip
-    res = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[1], timeout=120)  # fmt: skip
+    code = (
+        "import sys; sys.modules.update(nbclient=None, ipykernel=None, jupyter_client=None)\n"
+        "from bench.cli import main\n"
+        "sys.argv = ['isobench', 'notebook', sys.argv[1], '-o', '-']; main()"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(run)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     nb = nbformat.reads(res.stdout, as_version=4)
     nbformat.validate(nb)

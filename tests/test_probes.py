@@ -43,7 +43,7 @@ def test_cpu_lines_cover_exactly_their_window(bundle):
     assert [r["op"] for r in recs] == ["compute"] * 2 + ["mem_bw"] * 2 + ["mem_lat"] * 2
     for r in recs:
         assert r["elapsed_ns"] == WINDOW_NS
-        (name, value), = r["metrics"].items()  # fmt: skip
+        ((name, value),) = r["metrics"].items()
         per_s = r["iterations"] / WINDOW_NS * 1e9  # iterations are the rounded work
         if name == "ops_per_s":
             assert value == pytest.approx(per_s, rel=1e-4)
@@ -137,8 +137,9 @@ def test_io_direct_read_from_a_device_is_not_page_cache(bundle, tmp_path):
 def test_io_read_from_tmpfs_is_flagged_page_cache(bundle, tmp_path):
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "isobench-test", str(mnt)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "isobench-test", str(mnt)], check=True
+    )
     try:
         for r in _reads(bundle, mnt):
             assert r["page_cache"] is True, r
@@ -153,8 +154,9 @@ def test_io_o_direct_under_gvisor_is_flagged_page_cache(bundle, tmp_path, storag
     """gVisor accepts O_DIRECT and serves the read from its own cache: the real docker
     environment with runsc, the io directory in the container's filesystem or a bind
     mount of a host directory."""
-    env = DockerEnv({"runtime": "runsc", "storage": storage},
-                    Context("tprobes", tmp_path, tmp_path / "cache"))  # fmt: skip
+    env = DockerEnv(
+        {"runtime": "runsc", "storage": storage}, Context("tprobes", tmp_path, tmp_path / "cache")
+    )
     try:
         env.prepare(bundle)
         launch = env.launch(Invocation("io", "io", READS), 120)
@@ -169,8 +171,10 @@ def test_io_o_direct_under_gvisor_is_flagged_page_cache(bundle, tmp_path, storag
 
 def test_probe_records_parse_as_json():
     """The contract fields the harness reads from an io read line."""
-    line = ('{"probe":"io","op":"seq_read","iterations":32,"elapsed_ns":5,"metrics":'
-            '{"mb_per_s":1.0},"units":{"mb_per_s":"MB/s"},"checksum":0,"direct":true,'
-            '"page_cache":true,"note":"served from the page cache"}')  # fmt: skip
+    line = (
+        '{"probe":"io","op":"seq_read","iterations":32,"elapsed_ns":5,"metrics":'
+        '{"mb_per_s":1.0},"units":{"mb_per_s":"MB/s"},"checksum":0,"direct":true,'
+        '"page_cache":true,"note":"served from the page cache"}'
+    )
     (rec,) = parse_lines([line]).records
     assert json.loads(line) == rec and rec["page_cache"] is True

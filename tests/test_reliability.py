@@ -21,18 +21,39 @@ def start(tmp_path, *args, lock=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(lock or tmp_path / "lock")}
     return subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "run", "--results", str(tmp_path / "results"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def isobench(tmp_path, *args, lock=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(lock or tmp_path / "lock")}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
-LONG = ["--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
-        "--rounds", "40", "--max-rounds", "40", "--seed", "11"]  # fmt: skip
+LONG = [
+    "--env",
+    "host",
+    "--env",
+    "namespaces",
+    "--workload",
+    "syscall",
+    "--quick",
+    "--rounds",
+    "40",
+    "--max-rounds",
+    "40",
+    "--seed",
+    "11",
+]
 
 
 def wait_for_samples(tmp_path, n, proc, limit=120):
@@ -87,8 +108,21 @@ def test_second_ctrl_c_during_cleanup_leaves_nothing(tmp_path):
 @pytest.mark.requires("host", "namespaces")
 def test_resume_completes_the_planned_rounds(tmp_path):
     # syscall launches take ~0.4 s: the run is still measuring when the signal comes
-    args = ["--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
-            "--rounds", "12", "--max-rounds", "12", "--seed", "5"]  # fmt: skip
+    args = [
+        "--env",
+        "host",
+        "--env",
+        "namespaces",
+        "--workload",
+        "syscall",
+        "--quick",
+        "--rounds",
+        "12",
+        "--max-rounds",
+        "12",
+        "--seed",
+        "5",
+    ]
     proc = start(tmp_path, *args)
     run_dir = wait_for_samples(tmp_path, 40, proc)
     proc.send_signal(signal.SIGINT)
@@ -128,8 +162,19 @@ def test_second_run_is_refused_while_one_measures(tmp_path):
 
 @pytest.mark.requires("host")
 def test_kill_9_leftovers_are_found_and_cleaned(tmp_path):
-    proc = start(tmp_path, "--env", "host", "--workload", "io", "--rounds", "30",
-                 "--max-rounds", "30", "--warmup", "0")  # fmt: skip
+    proc = start(
+        tmp_path,
+        "--env",
+        "host",
+        "--workload",
+        "io",
+        "--rounds",
+        "30",
+        "--max-rounds",
+        "30",
+        "--warmup",
+        "0",
+    )
     deadline = time.monotonic() + 60
     run_dir = None
     while time.monotonic() < deadline:
@@ -165,8 +210,20 @@ def test_ctrl_c_at_any_moment_of_a_podman_or_oci_run_leaves_nothing(tmp_path):
     for i in range(8):
         d = tmp_path / str(i)
         d.mkdir()
-        proc = start(d, "--env", "podman", "--env", "oci", "--workload", "startup",
-                     "--workload", "syscall", "--quick", "--seed", str(i))  # fmt: skip
+        proc = start(
+            d,
+            "--env",
+            "podman",
+            "--env",
+            "oci",
+            "--workload",
+            "startup",
+            "--workload",
+            "syscall",
+            "--quick",
+            "--seed",
+            str(i),
+        )
         run_dir = wait_for_samples(d, 1, proc)
         time.sleep(0.13 * i)
         proc.send_signal(signal.SIGINT)
@@ -174,10 +231,18 @@ def test_ctrl_c_at_any_moment_of_a_podman_or_oci_run_leaves_nothing(tmp_path):
         assert proc.returncode == 130, err
         assert our_leftovers(run_dir) == [], f"interrupt {i}"
         label = f"label=isobench.run={run_dir.name}"
-        ps = subprocess.run(["podman", "ps", "-a", "-q", "--filter", label],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+        ps = subprocess.run(
+            ["podman", "ps", "-a", "-q", "--filter", label],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ps.stdout.strip() == "", f"interrupt {i}: podman containers left"
-        runc = subprocess.run(["runc", "--root", "/run/isobench-oci/runc", "list", "-q"],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        runc = subprocess.run(
+            ["runc", "--root", "/run/isobench-oci/runc", "list", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run_dir.name not in runc.stdout, f"interrupt {i}: runc containers left"
         assert not list(Path("/var/tmp").glob(f"isobench-{run_dir.name}-*"))

@@ -30,9 +30,24 @@ def make_run(tmp_path_factory) -> Path:
         return found[0].parent
     from bench.cli import cli
 
-    args = ["run", "--env", "host", "--env", f"namespaces:label={EVIL}",
-            "--workload", "startup", "--workload", "syscall", "--quick",
-            "--rounds", "3", "--max-rounds", "3", "--results", str(root)]  # fmt: skip
+    args = [
+        "run",
+        "--env",
+        "host",
+        "--env",
+        f"namespaces:label={EVIL}",
+        "--workload",
+        "startup",
+        "--workload",
+        "syscall",
+        "--quick",
+        "--rounds",
+        "3",
+        "--max-rounds",
+        "3",
+        "--results",
+        str(root),
+    ]
     deadline = time.monotonic() + 900
     while True:  # other test runs on this host hold the measuring lock for a while
         try:
@@ -76,17 +91,30 @@ def test_formatting():
 
 
 def _row(env, median, ratio, lo, hi, sig, metric="ns_per_op", unit="ns", **extra):
-    return {"env": env, "workload": "syscall", "op": "null", "metric": metric, "unit": unit,
-            "median": median, "ratio": ratio, "ratio_ci_low": lo, "ratio_ci_high": hi,
-            "significant": sig, "better": "lower", "flags": [], "note": "",
-            "p_adjusted": 0.01 if sig else 0.5} | extra  # fmt: skip
+    return {
+        "env": env,
+        "workload": "syscall",
+        "op": "null",
+        "metric": metric,
+        "unit": unit,
+        "median": median,
+        "ratio": ratio,
+        "ratio_ci_low": lo,
+        "ratio_ci_high": hi,
+        "significant": sig,
+        "better": "lower",
+        "flags": [],
+        "note": "",
+        "p_adjusted": 0.01 if sig else 0.5,
+    } | extra
 
 
 def test_sentence_significant_and_not():
     base = _row("host", 164.0, None, None, None, False)
     s = model.sentence(_row("runsc", 19764.0, 120.5, 118.7, 122.3, True), base, False)
-    assert s["text"] == ("runsc adds 19.6 µs [19.3, 19.9] per getppid(): 120× slower "
-                         "(ratio ×120 [119, 122])")  # fmt: skip
+    assert s["text"] == (
+        "runsc adds 19.6 µs [19.3, 19.9] per getppid(): 120× slower (ratio ×120 [119, 122])"
+    )
     assert s["worse"]
     s = model.sentence(_row("ns", 166.0, 1.01, 0.97, 1.05, False), base, False)
     assert "no detectable difference per getppid()" in s["text"] and "n.s." in s["text"]
@@ -110,10 +138,12 @@ def test_heatmap_orientation_makes_worse_positive():
 
 def test_a_flagged_figure_is_never_a_finding():
     flag = "vDSO control failed: clock_gettime ×3,196 under runsc — no vDSO clock"
-    rows = [_row("host", 20.0, None, None, None, False),
-            _row("runsc", 60000.0, None, None, None, False, flags=[flag]),
-            _row("ns", 20.0, 1.0, 0.98, 1.02, False, op="read"),
-            _row("host", 20.0, None, None, None, False, op="read")]  # fmt: skip
+    rows = [
+        _row("host", 20.0, None, None, None, False),
+        _row("runsc", 60000.0, None, None, None, False, flags=[flag]),
+        _row("ns", 20.0, 1.0, 0.98, 1.02, False, op="read"),
+        _row("host", 20.0, None, None, None, False, op="read"),
+    ]
     h = model.heatmap(rows, "host", ["host", "runsc", "ns"])
     (cell,) = [c for c in h["cells"] if c["flags"]]
     assert cell["ratio"] is None and cell["flags"] == [flag]
@@ -128,12 +158,15 @@ def test_a_flagged_figure_is_never_a_finding():
 
 
 def test_the_ratio_column_says_why_there_is_none():
-    rows = [_row("host", 20.0, None, None, None, False),
-            _row("vm", 90.0, None, None, None, False, note="no ratio: other arguments"),
-            _row("docker", 9.0, None, None, None, False, metric="created_ms", unit="ms"),
-            _row("ns", 20.0, 1.0, 0.9, 1.1, False)]  # fmt: skip
-    table = {g["env"]: g["rows"][0] for g in model.summary(rows, ["host", "vm", "docker", "ns"],
-                                                           "host")}  # fmt: skip
+    rows = [
+        _row("host", 20.0, None, None, None, False),
+        _row("vm", 90.0, None, None, None, False, note="no ratio: other arguments"),
+        _row("docker", 9.0, None, None, None, False, metric="created_ms", unit="ms"),
+        _row("ns", 20.0, 1.0, 0.9, 1.1, False),
+    ]
+    table = {
+        g["env"]: g["rows"][0] for g in model.summary(rows, ["host", "vm", "docker", "ns"], "host")
+    }
     assert table["host"]["no_ratio"] == "baseline"
     assert table["vm"]["no_ratio"] == "no ratio: other arguments"
     assert table["docker"]["no_ratio"] == "no ratio: host has no such figure"
@@ -149,12 +182,19 @@ def test_geometric_mean_ci_holds_the_figures_own_uncertainty():
 
 
 def test_provenance_hides_unset_options_and_names_the_runtime_and_kernel():
-    manifest = {"host": {"kernel": "6.18.44"}, "environments": {
-        "docker:runtime=runsc": {"kind": "docker", "options": {"cpus": None, "runtime": "runsc"},
-                                 "versions": {"docker": "20.10", "runc": "1.1.5"},
-                                 "runtime": {"name": "runsc", "version": "runsc version 0.0~2022"}},
-        "qemu": {"kind": "qemu", "emulated": True, "versions": {"guest_kernel": "6.1.0-56"}},
-        "same": {"kind": "qemu", "versions": {"guest_kernel": "6.18.44"}}}}  # fmt: skip
+    manifest = {
+        "host": {"kernel": "6.18.44"},
+        "environments": {
+            "docker:runtime=runsc": {
+                "kind": "docker",
+                "options": {"cpus": None, "runtime": "runsc"},
+                "versions": {"docker": "20.10", "runc": "1.1.5"},
+                "runtime": {"name": "runsc", "version": "runsc version 0.0~2022"},
+            },
+            "qemu": {"kind": "qemu", "emulated": True, "versions": {"guest_kernel": "6.1.0-56"}},
+            "same": {"kind": "qemu", "versions": {"guest_kernel": "6.18.44"}},
+        },
+    }
     prov = model.provenance(manifest, ["qemu", "docker:runtime=runsc"])
     assert [e["label"] for e in prov["envs"]] == ["qemu", "docker:runtime=runsc", "same"]
     runsc = prov["envs"][1]
@@ -167,18 +207,34 @@ def test_provenance_hides_unset_options_and_names_the_runtime_and_kernel():
 
 
 def test_warnings_are_grouped_and_near_duplicates_merged():
-    manifest = {"matrix": {"precision": 0.02},
-                "warnings": ["load average 2.1 on 2 CPUs: busy", "SMT is on",
-                             "load average 3.4 on 2 CPUs: busy"],
-                "unreached": {"host|cpu": 0.055, "docker|cpu": 0.17, "docker|syscall": 0.57,
-                              "vm|io": float("inf")}}  # fmt: skip
-    prov = {"envs": [{"label": e, "available": True, "emulated": False, "kernel_note": ""}
-                     for e in ("host", "docker", "vm")]}  # fmt: skip
+    manifest = {
+        "matrix": {"precision": 0.02},
+        "warnings": [
+            "load average 2.1 on 2 CPUs: busy",
+            "SMT is on",
+            "load average 3.4 on 2 CPUs: busy",
+        ],
+        "unreached": {
+            "host|cpu": 0.055,
+            "docker|cpu": 0.17,
+            "docker|syscall": 0.57,
+            "vm|io": float("inf"),
+        },
+    }
+    prov = {
+        "envs": [
+            {"label": e, "available": True, "emulated": False, "kernel_note": ""}
+            for e in ("host", "docker", "vm")
+        ]
+    }
     groups = {g["kind"]: g for g in model.warnings(manifest, pd.DataFrame(), [], prov)}
     assert groups["noise"]["lines"] == ["load average 2.1 on 2 CPUs: busy (seen 2×)", "SMT is on"]
     assert groups["precision"]["title"].startswith("Precision: 4 cell(s)")
-    assert groups["precision"]["lines"] == ["host: cpu ±5.5%", "docker: cpu ±17.0%, syscall ±57.0%",
-                                            "vm: io (no figure)"]  # fmt: skip
+    assert groups["precision"]["lines"] == [
+        "host: cpu ±5.5%",
+        "docker: cpu ±17.0%, syscall ±57.0%",
+        "vm: io (no figure)",
+    ]
 
 
 # -- the real run ----------------------------------------------------------------------------
@@ -204,8 +260,18 @@ def test_report_of_a_real_run(real_run, tmp_path):
     assert {r["no_ratio"] for r in d["summary"][0]["rows"]} == {"baseline"}
     assert all(r["better"] in ("lower", "higher") for g in d["summary"] for r in g["rows"])
     assert d["samples"]["n"] == len(store.load_samples(real_run))
-    for section in ("headline", "warnings", "heatmap", "workloads", "startup", "footprint",
-                    "summary", "provenance", "methodology", "data"):  # fmt: skip
+    for section in (
+        "headline",
+        "warnings",
+        "heatmap",
+        "workloads",
+        "startup",
+        "footprint",
+        "summary",
+        "provenance",
+        "methodology",
+        "data",
+    ):
         assert f'id="{section}"' in text
     assert text.count('data-chart="op"') == len(d["charts"])
 
@@ -235,8 +301,9 @@ def test_a_failed_control_is_flagged_not_reported(real_run, tmp_path):
     odd_run = _copy(real_run, tmp_path / "vdso", emulated=False, vdso_factor=40)
     text = html.render(store.read_manifest(odd_run), store.load_samples(odd_run))
     d = blob(text)
-    (row,) = [r for g in d["summary"] if g["env"] == EVIL for r in g["rows"]
-              if r["op"] == "clock_gettime"]  # fmt: skip
+    (row,) = [
+        r for g in d["summary"] if g["env"] == EVIL for r in g["rows"] if r["op"] == "clock_gettime"
+    ]
     assert row["flags"] and row["flags"][0].startswith("vDSO control failed")
     assert row["ratio"] is None and row["no_ratio"] == "flagged: no ratio"
     markup = text.split('<script type="application/json"')[0]
@@ -282,11 +349,16 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
 
 
 def test_report_of_an_empty_run(tmp_path):
-    manifest = {"schema_version": 1, "run_id": "empty", "status": "interrupted",
-                "matrix": {"baseline": "host", "envs": [{"label": "host"}]},
-                "environments": {"host": {"kind": "host", "available": True},
-                                 "vm": {"kind": "libvirt", "available": False,
-                                        "reason": "libvirtd <not> running"}}}  # fmt: skip
+    manifest = {
+        "schema_version": 1,
+        "run_id": "empty",
+        "status": "interrupted",
+        "matrix": {"baseline": "host", "envs": [{"label": "host"}]},
+        "environments": {
+            "host": {"kind": "host", "available": True},
+            "vm": {"kind": "libvirt", "available": False, "reason": "libvirtd <not> running"},
+        },
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     text = html.render(store.read_manifest(tmp_path), store.load_samples(tmp_path))
     assert "vm: not available — libvirtd &lt;not&gt; running" in text
@@ -299,8 +371,10 @@ def test_a_run_recorded_at_schema_1_still_renders():
     run = Path(__file__).parent / "data" / "runs" / "v1"
     manifest = store.read_manifest(run)
     d = blob(html.render(manifest, store.load_samples(run), n_boot=200))
-    assert [(e["label"], e["measured"]) for e in d["envs"]] == [("host", True),
-                                                                ("namespaces", True)]  # fmt: skip
+    assert [(e["label"], e["measured"]) for e in d["envs"]] == [
+        ("host", True),
+        ("namespaces", True),
+    ]
     assert {r["op"] for g in d["summary"] for r in g["rows"]} >= {"null", "stat", "fork"}
     assert d["provenance"]["host"]["kernel"] == manifest["targets"]["local"]["kernel"]
     cols = d["samples"]["data"]
@@ -328,17 +402,25 @@ def test_log_axis_only_for_a_positive_wide_spread():
 
 def test_density_headline_is_built_from_the_figures():
     def pts(*xs):
-        return [{"n": n, "median": m, "ci_low": lo, "ci_high": hi, "count": 5}
-                for n, m, lo, hi in xs]  # fmt: skip
+        return [
+            {"n": n, "median": m, "ci_low": lo, "ci_high": hi, "count": 5} for n, m, lo, hi in xs
+        ]
 
-    lines = {"docker": {"mem_accounted_mib": pts((1, 13.0, 12.5, 13.4), (4, 10.4, 10.1, 10.9)),
-                        "mem_system_mib": pts((4, 3.4, 3.3, 3.5)),
-                        "start_ms": pts((1, 420.0, 400.0, 450.0), (4, 610.0, 580.0, 650.0))},
-             "libvirt": {"mem_accounted_mib": pts((2, 182.0, 170.0, 190.0)),
-                         "start_ms": pts((1, 6635.5, 6612.0, 6714.0),
-                                         (2, 6556.2, 6509.0, 6902.0))}}  # fmt: skip
-    described = {"docker": {"kind": "docker", "runtime": {"name": "runc"}},
-                 "libvirt": {"kind": "libvirt", "emulated": True}}  # fmt: skip
+    lines = {
+        "docker": {
+            "mem_accounted_mib": pts((1, 13.0, 12.5, 13.4), (4, 10.4, 10.1, 10.9)),
+            "mem_system_mib": pts((4, 3.4, 3.3, 3.5)),
+            "start_ms": pts((1, 420.0, 400.0, 450.0), (4, 610.0, 580.0, 650.0)),
+        },
+        "libvirt": {
+            "mem_accounted_mib": pts((2, 182.0, 170.0, 190.0)),
+            "start_ms": pts((1, 6635.5, 6612.0, 6714.0), (2, 6556.2, 6509.0, 6902.0)),
+        },
+    }
+    described = {
+        "docker": {"kind": "docker", "runtime": {"name": "runc"}},
+        "libvirt": {"kind": "libvirt", "emulated": True},
+    }
     docker, libvirt = model.density_headline(lines, described)
     assert docker["text"] == (
         "a docker container (runc) costs the host 10.4 MiB [10.1, 10.9] per instance with 4 held "
@@ -366,10 +448,14 @@ def test_density_section_of_a_recorded_run():
     manifest, text, d = recorded("density")
     den = d["density"]
     described = manifest["environments"]
-    assert den["envs"] == [e for e in ["host", "docker", "docker:runtime=runsc", "libvirt"]
-                           if e in described]  # fmt: skip
-    assert [c["metric"] for c in den["charts"]] == ["mem_accounted_mib", "mem_system_mib",
-                                                    "start_ms"]  # fmt: skip
+    assert den["envs"] == [
+        e for e in ["host", "docker", "docker:runtime=runsc", "libvirt"] if e in described
+    ]
+    assert [c["metric"] for c in den["charts"]] == [
+        "mem_accounted_mib",
+        "mem_system_mib",
+        "start_ms",
+    ]
     for c in den["charts"]:
         assert {s["env"] for s in c["series"]} == set(den["envs"])
         for s in c["series"]:
@@ -405,15 +491,25 @@ def test_density_section_of_a_recorded_run():
 def test_network_section_of_a_recorded_run():
     manifest, text, d = recorded("net")
     net = d["network"]
-    assert [e["env"] for e in net["envs"]] == ["host", "namespaces", "docker",
-                                               "docker:network=host"]  # fmt: skip
+    assert [e["env"] for e in net["envs"]] == [
+        "host",
+        "namespaces",
+        "docker",
+        "docker:network=host",
+    ]
     for e in net["envs"]:
         assert e["path"] == manifest["environments"][e["env"]]["net_path"]
     figs = {(f["op"], f["metric"]): f for f in net["figures"]}
-    for key in [("tcp_rr", "p50_us"), ("tcp_rr", "p99_us"), ("tcp_rr", "trans_per_s"),
-                ("tcp_crr", "conn_per_s"), ("tcp_stream_c2s", "mb_per_s"),
-                ("tcp_stream_s2c", "mb_per_s"), ("tcp_rr", "client_cpu_us_per_trans"),
-                ("tcp_rr", "server_cpu_us_per_trans")]:  # fmt: skip
+    for key in [
+        ("tcp_rr", "p50_us"),
+        ("tcp_rr", "p99_us"),
+        ("tcp_rr", "trans_per_s"),
+        ("tcp_crr", "conn_per_s"),
+        ("tcp_stream_c2s", "mb_per_s"),
+        ("tcp_stream_s2c", "mb_per_s"),
+        ("tcp_rr", "client_cpu_us_per_trans"),
+        ("tcp_rr", "server_cpu_us_per_trans"),
+    ]:
         assert set(figs[key]["cells"]) == {e["env"] for e in net["envs"]}, key
     p50 = figs[("tcp_rr", "p50_us")]["cells"]
     assert p50["host"]["no_ratio"] == "baseline" and p50["host"]["ratio"] is None
@@ -435,23 +531,37 @@ def test_network_section_of_a_recorded_run():
 
 
 def test_no_density_or_network_section_without_those_workloads():
-    text = html.render(store.read_manifest(RUNS / "v1"), store.load_samples(RUNS / "v1"),
-                       n_boot=200)  # fmt: skip
+    text = html.render(
+        store.read_manifest(RUNS / "v1"), store.load_samples(RUNS / "v1"), n_boot=200
+    )
     d = blob(text)
     assert d["density"] is None and d["network"] is None
     assert 'id="density"' not in text and 'id="network"' not in text
 
 
 def test_the_disk_footprint_recorded_in_the_manifest_is_shown(tmp_path):
-    disk = {"figures": [{"what": "image", "bytes": 3.5 * 2**20, "counts": "the engine's Size"},
-                        {"what": "writable layer", "bytes": None, "counts": "",
-                         "reason": "cgroup <v1> keeps none"}]}  # fmt: skip
-    manifest = {"schema_version": 1, "run_id": "disk", "status": "complete",
-                "matrix": {"baseline": "host", "envs": [{"label": "host"}, {"label": "vm"}]},
-                "environments": {"host": {"kind": "host", "available": True},
-                                 "vm": {"kind": "libvirt", "emulated": True, "disk": disk},
-                                 "oci": {"kind": "oci", "disk": {"figures": [],
-                                                                 "error": "no runc"}}}}  # fmt: skip
+    disk = {
+        "figures": [
+            {"what": "image", "bytes": 3.5 * 2**20, "counts": "the engine's Size"},
+            {
+                "what": "writable layer",
+                "bytes": None,
+                "counts": "",
+                "reason": "cgroup <v1> keeps none",
+            },
+        ]
+    }
+    manifest = {
+        "schema_version": 1,
+        "run_id": "disk",
+        "status": "complete",
+        "matrix": {"baseline": "host", "envs": [{"label": "host"}, {"label": "vm"}]},
+        "environments": {
+            "host": {"kind": "host", "available": True},
+            "vm": {"kind": "libvirt", "emulated": True, "disk": disk},
+            "oci": {"kind": "oci", "disk": {"figures": [], "error": "no runc"}},
+        },
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     text = html.render(store.read_manifest(tmp_path), store.load_samples(tmp_path))
     d = blob(text)
@@ -466,15 +576,40 @@ def test_the_disk_footprint_recorded_in_the_manifest_is_shown(tmp_path):
 
 
 def test_an_environment_without_a_network_path_says_why():
-    manifest = {"matrix": {"baseline": "host", "workloads": ["net"]},
-                "environments": {"host": {"kind": "host", "net_path": "loopback 127.0.0.1:5"},
-                                 "vm": {"kind": "libvirt", "emulated": True}}}  # fmt: skip
-    rows = [_row("host", 70.0, None, None, None, False, "p50_us", "us", workload="net",
-                 op="tcp_rr", ci_low=65.0, ci_high=75.0, n=5)]  # fmt: skip
-    fails = [{"env": "vm", "workload": "net", "status": "failed", "count": 3,
-              "reason": "libvirt: the guest's network path is not built yet"},
-             {"env": "vm", "workload": "cpu", "status": "failed", "count": 1,
-              "reason": "x"}]  # fmt: skip
+    manifest = {
+        "matrix": {"baseline": "host", "workloads": ["net"]},
+        "environments": {
+            "host": {"kind": "host", "net_path": "loopback 127.0.0.1:5"},
+            "vm": {"kind": "libvirt", "emulated": True},
+        },
+    }
+    rows = [
+        _row(
+            "host",
+            70.0,
+            None,
+            None,
+            None,
+            False,
+            "p50_us",
+            "us",
+            workload="net",
+            op="tcp_rr",
+            ci_low=65.0,
+            ci_high=75.0,
+            n=5,
+        )
+    ]
+    fails = [
+        {
+            "env": "vm",
+            "workload": "net",
+            "status": "failed",
+            "count": 3,
+            "reason": "libvirt: the guest's network path is not built yet",
+        },
+        {"env": "vm", "workload": "cpu", "status": "failed", "count": 1, "reason": "x"},
+    ]
     net = model.network(rows, manifest, ["host", "vm"], fails)
     assert [(e["env"], e["measured"]) for e in net["envs"]] == [("host", True), ("vm", False)]
     why = "3× failed: libvirt: the guest's network path is not built yet"
@@ -495,28 +630,83 @@ def test_density_levels_that_did_not_fit_are_shown_with_their_reason(tmp_path):
     lines = (run / "samples.jsonl").read_text().splitlines()
     first = json.loads(next(x for x in lines if json.loads(x)["env"] == "docker"))
     for rnd, avail in ((1, 812), (2, 790)):
-        reason = (f"n08: skipped: MemAvailable {avail} MiB minus the level's need would leave "
-                  "less than the 25% reserve")  # fmt: skip
-        lines.append(json.dumps(first | {"round": rnd, "op": "n08", "metric": None, "value": None,
-                                         "unit": "", "status": "failed", "reason": reason,
-                                         "note": ""}))  # fmt: skip
+        reason = (
+            f"n08: skipped: MemAvailable {avail} MiB minus the level's need would leave "
+            "less than the 25% reserve"
+        )
+        lines.append(
+            json.dumps(
+                first
+                | {
+                    "round": rnd,
+                    "op": "n08",
+                    "metric": None,
+                    "value": None,
+                    "unit": "",
+                    "status": "failed",
+                    "reason": reason,
+                    "note": "",
+                }
+            )
+        )
     (run / "samples.jsonl").write_text("\n".join(lines) + "\n")
     text = html.render(store.read_manifest(run), store.load_samples(run), n_boot=200)
     den = blob(text)["density"]
-    assert den["unfit"] == [{"env": "docker", "lines": [
-        "n08: skipped: MemAvailable 812 MiB minus the level's need would leave less than the "
-        "25% reserve (seen 2×)"]}]  # fmt: skip
+    assert den["unfit"] == [
+        {
+            "env": "docker",
+            "lines": [
+                "n08: skipped: MemAvailable 812 MiB minus the level's need would leave less "
+                "than the 25% reserve (seen 2×)"
+            ],
+        }
+    ]
     assert 8 not in den["levels"]  # a level that did not fit is no point on the lines
     assert "<b>docker</b>: n08: skipped: MemAvailable 812 MiB" in text
 
 
 def test_a_cpu_cost_is_more_or_less_cpu_not_slower_or_faster():
-    rows = [_row("docker", 21.3, 0.81, 0.75, 0.88, True, "client_cpu_us_per_trans", "us",
-                 ci_low=18.0, ci_high=23.0, n=5),
-            _row("docker", 121.7, 1.73, 1.61, 1.85, True, "p50_us", "us", ci_low=120.0,
-                 ci_high=123.0, n=5),
-            _row("vm", 23.7, 2.5, 2.0, 3.1, True, "idle_cpu_ms_per_s", "ms/s", ci_low=12.0,
-                 ci_high=42.0, n=4)]  # fmt: skip
+    rows = [
+        _row(
+            "docker",
+            21.3,
+            0.81,
+            0.75,
+            0.88,
+            True,
+            "client_cpu_us_per_trans",
+            "us",
+            ci_low=18.0,
+            ci_high=23.0,
+            n=5,
+        ),
+        _row(
+            "docker",
+            121.7,
+            1.73,
+            1.61,
+            1.85,
+            True,
+            "p50_us",
+            "us",
+            ci_low=120.0,
+            ci_high=123.0,
+            n=5,
+        ),
+        _row(
+            "vm",
+            23.7,
+            2.5,
+            2.0,
+            3.1,
+            True,
+            "idle_cpu_ms_per_s",
+            "ms/s",
+            ci_low=12.0,
+            ci_high=42.0,
+            n=4,
+        ),
+    ]
     cpu, p50, idle = (model.figure(r, "host") for r in rows)
     assert cpu["words"] == "1.23× less CPU" and not cpu["worse"]
     assert p50["words"] == "1.73× slower" and p50["worse"]

@@ -37,11 +37,25 @@ def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProces
     """Headless Chromium with every route to the network closed: a fresh network
     namespace when we may make one, and a dead proxy plus a resolver that finds nothing
     (any request then fails, and a failed load is a console error)."""
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}", "--proxy-server=socks5://127.0.0.1:9",
-           "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
-           "--virtual-time-budget=10000", *extra, url]  # fmt: skip
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--proxy-server=socks5://127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        *extra,
+        url,
+    ]
     if os.geteuid() == 0 and shutil.which("unshare"):
         cmd = ["unshare", "--net", "--", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -104,8 +118,13 @@ def test_tooltips_escape_the_label(page, tmp_path):
 @real_run
 def test_screenshot_at_1280(page, tmp_path):
     shot = tmp_path / "shot.png"
-    res = chromium(page.as_uri(), tmp_path / "profile", "--hide-scrollbars",
-                   f"--screenshot={shot}", "--window-size=1280,4000")  # fmt: skip
+    res = chromium(
+        page.as_uri(),
+        tmp_path / "profile",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1280,4000",
+    )
     assert res.returncode == 0 and shot.stat().st_size > 50_000
     assert console_messages(res.stderr) == []
     assert EVIL not in page.read_text().split('id="isobench-data"')[0]
@@ -144,8 +163,12 @@ def test_the_section_renders_without_console_errors(name, kind, tmp_path):
     blocks = re.findall(rf'data-chart="{kind}"[^>]*>(.*?)</svg>', dom, re.S)
     assert len(blocks) == len(charts)
     for block, c in zip(blocks, section["charts"], strict=True):
-        names = [s["env"] + (" (emulated)" if s.get("emulated") else "") if kind == "density"
-                 else s["name"] for s in c["series"]]  # fmt: skip
+        names = [
+            s["env"] + (" (emulated)" if s.get("emulated") else "")
+            if kind == "density"
+            else s["name"]
+            for s in c["series"]
+        ]
         svg_text = [unescape(t) for t in re.findall(r"<(?:text|tspan)[^>]*>([^<]*)<", block)]
         for n in names:
             assert n in svg_text, (c["id"], n)

@@ -88,16 +88,24 @@ def run(tmp_path, monkeypatch):
         "syscall": catalog.Workload("syscall", "syscall", "syscall", "", (), (), None),
         "cpu": catalog.Workload("cpu", "cpu", "cpu", "", (), (), None),
         "density": catalog.Workload(
-            "density", "hold", "density", "", (), (), None, default=False,
+            "density",
+            "hold",
+            "density",
+            "",
+            (),
+            (),
+            None,
+            default=False,
             level_lists=catalog.parse_levels("density", {"full": [1, 8], "quick": [1, 4]}),
         ),
-    }  # fmt: skip
+    }
     FakeEnv.rng = np.random.default_rng(0)
 
     def go(envs: list[str], workloads_run=("syscall", "cpu"), **settings):
         specs = [parse_env_spec(e) for e in envs]
-        m = Matrix(envs=specs, workloads=list(workloads_run), baseline=specs[0].label, seed=3,
-                   **settings)  # fmt: skip
+        m = Matrix(
+            envs=specs, workloads=list(workloads_run), baseline=specs[0].label, seed=3, **settings
+        )
         bundle = FakeBundle(tmp_path / "cache" / "bundles" / "x")
         run_dir = tmp_path / "run"
         run_dir.mkdir(exist_ok=True)
@@ -128,8 +136,9 @@ def test_a_kind_that_asks_runs_a_whole_round_in_one_instance(run):
 
 
 def test_emulated_guests_get_their_own_warm_up_count(run):
-    _, records = run(["fake:label=host", "batch:label=vm"], rounds=2, max_rounds=2,
-                     emulated_warmup=0)  # fmt: skip
+    _, records = run(
+        ["fake:label=host", "batch:label=vm"], rounds=2, max_rounds=2, emulated_warmup=0
+    )
     assert {r["env"] for r in records if r["round"] == 0} == {"host"}
     assert _rounds(records, "vm") == [1, 2]
     _, records = run(["fake:label=host", "batch:label=vm"], rounds=2, max_rounds=2)
@@ -137,8 +146,9 @@ def test_emulated_guests_get_their_own_warm_up_count(run):
 
 
 def test_emulated_guests_stop_at_their_round_cap(run):
-    m, records = run(["fake:label=host", "batch:label=vm"], rounds=6, max_rounds=6,
-                     emulated_rounds=2)  # fmt: skip
+    m, records = run(
+        ["fake:label=host", "batch:label=vm"], rounds=6, max_rounds=6, emulated_rounds=2
+    )
     assert _rounds(records, "vm") == [1, 2] and _rounds(records, "host") == list(range(1, 7))
 
 
@@ -151,9 +161,12 @@ def test_the_budget_is_the_runs_wall_clock(run):
 
 
 def test_extra_rounds_go_to_the_wide_figures_and_their_baseline(run):
-    m, records = run(["fake:label=a,noise=0.001", "fake:label=b,noise=0.001",
-                      "fake:label=c,noise=0.3"], rounds=3, max_rounds=8,
-                     precision=0.02)  # fmt: skip
+    m, records = run(
+        ["fake:label=a,noise=0.001", "fake:label=b,noise=0.001", "fake:label=c,noise=0.3"],
+        rounds=3,
+        max_rounds=8,
+        precision=0.02,
+    )
     assert m["stop_reason"] == "round cap reached"
     assert set(m["unreached"]) <= {"c|syscall", "c|cpu"}
     assert _rounds(records, "c") == list(range(1, 9))
@@ -178,8 +191,12 @@ def test_progress_reports_seconds_with_an_honest_total(run, monkeypatch):
 
 
 def test_a_failed_launch_keeps_its_exit_code_and_stderr_tail():
-    launch = Launch(status="failed", reason="probe failed", exit_code=2,
-                    stderr_tail="warming up\nsyscall: --op: unknown op 'nul'\n\n")  # fmt: skip
+    launch = Launch(
+        status="failed",
+        reason="probe failed",
+        exit_code=2,
+        stderr_tail="warming up\nsyscall: --op: unknown op 'nul'\n\n",
+    )
     assert runner.failure_reason(launch) == (
         "probe failed (exit status 2) — stderr: warming up | syscall: --op: unknown op 'nul'"
     )
@@ -202,9 +219,14 @@ def fake_density(monkeypatch):
     def run_round(env, levels, timeout, reserve, log):
         calls.append((env.ctx.prefix, list(levels)))
         CLOCK.now += DENSITY_LEVEL_S * len(levels)
-        recs = [{"op": f"n{n:02d}", "units": {"mem_accounted_mib": "MiB"},
-                 "metrics": {"mem_accounted_mib": 1.0 + FakeEnv.rng.normal(0, 0.2)}}
-                for n in levels]  # fmt: skip
+        recs = [
+            {
+                "op": f"n{n:02d}",
+                "units": {"mem_accounted_mib": "MiB"},
+                "metrics": {"mem_accounted_mib": 1.0 + FakeEnv.rng.normal(0, 0.2)},
+            }
+            for n in levels
+        ]
         return Launch(records=recs)
 
     def warm_up(env, timeout):

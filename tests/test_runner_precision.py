@@ -22,11 +22,30 @@ def run_dir(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     res = CliRunner().invoke(
         cli,
-        ["run", "--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick",
-         "--precision", "1%", "--budget", str(BUDGET), "--rounds", "3", "--max-rounds", "40",
-         "--seed", "5", "--results", str(results)],
+        [
+            "run",
+            "--env",
+            "host",
+            "--env",
+            "namespaces",
+            "--workload",
+            "syscall",
+            "--quick",
+            "--precision",
+            "1%",
+            "--budget",
+            str(BUDGET),
+            "--rounds",
+            "3",
+            "--max-rounds",
+            "40",
+            "--seed",
+            "5",
+            "--results",
+            str(results),
+        ],
         catch_exceptions=False,
-    )  # fmt: skip
+    )
     assert res.exit_code == 0, res.output
     (run,) = [p for p in results.iterdir() if p.is_dir()]
     return run
@@ -65,11 +84,16 @@ def test_summary_says_which_cells_missed_the_target_and_why(run_dir):
             assert cell.replace("|", " / ") in text
     else:
         assert "precision not reached" not in text
-    rows = [json.loads(x) for x in CliRunner().invoke(cli, ["summary", str(run_dir), "--json"])
-            .output.splitlines()]  # fmt: skip
+    rows = [
+        json.loads(x)
+        for x in CliRunner().invoke(cli, ["summary", str(run_dir), "--json"]).output.splitlines()
+    ]
     assert rows
-    missed = {f"{r['env']}|{r['workload']}" for r in rows
-              if r["precision_target"] is not None and not r["reached_precision"]}  # fmt: skip
+    missed = {
+        f"{r['env']}|{r['workload']}"
+        for r in rows
+        if r["precision_target"] is not None and not r["reached_precision"]
+    }
     assert missed == set(m["unreached"])
     for r in rows:
         assert {"p_value", "p_adjusted", "significant", "reached_precision", "outliers"} <= set(r)

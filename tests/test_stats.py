@@ -165,9 +165,13 @@ def test_min_detectable_ratio_is_the_trimmed_tests_power():
         noise = rng.normal(0, 0.01, 20000) + np.where(rng.uniform(size=20000) < far, 0.2, 0.0)
         for n in (6, 7, 12):
             mdr = stats.min_detectable_ratio(noise, n=n)
-            hits = [stats.log_ratio_test(np.exp(math.log(mdr) + rng.choice(noise, n)),
-                                         np.ones(n), paired=True).p_value < 0.05
-                    for _ in range(2000)]  # fmt: skip
+            hits = [
+                stats.log_ratio_test(
+                    np.exp(math.log(mdr) + rng.choice(noise, n)), np.ones(n), paired=True
+                ).p_value
+                < 0.05
+                for _ in range(2000)
+            ]
             assert 0.74 < np.mean(hits) < 0.86
 
 
@@ -298,8 +302,14 @@ def test_trimming_is_what_finds_effects_through_the_episodes():
                 for v, b in zip(env, base, strict=True)
             ]
             q = stats.benjamini_hochberg([t.p_value for t in tests])
-            out.append(np.mean([stats.significant(p, t.low, t.high)
-                                for p, t in zip(q[150:], tests[150:], strict=True)]))  # fmt: skip
+            out.append(
+                np.mean(
+                    [
+                        stats.significant(p, t.low, t.high)
+                        for p, t in zip(q[150:], tests[150:], strict=True)
+                    ]
+                )
+            )
     assert np.mean(found[stats.TRIM]) >= 0.95
     assert np.mean(found[0.0]) <= 0.9
 
@@ -309,10 +319,36 @@ def test_docker_null_of_a_recorded_quick_run_is_called():
     4-18% slower in 9 rounds; its rounds 2 and 3 and the host's rounds 5 and 7 fell into
     slow episodes. Student's t gave p = 0.024 (not significant among ~100 figures);
     the trimmed t is not sunk by those rounds."""
-    docker = [112.3, 111.2, 154.0, 141.7, 126.9, 116.5, 111.3, 112.2, 126.2, 111.8, 112.2,
-              111.3, 111.9]  # fmt: skip
-    host = [102.8, 102.6, 102.6, 102.8, 107.7, 128.9, 103.8, 125.9, 107.1, 107.2, 105.0,
-            104.5, 102.9]  # fmt: skip
+    docker = [
+        112.3,
+        111.2,
+        154.0,
+        141.7,
+        126.9,
+        116.5,
+        111.3,
+        112.2,
+        126.2,
+        111.8,
+        112.2,
+        111.3,
+        111.9,
+    ]
+    host = [
+        102.8,
+        102.6,
+        102.6,
+        102.8,
+        107.7,
+        128.9,
+        103.8,
+        125.9,
+        107.1,
+        107.2,
+        105.0,
+        104.5,
+        102.9,
+    ]
     t = stats.log_ratio_test(docker, host, paired=True)
     assert t.p_value < 0.005 and 1.03 < t.low < t.ratio < 1.12 < t.high < 1.2
     assert stats.log_ratio_test(docker, host, paired=True, trim=0).p_value > 0.02

@@ -27,8 +27,13 @@ def summary(run: Path, columns: str | None, *args: str) -> list[str]:
     env["PYTHONPATH"] = str(ROOT)
     if columns:
         env["COLUMNS"] = columns
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "summary", str(run), *args],
-                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "summary", str(run), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()
 
@@ -64,11 +69,26 @@ def test_baseline_first_units_and_sig(run):
 
 
 def row(env: str, **kw) -> dict:
-    base = {"env": env, "workload": "io", "op": "create_unlink", "metric": "ops_per_s",
-            "unit": "ops/s", "better": "higher", "median": 3500.0, "ci_low": 3400.0,
-            "ci_high": 3600.0, "n": 5, "ratio": None, "ratio_ci_low": None,
-            "ratio_ci_high": None, "p_adjusted": None, "significant": False,
-            "emulated": False, "flags": [], "note": ""}  # fmt: skip
+    base = {
+        "env": env,
+        "workload": "io",
+        "op": "create_unlink",
+        "metric": "ops_per_s",
+        "unit": "ops/s",
+        "better": "higher",
+        "median": 3500.0,
+        "ci_low": 3400.0,
+        "ci_high": 3600.0,
+        "n": 5,
+        "ratio": None,
+        "ratio_ci_low": None,
+        "ratio_ci_high": None,
+        "p_adjusted": None,
+        "significant": False,
+        "emulated": False,
+        "flags": [],
+        "note": "",
+    }
     return base | kw
 
 
@@ -77,8 +97,14 @@ def cells(r: dict) -> list[str]:
 
 
 def test_ratio_words_and_sig_column():
-    slower = row("docker", ratio=0.036, ratio_ci_low=0.03, ratio_ci_high=0.04,
-                 p_adjusted=0.001, significant=True)  # fmt: skip
+    slower = row(
+        "docker",
+        ratio=0.036,
+        ratio_ci_low=0.03,
+        ratio_ci_high=0.04,
+        p_adjusted=0.001,
+        significant=True,
+    )
     assert cells(slower)[3:] == ["×0.0360 [0.0300, 0.0400]", "28× slower", "yes"]
     same = row("podman", ratio=1.01, ratio_ci_low=0.9, ratio_ci_high=1.1, p_adjusted=0.6)
     assert cells(same)[3:] == ["×1.01 [0.900, 1.10]", "", "no"]  # no claim without a test
@@ -89,9 +115,11 @@ def test_ratio_words_and_sig_column():
 
 def test_flags_are_grouped_under_the_table(capsys):
     flag = "vDSO control failed"
-    rows = [row("docker", op="clock_gettime", flags=[flag]),
-            row("podman", op="clock_gettime", flags=[flag]),
-            row("oci", op="stat", flags=["negative counter"])]  # fmt: skip
+    rows = [
+        row("docker", op="clock_gettime", flags=[flag]),
+        row("podman", op="clock_gettime", flags=[flag]),
+        row("oci", op="stat", flags=["negative counter"]),
+    ]
     assert cells(rows[0])[3] == "flagged"
     cli._print_flags(rows)
     lines = capsys.readouterr().out.splitlines()
@@ -105,9 +133,16 @@ def test_long_labels_and_wide_figures_fold_and_are_never_cut():
     ratio fold; no line is wider than 80, and no "yes" or closing bracket is cut off."""
     from rich.console import Console
 
-    sig = dict(ratio=0.964, ratio_ci_low=0.943, ratio_ci_high=0.986, p_adjusted=0.01,
-               significant=True, median=2_067_249.0, ci_low=1_806_539.0,
-               ci_high=2_241_288.0)  # fmt: skip
+    sig = dict(
+        ratio=0.964,
+        ratio_ci_low=0.943,
+        ratio_ci_high=0.986,
+        p_adjusted=0.01,
+        significant=True,
+        median=2_067_249.0,
+        ci_low=1_806_539.0,
+        ci_high=2_241_288.0,
+    )
     rows = [row("host")] + [
         row(e, **sig)
         for e in ("docker:seccomp=unconfined", "docker:runtime=runsc", "podman:cpus=0.5")

@@ -35,11 +35,13 @@ def reachable(host: str, port: int) -> str:
 
 
 REDIS = UserWorkload(
-    "redis", "command", "redis-benchmark",
+    "redis",
+    "command",
+    "redis-benchmark",
     argv=("redis-benchmark", "-h", "{host}", "-p", "{port}", "-n", "2000", "--csv"),
     quick_argv=("redis-benchmark", "-h", "{host}", "-p", "{port}", "-n", "500", "--csv"),
     server=("redis-server", "--port", "{port}", "--save", ""),
-)  # fmt: skip
+)
 
 
 # ------------------------------------------------------------------ pure
@@ -47,13 +49,31 @@ REDIS = UserWorkload(
 
 def test_the_port_goes_to_the_server_and_the_address_to_the_client():
     assert userserver.server_args(REDIS, 6400) == (
-        "--server", "--port", "6400", "--cd", "/", "--",
-        "redis-server", "--port", "6400", "--save", "",
-    )  # fmt: skip
+        "--server",
+        "--port",
+        "6400",
+        "--cd",
+        "/",
+        "--",
+        "redis-server",
+        "--port",
+        "6400",
+        "--save",
+        "",
+    )
     assert userserver.client_args(REDIS, True, "172.17.0.1", 32768) == (
-        "--cd", "/", "--",
-        "redis-benchmark", "-h", "172.17.0.1", "-p", "32768", "-n", "500", "--csv",
-    )  # fmt: skip
+        "--cd",
+        "/",
+        "--",
+        "redis-benchmark",
+        "-h",
+        "172.17.0.1",
+        "-p",
+        "32768",
+        "-n",
+        "500",
+        "--csv",
+    )
     assert userserver.client_args(REDIS, False, "127.0.0.1", 1)[-3:] == ("-n", "2000", "--csv")
     assert userserver.substitute(["--listen={host}:{port}"], 80, "::1") == ["--listen=::1:80"]
 
@@ -62,8 +82,15 @@ def records(status: int | None, log: str = "") -> list[dict]:
     """userrun's records: the log's tail as a chunk, the exit line (None: none)."""
     out = []
     if log:
-        out.append({"probe": "userrun", "op": "chunk", "stream": "stderr", "seq": 0,
-                    "b64": base64.b64encode(log.encode()).decode()})  # fmt: skip
+        out.append(
+            {
+                "probe": "userrun",
+                "op": "chunk",
+                "stream": "stderr",
+                "seq": 0,
+                "b64": base64.b64encode(log.encode()).decode(),
+            }
+        )
     if status is not None:
         out.append({"probe": "userrun", "op": "exit", "metrics": {"exit_status": status}})
     return out
@@ -115,10 +142,14 @@ class Env:
 
 
 def test_a_server_that_exits_first_is_a_failed_round_with_its_log():
-    said = ("*** FATAL CONFIG FILE ERROR\nBad directive\n\nuserrun: redis-server exited with "
-            "status 1 before it listened on port 6400: Bad directive\n")  # fmt: skip
-    inst = StandIn(False, Launch(status="failed", reason="exited with status 1 before `ready`",
-                                 stderr_tail=said))  # fmt: skip
+    said = (
+        "*** FATAL CONFIG FILE ERROR\nBad directive\n\nuserrun: redis-server exited with "
+        "status 1 before it listened on port 6400: Bad directive\n"
+    )
+    inst = StandIn(
+        False,
+        Launch(status="failed", reason="exited with status 1 before `ready`", stderr_tail=said),
+    )
     launch = userserver.run_server_round(Env(inst), Env(), REDIS, True, 5, reach=reachable)
     assert launch.status == "failed" and inst.ended == "stopped"
     assert launch.reason == (
@@ -133,8 +164,9 @@ def test_a_server_that_exits_first_is_a_failed_round_with_its_log():
 def test_an_address_that_never_accepts_is_a_failed_round_and_the_server_stopped():
     inst = StandIn(True, Launch(records=records(0)))
     client = Env(client=Launch(records=records(0)))
-    launch = userserver.run_server_round(Env(inst), client, REDIS, True, 5,
-                                         reach=lambda host, port: "No route to host")  # fmt: skip
+    launch = userserver.run_server_round(
+        Env(inst), client, REDIS, True, 5, reach=lambda host, port: "No route to host"
+    )
     assert launch.status == "failed" and inst.ended == "stopped" and client.invs == []
     assert "no path to the server at" in launch.reason and "No route to host" in launch.reason
 
@@ -166,8 +198,8 @@ def test_the_round_is_the_servers_launch_with_the_clients_records():
     assert client.invs[0].args == userserver.client_args(REDIS, True, "10.0.0.2", port + 1)
     assert launch.status == "ok" and launch.cgroup == {"cpu_total_ms": 12.0}
     assert launch.records == client.client.records and launch.extra["server_exit"] == 0
-    assert launch.extra["userrun_args"] == list(client.invs[0].args)
-    assert launch.extra["net_path"] == f"loopback 10.0.0.2:{port + 1}"
+    assert launch.userrun_args == list(client.invs[0].args)
+    assert launch.net_path == f"loopback 10.0.0.2:{port + 1}"
 
 
 def test_ctrl_c_in_the_client_aborts_the_server():
@@ -192,9 +224,22 @@ def _port() -> int:
 def test_userrun_says_ready_once_the_server_listens_and_stops_it_on_sigterm(bundle, tmp_path):
     port = _port()
     late = f"import time, http.server as h; time.sleep(0.3); h.test(port={port}, bind='127.0.0.1')"
-    p = subprocess.Popen([str(bundle.probes["userrun"]), "--server", "--port", str(port),
-                          "--cd", str(tmp_path), "--", sys.executable, "-c", late],
-                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    p = subprocess.Popen(
+        [
+            str(bundle.probes["userrun"]),
+            "--server",
+            "--port",
+            str(port),
+            "--cd",
+            str(tmp_path),
+            "--",
+            sys.executable,
+            "-c",
+            late,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         t0 = time.monotonic()
         assert p.stdout.readline() == "ready\n"
@@ -212,9 +257,21 @@ def test_userrun_says_ready_once_the_server_listens_and_stops_it_on_sigterm(bund
 @pytest.mark.requires("compiler")
 def test_userrun_reports_a_server_that_exits_before_it_listens(bundle):
     port = _port()
-    res = subprocess.run([str(bundle.probes["userrun"]), "--server", "--port", str(port), "--",
-                          "sh", "-c", "echo bad config; exit 3"], capture_output=True,
-                         text=True, timeout=30)  # fmt: skip
+    res = subprocess.run(
+        [
+            str(bundle.probes["userrun"]),
+            "--server",
+            "--port",
+            str(port),
+            "--",
+            "sh",
+            "-c",
+            "echo bad config; exit 3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     lines = [json.loads(line) for line in res.stdout.splitlines()]  # no `ready`
     assert res.returncode == 1 and lines[-1]["metrics"]["exit_status"] == 3
     assert base64.b64decode(lines[0]["b64"]) == b"bad config\n"
@@ -233,10 +290,20 @@ def missing(why: str) -> None:
 
 
 def isobench(*args, cache: Path, cwd: Path, timeout=600):
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "ISOBENCH_LOCK": str(cwd / "lock"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=cwd)  # fmt: skip
+    env = {
+        **os.environ,
+        "ISOBENCH_CACHE": str(cache),
+        "ISOBENCH_LOCK": str(cwd / "lock"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -250,14 +317,33 @@ def redis_rootfs(tmp_path_factory, bundle):
     cache = tmp_path_factory.mktemp("userserver-cache")
     shutil.copytree(bundle.root, cache / "bundles" / bundle.hash, symlinks=True)
     work = tmp_path_factory.mktemp("userserver")
-    res = isobench("rootfs", "build", NAME, "--package", "redis-server", "--package",
-                   "redis-tools", cache=cache, cwd=work)  # fmt: skip
+    res = isobench(
+        "rootfs",
+        "build",
+        NAME,
+        "--package",
+        "redis-server",
+        "--package",
+        "redis-tools",
+        cache=cache,
+        cwd=work,
+    )
     assert res.returncode == 0, res.stderr
     tree = rf.load(NAME, cache)
     yield cache, tree
-    images = subprocess.run(["docker", "images", "-q", "--no-trunc", "--filter",
-                             f"label={img.ROOTFS_LABEL}={tree.key}"], capture_output=True,
-                            text=True, timeout=60).stdout.split()  # fmt: skip
+    images = subprocess.run(
+        [
+            "docker",
+            "images",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            f"label={img.ROOTFS_LABEL}={tree.key}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
     for image in set(images):
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, timeout=120)
     shutil.rmtree(cache, ignore_errors=True)
@@ -303,16 +389,34 @@ def test_redis_benchmark_against_a_held_redis_server_on_the_host_and_in_docker(
     cache, tree = redis_rootfs
     assert not redis_servers(), "a redis-server runs on this host already"
     (tmp_path / "m.toml").write_text(MATRIX)
-    res = isobench("run", "m.toml", "--quick", "--rounds", "1", "--max-rounds", "1",
-                   "--warmup", "0", "--results", "r", cache=cache, cwd=tmp_path)  # fmt: skip
+    res = isobench(
+        "run",
+        "m.toml",
+        "--quick",
+        "--rounds",
+        "1",
+        "--max-rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--results",
+        "r",
+        cache=cache,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = (tmp_path / "r").iterdir()
     samples = [json.loads(ln) for ln in (run / "samples.jsonl").read_text().splitlines()]
     manifest = json.loads((run / "manifest.json").read_text())
     for env in ("host", "docker"):
-        ok = {(s["op"], s["metric"]): s["value"] for s in samples
-              if s["env"] == env and s["workload"] == "redis" and s["source"] == "probe"
-              and s["status"] == "ok"}  # fmt: skip
+        ok = {
+            (s["op"], s["metric"]): s["value"]
+            for s in samples
+            if s["env"] == env
+            and s["workload"] == "redis"
+            and s["source"] == "probe"
+            and s["status"] == "ok"
+        }
         assert ok[("SET", "rps")] > 0 and ok[("GET", "rps")] > 0, (env, ok)
         assert ok[("GET", "p50_latency_ms")] > 0
         assert (run / "raw" / "redis").glob(f"{env}-r1-*.stdout.txt")

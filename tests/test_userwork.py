@@ -31,8 +31,9 @@ SYSBENCH = UserWorkload("sb", "command", "sysbench", argv=("sysbench", "cpu", "r
 
 def userrun(bundle, *args: str, cwd: Path | None = None) -> list[dict]:
     """The bundle's userrun probe, run here: its records after `ready`."""
-    res = subprocess.run([str(bundle.probes["userrun"]), *args], capture_output=True,
-                         text=True, timeout=60, cwd=cwd)  # fmt: skip
+    res = subprocess.run(
+        [str(bundle.probes["userrun"]), *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
     assert res.returncode == 0, res.stderr
     first, *lines = res.stdout.splitlines()
     assert first == "ready"
@@ -55,9 +56,22 @@ def test_userrun_hands_back_stdout_the_out_file_and_the_exit_status(bundle, tmp_
         "sys.exit(3)\n"
     )
     env = {**os.environ, "HARNESS_ONLY": "1"}
-    res = subprocess.run([str(bundle.probes["userrun"]), "--cd", str(tmp_path), "--out", "--",
-                          sys.executable, str(script), "{out}"], capture_output=True,
-                         text=True, timeout=60, env=env)  # fmt: skip
+    res = subprocess.run(
+        [
+            str(bundle.probes["userrun"]),
+            "--cd",
+            str(tmp_path),
+            "--out",
+            "--",
+            sys.executable,
+            str(script),
+            "{out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     records = [json.loads(line) for line in res.stdout.splitlines()[1:]]
     out = reassemble(records)
     assert out.stdout == "é" * 5000 + "end\n"
@@ -91,9 +105,11 @@ def test_a_failing_benchmark_is_a_failed_op_next_to_the_others():
     v = judge(SUITE, out, [])
     assert v.reason == "" and v.parsed is not None and v.parsed.figures
     assert v.failed_ops == [
-        ("test_a.py::test_broken", "benchmark test_a.py::test_broken failed: "
-         "ZeroDivisionError: division by zero"),
-    ]  # fmt: skip
+        (
+            "test_a.py::test_broken",
+            "benchmark test_a.py::test_broken failed: ZeroDivisionError: division by zero",
+        ),
+    ]
 
 
 def test_no_benchmark_and_unparsable_output_fail_the_cell_with_the_parsers_reason():
@@ -105,8 +121,11 @@ def test_no_benchmark_and_unparsable_output_fail_the_cell_with_the_parsers_reaso
     assert judge(SUITE, usage, []).reason == (
         "pytest exited with status 4: pytest: error: unrecognized arguments: --benchmark-only"
     )
-    broken = Output(stdout="ERROR test_x.py - ModuleNotFoundError: No module named 'numpy'\n"
-                    "=== 1 error in 0.12s ===\n", status=2)  # fmt: skip
+    broken = Output(
+        stdout="ERROR test_x.py - ModuleNotFoundError: No module named 'numpy'\n"
+        "=== 1 error in 0.12s ===\n",
+        status=2,
+    )
     assert judge(SUITE, broken, []).reason == (
         "pytest exited with status 2: test_x.py errored: "
         "ModuleNotFoundError: No module named 'numpy'"
@@ -123,13 +142,32 @@ def test_no_benchmark_and_unparsable_output_fail_the_cell_with_the_parsers_reaso
 
 def test_each_pytest_round_is_a_figure_and_the_kept_json_names_the_environment(tmp_path):
     text = (DATA / "pytest-benchmark.json").read_text()
-    chunks = [{"probe": "userrun", "op": "chunk", "stream": "file", "seq": i,
-               "b64": base64.b64encode(text[i * 1000:(i + 1) * 1000].encode()).decode()}
-              for i in range(len(text) // 1000 + 1)]  # fmt: skip
-    chunks.append({"probe": "userrun", "op": "exit", "metrics": {"exit_status": 0},
-                   "file": True, "elapsed_ns": 1})  # fmt: skip
-    launch = read_launch(Launch(records=chunks[::-1]), SUITE, SUITE.probe_args(quick=True),
-                         tmp_path / "raw" / "suite" / "host-r1-1", {"env": "host"})  # fmt: skip
+    chunks = [
+        {
+            "probe": "userrun",
+            "op": "chunk",
+            "stream": "file",
+            "seq": i,
+            "b64": base64.b64encode(text[i * 1000 : (i + 1) * 1000].encode()).decode(),
+        }
+        for i in range(len(text) // 1000 + 1)
+    ]
+    chunks.append(
+        {
+            "probe": "userrun",
+            "op": "exit",
+            "metrics": {"exit_status": 0},
+            "file": True,
+            "elapsed_ns": 1,
+        }
+    )
+    launch = read_launch(
+        Launch(records=chunks[::-1]),
+        SUITE,
+        SUITE.probe_args(quick=True),
+        tmp_path / "raw" / "suite" / "host-r1-1",
+        {"env": "host"},
+    )
     doc = json.loads(text)
     want = [(b["fullname"], s * 1e9) for b in doc["benchmarks"] for s in b["stats"]["data"]]
     assert [(r["op"], r["metrics"]["ns_per_call"]) for r in launch.records] == want
@@ -182,10 +220,20 @@ def missing(why: str) -> None:
 
 
 def isobench(*args, cache: Path, cwd: Path, timeout=600):
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache), "ISOBENCH_LOCK": str(cwd / "lock"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=cwd)  # fmt: skip
+    env = {
+        **os.environ,
+        "ISOBENCH_CACHE": str(cache),
+        "ISOBENCH_LOCK": str(cwd / "lock"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -205,14 +253,33 @@ def suites_rootfs(tmp_path_factory, bundle):
         (src / name / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
         (src / name / f"test_{name}.py").write_text(text)
     work = tmp_path_factory.mktemp("userwork")
-    res = isobench("rootfs", "build", NAME, "--package", "python3-pytest-benchmark",
-                   "--copy", f"{src}:/opt/suites", cache=cache, cwd=work)  # fmt: skip
+    res = isobench(
+        "rootfs",
+        "build",
+        NAME,
+        "--package",
+        "python3-pytest-benchmark",
+        "--copy",
+        f"{src}:/opt/suites",
+        cache=cache,
+        cwd=work,
+    )
     assert res.returncode == 0, res.stderr
     tree = rf.load(NAME, cache)
     yield cache, tree
-    images = subprocess.run(["docker", "images", "-q", "--no-trunc", "--filter",
-                             f"label={img.ROOTFS_LABEL}={tree.key}"], capture_output=True,
-                            text=True, timeout=60).stdout.split()  # fmt: skip
+    images = subprocess.run(
+        [
+            "docker",
+            "images",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            f"label={img.ROOTFS_LABEL}={tree.key}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
     for image in set(images):
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, timeout=120)
     shutil.rmtree(cache, ignore_errors=True)
@@ -260,9 +327,22 @@ def test_a_pytest_benchmark_suite_runs_on_the_host_and_in_docker_from_one_rootfs
 ):
     cache, tree = suites_rootfs
     (tmp_path / "m.toml").write_text(MATRIX)
-    res = isobench("run", "m.toml", "--quick", "--rounds", "1", "--max-rounds", "1",
-                   "--warmup", "0", "--results", "r", "--report", cache=cache,
-                   cwd=tmp_path)  # fmt: skip
+    res = isobench(
+        "run",
+        "m.toml",
+        "--quick",
+        "--rounds",
+        "1",
+        "--max-rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--results",
+        "r",
+        "--report",
+        cache=cache,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = (tmp_path / "r").iterdir()
     samples = [json.loads(ln) for ln in (run / "samples.jsonl").read_text().splitlines()]
@@ -279,23 +359,38 @@ def test_a_pytest_benchmark_suite_runs_on_the_host_and_in_docker_from_one_rootfs
             got = [s["value"] for s in ok if s["workload"] == "suite" and s["op"] == b["fullname"]]
             assert got == pytest.approx([x * 1e9 for x in b["stats"]["data"]]) and len(got) >= 3
         assert {s["op"] for s in ok if s["workload"] == "suite"} == {
-            "test_good.py::test_getppid", "test_good.py::test_compute"}  # fmt: skip
+            "test_good.py::test_getppid",
+            "test_good.py::test_compute",
+        }
         # a failing benchmark: a failed op, the other one measured
         assert {s["op"] for s in ok if s["workload"] == "failing"} == {"test_failing.py::test_fine"}
         (broken,) = [s for s in mine if s["workload"] == "failing" and s["status"] == "failed"]
         assert broken["op"] == "test_failing.py::test_broken"
         assert broken["reason"].startswith("benchmark test_failing.py::test_broken failed")
         # no benchmark, output that does not parse: failed cells with the parser's reason
-        failed = {s["workload"]: s["reason"] for s in samples
-                  if s["env"] == env and s["source"] == "launch"}  # fmt: skip
+        failed = {
+            s["workload"]: s["reason"]
+            for s in samples
+            if s["env"] == env and s["source"] == "launch"
+        }
         assert set(failed) == {"nobench", "garbled"}
         assert "no benchmark ran" in failed["nobench"]
         assert failed["garbled"].startswith("sysbench: which test ran?")
     # pytest-benchmark's own tools read the kept files
-    cmp = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()",
-                          "compare", "--columns=median", "--name=long",
-                          *map(str, sorted((run / "raw" / "suite").glob("*.json")))],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pytest_benchmark.cli import main; main()",
+            "compare",
+            "--columns=median",
+            "--name=long",
+            *map(str, sorted((run / "raw" / "suite").glob("*.json"))),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     rows = [ln for ln in cmp.stdout.splitlines() if ln.startswith("test_good.py::test_getppid (")]
     assert cmp.returncode == 0 and len(rows) == 2 and "docker-r1-" in "".join(rows), cmp.stdout
     summary = isobench("summary", str(run), cache=cache, cwd=tmp_path)
@@ -337,16 +432,35 @@ def test_the_same_suite_runs_inside_a_guest_booted_from_the_rootfs(suites_rootfs
     cache, tree = suites_rootfs
     guest_kernel = str(kernel.find_kernel().path)  # the normal cache's, not the tree's
     (tmp_path / "m.toml").write_text(GUEST_MATRIX.replace("KERNEL", guest_kernel))
-    res = isobench("run", "m.toml", "--quick", "--rounds", "1", "--max-rounds", "1",
-                   "--warmup", "0", "--results", "r", cache=cache, cwd=tmp_path)  # fmt: skip
+    res = isobench(
+        "run",
+        "m.toml",
+        "--quick",
+        "--rounds",
+        "1",
+        "--max-rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--results",
+        "r",
+        cache=cache,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = (tmp_path / "r").iterdir()
     samples = [json.loads(ln) for ln in (run / "samples.jsonl").read_text().splitlines()]
     guest = json.loads((run / "manifest.json").read_text())["environments"]["guest"]
     assert guest["emulated"] and guest["rootfs"]["key"] == tree.key
     assert guest["root_disk"]["rootfs"] == tree.key
-    ok = [s for s in samples if s["env"] == "guest" and s["source"] == "probe"
-          and s["status"] == "ok" and s["workload"] == "suite"]  # fmt: skip
+    ok = [
+        s
+        for s in samples
+        if s["env"] == "guest"
+        and s["source"] == "probe"
+        and s["status"] == "ok"
+        and s["workload"] == "suite"
+    ]
     kept = json.loads(next((run / "raw" / "suite").glob("guest-r1-*.json")).read_text())
     assert kept["machine_info"]["isobench"]["env"] == "guest"
     for b in kept["benchmarks"]:

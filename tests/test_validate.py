@@ -111,10 +111,21 @@ def test_quota_cells_parse_and_name_every_check():
     host = {e.label: e.options for e in v._matrix(v.quota_cells("host"), ["compute"], 10.0).envs}
     assert host["host-q0.5"]["weight"] == v.WEIGHT  # host and namespaces get the weight
     # Every (quota, pinning) of a kind is one check, against its own baseline.
-    recs = [{"round": i + 1, "status": "ok", "value": 3e8 * (q or 1) * (1 + 0.001 * i),
-             "env": v.quota_label("host", q, pin), "workload": "compute", "op": "compute",
-             "metric": "ops_per_s", "source": "probe"}
-            for q in (None, *v.QUOTAS) for pin in (False, True) for i in range(9)]  # fmt: skip
+    recs = [
+        {
+            "round": i + 1,
+            "status": "ok",
+            "value": 3e8 * (q or 1) * (1 + 0.001 * i),
+            "env": v.quota_label("host", q, pin),
+            "workload": "compute",
+            "op": "compute",
+            "metric": "ops_per_s",
+            "source": "probe",
+        }
+        for q in (None, *v.QUOTAS)
+        for pin in (False, True)
+        for i in range(9)
+    ]
     checks = v.check_quota(recs, ["host"])
     assert [c.name for c in checks] == [
         "known answer (host:cpus=0.25 / no quota, time per op)",
@@ -130,14 +141,36 @@ def test_container_quotas_are_against_the_weighted_host():
     baselines, which the run then includes even when host itself is not checked."""
     cells = v.all_quota_cells(["docker"])
     labels = sorted(c.rsplit("label=", 1)[1] for c in cells)
-    assert labels == ["docker-q0.25", "docker-q0.25-pinned", "docker-q0.5",
-                      "docker-q0.5-pinned", "host", "host-pinned"]  # fmt: skip
+    assert labels == [
+        "docker-q0.25",
+        "docker-q0.25-pinned",
+        "docker-q0.5",
+        "docker-q0.5-pinned",
+        "host",
+        "host-pinned",
+    ]
     assert len(v.all_quota_cells(["host", "podman"])) == 6 + 4
-    recs = [{"round": i + 1, "status": "ok", "value": 3e8 * (q or 1), "env": env,
-             "workload": "compute", "op": "compute", "metric": "ops_per_s", "source": "probe"}
-            for env, q in [("host", None), ("host-pinned", None), ("docker-q0.25", 0.25),
-                           ("docker-q0.5", 0.5), ("docker-q0.25-pinned", 0.25),
-                           ("docker-q0.5-pinned", 0.5)] for i in range(6)]  # fmt: skip
+    recs = [
+        {
+            "round": i + 1,
+            "status": "ok",
+            "value": 3e8 * (q or 1),
+            "env": env,
+            "workload": "compute",
+            "op": "compute",
+            "metric": "ops_per_s",
+            "source": "probe",
+        }
+        for env, q in [
+            ("host", None),
+            ("host-pinned", None),
+            ("docker-q0.25", 0.25),
+            ("docker-q0.5", 0.5),
+            ("docker-q0.25-pinned", 0.25),
+            ("docker-q0.5-pinned", 0.5),
+        ]
+        for i in range(6)
+    ]
     checks = v.check_quota(recs, ["docker"])
     assert checks[0].name == "known answer (docker:cpus=0.25 / host without a quota, time per op)"
     assert [c.data["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2])

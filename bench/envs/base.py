@@ -162,6 +162,13 @@ class Launch:
     line seen), "stop" (a held instance was told to stop), "exit" (the instance ended),
     "cleaned" (everything it made removed); kinds may add their own (a guest's "boot", a
     container's "created").
+    probe_errors: "<op>: reason" for each op the probe (or a held-instance round) could
+    not measure; the launch's other figures stand. stray_lines: the first lines of stdout
+    that were neither `ready` nor a result (at most 5). op_failures: (op, reason) for a
+    user workload's benchmark that failed. net_path: the network path a round's client
+    took ("" where none). userrun_args: a user server's client argv as the parser sees it.
+    extra: free-form labels for tests and logs (a container id, a domain name); nothing
+    downstream reads it.
     """
 
     status: str = "ok"  # "ok" | "failed" | "timeout"
@@ -171,6 +178,11 @@ class Launch:
     exit_code: int | None = None
     cgroup: dict[str, float] = field(default_factory=dict)
     host_side: dict[str, float] = field(default_factory=dict)
+    probe_errors: list[str] = field(default_factory=list)
+    stray_lines: list[str] = field(default_factory=list)
+    op_failures: list[tuple[str, str]] = field(default_factory=list)
+    net_path: str = ""
+    userrun_args: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     stderr_tail: str = ""
 
@@ -334,9 +346,12 @@ class Context:
         isobench-<run>-e<index>-N (cgroups, containers, guests: unique across kinds; the
         run's scratch marker tells `clean` whether its maker is alive)."""
         return Context(
-            self.run_id, self.scratch / f"e{index}", self.cache, self.quick,
+            self.run_id,
+            self.scratch / f"e{index}",
+            self.cache,
+            self.quick,
             f"isobench-{self.run_id}-e{index}",
-        )  # fmt: skip
+        )
 
 
 class Environment:
@@ -464,6 +479,6 @@ class Environment:
             "options": {
                 k: (v if v is None or isinstance(v, (int, float)) else str(v))
                 for k, v in self.opts.items()
-            },  # fmt: skip
+            },
             "target": self.target(self.opts),
         }

@@ -107,8 +107,10 @@ def handler_problem(runtime: str, layout: Layout | None = None) -> str:
         if not shutil.which(SHIMS[runtime]):
             return f"{runtime}: no {SHIMS[runtime]} on this host"
         return ""
-    return (f"{runtime}: not a handler isobench's own containerd offers (runc, crun, "
-            f"runsc, kata); a node's handler needs endpoint=unix:///...")  # fmt: skip
+    return (
+        f"{runtime}: not a handler isobench's own containerd offers (runc, crun, "
+        f"runsc, kata); a node's handler needs endpoint=unix:///..."
+    )
 
 
 def private_handler(runtime: str) -> dmn.Handler:
@@ -122,8 +124,9 @@ def containerd_version() -> str:
     """`containerd --version` says "containerd github.com/containerd/containerd 1.6.20~ds1
     ..." (no "version" word): the third word."""
     try:
-        out = subprocess.run(["containerd", "--version"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout.split()  # fmt: skip
+        out = subprocess.run(
+            ["containerd", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return ""
     return out[2] if len(out) > 2 else ""
@@ -135,8 +138,9 @@ def _private_availability(runtime: str, network: str) -> Availability:
     try:
         stubs()
     except ImportError:
-        return Availability(False, "the CRI API stubs are missing: "
-                                   "pip install container-runtime-interface-api")  # fmt: skip
+        return Availability(
+            False, "the CRI API stubs are missing: pip install container-runtime-interface-api"
+        )
     for tool, pkg in (("containerd", "containerd"), ("ctr", "containerd")):
         if not shutil.which(tool):
             return Availability(False, f"{tool} not installed (apt-get install {pkg})")
@@ -149,9 +153,12 @@ def _private_availability(runtime: str, network: str) -> Availability:
     if network == "pod":
         missing = [p for p in dmn.CNI_PLUGINS if not (dmn.CNI_BIN / p).is_file()]
         if missing:
-            return Availability(False, f"CNI plugins missing in {dmn.CNI_BIN}: "
-                                       f"{', '.join(missing)} (apt-get install "
-                                       "containernetworking-plugins)")  # fmt: skip
+            return Availability(
+                False,
+                f"CNI plugins missing in {dmn.CNI_BIN}: "
+                f"{', '.join(missing)} (apt-get install "
+                "containernetworking-plugins)",
+            )
     versions = {"containerd": containerd_version()}
     if runtime in ("runc", "crun"):
         versions[runtime] = ct.tool_version([runtime, "--version"])
@@ -174,8 +181,9 @@ def _endpoint_availability(endpoint: str, runtime: str) -> Availability:
     finally:
         cl.close()
     if handlers and runtime not in handlers:
-        return Availability(False, f"{runtime}: not a runtime handler of {endpoint} "
-                                   f"(it has {', '.join(handlers)})")  # fmt: skip
+        return Availability(
+            False, f"{runtime}: not a runtime handler of {endpoint} (it has {', '.join(handlers)})"
+        )
     return Availability(True, "", {v.runtime_name: v.runtime_version, "cri": v.runtime_api_version})
 
 
@@ -196,16 +204,16 @@ class CriEnv(Environment):
             "runc",
             "runtime handler, what a RuntimeClass names (runc, crun, "
             "runsc, kata; a node's own with endpoint=)",
-        ),  # fmt: skip
+        ),
         "network": Option(
             "host", "the node's network namespace, or the pod network (CNI ptp)", ("host", "pod")
-        ),  # fmt: skip
+        ),
         "cpus": Option(
             None, "CPU limit of the pod in CPUs, requests = limits (e.g. 0.5)", type=float
-        ),  # fmt: skip
+        ),
         "memory": Option(
             None, "memory limit of the pod, requests = limits (e.g. 512m)", type=MemorySize
-        ),  # fmt: skip
+        ),
         "rootfs": roots.ROOTFS_OPTION,
     }
 
@@ -257,8 +265,12 @@ class CriEnv(Environment):
         for net in sorted(nets.glob("isobench-*-pods")) if nets.is_dir() else []:
             if net.name not in live:
                 ifaces = ", ".join(dmn.cni_interfaces(net.name)) or "no interfaces"
-                out.append(Leftover(f"cni network {net.name} ({ifaces})",
-                                    lambda n=net.name: dmn.remove_cni_state(n)))  # fmt: skip
+                out.append(
+                    Leftover(
+                        f"cni network {net.name} ({ifaces})",
+                        lambda n=net.name: dmn.remove_cni_state(n),
+                    )
+                )
         try:
             o = cls.parse(opts)
         except OptionError:
@@ -290,8 +302,7 @@ class CriEnv(Environment):
                     ci.import_archive(socket_path(self._endpoint), archive)
             if self._rootfs is not None and not self._client.has_image(self._refs["rootfs"]):
                 self._can_import(self._refs["rootfs"])
-                ci.import_rootfs(socket_path(self._endpoint), self._rootfs, bundle,
-                                 self.ctx.cache)  # fmt: skip
+                ci.import_rootfs(socket_path(self._endpoint), self._rootfs, bundle, self.ctx.cache)
         except BaseException:
             self._cleanup()
             raise
@@ -342,8 +353,10 @@ class CriEnv(Environment):
         handlers = handlers_of(config)
         runtime = self.opts["runtime"]
         if handlers and runtime not in handlers:
-            raise OptionError(f"cri: runtime={runtime} is not a handler of {self._endpoint} "
-                              f"(it has {', '.join(handlers)})")  # fmt: skip
+            raise OptionError(
+                f"cri: runtime={runtime} is not a handler of {self._endpoint} "
+                f"(it has {', '.join(handlers)})"
+            )
         spec = ((config.get("containerd") or {}).get("runtimes") or {}).get(runtime) or {}
         options = spec.get("options") or {}
         # a per-launch pod cgroup of ours needs the cgroupfs driver
@@ -366,8 +379,13 @@ class CriEnv(Environment):
             return {"plugin": None, "note": "host network: no CNI call"}
         facts: dict[str, Any] = {"bin_dir": (config.get("cni") or {}).get("binDir")}
         if self._daemon is not None:
-            facts.update(plugin="ptp", ipam="host-local", subnet=self._daemon.subnet,
-                         ip_masq=False, network=self._daemon.lay.network)  # fmt: skip
+            facts.update(
+                plugin="ptp",
+                ipam="host-local",
+                subnet=self._daemon.subnet,
+                ip_masq=False,
+                network=self._daemon.lay.network,
+            )
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 facts["version"] = _dpkg_version("containernetworking-plugins")
         return facts
@@ -406,19 +424,27 @@ class CriEnv(Environment):
                 "limits on cpu or memory only"
                 if self.opts["cpus"] or self.opts["memory"]
                 else "BestEffort"
-            ),  # fmt: skip
+            ),
             "bundle": self._bundle.hash if self._bundle else None,
             "rootfs": roots.describe(self._rootfs),
         }
         if self._daemon is not None:
-            out["daemon"] = {"config": dmn.config_toml(self._daemon.lay, self._refs["pause"],
-                                                       self._daemon.handlers)}  # fmt: skip
+            out["daemon"] = {
+                "config": dmn.config_toml(
+                    self._daemon.lay, self._refs["pause"], self._daemon.handlers
+                )
+            }
         return out
 
 
 def _dpkg_version(package: str) -> str:
-    res = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
-                         capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
+    res = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", package],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     return res.stdout.strip()
 
 

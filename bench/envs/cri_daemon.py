@@ -255,17 +255,21 @@ class PrivateContainerd:
             with open(lay.log, "ab") as log:
                 self.proc = subprocess.Popen(
                     [binary("containerd") or "containerd", "--config", str(lay.config)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,  # a Ctrl-C to the harness is its to handle
-                )  # fmt: skip
+                )
             deadline = time.monotonic() + timeout
             while not (lay.socket.exists() and ready_check()):
                 if self.proc.poll() is not None:
-                    raise DaemonError(f"containerd exited with {self.proc.returncode}: "
-                                      f"{self.log_tail()}")  # fmt: skip
+                    raise DaemonError(
+                        f"containerd exited with {self.proc.returncode}: {self.log_tail()}"
+                    )
                 if time.monotonic() > deadline:
-                    raise DaemonError(f"containerd did not answer within {timeout:g} s: "
-                                      f"{self.log_tail()}")  # fmt: skip
+                    raise DaemonError(
+                        f"containerd did not answer within {timeout:g} s: {self.log_tail()}"
+                    )
                 time.sleep(0.05)
         except BaseException:
             self.stop()

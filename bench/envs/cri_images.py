@@ -71,9 +71,14 @@ def _file_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def image_config(diff_id: str, *, entrypoint: list[str] | None, workdir: str,
-                 labels: dict[str, str], env: tuple[str, ...] = ("PATH=/probes:/bin",),
-                 ) -> dict[str, Any]:  # fmt: skip
+def image_config(
+    diff_id: str,
+    *,
+    entrypoint: list[str] | None,
+    workdir: str,
+    labels: dict[str, str],
+    env: tuple[str, ...] = ("PATH=/probes:/bin",),
+) -> dict[str, Any]:
     """Pure: an OCI image config for one layer."""
     cfg: dict[str, Any] = {"Env": list(env), "WorkingDir": workdir, "Labels": labels}
     if entrypoint:
@@ -86,8 +91,9 @@ def image_config(diff_id: str, *, entrypoint: list[str] | None, workdir: str,
     }
 
 
-def archive_files(ref: str, layer_digest: str, layer_size: int,
-                  config: dict[str, Any]) -> list[tuple[str, bytes]]:  # fmt: skip
+def archive_files(
+    ref: str, layer_digest: str, layer_size: int, config: dict[str, Any]
+) -> list[tuple[str, bytes]]:
     """Pure: the small files of an OCI image archive of one layer named `ref` (the
     layout, the index, the config and manifest blobs), in tar order, before the layer."""
     config["rootfs"]["diff_ids"] = [layer_digest]
@@ -95,21 +101,25 @@ def archive_files(ref: str, layer_digest: str, layer_size: int,
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST,
-        "config": {"mediaType": CONFIG, "digest": _sha256(config_bytes),
-                   "size": len(config_bytes)},
+        "config": {"mediaType": CONFIG, "digest": _sha256(config_bytes), "size": len(config_bytes)},
         "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": layer_size}],
-    }  # fmt: skip
+    }
     manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
     index = {
         "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": MANIFEST, "digest": _sha256(manifest_bytes),
-            "size": len(manifest_bytes),
-            "platform": {"architecture": arch(), "os": "linux"},
-            "annotations": {"io.containerd.image.name": ref,
-                            "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1]},
-        }],
-    }  # fmt: skip
+        "manifests": [
+            {
+                "mediaType": MANIFEST,
+                "digest": _sha256(manifest_bytes),
+                "size": len(manifest_bytes),
+                "platform": {"architecture": arch(), "os": "linux"},
+                "annotations": {
+                    "io.containerd.image.name": ref,
+                    "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1],
+                },
+            }
+        ],
+    }
     return [
         ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
         ("index.json", json.dumps(index, sort_keys=True).encode()),
@@ -151,8 +161,9 @@ def write_archive(dest: Path, ref: str, layer: Path, config: dict[str, Any]) -> 
     return dest
 
 
-def archive_stream(ref: str, layer, digest: str, size: int,
-                   config: dict[str, Any]) -> Iterator[bytes]:  # fmt: skip
+def archive_stream(
+    ref: str, layer, digest: str, size: int, config: dict[str, Any]
+) -> Iterator[bytes]:
     """The same archive as write_archive's, as a stream, its layer from the chunks of
     `layer()` (`size` bytes whose sha256 is `digest`: a mismatch is an error)."""
     for name, data in archive_files(ref, digest, size, config):
@@ -233,8 +244,9 @@ def rootfs_config(rootfs_key: str, bundle_hash: str) -> dict[str, Any]:
     """Pure: the rootfs image's config: Debian's PATH, the io directory as its workdir,
     labelled as docker's image of the same rootfs and bundle."""
     labels = img.rootfs_image_labels(rootfs_key, bundle_hash)
-    return image_config("", entrypoint=None, workdir=roots.WORKDIR, labels=labels,
-                        env=img.ROOTFS_ENV[:1])  # fmt: skip
+    return image_config(
+        "", entrypoint=None, workdir=roots.WORKDIR, labels=labels, env=img.ROOTFS_ENV[:1]
+    )
 
 
 def import_rootfs(socket: str, rootfs, bundle, cache: Path) -> str:
@@ -242,8 +254,13 @@ def import_rootfs(socket: str, rootfs, bundle, cache: Path) -> str:
     ctr is killed on a timeout or Ctrl-C before its input ends (no half image)."""
     ref = rootfs_ref(rootfs.key, bundle.hash)
     digest, size = rootfs_layer(rootfs, bundle, cache)
-    stream = archive_stream(ref, lambda: img.rootfs_image_stream(rootfs, bundle), digest, size,
-                            rootfs_config(rootfs.key, bundle.hash))  # fmt: skip
+    stream = archive_stream(
+        ref,
+        lambda: img.rootfs_image_stream(rootfs, bundle),
+        digest,
+        size,
+        rootfs_config(rootfs.key, bundle.hash),
+    )
     try:
         code, err = img.feed(import_argv(socket, "-"), stream, ROOTFS_IMPORT_TIMEOUT_S)
     except TimeoutError as e:
@@ -254,15 +271,30 @@ def import_rootfs(socket: str, rootfs, bundle, cache: Path) -> str:
 
 
 def import_argv(socket: str, archive: Path | str) -> list[str]:
-    return ["ctr", "-a", socket, "-n", NAMESPACE, "images", "import",
-            "--platform", f"linux/{arch()}", str(archive)]  # fmt: skip
+    return [
+        "ctr",
+        "-a",
+        socket,
+        "-n",
+        NAMESPACE,
+        "images",
+        "import",
+        "--platform",
+        f"linux/{arch()}",
+        str(archive),
+    ]
 
 
 def import_archive(socket: str, archive: Path) -> None:
     """`ctr images import` into the daemon at `socket`; RuntimeError with ctr's words."""
     try:
-        res = subprocess.run(import_argv(socket, archive), capture_output=True, text=True,
-                             timeout=IMPORT_TIMEOUT_S, check=False)  # fmt: skip
+        res = subprocess.run(
+            import_argv(socket, archive),
+            capture_output=True,
+            text=True,
+            timeout=IMPORT_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"ctr import of {archive.name} took over {IMPORT_TIMEOUT_S} s") from None
     if res.returncode != 0:

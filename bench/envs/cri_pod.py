@@ -48,8 +48,12 @@ class _Pod:
         self.sid: str | None = None
         self.cid: str | None = None
         self.phases: dict[str, int] = {}
-        self.labels = {LABEL: "1", "isobench.run": env.ctx.run_id,
-                       "isobench.prefix": env.ctx.prefix, "isobench.name": self.name}  # fmt: skip
+        self.labels = {
+            LABEL: "1",
+            "isobench.run": env.ctx.run_id,
+            "isobench.prefix": env.ctx.prefix,
+            "isobench.name": self.name,
+        }
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -86,7 +90,7 @@ class _Pod:
             pb.PodSandboxConfig(
                 metadata=pb.PodSandboxMetadata(
                     name=self.name, uid=uuid.uuid4().hex, namespace=POD_NAMESPACE, attempt=0
-                ),  # fmt: skip
+                ),
                 hostname="" if host else self.name[-63:],  # a kubelet leaves it empty: no UTS ns
                 log_directory=str(self.logs),
                 labels=self.labels,
@@ -120,8 +124,9 @@ class _Pod:
                     security_context=pb.LinuxContainerSecurityContext(namespace_options=ns),
                 ),
             )
-            req = pb.CreateContainerRequest(pod_sandbox_id=self.sid, config=container,
-                                            sandbox_config=config)  # fmt: skip
+            req = pb.CreateContainerRequest(
+                pod_sandbox_id=self.sid, config=container, sandbox_config=config
+            )
             self.cid = self.cl.call(phase, req, self.left()).container_id
             self.mark("created")
             phase = "StartContainer"
@@ -130,8 +135,9 @@ class _Pod:
             return PodInstance(self)
         except CriError as e:
             if e.deadline:
-                return PodInstance(self, failed=f"{e.call} did not return within "
-                                                f"{self.timeout:g} s: pod removed")  # fmt: skip
+                return PodInstance(
+                    self, failed=f"{e.call} did not return within {self.timeout:g} s: pod removed"
+                )
             with interrupt.shielded():
                 self.teardown()
             raise StartError(f"{self.name}: {e}") from None
@@ -372,8 +378,9 @@ class PodInstance(Instance):
             with interrupt.shielded():
                 if self.sampler is not None:
                     self.sampler.stop()
-                problems = pod.teardown(hung=bool(self.failed) or self.unresponsive,
-                                        keep_cgroup=True)  # fmt: skip
+                problems = pod.teardown(
+                    hung=bool(self.failed) or self.unresponsive, keep_cgroup=True
+                )
         if pod.cgroup is not None:
             reader = Layout.detect().reader(pod.name)
             with contextlib.suppress(OSError, CgroupError):
@@ -390,7 +397,7 @@ class PodInstance(Instance):
         if problems or self.notes:
             launch.extra["cri_problems"] = [*self.notes, *problems]
         if self.path:
-            launch.extra["net_path"] = self.path
+            launch.net_path = self.path
         return launch
 
     def _collect(self, *, stopped: bool, timed_out: bool) -> Launch:
@@ -434,11 +441,16 @@ class PodInstance(Instance):
         parsed = parse_lines(out_lines)
         launch.records = parsed.records
         if parsed.errors:
-            launch.extra["probe_errors"] = parsed.errors
+            launch.probe_errors = parsed.errors
         if parsed.garbage:
-            launch.extra["stray_lines"] = parsed.garbage[:5]
+            launch.stray_lines = parsed.garbage[:5]
         return conclude(
-            launch, ready=t_ready is not None, exit_code=exit_code, timed_out=timed_out,
-            stopped=stopped, timeout=self.timeout, stderr="\n".join(stderr),
+            launch,
+            ready=t_ready is not None,
+            exit_code=exit_code,
+            timed_out=timed_out,
+            stopped=stopped,
+            timeout=self.timeout,
+            stderr="\n".join(stderr),
             killed="pod removed",
-        )  # fmt: skip
+        )

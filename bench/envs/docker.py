@@ -102,9 +102,17 @@ def trial_key(info: dict[str, Any], name: str) -> str:
     """What could change a runtime's trial result: the daemon, the runtime's binary,
     version and arguments (daemon.json), the kernel."""
     spec = (info.get("Runtimes") or {}).get(name) or {}
-    return json.dumps([info.get("ID"), info.get("ServerVersion"), name, spec.get("path", name),
-                       spec.get("runtimeArgs") or [], _runtime_version(spec),
-                       os.uname().release])  # fmt: skip
+    return json.dumps(
+        [
+            info.get("ID"),
+            info.get("ServerVersion"),
+            name,
+            spec.get("path", name),
+            spec.get("runtimeArgs") or [],
+            _runtime_version(spec),
+            os.uname().release,
+        ]
+    )
 
 
 def _recorded(key: str) -> Availability | None:
@@ -120,8 +128,12 @@ def _record(key: str, av: Availability) -> None:
     data: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(path.read_text())
-    data[key] = {"ok": av.ok, "reason": av.reason, "versions": av.versions,
-                 "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    data[key] = {
+        "ok": av.ok,
+        "reason": av.reason,
+        "versions": av.versions,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -569,8 +581,10 @@ class DockerInstance(Instance):
         host_port = next((int(b["HostPort"]) for b in bound if b.get("HostPort")), None)
         if host_port is None:
             raise StartError(f"{self.name}: port {port} is not published")
-        self.path = (f"bridge via published port 127.0.0.1:{host_port} -> {port} "
-                     f"(docker-proxy for loopback){sandbox}")  # fmt: skip
+        self.path = (
+            f"bridge via published port 127.0.0.1:{host_port} -> {port} "
+            f"(docker-proxy for loopback){sandbox}"
+        )
         return ("127.0.0.1", host_port)
 
     def _call(self, fn, *args, **kwargs):
@@ -740,7 +754,7 @@ class DockerInstance(Instance):
                 container_id=self.cid, name=self.name, cgroup_parent=self.cgroup.rel
             )
             if self.path:
-                launch.extra["net_path"] = self.path
+                launch.net_path = self.path
             return launch
         finally:
             with interrupt.shielded():

@@ -174,9 +174,10 @@ class HostEnv(Environment):
             before = cg.read()
             warm_migration_lock()  # the probe is moved like one born there: see its doc
             child = Child(
-                self.command(cg.procs_files, argv, root), on_kill=cg.kill_all,
+                self.command(cg.procs_files, argv, root),
+                on_kill=cg.kill_all,
                 on_start=(lambda pid: sampler.start()) if sampler else None,
-            )  # fmt: skip
+            )
         except BaseException as e:
             with interrupt.shielded():
                 teardown()
@@ -192,8 +193,9 @@ class HostEnv(Environment):
                 launch.cgroup.update(instance)
                 launch.host_side.update(harness)
 
-        return ProcessInstance(name, child, timeout, what="probe", collect=collect,
-                               teardown=teardown)  # fmt: skip
+        return ProcessInstance(
+            name, child, timeout, what="probe", collect=collect, teardown=teardown
+        )
 
     def describe(self) -> dict[str, Any]:
         av = self.probe()

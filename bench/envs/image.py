@@ -294,9 +294,14 @@ def feed(argv: list[str], chunks: Iterable[bytes], timeout: float) -> tuple[int,
     fail, when it runs past `timeout` (TimeoutError) or on Ctrl-C, and by the kernel when
     this process dies, so a half stream is never taken for a whole one."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True,
-                                preexec_fn=_dies_with_parent())  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=_dies_with_parent(),
+        )
         failed: list[BaseException] = []
 
         def kill() -> None:

@@ -51,8 +51,10 @@ from bench.envs.k8s_client import CALL_S, Client, K8sError, contexts, kubeconfig
 from bench.envs.k8s_pod import LABEL, PodInstance, PodWatcher, pod_manifest
 
 PROBE_S = 5.0  # each call of an availability check
-UNTESTED = ("tested only against a stand-in of the API server (tests/k8s_standin.py), "
-            "never against a real cluster")  # fmt: skip
+UNTESTED = (
+    "tested only against a stand-in of the API server (tests/k8s_standin.py), "
+    "never against a real cluster"
+)
 NS_CHECK_S = 0.2  # polling while a deleted namespace goes
 
 
@@ -129,8 +131,13 @@ def _check(client: Client, o: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     try:
         client.call("LIST pods", client.core.list_namespaced_pod, ns, limit=1, timeout=PROBE_S)
         if not _namespace(client, ns, PROBE_S):  # it will be made: may we?
-            client.call("CREATE namespace", client.core.create_namespace,
-                        {"metadata": {"name": ns}}, dry_run="All", timeout=PROBE_S)  # fmt: skip
+            client.call(
+                "CREATE namespace",
+                client.core.create_namespace,
+                {"metadata": {"name": ns}},
+                dry_run="All",
+                timeout=PROBE_S,
+            )
     except K8sError as e:
         if e.status == 403:
             return f"namespace {ns} forbidden: {e.message}", version
@@ -140,8 +147,9 @@ def _check(client: Client, o: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def runtime_classes(client: Client) -> list[str]:
     try:
-        found = client.call("LIST runtimeclasses", client.nodev1.list_runtime_class,
-                            timeout=PROBE_S)  # fmt: skip
+        found = client.call(
+            "LIST runtimeclasses", client.nodev1.list_runtime_class, timeout=PROBE_S
+        )
     except K8sError:
         return []
     return sorted(i["metadata"]["name"] for i in found.get("items") or [])
@@ -199,8 +207,10 @@ def cluster_facts(version: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[
 
 class K8sEnv(Environment):
     kind = "k8s"
-    summary = ("a pod per launch on a Kubernetes cluster through its API server, "
-               "RuntimeClass by name (" + UNTESTED + ")")  # fmt: skip
+    summary = (
+        "a pod per launch on a Kubernetes cluster through its API server, "
+        "RuntimeClass by name (" + UNTESTED + ")"
+    )
     options = {
         "kubeconfig": Option(
             None, "kubeconfig file(s) (default: $KUBECONFIG, then ~/.kube/config)"
@@ -208,19 +218,19 @@ class K8sEnv(Environment):
         "context": Option(None, "kubeconfig context (default: its current context)"),
         "namespace": Option(
             "isobench", "namespace of the pods; made (and removed) when missing", type=DnsLabel
-        ),  # fmt: skip
+        ),
         "runtime_class": Option(
             None,
             "RuntimeClass of the pods, e.g. gvisor (default: none, the cluster's default handler)",
             type=DnsLabel,
-        ),  # fmt: skip
+        ),
         "node": Option(None, "pin the pods to this node (nodeName: no scheduler)"),
         "image": Option(
             None,
             "the probes' image where the cluster pulls it: a repository "
             "(the bundle hash is the tag) or a full reference",
             type=ImageRef,
-        ),  # fmt: skip
+        ),
         "cpus": Option(None, "CPU limit in CPUs, requests = limits (e.g. 0.5)", type=float),
         "memory": Option(None, "memory limit, requests = limits (e.g. 512m)", type=MemorySize),
     }
@@ -359,8 +369,9 @@ class K8sEnv(Environment):
                 raise RuntimeError(problem)
             self._ensure_namespace()
             self._info["namespace_made_by_isobench"] = self._made_namespace
-            self._watcher = PodWatcher(self._client, o["namespace"],
-                                       f"{LABEL}.env={self.ctx.prefix}")  # fmt: skip
+            self._watcher = PodWatcher(
+                self._client, o["namespace"], f"{LABEL}.env={self.ctx.prefix}"
+            )
             self._watcher.start()
         except BaseException:
             self._cleanup()
@@ -377,7 +388,7 @@ class K8sEnv(Environment):
                     **self._labels,
                     # the probes run as root with the runtime's default capabilities
                     "pod-security.kubernetes.io/enforce": "baseline",
-                },  # fmt: skip
+                },
                 "annotations": {"isobench.maker": self.ctx.prefix},
             }
         }
@@ -394,29 +405,50 @@ class K8sEnv(Environment):
         o = self.opts
         name = self.new_name()
         manifest = pod_manifest(
-            name, namespace=o["namespace"], labels=self._labels, image=self._image,
-            argv=inv.argv(probe_path(inv.probe), WORKDIR), workdir=WORKDIR,
-            runtime_class=o["runtime_class"], node=o["node"], cpus=o["cpus"],
+            name,
+            namespace=o["namespace"],
+            labels=self._labels,
+            image=self._image,
+            argv=inv.argv(probe_path(inv.probe), WORKDIR),
+            workdir=WORKDIR,
+            runtime_class=o["runtime_class"],
+            node=o["node"],
+            cpus=o["cpus"],
             memory_bytes=o["memory"].bytes() if o["memory"] else None,
             annotations={"isobench.workload": inv.workload, "isobench.bundle": self._bundle.hash},
-        )  # fmt: skip
+        )
         state = self._watcher.track(name)
         t_submit = time.monotonic_ns()
         try:
-            self._client.call("CREATE pod", self._client.core.create_namespaced_pod,
-                              o["namespace"], manifest, timeout=min(CALL_S, timeout))  # fmt: skip
+            self._client.call(
+                "CREATE pod",
+                self._client.core.create_namespaced_pod,
+                o["namespace"],
+                manifest,
+                timeout=min(CALL_S, timeout),
+            )
         except K8sError as e:
             self._watcher.forget(name)
             if e.status is None:  # no answer: it may have been made all the same
                 with contextlib.suppress(K8sError):
-                    self._client.call("DELETE pod", self._client.core.delete_namespaced_pod,
-                                      name, o["namespace"], grace_period_seconds=0)  # fmt: skip
+                    self._client.call(
+                        "DELETE pod",
+                        self._client.core.delete_namespaced_pod,
+                        name,
+                        o["namespace"],
+                        grace_period_seconds=0,
+                    )
             raise StartError(f"{name}: {e}") from None
         except BaseException:
             self._watcher.forget(name)
             with contextlib.suppress(K8sError):
-                self._client.call("DELETE pod", self._client.core.delete_namespaced_pod,
-                                  name, o["namespace"], grace_period_seconds=0)  # fmt: skip
+                self._client.call(
+                    "DELETE pod",
+                    self._client.core.delete_namespaced_pod,
+                    name,
+                    o["namespace"],
+                    grace_period_seconds=0,
+                )
             raise
         with state.cond:
             state.t["created"] = time.monotonic_ns()
@@ -478,12 +510,12 @@ class K8sEnv(Environment):
             "image": self._image,
             "image_is_bundle_tag": bool(
                 self._bundle and self._image and self._image.endswith(":" + self._bundle.hash)
-            ),  # fmt: skip
+            ),
             "launch": "bare pod, restartPolicy Never, imagePullPolicy IfNotPresent",
             "seccomp": "no profile in the pod spec: the kubelet's default",
             "qos": "Guaranteed"
             if o["cpus"] and o["memory"]
-            else ("Burstable" if o["cpus"] or o["memory"] else "BestEffort"),  # fmt: skip
+            else ("Burstable" if o["cpus"] or o["memory"] else "BestEffort"),
             "timing": "client-side watch and followed log, this host's monotonic clock",
             "bundle": self._bundle.hash if self._bundle else None,
             "notes": list(self._notes),
@@ -511,8 +543,12 @@ def _leftovers(client: Client, o: dict[str, Any]) -> list[Leftover]:
     where = f"k8s:{client.context}"
     selector = f"{LABEL}=1"
     try:  # every namespace when allowed, else the configured one
-        pods = client.call("LIST pods", client.core.list_pod_for_all_namespaces,
-                           label_selector=selector).get("items") or []  # fmt: skip
+        pods = (
+            client.call(
+                "LIST pods", client.core.list_pod_for_all_namespaces, label_selector=selector
+            ).get("items")
+            or []
+        )
     except K8sError as e:
         if e.status != 403:
             raise
@@ -536,8 +572,12 @@ def _leftovers(client: Client, o: dict[str, Any]) -> list[Leftover]:
 
         out.append(Leftover(f"k8s pod {ns}/{name} at {where}", remove))
     try:
-        namespaces = client.call("LIST namespaces", client.core.list_namespace,
-                                 label_selector=selector).get("items") or []  # fmt: skip
+        namespaces = (
+            client.call("LIST namespaces", client.core.list_namespace, label_selector=selector).get(
+                "items"
+            )
+            or []
+        )
     except K8sError as e:
         if e.status != 403:
             raise

@@ -82,8 +82,10 @@ class Client:
             names, current = contexts(kubeconfig)
             self.context = context or current
             if context and context not in names:
-                raise K8sError("kubeconfig", f"no context {context!r} in {path} "
-                                             f"(it has {', '.join(names) or 'none'})")  # fmt: skip
+                raise K8sError(
+                    "kubeconfig",
+                    f"no context {context!r} in {path} (it has {', '.join(names) or 'none'})",
+                )
             self.api = config.new_client_from_config(
                 config_file=path, context=context, persist_config=False, client_configuration=cfg
             )
@@ -109,16 +111,21 @@ class Client:
         except Exception as e:  # noqa: BLE001 - the body timed out or the connection broke
             raise K8sError(name, _first_line(str(e))) from None
 
-    def _request(self, name: str, method, *args, timeout: float, read: float | None = -1.0,
-                 **kwargs):  # fmt: skip
+    def _request(
+        self, name: str, method, *args, timeout: float, read: float | None = -1.0, **kwargs
+    ):
         from kubernetes.client.exceptions import ApiException
 
         if timeout <= 0:
             raise K8sError(name, "no time left")
         read_s = timeout if read == -1.0 else read
         try:
-            return method(*args, _preload_content=False,
-                          _request_timeout=(min(CONNECT_S, timeout), read_s), **kwargs)  # fmt: skip
+            return method(
+                *args,
+                _preload_content=False,
+                _request_timeout=(min(CONNECT_S, timeout), read_s),
+                **kwargs,
+            )
         except ApiException as e:
             raise K8sError(name, _api_message(e), e.status or None) from None
         except Exception as e:  # noqa: BLE001 - urllib3's errors: refused, timed out, TLS

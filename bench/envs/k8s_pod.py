@@ -137,8 +137,10 @@ class PodState:
                     self.exit_code = self.terminated.get("exitCode")
                     self._first("exit", t)
                     if "started" not in self.t:
-                        self.notes.append("the watch never saw the container running: the "
-                                          "kubelet reported it terminated at once")  # fmt: skip
+                        self.notes.append(
+                            "the watch never saw the container running: the "
+                            "kubelet reported it terminated at once"
+                        )
             if status.get("phase") in ("Succeeded", "Failed") and "exit" not in self.t:
                 self._first("exit", t)  # ended without a container status (evicted, refused)
                 self.terminated = {"reason": status.get("reason"), "message": status.get("message")}
@@ -173,12 +175,16 @@ class PodWatcher:
         self.problems: list[str] = []
 
     def _open(self) -> Stream:
-        kwargs: dict[str, Any] = {"watch": True, "label_selector": self.selector,
-                                  "allow_watch_bookmarks": True}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "label_selector": self.selector,
+            "allow_watch_bookmarks": True,
+        }
         if self.rv:
             kwargs["resource_version"] = self.rv
-        return self.client.stream("WATCH pods", self.client.core.list_namespaced_pod,
-                                  self.namespace, **kwargs)  # fmt: skip
+        return self.client.stream(
+            "WATCH pods", self.client.core.list_namespaced_pod, self.namespace, **kwargs
+        )
 
     def start(self) -> None:
         """Open the watch (it is in place when this returns) and read it in a thread."""
@@ -268,16 +274,22 @@ class LogFollower:
         try:
             while not self.ended.is_set():
                 left = self.deadline - time.monotonic()
-                if not state.wait(lambda: "started" in state.t or "exit" in state.t or
-                                  self.ended.is_set(), left):  # fmt: skip
+                if not state.wait(
+                    lambda: "started" in state.t or "exit" in state.t or self.ended.is_set(), left
+                ):
                     return
                 if self.ended.is_set() or "deleted" in state.t:
                     return
                 try:
                     self.stream = self.client.stream(
-                        "GET log", self.client.core.read_namespaced_pod_log, state.name,
-                        self.namespace, container=CONTAINER, follow=True, timestamps=True,
-                    )  # fmt: skip
+                        "GET log",
+                        self.client.core.read_namespaced_pod_log,
+                        state.name,
+                        self.namespace,
+                        container=CONTAINER,
+                        follow=True,
+                        timestamps=True,
+                    )
                 except K8sError as e:  # 400 while the container is still being created
                     if time.monotonic() >= self.deadline or e.status not in (400, None):
                         state.notes.append(f"log: {e}")
@@ -330,8 +342,15 @@ class PodInstance(Instance):
     with a grace period (the kubelet sends SIGTERM; the hold probe exits 0), kill =
     delete with a one-second grace, end = delete and wait until the object is gone."""
 
-    def __init__(self, client: Client, namespace: str, watcher: PodWatcher, state: PodState,
-                 timeout: float, t_submit: int):  # fmt: skip
+    def __init__(
+        self,
+        client: Client,
+        namespace: str,
+        watcher: PodWatcher,
+        state: PodState,
+        timeout: float,
+        t_submit: int,
+    ):
         super().__init__(state.name, timeout, t_submit)
         self.cl = client
         self.ns = namespace
@@ -344,8 +363,14 @@ class PodInstance(Instance):
     def _delete(self, grace: int | None, timeout: float = CALL_S) -> None:
         kwargs = {} if grace is None else {"grace_period_seconds": grace}
         try:
-            self.cl.call("DELETE pod", self.cl.core.delete_namespaced_pod, self.name, self.ns,
-                         timeout=timeout, **kwargs)  # fmt: skip
+            self.cl.call(
+                "DELETE pod",
+                self.cl.core.delete_namespaced_pod,
+                self.name,
+                self.ns,
+                timeout=timeout,
+                **kwargs,
+            )
             self.deleting = True
         except K8sError as e:
             if e.status == 404:
@@ -402,8 +427,9 @@ class PodInstance(Instance):
 
     def _exists(self) -> bool:
         try:
-            self.cl.call("GET pod", self.cl.core.read_namespaced_pod, self.name, self.ns,
-                         timeout=FORCE_S)  # fmt: skip
+            self.cl.call(
+                "GET pod", self.cl.core.read_namespaced_pod, self.name, self.ns, timeout=FORCE_S
+            )
         except K8sError as e:
             return e.status != 404
         return True
@@ -411,8 +437,14 @@ class PodInstance(Instance):
     def _fetch_log(self) -> list[str] | None:
         """The whole log in one read (when the followed stream did not reach its end)."""
         try:
-            text = self.cl.text("GET log", self.cl.core.read_namespaced_pod_log, self.name,
-                                self.ns, container=CONTAINER, timeout=CALL_S)  # fmt: skip
+            text = self.cl.text(
+                "GET log",
+                self.cl.core.read_namespaced_pod_log,
+                self.name,
+                self.ns,
+                container=CONTAINER,
+                timeout=CALL_S,
+            )
         except K8sError as e:
             self.notes.append(str(e))
             return None
@@ -437,8 +469,11 @@ class PodInstance(Instance):
             if p in t
         }
         launch = Launch(phases=phases)
-        launch.extra = {"name": self.name, "namespace": self.ns,
-                        "node": (st.pod.get("spec") or {}).get("nodeName")}  # fmt: skip
+        launch.extra = {
+            "name": self.name,
+            "namespace": self.ns,
+            "node": (st.pod.get("spec") or {}).get("nodeName"),
+        }
         if st.ready_stamp:
             launch.extra["ready_node_stamp"] = st.ready_stamp
         if st.terminated.get("reason"):
@@ -446,15 +481,22 @@ class PodInstance(Instance):
         parsed = parse_lines(lines)
         launch.records = parsed.records
         if parsed.errors:
-            launch.extra["probe_errors"] = parsed.errors
+            launch.probe_errors = parsed.errors
         if parsed.garbage:
-            launch.extra["stray_lines"] = parsed.garbage[:5]
+            launch.stray_lines = parsed.garbage[:5]
         # the pod log mixes stdout and stderr: what came before `ready`, or the
         # terminated state's message, is the nearest thing to a stderr tail
         stderr = "\n".join([*before, str(st.terminated.get("message") or "")]).strip()
-        killed = "pod deleted" + (f" (it was waiting: {st.waiting})"
-                                  if st.waiting and "started" not in t else "")  # fmt: skip
+        killed = "pod deleted" + (
+            f" (it was waiting: {st.waiting})" if st.waiting and "started" not in t else ""
+        )
         return conclude(
-            launch, ready="ready" in t, exit_code=st.exit_code, timed_out=timed_out,
-            stopped=stopped, timeout=self.timeout, stderr=stderr[-STDERR_KEEP:], killed=killed,
-        )  # fmt: skip
+            launch,
+            ready="ready" in t,
+            exit_code=st.exit_code,
+            timed_out=timed_out,
+            stopped=stopped,
+            timeout=self.timeout,
+            stderr=stderr[-STDERR_KEEP:],
+            killed=killed,
+        )

@@ -86,8 +86,12 @@ def link_alias(instance: str) -> str:
 def remove_link(name: str) -> None:
     """Delete a link (a veth pair goes with either end); gone already is fine."""
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["ip", "link", "del", "dev", name], capture_output=True,
-                       timeout=IP_TIMEOUT_S, check=False)  # fmt: skip
+        subprocess.run(
+            ["ip", "link", "del", "dev", name],
+            capture_output=True,
+            timeout=IP_TIMEOUT_S,
+            check=False,
+        )
 
 
 def owned_links(links: list[dict[str, Any]], prefixes: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -121,8 +125,14 @@ class VethInstance(ProcessInstance):
     the first address() and deleted with the instance."""
 
     def __init__(self, base: ProcessInstance):
-        super().__init__(base.name, base.child, base.timeout, what=base.what,
-                         collect=base._collect, teardown=base._teardown)  # fmt: skip
+        super().__init__(
+            base.name,
+            base.child,
+            base.timeout,
+            what=base.what,
+            collect=base._collect,
+            teardown=base._teardown,
+        )
         self.t_submit = base.t_submit
         self.deadline = base.deadline
         self.veth: tuple[str, str] | None = None  # host end, its address made
@@ -148,8 +158,9 @@ class VethInstance(ProcessInstance):
         near, far = (f"{a}/30" for a in list(net.hosts())[:2])
         try:
             self.veth = (host_end, ns_end)
-            run_ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end,
-                "netns", str(pid))  # fmt: skip
+            run_ip(
+                "link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", str(pid)
+            )
             run_ip("link", "set", "dev", host_end, "alias", link_alias(self.name))
             run_ip("addr", "add", near, "dev", host_end)
             run_ip("link", "set", "dev", host_end, "up")
@@ -177,7 +188,7 @@ class VethInstance(ProcessInstance):
             with interrupt.shielded():
                 self._remove_veth()
         if self.path:
-            launch.extra["net_path"] = self.path
+            launch.net_path = self.path
         return launch
 
 

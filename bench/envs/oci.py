@@ -269,14 +269,19 @@ def mount_overlay(tree, bundle, where: Path) -> Path:
     img.add_probes(bundle, upper)
     opts = f"lowerdir={paths[0]},upperdir={paths[1]},workdir={paths[2]}"
     try:
-        res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(target)],
-                             capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
-                             check=False)  # fmt: skip
+        res = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(target)],
+            capture_output=True,
+            text=True,
+            timeout=CALL_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeError(f"oci: mount of the overlay on {tree.tree}: {e}") from None
     if res.returncode != 0:
-        raise RuntimeError(f"oci: mount of the overlay on {tree.tree}: "
-                           + ct.first_line(res.stderr))  # fmt: skip
+        raise RuntimeError(
+            f"oci: mount of the overlay on {tree.tree}: " + ct.first_line(res.stderr)
+        )
     return target
 
 

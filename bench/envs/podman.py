@@ -401,8 +401,11 @@ class PodmanInstance(ProcessInstance):
             res = _podman("port", self.name, f"{port}/tcp", timeout=min(CALL_TIMEOUT_S, 30))
         except subprocess.TimeoutExpired:
             raise StartError(f"{self.name}: `podman port` did not answer") from None
-        host, _, host_port = res.stdout.strip().splitlines()[0].rpartition(":") if (
-            res.returncode == 0 and res.stdout.strip()) else ("", "", "")  # fmt: skip
+        host, _, host_port = (
+            res.stdout.strip().splitlines()[0].rpartition(":")
+            if (res.returncode == 0 and res.stdout.strip())
+            else ("", "", "")
+        )
         if not host_port.isdigit():
             why = ct.first_line(res.stderr) or "not published"
             raise StartError(f"{self.name}: port {port}: {why}")
@@ -412,7 +415,7 @@ class PodmanInstance(ProcessInstance):
     def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
         launch = super()._end(stopped=stopped, timed_out=timed_out)
         if self.path:
-            launch.extra["net_path"] = self.path
+            launch.net_path = self.path
         return launch
 
 

@@ -189,13 +189,19 @@ def to_launch(
     out = parse_lines(res.lines)
     launch = Launch(phases=res.phases(), records=out.records)
     if out.errors:
-        launch.extra["probe_errors"] = out.errors
+        launch.probe_errors = out.errors
     if out.garbage:
-        launch.extra["stray_lines"] = out.garbage[:5]
+        launch.stray_lines = out.garbage[:5]
     return conclude(
-        launch, ready=res.t_ready is not None, exit_code=res.exit_code, timed_out=res.timed_out,
-        stopped=stopped, timeout=timeout, stderr=res.stderr, killed=f"{what} killed",
-    )  # fmt: skip
+        launch,
+        ready=res.t_ready is not None,
+        exit_code=res.exit_code,
+        timed_out=res.timed_out,
+        stopped=stopped,
+        timeout=timeout,
+        stderr=res.stderr,
+        killed=f"{what} killed",
+    )
 
 
 class ProcessInstance(Instance):

@@ -165,9 +165,15 @@ class GuestInstance(Instance):
     powers it off. A round (`run_round`): waits until the guest powers off by itself."""
 
     def __init__(
-        self, env: VmEnvironment, name: str, guest: Guest, invs: list[Invocation],
-        scratch: Path, timeout: float, tap: Tap | None = None,
-    ):  # fmt: skip
+        self,
+        env: VmEnvironment,
+        name: str,
+        guest: Guest,
+        invs: list[Invocation],
+        scratch: Path,
+        timeout: float,
+        tap: Tap | None = None,
+    ):
         super().__init__(name, timeout, guest.boot.t_submit)
         self.env = env
         self.guest = guest
@@ -218,7 +224,7 @@ class GuestInstance(Instance):
         for launch in self.launches:
             launch.extra["domain"] = self.name
         if self.tap is not None:
-            self.launches[0].extra["net_path"] = self.tap.path(self.env.emulated)
+            self.launches[0].net_path = self.tap.path(self.env.emulated)
         return self.launches[0]
 
 
@@ -276,9 +282,12 @@ class VmEnvironment(Environment):
         self.emulated = self.accel == "tcg"
 
     def _spec_for(
-        self, cmdline: str, disk: Path | None, nic: tuple[str, str] | None = None,
+        self,
+        cmdline: str,
+        disk: Path | None,
+        nic: tuple[str, str] | None = None,
         root: tuple[Path, str] | None = None,
-    ) -> QemuSpec:  # fmt: skip
+    ) -> QemuSpec:
         """The VM as configured; describe() shows it with placeholders."""
         return QemuSpec(
             self.binary or "qemu-system-x86_64",
@@ -384,9 +393,14 @@ class VmEnvironment(Environment):
         return out
 
     def _probe_launch(
-        self, run: ProbeRun | None, inv: Invocation, boot: Boot, problem: str, timeout: float,
+        self,
+        run: ProbeRun | None,
+        inv: Invocation,
+        boot: Boot,
+        problem: str,
+        timeout: float,
         stopped: bool = False,
-    ) -> Launch:  # fmt: skip
+    ) -> Launch:
         """One probe's Launch: its records, exit status, stray lines and verdict. A held
         probe whose guest was powered off once it was ready (`stopped`) is ok."""
         launch = Launch()
@@ -394,9 +408,9 @@ class VmEnvironment(Environment):
             out = parse_lines(run.lines)
             launch.records, launch.exit_code = out.records, run.exit_code
             if out.errors:
-                launch.extra["probe_errors"] = out.errors
+                launch.probe_errors = out.errors
             if out.garbage:
-                launch.extra["stray_lines"] = out.garbage[:5]
+                launch.stray_lines = out.garbage[:5]
             launch.stderr_tail = "\n".join(out.garbage)[-TAIL_CHARS:]
         if boot.timed_out:
             launch.status = "timeout"

@@ -48,9 +48,13 @@ def echo_bytes(data: bytes) -> None:
 
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("-o", "--output", type=OUTPUT, default=None,
-              help="HTML file to write, - for standard output "
-              "[default: RUN_DIR/report.html]")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=OUTPUT,
+    default=None,
+    help="HTML file to write, - for standard output [default: RUN_DIR/report.html]",
+)
 def report(run_dir: Path, output: Path | None):
     """Write the run's self-contained HTML report (works offline)."""
     manifest = store.read_manifest(run_dir)
@@ -66,11 +70,21 @@ def report(run_dir: Path, output: Path | None):
 @click.command()
 @click.argument("run_a", type=RUN_DIR)
 @click.argument("run_b", type=RUN_DIR)
-@click.option("-o", "--output", type=OUTPUT, default=None,
-              help="also write the comparison as an HTML page (- for standard output; the "
-              "table then goes to standard error)")  # fmt: skip
-@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="percent change below which a significant change does not fail")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=OUTPUT,
+    default=None,
+    help="also write the comparison as an HTML page (- for standard output; the "
+    "table then goes to standard error)",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="percent change below which a significant change does not fail",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.pass_context
 def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float, as_json: bool):
@@ -102,8 +116,9 @@ def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float
 
 def print_table(result: dict, stderr: bool = False) -> None:
     stream = sys.stderr if stderr else sys.stdout
-    out = Console(stderr=stderr, soft_wrap=True, highlight=False,
-                  width=None if stream.isatty() else 200)  # fmt: skip
+    out = Console(
+        stderr=stderr, soft_wrap=True, highlight=False, width=None if stream.isatty() else 200
+    )
     t = Table(
         title=Text(f"{result['run_a']} → {result['run_b']} (threshold ±{result['threshold']:g} %)")
     )
@@ -133,15 +148,21 @@ def print_table(result: dict, stderr: bool = False) -> None:
     for side, keys in (("only in A", result["only_a"]), ("only in B", result["only_b"])):
         if keys:
             out.print(f"{side}: " + ", ".join("/".join(map(str, k)) for k in keys), markup=False)
-    out.print(f"{result['regressions']} regression(s), {result['improvements']} improvement(s) "
-              f"of {len(result['cells'])} cells")  # fmt: skip
+    out.print(
+        f"{result['regressions']} regression(s), {result['improvements']} improvement(s) "
+        f"of {len(result['cells'])} cells"
+    )
 
 
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("-o", "--output", type=OUTPUT, default=None,
-              help="notebook to write, - for standard output "
-              "[default: RUN_DIR/analysis.ipynb]")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=OUTPUT,
+    default=None,
+    help="notebook to write, - for standard output [default: RUN_DIR/analysis.ipynb]",
+)
 def notebook(run_dir: Path, output: Path | None):
     """Write a Jupyter notebook that loads the run and reproduces the main tables."""
     from bench.report import notebook as nb
@@ -150,18 +171,28 @@ def notebook(run_dir: Path, output: Path | None):
     if to_stdout(output):
         echo_bytes(nb.text(run_dir, manifest).encode())
         return
-    path = write_output(output or run_dir / "analysis.ipynb",
-                        lambda p: nb.write(run_dir, manifest, p))  # fmt: skip
+    path = write_output(
+        output or run_dir / "analysis.ipynb", lambda p: nb.write(run_dir, manifest, p)
+    )
     click.echo(f"notebook: {path}")
 
 
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("--format", "fmt", required=True, type=click.Choice(export_mod.FORMATS,
-              case_sensitive=False), help="file format")  # fmt: skip
-@click.option("-o", "--output", type=OUTPUT, default=None,
-              help="file to write, - for standard output "
-              "[default: RUN_DIR/samples.FORMAT or summary.FORMAT]")  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(export_mod.FORMATS, case_sensitive=False),
+    help="file format",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=OUTPUT,
+    default=None,
+    help="file to write, - for standard output [default: RUN_DIR/samples.FORMAT or summary.FORMAT]",
+)
 @click.option("--summary", is_flag=True, help="the summary rows instead of the samples")
 def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
     """Export the run's samples (or summary) as CSV, JSON or Parquet."""
@@ -189,8 +220,11 @@ def disk_rows(manifest: dict) -> list[tuple[str, str, str]]:
             rows.append((label, "disk footprint", f"not measured: {disk['error']}"))
         for f in disk.get("figures") or []:
             n = f.get("bytes")
-            value = (f"– ({f.get('reason', 'not measured')})" if n is None
-                     else f"{n / 2**20:.2f}" + (f" ({n} B)" if n < 10240 else ""))  # fmt: skip
+            value = (
+                f"– ({f.get('reason', 'not measured')})"
+                if n is None
+                else f"{n / 2**20:.2f}" + (f" ({n} B)" if n < 10240 else "")
+            )
             rows.append((label, f["what"], value))
     return rows
 
@@ -201,10 +235,15 @@ def print_disk(manifest: dict, console: Console | None = None) -> None:
     rows = disk_rows(manifest)
     if not rows:
         return
-    out = console or Console(soft_wrap=True, highlight=False,
-                             width=None if sys.stdout.isatty() else 200)  # fmt: skip
-    t = Table(title=Text("disk footprint (MiB = 2^20 bytes; what each counts: manifest "
-                         "environments.<label>.disk)"))  # fmt: skip
+    out = console or Console(
+        soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 200
+    )
+    t = Table(
+        title=Text(
+            "disk footprint (MiB = 2^20 bytes; what each counts: manifest "
+            "environments.<label>.disk)"
+        )
+    )
     t.add_column("environment")
     t.add_column("what")
     t.add_column("MiB", justify="right")

@@ -69,17 +69,27 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
         (a, unit), (b, _) = ga[key], gb[key]
         sa, sb = stats.summarize(a, n_boot=n_boot), stats.summarize(b, n_boot=n_boot)
         t = stats.log_ratio_test(b, a, paired=False)
-        cells.append({
-            "env": env, "workload": workload, "op": op, "metric": metric, "unit": unit,
-            "better": model.better(cat, workload, metric),
-            "n_a": int(sa.n), "n_b": int(sb.n),
-            "median_a": json_safe(sa.median), "median_b": json_safe(sb.median),
-            "ci_a": [json_safe(sa.ci_low), json_safe(sa.ci_high)],
-            "ci_b": [json_safe(sb.ci_low), json_safe(sb.ci_high)],
-            "ratio": json_safe(t.ratio),
-            "change_pct": _pct(t.ratio), "change_ci_low": _pct(t.low),
-            "change_ci_high": _pct(t.high), "p_value": json_safe(t.p_value),
-        })  # fmt: skip
+        cells.append(
+            {
+                "env": env,
+                "workload": workload,
+                "op": op,
+                "metric": metric,
+                "unit": unit,
+                "better": model.better(cat, workload, metric),
+                "n_a": int(sa.n),
+                "n_b": int(sb.n),
+                "median_a": json_safe(sa.median),
+                "median_b": json_safe(sb.median),
+                "ci_a": [json_safe(sa.ci_low), json_safe(sa.ci_high)],
+                "ci_b": [json_safe(sb.ci_low), json_safe(sb.ci_high)],
+                "ratio": json_safe(t.ratio),
+                "change_pct": _pct(t.ratio),
+                "change_ci_low": _pct(t.low),
+                "change_ci_high": _pct(t.high),
+                "p_value": json_safe(t.p_value),
+            }
+        )
     tested = [i for i, c in enumerate(cells) if c["p_value"] is not None]
     adjusted = stats.benjamini_hochberg([cells[i]["p_value"] for i in tested]) if tested else []
     for c in cells:
@@ -92,7 +102,9 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
     for c in cells:
         c["verdict"] = verdict(c, threshold)
     return {
-        "run_a": ma.get("run_id"), "run_b": mb.get("run_id"), "threshold": threshold,
+        "run_a": ma.get("run_id"),
+        "run_b": mb.get("run_id"),
+        "threshold": threshold,
         "cells": cells,
         "only_a": [list(k) for k in sorted(set(ga) - set(gb))],
         "only_b": [list(k) for k in sorted(set(gb) - set(ga))],
@@ -101,7 +113,7 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
         "improvements": sum(c["verdict"] == "improvement" for c in cells),
         "host_a": (ma.get("host") or {}).get("hostname"),
         "host_b": (mb.get("host") or {}).get("hostname"),
-    }  # fmt: skip
+    }
 
 
 def verdict(c: dict[str, Any], threshold: float) -> str:

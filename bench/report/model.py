@@ -19,11 +19,19 @@ from bench.store import json_safe
 
 PHASES = ("ready_ms", "exit_ms", "cleaned_ms", "boot_ms")
 # What the probes call an op, in words a reader recognises (the rest are shown as is).
-OP_NAMES = {"null": "getppid()", "read": "1-byte read()", "write": "1-byte write()",
-            "clock_gettime": "clock_gettime() (vDSO)", "open_close": "open()+close()",
-            "stat": "stat()", "fstat": "fstat()", "page_fault": "page fault",
-            "fork": "fork()+wait()", "fork_exec": "fork()+exec()",
-            "pipe_pingpong": "pipe round trip"}  # fmt: skip
+OP_NAMES = {
+    "null": "getppid()",
+    "read": "1-byte read()",
+    "write": "1-byte write()",
+    "clock_gettime": "clock_gettime() (vDSO)",
+    "open_close": "open()+close()",
+    "stat": "stat()",
+    "fstat": "fstat()",
+    "page_fault": "page fault",
+    "fork": "fork()+wait()",
+    "fork_exec": "fork()+exec()",
+    "pipe_pingpong": "pipe round trip",
+}
 TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
 STRIP_MAX = 400  # sample points drawn per series in a strip (the box uses all of them)
 FOOTPRINT_KEY = ("cpu_total_ms", "mem_peak_mib", "cpu_ms", "rss_mib", "pss_mib")
@@ -102,10 +110,13 @@ def catalog_of(manifest: dict[str, Any]) -> dict[str, Any]:
         from bench import catalog
 
         return {
-            name: {"family": w.family, "description": w.description,
-                   "metrics": {m: vars(v) for m, v in w.metrics.items()}}
+            name: {
+                "family": w.family,
+                "description": w.description,
+                "metrics": {m: vars(v) for m, v in w.metrics.items()},
+            }
             for name, w in catalog.load().items()
-        }  # fmt: skip
+        }
     except Exception:  # noqa: BLE001 - a report without catalog facts still renders
         return {}
 
@@ -165,15 +176,25 @@ def sentence(row: dict[str, Any], base: dict[str, Any], emulated: bool) -> dict:
             verb = "adds" if diff > 0 else "saves"
         else:
             verb = "loses" if diff < 0 else "gains"
-        text = (f"{env} {verb} {num(diff)} {u} [{num(a)}, {num(z)}] {words}: "
-                f"{analysis.verdict(row)} (ratio {ratio_ci})")  # fmt: skip
+        text = (
+            f"{env} {verb} {num(diff)} {u} [{num(a)}, {num(z)}] {words}: "
+            f"{analysis.verdict(row)} (ratio {ratio_ci})"
+        )
     else:
-        text = (f"{env}: no detectable difference {words} ({fmt_quantity(med, unit)} vs "
-                f"{fmt_quantity(bmed, unit)} on {base['env']}, {ratio_ci}, n.s.)")  # fmt: skip
+        text = (
+            f"{env}: no detectable difference {words} ({fmt_quantity(med, unit)} vs "
+            f"{fmt_quantity(bmed, unit)} on {base['env']}, {ratio_ci}, n.s.)"
+        )
     if emulated:
         text += " — emulated (TCG), not a KVM overhead"
-    return {"text": text, "significant": bool(row["significant"]), "worse": bool(worse),
-            "workload": row["workload"], "op": row["op"], "metric": row["metric"]}  # fmt: skip
+    return {
+        "text": text,
+        "significant": bool(row["significant"]),
+        "worse": bool(worse),
+        "workload": row["workload"],
+        "op": row["op"],
+        "metric": row["metric"],
+    }
 
 
 def geomean_ci(costs: list[tuple], n_boot: int = 2000, seed: int = 0) -> tuple[float, ...]:
@@ -182,8 +203,9 @@ def geomean_ci(costs: list[tuple], n_boot: int = 2000, seed: int = 0) -> tuple[f
     the standard error its own CI implies, so the CI holds both which figures the family
     has and how precisely each was measured."""
     logs = np.log([c[0] for c in costs])
-    se = np.array([math.log(hi / lo) / (2 * 1.96) if lo and hi and lo > 0 else 0.0
-                   for _, lo, hi in costs])  # fmt: skip
+    se = np.array(
+        [math.log(hi / lo) / (2 * 1.96) if lo and hi and lo > 0 else 0.0 for _, lo, hi in costs]
+    )
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, logs.size, size=(n_boot, logs.size))
     draws = logs[idx] + rng.standard_normal(idx.shape) * se[idx]
@@ -203,8 +225,9 @@ def family_summary(fam: str, rows: list[dict[str, Any]], n_boot: int) -> str:
     return f"{text}; geometric-mean cost {fmt_ratio(gm)} [{fmt_num(lo)}, {fmt_num(hi)}]"
 
 
-def headline(rows, cat, baseline: str, envs: list[str], emulated: dict[str, bool],
-             n_boot: int = 2000) -> list[dict]:  # fmt: skip
+def headline(
+    rows, cat, baseline: str, envs: list[str], emulated: dict[str, bool], n_boot: int = 2000
+) -> list[dict]:
     base = {(r["workload"], r["op"], r["metric"]): r for r in rows if r["env"] == baseline}
     out = []
     for env in envs:
@@ -216,42 +239,67 @@ def headline(rows, cat, baseline: str, envs: list[str], emulated: dict[str, bool
             if r["env"] == env and finding(r) and k in base:
                 fams.setdefault(family(cat, r["workload"]), []).append(r)
         families = [
-            {"family": fam, "summary": family_summary(fam, frows, n_boot),
-             "sentences": [sentence(r, base[(r["workload"], r["op"], r["metric"])],
-                                    emulated.get(env, False)) for r in frows]}
+            {
+                "family": fam,
+                "summary": family_summary(fam, frows, n_boot),
+                "sentences": [
+                    sentence(
+                        r, base[(r["workload"], r["op"], r["metric"])], emulated.get(env, False)
+                    )
+                    for r in frows
+                ],
+            }
             for fam, frows in fams.items()
-        ]  # fmt: skip
+        ]
         flags = [f for r in rows if r["env"] == env for f in r.get("flags") or []]
-        out.append({"env": env, "emulated": emulated.get(env, False), "families": families,
-                    "flags": flags})  # fmt: skip
+        out.append(
+            {"env": env, "emulated": emulated.get(env, False), "families": families, "flags": flags}
+        )
     return out
 
 
 def heatmap(rows, baseline: str, envs: list[str]) -> dict[str, Any]:
     """Ratio cells of every env but the baseline; a flagged figure, or one with a note on
     why it has no ratio, is a cell without a colour or ratio that says so."""
-    shown = [r for r in rows if r["env"] in envs and r["env"] != baseline
-             and (finding(r) or r.get("flags") or r.get("note"))]  # fmt: skip
+    shown = [
+        r
+        for r in rows
+        if r["env"] in envs
+        and r["env"] != baseline
+        and (finding(r) or r.get("flags") or r.get("note"))
+    ]
     cols = sorted({(r["workload"], r["op"], r["metric"]) for r in shown})
     ys = [e for e in envs if e != baseline and any(r["env"] == e for r in shown)]
     cells = []
     for r in shown:
         c, _, _ = cost(r, r.get("better", "lower"))
-        cells.append({
-            "x": cols.index((r["workload"], r["op"], r["metric"])), "y": ys.index(r["env"]),
-            "value": math.log2(c) if c and c > 0 else 0.0,
-            "ratio": r["ratio"], "lo": r["ratio_ci_low"], "hi": r["ratio_ci_high"],
-            "cost": c, "significant": bool(r["significant"]), "better": r.get("better", "lower"),
-            "p": r["p_adjusted"], "median": r["median"], "unit": r["unit"],
-            "words": analysis.verdict(r) if r["significant"] else "", "flags": r.get("flags") or [],
-            "note": r.get("note") or "",
-        })  # fmt: skip
+        cells.append(
+            {
+                "x": cols.index((r["workload"], r["op"], r["metric"])),
+                "y": ys.index(r["env"]),
+                "value": math.log2(c) if c and c > 0 else 0.0,
+                "ratio": r["ratio"],
+                "lo": r["ratio_ci_low"],
+                "hi": r["ratio_ci_high"],
+                "cost": c,
+                "significant": bool(r["significant"]),
+                "better": r.get("better", "lower"),
+                "p": r["p_adjusted"],
+                "median": r["median"],
+                "unit": r["unit"],
+                "words": analysis.verdict(r) if r["significant"] else "",
+                "flags": r.get("flags") or [],
+                "note": r.get("note") or "",
+            }
+        )
     return {
-        "columns": [{"workload": w, "op": o, "metric": m, "label": short_label(w, o, m, cols)}
-                    for w, o, m in cols],
+        "columns": [
+            {"workload": w, "op": o, "metric": m, "label": short_label(w, o, m, cols)}
+            for w, o, m in cols
+        ],
         "envs": ys,
         "cells": cells,
-    }  # fmt: skip
+    }
 
 
 def _box(values: np.ndarray) -> list[float]:
@@ -281,25 +329,40 @@ def charts(rows, data, cat, envs: list[str]) -> list[dict[str, Any]]:
             r = index.get((env, w, o, m))
             if r is None or not v.size:
                 continue
-            series.append({
-                "env": env, "median": r["median"], "ci_low": r["ci_low"],
-                "ci_high": r["ci_high"], "n": r["n"], "ratio": r["ratio"],
-                "significant": r["significant"], "words": analysis.verdict(r) if
-                r["significant"] else "", "flags": r.get("flags") or [],
-                "box": _box(v), "points": _strip(v),
-            })  # fmt: skip
+            series.append(
+                {
+                    "env": env,
+                    "median": r["median"],
+                    "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"],
+                    "n": r["n"],
+                    "ratio": r["ratio"],
+                    "significant": r["significant"],
+                    "words": analysis.verdict(r) if r["significant"] else "",
+                    "flags": r.get("flags") or [],
+                    "box": _box(v),
+                    "points": _strip(v),
+                }
+            )
         if not series:
             continue
         lows = [s["box"][0] for s in series] + [s["ci_low"] for s in series]
         unit = index[(series[0]["env"], w, o, m)]["unit"]
-        out.append({
-            "id": f"c{len(out)}", "workload": w, "op": o, "metric": m, "unit": unit,
-            "family": family(cat, w), "better": better(cat, w, m),
-            "log": wide([s["median"] for s in series], lows),
-            "title": f"{w} · {m if o == 'phases' else OP_NAMES.get(o, o)}",
-            "description": cat.get(w, {}).get("metrics", {}).get(m, {}).get("description", ""),
-            "series": series,
-        })  # fmt: skip
+        out.append(
+            {
+                "id": f"c{len(out)}",
+                "workload": w,
+                "op": o,
+                "metric": m,
+                "unit": unit,
+                "family": family(cat, w),
+                "better": better(cat, w, m),
+                "log": wide([s["median"] for s in series], lows),
+                "title": f"{w} · {m if o == 'phases' else OP_NAMES.get(o, o)}",
+                "description": cat.get(w, {}).get("metrics", {}).get(m, {}).get("description", ""),
+                "series": series,
+            }
+        )
     return out
 
 
@@ -312,13 +375,23 @@ def wide(medians: list, lows: list) -> bool:
 
 def startup(rows, envs: list[str]) -> dict[str, Any]:
     """Median phase times of the startup workload per env (ms since submit)."""
-    got = {(r["env"], r["metric"]): r for r in rows
-           if r["workload"] == "startup" and r["metric"] in PHASES}  # fmt: skip
+    got = {
+        (r["env"], r["metric"]): r
+        for r in rows
+        if r["workload"] == "startup" and r["metric"] in PHASES
+    }
     out = []
     for env in envs:
-        ph = {p: {"median": got[(env, p)]["median"], "ci_low": got[(env, p)]["ci_low"],
-                  "ci_high": got[(env, p)]["ci_high"], "n": got[(env, p)]["n"]}
-              for p in PHASES if (env, p) in got}  # fmt: skip
+        ph = {
+            p: {
+                "median": got[(env, p)]["median"],
+                "ci_low": got[(env, p)]["ci_low"],
+                "ci_high": got[(env, p)]["ci_high"],
+                "n": got[(env, p)]["n"],
+            }
+            for p in PHASES
+            if (env, p) in got
+        }
         if ph:
             emulated = any(got[(env, p)].get("emulated") for p in ph)
             out.append({"env": env, "emulated": emulated, "phases": ph})
@@ -329,10 +402,25 @@ def footprint(rows, envs: list[str]) -> dict[str, Any]:
     """Host-side and cgroup costs per env (all workloads), and a chart of the key ones."""
     order = {e: i for i, e in enumerate(envs)}
     table = sorted(
-        ({k: r[k] for k in ("env", "workload", "op", "metric", "unit", "median", "ci_low",
-                            "ci_high", "n")} for r in rows),
+        (
+            {
+                k: r[k]
+                for k in (
+                    "env",
+                    "workload",
+                    "op",
+                    "metric",
+                    "unit",
+                    "median",
+                    "ci_low",
+                    "ci_high",
+                    "n",
+                )
+            }
+            for r in rows
+        ),
         key=lambda r: (r["op"], r["metric"], r["workload"], order.get(r["env"], 99), r["env"]),
-    )  # fmt: skip
+    )
     charts = []
     for source, metric, unit in sorted({(r["op"], r["metric"], r["unit"]) for r in table}):
         if metric not in FOOTPRINT_KEY:
@@ -368,9 +456,11 @@ def kernel_mismatch(e: dict[str, Any], host_kernel: str | None) -> str:
     guest = (e.get("versions") or {}).get("guest_kernel")
     if not guest or not host_kernel or guest == host_kernel:
         return ""
-    return (f"guest kernel {guest} is not the host's {host_kernel}: its figures include the "
-            "difference between the two kernels (the fairest guest boots the host's own "
-            "kernel: kernel=/boot/vmlinuz-" + host_kernel + ")")  # fmt: skip
+    return (
+        f"guest kernel {guest} is not the host's {host_kernel}: its figures include the "
+        "difference between the two kernels (the fairest guest boots the host's own "
+        "kernel: kernel=/boot/vmlinuz-" + host_kernel + ")"
+    )
 
 
 def provenance(manifest: dict[str, Any], order: list[str]) -> dict[str, Any]:
@@ -381,19 +471,29 @@ def provenance(manifest: dict[str, Any], order: list[str]) -> dict[str, Any]:
     envs = []
     for label in sorted(described, key=lambda k: (order.index(k) if k in order else len(order), k)):
         e = described[label]
-        envs.append({
-            "label": label, "kind": e.get("kind"), "spec": e.get("spec"),
-            "options": {k: v for k, v in (e.get("options") or {}).items() if v is not None},
-            "available": e.get("available", True), "reason": e.get("reason") or "",
-            "emulated": bool(e.get("emulated")), "versions": versions(e),
-            "config": e.get("config") or {}, "kernel_note": kernel_mismatch(e, host.get("kernel")),
-        })  # fmt: skip
+        envs.append(
+            {
+                "label": label,
+                "kind": e.get("kind"),
+                "spec": e.get("spec"),
+                "options": {k: v for k, v in (e.get("options") or {}).items() if v is not None},
+                "available": e.get("available", True),
+                "reason": e.get("reason") or "",
+                "emulated": bool(e.get("emulated")),
+                "versions": versions(e),
+                "config": e.get("config") or {},
+                "kernel_note": kernel_mismatch(e, host.get("kernel")),
+            }
+        )
     bundle = manifest.get("bundle") or {}
     return {
-        "host": host, "mitigations": mitigations, "cmdline": cmdline, "envs": envs,
+        "host": host,
+        "mitigations": mitigations,
+        "cmdline": cmdline,
+        "envs": envs,
         "bundle": {k: v for k, v in bundle.items() if k != "probes"},
         "probes": bundle.get("probes") or {},
-    }  # fmt: skip
+    }
 
 
 def merge_similar(lines: list[str]) -> list[str]:
@@ -432,27 +532,53 @@ def warnings(manifest: dict[str, Any], df, rows, prov: dict[str, Any]) -> list[d
         flags,
     )
     if manifest.get("status") not in (None, "complete"):
-        group("status", "Run status", [f"run status: {manifest.get('status')} "
-              f"({manifest.get('stop_reason') or 'no reason recorded'})"])  # fmt: skip
+        group(
+            "status",
+            "Run status",
+            [
+                f"run status: {manifest.get('status')} "
+                f"({manifest.get('stop_reason') or 'no reason recorded'})"
+            ],
+        )
     failed = []
     for f in analysis.failures(df) if len(df) else []:
         reason = f["reason"] if isinstance(f["reason"], str) and f["reason"] else "no reason"
         failed.append(f"{f['env']} · {f['workload']}: {f['count']}× {f['status']} — {reason}")
     group("failed", "Failed launches", failed)
-    group("unavailable", "Unavailable environments",
-          [f"{e['label']}: not available — {e['reason'] or 'no reason'}"
-           for e in prov["envs"] if e["available"] is False])  # fmt: skip
-    group("emulated", "Emulated environments",
-          [f"{e['label']}: emulated (TCG) — not a KVM overhead; its figures measure software "
-           "emulation" for e in prov["envs"] if e["emulated"]])  # fmt: skip
-    group("kernel", "Guest kernel", [f"{e['label']}: {e['kernel_note']}"
-                                     for e in prov["envs"] if e["kernel_note"]])  # fmt: skip
+    group(
+        "unavailable",
+        "Unavailable environments",
+        [
+            f"{e['label']}: not available — {e['reason'] or 'no reason'}"
+            for e in prov["envs"]
+            if e["available"] is False
+        ],
+    )
+    group(
+        "emulated",
+        "Emulated environments",
+        [
+            f"{e['label']}: emulated (TCG) — not a KVM overhead; its figures measure software "
+            "emulation"
+            for e in prov["envs"]
+            if e["emulated"]
+        ],
+    )
+    group(
+        "kernel",
+        "Guest kernel",
+        [f"{e['label']}: {e['kernel_note']}" for e in prov["envs"] if e["kernel_note"]],
+    )
     group("noise", "Noise", merge_similar([str(w) for w in manifest.get("warnings") or []]))
     precision = (manifest.get("matrix") or {}).get("precision", 0.02)
     unreached = precision_items(manifest, [e["label"] for e in prov["envs"]])
     n_cells = len(manifest.get("unreached") or {})
-    group("precision", f"Precision: {n_cells} cell(s) did not reach the ±{precision:.0%} target "
-          "(the widest 95% CI half-width per cell)", unreached)  # fmt: skip
+    group(
+        "precision",
+        f"Precision: {n_cells} cell(s) did not reach the ±{precision:.0%} target "
+        "(the widest 95% CI half-width per cell)",
+        unreached,
+    )
     return groups
 
 
@@ -475,28 +601,48 @@ def summary(rows, envs: list[str], baseline: str) -> list[dict[str, Any]]:
     base_keys = {(r["workload"], r["op"], r["metric"]) for r in rows if r["env"] == baseline}
     out = []
     for env in envs + sorted({r["env"] for r in rows} - set(envs)):
-        cells = sorted((r for r in rows if r["env"] == env),
-                       key=lambda r: (r["workload"], r["op"], r["metric"]))  # fmt: skip
+        cells = sorted(
+            (r for r in rows if r["env"] == env),
+            key=lambda r: (r["workload"], r["op"], r["metric"]),
+        )
         if not cells:
             continue
         shown = []
         for r in cells:
             sig = r["significant"] and finding(r)
             worse = sig and cost(r, r.get("better", "lower"))[0] > 1
-            shown.append({**r, "no_ratio": no_ratio(r, baseline, base_keys), "worse": bool(worse),
-                          "words": analysis.verdict(r) if sig else ""})  # fmt: skip
+            shown.append(
+                {
+                    **r,
+                    "no_ratio": no_ratio(r, baseline, base_keys),
+                    "worse": bool(worse),
+                    "words": analysis.verdict(r) if sig else "",
+                }
+            )
         out.append({"env": env, "emulated": bool(cells[0].get("emulated")), "rows": shown})
     return out
 
 
 def methodology(manifest: dict[str, Any]) -> dict[str, Any]:
     m = manifest.get("matrix") or {}
-    return {k: m.get(k) for k in ("rounds", "max_rounds", "warmup", "budget", "timeout",
-                                  "precision", "seed", "baseline", "quick")} | {
+    return {
+        k: m.get(k)
+        for k in (
+            "rounds",
+            "max_rounds",
+            "warmup",
+            "budget",
+            "timeout",
+            "precision",
+            "seed",
+            "baseline",
+            "quick",
+        )
+    } | {
         "rounds_done": manifest.get("rounds_done"),
         "measured_seconds": manifest.get("measured_seconds"),
         "stop_reason": manifest.get("stop_reason"),
-    }  # fmt: skip
+    }
 
 
 def samples_columns(df) -> dict[str, Any]:
@@ -533,12 +679,18 @@ def footprint_rows(df, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     values, units = analysis.by_cell(data, "value", "unit")
     for (env, workload, op, metric), v in values.items():
         sm = stats.summarize(v)
-        rows.append({
-            "env": env, "env_kind": envs.get(env, {}).get("kind"), "workload": workload,
-            "op": op, "metric": metric, "unit": units[(env, workload, op, metric)],
-            "n": int(sm.n),
-            **{f: json_safe(getattr(sm, f)) for f in ("median", "ci_low", "ci_high")},
-        })  # fmt: skip
+        rows.append(
+            {
+                "env": env,
+                "env_kind": envs.get(env, {}).get("kind"),
+                "workload": workload,
+                "op": op,
+                "metric": metric,
+                "unit": units[(env, workload, op, metric)],
+                "n": int(sm.n),
+                **{f: json_safe(getattr(sm, f)) for f in ("median", "ci_low", "ci_high")},
+            }
+        )
     return rows
 
 
@@ -548,12 +700,26 @@ DENSITY_CHARTS = (  # (metric, title): one line per environment against N
     ("mem_system_mib", "memory per instance, system-wide (MemAvailable drop / N)"),
     ("start_ms", "start of one more instance with N held"),
 )
-DENSITY_TABLE = ("mem_accounted_mib", "mem_system_mib", "mem_cgroup_mib", "mem_carriers_mib",
-                 "start_ms", "stop_ms", "idle_cpu_ms_per_s",
-                 "cgroup_idle_cpu_ms_per_s")  # fmt: skip
+DENSITY_TABLE = (
+    "mem_accounted_mib",
+    "mem_system_mib",
+    "mem_cgroup_mib",
+    "mem_carriers_mib",
+    "start_ms",
+    "stop_ms",
+    "idle_cpu_ms_per_s",
+    "cgroup_idle_cpu_ms_per_s",
+)
 DISAGREE_NOTE = "memory sources disagree"
-NO_NOTES = {"rounds": 0, "disagree": 0, "disagree_min": None, "disagree_max": None,
-            "example": "", "other": [], "guest": []}  # fmt: skip
+NO_NOTES = {
+    "rounds": 0,
+    "disagree": 0,
+    "disagree_min": None,
+    "disagree_max": None,
+    "example": "",
+    "other": [],
+    "guest": [],
+}
 LOG_SPAN = 20  # a line chart gets a log axis where its values span more than this
 
 
@@ -576,15 +742,24 @@ def figure(r: dict[str, Any], baseline: str) -> dict[str, Any]:
     """One summary row cut to what a section cell shows: value, CI, ratio, verdict."""
     sig = bool(r["significant"]) and finding(r)
     return {
-        "median": r["median"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"],
-        "unit": r["unit"], "better": r.get("better", "lower"),
-        "ratio": r["ratio"], "ratio_ci_low": r["ratio_ci_low"],
-        "ratio_ci_high": r["ratio_ci_high"], "p_adjusted": r["p_adjusted"],
-        "significant": sig, "worse": bool(sig and cost(r, r.get("better", "lower"))[0] > 1),
-        "words": words(r) if sig else "", "flags": r.get("flags") or [],
-        "no_ratio": "baseline" if r["env"] == baseline else (
-            "flagged: no ratio" if r.get("flags") else r.get("note") or "–"),
-    }  # fmt: skip
+        "median": r["median"],
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
+        "n": r["n"],
+        "unit": r["unit"],
+        "better": r.get("better", "lower"),
+        "ratio": r["ratio"],
+        "ratio_ci_low": r["ratio_ci_low"],
+        "ratio_ci_high": r["ratio_ci_high"],
+        "p_adjusted": r["p_adjusted"],
+        "significant": sig,
+        "worse": bool(sig and cost(r, r.get("better", "lower"))[0] > 1),
+        "words": words(r) if sig else "",
+        "flags": r.get("flags") or [],
+        "no_ratio": "baseline"
+        if r["env"] == baseline
+        else ("flagged: no ratio" if r.get("flags") else r.get("note") or "–"),
+    }
 
 
 def log_axis(lines: list[list[tuple]]) -> bool:
@@ -615,12 +790,23 @@ def level_notes(data, env: str) -> dict[int, dict[str, Any]]:
             pct += [float(x) for p in hits for x in re.findall(r"by (\d+(?:\.\d+)?)%", p)]
             other += [p for p in parts if not p.startswith((DISAGREE_NOTE, "guest:"))]
             guest += [p for p in parts if p.startswith("guest:")]
-        out[n] = {"rounds": len(per_round), "disagree": disagree,
-                  "disagree_min": min(pct) if pct else None,
-                  "disagree_max": max(pct) if pct else None,
-                  "example": next((p for note in per_round for p in str(note).split("; ")
-                                   if p.startswith(DISAGREE_NOTE)), ""),
-                  "other": merge_similar(other), "guest": sorted(set(guest))}  # fmt: skip
+        out[n] = {
+            "rounds": len(per_round),
+            "disagree": disagree,
+            "disagree_min": min(pct) if pct else None,
+            "disagree_max": max(pct) if pct else None,
+            "example": next(
+                (
+                    p
+                    for note in per_round
+                    for p in str(note).split("; ")
+                    if p.startswith(DISAGREE_NOTE)
+                ),
+                "",
+            ),
+            "other": merge_similar(other),
+            "guest": sorted(set(guest)),
+        }
     return out
 
 
@@ -658,15 +844,19 @@ def density_headline(lines: dict[str, dict[str, list]], described: dict[str, Any
         parts = []
         if mem:
             top = mem[-1]
-            text = (f"{env_noun(env, e)} costs the host {with_ci(top, 'MiB')} per instance with "
-                    f"{top['n']} held (accounted)")  # fmt: skip
+            text = (
+                f"{env_noun(env, e)} costs the host {with_ci(top, 'MiB')} per instance with "
+                f"{top['n']} held (accounted)"
+            )
             if top["n"] in sysm:
                 text += f"; system-wide {with_ci(sysm[top['n']], 'MiB')}"
             parts.append(text)
         if len(start) >= 2:
             lo, hi = start[0], start[-1]
-            parts.append(f"with {hi['n']} held, one more starts in {with_ci(hi, 'ms')} vs "
-                         f"{with_ci(lo, 'ms')} with {lo['n']} held")  # fmt: skip
+            parts.append(
+                f"with {hi['n']} held, one more starts in {with_ci(hi, 'ms')} vs "
+                f"{with_ci(lo, 'ms')} with {lo['n']} held"
+            )
         elif start:
             parts.append(f"with {start[0]['n']} held, one more starts in {with_ci(start[0], 'ms')}")
         if parts:
@@ -709,32 +899,61 @@ def density(rows, data, df, manifest: dict[str, Any], envs: list[str]) -> dict[s
         levels = sorted({n for (e, n, _) in idx if e == env})
         notes = level_notes(data, env) if len(data) else {}
         for n in levels:
-            cells = {m: figure(idx[(env, n, m)], baseline) for m in DENSITY_TABLE
-                     if (env, n, m) in idx}  # fmt: skip
-            table.append({"env": env, "n": n, "emulated": emulated(env), "cells": cells,
-                          "notes": notes.get(n) or dict(NO_NOTES)})  # fmt: skip
+            cells = {
+                m: figure(idx[(env, n, m)], baseline) for m in DENSITY_TABLE if (env, n, m) in idx
+            }
+            table.append(
+                {
+                    "env": env,
+                    "n": n,
+                    "emulated": emulated(env),
+                    "cells": cells,
+                    "notes": notes.get(n) or dict(NO_NOTES),
+                }
+            )
             for m, c in cells.items():
                 lines.setdefault(env, {}).setdefault(m, []).append(
-                    {"n": n, "median": c["median"], "ci_low": c["ci_low"],
-                     "ci_high": c["ci_high"], "count": c["n"]})  # fmt: skip
+                    {
+                        "n": n,
+                        "median": c["median"],
+                        "ci_low": c["ci_low"],
+                        "ci_high": c["ci_high"],
+                        "count": c["n"],
+                    }
+                )
     charts = []
     for metric, title in DENSITY_CHARTS:
-        series = [{"env": env, "emulated": emulated(env), "points": lines[env][metric]}
-                  for env in order if metric in lines.get(env, {})]  # fmt: skip
+        series = [
+            {"env": env, "emulated": emulated(env), "points": lines[env][metric]}
+            for env in order
+            if metric in lines.get(env, {})
+        ]
         if not series:
             continue
-        tuples = [[(p["n"], p["median"], p["ci_low"], p["ci_high"]) for p in s["points"]]
-                  for s in series]  # fmt: skip
-        charts.append({"id": f"d{len(charts)}", "metric": metric, "title": title,
-                       "unit": "ms" if metric.endswith("_ms") else "MiB",
-                       "log": log_axis(tuples), "series": series})  # fmt: skip
+        tuples = [
+            [(p["n"], p["median"], p["ci_low"], p["ci_high"]) for p in s["points"]] for s in series
+        ]
+        charts.append(
+            {
+                "id": f"d{len(charts)}",
+                "metric": metric,
+                "title": title,
+                "unit": "ms" if metric.endswith("_ms") else "MiB",
+                "log": log_axis(tuples),
+                "series": series,
+            }
+        )
     guest_notes = sorted({g for t in table for g in t["notes"]["guest"]})
     return {
-        "envs": order, "levels": sorted({t["n"] for t in table}), "table": table,
-        "charts": charts, "headline": density_headline(lines, described),
+        "envs": order,
+        "levels": sorted({t["n"] for t in table}),
+        "table": table,
+        "charts": charts,
+        "headline": density_headline(lines, described),
         "disagree": any(t["notes"].get("disagree") for t in table),
-        "guest_notes": guest_notes, "unfit": unfit,
-    }  # fmt: skip
+        "guest_notes": guest_notes,
+        "unfit": unfit,
+    }
 
 
 def disk(manifest: dict[str, Any], envs: list[str]) -> list[dict[str, Any]]:
@@ -748,12 +967,23 @@ def disk(manifest: dict[str, Any], envs: list[str]) -> list[dict[str, Any]]:
         d = (described.get(label) or {}).get("disk")
         if not isinstance(d, dict):
             continue
-        figures = [{"what": f.get("what", "?"), "counts": f.get("counts") or "",
-                    "mib": None if f.get("bytes") is None else f["bytes"] / 2**20,
-                    "reason": f.get("reason") or ""}
-                   for f in d.get("figures") or []]  # fmt: skip
-        out.append({"env": label, "emulated": bool(described[label].get("emulated")),
-                    "error": d.get("error") or "", "figures": figures})  # fmt: skip
+        figures = [
+            {
+                "what": f.get("what", "?"),
+                "counts": f.get("counts") or "",
+                "mib": None if f.get("bytes") is None else f["bytes"] / 2**20,
+                "reason": f.get("reason") or "",
+            }
+            for f in d.get("figures") or []
+        ]
+        out.append(
+            {
+                "env": label,
+                "emulated": bool(described[label].get("emulated")),
+                "error": d.get("error") or "",
+                "figures": figures,
+            }
+        )
     return out
 
 
@@ -779,23 +1009,42 @@ NET_FIGURES = (  # (op, metric, words): the rows of the network table, in readin
     ("tcp_stream_s2c", "server_cgroup_cpu_ms_per_mb", "server cgroup CPU per MB, server → client"),
 )
 NET_CHARTS = (  # (id, title, [(op, metric, legend)])
-    ("latency", "tcp_rr round trip (1-byte request/response)",
-     [("tcp_rr", "p50_us", "p50"), ("tcp_rr", "p99_us", "p99")]),
-    ("throughput", "tcp_stream throughput",
-     [("tcp_stream_c2s", "mb_per_s", "client → server"),
-      ("tcp_stream_s2c", "mb_per_s", "server → client")]),
-    ("rates", "request/response and connection rates",
-     [("tcp_rr", "trans_per_s", "tcp_rr transactions/s"),
-      ("tcp_crr", "conn_per_s", "tcp_crr connections/s")]),
-    ("cpu", "CPU per tcp_rr transaction",
-     [("tcp_rr", "client_cpu_us_per_trans", "client"),
-      ("tcp_rr", "server_cpu_us_per_trans", "server process"),
-      ("tcp_rr", "server_cgroup_cpu_us_per_trans", "server cgroup")]),
-)  # fmt: skip
+    (
+        "latency",
+        "tcp_rr round trip (1-byte request/response)",
+        [("tcp_rr", "p50_us", "p50"), ("tcp_rr", "p99_us", "p99")],
+    ),
+    (
+        "throughput",
+        "tcp_stream throughput",
+        [
+            ("tcp_stream_c2s", "mb_per_s", "client → server"),
+            ("tcp_stream_s2c", "mb_per_s", "server → client"),
+        ],
+    ),
+    (
+        "rates",
+        "request/response and connection rates",
+        [
+            ("tcp_rr", "trans_per_s", "tcp_rr transactions/s"),
+            ("tcp_crr", "conn_per_s", "tcp_crr connections/s"),
+        ],
+    ),
+    (
+        "cpu",
+        "CPU per tcp_rr transaction",
+        [
+            ("tcp_rr", "client_cpu_us_per_trans", "client"),
+            ("tcp_rr", "server_cpu_us_per_trans", "server process"),
+            ("tcp_rr", "server_cgroup_cpu_us_per_trans", "server cgroup"),
+        ],
+    ),
+)
 
 
-def network(rows, manifest: dict[str, Any], envs: list[str],
-            fails: list[dict[str, Any]] = ()) -> dict[str, Any] | None:  # fmt: skip
+def network(
+    rows, manifest: dict[str, Any], envs: list[str], fails: list[dict[str, Any]] = ()
+) -> dict[str, Any] | None:
     """The network section, or None when the run has no net workload: per environment the
     path its server was reached by (from the manifest) or why it has no figures (its failed
     launches' reasons), and per figure the median with its CI, the ratio to the baseline
@@ -811,43 +1060,82 @@ def network(rows, manifest: dict[str, Any], envs: list[str],
     if not got and "net" not in ((manifest.get("matrix") or {}).get("workloads") or []):
         return None
     order = [e for e in envs if any(k[0] == e for k in got)]
-    unmeasured = [e for e in list(envs) + sorted(set(failed) - set(envs))
-                  if e in failed and e not in order]  # fmt: skip
-    env_rows = [{"env": e, "emulated": bool(described.get(e, {}).get("emulated")),
-                 "path": described.get(e, {}).get("net_path") or "not recorded",
-                 "measured": True, "failed": failed.get(e, [])} for e in order]  # fmt: skip
-    env_rows += [{"env": e, "emulated": bool(described.get(e, {}).get("emulated")),
-                  "path": described.get(e, {}).get("net_path") or "none",
-                  "measured": False, "failed": failed[e]} for e in unmeasured]  # fmt: skip
+    unmeasured = [
+        e for e in list(envs) + sorted(set(failed) - set(envs)) if e in failed and e not in order
+    ]
+    env_rows = [
+        {
+            "env": e,
+            "emulated": bool(described.get(e, {}).get("emulated")),
+            "path": described.get(e, {}).get("net_path") or "not recorded",
+            "measured": True,
+            "failed": failed.get(e, []),
+        }
+        for e in order
+    ]
+    env_rows += [
+        {
+            "env": e,
+            "emulated": bool(described.get(e, {}).get("emulated")),
+            "path": described.get(e, {}).get("net_path") or "none",
+            "measured": False,
+            "failed": failed[e],
+        }
+        for e in unmeasured
+    ]
     figures = []
     for op, metric, words in NET_FIGURES:
         cells = {e: figure(got[(e, op, metric)], baseline) for e in order if (e, op, metric) in got}
         if cells:
             unit = next(iter(cells.values()))["unit"]
-            figures.append({"op": op, "metric": metric, "words": words, "unit": unit,
-                            "better": better(catalog_of(manifest), "net", metric),
-                            "cells": cells})  # fmt: skip
+            figures.append(
+                {
+                    "op": op,
+                    "metric": metric,
+                    "words": words,
+                    "unit": unit,
+                    "better": better(catalog_of(manifest), "net", metric),
+                    "cells": cells,
+                }
+            )
     charts = []
     for cid, title, parts in NET_CHARTS:
         series = []
         for op, metric, legend in parts:
-            pts = [{"env": e, **figure(got[(e, op, metric)], baseline)}
-                   for e in order if (e, op, metric) in got]  # fmt: skip
+            pts = [
+                {"env": e, **figure(got[(e, op, metric)], baseline)}
+                for e in order
+                if (e, op, metric) in got
+            ]
             if pts:
                 series.append({"name": legend, "op": op, "metric": metric, "points": pts})
         if not series:
             continue
         meds = [p["median"] for s in series for p in s["points"]]
         lows = [p["ci_low"] for s in series for p in s["points"]]
-        charts.append({"id": f"n{cid}", "title": title, "unit": series[0]["points"][0]["unit"],
-                       "better": better(catalog_of(manifest), "net", series[0]["metric"]),
-                       "log": wide(meds, lows), "envs": order, "series": series})  # fmt: skip
-    return {"baseline": baseline, "envs": env_rows, "measured": order, "figures": figures,
-            "charts": charts}  # fmt: skip
+        charts.append(
+            {
+                "id": f"n{cid}",
+                "title": title,
+                "unit": series[0]["points"][0]["unit"],
+                "better": better(catalog_of(manifest), "net", series[0]["metric"]),
+                "log": wide(meds, lows),
+                "envs": order,
+                "series": series,
+            }
+        )
+    return {
+        "baseline": baseline,
+        "envs": env_rows,
+        "measured": order,
+        "figures": figures,
+        "charts": charts,
+    }
 
 
-def user_workloads(rows, manifest: dict[str, Any], envs: list[str],
-                   fails: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:  # fmt: skip
+def user_workloads(
+    rows, manifest: dict[str, Any], envs: list[str], fails: list[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
     """The user's own workloads (catalog family "user", bench/userwork.py), one table each:
     a row per benchmark by its pytest name (or per command figure), a column per
     environment with the median, its CI, the ratio and the verdict; and each environment's
@@ -858,22 +1146,39 @@ def user_workloads(rows, manifest: dict[str, Any], envs: list[str],
     out = []
     for w in [n for n, c in cat.items() if c.get("family") == "user"]:
         u = declared.get(w, {})
-        what = (f"pytest-benchmark suite in {u.get('dir')}" if u.get("kind") == "pytest-benchmark"
-                else f"{' '.join(u.get('argv') or ())} (parser {u.get('parser')})")  # fmt: skip
+        what = (
+            f"pytest-benchmark suite in {u.get('dir')}"
+            if u.get("kind") == "pytest-benchmark"
+            else f"{' '.join(u.get('argv') or ())} (parser {u.get('parser')})"
+        )
         got = {(r["env"], r["op"], r["metric"]): r for r in rows if r["workload"] == w}
         shown = [e for e in envs if any(k[0] == e for k in got)]
         figures = [
-            {"op": op, "metric": m, "unit": got[next(k for k in got if k[1:] == (op, m))]["unit"],
-             "better": better(cat, w, m),
-             "cells": {e: figure(got[(e, op, m)], baseline) for e in shown if (e, op, m) in got}}
+            {
+                "op": op,
+                "metric": m,
+                "unit": got[next(k for k in got if k[1:] == (op, m))]["unit"],
+                "better": better(cat, w, m),
+                "cells": {e: figure(got[(e, op, m)], baseline) for e in shown if (e, op, m) in got},
+            }
             for op, m in sorted({k[1:] for k in got})
-        ]  # fmt: skip
-        failed = [f"{f['env']}: {f['count']}× {f['status']}: {f['reason'] or 'no reason'}"
-                  for f in fails if f["workload"] == w]  # fmt: skip
+        ]
+        failed = [
+            f"{f['env']}: {f['count']}× {f['status']}: {f['reason'] or 'no reason'}"
+            for f in fails
+            if f["workload"] == w
+        ]
         described = manifest.get("environments") or {}
-        out.append({"name": w, "description": what if u else "", "envs": shown,
-                    "emulated": {e: bool(described.get(e, {}).get("emulated")) for e in shown},
-                    "figures": figures, "failed": failed})  # fmt: skip
+        out.append(
+            {
+                "name": w,
+                "description": what if u else "",
+                "envs": shown,
+                "emulated": {e: bool(described.get(e, {}).get("emulated")) for e in shown},
+                "figures": figures,
+                "failed": failed,
+            }
+        )
     return out
 
 
@@ -892,11 +1197,20 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
     envs_in = [e for e in envs if any(r["env"] == e for r in main)]
     prov = provenance(manifest, envs)
     return {
-        "run": {k: manifest.get(k) for k in ("run_id", "status", "created", "finished",
-                                             "stop_reason", "rounds_done")},
+        "run": {
+            k: manifest.get(k)
+            for k in ("run_id", "status", "created", "finished", "stop_reason", "rounds_done")
+        },
         "baseline": baseline,
-        "envs": [{"label": e, "kind": (manifest.get("environments") or {}).get(e, {}).get("kind"),
-                  "emulated": emulated.get(e, False), "measured": e in envs_in} for e in envs],
+        "envs": [
+            {
+                "label": e,
+                "kind": (manifest.get("environments") or {}).get(e, {}).get("kind"),
+                "emulated": emulated.get(e, False),
+                "measured": e in envs_in,
+            }
+            for e in envs
+        ],
         "headline": headline(main, cat, baseline, envs_in, emulated, n_boot),
         "heatmap": heatmap(main, baseline, envs_in),
         "charts": charts(main, data, cat, envs_in) if len(data) else [],
@@ -911,4 +1225,4 @@ def build(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]
         "warnings": warnings(manifest, df, main, prov),
         "methodology": methodology(manifest),
         "samples": samples_columns(df),
-    }  # fmt: skip
+    }

@@ -68,8 +68,11 @@ def build(run_dir: Path, manifest: dict[str, Any]):
 
     fill = {"run_dir": str(Path(run_dir).resolve()), "run_id": manifest.get("run_id", "?")}
     nb = v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}  # fmt: skip
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.cells = [
         v4.new_markdown_cell(INTRO.format(**fill)),
         v4.new_code_cell(LOAD.format(**fill)),

@@ -118,9 +118,14 @@ def qemu_img() -> str | None:
 def _call(argv: list[str], what: str, cwd: Path | None = None, stdin: str | None = None):
     try:
         res = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, cwd=cwd,
-            timeout=BUILD_TIMEOUT_S, check=False,
-        )  # fmt: skip
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise GuestError(f"{what}: no result within {BUILD_TIMEOUT_S} s") from None
     if res.returncode != 0:
@@ -135,13 +140,26 @@ def _write_image(tree: Path, usage: dict, staged: Path, probes: list[str], dest:
     kib, inodes = ext4_geometry(grown, HEADROOM_MIB)
     _call(
         [
-            _tool("mke2fs"), "-q", "-F", "-t", "ext4", "-d", str(tree), "-L", ROOT_SERIAL,
-            "-N", str(inodes), "-m", "0",
-            "-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard",
-            str(dest), f"{kib}k",
+            _tool("mke2fs"),
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-d",
+            str(tree),
+            "-L",
+            ROOT_SERIAL,
+            "-N",
+            str(inodes),
+            "-m",
+            "0",
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+            str(dest),
+            f"{kib}k",
         ],
         f"mke2fs -d {tree}",
-    )  # fmt: skip
+    )
     debugfs = _tool("debugfs")
     _call([debugfs, "-w", "-f", "-", str(dest)], "debugfs", staged, debugfs_commands(probes))
     # debugfs says its errors but exits 0: check what it made

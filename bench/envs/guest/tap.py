@@ -45,8 +45,9 @@ class Tap:
     def path(self, emulated: bool) -> str:
         """The path's label, as the report shows it."""
         how = " (emulated: TCG)" if emulated else ""
-        return (f"virtio-net on tap {self.name} {self.host} <-> guest {GUEST_IFACE} "
-                f"{self.guest}{how}")  # fmt: skip
+        return (
+            f"virtio-net on tap {self.name} {self.host} <-> guest {GUEST_IFACE} {self.guest}{how}"
+        )
 
     def remove(self) -> None:
         """Delete the tap (idempotent, never raises)."""
