@@ -315,7 +315,7 @@ def run(
         load_toml(matrix_file) if matrix_file else ([], [], {})
     )
     specs = [parse_env_spec(s) for s in (default_envs() if all_envs else envs)]
-    _check_runtimes(file_envs + specs)
+    _check_refusals(file_envs + specs)
     chosen = {**(QUICK if quick else {}), **file_settings}
     if "precision" in file_settings:
         _check_precision(file_settings["precision"], f"{matrix_file}: precision")
@@ -361,21 +361,14 @@ def _check_precision(value: float, where: str) -> float:
     return value
 
 
-def _check_runtimes(specs) -> None:
-    """A docker runtime the daemon does not list is refused now, not after preparation.
-    (When the daemon does not answer, the run records docker as unavailable.)"""
-    asked = [s for s in specs if s.kind == "docker" and "runtime" in s.options]
-    if not asked:
-        return
-    from bench.envs.docker import daemon_runtimes
-
-    listed = daemon_runtimes()
-    for s in asked:
-        if listed is not None and s.options["runtime"] not in listed:
-            raise MatrixError(
-                f"{s.label}: docker has no runtime {s.options['runtime']!r} "
-                f"(the daemon lists {', '.join(listed)})"
-            )
+def _check_refusals(specs) -> None:
+    """A configuration its kind refuses (a docker runtime the daemon does not list) is
+    refused now, not after preparation. (An engine that does not answer is recorded as
+    unavailable by the run.)"""
+    for s in specs:
+        why = REGISTRY[s.kind].refusal(s.options)
+        if why:
+            raise MatrixError(f"{s.label}: {why}")
 
 
 def _resume(run_dir: Path, with_report: bool) -> int:

@@ -60,7 +60,7 @@ from pathlib import Path
 
 from bench import interrupt
 from bench.envs.base import HOLD, Environment, Instance, Launch
-from bench.metrics.cgroup import CgroupError, CgroupReader, Layout
+from bench.metrics.cgroup import CgroupError, CgroupReader
 
 RESERVE = 0.25  # fraction of MemTotal a ramp never takes the host below
 DISAGREE = 0.20  # the two memory sources may differ by this much without a note
@@ -306,20 +306,6 @@ def harness_cpu_ms() -> float:
     return (t.user + t.system) * 1000
 
 
-def instance_cgroup(name: str, layout: Layout | None = None) -> CgroupReader | None:
-    """The live cgroup of a held instance, found under its name (host and namespaces make
-    it so; docker/podman/oci make the per-launch parent so, cgroupfs or systemd driver);
-    None when it is elsewhere (a libvirt domain's scope)."""
-    layout = layout or Layout.detect()
-    stem = name.split("-")
-    slice_path = "/".join("-".join(stem[: i + 1]) + ".slice" for i in range(len(stem)))
-    for rel in (name, slice_path):
-        reader = layout.reader(rel)
-        if reader is not None and reader.read().get("mem_current_mib") is not None:
-            return reader
-    return None
-
-
 def pss_mib(pid: int) -> float | None:
     """A process's PSS now (MiB), None when it is gone or its smaps cannot be read."""
     try:
@@ -499,7 +485,7 @@ def _level(
         log(f"{op}: {n} held, settling")
         avail_held, settled_held = settle(host.available_kib, max_s=pace.settle_max)
         anon_growth = max(0, host.harness_anon_kib() - anon_before)
-        readers = [instance_cgroup(inst.name) for inst in held]
+        readers = [inst.live_cgroup() for inst in held]
         live = [r for r in readers if r is not None]
         live_mem = [r.read().get("mem_current_mib") for r in live]
         found = [inst.carriers() for inst in held]

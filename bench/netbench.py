@@ -52,7 +52,6 @@ import socket
 from collections.abc import Callable, Sequence
 
 from bench import interrupt
-from bench.density import instance_cgroup
 from bench.envs.base import Environment, Instance, Invocation, Launch, StartError
 from bench.envs.process import stream
 from bench.probeio import parse_lines
@@ -172,7 +171,7 @@ def _measure(
     """Every op and rep against the ready server: (records, "<op>: reason" errors)."""
     import time
 
-    reader = instance_cgroup(inst.name)
+    reader = inst.live_cgroup()
     timeout = client_timeout(rest)
     records: list[dict] = []
     errors: list[str] = []

@@ -125,7 +125,7 @@ def test_a_held_instance_names_its_carriers_and_density_counts_those_outside(mak
         assert carriers[held.child.proc.pid] == "runtime"
         want = {"runtime", "sandbox", "gofer"} if runtime == "runsc" else {"runtime"}
         assert set(carriers.values()) == want
-        reader = density.instance_cgroup(held.name)
+        reader = held.live_cgroup()
         assert reader is not None
         outside = density.outside_carriers_mib(carriers, reader)
         assert set(outside) == {"runtime"} and outside["runtime"] > 0

@@ -106,7 +106,7 @@ def test_a_held_instance_names_its_carriers_and_density_counts_those_outside(mak
         carriers = held.carriers()
         assert carriers[held.child.proc.pid] == "podman"
         assert "conmon" in carriers.values()
-        reader = density.instance_cgroup(held.name)
+        reader = held.live_cgroup()
         assert reader is not None
         outside = density.outside_carriers_mib(carriers, reader)
         assert set(outside) == {"podman"} and outside["podman"] > 0

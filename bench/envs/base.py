@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from bench import interrupt
 from bench.manifest import LOCAL  # the target of every kind that runs on this machine
+from bench.metrics.cgroup import CgroupReader, Layout
 
 WORKDIR = "{workdir}"  # placeholder in probe arguments: the environment's io directory
 STOP_GRACE_S = 10.0  # how long a stopped instance may take to exit before it is killed
@@ -249,6 +250,19 @@ class Instance:
         instance's cgroup memory when they sit outside that cgroup. Default: none named."""
         return {}
 
+    def live_cgroup(self, layout: Layout | None = None) -> CgroupReader | None:
+        """The live cgroup of this started instance, found under its name: host and
+        namespaces name it so, docker/podman/oci name the per-launch parent so (cgroupfs or
+        systemd driver). None where it is elsewhere (a guest's domain scope)."""
+        layout = layout or Layout.detect()
+        stem = self.name.split("-")
+        slice_path = "/".join("-".join(stem[: i + 1]) + ".slice" for i in range(len(stem)))
+        for rel in (self.name, slice_path):
+            reader = layout.reader(rel)
+            if reader is not None and reader.read().get("mem_current_mib") is not None:
+                return reader
+        return None
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the probe said `ready` (within `timeout`, default what is left)."""
         return self._ready(self.left() if timeout is None else timeout)
@@ -387,6 +401,13 @@ class Environment:
     def probe(cls, opts: dict[str, Any] | None = None) -> Availability:
         """Can this kind (so configured) run here? Cheap, never raises."""
         raise NotImplementedError
+
+    @classmethod
+    def refusal(cls, opts: dict[str, Any]) -> str | None:
+        """Why this configuration can never run here, said before any preparation (a
+        docker runtime the daemon does not list); None when nothing is known against it.
+        Cheap; an unreachable engine is probe()'s to report, not a refusal."""
+        return None
 
     @classmethod
     def details(cls) -> list[tuple[str, Availability]]:

@@ -276,6 +276,16 @@ class DockerEnv(Environment):
         return out
 
     @classmethod
+    def refusal(cls, opts: dict[str, Any]) -> str | None:
+        """A runtime the daemon does not list (when the daemon answers)."""
+        if "runtime" not in opts:
+            return None
+        listed = daemon_runtimes()
+        if listed is None or opts["runtime"] in listed:
+            return None
+        return f"docker has no runtime {opts['runtime']!r} (the daemon lists {', '.join(listed)})"
+
+    @classmethod
     def runtime_available(cls, name: str) -> Availability:
         """Is runtime `name` listed by the daemon and able to run `true` here? (cached)"""
         try:
