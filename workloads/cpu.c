@@ -13,6 +13,9 @@
  * the default, 300 ms, is three 100 ms CFS periods, so a CPU quota q reads as a
  * rate of exactly q (a 10 ms calibrated measurement would mostly fall inside
  * one running stretch and hide the throttling).
+ * With --serve, one burst of an op per command read on stdin (probe_serve() in
+ * probe.h); mem_bw's and mem_lat's buffers are built at their op's first burst
+ * and kept to the end.
  */
 #include "probe.h"
 
@@ -34,7 +37,8 @@ static const char USAGE[] =
     "                 a whole number of 100 ms CFS periods reads a CPU quota exactly);\n"
     "                 --min-ms W is the same option under the other probes' name\n"
     "  --mem-mib N    mem_bw: total size of the three arrays in MiB (default 256)\n"
-    "  --lat-mib N    mem_lat: pointer-chase buffer in MiB (default 128)\n" PROBE_USAGE_HELP;
+    "  --lat-mib N    mem_lat: pointer-chase buffer in MiB (default 128)\n" PROBE_USAGE_SERVE
+    PROBE_USAGE_HELP;
 
 enum { OPT_MEM_MIB = 256, OPT_LAT_MIB, OPT_WINDOW_MS };
 #define BW_BLOCK 65536 /* mem_bw: elements per block (512 KiB of each array) */
@@ -157,37 +161,51 @@ static void *map_buf(size_t bytes)
     return p == MAP_FAILED ? NULL : p;
 }
 
-static void run_mem_bw(const probe_args *a, uint64_t mem_mib, uint64_t window_ns)
+static void bw_free(struct bw *w)
 {
-    struct bw w = {0};
+    if (w->a) munmap(w->a, w->bytes);
+    if (w->b) munmap(w->b, w->bytes);
+    if (w->c) munmap(w->c, w->bytes);
+}
+
+/* Map and warm the arrays; 0, or -1 after printing the error line (nothing kept). */
+static int bw_setup(struct bw *w, uint64_t mem_mib)
+{
+    memset(w, 0, sizeof *w);
     /* A whole number of blocks: every block counted carries BW_BLOCK elements. */
-    w.n = (size_t)(mem_mib * MIB / 3 / sizeof(double)) / BW_BLOCK * BW_BLOCK;
-    w.bytes = w.n * sizeof(double);
-    if (w.n < 2 * BW_BLOCK) {
+    w->n = (size_t)(mem_mib * MIB / 3 / sizeof(double)) / BW_BLOCK * BW_BLOCK;
+    w->bytes = w->n * sizeof(double);
+    if (w->n < 2 * BW_BLOCK) {
         probe_error(PROBE, "mem_bw", "--mem-mib %" PRIu64 " is too small", mem_mib);
-        return;
+        return -1;
     }
-    w.a = map_buf(w.bytes);
-    w.b = map_buf(w.bytes);
-    w.c = map_buf(w.bytes);
-    if (!w.a || !w.b || !w.c) {
-        probe_error(PROBE, "mem_bw", "cannot allocate 3 x %zu bytes: %s", w.bytes,
+    w->a = map_buf(w->bytes);
+    w->b = map_buf(w->bytes);
+    w->c = map_buf(w->bytes);
+    if (!w->a || !w->b || !w->c) {
+        probe_error(PROBE, "mem_bw", "cannot allocate 3 x %zu bytes: %s", w->bytes,
                     strerror(errno));
-        goto out;
+        bw_free(w);
+        return -1;
     }
     /* Touch every page (untimed) so the timed passes see no page faults. */
-    for (size_t i = 0; i < w.n; i++) {
-        w.a[i] = 0.0;
-        w.b[i] = (double)(i & 1023);
-        w.c[i] = 2.0;
+    for (size_t i = 0; i < w->n; i++) {
+        w->a[i] = 0.0;
+        w->b[i] = (double)(i & 1023);
+        w->c[i] = 2.0;
     }
     /* One untimed warm-up pass (lazy host-side backing in sandboxes/guests). */
-    triad(w.a, w.b, w.c, w.n, 3.0);
+    triad(w->a, w->b, w->c, w->n, 3.0);
+    return 0;
+}
+
+static void run_mem_bw(const probe_args *a, uint64_t mem_mib, uint64_t window_ns)
+{
+    struct bw w;
+    if (bw_setup(&w, mem_mib) != 0)
+        return;
     run_windows(a, "mem_bw", op_mem_bw, &w, 1, window_ns, emit_mem_bw);
-out:
-    if (w.a) munmap(w.a, w.bytes);
-    if (w.b) munmap(w.b, w.bytes);
-    if (w.c) munmap(w.c, w.bytes);
+    bw_free(&w);
 }
 
 /* ---------------------------------------------------------------- mem_lat */
@@ -226,19 +244,20 @@ static inline uint64_t xorshift64star(uint64_t *s)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-static void run_mem_lat(const probe_args *a, uint64_t lat_mib, uint64_t window_ns)
+/* Map the buffer and build its cycle; 0, or -1 after printing the error line. */
+static int lat_setup(struct lat *lp, uint64_t lat_mib)
 {
     struct lat l;
     l.bytes = (size_t)(lat_mib * MIB);
     size_t nodes = l.bytes / LINE;
     if (nodes < 2) {
         probe_error(PROBE, "mem_lat", "--lat-mib %" PRIu64 " is too small", lat_mib);
-        return;
+        return -1;
     }
     l.buf = map_buf(l.bytes);
     if (!l.buf) {
         probe_error(PROBE, "mem_lat", "cannot allocate %zu bytes: %s", l.bytes, strerror(errno));
-        return;
+        return -1;
     }
     /* Sattolo's algorithm on the node indices, stored in place: the result
      * is a single cycle through every node, in a fixed-seed random order. */
@@ -258,8 +277,65 @@ static void run_mem_lat(const probe_args *a, uint64_t lat_mib, uint64_t window_n
         *pi = (uintptr_t)(l.buf + *pi * LINE);
     }
     l.cur = (void **)l.buf;
+    *lp = l;
+    return 0;
+}
+
+static void run_mem_lat(const probe_args *a, uint64_t lat_mib, uint64_t window_ns)
+{
+    struct lat l;
+    if (lat_setup(&l, lat_mib) != 0)
+        return;
     run_windows(a, "mem_lat", op_mem_lat, &l, 1024, window_ns, emit_mem_lat);
     munmap(l.buf, l.bytes);
+}
+
+/* ---------------------------------------------------------------- serve mode */
+
+struct serve {
+    uint64_t mem_mib, lat_mib;
+    probe_serve_op op[NOPS];
+    int ready[NOPS];  /* the op's buffers are built (compute needs none) */
+    struct bw w;
+    struct lat l;
+};
+
+static void serve_burst(void *vs, const probe_burst *b)
+{
+    struct serve *s = vs;
+    static const probe_fn FNS[NOPS] = {op_compute, op_mem_bw, op_mem_lat};
+    static const emit_fn EMITS[NOPS] = {emit_compute, emit_mem_bw, emit_mem_lat};
+    void *ctxs[NOPS] = {NULL, &s->w, &s->l};
+    if (!s->ready[b->op]) {
+        if ((b->op == 1 && bw_setup(&s->w, s->mem_mib) != 0) ||
+            (b->op == 2 && lat_setup(&s->l, s->lat_mib) != 0))
+            return;
+        s->ready[b->op] = 1;
+    }
+    double work = 0;
+    uint64_t elapsed = 0, cks = 0;
+    int rc = probe_serve_burst(FNS[b->op], ctxs[b->op], &s->op[b->op], b, &work, &elapsed, &cks);
+    if (rc)
+        probe_error(PROBE, OPS[b->op], "%s", probe_strerr(rc));
+    else
+        EMITS[b->op](ctxs[b->op], work, elapsed, cks);
+}
+
+static int serve(const probe_args *a, uint64_t mem_mib, uint64_t lat_mib)
+{
+    static struct serve s; /* zeroed */
+    s.mem_mib = mem_mib;
+    s.lat_mib = lat_mib;
+    /* First chunk guesses, as the non-serve runs: compute 1024, mem_bw 1, mem_lat 1024. */
+    s.op[0].chunk = 1024;
+    s.op[1].chunk = 1;
+    s.op[2].chunk = 1024;
+    int status = probe_serve(a, serve_burst, &s);
+    if (s.ready[1])
+        bw_free(&s.w);
+    if (s.ready[2])
+        munmap(s.l.buf, s.l.bytes);
+    return status;
 }
 
 /* ---------------------------------------------------------------- main */
@@ -276,14 +352,15 @@ int main(int argc, char **argv)
         {"mem-mib", required_argument, NULL, OPT_MEM_MIB},
         {"lat-mib", required_argument, NULL, OPT_LAT_MIB},
         {"window-ms", required_argument, NULL, OPT_WINDOW_MS},
+        PROBE_SERVE_LONGOPT,
         {NULL, 0, NULL, 0},
     };
     opterr = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         if (ch == OPT_WINDOW_MS || ch == PROBE_OPT_MINMS) {
-            window_ms = probe_parse_u64(&a, ch == OPT_WINDOW_MS ? "window-ms" : "min-ms", optarg,
-                                        1, 3600000);
+            a.run_opt = ch == OPT_WINDOW_MS ? "window-ms" : "min-ms";
+            window_ms = probe_parse_u64(&a, a.run_opt, optarg, 1, 3600000);
             continue;
         }
         if (probe_common_opt(&a, ch, argv))
@@ -295,6 +372,8 @@ int main(int argc, char **argv)
         }
     }
     probe_finish_args(&a, argc, argv);
+    if (a.serve)
+        return serve(&a, mem_mib, lat_mib);
 
     uint64_t window_ns = window_ms * PROBE_NS_PER_MS;
     for (int k = 0; k < a.nsel; k++) {

@@ -28,6 +28,8 @@
  * Windowed ops (probe_window(): the cpu probe) report elapsed_ns = the window and
  * iterations = the work done in exactly that window (interpolated within the chunk
  * that crossed its end, rounded); their metrics come from the unrounded work.
+ * In serve mode (--serve, see probe_serve()) every line, result or error, ends with
+ *   "burst":K                the number of the command line it answers (1, 2, ...)
  */
 #ifndef ISOBENCH_PROBE_H
 #define ISOBENCH_PROBE_H
@@ -67,6 +69,16 @@ static inline uint64_t probe_now_ns(void)
 }
 
 /* ---------------------------------------------------------------- output */
+
+/* Serve mode: the number of the command being answered (1, 2, ...), printed as the
+ * "burst" member of its line; 0 outside serve mode (no member). */
+static uint64_t probe_serve_seq;
+
+static inline void probe_serve_member(void)
+{
+    if (probe_serve_seq)
+        printf(",\"burst\":%" PRIu64, probe_serve_seq);
+}
 
 static inline void probe_ready(void)
 {
@@ -110,6 +122,7 @@ static inline void probe_error(const char *probe, const char *op, const char *fm
     probe_json_str(stdout, op);
     fputs(",\"error\":", stdout);
     probe_json_str(stdout, msg);
+    probe_serve_member();
     fputs("}\n", stdout);
     fflush(stdout);
     fprintf(stderr, "%s: %s: %s\n", probe, op, msg);
@@ -163,6 +176,7 @@ static inline void probe_emit(const char *probe, const char *op, uint64_t iterat
         fputs(",\"note\":", stdout);
         probe_json_str(stdout, extra.note);
     }
+    probe_serve_member();
     fputs("}\n", stdout);
     fflush(stdout);
 }
@@ -266,27 +280,35 @@ static inline uint64_t probe_clock_cost_ns(void)
 #define PROBE_CFS_PERIOD_NS 100000000ULL
 
 /*
- * Before probe_window(): calibrate *chunk (iterations of one chunk) and, the
- * first time in this process, keep running the op for one CFS period. A quota's
- * first period is irregular (a fresh cgroup starts with a full quota at any
- * phase of its period timer: a first window would hold one running stretch
- * too many, up to a third more work in 300 ms at q = 0.25); from the first
- * period boundary on, every period holds the same running time.
+ * Before probe_window(): calibrate *chunk (iterations of one chunk, lasting at
+ * least floor_ns and PROBE_CLOCK_SHARE clock reads) and, the first time in this
+ * process, keep running the op for one CFS period. A quota's first period is
+ * irregular (a fresh cgroup starts with a full quota at any phase of its period
+ * timer: a first window would hold one running stretch too many, up to a third
+ * more work in 300 ms at q = 0.25); from the first period boundary on, every
+ * period holds the same running time.
  * Returns 0 or an errno value (see probe_strerr()).
  */
-static inline int probe_window_prepare(probe_fn fn, void *ctx, uint64_t *chunk)
+static inline int probe_window_prepare_floor(probe_fn fn, void *ctx, uint64_t *chunk,
+                                             uint64_t floor_ns)
 {
     static int settled;
     uint64_t min_ns = PROBE_CLOCK_SHARE * probe_clock_cost_ns();
     uint64_t elapsed, cks;
-    if (min_ns < PROBE_CHUNK_MIN_NS)
-        min_ns = PROBE_CHUNK_MIN_NS;
+    if (min_ns < floor_ns)
+        min_ns = floor_ns;
     uint64_t t0 = probe_now_ns();
     int rc = probe_calibrate_ns(fn, ctx, min_ns, chunk, &elapsed, &cks);
     while (!rc && !settled && probe_now_ns() - t0 < PROBE_CFS_PERIOD_NS)
         rc = fn(ctx, *chunk, &cks);
     settled = 1;
     return rc;
+}
+
+/* The same with chunks of at least PROBE_CHUNK_MIN_NS (windows of 10 ms and more). */
+static inline int probe_window_prepare(probe_fn fn, void *ctx, uint64_t *chunk)
+{
+    return probe_window_prepare_floor(fn, ctx, chunk, PROBE_CHUNK_MIN_NS);
 }
 
 /*
@@ -334,13 +356,25 @@ static inline int probe_window(probe_fn fn, void *ctx, uint64_t chunk, uint64_t 
 
 /* Long option codes of the common options; probe-specific options use
  * codes >= 256. */
-enum { PROBE_OPT_OP = 'O', PROBE_OPT_REPS = 'R', PROBE_OPT_MINMS = 'M', PROBE_OPT_HELP = 'h' };
+enum {
+    PROBE_OPT_OP = 'O',
+    PROBE_OPT_REPS = 'R',
+    PROBE_OPT_MINMS = 'M',
+    PROBE_OPT_HELP = 'h',
+    PROBE_OPT_SERVE = 'S',
+};
 
 #define PROBE_COMMON_LONGOPTS                                      \
     {"op", required_argument, NULL, PROBE_OPT_OP},                 \
     {"reps", required_argument, NULL, PROBE_OPT_REPS},             \
     {"min-ms", required_argument, NULL, PROBE_OPT_MINMS},          \
     {"help", no_argument, NULL, PROBE_OPT_HELP}
+
+/* Only in the probes that have a serve mode (probe_serve()). */
+#define PROBE_SERVE_LONGOPT {"serve", no_argument, NULL, PROBE_OPT_SERVE}
+#define PROBE_USAGE_SERVE                                                              \
+    "  --serve        after `ready`, run one burst per command read on stdin:\n"         \
+    "                 `OP ms=N` (a window of N ms), `OP iters=N` or `quit`\n"
 
 #define PROBE_USAGE_OP_REPS                                                           \
     "  --op NAME      run only this op (repeatable, or comma-separated; default: all)\n" \
@@ -359,6 +393,8 @@ typedef struct {
     int nsel;
     uint64_t reps;
     uint64_t min_ms;
+    int serve;                  /* --serve was given */
+    const char *run_opt;        /* the last option that shapes a non-serve run, or NULL */
 } probe_args;
 
 static inline void probe_args_init(probe_args *a, const char *probe, const char *usage,
@@ -451,12 +487,18 @@ static inline int probe_common_opt(probe_args *a, int c, char **argv)
     switch (c) {
     case PROBE_OPT_OP:
         probe_add_ops(a, optarg);
+        a->run_opt = "op";
         return 1;
     case PROBE_OPT_REPS:
         a->reps = probe_parse_u64(a, "reps", optarg, 1, 1000000);
+        a->run_opt = "reps";
         return 1;
     case PROBE_OPT_MINMS:
         a->min_ms = probe_parse_u64(a, "min-ms", optarg, 0, 3600000);
+        a->run_opt = "min-ms";
+        return 1;
+    case PROBE_OPT_SERVE:
+        a->serve = 1;
         return 1;
     case PROBE_OPT_HELP:
         fputs(a->usage, stdout);
@@ -474,7 +516,8 @@ static inline int probe_common_opt(probe_args *a, int c, char **argv)
     }
 }
 
-/* After option parsing: reject positional arguments, default to all ops. */
+/* After option parsing: reject positional arguments (and options that shape a run
+ * under --serve, whose ops and lengths come on stdin), default to all ops. */
 static inline void probe_finish_args(probe_args *a, int argc, char **argv)
 {
     if (optind < argc) {
@@ -482,11 +525,187 @@ static inline void probe_finish_args(probe_args *a, int argc, char **argv)
         fputs(a->usage, stderr);
         exit(2);
     }
+    if (a->serve && a->run_opt)
+        probe_die_usage(a, "--serve takes its ops and burst lengths on stdin, not --%s",
+                        a->run_opt);
     if (a->nsel == 0) {
         for (int i = 0; i < a->nops && i < PROBE_MAX_OPS; i++)
             a->sel[i] = i;
         a->nsel = a->nops;
     }
+}
+
+/* ---------------------------------------------------------------- serve mode */
+
+/*
+ * Serve mode (--serve): after `ready`, the probe reads one command per line on
+ * stdin and answers every line but `quit` with exactly one line on stdout, flushed:
+ *     OP ms=N      one burst of OP: a window of N ms of wall time (1 <= N <= 3600000),
+ *                  as probe_window(): elapsed_ns = N ms, iterations = the work done in
+ *                  it (metrics from the unrounded work)
+ *     OP iters=N   one burst of exactly N iterations of OP (1 <= N <= 2^48):
+ *                  elapsed_ns = the time they took
+ *     quit         end, status 0, no answer (end of file on stdin does the same)
+ * The answer is a result line or an error line, as outside serve mode, with one more
+ * member "burst":K, K the number of the command line it answers (every line but
+ * `quit` counts, bad ones too). A bad command (empty, unknown op, a length that is
+ * missing or out of range, anything more, longer than PROBE_SERVE_MAX_LINE) gets an
+ * error line whose op is the command's first word ("" if none), and the probe reads on.
+ * Bursts are cheap to start: an op is set up, and its chunk calibrated, once, at its
+ * first burst (probe_serve_burst()), never again.
+ */
+#define PROBE_SERVE_MAX_LINE 256
+#define PROBE_SERVE_MAX_MS 3600000ULL
+
+typedef struct {
+    int op;             /* index into the probe's ops */
+    uint64_t window_ns; /* ms=N: N ms of wall time; 0 for iters=N */
+    uint64_t iters;     /* iters=N: N; 0 for ms=N */
+} probe_burst;
+
+/* Runs one burst of b->op and prints exactly one line (probe_emit() or probe_error()). */
+typedef void (*probe_burst_fn)(void *ctx, const probe_burst *b);
+
+/* A whole decimal number in [lo, hi]; 0 if s is anything else. */
+static inline int probe_serve_number(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end = NULL;
+    if (*s < '0' || *s > '9')
+        return 0;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+/* One command line (without its newline) -> *b. Returns 1 for a burst, 0 for
+ * `quit`, -1 after printing the error line of a bad command. */
+static inline int probe_serve_parse(const probe_args *a, char *line, probe_burst *b)
+{
+    static const char *const SEP = " \t\r";
+    char *save = NULL;
+    char *op = strtok_r(line, SEP, &save);
+    char *len = op ? strtok_r(NULL, SEP, &save) : NULL;
+    char *more = len ? strtok_r(NULL, SEP, &save) : NULL;
+    if (!op) {
+        probe_error(a->probe, "", "empty command (commands: OP ms=N, OP iters=N, quit)");
+        return -1;
+    }
+    if (strcmp(op, "quit") == 0 && !len)
+        return 0;
+    b->op = -1;
+    for (int i = 0; i < a->nops; i++)
+        if (strcmp(op, a->ops[i]) == 0)
+            b->op = i;
+    if (b->op < 0) {
+        char list[256] = "";
+        for (int i = 0; i < a->nops; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), " %s", a->ops[i]);
+        probe_error(a->probe, op, "unknown op (ops:%s; or quit)", list);
+        return -1;
+    }
+    b->window_ns = b->iters = 0;
+    uint64_t v = 0;
+    if (!len) {
+        probe_error(a->probe, op, "needs a length: ms=N or iters=N");
+        return -1;
+    }
+    if (strncmp(len, "ms=", 3) == 0) {
+        if (!probe_serve_number(len + 3, 1, PROBE_SERVE_MAX_MS, &v)) {
+            probe_error(a->probe, op, "ms needs a whole number between 1 and %llu, got '%s'",
+                        PROBE_SERVE_MAX_MS, len + 3);
+            return -1;
+        }
+        b->window_ns = v * PROBE_NS_PER_MS;
+    } else if (strncmp(len, "iters=", 6) == 0) {
+        if (!probe_serve_number(len + 6, 1, PROBE_MAX_ITERS, &v)) {
+            probe_error(a->probe, op, "iters needs a whole number between 1 and %llu, got '%s'",
+                        PROBE_MAX_ITERS, len + 6);
+            return -1;
+        }
+        b->iters = v;
+    } else {
+        probe_error(a->probe, op, "needs a length: ms=N or iters=N, got '%s'", len);
+        return -1;
+    }
+    if (more) {
+        probe_error(a->probe, op, "unexpected '%s' after the length", more);
+        return -1;
+    }
+    return 1;
+}
+
+/* The serve loop: answer command lines until `quit` or end of file. Returns the
+ * probe's exit status: 0, or 1 if reading stdin failed. */
+static inline int probe_serve(const probe_args *a, probe_burst_fn run, void *ctx)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int status = 0;
+    while ((len = getline(&line, &cap, stdin)) >= 0) {
+        probe_serve_seq++;
+        if (len > 0 && line[len - 1] == '\n')
+            line[--len] = 0;
+        if (len > PROBE_SERVE_MAX_LINE || strlen(line) != (size_t)len) {
+            probe_error(a->probe, "", "command longer than %d bytes or with a NUL byte",
+                        PROBE_SERVE_MAX_LINE);
+            continue;
+        }
+        probe_burst b;
+        int r = probe_serve_parse(a, line, &b);
+        if (r == 0)
+            break;
+        if (r > 0)
+            run(ctx, &b);
+    }
+    if (ferror(stdin)) {
+        fprintf(stderr, "%s: reading commands: %s\n", a->probe, strerror(errno));
+        status = 1;
+    }
+    free(line);
+    return status;
+}
+
+/* The per-op state a serve-mode op keeps between its bursts. */
+typedef struct {
+    uint64_t chunk;  /* iterations of one chunk of a window; starts as the probe's first guess */
+    int calibrated;  /* chunk calibrated (at the op's first ms= burst) */
+} probe_serve_op;
+
+/*
+ * One burst of op fn (probe_burst): *work = the iterations done (unrounded for a
+ * window), *elapsed = the window or the measured time of iters=N. A window's chunk
+ * is calibrated at the op's first window only, to at least PROBE_CLOCK_SHARE clock
+ * reads and no more (a window of a few ms then holds many chunks); the first
+ * calibration of the process also settles a CPU quota's period (probe_window_prepare_floor()).
+ * Returns 0 or an errno value (see probe_strerr()).
+ */
+static inline int probe_serve_burst(probe_fn fn, void *ctx, probe_serve_op *s,
+                                    const probe_burst *b, double *work, uint64_t *elapsed,
+                                    uint64_t *checksum)
+{
+    probe_errbuf[0] = 0;
+    if (b->iters) {
+        uint64_t cks = 0;
+        uint64_t t0 = probe_now_ns();
+        int rc = fn(ctx, b->iters, &cks);
+        uint64_t t1 = probe_now_ns();
+        *work = (double)b->iters;
+        *elapsed = t1 - t0;
+        *checksum = cks;
+        return rc;
+    }
+    if (!s->calibrated) {
+        int rc = probe_window_prepare_floor(fn, ctx, &s->chunk, 0);
+        if (rc)
+            return rc;
+        s->calibrated = 1;
+    }
+    *elapsed = b->window_ns;
+    return probe_window(fn, ctx, s->chunk, b->window_ns, work, checksum);
 }
 
 #endif /* ISOBENCH_PROBE_H */

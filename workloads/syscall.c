@@ -4,7 +4,9 @@
  * Ops (default order): null read write open_close stat fstat clock_gettime
  * page_fault fork fork_exec pipe_pingpong. Each measurement is calibrated so
  * it lasts >= --min-ms; the metric is ns_per_op (for pipe_pingpong: ns per
- * round trip).
+ * round trip). With --serve, one burst of an op per command read on stdin
+ * (probe_serve() in probe.h); an op is set up at its first burst and torn down
+ * at the end.
  */
 #include "probe.h"
 
@@ -32,7 +34,7 @@ static const char USAGE[] =
     "JSON line per measurement (metric ns_per_op).\n"
     "ops: null read write open_close stat fstat clock_gettime page_fault fork\n"
     "     fork_exec pipe_pingpong\n"
-    "options:\n" PROBE_COMMON_USAGE;
+    "options:\n" PROBE_COMMON_USAGE PROBE_USAGE_SERVE;
 
 struct ctx {
     int fd_zero, fd_null;
@@ -316,6 +318,67 @@ static const struct op OP_TABLE[NOPS] = {
     {op_pipe_pingpong, setup_pipe_pingpong, teardown_pipe_pingpong, 16},
 };
 
+/* The device an op needs that could not be opened, or NULL. */
+static const char *missing_device(const struct ctx *c, const struct op *op)
+{
+    if (op->run == op_read && c->fd_zero < 0)
+        return "/dev/zero";
+    if ((op->run == op_write || op->run == op_fstat) && c->fd_null < 0)
+        return "/dev/null";
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- serve mode */
+
+struct serve {
+    struct ctx *c;
+    probe_serve_op op[NOPS];
+    int set_up[NOPS];  /* the op's setup succeeded: its teardown is due at the end */
+};
+
+static void serve_burst(void *vs, const probe_burst *b)
+{
+    struct serve *s = vs;
+    const char *name = OPS[b->op];
+    const struct op *op = &OP_TABLE[b->op];
+    const char *dev = missing_device(s->c, op);
+    if (dev) {
+        probe_error(PROBE, name, "cannot open %s", dev);
+        return;
+    }
+    probe_errbuf[0] = 0;
+    if (op->setup && !s->set_up[b->op]) {
+        int rc = op->setup(s->c);
+        if (rc) {
+            probe_error(PROBE, name, "setup failed: %s", probe_strerr(rc));
+            return;
+        }
+        s->set_up[b->op] = 1;
+    }
+    double work = 0;
+    uint64_t elapsed = 0, cks = 0;
+    int rc = probe_serve_burst(op->run, s->c, &s->op[b->op], b, &work, &elapsed, &cks);
+    if (rc)
+        probe_error(PROBE, name, "%s", probe_strerr(rc));
+    else
+        probe_emit1(PROBE, name, (uint64_t)llround(work), elapsed, "ns_per_op",
+                    (double)elapsed / work, "ns", cks, PROBE_NO_EXTRA);
+}
+
+static int serve(const probe_args *a, struct ctx *c)
+{
+    struct serve s;
+    memset(&s, 0, sizeof s);
+    s.c = c;
+    for (int i = 0; i < NOPS; i++)
+        s.op[i].chunk = OP_TABLE[i].start_n;
+    int status = probe_serve(a, serve_burst, &s);
+    for (int i = 0; i < NOPS; i++)
+        if (s.set_up[i] && OP_TABLE[i].teardown)
+            OP_TABLE[i].teardown(c);
+    return status;
+}
+
 /* Without /proc: argv[0] as is if it has a '/', else its first match in PATH. */
 static void find_self(char *out, size_t size, const char *argv0)
 {
@@ -350,7 +413,11 @@ int main(int argc, char **argv)
 
     probe_args a;
     probe_args_init(&a, PROBE, USAGE, OPS, NOPS);
-    static const struct option longopts[] = {PROBE_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        PROBE_COMMON_LONGOPTS,
+        PROBE_SERVE_LONGOPT,
+        {NULL, 0, NULL, 0},
+    };
     opterr = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, ":", longopts, NULL)) != -1)
@@ -373,6 +440,8 @@ int main(int argc, char **argv)
 
     c.fd_zero = open("/dev/zero", O_RDONLY | O_CLOEXEC);
     c.fd_null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (a.serve)
+        return serve(&a, &c);
 
     /* Repetitions are interleaved across the ops (rep 1 of every op, then rep 2...):
      * the machine's slow episodes (a neighbour's burst, a previous instance's
@@ -394,10 +463,9 @@ int main(int argc, char **argv)
             if (dead[k])
                 continue;
             dead[k] = 1; /* until this repetition is measured */
-            if ((op->run == op_read && c.fd_zero < 0) ||
-                ((op->run == op_write || op->run == op_fstat) && c.fd_null < 0)) {
-                probe_error(PROBE, name, "cannot open %s",
-                            op->run == op_read ? "/dev/zero" : "/dev/null");
+            const char *dev = missing_device(&c, op);
+            if (dev) {
+                probe_error(PROBE, name, "cannot open %s", dev);
                 continue;
             }
             probe_errbuf[0] = 0;
