@@ -6,15 +6,17 @@
 
 `record` starts the bundle's syscall and cpu probes with `--serve`, both pinned with
 taskset to one CPU (default: CPU 1 where there is one), and alternates a burst of `null`
-(getppid) and a burst of `compute` (default 5 ms each) for SECONDS. It writes one line per
+(getppid) and a burst of `compute` (default 5 ms each) for SECONDS, after one untimed
+burst of each (an op's first burst also calibrates it). It writes one line per
 pair, `t_s getppid_ns_per_op compute_mops_per_s` (seconds since the start, the null
 burst's ns per getppid, the compute burst's millions of kernel iterations per second),
 the format of tests/data/noise/bursts-30s.txt, then prints the summary. `summary` prints
 it for a file already recorded:
 
 * p5/p50/p95 of both columns;
-* the autocorrelation of log getppid burst time at lags of 10 ms, 100 ms, 1 s and 5 s
-  (a lag is a whole number of pairs: round(lag / the median spacing of t_s));
+* the autocorrelation of log getppid burst time at lags of about 10 ms, 100 ms, 1 s and
+  5 s: a lag is a whole number of pairs, round(lag / the median spacing of t_s), and is
+  printed as that number of pairs times the spacing;
 * the SD of the log ratio of adjacent null bursts, per burst (SD of the difference / sqrt 2),
   against the SD of log burst time (the per-burst SD of an unpaired ratio).
 """
@@ -144,15 +146,17 @@ def summary(data: np.ndarray) -> dict:
     }
 
 
-def _lag(lag: float) -> str:
-    return f"{lag * 1000:.0f} ms" if lag < 1 else f"{lag:.0f} s"
+def _lag(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 0.9995 else f"{seconds:.1f} s"
+
+
+def _ac(k: int, v: float | None, spacing: float) -> str:
+    value = "n/a" if v is None else f"{v:.2f}"
+    return f"{value} at {_lag(k * spacing)} ({k} pair{'s' * (k > 1)})"
 
 
 def show(s: dict) -> str:
-    ac = ", ".join(
-        f"{'n/a' if v is None else f'{v:.2f}'} at {_lag(lag)} ({k} pair{'s' * (k > 1)})"
-        for lag, (k, v) in s["autocorrelation"].items()
-    )
+    ac = ", ".join(_ac(k, v, s["spacing_s"]) for k, v in s["autocorrelation"].values())
     return "\n".join(
         [
             f"{s['pairs']} pairs of bursts over {s['seconds']:.1f} s "
