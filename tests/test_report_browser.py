@@ -154,7 +154,7 @@ def test_the_section_renders_without_console_errors(name, kind, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert console_messages(res.stderr) == []
     dom = res.stdout
-    section = d["density" if kind == "density" else "network"]
+    section = d["density" if kind == "density" else "net"]
     charts = charts_in(dom, kind)
     assert len(charts) == len(section["charts"]) >= 3
     every = re.findall(r"<div[^>]*\bdata-chart=[^>]*>", dom)

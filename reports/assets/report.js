@@ -480,7 +480,7 @@
   (D.charts || []).forEach(function (c) { byId[c.id] = c; });
   ((D.footprint || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
   ((D.density || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
-  ((D.network || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
+  ((D.net || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
   Array.prototype.forEach.call(document.querySelectorAll("[data-chart]"), function (el) {
     var kind = el.getAttribute("data-chart");
     if (kind === "heatmap") heatmap(el);
