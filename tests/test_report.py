@@ -18,7 +18,7 @@ from bench import store
 from bench.lock import LockError
 from bench.report import fmt, html, view
 from bench.report.commands import report as report_cmd
-from bench.report.sections import common, density, net, probes, summary, warnings
+from bench.report.sections import common, density, net, probes, summary, user, warnings
 from bench.report.sections.provenance import provenance
 
 EVIL = "<script>alert(1)</script><b>x</b>"
@@ -621,6 +621,41 @@ def test_the_disk_footprint_recorded_in_the_manifest_is_shown(tmp_path):
     assert 'id="disk"' in markup and '<td class="nw">3.50</td>' in markup
     assert "cgroup &lt;v1&gt; keeps none" in markup and "not measured: no runc" in markup
     assert blob(html.render({"run_id": "x"}, pd.DataFrame()))["disk"] == []
+
+
+def test_a_section_takes_the_workloads_its_recorded_strategy_names():
+    """The recorded catalog's strategy picks a section's workloads, whatever their names;
+    a run recorded before the catalog had one goes by the family (tests/data/runs/*)."""
+    cat = {
+        "tcp": {"family": "net", "strategy": "net"},
+        "net": {"family": "net", "strategy": "probe"},  # a probe that happens to say "net"
+        "pack": {"family": "density", "strategy": "density"},
+        "old_density": {"family": "density"},
+        "mine": {"family": "user"},
+        "served": {"family": "user", "strategy": "userserver"},
+        "syscall": {"family": "syscall"},
+    }
+    assert [view.strategy(cat, w) for w in cat] == [
+        "net",
+        "probe",
+        "density",
+        "density",
+        "user",
+        "userserver",
+        "probe",
+    ]
+    manifest = {"matrix": {"workloads": ["tcp"]}, "catalog": cat}
+    rows = [
+        _row("host", 70.0, None, None, None, False, "p50_us", "us", workload=w, op="tcp_rr")
+        | {"ci_low": 65.0, "ci_high": 75.0, "n": 5}
+        for w in ("tcp", "net")
+    ]
+    v = _view(manifest, rows=rows, measured=["host"])
+    assert v.rows_of("net") == rows[:1] and v.planned("net") and not v.planned("density")
+    assert net.section(v)["figures"][0]["cells"]["host"]["median"] == 70.0
+    assert net.section(_view(manifest, rows=rows[1:], measured=["host"]))["figures"] == []
+    assert [u["name"] for u in user.section(v)] == ["mine", "served"]
+    assert user.section(_view({"catalog": {"syscall": {"family": "syscall"}}})) is None
 
 
 def test_an_environment_without_a_network_path_says_why():

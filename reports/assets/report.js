@@ -16,14 +16,28 @@
       return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
     });
   }
+  /* as bench/report/fmt.py's fmt_num: 3 significant digits, a whole number below 10,000
+     written out, larger ones with an SI prefix (150M, 2.40G, 116k) */
+  var SI = ["", "k", "M", "G", "T", "P", "E"];
+  function sig(x) {
+    var dec = Math.max(0, 2 - Math.floor(Math.log10(Math.abs(x))));
+    var s = x.toFixed(dec);
+    if (dec && s.replace(/^-/, "").replace(".", "").replace(/^0+/, "").length > 3) s = x.toFixed(dec - 1);
+    return s;
+  }
   function fmt(x) {
     if (x == null || !isFinite(x)) return "–";
     if (x === 0) return "0";
     var a = Math.abs(x);
-    if (a >= 1000) return Math.round(x).toLocaleString("en-US");
+    if (Math.round(a) >= 10000) {
+      var p = Math.min(Math.floor(Math.log10(a) / 3), SI.length - 1);
+      var s = sig(x / Math.pow(1000, p));
+      if (Math.abs(parseFloat(s)) >= 1000 && p < SI.length - 1) s = sig(x / Math.pow(1000, ++p));
+      return s + SI[p];
+    }
+    if (a >= 1000) return x.toFixed(0);
     if (a < 1e-3) return x.toPrecision(3);
-    var dec = Math.max(0, 2 - Math.floor(Math.log10(a)));
-    return x.toFixed(dec);
+    return sig(x);
   }
   var TIME = { ns: 1e-9, us: 1e-6, "µs": 1e-6, ms: 1e-3, s: 1 };
   function timeScale(values, unit) {
@@ -40,19 +54,22 @@
     }
   }
   function color(i) { return PALETTE[i % PALETTE.length]; }
-  function truncate(s, n) { s = String(s); return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 
-  /* environment names are never cut: wrapped after ":", ",", "=", "/" or a space into
-     lines of at most n characters (a longer run is split, every character kept) */
+  /* environment names are never cut nor broken inside a word: wrapped after ":", ",",
+     "=", "/" or a space into lines of at most n characters; a longer word has a line of
+     its own */
+  var BREAK = /(?<=[:,=\/ ])/;
   function wrap(s, n) {
     var lines = [], line = "";
-    String(s).split(/(?<=[:,=\/ ])/).forEach(function (tok) {
+    String(s).split(BREAK).forEach(function (tok) {
       if (line && line.length + tok.length > n) { lines.push(line); line = ""; }
-      while (tok.length > n) { lines.push(tok.slice(0, n)); tok = tok.slice(n); }
       line += tok;
     });
     if (line) lines.push(line);
     return lines;
+  }
+  function longestWord(s) {
+    return String(s).split(BREAK).reduce(function (m, t) { return Math.max(m, t.length); }, 0);
   }
   var EMULATED = {};
   (D.envs || []).forEach(function (e) { EMULATED[e.label] = e.emulated; });
@@ -79,12 +96,21 @@
     ctx.font = size + "px " + FONT;
     return lines.reduce(function (m, l) { return Math.max(m, ctx.measureText(l).width); }, 0);
   }
-  /* the x axis of environments under a chart: lines wrapped to the width of a category */
+  /* the x axis of environments under a chart: names wrapped between words to the width of
+     a category; where a word is wider than that, every name on one line of its own, turned
+     (upright when even a turned line would not clear its neighbour) */
   function envAxis(el, envs, left, right) {
     var per = (el.clientWidth - left - right) / Math.max(1, envs.length);
     var n = Math.max(6, Math.floor(per / 6.6));
-    return { n: n, bottom: 16 + 14 * labelLines(envs, n),
-      axisLabel: { interval: 0, fontSize: 11, lineHeight: 14, formatter: envLabel(n), rich: TAG } };
+    if (envs.every(function (v) { return longestWord(v) <= n; })) {
+      return { bottom: 16 + 14 * labelLines(envs, n),
+        axisLabel: { interval: 0, fontSize: 11, lineHeight: 14, formatter: envLabel(n), rich: TAG } };
+    }
+    var rotate = per >= 22 ? 40 : 90, rad = rotate * Math.PI / 180;
+    var long = textWidth(envs.map(function (v) { return v + (EMULATED[v] ? " emulated" : ""); }), 11);
+    return { bottom: Math.ceil(16 + long * Math.sin(rad) + 14 * Math.cos(rad)),
+      axisLabel: { interval: 0, rotate: rotate, fontSize: 11, lineHeight: 14, rich: TAG,
+        formatter: function (v) { return v + (EMULATED[v] ? " {emu|emulated}" : ""); } } };
   }
   /* the y axis of environments beside a chart: wrapped to 24 characters */
   function envSide(envs) {
@@ -443,7 +469,7 @@
       } },
       xAxis: { type: "value", name: "%", axisLabel: { formatter: function (v) { return fmt(v); } } },
       yAxis: { type: "category", data: labels, inverse: true,
-        axisLabel: { interval: 0, fontSize: 11, formatter: function (v) { return truncate(v, 48); } } },
+        axisLabel: { interval: 0, fontSize: 11 } },  /* whole, one line each: containLabel */
       series: [{ type: "custom", renderItem: function (params, api) {
         var y = api.value(0), lo = api.value(1), m = api.value(2), hi = api.value(3);
         var a = api.coord([lo, y]), b = api.coord([hi, y]), c = api.coord([m, y]);
