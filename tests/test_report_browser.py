@@ -220,7 +220,7 @@ def broken_inside_a_word(texts: list[str], labels) -> list[str]:
     bad = []
     for t in {t.strip() for t in texts if t.strip()} - set(labels):
         for label in labels:
-            if t not in label or len(t) < 2:
+            if t not in label or len(t) < 3:  # a unit (ns, ms) is no piece of a name
                 continue
             starts = [m.start() for m in re.finditer(re.escape(t), label)]
             edges = {m.start() for m in re.finditer(WORD_EDGE, label)} | {len(label)}

@@ -99,18 +99,44 @@
   /* the x axis of environments under a chart: names wrapped between words to the width of
      a category; where a word is wider than that, every name on one line of its own, turned
      (upright when even a turned line would not clear its neighbour) */
+  var LABEL_ROOM = 16 + 14 * 3;
   function envAxis(el, envs, left, right) {
     var per = (el.clientWidth - left - right) / Math.max(1, envs.length);
-    var n = Math.max(6, Math.floor(per / 6.6));
+    var n = Math.max(6, Math.floor(per / 6.6)), ax;
     if (envs.every(function (v) { return longestWord(v) <= n; })) {
-      return { bottom: 16 + 14 * labelLines(envs, n),
+      ax = { bottom: 16 + 14 * labelLines(envs, n),
         axisLabel: { interval: 0, fontSize: 11, lineHeight: 14, formatter: envLabel(n), rich: TAG } };
+    } else {
+      var rotate = per >= 22 ? 40 : 90, rad = rotate * Math.PI / 180;
+      var long = textWidth(envs.map(function (v) { return v + (EMULATED[v] ? " emulated" : ""); }), 11);
+      ax = { bottom: Math.ceil(16 + long * Math.sin(rad) + 14 * Math.cos(rad)),
+        axisLabel: { interval: 0, rotate: rotate, fontSize: 11, lineHeight: 14, rich: TAG,
+          formatter: function (v) { return v + (EMULATED[v] ? " {emu|emulated}" : ""); } } };
     }
-    var rotate = per >= 22 ? 40 : 90, rad = rotate * Math.PI / 180;
-    var long = textWidth(envs.map(function (v) { return v + (EMULATED[v] ? " emulated" : ""); }), 11);
-    return { bottom: Math.ceil(16 + long * Math.sin(rad) + 14 * Math.cos(rad)),
-      axisLabel: { interval: 0, rotate: rotate, fontSize: 11, lineHeight: 14, rich: TAG,
-        formatter: function (v) { return v + (EMULATED[v] ? " {emu|emulated}" : ""); } } };
+    /* a turned first name reaches left of its category: the grid's left edge leaves room */
+    ax.left = left;
+    if (ax.axisLabel.rotate) {
+      var first = textWidth([envs[0] + (EMULATED[envs[0]] ? " emulated" : "")], 11);
+      ax.left = Math.max(left, Math.ceil(first * Math.cos(rad) - per / 2 + 8));
+    }
+    /* the plot keeps its height: the chart grows by what its labels take beyond 3 lines */
+    if (ax.bottom > LABEL_ROOM) el.style.height = el.clientHeight + ax.bottom - LABEL_ROOM + "px";
+    return ax;
+  }
+  /* a legend above a chart wraps onto more rows when its names do not fit one: the plot
+     starts below its last row (`top` is where it starts under a one-row legend) and the
+     chart grows by the rows added */
+  var LEGEND_ROW = 22;
+  function legendTop(el, names, top) {
+    var width = el.clientWidth - 10, rows = 1, x = 0;
+    names.forEach(function (name) {
+      var w = textWidth([name], 12) + 25 + 5;  /* the icon and its gap, then the name */
+      if (x && x + w > width) { rows++; x = 0; }
+      x += w + 10;  /* the gap to the next item */
+    });
+    var extra = (rows - 1) * LEGEND_ROW;
+    if (extra) el.style.height = el.clientHeight + extra + "px";
+    return top + extra;
   }
   /* the y axis of environments beside a chart: wrapped to 24 characters */
   function envSide(envs) {
@@ -175,7 +201,7 @@
     };
     var ax = envAxis(el, envs, 64, 16);
     mount(el, {
-      grid: { left: 64, right: 16, top: 26, bottom: ax.bottom },
+      grid: { left: ax.left, right: 16, top: 26, bottom: ax.bottom },
       tooltip: { trigger: "item", formatter: tip, confine: true, extraCssText: "max-width: 360px; white-space: normal;" },
       xAxis: [
         { type: "category", data: envs, axisLabel: ax.axisLabel },
@@ -342,7 +368,7 @@
     var floor = c.log ? logFloor(c.series.map(function (r) { return (r.ci_low > 0 ? r.ci_low : r.median) * f; })) : null;
     mount(el, {
       legend: { top: 0, data: wls },
-      grid: { left: 64, right: 16, top: 30, bottom: ax.bottom },
+      grid: { left: ax.left, right: 16, top: legendTop(el, wls, 30), bottom: ax.bottom },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var r = p.data.row;
         return "<b>" + esc(r.env) + "</b>" + (EMULATED[r.env] ? " (emulated)" : "") + " · " +
@@ -401,7 +427,7 @@
     });
     mount(el, {
       legend: { top: 0, data: names },
-      grid: { left: 64, right: 24, top: 52, bottom: 40 },
+      grid: { left: 64, right: 24, top: legendTop(el, names, 52), bottom: 40 },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var q = p.data && p.data.point;
         if (!q) return "";
@@ -431,7 +457,8 @@
     }, [])) : null;
     mount(el, {
       legend: { top: 0, data: c.series.map(function (s) { return s.name; }) },
-      grid: { left: 64, right: 16, top: 30, bottom: ax.bottom },
+      grid: { left: ax.left, right: 16, bottom: ax.bottom,
+        top: legendTop(el, c.series.map(function (s) { return s.name; }), 30) },
       tooltip: { trigger: "item", confine: true, extraCssText: "max-width: 360px; white-space: normal;", formatter: function (p) {
         var r = p.data.row, s = c.series[p.seriesIndex];
         return "<b>" + esc(r.env) + "</b>" + (EMULATED[r.env] ? " (emulated)" : "") + " · " + esc(s.name) +
