@@ -97,11 +97,6 @@ class RunView:
     fails: list[dict[str, Any]] = field(default_factory=list)
     n_boot: int = 2000
 
-    @property
-    def raw(self) -> dict[str, Any]:
-        """The manifest as the file has it (for the analysis functions that read a dict)."""
-        return self.manifest.to_dict()
-
     def env(self, label: str) -> EnvironmentEntry | None:
         return self.manifest.environments.get(label)
 
