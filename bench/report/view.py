@@ -14,7 +14,6 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import analysis
 from bench.manifest import SCHEMA_VERSION, EnvironmentEntry, Manifest
 
 # A run recorded before the catalog named its strategy: the family said it.
@@ -134,6 +133,8 @@ class RunView:
 
 def view(manifest: Manifest | dict[str, Any], df, *, n_boot: int = 2000) -> RunView:
     """The run's view: the manifest typed once, its figures summarized once."""
+    from bench import analysis  # numpy and scipy: only when a report is built
+
     m = as_manifest(manifest)
     cat = catalog_of(m)
     envs = env_order(m, df)
