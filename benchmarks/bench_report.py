@@ -94,6 +94,8 @@ def synthetic(n_target: int = 100_000, rounds: int = 30, seed: int = 0):
         reason="",
         note="",
         args="",
+        exit_code=None,
+        stderr_tail="",
     )
     manifest = {
         "schema_version": 1,

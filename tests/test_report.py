@@ -3,6 +3,7 @@ escaping rules. The browser test is in test_report_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -15,8 +16,10 @@ from click.testing import CliRunner
 
 from bench import store
 from bench.lock import LockError
-from bench.report import html, model
+from bench.report import fmt, html, view
 from bench.report.commands import report as report_cmd
+from bench.report.sections import common, density, net, probes, summary, user, warnings
+from bench.report.sections.provenance import provenance
 
 EVIL = "<script>alert(1)</script><b>x</b>"
 
@@ -84,10 +87,54 @@ def test_data_json_cannot_close_the_script_element():
 
 
 def test_formatting():
-    assert model.fmt_num(19.63) == "19.6" and model.fmt_num(1234567) == "1,234,567"
-    assert model.fmt_quantity(19600, "ns") == "19.6 µs"
-    assert model.fmt_quantity(0.5, "ms") == "500 µs"
-    assert model.fmt_quantity(12.0, "MB/s") == "12.0 MB/s"
+    assert fmt.fmt_num(19.63) == "19.6" and fmt.fmt_num(1234567) == "1.23M"
+    assert fmt.fmt_quantity(19600, "ns") == "19.6 µs"
+    assert fmt.fmt_quantity(0.5, "ms") == "500 µs"
+    assert fmt.fmt_quantity(12.0, "MB/s") == "12.0 MB/s"
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [
+        (149_651_069, "150M"),  # the rate the CLI summary printed as 149,651,069
+        (2.4e9, "2.40G"),  # trailing zeros kept: 3 significant digits
+        (116_000, "116k"),
+        (12_345, "12.3k"),
+        (-150e6, "-150M"),
+        (9_999.6, "10.0k"),  # rounds up past 9,999: takes the prefix
+        (999_700, "1.00M"),  # rounds up past 999k: the next prefix
+        (9_999, "9999"),  # 4 digits are written out
+        (1_234, "1234"),
+        (999.7, "1000"),
+        (9.996, "10.0"),  # rounds up to 10: still 3 digits
+        (0.5, "0.500"),
+        (0.000123, "0.000123"),
+        (0, "0"),
+        (None, "–"),
+        (float("nan"), "–"),
+    ],
+)
+def test_numbers_take_3_or_4_significant_digits_and_an_si_prefix(x, text):
+    assert fmt.fmt_num(x) == text
+
+
+def test_a_rate_with_its_ci_stays_short():
+    assert fmt.fmt_quantity(149_651_069, "trans/s") == "150M trans/s"
+    assert fmt.fmt_ci(149_651_069, 140_121_680, 272_343_140, "1/s") == (
+        "150M",
+        "[140M, 272M]",
+        "1/s",
+    )
+    assert fmt.fmt_ratio(20_822.0) == "×20.8k"
+
+
+def _view(manifest, **fields) -> view.RunView:
+    """The view of an in-memory manifest with no samples, its fields set as given."""
+    return dataclasses.replace(view.view(manifest, pd.DataFrame()), **fields)
+
+
+def _net(manifest, rows, envs, fails):
+    return net.section(_view(manifest, rows=rows, measured=envs, fails=fails))
 
 
 def _row(env, median, ratio, lo, hi, sig, metric="ns_per_op", unit="ns", **extra):
@@ -111,27 +158,27 @@ def _row(env, median, ratio, lo, hi, sig, metric="ns_per_op", unit="ns", **extra
 
 def test_sentence_significant_and_not():
     base = _row("host", 164.0, None, None, None, False)
-    s = model.sentence(_row("runsc", 19764.0, 120.5, 118.7, 122.3, True), base, False)
+    s = probes.sentence(_row("runsc", 19764.0, 120.5, 118.7, 122.3, True), base, False)
     assert s["text"] == (
         "runsc adds 19.6 µs [19.3, 19.9] per getppid(): 120× slower (ratio ×120 [119, 122])"
     )
     assert s["worse"]
-    s = model.sentence(_row("ns", 166.0, 1.01, 0.97, 1.05, False), base, False)
+    s = probes.sentence(_row("ns", 166.0, 1.01, 0.97, 1.05, False), base, False)
     assert "no detectable difference per getppid()" in s["text"] and "n.s." in s["text"]
-    s = model.sentence(_row("vm", 500.0, 3.0, 2.8, 3.2, True), base, True)
+    s = probes.sentence(_row("vm", 500.0, 3.0, 2.8, 3.2, True), base, True)
     assert "emulated (TCG), not a KVM overhead" in s["text"]
 
 
 def test_sentence_of_a_rate_speaks_in_its_direction():
     base = _row("host", 1000.0, None, None, None, False, "mb_per_s", "MB/s", better="higher")
     row = _row("vm", 36.0, 0.036, 0.03, 0.04, True, "mb_per_s", "MB/s", better="higher")
-    text = model.sentence(row, base, False)["text"]
+    text = probes.sentence(row, base, False)["text"]
     assert text.startswith("vm loses 964 MB/s") and "28× slower" in text
 
 
 def test_heatmap_orientation_makes_worse_positive():
     rows = [_row("x", 50.0, 0.5, 0.4, 0.6, True, "mb_per_s", "MB/s", better="higher")]
-    h = model.heatmap(rows, "host", ["host", "x"])
+    h = probes.heatmap(rows, "host", ["host", "x"])
     assert h["cells"][0]["value"] == pytest.approx(1.0)  # half the bandwidth = 2x the cost
     assert h["cells"][0]["words"] == "2.00× slower"
 
@@ -144,16 +191,16 @@ def test_a_flagged_figure_is_never_a_finding():
         _row("ns", 20.0, 1.0, 0.98, 1.02, False, op="read"),
         _row("host", 20.0, None, None, None, False, op="read"),
     ]
-    h = model.heatmap(rows, "host", ["host", "runsc", "ns"])
+    h = probes.heatmap(rows, "host", ["host", "runsc", "ns"])
     (cell,) = [c for c in h["cells"] if c["flags"]]
     assert cell["ratio"] is None and cell["flags"] == [flag]
-    head = model.headline(rows, {}, "host", ["host", "runsc", "ns"], {})
+    head = probes.headline(rows, {}, "host", ["host", "runsc", "ns"], {})
     runsc = next(h for h in head if h["env"] == "runsc")
     assert runsc["flags"] == [flag] and runsc["families"] == []
-    table = {g["env"]: g["rows"] for g in model.summary(rows, ["host", "runsc", "ns"], "host")}
+    table = {g["env"]: g["rows"] for g in summary.summary(rows, ["host", "runsc", "ns"], "host")}
     assert table["runsc"][0]["no_ratio"] == "flagged: no ratio"
     assert table["runsc"][0]["words"] == ""
-    groups = model.warnings({}, pd.DataFrame(), rows, {"envs": []})
+    groups = warnings.warnings(_view({}, rows=rows), {"envs": []})
     assert groups[0]["kind"] == "self-check" and groups[0]["lines"] == [flag]
 
 
@@ -165,7 +212,8 @@ def test_the_ratio_column_says_why_there_is_none():
         _row("ns", 20.0, 1.0, 0.9, 1.1, False),
     ]
     table = {
-        g["env"]: g["rows"][0] for g in model.summary(rows, ["host", "vm", "docker", "ns"], "host")
+        g["env"]: g["rows"][0]
+        for g in summary.summary(rows, ["host", "vm", "docker", "ns"], "host")
     }
     assert table["host"]["no_ratio"] == "baseline"
     assert table["vm"]["no_ratio"] == "no ratio: other arguments"
@@ -174,10 +222,10 @@ def test_the_ratio_column_says_why_there_is_none():
 
 
 def test_geometric_mean_ci_holds_the_figures_own_uncertainty():
-    tight = model.geomean_ci([(2.0, 1.99, 2.01), (8.0, 7.9, 8.1), (4.0, 3.95, 4.05)])
+    tight = probes.geomean_ci([(2.0, 1.99, 2.01), (8.0, 7.9, 8.1), (4.0, 3.95, 4.05)])
     assert tight[0] == pytest.approx(4.0)
     assert tight[1] < 4.0 < tight[2]
-    one = model.geomean_ci([(4.0, 2.0, 8.0)])  # one figure: its own CI, about
+    one = probes.geomean_ci([(4.0, 2.0, 8.0)])  # one figure: its own CI, about
     assert one[1] == pytest.approx(2.0, rel=0.1) and one[2] == pytest.approx(8.0, rel=0.1)
 
 
@@ -195,14 +243,14 @@ def test_provenance_hides_unset_options_and_names_the_runtime_and_kernel():
             "same": {"kind": "qemu", "versions": {"guest_kernel": "6.18.44"}},
         },
     }
-    prov = model.provenance(manifest, ["qemu", "docker:runtime=runsc"])
+    prov = provenance(_view(manifest, envs=["qemu", "docker:runtime=runsc"]))
     assert [e["label"] for e in prov["envs"]] == ["qemu", "docker:runtime=runsc", "same"]
     runsc = prov["envs"][1]
     assert runsc["options"] == {"runtime": "runsc"}
     assert runsc["versions"]["runsc"] == "0.0~2022"
     assert "6.1.0-56 is not the host's 6.18.44" in prov["envs"][0]["kernel_note"]
     assert prov["envs"][2]["kernel_note"] == ""
-    kinds = [g["kind"] for g in model.warnings(manifest, pd.DataFrame(), [], prov)]
+    kinds = [g["kind"] for g in warnings.warnings(_view(manifest), prov)]
     assert kinds == ["emulated", "kernel"]
 
 
@@ -227,7 +275,7 @@ def test_warnings_are_grouped_and_near_duplicates_merged():
             for e in ("host", "docker", "vm")
         ]
     }
-    groups = {g["kind"]: g for g in model.warnings(manifest, pd.DataFrame(), [], prov)}
+    groups = {g["kind"]: g for g in warnings.warnings(_view(manifest), prov)}
     assert groups["noise"]["lines"] == ["load average 2.1 on 2 CPUs: busy (seen 2×)", "SMT is on"]
     assert groups["precision"]["title"].startswith("Precision: 4 cell(s)")
     assert groups["precision"]["lines"] == [
@@ -395,9 +443,9 @@ def recorded(name: str) -> tuple[dict, str, dict]:
 
 
 def test_log_axis_only_for_a_positive_wide_spread():
-    assert model.log_axis([[(1, 0.5, 0.4, 0.6)], [(1, 200.0, 150.0, 250.0)]])  # 400x
-    assert not model.log_axis([[(1, 10.0, 9.0, 11.0)], [(1, 150.0, 140.0, 160.0)]])  # 15x
-    assert not model.log_axis([[(1, 0.5, -0.2, 0.6)], [(1, 200.0, 150.0, 250.0)]])  # CI < 0
+    assert common.log_axis([[(1, 0.5, 0.4, 0.6)], [(1, 200.0, 150.0, 250.0)]])  # 400x
+    assert not common.log_axis([[(1, 10.0, 9.0, 11.0)], [(1, 150.0, 140.0, 160.0)]])  # 15x
+    assert not common.log_axis([[(1, 0.5, -0.2, 0.6)], [(1, 200.0, 150.0, 250.0)]])  # CI < 0
 
 
 def test_density_headline_is_built_from_the_figures():
@@ -421,7 +469,7 @@ def test_density_headline_is_built_from_the_figures():
         "docker": {"kind": "docker", "runtime": {"name": "runc"}},
         "libvirt": {"kind": "libvirt", "emulated": True},
     }
-    docker, libvirt = model.density_headline(lines, described)
+    docker, libvirt = density.density_headline(lines, described)
     assert docker["text"] == (
         "a docker container (runc) costs the host 10.4 MiB [10.1, 10.9] per instance with 4 held "
         "(accounted); system-wide 3.40 MiB [3.30, 3.50]; with 4 held, one more starts in 610 ms "
@@ -436,12 +484,12 @@ def test_density_headline_is_built_from_the_figures():
 
 def test_an_instance_is_named_by_its_kind():
     runc, runsc = {"kind": "oci", "runtime": {"name": "runc"}}, {"runtime": {"name": "runsc"}}
-    assert model.env_noun("oci", runc) == "an oci container (runc)"
-    assert model.env_noun("docker:runtime=runsc", runsc | {"kind": "docker"}) == (
+    assert density.env_noun("oci", runc) == "an oci container (runc)"
+    assert density.env_noun("docker:runtime=runsc", runsc | {"kind": "docker"}) == (
         "a docker:runtime=runsc container"
     )
-    assert model.env_noun("qemu", {"kind": "qemu", "emulated": True}) == "a qemu guest (emulated)"
-    assert model.env_noun("namespaces", {"kind": "namespaces"}) == "a namespaces instance"
+    assert density.env_noun("qemu", {"kind": "qemu", "emulated": True}) == "a qemu guest (emulated)"
+    assert density.env_noun("namespaces", {"kind": "namespaces"}) == "a namespaces instance"
 
 
 def test_density_section_of_a_recorded_run():
@@ -475,7 +523,7 @@ def test_density_section_of_a_recorded_run():
     assert heads["libvirt"].startswith("a libvirt guest (emulated) costs the host")
     assert heads["docker"].startswith("a docker container (runc) costs the host")
     top = max((t for t in den["table"] if t["env"] == "docker"), key=lambda t: t["n"])
-    assert f"{model.fmt_num(top['cells']['mem_accounted_mib']['median'])} MiB" in heads["docker"]
+    assert f"{fmt.fmt_num(top['cells']['mem_accounted_mib']['median'])} MiB" in heads["docker"]
     # the two sources' disagreement, as the records noted it, and what a guest's figure means
     noted = [t for t in den["table"] if t["notes"]["disagree"]]
     assert noted and den["disagree"]
@@ -485,12 +533,12 @@ def test_density_section_of_a_recorded_run():
     assert 'id="density"' in markup and 'href="#density"' in markup
     assert markup.count('data-chart="density"') == len(den["charts"])
     assert str(markupsafe.escape(den["headline"][0]["text"])) in markup
-    assert d["network"] is None and 'id="network"' not in markup
+    assert d["net"] is None and 'id="network"' not in markup
 
 
 def test_network_section_of_a_recorded_run():
     manifest, text, d = recorded("net")
-    net = d["network"]
+    net = d["net"]
     assert [e["env"] for e in net["envs"]] == [
         "host",
         "namespaces",
@@ -535,7 +583,7 @@ def test_no_density_or_network_section_without_those_workloads():
         store.read_manifest(RUNS / "v1"), store.load_samples(RUNS / "v1"), n_boot=200
     )
     d = blob(text)
-    assert d["density"] is None and d["network"] is None
+    assert d["density"] is None and d["net"] is None
     assert 'id="density"' not in text and 'id="network"' not in text
 
 
@@ -575,6 +623,41 @@ def test_the_disk_footprint_recorded_in_the_manifest_is_shown(tmp_path):
     assert blob(html.render({"run_id": "x"}, pd.DataFrame()))["disk"] == []
 
 
+def test_a_section_takes_the_workloads_its_recorded_strategy_names():
+    """The recorded catalog's strategy picks a section's workloads, whatever their names;
+    a run recorded before the catalog had one goes by the family (tests/data/runs/*)."""
+    cat = {
+        "tcp": {"family": "net", "strategy": "net"},
+        "net": {"family": "net", "strategy": "probe"},  # a probe that happens to say "net"
+        "pack": {"family": "density", "strategy": "density"},
+        "old_density": {"family": "density"},
+        "mine": {"family": "user"},
+        "served": {"family": "user", "strategy": "userserver"},
+        "syscall": {"family": "syscall"},
+    }
+    assert [view.strategy(cat, w) for w in cat] == [
+        "net",
+        "probe",
+        "density",
+        "density",
+        "user",
+        "userserver",
+        "probe",
+    ]
+    manifest = {"matrix": {"workloads": ["tcp"]}, "catalog": cat}
+    rows = [
+        _row("host", 70.0, None, None, None, False, "p50_us", "us", workload=w, op="tcp_rr")
+        | {"ci_low": 65.0, "ci_high": 75.0, "n": 5}
+        for w in ("tcp", "net")
+    ]
+    v = _view(manifest, rows=rows, measured=["host"])
+    assert v.rows_of("net") == rows[:1] and v.planned("net") and not v.planned("density")
+    assert net.section(v)["figures"][0]["cells"]["host"]["median"] == 70.0
+    assert net.section(_view(manifest, rows=rows[1:], measured=["host"]))["figures"] == []
+    assert [u["name"] for u in user.section(v)] == ["mine", "served"]
+    assert user.section(_view({"catalog": {"syscall": {"family": "syscall"}}})) is None
+
+
 def test_an_environment_without_a_network_path_says_why():
     manifest = {
         "matrix": {"baseline": "host", "workloads": ["net"]},
@@ -610,14 +693,14 @@ def test_an_environment_without_a_network_path_says_why():
         },
         {"env": "vm", "workload": "cpu", "status": "failed", "count": 1, "reason": "x"},
     ]
-    net = model.network(rows, manifest, ["host", "vm"], fails)
+    net = _net(manifest, rows, ["host", "vm"], fails)
     assert [(e["env"], e["measured"]) for e in net["envs"]] == [("host", True), ("vm", False)]
     why = "3× failed: libvirt: the guest's network path is not built yet"
     assert net["envs"][1]["failed"] == [why]
     assert net["measured"] == ["host"] and net["figures"][0]["cells"]["host"]["median"] == 70.0
     manifest["matrix"]["workloads"] = ["cpu"]
-    assert model.network([], manifest, ["host"], fails) is None
-    assert model.network(rows, manifest, ["host"], []) is not None  # figures: shown
+    assert _net(manifest, [], ["host"], fails) is None
+    assert _net(manifest, rows, ["host"], []) is not None  # figures: shown
 
 
 def test_density_levels_that_did_not_fit_are_shown_with_their_reason(tmp_path):
@@ -707,7 +790,7 @@ def test_a_cpu_cost_is_more_or_less_cpu_not_slower_or_faster():
             n=4,
         ),
     ]
-    cpu, p50, idle = (model.figure(r, "host") for r in rows)
+    cpu, p50, idle = (common.figure(r, "host") for r in rows)
     assert cpu["words"] == "1.23× less CPU" and not cpu["worse"]
     assert p50["words"] == "1.73× slower" and p50["worse"]
     assert idle["words"] == "2.50× more CPU" and idle["worse"]

@@ -154,7 +154,7 @@ def test_the_section_renders_without_console_errors(name, kind, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert console_messages(res.stderr) == []
     dom = res.stdout
-    section = d["density" if kind == "density" else "network"]
+    section = d["density" if kind == "density" else "net"]
     charts = charts_in(dom, kind)
     assert len(charts) == len(section["charts"]) >= 3
     every = re.findall(r"<div[^>]*\bdata-chart=[^>]*>", dom)
@@ -174,3 +174,82 @@ def test_the_section_renders_without_console_errors(name, kind, tmp_path):
             assert n in svg_text, (c["id"], n)
         if kind == "density":  # the CI bands: one filled, translucent path per line
             assert len(re.findall(r'fill-opacity="0.18"|opacity="0.18"', block)) >= len(names)
+
+
+# -- long environment names: never broken inside a word (issue 21) -------------------------
+LONG_LABELS = (
+    "namespaces",
+    "docker:seccomp=unconfined",
+    "docker:runtime=runsc",
+    "podman:network=host,cpus=1",
+    "oci:runtime=crun",
+    "libvirt:machine=q35",
+    "qemu:accel=tcg",
+    "cri:runtime=kata-qemu-experimental",
+    "k8s:runtime=runsc",
+)
+WORD_EDGE = r"(?:^|(?<=[:,=/ ]))"  # where a name may break: after ':', ',', '=', '/', ' '
+
+
+def ten_environments(where: Path) -> Path:
+    """The recorded v1 run (host + namespaces) with its namespaces figures copied to nine
+    environments of long names, as the main job's matrix has."""
+    import json
+
+    run = RUNS / "v1"
+    manifest = json.loads((run / "manifest.json").read_text())
+    ns = manifest["environments"]["namespaces"]
+    manifest["environments"] = {"host": manifest["environments"]["host"]}
+    manifest["matrix"]["envs"] = [{"kind": "host", "label": "host", "options": {}}]
+    for label in LONG_LABELS:
+        manifest["environments"][label] = ns | {"emulated": label.startswith("qemu")}
+        manifest["matrix"]["envs"].append({"kind": "namespaces", "label": label, "options": {}})
+    lines = []
+    for line in (run / "samples.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        copies = [rec["env"]] if rec["env"] == "host" else LONG_LABELS
+        lines += [json.dumps(rec | {"env": e, "cell": f"{e}|{rec['workload']}"}) for e in copies]
+    where.mkdir()
+    (where / "manifest.json").write_text(json.dumps(manifest))
+    (where / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return where
+
+
+def broken_inside_a_word(texts: list[str], labels) -> list[str]:
+    """The SVG text lines that are a piece of an environment name cut inside a word."""
+    bad = []
+    for t in {t.strip() for t in texts if t.strip()} - set(labels):
+        for label in labels:
+            if t not in label or len(t) < 3:  # a unit (ns, ms) is no piece of a name
+                continue
+            starts = [m.start() for m in re.finditer(re.escape(t), label)]
+            edges = {m.start() for m in re.finditer(WORD_EDGE, label)} | {len(label)}
+            if not any(s in edges and s + len(t) in edges for s in starts):
+                bad.append(f"{t!r} of {label!r}")
+    return bad
+
+
+@pytest.mark.requires("chromium")
+@pytest.mark.parametrize("width", [1400, 900])
+def test_long_environment_names_never_break_inside_a_word(width, tmp_path):
+    run = ten_environments(tmp_path / "run")
+    page = tmp_path / "ten.html"
+    page.write_text(html.render(store.read_manifest(run), store.load_samples(run), n_boot=200))
+    res = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom", f"--window-size={width},3000")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert console_messages(res.stderr) == []
+    dom = res.stdout
+    every = re.findall(r"<div[^>]*\bdata-chart=[^>]*>", dom)
+    assert len(every) >= 10 and [c for c in every if 'data-rendered="1"' not in c] == []
+    texts = [unescape(t) for t in re.findall(r"<(?:text|tspan)[^>]*>([^<]*)<", dom)]
+    assert "unconfined" in " ".join(texts)  # the names are drawn ...
+    assert broken_inside_a_word(texts, ("host", *LONG_LABELS)) == []  # ... never in a word
+
+
+def test_a_name_cut_inside_a_word_is_found():
+    cut = ["docker:", "seccomp", "=", "unconfi", "ned", "host", "seccomp=", "unconfined"]
+    assert sorted(broken_inside_a_word(cut, ("host", "docker:seccomp=unconfined"))) == [
+        "'ned' of 'docker:seccomp=unconfined'",
+        "'seccomp' of 'docker:seccomp=unconfined'",
+        "'unconfi' of 'docker:seccomp=unconfined'",
+    ]

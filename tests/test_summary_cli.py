@@ -155,3 +155,13 @@ def test_long_labels_and_wide_figures_fold_and_are_never_cut():
     assert sum(x.rstrip().endswith("yes") for x in lines) == 3
     assert sum("×0.964 [0.943," in x for x in lines) == 3  # folded, whole
     assert sum("0.986]" in x for x in lines) == 3
+
+
+def test_a_rate_reads_with_an_si_prefix():
+    """The figure a main-job summary printed as `149,651,069 [140,121,680, 272,343,140`
+    (bracket lost at 80 columns) reads as hyperfine writes it."""
+    rate = row("docker", median=149_651_069.0, ci_low=140_121_680.0, ci_high=272_343_140.0)
+    assert cells(rate)[1] == "150M [140M, 272M]"
+    assert cells(row("docker", median=2_067.0, ci_low=1_806.5, ci_high=12_413.0))[1] == (
+        "2067 [1806, 12.4k]"
+    )

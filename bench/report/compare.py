@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import analysis, provenance, stats, store
 from bench.manifest import LOCAL
-from bench.report import model
+from bench.report.view import as_manifest, better, catalog_of
 from bench.store import json_safe
 
 
@@ -56,7 +56,7 @@ def _targets(m: dict[str, Any]) -> dict[str, Any]:
 def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> dict[str, Any]:
     """Per-figure changes from run A to run B; `threshold` in percent. CompareError when
     the runs have no figure in common."""
-    cat = model.catalog_of(mb) or model.catalog_of(ma)
+    cat = catalog_of(as_manifest(mb)) or catalog_of(as_manifest(ma))
     ga, gb = _groups(dfa), _groups(dfb)
     if not set(ga) & set(gb):
         raise CompareError(
@@ -76,7 +76,7 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
                 "op": op,
                 "metric": metric,
                 "unit": unit,
-                "better": model.better(cat, workload, metric),
+                "better": better(cat, workload, metric),
                 "n_a": int(sa.n),
                 "n_b": int(sb.n),
                 "median_a": json_safe(sa.median),

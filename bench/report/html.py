@@ -17,7 +17,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from bench.report import model
+from bench.manifest import Manifest
+from bench.report import fmt, model
 from bench.resources import reports_dir
 from bench.store import json_safe
 
@@ -63,12 +64,12 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        num=model.fmt_num,
-        qty=lambda x, unit: model.fmt_quantity(x, unit),
-        ratio=model.fmt_ratio,
+        num=fmt.fmt_num,
+        qty=lambda x, unit: fmt.fmt_quantity(x, unit),
+        ratio=fmt.fmt_ratio,
         pct=lambda x: "–" if x is None else f"{x:+.1f} %",
         pval=lambda p: "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
-        ci=lambda r: model.fmt_ci(r["median"], r["ci_low"], r["ci_high"], r["unit"]),
+        ci=lambda r: fmt.fmt_ci(r["median"], r["ci_low"], r["ci_high"], r["unit"]),
     )
     env.globals["asset"] = lambda name: Markup(asset(name))
     return env
@@ -79,7 +80,7 @@ def render_template(template: str, data: dict[str, Any], **context: Any) -> str:
     return environment().get_template(template).render(d=data, data_blob=blob, **context)
 
 
-def render(manifest: dict[str, Any], df, *, n_boot: int = 2000) -> str:
+def render(manifest: Manifest | dict[str, Any], df, *, n_boot: int = 2000) -> str:
     """The run's report as one HTML string."""
     data = model.build(manifest, df, n_boot=n_boot)
     return render_template("report.html.j2", data, title=f"isobench · {data['run']['run_id']}")

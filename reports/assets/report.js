@@ -16,14 +16,28 @@
       return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
     });
   }
+  /* as bench/report/fmt.py's fmt_num: 3 significant digits, a whole number below 10,000
+     written out, larger ones with an SI prefix (150M, 2.40G, 116k) */
+  var SI = ["", "k", "M", "G", "T", "P", "E"];
+  function sig(x) {
+    var dec = Math.max(0, 2 - Math.floor(Math.log10(Math.abs(x))));
+    var s = x.toFixed(dec);
+    if (dec && s.replace(/^-/, "").replace(".", "").replace(/^0+/, "").length > 3) s = x.toFixed(dec - 1);
+    return s;
+  }
   function fmt(x) {
     if (x == null || !isFinite(x)) return "–";
     if (x === 0) return "0";
     var a = Math.abs(x);
-    if (a >= 1000) return Math.round(x).toLocaleString("en-US");
+    if (Math.round(a) >= 10000) {
+      var p = Math.min(Math.floor(Math.log10(a) / 3), SI.length - 1);
+      var s = sig(x / Math.pow(1000, p));
+      if (Math.abs(parseFloat(s)) >= 1000 && p < SI.length - 1) s = sig(x / Math.pow(1000, ++p));
+      return s + SI[p];
+    }
+    if (a >= 1000) return x.toFixed(0);
     if (a < 1e-3) return x.toPrecision(3);
-    var dec = Math.max(0, 2 - Math.floor(Math.log10(a)));
-    return x.toFixed(dec);
+    return sig(x);
   }
   var TIME = { ns: 1e-9, us: 1e-6, "µs": 1e-6, ms: 1e-3, s: 1 };
   function timeScale(values, unit) {
@@ -40,19 +54,22 @@
     }
   }
   function color(i) { return PALETTE[i % PALETTE.length]; }
-  function truncate(s, n) { s = String(s); return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 
-  /* environment names are never cut: wrapped after ":", ",", "=", "/" or a space into
-     lines of at most n characters (a longer run is split, every character kept) */
+  /* environment names are never cut nor broken inside a word: wrapped after ":", ",",
+     "=", "/" or a space into lines of at most n characters; a longer word has a line of
+     its own */
+  var BREAK = /(?<=[:,=\/ ])/;
   function wrap(s, n) {
     var lines = [], line = "";
-    String(s).split(/(?<=[:,=\/ ])/).forEach(function (tok) {
+    String(s).split(BREAK).forEach(function (tok) {
       if (line && line.length + tok.length > n) { lines.push(line); line = ""; }
-      while (tok.length > n) { lines.push(tok.slice(0, n)); tok = tok.slice(n); }
       line += tok;
     });
     if (line) lines.push(line);
     return lines;
+  }
+  function longestWord(s) {
+    return String(s).split(BREAK).reduce(function (m, t) { return Math.max(m, t.length); }, 0);
   }
   var EMULATED = {};
   (D.envs || []).forEach(function (e) { EMULATED[e.label] = e.emulated; });
@@ -79,12 +96,47 @@
     ctx.font = size + "px " + FONT;
     return lines.reduce(function (m, l) { return Math.max(m, ctx.measureText(l).width); }, 0);
   }
-  /* the x axis of environments under a chart: lines wrapped to the width of a category */
+  /* the x axis of environments under a chart: names wrapped between words to the width of
+     a category; where a word is wider than that, every name on one line of its own, turned
+     (upright when even a turned line would not clear its neighbour) */
+  var LABEL_ROOM = 16 + 14 * 3;
   function envAxis(el, envs, left, right) {
     var per = (el.clientWidth - left - right) / Math.max(1, envs.length);
-    var n = Math.max(6, Math.floor(per / 6.6));
-    return { n: n, bottom: 16 + 14 * labelLines(envs, n),
-      axisLabel: { interval: 0, fontSize: 11, lineHeight: 14, formatter: envLabel(n), rich: TAG } };
+    var n = Math.max(6, Math.floor(per / 6.6)), ax;
+    if (envs.every(function (v) { return longestWord(v) <= n; })) {
+      ax = { bottom: 16 + 14 * labelLines(envs, n),
+        axisLabel: { interval: 0, fontSize: 11, lineHeight: 14, formatter: envLabel(n), rich: TAG } };
+    } else {
+      var rotate = per >= 22 ? 40 : 90, rad = rotate * Math.PI / 180;
+      var long = textWidth(envs.map(function (v) { return v + (EMULATED[v] ? " emulated" : ""); }), 11);
+      ax = { bottom: Math.ceil(16 + long * Math.sin(rad) + 14 * Math.cos(rad)),
+        axisLabel: { interval: 0, rotate: rotate, fontSize: 11, lineHeight: 14, rich: TAG,
+          formatter: function (v) { return v + (EMULATED[v] ? " {emu|emulated}" : ""); } } };
+    }
+    /* a turned first name reaches left of its category: the grid's left edge leaves room */
+    ax.left = left;
+    if (ax.axisLabel.rotate) {
+      var first = textWidth([envs[0] + (EMULATED[envs[0]] ? " emulated" : "")], 11);
+      ax.left = Math.max(left, Math.ceil(first * Math.cos(rad) - per / 2 + 8));
+    }
+    /* the plot keeps its height: the chart grows by what its labels take beyond 3 lines */
+    if (ax.bottom > LABEL_ROOM) el.style.height = el.clientHeight + ax.bottom - LABEL_ROOM + "px";
+    return ax;
+  }
+  /* a legend above a chart wraps onto more rows when its names do not fit one: the plot
+     starts below its last row (`top` is where it starts under a one-row legend) and the
+     chart grows by the rows added */
+  var LEGEND_ROW = 22;
+  function legendTop(el, names, top) {
+    var width = el.clientWidth - 10, rows = 1, x = 0;
+    names.forEach(function (name) {
+      var w = textWidth([name], 12) + 25 + 5;  /* the icon and its gap, then the name */
+      if (x && x + w > width) { rows++; x = 0; }
+      x += w + 10;  /* the gap to the next item */
+    });
+    var extra = (rows - 1) * LEGEND_ROW;
+    if (extra) el.style.height = el.clientHeight + extra + "px";
+    return top + extra;
   }
   /* the y axis of environments beside a chart: wrapped to 24 characters */
   function envSide(envs) {
@@ -149,7 +201,7 @@
     };
     var ax = envAxis(el, envs, 64, 16);
     mount(el, {
-      grid: { left: 64, right: 16, top: 26, bottom: ax.bottom },
+      grid: { left: ax.left, right: 16, top: 26, bottom: ax.bottom },
       tooltip: { trigger: "item", formatter: tip, confine: true, extraCssText: "max-width: 360px; white-space: normal;" },
       xAxis: [
         { type: "category", data: envs, axisLabel: ax.axisLabel },
@@ -316,7 +368,7 @@
     var floor = c.log ? logFloor(c.series.map(function (r) { return (r.ci_low > 0 ? r.ci_low : r.median) * f; })) : null;
     mount(el, {
       legend: { top: 0, data: wls },
-      grid: { left: 64, right: 16, top: 30, bottom: ax.bottom },
+      grid: { left: ax.left, right: 16, top: legendTop(el, wls, 30), bottom: ax.bottom },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var r = p.data.row;
         return "<b>" + esc(r.env) + "</b>" + (EMULATED[r.env] ? " (emulated)" : "") + " · " +
@@ -375,7 +427,7 @@
     });
     mount(el, {
       legend: { top: 0, data: names },
-      grid: { left: 64, right: 24, top: 52, bottom: 40 },
+      grid: { left: 64, right: 24, top: legendTop(el, names, 52), bottom: 40 },
       tooltip: { trigger: "item", confine: true, formatter: function (p) {
         var q = p.data && p.data.point;
         if (!q) return "";
@@ -405,7 +457,8 @@
     }, [])) : null;
     mount(el, {
       legend: { top: 0, data: c.series.map(function (s) { return s.name; }) },
-      grid: { left: 64, right: 16, top: 30, bottom: ax.bottom },
+      grid: { left: ax.left, right: 16, bottom: ax.bottom,
+        top: legendTop(el, c.series.map(function (s) { return s.name; }), 30) },
       tooltip: { trigger: "item", confine: true, extraCssText: "max-width: 360px; white-space: normal;", formatter: function (p) {
         var r = p.data.row, s = c.series[p.seriesIndex];
         return "<b>" + esc(r.env) + "</b>" + (EMULATED[r.env] ? " (emulated)" : "") + " · " + esc(s.name) +
@@ -443,7 +496,7 @@
       } },
       xAxis: { type: "value", name: "%", axisLabel: { formatter: function (v) { return fmt(v); } } },
       yAxis: { type: "category", data: labels, inverse: true,
-        axisLabel: { interval: 0, fontSize: 11, formatter: function (v) { return truncate(v, 48); } } },
+        axisLabel: { interval: 0, fontSize: 11 } },  /* whole, one line each: containLabel */
       series: [{ type: "custom", renderItem: function (params, api) {
         var y = api.value(0), lo = api.value(1), m = api.value(2), hi = api.value(3);
         var a = api.coord([lo, y]), b = api.coord([hi, y]), c = api.coord([m, y]);
@@ -480,7 +533,7 @@
   (D.charts || []).forEach(function (c) { byId[c.id] = c; });
   ((D.footprint || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
   ((D.density || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
-  ((D.network || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
+  ((D.net || {}).charts || []).forEach(function (c) { byId[c.id] = c; });
   Array.prototype.forEach.call(document.querySelectorAll("[data-chart]"), function (el) {
     var kind = el.getAttribute("data-chart");
     if (kind === "heatmap") heatmap(el);
