@@ -1,4 +1,4 @@
-"""Root filesystems (bench/rootfs.py, `isobench rootfs`): pure helpers on recorded and
+"""Root filesystems (bench/rootfs/, `isobench rootfs`): pure helpers on recorded and
 given input; a real mmdebstrap build (once per session, in a private cache), its tar
 imported by docker and podman, its ext4 image checked by e2fsck, an image imported back,
 bad input as one line with exit 2, and an interrupted build that leaves nothing."""
@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import pytest
 
 from bench import rootfs as rf
-from bench import rootfs_build as rb
-from bench import rootfs_import as ri
+from bench.rootfs import builder as rb
+from bench.rootfs import importer as ri
 
 DATA = Path(__file__).parent / "data" / "rootfs"
 PACKAGES = ("hello", "netbase")  # small: the build stays well under a minute
