@@ -50,6 +50,7 @@ from bench.envs.base import (
     Option,
     OptionError,
     StartError,
+    read_probe_output,
 )
 from bench.envs.containers import served_port
 from bench.envs.guest import GuestError
@@ -68,7 +69,6 @@ from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.guest.qemu_cmd import CACHE_MODES, QemuSpec, qemu_binary, qemu_version
 from bench.envs.guest.rootdisk import RootDisk, overlay, root_disk
 from bench.envs.guest.tap import Tap, make_tap
-from bench.probeio import parse_lines
 
 TAIL_CHARS = 2000  # console lines kept as a launch's stderr tail
 MIN_MEMORY_MIB = 64  # less and the guest kernel does not boot
@@ -405,12 +405,8 @@ class VmEnvironment(Environment):
         probe whose guest was powered off once it was ready (`stopped`) is ok."""
         launch = Launch()
         if run is not None:
-            out = parse_lines(run.lines)
-            launch.records, launch.exit_code = out.records, run.exit_code
-            if out.errors:
-                launch.probe_errors = out.errors
-            if out.garbage:
-                launch.stray_lines = out.garbage[:5]
+            out = read_probe_output(launch, run.lines)
+            launch.exit_code = run.exit_code
             launch.stderr_tail = "\n".join(out.garbage)[-TAIL_CHARS:]
         if boot.timed_out:
             launch.status = "timeout"
