@@ -16,6 +16,7 @@ from typing import Any
 from bench import interrupt
 from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude, read_probe_output
 from bench.envs.k8s_client import CALL_S, Client, K8sError, Stream
+from bench.metrics.cgroup import CgroupReader, Layout
 from bench.probeio import is_ready
 
 LABEL = "isobench"
@@ -359,6 +360,10 @@ class PodInstance(Instance):
         self.log = LogFollower(client, namespace, state, self.deadline)
         self.notes: list[str] = []
         self.deleting = False
+
+    def live_cgroup(self, layout: Layout | None = None) -> CgroupReader | None:
+        """None: the pod's cgroup is on the node the scheduler chose, not found from here."""
+        return None
 
     def _delete(self, grace: int | None, timeout: float = CALL_S) -> None:
         kwargs = {} if grace is None else {"grace_period_seconds": grace}

@@ -69,6 +69,7 @@ from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.guest.qemu_cmd import CACHE_MODES, QemuSpec, qemu_binary, qemu_version
 from bench.envs.guest.rootdisk import RootDisk, overlay, root_disk
 from bench.envs.guest.tap import Tap, make_tap
+from bench.metrics.cgroup import CgroupReader, Layout
 
 TAIL_CHARS = 2000  # console lines kept as a launch's stderr tail
 MIN_MEMORY_MIB = 64  # less and the guest kernel does not boot
@@ -159,6 +160,11 @@ class Guest:
         it outside its scratch directory (shielded from Ctrl-C)."""
         raise NotImplementedError
 
+    def live_cgroup(self) -> CgroupReader | None:
+        """The cgroup that holds this running guest, when the kind made one for it.
+        Default: none known (a libvirt domain's scope is libvirt's)."""
+        return None
+
 
 class GuestInstance(Instance):
     """A booted guest that runs `invs` in turn. Held (one invocation, `start`): stop()
@@ -186,6 +192,10 @@ class GuestInstance(Instance):
         if self.tap is None:
             raise StartError(f"{self.name}: this guest has no NIC (only a net server gets one)")
         return (str(self.tap.guest.ip), port)
+
+    def live_cgroup(self, layout: Layout | None = None) -> CgroupReader | None:
+        """The guest's own cgroup, as its kind knows it; no lookup by name."""
+        return self.guest.live_cgroup()
 
     def run_round(self) -> list[Launch]:
         """Wait for the guest to power off (kill it at the timeout), then its Launches."""
