@@ -28,9 +28,9 @@ def _kind(kind: str):
 
 
 def _runsc() -> tuple[bool, str]:
-    from bench.envs.docker import DockerEnv
+    from bench.envs.docker_daemon import runtime_available
 
-    av = DockerEnv.runtime_available("runsc")
+    av = runtime_available("runsc")
     return av.ok, av.reason
 
 

@@ -15,7 +15,8 @@ import pytest
 from bench.envs import containers as ct
 from bench.envs import roots
 from bench.envs.base import HOLD, Context, Invocation, OptionError
-from bench.envs.docker import DockerEnv, runtime_problem
+from bench.envs.docker import DockerEnv
+from bench.envs.docker_daemon import runtime_problem
 from bench.envs.host import HostEnv
 from bench.envs.podman import PodmanEnv
 from bench.metrics.cgroup import Layout
@@ -223,7 +224,7 @@ def test_runsc_has_sandbox_and_gofer(make_env):
 
 @pytest.mark.requires("docker", "runsc")
 def test_hanging_runtime_times_out_and_leaves_nothing(make_env):
-    from bench.envs.docker import client
+    from bench.envs.docker_daemon import client
 
     if "runsc-kvm" not in (client().info().get("Runtimes") or {}):
         pytest.fail("runsc-kvm runtime missing: run .ci/setup-containers.sh")

@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from bench import catalog, footprint
+from bench.envs import docker
 from bench.envs.base import Context
 
 DATA = Path(__file__).parent / "data" / "footprint"
@@ -79,7 +80,7 @@ def test_parse_size_takes_one_number_only():
 
 def test_docker_image_figures_from_recorded_attrs():
     attrs = json.loads((DATA / "docker-image.json").read_text())
-    figs = {f["what"]: f for f in footprint.docker_image_figures(attrs)}
+    figs = {f["what"]: f for f in docker.docker_image_figures(attrs)}
     assert figs["image"]["bytes"] == attrs["Size"] > 0
     assert "1 layer(s)" in figs["image"]["counts"]
     virtual = figs["image (VirtualSize)"]
@@ -88,24 +89,24 @@ def test_docker_image_figures_from_recorded_attrs():
     else:  # API >= 1.44: said, not guessed
         assert virtual["bytes"] is None and "1.44" in virtual["reason"]
     older = {**attrs, "VirtualSize": attrs["Size"] + 7}
-    figs = {f["what"]: f for f in footprint.docker_image_figures(older)}
+    figs = {f["what"]: f for f in docker.docker_image_figures(older)}
     assert figs["image (VirtualSize)"]["bytes"] == attrs["Size"] + 7
 
 
 def test_docker_rw_figure_from_recorded_inspect():
     """docker-container-inspect-size.json: `docker container inspect --size` of a
     container that ran the io probe, after it exited."""
-    inspect = footprint.parse_inspect((DATA / "docker-container-inspect-size.json").read_text())
+    inspect = docker.parse_inspect((DATA / "docker-container-inspect-size.json").read_text())
     assert inspect["State"]["ExitCode"] == 0 and "SizeRw" in inspect
-    fig = footprint.docker_rw_figure(inspect, "overlay")
+    fig = docker.docker_rw_figure(inspect, "overlay")
     assert fig["bytes"] == inspect["SizeRw"] and "SizeRw" in fig["counts"]
     assert "storage=" not in fig["counts"]
-    assert "storage=tmpfs" in footprint.docker_rw_figure(inspect, "tmpfs")["counts"]
-    assert "runsc" in footprint.docker_rw_figure(inspect, "overlay", runsc=True)["counts"]
+    assert "storage=tmpfs" in docker.docker_rw_figure(inspect, "tmpfs")["counts"]
+    assert "runsc" in docker.docker_rw_figure(inspect, "overlay", runsc=True)["counts"]
     for bad in ("[]", "{}", '[{"a": 1}, {"b": 2}]'):
         with pytest.raises(ValueError, match="docker inspect"):
-            footprint.parse_inspect(bad)
-    none = footprint.docker_rw_figure({k: v for k, v in inspect.items() if k != "SizeRw"}, "x")
+            docker.parse_inspect(bad)
+    none = docker.docker_rw_figure({k: v for k, v in inspect.items() if k != "SizeRw"}, "x")
     assert none["bytes"] is None and "SizeRw" in none["reason"]
 
 
@@ -204,7 +205,7 @@ def test_docker_footprint_interrupted_mid_measure_leaves_nothing(tmp_path, bundl
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(footprint, "docker_rw_figure", interrupted)
+    monkeypatch.setattr(docker, "docker_rw_figure", interrupted)
     env = DockerEnv({}, _ctx(tmp_path))
     env.prepare(bundle)
     try:

@@ -507,6 +507,14 @@ class Environment:
     def _cleanup(self) -> None:
         """What the kind made besides its instances (a rootfs, volumes, a client)."""
 
+    def disk_footprint(
+        self, bundle, io: Invocation | None, timeout: float
+    ) -> list[dict[str, Any]] | None:
+        """What this prepared environment's artefacts take on disk and, with `io` (the
+        run's io invocation), what one instance adds after one io launch, as figures made
+        with bench/footprint.py's helpers. None: this kind does not measure it."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Versions and configuration, for the manifest."""
         return {

@@ -34,6 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import footprint as fp
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
@@ -347,6 +348,50 @@ class PodmanEnv(Environment):
             for cid in _podman("ps", "-a", "-q", "--filter", mine).stdout.split():
                 _remove(cid)
         shutil.rmtree(self.ctx.scratch / ct.VOLUMES, ignore_errors=True)
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """The image as podman's store reports it; with `io`, the writable layer of the
+        container that ran the io probe (`podman container inspect --size`)."""
+        size = fp.parse_size(
+            fp.engine_cli("podman", "image", "inspect", "--format", "{{.Size}}", self._image_id),
+            "podman image inspect",
+        )
+        out = [
+            fp.figure(
+                "image",
+                size,
+                "podman image inspect --format {{.Size}}: the image's layer "
+                "as podman's store reports it (apparent sizes)",
+            )
+        ]
+
+        def measure(instance) -> list[dict[str, Any]]:
+            fp.engine_cli("podman", "wait", instance.name)  # exited: it stays until teardown
+            rw = fp.parse_size(
+                fp.engine_cli(
+                    "podman",
+                    "container",
+                    "inspect",
+                    "--size",
+                    "--format",
+                    "{{.SizeRw}}",
+                    instance.name,
+                ),
+                "podman inspect --size",
+            )
+            storage = self.opts["storage"]
+            note = "" if storage == "overlay" else f"; storage={storage}: io wrote elsewhere"
+            return [
+                fp.figure(
+                    "writable layer after io",
+                    rw,
+                    "podman container inspect --size: SizeRw of the container that ran "
+                    "the io probe, after it exited, before its removal; the probe "
+                    f"removes its files at exit{note}",
+                )
+            ]
+
+        return out + (fp.after_io(self, io, timeout, measure) if io else [fp.no_io()])
 
     def describe(self) -> dict[str, Any]:
         runtime = self.opts["runtime"]

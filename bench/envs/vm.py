@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import footprint as fp
 from bench import interrupt
 from bench.envs import roots
 from bench.envs.base import (
@@ -451,6 +452,51 @@ class VmEnvironment(Environment):
         if launch.status != "ok" and boot.detail:
             launch.reason += f" ({boot.detail})"
         return launch
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """The guest's kernel, initramfs and io disk template; with `io`, the guest's
+        private io disk after the io probe ran."""
+        image = self.image
+        out = [
+            fp.figure(
+                "guest kernel",
+                fp.du(image.kernel.path).allocated,
+                f"allocated blocks of {image.kernel.path} (found by: {image.kernel.source})"
+                + (
+                    "; the host's own /boot file: no extra disk"
+                    if Path(image.kernel.path).resolve().is_relative_to("/boot")
+                    else ""
+                ),
+            ),
+            fp.figure(
+                "initramfs",
+                fp.du(image.initramfs).allocated,
+                f"allocated blocks of {image.initramfs} (probes, busybox, modules)",
+            ),
+            *fp.tree_figures(
+                "disk template",
+                fp.du(self.disk_template),
+                f"the sparse ext4 io disk template {self.disk_template}",
+            ),
+        ]
+        if not io:
+            return [*out, fp.no_io()]
+
+        def measure(instance) -> list[dict[str, Any]]:
+            if not instance.guest.wait_exit(instance.left()):  # it powers off after io
+                return None
+            usage = fp.du(instance.scratch / "io.raw")
+            return [
+                fp.figure(
+                    "io disk after io",
+                    usage.allocated,
+                    "allocated blocks of the guest's private copy of the io disk (raw, "
+                    f"{usage.apparent / 2**20:.0f} MiB apparent) after the io probe ran "
+                    "and the guest powered off, before its removal",
+                )
+            ]
+
+        return out + fp.after_io(self, io, timeout, measure)
 
     def describe(self) -> dict[str, Any]:
         d = {
