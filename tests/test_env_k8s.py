@@ -16,13 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from bench.envs.base import HOLD, Context, Invocation, OptionError
-from bench.envs.k8s import (
-    K8sEnv,
-    cluster_facts,
-    has_tag,
-    image_for,
-    push_commands,
-)
+from bench.envs.k8s import K8sEnv, has_tag, image_for, push_commands
+from bench.envs.k8s_cluster import cluster_facts
 from bench.envs.k8s_pod import pod_manifest
 from tests.k8s_standin import StandIn
 
