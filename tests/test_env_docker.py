@@ -5,7 +5,6 @@ containers stopped through the API, a cleanup that keeps to its own environment)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -144,20 +143,9 @@ def _isobench_containers() -> str:
 
 
 @pytest.fixture
-def make_env(tmp_path, bundle):
-    made = []
-
-    def make(config):
-        # environments of one run: one run id, each its own scratch and name prefix
-        ctx = Context(f"t{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
-        env = DockerEnv(config, ctx)
-        made.append(env)
-        env.prepare(bundle)
-        return env
-
-    yield make
-    for env in made:
-        env.cleanup()
+def make_env(env_factory):
+    yield lambda config: env_factory(DockerEnv, config)
+    env_factory.cleanup()
     assert _isobench_containers() == ""
 
 

@@ -17,7 +17,6 @@ from rich.console import Console
 
 from bench import catalog, footprint
 from bench.envs import docker
-from bench.envs.base import Context
 
 DATA = Path(__file__).parent / "data" / "footprint"
 
@@ -149,18 +148,11 @@ def test_disk_table_from_a_manifest():
 # ---------------------------------------------------------------- real environments
 
 
-def _ctx(tmp_path: Path, index: int = 1) -> Context:
-    ctx = Context(f"tf{os.getpid()}", tmp_path, tmp_path / "cache").for_env(index)
-    ctx.scratch.mkdir(parents=True, exist_ok=True)
-    return ctx
-
-
 @pytest.mark.requires("host", "root")
-def test_host_footprint_is_the_probe_bundle(tmp_path, bundle):
+def test_host_footprint_is_the_probe_bundle(env_factory, bundle):
     from bench.envs.host import HostEnv
 
-    env = HostEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(HostEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io()))
     finally:
@@ -176,11 +168,10 @@ def _containers(engine: str, prefix: str) -> str:
 
 
 @pytest.mark.requires("docker")
-def test_docker_footprint_image_and_writable_layer(tmp_path, bundle):
+def test_docker_footprint_image_and_writable_layer(env_factory, bundle):
     from bench.envs.docker import DockerEnv
 
-    env = DockerEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(DockerEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io(), timeout=120))
         image_id = env.describe()["image"]["id"]
@@ -199,15 +190,14 @@ def test_docker_footprint_image_and_writable_layer(tmp_path, bundle):
 
 
 @pytest.mark.requires("docker")
-def test_docker_footprint_interrupted_mid_measure_leaves_nothing(tmp_path, bundle, monkeypatch):
+def test_docker_footprint_interrupted_mid_measure_leaves_nothing(env_factory, bundle, monkeypatch):
     from bench.envs.docker import DockerEnv
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(docker, "docker_rw_figure", interrupted)
-    env = DockerEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(DockerEnv)
     try:
         with pytest.raises(KeyboardInterrupt):
             footprint.disk_footprint(env, bundle, io=_io(), timeout=120)
@@ -217,11 +207,10 @@ def test_docker_footprint_interrupted_mid_measure_leaves_nothing(tmp_path, bundl
 
 
 @pytest.mark.requires("podman", "root")
-def test_podman_footprint_image_and_writable_layer(tmp_path, bundle):
+def test_podman_footprint_image_and_writable_layer(env_factory, bundle):
     from bench.envs.podman import PodmanEnv
 
-    env = PodmanEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(PodmanEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io(), timeout=120))
         image_id = env.describe()["image"]["id"]
@@ -240,11 +229,10 @@ def test_podman_footprint_image_and_writable_layer(tmp_path, bundle):
 
 
 @pytest.mark.requires("oci", "root")
-def test_oci_footprint_rootfs_and_bundle_dir(tmp_path, bundle):
+def test_oci_footprint_rootfs_and_bundle_dir(env_factory, bundle):
     from bench.envs.oci import BUNDLES, ROOTFS, OciEnv
 
-    env = OciEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(OciEnv)
     try:
         rootfs = env.ctx.scratch / ROOTFS
         expected = _gnu_du(rootfs), _gnu_du(rootfs, apparent=True)
@@ -259,11 +247,10 @@ def test_oci_footprint_rootfs_and_bundle_dir(tmp_path, bundle):
 
 
 @pytest.mark.requires("libvirt", "root")
-def test_libvirt_footprint_guest_artefacts_and_io_disk(tmp_path, bundle):
+def test_libvirt_footprint_guest_artefacts_and_io_disk(env_factory, bundle):
     from bench.envs.libvirt import LibvirtEnv
 
-    env = LibvirtEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(LibvirtEnv)
     try:
         inv = catalog.load()["io"].invocation(quick=True, emulated=env.emulated)
         figs = _by_what(footprint.disk_footprint(env, bundle, io=inv, timeout=300))
@@ -280,11 +267,10 @@ def test_libvirt_footprint_guest_artefacts_and_io_disk(tmp_path, bundle):
 
 
 @pytest.mark.requires("cri", "root")
-def test_cri_footprint_image_store_and_archive(tmp_path, bundle):
+def test_cri_footprint_image_store_and_archive(env_factory, bundle):
     from bench.envs.cri import CriEnv
 
-    env = CriEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(CriEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io()))
         refs = env.describe()["images"]
