@@ -30,9 +30,9 @@ from bench.metrics.cgroup import (
     Cgroup,
     CgroupError,
     Layout,
-    delta,
     warm_migration_lock,
 )
+from bench.metrics.cgroup_parse import delta
 from bench.metrics.procs import PeakSampler
 
 CGROUP_OPTIONS = {

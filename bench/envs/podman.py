@@ -53,6 +53,7 @@ from bench.envs.base import (
 )
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
+from bench.metrics.cgroup_parse import GAUGES
 from bench.resources import cache_dir
 from bench.rootfs import store_dir as rootfs_store
 
@@ -542,7 +543,7 @@ def _remove_image(iid: str) -> None:
 
 def _minus(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
     """Counters: total - part; gauges (peaks) stay as the total's."""
-    return {k: (v - part.get(k, 0.0) if k not in cg.GAUGES else v) for k, v in total.items()}
+    return {k: (v - part.get(k, 0.0) if k not in GAUGES else v) for k, v in total.items()}
 
 
 def _remove(name_or_id: str) -> None:

@@ -39,10 +39,10 @@ from bench.metrics.cgroup import (
     Cgroup,
     CgroupError,
     CgroupReader,
-    delta,
     find_leftovers,
     preexec_attach,
 )
+from bench.metrics.cgroup_parse import delta
 from bench.metrics.procs import PeakSampler
 from bench.resources import cache_dir
 
