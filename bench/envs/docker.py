@@ -9,6 +9,9 @@ Phases (ns since submit): created (create returned), started (start returned), r
 (the probe's `ready` line seen on the stream attached before start), stop (a held
 instance was sent SIGTERM), exit (wait returned), cleaned (container, volume dir and
 per-launch cgroup removed).
+
+The daemon and its runtimes are docker_daemon.py's; one container is docker_instance.py's;
+this module is the environment and its disk footprint.
 """
 
 from __future__ import annotations
