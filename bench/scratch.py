@@ -27,9 +27,14 @@ def scratch_root() -> str:
 def new_scratch(run_id: str) -> Path:
     """A fresh directory for this run, with its owner marker written first."""
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{run_id}-", dir=scratch_root()))
-    owner = {"run_id": run_id, "pid": os.getpid(), "boot_id": _boot_id()}
-    (path / MARKER).write_text(json.dumps(owner) + "\n")
+    mark(path, run_id=run_id)
     return path
+
+
+def mark(path: Path, **fields: str) -> None:
+    """Write the owner marker into `path`: `fields`, then this process and this boot."""
+    owner = {**fields, "pid": os.getpid(), "boot_id": _boot_id()}
+    (path / MARKER).write_text(json.dumps(owner) + "\n")
 
 
 def owner(path: Path) -> dict | None:

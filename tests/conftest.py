@@ -1,5 +1,10 @@
 """Capability markers: `@pytest.mark.requires("docker")` skips a test on a machine that
-lacks the capability, but in CI (CI=true) a missing capability is a failure."""
+lacks the capability, but in CI (CI=true) a missing capability is a failure.
+
+Shared fixtures and helpers: `env_factory` (prepared environments of one run, cleaned
+up after the test), `isobench(...)` (the CLI as a user runs it, a process of its own),
+`build_rootfs(...)` (an `isobench rootfs build` into a private cache) and the session's
+`bundle` and `marker_rootfs`."""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ import pytest
 
 from bench import bundle as bundle_mod
 from bench.envs import REGISTRY
+from bench.envs.base import Context, Environment
+
+ROOT = Path(__file__).parents[1]  # the checkout: the code `isobench(...)` runs
 
 
 def _root() -> tuple[bool, str]:
@@ -28,9 +36,9 @@ def _kind(kind: str):
 
 
 def _runsc() -> tuple[bool, str]:
-    from bench.envs.docker import DockerEnv
+    from bench.envs.docker_daemon import runtime_available
 
-    av = DockerEnv.runtime_available("runsc")
+    av = runtime_available("runsc")
     return av.ok, av.reason
 
 
@@ -89,6 +97,81 @@ def bundle():
     return bundle_mod.build()
 
 
+def isobench(
+    *args, cache: Path | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`isobench ARGS` as a user runs it: a process of its own, on this checkout's code;
+    with `cache`, that ISOBENCH_CACHE; with `cwd`, run there with a lock of its own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if cache is not None:
+        env["ISOBENCH_CACHE"] = str(cache)
+    if cwd is not None:
+        env["ISOBENCH_LOCK"] = str(cwd / "lock")
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def build_rootfs(name: str, *args: str, cache: Path, cwd: Path | None = None, timeout=900):
+    """`isobench rootfs build NAME ARGS` into the private `cache`; the rootfs it made
+    (the test fails with the build's stderr when it did not)."""
+    from bench import rootfs
+
+    res = isobench("rootfs", "build", name, *args, cache=cache, cwd=cwd, timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return rootfs.load(name, cache)
+
+
+class EnvFactory:
+    """`make(kind or class, config)` -> a prepared environment of one test run: one run
+    id, each environment its own scratch directory (made) and name prefix (Context
+    .for_env). `cleanup()` cleans every one made (idempotent; the fixture calls it at
+    the end, a test that checks what is left calls it first)."""
+
+    def __init__(self, tmp_path: Path, request):
+        self.tmp_path = tmp_path
+        self.request = request
+        self.made: list[Environment] = []
+
+    def __call__(
+        self,
+        kind: str | type[Environment],
+        config: dict | None = None,
+        *,
+        prepare: bool = True,
+        bundle=None,
+        cache: Path | None = None,
+    ) -> Environment:
+        cls = REGISTRY[kind] if isinstance(kind, str) else kind
+        run = Context(f"t{os.getpid() % 10000}", self.tmp_path, cache or self.tmp_path / "cache")
+        ctx = run.for_env(len(self.made) + 1)
+        ctx.scratch.mkdir(parents=True, exist_ok=True)
+        env = cls(dict(config or {}), ctx)
+        self.made.append(env)
+        if prepare:
+            env.prepare(bundle or self.request.getfixturevalue("bundle"))
+        return env
+
+    def cleanup(self) -> list[Environment]:
+        made, self.made = self.made, []
+        for env in made:
+            env.cleanup()
+        return made
+
+
+@pytest.fixture
+def env_factory(tmp_path, request):
+    """Prepared environments of one run (EnvFactory), cleaned up after the test."""
+    factory = EnvFactory(tmp_path, request)
+    yield factory
+    factory.cleanup()
+
+
 MARKER_ROOTFS = "tests-marker"  # the name of marker_rootfs's tree in its cache
 MARKER_DIR = "/opt/isobench-test"  # only in that tree: copied in by the fixture
 MARKER = "isobench rootfs marker\n"
@@ -105,8 +188,6 @@ def missing(why: str) -> None:
 def marker_rootfs(tmp_path_factory):
     """One minbase rootfs with a marker directory (MARKER_DIR/marker.txt), in a cache of
     its own, built once for every test that runs a kind from a tree."""
-    from bench import rootfs
-
     if os.geteuid() != 0:
         missing("needs root")
     if absent := [t for t in ("mmdebstrap", "unshare", "chroot") if not shutil.which(t)]:
@@ -115,31 +196,9 @@ def marker_rootfs(tmp_path_factory):
     src = tmp_path_factory.mktemp("marker") / "m"
     src.mkdir()
     (src / "marker.txt").write_text(MARKER)
-    env = {
-        **os.environ,
-        "ISOBENCH_CACHE": str(cache),
-        "ISOBENCH_LOCK": str(src.parent / "lock"),
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-    }
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.cli",
-            "rootfs",
-            "build",
-            MARKER_ROOTFS,
-            "--copy",
-            f"{src}:{MARKER_DIR}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=src.parent,
+    yield build_rootfs(
+        MARKER_ROOTFS, "--copy", f"{src}:{MARKER_DIR}", cache=cache, cwd=src.parent, timeout=600
     )
-    assert res.returncode == 0, res.stderr
-    yield rootfs.load(MARKER_ROOTFS, cache)
     shutil.rmtree(cache, ignore_errors=True)
 
 

@@ -162,20 +162,8 @@ def _cmd(proc: psutil.Process) -> list[str]:
 
 
 @pytest.fixture
-def cri_env(tmp_path, bundle):
-    made = []
-
-    def make(config: dict, name: str = "cri") -> CriEnv:
-        ctx = Context(f"t{os.getpid() % 10000}", tmp_path / name, tmp_path / "cache")
-        ctx.scratch.mkdir(parents=True)
-        env = CriEnv(config, ctx)
-        made.append(env)
-        env.prepare(bundle)
-        return env
-
-    yield make
-    for env in made:
-        env.cleanup()
+def cri_env(env_factory):
+    return lambda config: env_factory(CriEnv, config)
 
 
 def _phases_in_order(launch) -> None:
@@ -254,7 +242,7 @@ def hang_daemon(tmp_path, bundle):
 @pytest.mark.requires("cri")
 def test_a_hung_handler_times_out_and_leaves_nothing(cri_env, hang_daemon):
     daemon, script = hang_daemon
-    env = cri_env({"endpoint": daemon.endpoint, "runtime": "hang"}, name="hang")
+    env = cri_env({"endpoint": daemon.endpoint, "runtime": "hang"})
     t0 = time.monotonic()
     launch = env.launch(STARTUP, 5)
     took = time.monotonic() - t0
@@ -277,7 +265,7 @@ def test_a_hung_handler_times_out_and_leaves_nothing(cri_env, hang_daemon):
         cl.close()
     assert not any(p.exists() for p in Layout.detect().paths(env.ctx.prefix + "-1").values())
     # the node's own handler still works: only our pod was touched
-    ok = cri_env({"endpoint": daemon.endpoint}, name="ok").launch(STARTUP, 60)
+    ok = cri_env({"endpoint": daemon.endpoint}).launch(STARTUP, 60)
     assert ok.status == "ok", ok.reason
 
 

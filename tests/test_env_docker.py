@@ -5,7 +5,6 @@ containers stopped through the API, a cleanup that keeps to its own environment)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ import pytest
 from bench.envs import containers as ct
 from bench.envs import roots
 from bench.envs.base import HOLD, Context, Invocation, OptionError
-from bench.envs.docker import DockerEnv, runtime_problem
+from bench.envs.docker import DockerEnv
+from bench.envs.docker_daemon import runtime_problem
 from bench.envs.host import HostEnv
 from bench.envs.podman import PodmanEnv
 from bench.metrics.cgroup import Layout
@@ -143,20 +143,9 @@ def _isobench_containers() -> str:
 
 
 @pytest.fixture
-def make_env(tmp_path, bundle):
-    made = []
-
-    def make(config):
-        # environments of one run: one run id, each its own scratch and name prefix
-        ctx = Context(f"t{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
-        env = DockerEnv(config, ctx)
-        made.append(env)
-        env.prepare(bundle)
-        return env
-
-    yield make
-    for env in made:
-        env.cleanup()
+def make_env(env_factory):
+    yield lambda config: env_factory(DockerEnv, config)
+    env_factory.cleanup()
     assert _isobench_containers() == ""
 
 
@@ -223,7 +212,7 @@ def test_runsc_has_sandbox_and_gofer(make_env):
 
 @pytest.mark.requires("docker", "runsc")
 def test_hanging_runtime_times_out_and_leaves_nothing(make_env):
-    from bench.envs.docker import client
+    from bench.envs.docker_daemon import client
 
     if "runsc-kvm" not in (client().info().get("Runtimes") or {}):
         pytest.fail("runsc-kvm runtime missing: run .ci/setup-containers.sh")

@@ -7,7 +7,6 @@ log, availability, cleanup and leftovers."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -16,13 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from bench.envs.base import HOLD, Context, Invocation, OptionError
-from bench.envs.k8s import (
-    K8sEnv,
-    cluster_facts,
-    has_tag,
-    image_for,
-    push_commands,
-)
+from bench.envs.k8s import K8sEnv, has_tag, image_for, push_commands
+from bench.envs.k8s_cluster import cluster_facts
 from bench.envs.k8s_pod import pod_manifest
 from tests.k8s_standin import StandIn
 
@@ -39,20 +33,12 @@ def api():
 
 
 @pytest.fixture
-def make_env(tmp_path):
-    made: list[K8sEnv] = []
-
+def make_env(env_factory):
     def make(api: StandIn, **opts) -> K8sEnv:
         config = {"kubeconfig": str(api.kubeconfig), "image": IMAGE, **opts}
-        ctx = Context(f"t{os.getpid() % 10000}", tmp_path / f"e{len(made)}", tmp_path)
-        env = K8sEnv(config, ctx)
-        made.append(env)
-        env.prepare(BUNDLE)
-        return env
+        return env_factory(K8sEnv, config, bundle=BUNDLE)
 
-    yield make
-    for env in made:
-        env.cleanup()
+    return make
 
 
 def _pods(api: StandIn) -> list[str]:

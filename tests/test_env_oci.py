@@ -5,7 +5,6 @@ own scratch directory, so one's cleanup never breaks another's."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 
 import pytest
@@ -32,22 +31,11 @@ def test_options_and_known_problems(tmp_path):
 
 
 @pytest.fixture
-def make_env(tmp_path, bundle):
+def make_env(env_factory):
     """Environments of one run: one run id, each its own scratch and name prefix."""
-    made = []
-
-    def make(config, prepare=True):
-        ctx = Context(f"to{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
-        ctx.scratch.mkdir(parents=True)
-        env = OciEnv(config, ctx)
-        made.append(env)
-        if prepare:
-            env.prepare(bundle)
-        return env
-
-    yield make
+    yield lambda config, prepare=True: env_factory(OciEnv, config, prepare=prepare)
+    made = env_factory.cleanup()
     for env in made:
-        env.cleanup()
         assert not any(env.ctx.scratch.iterdir())
     for env in made:
         left = subprocess.run(["pgrep", "-f", env.ctx.prefix], capture_output=True).stdout

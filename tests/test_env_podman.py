@@ -3,7 +3,6 @@ instances through the CLI (run to completion, held and stopped, runc and runsc).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
@@ -43,19 +42,9 @@ def _ours(prefix: str) -> str:
 
 
 @pytest.fixture
-def make_env(tmp_path, bundle):
-    made = []
-
-    def make(config):
-        ctx = Context(f"tp{os.getpid()}", tmp_path, tmp_path / "cache").for_env(len(made) + 1)
-        env = PodmanEnv(config, ctx)
-        made.append(env)
-        env.prepare(bundle)
-        return env
-
-    yield make
-    for env in made:
-        env.cleanup()
+def make_env(env_factory):
+    yield lambda config: env_factory(PodmanEnv, config)
+    for env in env_factory.cleanup():
         assert _ours(env.ctx.prefix) == ""
         assert not env.ctx.scratch.exists() or not any(env.ctx.scratch.iterdir())
 

@@ -24,27 +24,10 @@ from bench.envs.host import HostEnv
 from bench.envs.namespaces import NamespacesEnv
 from bench.matrix import MatrixError, parse_env_spec
 from bench.metrics.cgroup import find_leftovers
-from tests.conftest import MARKER, MARKER_DIR, MARKER_ROOTFS
+from tests.conftest import MARKER, MARKER_DIR, MARKER_ROOTFS, isobench
 
 NAME = MARKER_ROOTFS  # conftest's tree
 LOCAL = [HostEnv, NamespacesEnv]
-
-
-def isobench(*args, cache: Path, tmp: Path, timeout=600):
-    env = {
-        **os.environ,
-        "ISOBENCH_CACHE": str(cache),
-        "ISOBENCH_LOCK": str(tmp / "lock"),
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=tmp,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +80,7 @@ def test_unknown_rootfs_is_one_line_and_exit_2(tree, tmp_path):
         "--results",
         str(tmp_path / "r"),
         cache=tree.root.parent.parent,
-        tmp=tmp_path,
+        cwd=tmp_path,
         timeout=120,
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
@@ -214,7 +197,7 @@ def test_quick_run_records_the_tree_in_the_manifest(tree, tmp_path, tree_images)
         "--results",
         str(tmp_path / "r"),
         cache=tree.root.parent.parent,
-        tmp=tmp_path,
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
     (run,) = (tmp_path / "r").iterdir()

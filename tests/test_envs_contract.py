@@ -15,7 +15,6 @@ from bench.envs import REGISTRY
 from bench.envs.base import (
     HOLD,
     Availability,
-    Context,
     Environment,
     Invocation,
     Option,
@@ -86,25 +85,17 @@ def _ours(prefix: str) -> list[str]:
 
 
 @pytest.fixture
-def env_of(tmp_path, bundle, request, monkeypatch):
+def env_of(env_factory, request, monkeypatch):
     """env_of(kind) -> a prepared environment with its own context; cleaned up after."""
-    made = []
 
     def make(kind: str) -> Environment:
         if kind == "k8s":
             api = request.getfixturevalue("k8s_standin")
             monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig))
         _require(kind)
-        ctx = Context(f"c{os.getpid() % 10000}", tmp_path / kind, tmp_path / "cache")
-        ctx.scratch.mkdir(parents=True)
-        env = REGISTRY[kind](dict(CONFIG.get(kind, {})), ctx)
-        made.append(env)
-        env.prepare(bundle)
-        return env
+        return env_factory(kind, CONFIG.get(kind, {}))
 
-    yield make
-    for env in made:
-        env.cleanup()
+    return make
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from bench import catalog, footprint
-from bench.envs.base import Context
+from bench.envs import docker
 
 DATA = Path(__file__).parent / "data" / "footprint"
 
@@ -79,7 +79,7 @@ def test_parse_size_takes_one_number_only():
 
 def test_docker_image_figures_from_recorded_attrs():
     attrs = json.loads((DATA / "docker-image.json").read_text())
-    figs = {f["what"]: f for f in footprint.docker_image_figures(attrs)}
+    figs = {f["what"]: f for f in docker.docker_image_figures(attrs)}
     assert figs["image"]["bytes"] == attrs["Size"] > 0
     assert "1 layer(s)" in figs["image"]["counts"]
     virtual = figs["image (VirtualSize)"]
@@ -88,24 +88,24 @@ def test_docker_image_figures_from_recorded_attrs():
     else:  # API >= 1.44: said, not guessed
         assert virtual["bytes"] is None and "1.44" in virtual["reason"]
     older = {**attrs, "VirtualSize": attrs["Size"] + 7}
-    figs = {f["what"]: f for f in footprint.docker_image_figures(older)}
+    figs = {f["what"]: f for f in docker.docker_image_figures(older)}
     assert figs["image (VirtualSize)"]["bytes"] == attrs["Size"] + 7
 
 
 def test_docker_rw_figure_from_recorded_inspect():
     """docker-container-inspect-size.json: `docker container inspect --size` of a
     container that ran the io probe, after it exited."""
-    inspect = footprint.parse_inspect((DATA / "docker-container-inspect-size.json").read_text())
+    inspect = docker.parse_inspect((DATA / "docker-container-inspect-size.json").read_text())
     assert inspect["State"]["ExitCode"] == 0 and "SizeRw" in inspect
-    fig = footprint.docker_rw_figure(inspect, "overlay")
+    fig = docker.docker_rw_figure(inspect, "overlay")
     assert fig["bytes"] == inspect["SizeRw"] and "SizeRw" in fig["counts"]
     assert "storage=" not in fig["counts"]
-    assert "storage=tmpfs" in footprint.docker_rw_figure(inspect, "tmpfs")["counts"]
-    assert "runsc" in footprint.docker_rw_figure(inspect, "overlay", runsc=True)["counts"]
+    assert "storage=tmpfs" in docker.docker_rw_figure(inspect, "tmpfs")["counts"]
+    assert "runsc" in docker.docker_rw_figure(inspect, "overlay", runsc=True)["counts"]
     for bad in ("[]", "{}", '[{"a": 1}, {"b": 2}]'):
         with pytest.raises(ValueError, match="docker inspect"):
-            footprint.parse_inspect(bad)
-    none = footprint.docker_rw_figure({k: v for k, v in inspect.items() if k != "SizeRw"}, "x")
+            docker.parse_inspect(bad)
+    none = docker.docker_rw_figure({k: v for k, v in inspect.items() if k != "SizeRw"}, "x")
     assert none["bytes"] is None and "SizeRw" in none["reason"]
 
 
@@ -148,18 +148,11 @@ def test_disk_table_from_a_manifest():
 # ---------------------------------------------------------------- real environments
 
 
-def _ctx(tmp_path: Path, index: int = 1) -> Context:
-    ctx = Context(f"tf{os.getpid()}", tmp_path, tmp_path / "cache").for_env(index)
-    ctx.scratch.mkdir(parents=True, exist_ok=True)
-    return ctx
-
-
 @pytest.mark.requires("host", "root")
-def test_host_footprint_is_the_probe_bundle(tmp_path, bundle):
+def test_host_footprint_is_the_probe_bundle(env_factory, bundle):
     from bench.envs.host import HostEnv
 
-    env = HostEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(HostEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io()))
     finally:
@@ -175,11 +168,10 @@ def _containers(engine: str, prefix: str) -> str:
 
 
 @pytest.mark.requires("docker")
-def test_docker_footprint_image_and_writable_layer(tmp_path, bundle):
+def test_docker_footprint_image_and_writable_layer(env_factory, bundle):
     from bench.envs.docker import DockerEnv
 
-    env = DockerEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(DockerEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io(), timeout=120))
         image_id = env.describe()["image"]["id"]
@@ -198,15 +190,14 @@ def test_docker_footprint_image_and_writable_layer(tmp_path, bundle):
 
 
 @pytest.mark.requires("docker")
-def test_docker_footprint_interrupted_mid_measure_leaves_nothing(tmp_path, bundle, monkeypatch):
+def test_docker_footprint_interrupted_mid_measure_leaves_nothing(env_factory, bundle, monkeypatch):
     from bench.envs.docker import DockerEnv
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(footprint, "docker_rw_figure", interrupted)
-    env = DockerEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    monkeypatch.setattr(docker, "docker_rw_figure", interrupted)
+    env = env_factory(DockerEnv)
     try:
         with pytest.raises(KeyboardInterrupt):
             footprint.disk_footprint(env, bundle, io=_io(), timeout=120)
@@ -216,11 +207,10 @@ def test_docker_footprint_interrupted_mid_measure_leaves_nothing(tmp_path, bundl
 
 
 @pytest.mark.requires("podman", "root")
-def test_podman_footprint_image_and_writable_layer(tmp_path, bundle):
+def test_podman_footprint_image_and_writable_layer(env_factory, bundle):
     from bench.envs.podman import PodmanEnv
 
-    env = PodmanEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(PodmanEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io(), timeout=120))
         image_id = env.describe()["image"]["id"]
@@ -239,11 +229,10 @@ def test_podman_footprint_image_and_writable_layer(tmp_path, bundle):
 
 
 @pytest.mark.requires("oci", "root")
-def test_oci_footprint_rootfs_and_bundle_dir(tmp_path, bundle):
+def test_oci_footprint_rootfs_and_bundle_dir(env_factory, bundle):
     from bench.envs.oci import BUNDLES, ROOTFS, OciEnv
 
-    env = OciEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(OciEnv)
     try:
         rootfs = env.ctx.scratch / ROOTFS
         expected = _gnu_du(rootfs), _gnu_du(rootfs, apparent=True)
@@ -258,11 +247,10 @@ def test_oci_footprint_rootfs_and_bundle_dir(tmp_path, bundle):
 
 
 @pytest.mark.requires("libvirt", "root")
-def test_libvirt_footprint_guest_artefacts_and_io_disk(tmp_path, bundle):
+def test_libvirt_footprint_guest_artefacts_and_io_disk(env_factory, bundle):
     from bench.envs.libvirt import LibvirtEnv
 
-    env = LibvirtEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(LibvirtEnv)
     try:
         inv = catalog.load()["io"].invocation(quick=True, emulated=env.emulated)
         figs = _by_what(footprint.disk_footprint(env, bundle, io=inv, timeout=300))
@@ -279,11 +267,10 @@ def test_libvirt_footprint_guest_artefacts_and_io_disk(tmp_path, bundle):
 
 
 @pytest.mark.requires("cri", "root")
-def test_cri_footprint_image_store_and_archive(tmp_path, bundle):
+def test_cri_footprint_image_store_and_archive(env_factory, bundle):
     from bench.envs.cri import CriEnv
 
-    env = CriEnv({}, _ctx(tmp_path))
-    env.prepare(bundle)
+    env = env_factory(CriEnv)
     try:
         figs = _by_what(footprint.disk_footprint(env, bundle, io=_io()))
         refs = env.describe()["images"]

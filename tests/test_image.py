@@ -81,7 +81,7 @@ def test_oci_config_namespaces_and_network():
 
 @pytest.mark.requires("docker")
 def test_docker_image_is_imported_once(bundle, tmp_path):
-    from bench.envs.docker import client
+    from bench.envs.docker_daemon import client
 
     cl = client()
     first = img.ensure_docker_image(cl, bundle, tmp_path)

@@ -17,19 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.metrics import cgroup as cg
 from bench.metrics.cgroup import (
     Cgroup,
     CgroupReader,
-    delta,
     detect_layout,
     find_leftovers,
-    parse_proc_cgroup,
-    parse_v1,
-    parse_v2,
     preexec_attach,
     warm_migration_lock,
 )
+from bench.metrics.cgroup_parse import LOGICAL, delta, parse_proc_cgroup, parse_v1, parse_v2
 
 DATA = Path(__file__).parent / "data"
 MIB = 2**20
@@ -125,7 +121,7 @@ def test_parsers_skip_garbage():
 
 def test_parsers_return_only_logical_names():
     for got in (parse_v2(load(DATA / "cgroup/v2/full")), parse_v1(load(DATA / "cgroup/v1"))):
-        assert set(got) <= set(cg.LOGICAL)
+        assert set(got) <= set(LOGICAL)
 
 
 def test_delta_counters_subtract_gauges_take_after():

@@ -1,4 +1,4 @@
-"""Root filesystems (bench/rootfs.py, `isobench rootfs`): pure helpers on recorded and
+"""Root filesystems (bench/rootfs/, `isobench rootfs`): pure helpers on recorded and
 given input; a real mmdebstrap build (once per session, in a private cache), its tar
 imported by docker and podman, its ext4 image checked by e2fsck, an image imported back,
 bad input as one line with exit 2, and an interrupted build that leaves nothing."""
@@ -19,23 +19,12 @@ from types import SimpleNamespace
 import pytest
 
 from bench import rootfs as rf
-from bench import rootfs_build as rb
-from bench import rootfs_import as ri
+from bench.rootfs import builder as rb
+from bench.rootfs import importer as ri
+from tests.conftest import build_rootfs, isobench
 
 DATA = Path(__file__).parent / "data" / "rootfs"
 PACKAGES = ("hello", "netbase")  # small: the build stays well under a minute
-
-
-def isobench(*args, cache: Path, timeout=900):
-    """`isobench rootfs ARGS` as a user runs it (a process of its own)."""
-    env = {**os.environ, "ISOBENCH_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", "rootfs", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
@@ -280,16 +269,15 @@ def built(tmp_path_factory):
     (src / "sub/data.txt").write_text("same bytes everywhere\n")
     (src / "run.sh").write_text("#!/bin/sh\necho ran\n")
     (src / "run.sh").chmod(0o755)
-    args = ["build", "t1", *(f"--package={p}" for p in PACKAGES), "--copy", f"{src}:/opt/t"]
+    recipe = [*(f"--package={p}" for p in PACKAGES), "--copy", f"{src}:/opt/t"]
     t0 = time.monotonic()
-    res = isobench(*args, cache=cache)
-    assert res.returncode == 0, res.stderr
+    rootfs = build_rootfs("t1", *recipe, cache=cache)
     yield {
         "cache": cache,
         "src": src,
-        "args": args,
+        "args": ["build", "t1", *recipe],
         "seconds": time.monotonic() - t0,
-        "rootfs": rf.load("t1", cache),
+        "rootfs": rootfs,
     }
     shutil.rmtree(cache, ignore_errors=True)
 
@@ -481,7 +469,8 @@ def test_import_image_round_trip(built, inproc):
         timeout=300,
     )
     try:
-        a = isobench("import", tag, "--name", "imp-a", cache=cache)  # as a user runs it
+        # as a user runs it
+        a = isobench("rootfs", "import", tag, "--name", "imp-a", cache=cache, timeout=900)
         assert a.returncode == 0, a.stderr
         b = inproc("import", tag, "--name", "imp-b", cache=cache)
         assert b.returncode == 0, b.stderr

@@ -26,10 +26,12 @@ from typing import Any, ClassVar
 from bench import interrupt
 from bench.manifest import LOCAL  # the target of every kind that runs on this machine
 from bench.metrics.cgroup import CgroupReader, Layout
+from bench.probeio import ProbeOutput, parse_lines
 
 WORKDIR = "{workdir}"  # placeholder in probe arguments: the environment's io directory
 STOP_GRACE_S = 10.0  # how long a stopped instance may take to exit before it is killed
 STDERR_KEEP = 4000  # characters of stderr kept with a launch
+STRAY_KEEP = 5  # stray stdout lines kept with a launch
 
 
 class OptionError(ValueError):
@@ -186,6 +188,19 @@ class Launch:
     userrun_args: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     stderr_tail: str = ""
+
+
+def read_probe_output(launch: Launch, lines: list[str]) -> ProbeOutput:
+    """The probe's stdout lines after `ready` into `launch`, the same for every kind: its
+    records, the ops it could not measure (probe_errors) and the first STRAY_KEEP lines
+    that are not the contract (stray_lines). Returns the parsed output."""
+    out = parse_lines(lines)
+    launch.records = out.records
+    if out.errors:
+        launch.probe_errors = out.errors
+    if out.garbage:
+        launch.stray_lines = out.garbage[:STRAY_KEEP]
+    return out
 
 
 def conclude(
@@ -491,6 +506,14 @@ class Environment:
 
     def _cleanup(self) -> None:
         """What the kind made besides its instances (a rootfs, volumes, a client)."""
+
+    def disk_footprint(
+        self, bundle, io: Invocation | None, timeout: float
+    ) -> list[dict[str, Any]] | None:
+        """What this prepared environment's artefacts take on disk and, with `io` (the
+        run's io invocation), what one instance adds after one io launch, as figures made
+        with bench/footprint.py's helpers. None: this kind does not measure it."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Versions and configuration, for the manifest."""

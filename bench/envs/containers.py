@@ -277,7 +277,7 @@ class HostSideSampler:
 
 def runtime_availability(runtime: str, layout: cg.Layout) -> Availability:
     """Can podman or oci use this OCI runtime here: installed, and not refused by the
-    cgroup layout? (docker asks its daemon instead: DockerEnv.runtime_available.)"""
+    cgroup layout? (docker asks its daemon instead: docker_daemon.runtime_available.)"""
     path = shutil.which(runtime)
     if not path:
         return Availability(False, f"{runtime}: not installed (apt-get install {runtime})")

@@ -48,6 +48,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import footprint as fp
 from bench.envs import containers as ct
 from bench.envs import cri_daemon as dmn
 from bench.envs import cri_images as ci
@@ -409,6 +410,40 @@ class CriEnv(Environment):
             if self._daemon is not None:
                 self._daemon.stop()
                 self._daemon = None
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """Each image as the endpoint's image store reports it and as the OCI archive
+        imported; the writable layer is not measured (said, not guessed)."""
+        out = []
+        for ref, archive in sorted(ci.archives(bundle, self.ctx.cache).items()):
+            name = "pause image" if "/pause:" in ref else "image"
+            if self._client is not None:
+                pb = self._client.pb
+                req = pb.ImageStatusRequest(image=pb.ImageSpec(image=ref))
+                status = self._client.call("ImageStatus", req, fp.CALL_TIMEOUT_S, service="images")
+                out.append(
+                    fp.figure(
+                        name,
+                        int(status.image.size),
+                        f"CRI ImageService ImageStatus({ref}).image.size, as the "
+                        "endpoint's image store reports it",
+                    )
+                )
+            out.append(
+                fp.figure(
+                    f"{name} (OCI archive)",
+                    fp.du(archive).apparent,
+                    f"apparent size of the OCI image archive imported: {archive}",
+                )
+            )
+        out.append(
+            fp.missing(
+                "writable layer after io",
+                "not measured: needs the pod's container id from the cri kind "
+                "(then ContainerStats().writable_layer.used_bytes)",
+            )
+        )
+        return out
 
     def describe(self) -> dict[str, Any]:
         out = {

@@ -15,10 +15,18 @@ from pathlib import Path
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import cri_daemon as dmn
-from bench.envs.base import Environment, Instance, Invocation, Launch, StartError, conclude
+from bench.envs.base import (
+    Environment,
+    Instance,
+    Invocation,
+    Launch,
+    StartError,
+    conclude,
+    read_probe_output,
+)
 from bench.envs.cri_client import CALL_S, Client, CriError, mono_offset, parse_cri_log, socket_path
 from bench.metrics.cgroup import CFS_PERIOD_US, Cgroup, CgroupError, Layout
-from bench.probeio import is_ready, parse_lines
+from bench.probeio import is_ready
 
 KILL_CALL_S = 5.0
 POLL_S = 0.005  # log and status polling while waiting for `ready` / exit
@@ -438,12 +446,7 @@ class PodInstance(Instance):
                 launch.extra["exit_seen_ns"] = self.t_exit - pod.t_submit
         elif self.t_exit is not None:
             launch.phases["exit"] = self.t_exit - pod.t_submit
-        parsed = parse_lines(out_lines)
-        launch.records = parsed.records
-        if parsed.errors:
-            launch.probe_errors = parsed.errors
-        if parsed.garbage:
-            launch.stray_lines = parsed.garbage[:5]
+        read_probe_output(launch, out_lines)
         return conclude(
             launch,
             ready=t_ready is not None,

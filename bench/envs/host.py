@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bench import footprint as fp
 from bench import interrupt
 from bench.envs import roots
 from bench.envs.base import (
@@ -29,9 +30,9 @@ from bench.metrics.cgroup import (
     Cgroup,
     CgroupError,
     Layout,
-    delta,
     warm_migration_lock,
 )
+from bench.metrics.cgroup_parse import delta
 from bench.metrics.procs import PeakSampler
 
 CGROUP_OPTIONS = {
@@ -196,6 +197,17 @@ class HostEnv(Environment):
         return ProcessInstance(
             name, child, timeout, what="probe", collect=collect, teardown=teardown
         )
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """The probe bundle; nothing kept per instance (a process on the host's files)."""
+        return [
+            *fp.bundle_figures(bundle),
+            fp.missing(
+                "per instance after io",
+                "none kept: the instance is a process on the host's filesystem; the io "
+                "probe writes in a scratch directory and removes its files",
+            ),
+        ]
 
     def describe(self) -> dict[str, Any]:
         av = self.probe()

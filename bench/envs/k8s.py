@@ -34,6 +34,7 @@ import re
 import time
 from typing import Any
 
+from bench import footprint as fp
 from bench.envs.base import (
     Availability,
     Context,
@@ -48,9 +49,16 @@ from bench.envs.base import (
 )
 from bench.envs.image import REPOSITORY, WORKDIR, image_tag, probe_path
 from bench.envs.k8s_client import CALL_S, Client, K8sError, contexts, kubeconfig_problem
+from bench.envs.k8s_cluster import (
+    PROBE_S,
+    check,
+    cluster_facts,
+    namespace,
+    runtime_classes,
+    versions,
+)
 from bench.envs.k8s_pod import LABEL, PodInstance, PodWatcher, pod_manifest
 
-PROBE_S = 5.0  # each call of an availability check
 UNTESTED = (
     "tested only against a stand-in of the API server (tests/k8s_standin.py), "
     "never against a real cluster"
@@ -100,106 +108,6 @@ def push_commands(bundle_hash: str, repository: str) -> list[list[str]]:
     `docker import` of the bundle's rootfs tar) where a cluster can pull it."""
     target = f"{repository}:{bundle_hash}"
     return [["docker", "tag", image_tag(bundle_hash), target], ["docker", "push", target]]
-
-
-# ---------------------------------------------------------------- availability
-
-
-def _check(client: Client, o: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The first problem with this configuration on its cluster ("" when none) and the
-    API server's version. Each check one line."""
-    try:
-        version = client.version(timeout=PROBE_S)
-    except K8sError as e:
-        return f"context {client.context} unreachable: {e.message}", {}
-    rc = o["runtime_class"]
-    if rc:
-        try:
-            client.call("GET runtimeclass", client.nodev1.read_runtime_class, rc, timeout=PROBE_S)
-        except K8sError as e:
-            if e.status != 404:
-                return f"RuntimeClass {rc}: {e.message}", version
-            names = runtime_classes(client)
-            have = f" (the cluster has: {', '.join(names)})" if names else " (the cluster has none)"
-            return f"RuntimeClass {rc} not found{have}", version
-    if o["node"]:
-        try:
-            client.call("GET node", client.core.read_node, o["node"], timeout=PROBE_S)
-        except K8sError as e:
-            return f"node {o['node']}: {'not found' if e.status == 404 else e.message}", version
-    ns = o["namespace"]
-    try:
-        client.call("LIST pods", client.core.list_namespaced_pod, ns, limit=1, timeout=PROBE_S)
-        if not _namespace(client, ns, PROBE_S):  # it will be made: may we?
-            client.call(
-                "CREATE namespace",
-                client.core.create_namespace,
-                {"metadata": {"name": ns}},
-                dry_run="All",
-                timeout=PROBE_S,
-            )
-    except K8sError as e:
-        if e.status == 403:
-            return f"namespace {ns} forbidden: {e.message}", version
-        return f"namespace {ns}: {e.message}", version
-    return "", version
-
-
-def runtime_classes(client: Client) -> list[str]:
-    try:
-        found = client.call(
-            "LIST runtimeclasses", client.nodev1.list_runtime_class, timeout=PROBE_S
-        )
-    except K8sError:
-        return []
-    return sorted(i["metadata"]["name"] for i in found.get("items") or [])
-
-
-def _namespace(client: Client, ns: str, timeout: float = CALL_S) -> dict[str, Any] | None:
-    try:
-        return client.call("GET namespace", client.core.read_namespace, ns, timeout=timeout)
-    except K8sError as e:
-        if e.status == 404:
-            return None
-        raise
-
-
-def _versions(version: dict[str, Any]) -> dict[str, str]:
-    return {"kubernetes": str(version.get("gitVersion", ""))} if version else {}
-
-
-def node_facts(node: dict[str, Any]) -> dict[str, Any]:
-    """Pure: a Node object -> what it is (the kubelet's report)."""
-    info = (node.get("status") or {}).get("nodeInfo") or {}
-    cap = (node.get("status") or {}).get("capacity") or {}
-    return {
-        "name": (node.get("metadata") or {}).get("name"),
-        "kernel": info.get("kernelVersion"),
-        "os": info.get("osImage"),
-        "container_runtime": info.get("containerRuntimeVersion"),
-        "kubelet": info.get("kubeletVersion"),
-        "arch": info.get("architecture"),
-        "cpu_count": cap.get("cpu"),
-        "memory": cap.get("memory"),
-    }
-
-
-def cluster_facts(version: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pure: the API server's version and the nodes' facts; the facts every node shares
-    (kernel, os, runtime…) also at the top, as a host's are, for comparisons."""
-    per_node = [node_facts(n) for n in nodes]
-    out: dict[str, Any] = {
-        "api_server": version.get("gitVersion"),
-        "api_server_platform": version.get("platform"),
-        "nodes": per_node,
-    }
-    for key in ("kernel", "os", "container_runtime", "kubelet", "arch", "cpu_count"):
-        values = {n[key] for n in per_node}
-        if len(values) == 1:
-            out[key] = values.pop()
-        elif values:
-            out[key] = "mixed: " + ", ".join(sorted(map(str, values)))
-    return out
 
 
 # ---------------------------------------------------------------- the environment
@@ -264,12 +172,12 @@ class K8sEnv(Environment):
         except K8sError as e:
             return Availability(False, e.message)
         try:
-            problem, version = _check(client, o)
+            problem, version = check(client, o)
         finally:
             client.close()
         if problem:
             return Availability(False, problem)
-        return Availability(True, f"k8s:{client.context}: {UNTESTED}", _versions(version))
+        return Availability(True, f"k8s:{client.context}: {UNTESTED}", versions(version))
 
     @classmethod
     def details(cls) -> list[tuple[str, Availability]]:
@@ -364,7 +272,7 @@ class K8sEnv(Environment):
         try:
             self._client = Client(o["kubeconfig"], o["context"])
             self._info = {"context": self._client.context, "server": self._client.server}
-            problem, self._version = _check(self._client, o)
+            problem, self._version = check(self._client, o)
             if problem:
                 raise RuntimeError(problem)
             self._ensure_namespace()
@@ -379,7 +287,7 @@ class K8sEnv(Environment):
 
     def _ensure_namespace(self) -> None:
         ns = self.opts["namespace"]
-        if _namespace(self._client, ns) is not None:
+        if namespace(self._client, ns) is not None:
             return
         body = {
             "metadata": {
@@ -490,11 +398,15 @@ class K8sEnv(Environment):
                 return
             client.call("DELETE namespace", client.core.delete_namespace, ns)
             deadline = time.monotonic() + 30.0
-            while _namespace(client, ns, CALL_S) is not None and time.monotonic() < deadline:
+            while namespace(client, ns, CALL_S) is not None and time.monotonic() < deadline:
                 time.sleep(NS_CHECK_S)
             self._made_namespace = False
         except K8sError as e:
             self._notes.append(f"namespace {ns}: {e}")
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """Not measured: the image lives in the cluster nodes' stores."""
+        return [fp.missing("image", "not measured: the image lives in the cluster nodes' stores")]
 
     def describe(self) -> dict[str, Any]:
         o = self.opts

@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from bench import interrupt
-from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude
+from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude, read_probe_output
 from bench.envs.k8s_client import CALL_S, Client, K8sError, Stream
-from bench.probeio import is_ready, parse_lines
+from bench.metrics.cgroup import CgroupReader, Layout
+from bench.probeio import is_ready
 
 LABEL = "isobench"
 CONTAINER = "probe"
@@ -360,6 +361,10 @@ class PodInstance(Instance):
         self.notes: list[str] = []
         self.deleting = False
 
+    def live_cgroup(self, layout: Layout | None = None) -> CgroupReader | None:
+        """None: the pod's cgroup is on the node the scheduler chose, not found from here."""
+        return None
+
     def _delete(self, grace: int | None, timeout: float = CALL_S) -> None:
         kwargs = {} if grace is None else {"grace_period_seconds": grace}
         try:
@@ -478,12 +483,7 @@ class PodInstance(Instance):
             launch.extra["ready_node_stamp"] = st.ready_stamp
         if st.terminated.get("reason"):
             launch.extra["k8s_reason"] = st.terminated["reason"]
-        parsed = parse_lines(lines)
-        launch.records = parsed.records
-        if parsed.errors:
-            launch.probe_errors = parsed.errors
-        if parsed.garbage:
-            launch.stray_lines = parsed.garbage[:5]
+        read_probe_output(launch, lines)
         # the pod log mixes stdout and stderr: what came before `ready`, or the
         # terminated state's message, is the nearest thing to a stderr tail
         stderr = "\n".join([*before, str(st.terminated.get("message") or "")]).strip()

@@ -37,7 +37,8 @@ from bench.envs.vm import (
     kernel_availability,
     qemu_availability,
 )
-from bench.metrics.cgroup import CgroupError, CgroupReader, delta
+from bench.metrics.cgroup import CgroupError, CgroupReader
+from bench.metrics.cgroup_parse import delta
 from bench.metrics.procs import PeakSampler, tree_metrics
 
 URI = "qemu:///system"

@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from bench import footprint as fp
 from bench import interrupt, scratch
 from bench.envs import containers as ct
 from bench.envs import image as img
@@ -209,6 +210,41 @@ class OciEnv(Environment):
         shutil.rmtree(rootfs, ignore_errors=True)
         shutil.rmtree(self.ctx.scratch / OVERLAY, ignore_errors=True)
         self._rootfs = None
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """The unpacked rootfs; with `io`, the instance's bundle directory and what the
+        shared rootfs grew by."""
+        rootfs = self.ctx.scratch / ROOTFS
+        before = fp.du(rootfs)
+        out = fp.tree_figures("rootfs", before, f"the unpacked rootfs {rootfs}")
+        if not io:
+            return [*out, fp.no_io()]
+
+        def measure(instance) -> list[dict[str, Any]]:
+            bundle_dir = self.ctx.scratch / BUNDLES / instance.name
+            usage = fp.du(bundle_dir)  # only config.json: the rootfs is shared, not copied
+            return [
+                fp.figure(
+                    "bundle dir",
+                    usage.allocated,
+                    f"allocated blocks of the instance's bundle directory ({usage.inodes} "
+                    "inodes: its config.json); the instance has no layer of its own, it "
+                    "writes into the shared rootfs",
+                )
+            ]
+
+        figures = fp.after_io(self, io, timeout, measure)
+        if figures and figures[0]["bytes"] is not None:
+            grown = fp.du(rootfs).allocated - before.allocated
+            figures.append(
+                fp.figure(
+                    "rootfs growth after io",
+                    grown,
+                    "allocated blocks of the shared rootfs after the io launch "
+                    "minus before it (the probe removes its files at exit)",
+                )
+            )
+        return out + figures
 
     def describe(self) -> dict[str, Any]:
         runtime = self.opts["runtime"]

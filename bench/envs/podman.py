@@ -34,6 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import footprint as fp
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
@@ -52,6 +53,7 @@ from bench.envs.base import (
 )
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics import cgroup as cg
+from bench.metrics.cgroup_parse import GAUGES
 from bench.resources import cache_dir
 from bench.rootfs import store_dir as rootfs_store
 
@@ -348,6 +350,50 @@ class PodmanEnv(Environment):
                 _remove(cid)
         shutil.rmtree(self.ctx.scratch / ct.VOLUMES, ignore_errors=True)
 
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """The image as podman's store reports it; with `io`, the writable layer of the
+        container that ran the io probe (`podman container inspect --size`)."""
+        size = fp.parse_size(
+            fp.engine_cli("podman", "image", "inspect", "--format", "{{.Size}}", self._image_id),
+            "podman image inspect",
+        )
+        out = [
+            fp.figure(
+                "image",
+                size,
+                "podman image inspect --format {{.Size}}: the image's layer "
+                "as podman's store reports it (apparent sizes)",
+            )
+        ]
+
+        def measure(instance) -> list[dict[str, Any]]:
+            fp.engine_cli("podman", "wait", instance.name)  # exited: it stays until teardown
+            rw = fp.parse_size(
+                fp.engine_cli(
+                    "podman",
+                    "container",
+                    "inspect",
+                    "--size",
+                    "--format",
+                    "{{.SizeRw}}",
+                    instance.name,
+                ),
+                "podman inspect --size",
+            )
+            storage = self.opts["storage"]
+            note = "" if storage == "overlay" else f"; storage={storage}: io wrote elsewhere"
+            return [
+                fp.figure(
+                    "writable layer after io",
+                    rw,
+                    "podman container inspect --size: SizeRw of the container that ran "
+                    "the io probe, after it exited, before its removal; the probe "
+                    f"removes its files at exit{note}",
+                )
+            ]
+
+        return out + (fp.after_io(self, io, timeout, measure) if io else [fp.no_io()])
+
     def describe(self) -> dict[str, Any]:
         runtime = self.opts["runtime"]
         return {
@@ -497,7 +543,7 @@ def _remove_image(iid: str) -> None:
 
 def _minus(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
     """Counters: total - part; gauges (peaks) stay as the total's."""
-    return {k: (v - part.get(k, 0.0) if k not in cg.GAUGES else v) for k, v in total.items()}
+    return {k: (v - part.get(k, 0.0) if k not in GAUGES else v) for k, v in total.items()}
 
 
 def _remove(name_or_id: str) -> None:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench import interrupt
-from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude
-from bench.probeio import is_ready, parse_lines
+from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude, read_probe_output
+from bench.probeio import is_ready
 
 
 @dataclass
@@ -186,12 +186,8 @@ def to_launch(
     res: Streamed, timeout: float, what: str = "instance", stopped: bool = False
 ) -> Launch:
     """The common reading of a child's run: records, phases, then conclude()'s verdict."""
-    out = parse_lines(res.lines)
-    launch = Launch(phases=res.phases(), records=out.records)
-    if out.errors:
-        launch.probe_errors = out.errors
-    if out.garbage:
-        launch.stray_lines = out.garbage[:5]
+    launch = Launch(phases=res.phases())
+    read_probe_output(launch, res.lines)
     return conclude(
         launch,
         ready=res.t_ready is not None,

@@ -35,7 +35,14 @@ from bench.envs.vm import (
     kernel_availability,
     qemu_availability,
 )
-from bench.metrics.cgroup import Cgroup, CgroupError, delta, find_leftovers, preexec_attach
+from bench.metrics.cgroup import (
+    Cgroup,
+    CgroupError,
+    CgroupReader,
+    find_leftovers,
+    preexec_attach,
+)
+from bench.metrics.cgroup_parse import delta
 from bench.metrics.procs import PeakSampler
 from bench.resources import cache_dir
 
@@ -94,6 +101,13 @@ class QemuGuest(Guest):
             self._remove_cgroup()
             raise
         self.boot = Boot(self.child.res.t_submit, KILLED)
+
+    def live_cgroup(self) -> CgroupReader | None:
+        """QEMU's cgroup while it runs (made for it under the instance's name), when its
+        memory can be read."""
+        if self.cg is None or self.cg.read().get("mem_current_mib") is None:
+            return None
+        return self.cg
 
     def wait_ready(self, timeout: float) -> bool:
         return self.child.wait_ready(timeout)

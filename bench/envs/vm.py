@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import footprint as fp
 from bench import interrupt
 from bench.envs import roots
 from bench.envs.base import (
@@ -50,6 +51,7 @@ from bench.envs.base import (
     Option,
     OptionError,
     StartError,
+    read_probe_output,
 )
 from bench.envs.containers import served_port
 from bench.envs.guest import GuestError
@@ -68,7 +70,7 @@ from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.guest.qemu_cmd import CACHE_MODES, QemuSpec, qemu_binary, qemu_version
 from bench.envs.guest.rootdisk import RootDisk, overlay, root_disk
 from bench.envs.guest.tap import Tap, make_tap
-from bench.probeio import parse_lines
+from bench.metrics.cgroup import CgroupReader, Layout
 
 TAIL_CHARS = 2000  # console lines kept as a launch's stderr tail
 MIN_MEMORY_MIB = 64  # less and the guest kernel does not boot
@@ -159,6 +161,11 @@ class Guest:
         it outside its scratch directory (shielded from Ctrl-C)."""
         raise NotImplementedError
 
+    def live_cgroup(self) -> CgroupReader | None:
+        """The cgroup that holds this running guest, when the kind made one for it.
+        Default: none known (a libvirt domain's scope is libvirt's)."""
+        return None
+
 
 class GuestInstance(Instance):
     """A booted guest that runs `invs` in turn. Held (one invocation, `start`): stop()
@@ -186,6 +193,10 @@ class GuestInstance(Instance):
         if self.tap is None:
             raise StartError(f"{self.name}: this guest has no NIC (only a net server gets one)")
         return (str(self.tap.guest.ip), port)
+
+    def live_cgroup(self, layout: Layout | None = None) -> CgroupReader | None:
+        """The guest's own cgroup, as its kind knows it; no lookup by name."""
+        return self.guest.live_cgroup()
 
     def run_round(self) -> list[Launch]:
         """Wait for the guest to power off (kill it at the timeout), then its Launches."""
@@ -405,12 +416,8 @@ class VmEnvironment(Environment):
         probe whose guest was powered off once it was ready (`stopped`) is ok."""
         launch = Launch()
         if run is not None:
-            out = parse_lines(run.lines)
-            launch.records, launch.exit_code = out.records, run.exit_code
-            if out.errors:
-                launch.probe_errors = out.errors
-            if out.garbage:
-                launch.stray_lines = out.garbage[:5]
+            out = read_probe_output(launch, run.lines)
+            launch.exit_code = run.exit_code
             launch.stderr_tail = "\n".join(out.garbage)[-TAIL_CHARS:]
         if boot.timed_out:
             launch.status = "timeout"
@@ -445,6 +452,51 @@ class VmEnvironment(Environment):
         if launch.status != "ok" and boot.detail:
             launch.reason += f" ({boot.detail})"
         return launch
+
+    def disk_footprint(self, bundle, io, timeout) -> list[dict[str, Any]]:
+        """The guest's kernel, initramfs and io disk template; with `io`, the guest's
+        private io disk after the io probe ran."""
+        image = self.image
+        out = [
+            fp.figure(
+                "guest kernel",
+                fp.du(image.kernel.path).allocated,
+                f"allocated blocks of {image.kernel.path} (found by: {image.kernel.source})"
+                + (
+                    "; the host's own /boot file: no extra disk"
+                    if Path(image.kernel.path).resolve().is_relative_to("/boot")
+                    else ""
+                ),
+            ),
+            fp.figure(
+                "initramfs",
+                fp.du(image.initramfs).allocated,
+                f"allocated blocks of {image.initramfs} (probes, busybox, modules)",
+            ),
+            *fp.tree_figures(
+                "disk template",
+                fp.du(self.disk_template),
+                f"the sparse ext4 io disk template {self.disk_template}",
+            ),
+        ]
+        if not io:
+            return [*out, fp.no_io()]
+
+        def measure(instance) -> list[dict[str, Any]]:
+            if not instance.guest.wait_exit(instance.left()):  # it powers off after io
+                return None
+            usage = fp.du(instance.scratch / "io.raw")
+            return [
+                fp.figure(
+                    "io disk after io",
+                    usage.allocated,
+                    "allocated blocks of the guest's private copy of the io disk (raw, "
+                    f"{usage.apparent / 2**20:.0f} MiB apparent) after the io probe ran "
+                    "and the guest powered off, before its removal",
+                )
+            ]
+
+        return out + fp.after_io(self, io, timeout, measure)
 
     def describe(self) -> dict[str, Any]:
         d = {

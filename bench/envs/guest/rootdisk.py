@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -191,8 +190,7 @@ def root_disk(rootfs, bundle, cache: Path) -> RootDisk:
 def _build(target: Path, rootfs, bundle, key: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", dir=target.parent))
     try:
-        owner = {"pid": os.getpid(), "boot_id": scratch._boot_id()}
-        (tmp / scratch.MARKER).write_text(json.dumps(owner) + "\n")
+        scratch.mark(tmp)
         staged = tmp / "staged"
         (staged / "probes").mkdir(parents=True)
         for name, path in bundle.probes.items():

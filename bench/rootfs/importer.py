@@ -11,21 +11,21 @@ import subprocess
 from pathlib import Path
 
 from bench import interrupt
-from bench.rootfs import (
+from bench.rootfs._common import (
     BUILD_TIMEOUT_S,
     CALL_TIMEOUT_S,
     Rootfs,
     RootfsError,
-    _building,
-    _commit,
-    _inspect_tree,
-    _link,
-    _named,
-    _need_root,
-    _run,
-    _stop,
-    _tail,
+    building,
     check_name,
+    commit,
+    find_named,
+    inspect_tree,
+    last_line,
+    link_name,
+    need_root,
+    run,
+    stop_group,
     store_dir,
 )
 
@@ -49,14 +49,14 @@ def import_image(
     if image.startswith("-") or not image.strip():
         raise RootfsError(f"rootfs import {image!r}: not an image reference")
     name = check_name(name or image_name(image))
-    _need_root("rootfs import")
-    r = _run([engine, "image", "inspect", image], CALL_TIMEOUT_S)
+    need_root("rootfs import")
+    r = run([engine, "image", "inspect", image], CALL_TIMEOUT_S)
     if r.returncode != 0:
         raise RootfsError(
-            f"no image {image} in {engine} ({_tail(r.stderr)}): {engine} pull or build it first"
+            f"no image {image} in {engine} ({last_line(r.stderr)}): {engine} pull or build it first"
         )
     meta = _image_meta(json.loads(r.stdout)[0], engine, image)
-    existing = _named(name, cache)
+    existing = find_named(name, cache)
     if existing is not None:
         if (existing.record.get("image") or {}).get("id") == meta["id"]:
             log(f"rootfs {name} exists ({existing.key}), imported from the same image")
@@ -66,15 +66,15 @@ def import_image(
             f"{name}` first, or pass --name"
         )
     store = store_dir(cache)
-    with _building(store) as tmp:
+    with building(store) as tmp:
         tree = tmp / "tree"
         tree.mkdir()
         log(f"{engine} export {image} …")
         _export(engine, image, tree)
-        info = _inspect_tree(tree, python=False)
+        info = inspect_tree(tree, python=False)
         key = info["content"][:16]
-        _commit(store, tmp, {"key": key, "source": f"{engine} image", "image": meta, **info})
-    return _link(name, key, cache)
+        commit(store, tmp, {"key": key, "source": f"{engine} image", "image": meta, **info})
+    return link_name(name, key, cache)
 
 
 def image_name(image: str) -> str:
@@ -104,7 +104,7 @@ def _image_meta(attrs: dict, engine: str, ref: str) -> dict:
 
 def _export(engine: str, image: str, tree: Path) -> None:
     cname = f"isobench-rootfs-import-{secrets.token_hex(4)}"
-    r = _run(
+    r = run(
         [
             engine,
             "create",
@@ -119,7 +119,7 @@ def _export(engine: str, image: str, tree: Path) -> None:
         CALL_TIMEOUT_S,
     )
     if r.returncode != 0:
-        raise RootfsError(f"{engine} create {image}: {_tail(r.stderr)}")
+        raise RootfsError(f"{engine} create {image}: {last_line(r.stderr)}")
     try:
         exp = subprocess.Popen(
             [engine, "export", cname],
@@ -150,13 +150,13 @@ def _export(engine: str, image: str, tree: Path) -> None:
             tar_err = untar.communicate(timeout=BUILD_TIMEOUT_S)[1]
             exp_err = exp.communicate(timeout=CALL_TIMEOUT_S)[1]
         except BaseException:
-            _stop(untar)
-            _stop(exp)
+            stop_group(untar)
+            stop_group(exp)
             raise
         if exp.returncode != 0:
-            raise RootfsError(f"{engine} export {image}: {_tail(exp_err.decode())}")
+            raise RootfsError(f"{engine} export {image}: {last_line(exp_err.decode())}")
         if untar.returncode != 0:
-            raise RootfsError(f"unpacking {image}: {_tail(tar_err.decode())}")
+            raise RootfsError(f"unpacking {image}: {last_line(tar_err.decode())}")
     finally:
         with interrupt.shielded():
-            _run([engine, "rm", "-f", cname], CALL_TIMEOUT_S)
+            run([engine, "rm", "-f", cname], CALL_TIMEOUT_S)

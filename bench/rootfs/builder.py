@@ -21,23 +21,23 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.rootfs import (
+from bench.rootfs._common import (
     BUILD_TIMEOUT_S,
     CALL_TIMEOUT_S,
     CLEAN_ENV,
     Rootfs,
     RootfsError,
-    _building,
-    _commit,
-    _inspect_tree,
-    _link,
-    _named,
-    _need_root,
-    _read,
-    _run,
-    _run_logged,
-    _tail,
+    building,
     check_name,
+    commit,
+    find_named,
+    inspect_tree,
+    last_line,
+    link_name,
+    need_root,
+    read_or_empty,
+    run,
+    run_logged,
     store_dir,
     tree_hash,
 )
@@ -85,7 +85,7 @@ def check_packages(packages: list[str]) -> list[str]:
             raise RootfsError(f"--package {p}: not a Debian package name")
     if packages and _apt_lists_present():
         for p in packages:
-            r = _run(["apt-cache", "show", "--no-all-versions", p], CALL_TIMEOUT_S)
+            r = run(["apt-cache", "show", "--no-all-versions", p], CALL_TIMEOUT_S)
             if r.returncode != 0 or not r.stdout.strip():
                 raise RootfsError(
                     f"--package {p}: unknown to apt on this host (apt-cache show {p} finds nothing)"
@@ -113,7 +113,7 @@ def check_pip(reqs: list[str], probe_url: str = PYPI) -> list[str]:
 
 def host_suite(os_release: str | None = None) -> str:
     """VERSION_CODENAME of /etc/os-release (a Debian host's release: bookworm)."""
-    text = os_release if os_release is not None else _read("/etc/os-release")
+    text = os_release if os_release is not None else read_or_empty("/etc/os-release")
     fields = dict(
         line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
     )
@@ -144,7 +144,7 @@ def parse_indextargets(text: str, suite: str) -> list[str]:
 
 
 def host_sources(suite: str) -> list[str]:
-    r = _run(["apt-get", "indextargets"], CALL_TIMEOUT_S)
+    r = run(["apt-get", "indextargets"], CALL_TIMEOUT_S)
     sources = parse_indextargets(r.stdout, suite) if r.returncode == 0 else []
     if not sources:
         raise RootfsError(
@@ -170,7 +170,7 @@ def build(
     returned as it is (its bytes are pinned until `remove`); a name built from another
     recipe is refused."""
     check_name(name)
-    _need_root("rootfs build")
+    need_root("rootfs build")
     for tool in ("mmdebstrap", "unshare", "chroot"):
         if not shutil.which(tool):
             raise RootfsError(f"rootfs build needs {tool}: apt-get install mmdebstrap")
@@ -191,7 +191,7 @@ def build(
         "copies": [{"dest": c.dest, "hash": c.content_hash()} for c in copies],  # not src
         "mmdebstrap": _mmdebstrap_version(),
     }
-    existing = _named(name, cache)
+    existing = find_named(name, cache)
     if existing is not None:
         if existing.record.get("recipe") and _same_recipe(existing.record["recipe"], recipe):
             log(f"rootfs {name} exists ({existing.key}), built from the same recipe")
@@ -201,7 +201,7 @@ def build(
             f"`isobench rootfs rm {name}` first, or pick another name"
         )
     store = store_dir(cache)
-    with _building(store) as tmp:
+    with building(store) as tmp:
         tree = tmp / "tree"
         log(f"mmdebstrap {suite} ({VARIANT}, {len(pkgs)} packages) …")
         _mmdebstrap(suite, VARIANT, pkgs, sources, tree, tmp / "mmdebstrap.log")
@@ -218,10 +218,10 @@ def build(
             "source": "build",
             "recipe": recipe,
             "copied_from": {c.dest: str(c.src) for c in copies},
-            **_inspect_tree(tree, python=bool(reqs)),
+            **inspect_tree(tree, python=bool(reqs)),
         }
-        _commit(store, tmp, record)
-    return _link(name, key, cache)
+        commit(store, tmp, record)
+    return link_name(name, key, cache)
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
@@ -249,12 +249,12 @@ def _mmdebstrap(suite, variant, packages, sources, tree: Path, log_path: Path) -
         argv.append("--include=" + ",".join(packages))
     argv += [suite, str(tree), *sources]
     with open(log_path, "w+") as logf:
-        rc = _run_logged(argv, logf, BUILD_TIMEOUT_S)
+        rc = run_logged(argv, logf, BUILD_TIMEOUT_S)
         logf.seek(0)
         text = logf.read()
     if rc != 0:
         errors = [ln for ln in text.splitlines() if ln.startswith(("E: ", "mmdebstrap: E"))]
-        raise RootfsError(f"mmdebstrap failed (exit {rc}): {(errors or [_tail(text)])[0]}")
+        raise RootfsError(f"mmdebstrap failed (exit {rc}): {(errors or [last_line(text)])[0]}")
 
 
 def _take_apt_lists(tree: Path) -> dict[str, str]:
@@ -314,13 +314,13 @@ def _pip_install(tree: Path, reqs: list[str]) -> None:
         if ca is not None:
             shutil.copyfile(ca, ca_inside)
             argv += ["--cert", f"/tmp/{ca_inside.name}"]
-        r = _run([*argv, *reqs], BUILD_TIMEOUT_S, env=env)
+        r = run([*argv, *reqs], BUILD_TIMEOUT_S, env=env)
         if r.returncode != 0:
             lines = r.stderr.splitlines()
             why = [ln for ln in lines if ln.startswith("Could not fetch URL")]
             why += [ln for ln in lines if ln.startswith("ERROR")]
             raise RootfsError(
-                f"pip install in the rootfs failed: {(why or [_tail(r.stderr + r.stdout)])[0]}"
+                f"pip install in the rootfs failed: {(why or [last_line(r.stderr + r.stdout)])[0]}"
             )
     finally:
         ca_inside.unlink(missing_ok=True)
@@ -379,10 +379,10 @@ def _apt_lists_present() -> bool:
 
 
 def _dpkg_arch() -> str:
-    r = _run(["dpkg", "--print-architecture"], CALL_TIMEOUT_S)
+    r = run(["dpkg", "--print-architecture"], CALL_TIMEOUT_S)
     return r.stdout.strip()
 
 
 def _mmdebstrap_version() -> str:
-    r = _run(["mmdebstrap", "--version"], CALL_TIMEOUT_S)
+    r = run(["mmdebstrap", "--version"], CALL_TIMEOUT_S)
     return r.stdout.strip()

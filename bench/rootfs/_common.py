@@ -1,7 +1,6 @@
-"""Root filesystems as the unit of "same bytes" for a user's own workloads (issue 16):
-the store, the records and the outputs environments take. A rootfs is made by
-bench/rootfs_build.py (a Debian tree from mmdebstrap) or bench/rootfs_import.py (a
-docker/podman image's filesystem), and kept in the cache as <cache>/rootfs/<key>/ with
+"""The store, the records and the outputs of the rootfs package (bench/rootfs/): a rootfs
+is made by builder.py (a Debian tree from mmdebstrap) or importer.py (a docker/podman
+image's filesystem), and kept in the cache as <cache>/rootfs/<key>/ with
 
     tree/        the root filesystem (owned by root, as it would be inside a container)
     rootfs.json  the record: key, source, recipe or image, packages (dpkg inside), pip
@@ -11,6 +10,8 @@ docker/podman image's filesystem), and kept in the cache as <cache>/rootfs/<key>
 and <cache>/rootfs/names/<NAME> is a symlink to ../<key>. Everything is made in a
 `.building-*` directory beside the store and renamed into place when complete; a
 `.building-*` directory whose process is gone is removed by the next build or listing.
+The helpers the builder and the importer share (building, commit, run...) are the
+package's own: nothing outside bench/rootfs/ imports this module.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Rootfs:
             yield proc.stdout
             proc.stdout.close()
             if proc.wait(CALL_TIMEOUT_S) != 0:
-                raise RootfsError(f"tar of {self.tree}: {_tail(proc.stderr.read().decode())}")
+                raise RootfsError(f"tar of {self.tree}: {last_line(proc.stderr.read().decode())}")
         finally:
             if proc.poll() is None:  # the reader stopped early: tar has nothing to clean
                 with contextlib.suppress(ProcessLookupError):
@@ -263,7 +264,7 @@ def parse_dpkg_query(text: str) -> list[list[str]]:
     return sorted(out)
 
 
-def _inspect_tree(tree: Path, python: bool) -> dict:
+def inspect_tree(tree: Path, python: bool) -> dict:
     usage = tree_usage(tree)
     info = {
         "content": tree_hash(tree),
@@ -277,7 +278,7 @@ def _inspect_tree(tree: Path, python: bool) -> dict:
     }
     admin = tree / "var/lib/dpkg"
     if (admin / "status").is_file():
-        r = _run(
+        r = run(
             [
                 "dpkg-query",
                 f"--admindir={admin}",
@@ -291,7 +292,7 @@ def _inspect_tree(tree: Path, python: bool) -> dict:
     else:
         info["packages_note"] = "no dpkg database in the tree"
     if python:
-        r = _run(
+        r = run(
             [
                 "chroot",
                 str(tree),
@@ -329,9 +330,9 @@ def tar_argv(tree: Path, dest: str) -> list[str]:
 
 
 def _write_tar(tree: Path, dest: Path) -> None:
-    r = _run(tar_argv(tree, str(dest)), BUILD_TIMEOUT_S)
+    r = run(tar_argv(tree, str(dest)), BUILD_TIMEOUT_S)
     if r.returncode != 0:
-        raise RootfsError(f"tar of {tree}: {_tail(r.stderr)}")
+        raise RootfsError(f"tar of {tree}: {last_line(r.stderr)}")
 
 
 def ext4_geometry(usage: dict, headroom_mib: int) -> tuple[int, int]:
@@ -367,9 +368,9 @@ def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str
         str(dest),
         f"{kib}k",
     ]
-    r = _run(argv, BUILD_TIMEOUT_S)
+    r = run(argv, BUILD_TIMEOUT_S)
     if r.returncode != 0:
-        raise RootfsError(f"mke2fs -d {tree}: {_tail(r.stderr)}")
+        raise RootfsError(f"mke2fs -d {tree}: {last_line(r.stderr)}")
 
 
 def _make_file(out: Path, write) -> None:
@@ -386,14 +387,13 @@ def _make_file(out: Path, write) -> None:
 
 
 @contextlib.contextmanager
-def _building(store: Path) -> Iterator[Path]:
+def building(store: Path) -> Iterator[Path]:
     """A marked `.building-*` directory in the store, removed whatever happens (after a
     successful commit there is nothing left to remove)."""
     store.mkdir(parents=True, exist_ok=True)
     sweep(store)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=store))
-    owner = {"pid": os.getpid(), "boot_id": scratch._boot_id()}
-    (tmp / scratch.MARKER).write_text(json.dumps(owner) + "\n")
+    scratch.mark(tmp)
     try:
         yield tmp
     finally:
@@ -422,7 +422,7 @@ def sweep(store: Path) -> list[Path]:
     return removed
 
 
-def _commit(store: Path, tmp: Path, record: dict) -> None:
+def commit(store: Path, tmp: Path, record: dict) -> None:
     """Rename the finished tree into <store>/<key> (unless those bytes are there)."""
     final = store / record["key"]
     (tmp / "rootfs.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -432,11 +432,11 @@ def _commit(store: Path, tmp: Path, record: dict) -> None:
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the images from a guest's VMM user
     with interrupt.shielded():
         os.rename(tmp, final)
-        tmp.mkdir()  # _building's cleanup removes this empty stand-in
+        tmp.mkdir()  # building's cleanup removes this empty stand-in
         (final / scratch.MARKER).unlink()  # kept until here: a sweep leaves it alone
 
 
-def _named(name: str, cache: Path | None) -> Rootfs | None:
+def find_named(name: str, cache: Path | None) -> Rootfs | None:
     try:
         return load(name, cache)
     except RootfsError:
@@ -445,7 +445,7 @@ def _named(name: str, cache: Path | None) -> Rootfs | None:
         return None
 
 
-def _link(name: str, key: str, cache: Path | None) -> Rootfs:
+def link_name(name: str, key: str, cache: Path | None) -> Rootfs:
     d = store_dir(cache) / "names"
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{name}.{secrets.token_hex(4)}"
@@ -457,7 +457,7 @@ def _link(name: str, key: str, cache: Path | None) -> Rootfs:
 # ---------------------------------------------------------------------------- processes
 
 
-def _run(argv: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(argv: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run argv (its own process group), capture text output; on timeout or a signal the
     group is stopped (TERM, then KILL) before the exception goes on."""
     try:
@@ -475,7 +475,7 @@ def _run(argv: list[str], timeout: float, env: dict | None = None) -> subprocess
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def _run_logged(argv: list[str], logf, timeout: float) -> int:
+def run_logged(argv: list[str], logf, timeout: float) -> int:
     proc = subprocess.Popen(
         argv,
         stdout=logf,
@@ -491,14 +491,14 @@ def _finish(proc: subprocess.Popen, argv: list[str], wait, timeout: float):
     try:
         return wait()
     except subprocess.TimeoutExpired:
-        _stop(proc)
+        stop_group(proc)
         raise RootfsError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
     except BaseException:
-        _stop(proc)
+        stop_group(proc)
         raise
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
     """TERM the process group (mmdebstrap cleans up on it), KILL it after a grace."""
     with interrupt.shielded():
         for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
@@ -515,18 +515,18 @@ def _stop(proc: subprocess.Popen) -> None:
                     return
 
 
-def _need_root(what: str) -> None:
+def need_root(what: str) -> None:
     if os.geteuid() != 0:
         raise RootfsError(f"{what} needs root (files owned by root, chroot, mounts)")
 
 
-def _read(path: str) -> str:
+def read_or_empty(path: str) -> str:
     try:
         return Path(path).read_text()
     except OSError:
         return ""
 
 
-def _tail(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else "no output"
