@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from bench import catalog, runner, userwork
+from bench import catalog, runner
 from bench.envs.base import Availability, Environment, Launch, Option
-from bench.matrix import Matrix, parse_env_spec
+from bench.families import userrun
+from bench.matrix import Matrix, UserWorkload, parse_env_spec, with_catalog
 
 
 class Clock:
@@ -81,7 +82,7 @@ class FakeEnv(Environment):
             CLOCK.now += self.seconds
             rng = FakeEnv.rng
             value = self.opts["scale"] * 100 * np.exp(rng.normal(0, self.opts["noise"]))
-            if inv.probe == userwork.PROBE:
+            if inv.probe == userrun.PROBE:
                 recs = userrun_records(f'"PING_INLINE","{value:.3f}"\n')
             else:
                 recs = [
@@ -124,13 +125,13 @@ class FakeBundle:
         return {"hash": "fake", "path": str(self.root)}
 
 
-REDIS = userwork.UserWorkload(
+REDIS = UserWorkload(
     "redis-cli",
     "command",
     "redis-benchmark",
     argv=("redis-benchmark", "-n", "100", "--csv"),
 )
-REDIS_SERVER = userwork.UserWorkload(
+REDIS_SERVER = UserWorkload(
     "redis",
     "command",
     "redis-benchmark",
@@ -156,6 +157,7 @@ def catalog_for_tests() -> dict[str, catalog.Workload]:
             None,
             default=False,
             level_lists=catalog.parse_levels("density", {"full": [1, 8], "quick": [1, 4]}),
+            strategy="density",
         ),
         "net": shipped["net"],
     }
@@ -184,7 +186,7 @@ def make_run(tmp_path: Path, workloads: dict[str, catalog.Workload]):
         m = Matrix(
             envs=specs, workloads=list(workloads_run), baseline=specs[0].label, seed=3, **settings
         )
-        cat = userwork.with_catalog(workloads, m.user_workloads)
+        cat = with_catalog(workloads, m.user_workloads)
         bundle = FakeBundle(tmp_path / "cache" / "bundles" / "x")
         run_dir = tmp_path / "run"
         run_dir.mkdir(exist_ok=True)
@@ -208,7 +210,7 @@ SERVER_ROUND_S = 3.0
 def stand_ins(monkeypatch) -> list[tuple[str, str, object]]:
     """density's, the net server's and the user servers' rounds on the fake clock:
     calls -> [(family, env prefix, what)]; each measures a noisy figure."""
-    from bench import density, netbench, userserver
+    from bench.families import density, net, userserver
 
     calls: list[tuple[str, str, object]] = []
 
@@ -250,6 +252,6 @@ def stand_ins(monkeypatch) -> list[tuple[str, str, object]]:
 
     monkeypatch.setattr(density, "run_round", density_round)
     monkeypatch.setattr(density, "warm_up", density_warm_up)
-    monkeypatch.setattr(netbench, "run_round", net_round)
+    monkeypatch.setattr(net, "run_round", net_round)
     monkeypatch.setattr(userserver, "run_server_round", server_round)
     return calls

@@ -9,6 +9,7 @@ import pytest
 from bench import runner
 from bench.envs.base import Launch
 from bench.matrix import QUICK, EnvSpec
+from bench.schedule import Cell
 from tests.fakes import CLOCK, LOG, FakeEnv, catalog_for_tests, make_run, patch_fakes, stand_ins
 
 
@@ -107,7 +108,7 @@ def test_a_failed_launch_keeps_its_exit_code_and_stderr_tail():
     assert runner.failure_reason(launch) == (
         "probe failed (exit status 2) — stderr: warming up | syscall: --op: unknown op 'nul'"
     )
-    cell = runner.Cell(EnvSpec("fake"), "syscall")
+    cell = Cell(EnvSpec("fake"), "syscall")
     (rec,) = runner.launch_records(launch, cell, {"round": 1})
     assert rec["status"] == "failed" and rec["reason"] == runner.failure_reason(launch)
 

@@ -21,16 +21,16 @@ import psutil
 import pytest
 
 from bench import rootfs as rf
-from bench import userserver
 from bench.envs import image as img
 from bench.envs.base import Launch, StartError
-from bench.userwork import UserWorkload
+from bench.families import userserver
+from bench.matrix import UserWorkload
 
 NAME = "userserver-test"
 
 
 def reachable(host: str, port: int) -> str:
-    """A stand-in address accepts at once (netbench.wait_for_path's answer)."""
+    """A stand-in address accepts at once (common.wait_for_path's answer)."""
     return ""
 
 
