@@ -14,6 +14,7 @@ here, so the tests that use them do not change when a module moves."""
 from __future__ import annotations
 
 import base64
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from bench import catalog, runner
-from bench.envs.base import Availability, Environment, Launch, Option
+from bench.envs.base import HOLD, Availability, Environment, Instance, Launch, Option, StartError
 from bench.families import userrun
+from bench.interrupt import Interrupted
 from bench.matrix import Matrix, UserWorkload, parse_env_spec, with_catalog
 
 
@@ -52,6 +54,33 @@ def userrun_records(stdout: str, status: int = 0) -> list[dict[str, Any]]:
     return [chunk, end]
 
 
+class FakeInstance(Instance):
+    """An instance that is ready at once and ends when told; `ended` once it has."""
+
+    def _ready(self, timeout: float) -> bool:
+        return True
+
+    def _signal_stop(self) -> None:
+        pass
+
+    def _wait_exit(self, timeout: float) -> bool:
+        return True
+
+    def _kill(self) -> None:
+        pass
+
+    def _end(self, *, stopped: bool, timed_out: bool) -> Launch:
+        return Launch(phases={"ready": 1_000_000})
+
+
+def ctrl_c(env: Environment, workload: str) -> None:
+    """Ctrl-C in the middle of a round of `workload` when FakeEnv.interrupt names it: an
+    instance started, then Interrupted (what the run must leave nothing of)."""
+    if FakeEnv.interrupt == workload:
+        env.start(HOLD, 10.0)
+        raise Interrupted(signal.SIGINT)
+
+
 class FakeEnv(Environment):
     """A launch takes `seconds` on the fake clock and measures `scale` × a base figure
     with `noise` (lognormal) for every op of the workload."""
@@ -67,6 +96,8 @@ class FakeEnv(Environment):
     seconds = 1.0
     calls: list[tuple[str, list[str]]] = []
     rng = np.random.default_rng(0)
+    instances: list[FakeInstance] = []  # every instance started
+    interrupt: str | None = None  # a workload whose round is interrupted (ctrl_c)
 
     @classmethod
     def probe(cls, opts=None) -> Availability:
@@ -75,8 +106,14 @@ class FakeEnv(Environment):
     def launch(self, inv, timeout) -> Launch:
         return self.launch_round([inv], timeout)[0]
 
+    def _start(self, inv, timeout) -> Instance:
+        FakeEnv.instances.append(FakeInstance(self.new_name(), timeout))
+        return FakeEnv.instances[-1]
+
     def launch_round(self, invs, timeout) -> list[Launch]:
         FakeEnv.calls.append((self.kind, [i.workload for i in invs]))
+        for inv in invs:
+            ctrl_c(self, inv.workload)
         out = []
         for inv in invs:
             CLOCK.now += self.seconds
@@ -108,6 +145,10 @@ class GoneEnv(FakeEnv):
 
 class BrokenEnv(FakeEnv):
     kind = "broken"
+
+    def _start(self, inv, timeout) -> Instance:
+        CLOCK.now += self.seconds
+        raise StartError("the engine went away")
 
     def launch_round(self, invs, timeout) -> list[Launch]:
         CLOCK.now += self.seconds
@@ -174,6 +215,8 @@ def patch_fakes(monkeypatch, *, wall: bool = False) -> None:
     monkeypatch.setattr(runner.noise, "snapshot", lambda: {})
     monkeypatch.setattr(runner.provenance, "host_facts", lambda: {"cgroup_layout": "v2"})
     FakeEnv.calls = []
+    FakeEnv.instances = []
+    FakeEnv.interrupt = None
     FakeEnv.rng = np.random.default_rng(0)
     LOG.clear()
 
@@ -189,7 +232,7 @@ def make_run(tmp_path: Path, workloads: dict[str, catalog.Workload]):
         cat = with_catalog(workloads, m.user_workloads)
         bundle = FakeBundle(tmp_path / "cache" / "bundles" / "x")
         run_dir = tmp_path / "run"
-        run_dir.mkdir(exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         manifest = runner.new_manifest("r1", m, bundle, cat)
         manifest["created"] = time.time()
         kw = {"progress": progress} if progress else {}
@@ -214,9 +257,22 @@ def stand_ins(monkeypatch) -> list[tuple[str, str, object]]:
 
     calls: list[tuple[str, str, object]] = []
 
+    def held(env, workload: str) -> Launch | None:
+        """An instance held through the round (stopped at its end, as the real rounds
+        do); a failed Launch when it cannot start."""
+        try:
+            inst = env.start(HOLD, 10.0)
+        except StartError as e:
+            return Launch(status="failed", reason=f"did not start: {e}")
+        ctrl_c(env, workload)
+        inst.stop()
+        return None
+
     def density_round(env, levels, timeout, reserve, log):
         calls.append(("density", env.ctx.prefix, list(levels)))
         CLOCK.now += DENSITY_LEVEL_S * len(levels)
+        if failed := held(env, "density"):
+            return failed
         recs = [
             {
                 "op": f"n{n:02d}",
@@ -230,11 +286,15 @@ def stand_ins(monkeypatch) -> list[tuple[str, str, object]]:
     def density_warm_up(env, timeout):
         calls.append(("density", env.ctx.prefix, "warm-up"))
         CLOCK.now += 5.0  # a held instance started and stopped
+        if failed := held(env, "density"):
+            return failed
         return Launch(phases={"ready": 1_000_000})
 
     def net_round(env, bundle, args, timeout, log):
         calls.append(("net", env.ctx.prefix, list(args)))
         CLOCK.now += NET_ROUND_S
+        if failed := held(env, "net"):
+            return failed
         value = 30.0 * np.exp(FakeEnv.rng.normal(0, 0.05))
         rec = {"op": "tcp_rr", "metrics": {"p50_us": value}, "units": {"p50_us": "us"}}
         return Launch(records=[rec], net_path=f"loopback via {env.kind}")
@@ -242,6 +302,8 @@ def stand_ins(monkeypatch) -> list[tuple[str, str, object]]:
     def server_round(env, client_env, uw, quick, timeout, log):
         calls.append(("userserver", env.ctx.prefix, uw.name))
         CLOCK.now += SERVER_ROUND_S
+        if failed := held(env, uw.name):
+            return failed
         value = 5000.0 * np.exp(FakeEnv.rng.normal(0, 0.05))
         args = ["--cd", "/", "--", "redis-benchmark", "-h", "10.0.0.2", "-p", "6379", "--csv"]
         return Launch(
