@@ -60,6 +60,8 @@ class Workload:
     level_lists: dict[str, tuple[int, ...]] = field(default_factory=dict)
     default: bool = True  # run when no workload is named (density is run only when asked)
     strategy: str = "probes"  # how it is measured: a key of bench.families.REGISTRY
+    phase_figures: bool = False  # its launch phases are its figures (startup)
+    writes_data: bool = False  # writes in its work directory (io): bench/checks.py
 
     def levels(self, quick: bool, guest: bool) -> list[int]:
         """The ramp's levels for a full or quick run of a container/namespaces kind or of
@@ -94,6 +96,8 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             level_lists=parse_levels(name, w.get("levels", {})),
             default=bool(w.get("default", True)),
             strategy=w.get("strategy", "probes"),
+            phase_figures=bool(w.get("phase_figures", False)),
+            writes_data=bool(w.get("writes_data", False)),
         )
     return out
 

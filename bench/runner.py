@@ -111,6 +111,8 @@ def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload])
                 "probe": w.probe,
                 "strategy": w.strategy,
                 "family": w.group,  # the report's grouping label
+                "phase_figures": w.phase_figures,
+                "writes_data": w.writes_data,
                 "metrics": {k: vars(x) for k, x in w.metrics.items()},
                 "noisy": list(w.noisy),
                 "precision_floor": w.precision_floor,
