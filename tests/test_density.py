@@ -1,4 +1,4 @@
-"""Density (bench/density.py): the memory arithmetic on recorded /proc files, the ramp's
+"""Density (bench/families/density.py): the memory arithmetic on recorded /proc files, the ramp's
 safety (it stops at the memory reserve, a failed level ends it, Ctrl-C at any point of a
 level leaves nothing), real rounds on host, namespaces, docker, podman and oci, and a
 real run killed with SIGKILL while it holds a level, then `isobench clean`."""
