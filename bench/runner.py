@@ -1,6 +1,11 @@
 """The runner: warm-ups, then rounds in which every cell runs once in a seeded shuffled
 order (so drift spreads over all environments), adaptive stopping on precision or
-budget, per-launch timeouts, every failure recorded with its reason, resumable."""
+budget, per-launch timeouts, every failure recorded with its reason, resumable.
+
+Here: the environments' lifecycle (prepare, clean up, also on Ctrl-C), the rounds'
+execution and the recording of samples and manifest. Which cells a round runs and the
+budget: bench/schedule.py. How a cell is measured: its workload's strategy, looked up in
+bench/families/ REGISTRY; the runner names none."""
 
 from __future__ import annotations
 

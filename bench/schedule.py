@@ -12,8 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
 from bench import analysis, families, stats
 from bench.catalog import Workload
 from bench.envs.base import Environment
@@ -45,6 +43,8 @@ def unreached(records: list[dict[str, Any]], manifest: dict[str, Any], cells: li
     """Cells with a figure wider than its target: cell -> that figure's relative CI
     half-width (the widest, when several). A cell with no successful figure at all has
     an infinite width; figures noisy by nature have no target (analysis.precision_target)."""
+    import pandas as pd  # only once there is something to read: not at start-up
+
     worst = dict.fromkeys(cells, math.inf)
     if records:
         data = analysis.measured(pd.DataFrame.from_records(records))
