@@ -7,24 +7,49 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Collection
+from functools import cache
 from typing import Any
 
 import numpy as np
 
-from bench import checks, stats
+from bench import catalog, checks, stats
 from bench.store import json_safe
 
 KEY = ["env", "workload", "op", "metric"]
-MAIN = "main"  # probe results + the phases of the startup workload
+MAIN = "main"  # probe results + the phases of the workloads whose figures they are
 FOOTPRINT = "footprint"  # cgroup and host-side costs of every launch
 
 
-def measured(df, scope: str = MAIN):
-    """Counted, successful samples of one scope (warm-up round 0 excluded)."""
+@cache
+def _installed() -> dict[str, catalog.Workload]:
+    return catalog.load()
+
+
+def flag(manifest: dict[str, Any] | None, workload: str, key: str) -> bool:
+    """A workload's catalog flag (phase_figures, writes_data): as the run recorded it, or
+    the installed catalog's for a run recorded before the flag was."""
+    recorded = ((manifest or {}).get("catalog") or {}).get(workload) or {}
+    if key in recorded:
+        return bool(recorded[key])
+    w = _installed().get(workload)
+    return bool(w and getattr(w, key))
+
+
+def phase_workloads(manifest: dict[str, Any] | None = None) -> set[str]:
+    """The workloads whose launch phases are their figures (catalog `phase_figures`)."""
+    names = set((manifest or {}).get("catalog") or {}) | set(_installed())
+    return {w for w in names if flag(manifest, w, "phase_figures")}
+
+
+def measured(df, scope: str = MAIN, timed: Collection[str] | None = None):
+    """Counted, successful samples of one scope (warm-up round 0 excluded); `timed`: the
+    workloads whose phases are figures (default: the installed catalog's)."""
     ok = df[(df["round"] >= 1) & (df["status"] == "ok") & df["value"].notna()]
     if scope == MAIN:
+        timed = phase_workloads() if timed is None else timed
         keep = (ok["source"] == "probe") | (
-            (ok["source"] == "phase") & (ok["workload"] == "startup")
+            (ok["source"] == "phase") & ok["workload"].isin(list(timed))
         )
     else:
         keep = ok["source"].isin(["cgroup", "host"])
@@ -118,7 +143,7 @@ def summarize_run(
     ratio to the baseline with its CI and test, Benjamini-Hochberg across the rows."""
     baseline = baseline or manifest.get("matrix", {}).get("baseline", "host")
     envs = manifest.get("environments", {})
-    data = measured(df, scope)
+    data = measured(df, scope, phase_workloads(manifest))
     rounds = per_round(data)
     units, args, notes = by_cell(data, "unit", "args", "note")
     layout = (manifest.get("host") or {}).get("cgroup_layout", "")
@@ -171,7 +196,10 @@ def summarize_run(
                 ratio_ci_high=json_safe(t.high),
             )
             row.update(p_value=json_safe(t.p_value), test=test_name(t))
-        row["flags"] = checks.figure_flags(row, values, layout=layout, notes=notes[key])
+        writes = flag(manifest, workload, "writes_data")
+        row["flags"] = checks.figure_flags(
+            row, values, layout=layout, notes=notes[key], writes_data=writes
+        )
         if row["flags"]:  # an implausible figure or a failed control is no finding
             row.update(ratio=None, ratio_ci_low=None, ratio_ci_high=None, p_value=None)
         rows.append(row)

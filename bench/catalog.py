@@ -1,5 +1,6 @@
-"""The workload catalog (workloads/catalog.toml): each workload's probe, arguments, and
-what its figures mean (unit, whether lower or higher is better)."""
+"""The workload catalog (workloads/catalog.toml): each workload's probe, arguments, how it
+is measured (its strategy: bench/families/), the report's grouping label, and what its
+figures mean (unit, whether lower or higher is better)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class Metric:
 class Workload:
     name: str
     probe: str
-    family: str
+    group: str  # the report's grouping label (several workloads may share one)
     description: str
     args: tuple[str, ...]
     quick_args: tuple[str, ...]
@@ -58,6 +59,9 @@ class Workload:
     # every workload that is not a ramp
     level_lists: dict[str, tuple[int, ...]] = field(default_factory=dict)
     default: bool = True  # run when no workload is named (density is run only when asked)
+    strategy: str = "probes"  # how it is measured: a key of bench.families.REGISTRY
+    phase_figures: bool = False  # its launch phases are its figures (startup)
+    writes_data: bool = False  # writes in its work directory (io): bench/checks.py
 
     def levels(self, quick: bool, guest: bool) -> list[int]:
         """The ramp's levels for a full or quick run of a container/namespaces kind or of
@@ -81,7 +85,7 @@ def load(path: Path | None = None) -> dict[str, Workload]:
         out[name] = Workload(
             name=name,
             probe=w["probe"],
-            family=w.get("family", name),
+            group=w.get("group", name),
             description=w.get("description", ""),
             args=args,
             quick_args=quick,
@@ -91,6 +95,9 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             precision_floor=float(w.get("precision_floor", 0.0)),
             level_lists=parse_levels(name, w.get("levels", {})),
             default=bool(w.get("default", True)),
+            strategy=w.get("strategy", "probes"),
+            phase_figures=bool(w.get("phase_figures", False)),
+            writes_data=bool(w.get("writes_data", False)),
         )
     return out
 

@@ -30,12 +30,18 @@ PAGE_CACHE = "page cache"  # the probe's note for a read O_DIRECT did not bypass
 
 
 def figure_flags(
-    row: dict[str, Any], values: np.ndarray, *, layout: str = "", notes: set[str] = frozenset()
+    row: dict[str, Any],
+    values: np.ndarray,
+    *,
+    layout: str = "",
+    notes: set[str] = frozenset(),
+    writes_data: bool = False,
 ) -> list[str]:
     """Sentences for what is wrong with one summary row (empty when nothing is).
 
     ``values`` are the row's per-round figures, ``layout`` the host's cgroup layout
-    ("v1", "hybrid", "v2"), ``notes`` the probe's notes on the row's samples."""
+    ("v1", "hybrid", "v2"), ``notes`` the probe's notes on the row's samples,
+    ``writes_data`` the workload's catalog flag (its probe writes data: io)."""
     flags = []
     env, metric = row["env"], row["metric"]
     low = row.get("ratio_ci_low")
@@ -45,22 +51,24 @@ def figure_flags(
             f"vDSO control failed: clock_gettime ×{row['ratio']:,.0f} under {env} — this "
             "environment has no vDSO clock (clock_gettime is a real system call there)"
         )
-    counter = row["op"] in ("cgroup", "host_side") or row["workload"] == "io"
+    counter = row["op"] in ("cgroup", "host_side") or writes_data
     if counter and values.size and values.min() < 0:  # (a difference of two readings
         # such as density's MemAvailable drop may be negative: that is noise, not a bug)
         flags.append(
             f"negative {metric} ({values.min():.3g}) under {env}: the counter was read from "
             "different cgroups before and after; not a figure"
         )
-    if row["workload"] == "io" and metric in WRITE_COUNTERS and values.size and not values.any():
+    if writes_data and metric in WRITE_COUNTERS and values.size and not values.any():
         why = (
             "cgroup v1 keeps no I/O counts of a container's cgroup once the runtime removes "
             "it at exit (and charges buffered writeback elsewhere)"
             if not Layout(layout or "v2").keeps_removed_child_io  # "" (unknown): as v2
             else "the cgroup accounted no writes"
         )
-        flags.append(f"{metric} is 0 under {env} although the io probe wrote data: {why}")
-    if row["workload"] == "io" and any(PAGE_CACHE in n for n in notes):
+        flags.append(
+            f"{metric} is 0 under {env} although the {row['workload']} probe wrote data: {why}"
+        )
+    if writes_data and any(PAGE_CACHE in n for n in notes):
         flags.append(
             f"{row['op']} under {env} ran at page-cache speed: O_DIRECT was not honoured, so "
             "this is not the device's figure"

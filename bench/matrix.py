@@ -24,7 +24,7 @@ From a TOML file:
     label = "gvisor"
     runtime = "runsc"
 
-Your own workloads run from a rootfs (`isobench rootfs build`; bench/userwork.py):
+Your own workloads run from a rootfs (`isobench rootfs build`; bench/families/user.py):
 
     rootfs = "pytest-bench"  # every env that can take rootfs=NAME and sets none
     [[user_workload]]
@@ -33,7 +33,7 @@ Your own workloads run from a rootfs (`isobench rootfs build`; bench/userwork.py
     dir = "/opt/bench"
 
 A command may hold a server in the environment, `argv` then being its client on the host
-(bench/userserver.py): server = ["redis-server", "--port", "{port}"], argv =
+(bench/families/userserver.py): server = ["redis-server", "--port", "{port}"], argv =
 ["redis-benchmark", "-h", "{host}", "-p", "{port}", "--csv"].
 
 or from `--env KIND:key=value,...` flags. Every problem is a MatrixError whose message
@@ -49,9 +49,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import parsers
+from bench.catalog import Workload
 from bench.envs.base import COMMON_OPTIONS, OptionError, parse_options
-from bench.userwork import KINDS as USER_KINDS
-from bench.userwork import UserWorkload
 
 # --quick: the settings of a first look (a file or flags may still override each one).
 # Eight rounds: the verdicts' trimmed t (bench/stats.py) cuts one round from each end
@@ -67,6 +67,86 @@ from bench.userwork import UserWorkload
 # run's wall clock: `--all` on a 2-core host fits in it. A quick run of workloads outside the
 # main job only (density, net) is not cut by this default before its minimum rounds: one
 # density round of four environments takes about as long as the whole budget (Runner).
+
+
+USER_KINDS = ("pytest-benchmark", "command")
+USER_PROBE = "userrun"  # the bundle's probe that runs a user's command (workloads/userrun.c)
+USER_GROUP = "user"  # the report's grouping label of every user workload (its own section)
+PYTHON = "python3"  # the interpreter of a pytest-benchmark suite, found on the rootfs's PATH
+PYTEST_ADDED = ("--benchmark-only", "--benchmark-json={out}")
+
+
+@dataclass(frozen=True)
+class UserWorkload:
+    """One [[user_workload]] table, decoded (user_workload() checks it); run by the
+    strategies in bench/families/user.py and userserver.py."""
+
+    name: str
+    kind: str  # USER_KINDS
+    parser: str  # a name in parsers.PARSERS ("pytest-benchmark" for that kind)
+    dir: str = ""  # pytest-benchmark: the suite's directory inside the rootfs (its cwd)
+    args: tuple[str, ...] = ()  # pytest-benchmark: more pytest arguments
+    quick_args: tuple[str, ...] | None = None  # ... for --quick runs (default: args)
+    argv: tuple[str, ...] = ()  # command: what runs
+    quick_argv: tuple[str, ...] | None = None  # ... for --quick runs (default: argv)
+    # command: a server held in the environment ("{port}": the port it must listen on);
+    # argv is then its client, run on the host ("{host}", "{port}": where to connect)
+    server: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UserWorkload:
+        """From Matrix.to_dict() (tuples came back as lists)."""
+        tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
+        return cls(**{**d, **tup})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def command(self, quick: bool) -> list[str]:
+        """The argv userrun runs inside the instance ("{out}": its output file)."""
+        if self.kind == "pytest-benchmark":
+            args = self.quick_args if quick and self.quick_args is not None else self.args
+            return [PYTHON, "-m", "pytest", *PYTEST_ADDED, *args, "."]
+        argv = self.quick_argv if quick and self.quick_argv is not None else self.argv
+        return list(argv)
+
+    def probe_args(self, quick: bool) -> tuple[str, ...]:
+        """userrun's arguments: the same in every environment ({workdir} is replaced by
+        the environment, as in the catalog's probes)."""
+        out = ["--cd", self.dir or "/"]
+        if self.kind == "pytest-benchmark":
+            out.append("--out")
+        return (*out, "--", *self.command(quick))
+
+    def workload(self) -> Workload:
+        """The catalog entry the runner, the manifest and the report see: measured by the
+        `user` strategy (run to completion) or, with a server, `userserver`."""
+        what = (
+            f"pytest-benchmark suite in {self.dir}"
+            if self.kind == "pytest-benchmark"
+            else f"command {' '.join(self.argv)[:120]} (parser {self.parser})"
+        )
+        if self.server:
+            what = (
+                f"server {' '.join(self.server)[:120]} held in the environment, its client "
+                f"on the host from the same rootfs: {what}"
+            )
+        return Workload(
+            name=self.name,
+            probe=USER_PROBE,
+            group=USER_GROUP,
+            description=f"your own workload: {what}, run from the environment's rootfs",
+            args=self.probe_args(quick=False),
+            quick_args=self.probe_args(quick=True),
+            emulated_args=None,
+            metrics=dict(parsers.METRICS[self.parser]),
+            strategy="userserver" if self.server else "user",
+        )
+
+
+def with_catalog(cat: dict[str, Workload], user: list[UserWorkload]) -> dict[str, Workload]:
+    """The catalog plus the matrix's user workloads."""
+    return {**cat, **{u.name: u.workload() for u in user}}
 
 
 class QuickBudget(float):
@@ -287,7 +367,7 @@ SCALARS: dict[str, type | tuple[type, ...]] = {
 }
 TOP_KEYS = {*SCALARS, "workloads", "env", "rootfs", "user_workload"}
 
-# [[user_workload]] keys per kind (bench/userwork.py)
+# [[user_workload]] keys per kind (UserWorkload)
 USER_KEYS = {
     "pytest-benchmark": {"name", "kind", "dir", "args", "quick_args"},
     "command": {"name", "kind", "argv", "quick_argv", "parser", "dir", "server"},
@@ -311,8 +391,6 @@ def _strings(value: Any, here: str, key: str, empty: bool = True) -> tuple[str, 
 
 def user_workload(table: dict[str, Any], here: str) -> UserWorkload:
     """One [[user_workload]] table, checked; MatrixError names the key at fault."""
-    from bench.parsers import PARSERS
-
     for key in ("name", "kind"):
         if key not in table:
             raise MatrixError(f"{here}: missing key '{key}'")
@@ -349,9 +427,9 @@ def user_workload(table: dict[str, Any], here: str) -> UserWorkload:
     quick = table.get("quick_argv")
     parser = table.get("parser")
     if parser is None:
-        raise MatrixError(f"{here}: missing key 'parser' (one of {', '.join(PARSERS)})")
-    if parser not in PARSERS or parser == "pytest-benchmark":
-        known = [p for p in PARSERS if p != "pytest-benchmark"]
+        raise MatrixError(f"{here}: missing key 'parser' (one of {', '.join(parsers.PARSERS)})")
+    if parser not in parsers.PARSERS or parser == "pytest-benchmark":
+        known = [p for p in parsers.PARSERS if p != "pytest-benchmark"]
         hint = ' (a suite is kind = "pytest-benchmark")' if parser == "pytest-benchmark" else ""
         raise MatrixError(
             f"{here}: unknown parser {parser!r}{hint or _suggest(str(parser), known)}; "

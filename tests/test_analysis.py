@@ -229,3 +229,34 @@ def test_verdict_words_follow_the_better_direction():
     assert analysis.verdict({"ratio": None}) == ""
     cpu = {"ratio": 6.59, "better": "lower", "unit": "ms", "scope": analysis.FOOTPRINT}
     assert analysis.verdict(cpu) == "6.59× more"
+
+
+def test_the_checks_follow_the_catalogs_flags_not_the_workloads_name():
+    """writes_data as the run recorded it: a workload of another name that writes data is
+    checked as io is; io recorded without the flag is not; a run recorded before the flag
+    existed takes the installed catalog's (io writes data)."""
+    zero = {"op": "cgroup", "metric": "io_write_mib", "source": "cgroup"}
+    df = pd.DataFrame(
+        samples("host", [32.0] * 3, workload="disk", **zero)
+        + samples("vm", [0.0] * 3, workload="disk", **zero)
+        + samples("host", [32.0] * 3, workload="io", **zero)
+        + samples("vm", [0.0] * 3, workload="io", **zero)
+    )
+
+    def flagged(catalog):
+        rows = analysis.summarize_run(df, {**MANIFEST, "catalog": catalog}, scope="footprint")
+        return {r["workload"] for r in rows if r["env"] == "vm" and r["flags"]}
+
+    assert flagged({"disk": {"writes_data": True}, "io": {"writes_data": False}}) == {"disk"}
+    assert flagged({"io": {"probe": "io"}}) == {"io"}  # recorded before the flag: installed
+
+
+def test_phases_are_figures_of_the_workloads_the_catalog_says():
+    df = pd.DataFrame(
+        samples("host", [5.0, 5.1, 5.2], workload="startup", op="phases", source="phase")
+        + samples("host", [7.0, 7.1, 7.2], workload="other", op="phases", source="phase")
+    )
+    assert set(analysis.measured(df)["workload"]) == {"startup"}
+    assert set(analysis.measured(df, timed={"other"})["workload"]) == {"other"}
+    recorded = {"catalog": {"other": {"phase_figures": True}}}
+    assert analysis.phase_workloads(recorded) == {"startup", "other"}

@@ -1,4 +1,4 @@
-"""Density (bench/density.py): the memory arithmetic on recorded /proc files, the ramp's
+"""Density (bench/families/density.py): the memory arithmetic on recorded /proc files, the ramp's
 safety (it stops at the memory reserve, a failed level ends it, Ctrl-C at any point of a
 level leaves nothing), real rounds on host, namespaces, docker, podman and oci, and a
 real run killed with SIGKILL while it holds a level, then `isobench clean`."""
@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import catalog, density
+from bench import catalog
 from bench.clean import find_all
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment, StartError
+from bench.families import density
+from bench.families import density_figures as figures
 from bench.metrics.cgroup import find_leftovers
 
 DATA = Path(__file__).parent / "data" / "density"
@@ -38,41 +40,41 @@ def _text(name: str) -> str:
 def test_meminfo_and_smaps_rollup_parse_to_kib():
     """Recorded on this VM: MemAvailable before and with 8 idle hold probes in their
     cgroups (host kind), one hold probe's smaps_rollup."""
-    before = density.parse_meminfo(_text("meminfo.before"))
-    held = density.parse_meminfo(_text("meminfo.held8"))
+    before = figures.parse_meminfo(_text("meminfo.before"))
+    held = figures.parse_meminfo(_text("meminfo.held8"))
     assert before["MemTotal"] == held["MemTotal"] == 24684092
     assert (before["MemAvailable"], held["MemAvailable"]) == (24052648, 24052508)
     assert before["HugePages_Total"] == 0  # a count without "kB" is kept as is
-    hold = density.parse_smaps_rollup(_text("smaps_rollup.hold"))
+    hold = figures.parse_smaps_rollup(_text("smaps_rollup.hold"))
     assert (hold["Rss"], hold["Pss"], hold["Pss_Anon"], hold["Anonymous"]) == (688, 124, 44, 44)
     assert "[rollup]" not in " ".join(hold)  # the header line is not a field
-    harness = density.parse_smaps_rollup(_text("smaps_rollup.harness"))
+    harness = figures.parse_smaps_rollup(_text("smaps_rollup.harness"))
     assert harness["Anonymous"] > 1000 * hold["Anonymous"] // 44  # a Python process
 
 
 def test_system_view_per_instance_from_the_recorded_meminfo():
-    before = density.parse_meminfo(_text("meminfo.before"))["MemAvailable"]
-    held = density.parse_meminfo(_text("meminfo.held8"))["MemAvailable"]
+    before = figures.parse_meminfo(_text("meminfo.before"))["MemAvailable"]
+    held = figures.parse_meminfo(_text("meminfo.held8"))["MemAvailable"]
     # 140 kB less available with 8 held: 17.5 kB each
-    assert density.system_per_instance_mib(before, held, 8) == pytest.approx(17.5 / 1024)
+    assert figures.system_per_instance_mib(before, held, 8) == pytest.approx(17.5 / 1024)
     # the harness's own growth is not the instances'
-    assert density.system_per_instance_mib(before, held, 8, harness_growth_kib=60) == (
+    assert figures.system_per_instance_mib(before, held, 8, harness_growth_kib=60) == (
         pytest.approx(10 / 1024)
     )
-    assert density.system_per_instance_mib(1_000_000, 1_000_000 - 8 * 2048, 8) == 2.0
+    assert figures.system_per_instance_mib(1_000_000, 1_000_000 - 8 * 2048, 8) == 2.0
 
 
 def test_accounted_view_adds_only_the_carriers_outside_the_cgroup():
     docker_runc = {"shim_pss_mib": 3.5, "shim_cpu_ms": 12.0, "pss_mib": 3.5}
     docker_runsc = {"shim_pss_mib": 3.0, "sandbox_pss_mib": 20.0, "gofer_pss_mib": 5.0}
     host = {"sampler_cpu_ms": 4.0}
-    assert density.carriers_mib(docker_runc) == 3.5
-    assert density.carriers_mib(docker_runsc) == 3.0  # sandbox, gofer: inside the cgroup
-    assert density.carriers_mib(host) == 0.0 and not density.has_carriers(host)
-    assert density.has_carriers(docker_runsc)
-    assert density.accounted_per_instance_mib([1.0, 3.0], [3.5, 3.0]) == pytest.approx(5.25)
+    assert figures.carriers_mib(docker_runc) == 3.5
+    assert figures.carriers_mib(docker_runsc) == 3.0  # sandbox, gofer: inside the cgroup
+    assert figures.carriers_mib(host) == 0.0 and not figures.has_carriers(host)
+    assert figures.has_carriers(docker_runsc)
+    assert figures.accounted_per_instance_mib([1.0, 3.0], [3.5, 3.0]) == pytest.approx(5.25)
     with pytest.raises(ValueError):
-        density.accounted_per_instance_mib([], [])
+        figures.accounted_per_instance_mib([], [])
 
 
 def test_a_carrier_counts_only_outside_the_instances_memory_cgroup():
@@ -81,58 +83,58 @@ def test_a_carrier_counts_only_outside_the_instances_memory_cgroup():
     prefix is not."""
     v1 = Path("/sys/fs/cgroup/memory")
     inst = {"memory": v1 / "isobench-r-e1-1", "pids": v1.parent / "pids/isobench-r-e1-1"}
-    assert density.is_inside({"memory": v1 / "isobench-r-e1-1/conmon"}, inst)
-    assert density.is_inside({"memory": v1 / "isobench-r-e1-1"}, inst)
-    assert not density.is_inside({"memory": v1 / "isobench-r-e1-10"}, inst)  # a neighbour
-    assert not density.is_inside({"memory": v1 / "process_api/abc"}, inst)  # the harness
-    assert not density.is_inside({"pids": v1.parent / "pids/isobench-r-e1-1"}, inst)
+    assert figures.is_inside({"memory": v1 / "isobench-r-e1-1/conmon"}, inst)
+    assert figures.is_inside({"memory": v1 / "isobench-r-e1-1"}, inst)
+    assert not figures.is_inside({"memory": v1 / "isobench-r-e1-10"}, inst)  # a neighbour
+    assert not figures.is_inside({"memory": v1 / "process_api/abc"}, inst)  # the harness
+    assert not figures.is_inside({"pids": v1.parent / "pids/isobench-r-e1-1"}, inst)
     v2 = Path("/sys/fs/cgroup")
-    assert density.is_inside({"": v2 / "a.slice/a-b.slice/x"}, {"": v2 / "a.slice/a-b.slice"})
-    assert not density.is_inside({"": v2 / "system.slice/containerd.service"}, {"": v2 / "x"})
+    assert figures.is_inside({"": v2 / "a.slice/a-b.slice/x"}, {"": v2 / "a.slice/a-b.slice"})
+    assert not figures.is_inside({"": v2 / "system.slice/containerd.service"}, {"": v2 / "x"})
 
 
 def test_the_carriers_note_names_what_was_added_and_what_was_inside():
     outside = [{"podman": 30.0}, {"podman": 32.0}]
     named = [{11: "podman", 12: "conmon"}, {21: "podman", 22: "conmon"}]
-    assert density.carriers_note(outside, named) == (
+    assert figures.carriers_note(outside, named) == (
         "carriers outside the cgroup, PSS per instance: podman 31.00 MiB (inside it: conmon)"
     )
-    assert density.carriers_note([{}], [{5: "sandbox"}]) == (
+    assert figures.carriers_note([{}], [{5: "sandbox"}]) == (
         "carriers outside the cgroup, PSS per instance: none (inside it: sandbox)"
     )
 
 
 def test_the_two_sources_are_flagged_past_twenty_percent():
-    assert density.disagreement(10.0, 8.1) == pytest.approx(0.19)
-    assert density.memory_note(10.0, 8.1) == ""
-    note = density.memory_note(10.0, 7.9)
+    assert figures.disagreement(10.0, 8.1) == pytest.approx(0.19)
+    assert figures.memory_note(10.0, 8.1) == ""
+    note = figures.memory_note(10.0, 7.9)
     assert "disagree by 21%" in note and "10.00" in note and "7.90" in note
-    assert density.memory_note(0.0, 0.0) == ""
-    assert density.memory_note(-1.0, 0.2)  # noise that made the system view negative
+    assert figures.memory_note(0.0, 0.0) == ""
+    assert figures.memory_note(-1.0, 0.2)  # noise that made the system view negative
 
 
 def test_drift_between_the_baselines_is_named():
-    assert density.drift_note(10_000_000, 10_000_000 - 1024, 8 * 1024, 100.0, 120.0) == ""
-    note = density.drift_note(10_000_000, 10_000_000 - 90 * 1024, 8 * 1024, 100.0, 400.0)
+    assert figures.drift_note(10_000_000, 10_000_000 - 1024, 8 * 1024, 100.0, 120.0) == ""
+    note = figures.drift_note(10_000_000, 10_000_000 - 90 * 1024, 8 * 1024, 100.0, 400.0)
     assert "MemAvailable moved by 90.0 MiB" in note and "busy CPU moved by 300" in note
 
 
 def test_busy_cpu_from_recorded_proc_stat():
     # user + nice + system + irq + softirq of the aggregate line; not idle, iowait, steal
-    assert density.busy_ticks(_text("stat.before")) == 820850 + 6702 + 252338 + 0 + 1563
-    assert density.busy_ticks(_text("stat.held8")) == 820853 + 6702 + 252419 + 0 + 1563
+    assert figures.busy_ticks(_text("stat.before")) == 820850 + 6702 + 252338 + 0 + 1563
+    assert figures.busy_ticks(_text("stat.held8")) == 820853 + 6702 + 252419 + 0 + 1563
     with pytest.raises(ValueError):
-        density.busy_ticks("cpu0 1 2 3 4\n")
+        figures.busy_ticks("cpu0 1 2 3 4\n")
 
 
 def test_the_reserve_arithmetic():
     total = 24 * 1024 * 1024  # kB
     # 10 GiB available, reserve 25% = 6 GiB: 4 GiB may go
-    assert density.reserve_refusal(10 * 1024 * 1024, total, 4000.0, 0.25) is None
-    why = density.reserve_refusal(10 * 1024 * 1024, total, 4200.0, 0.25)
+    assert figures.reserve_refusal(10 * 1024 * 1024, total, 4000.0, 0.25) is None
+    why = figures.reserve_refusal(10 * 1024 * 1024, total, 4200.0, 0.25)
     assert why and "below the reserve of 25%" in why and "4200 MiB" in why
-    assert density.level_need_mib(2.0, 8) == pytest.approx(2.0 * 9 * density.HEADROOM)
-    assert density.level_need_mib(-3.0, 8) == 0.0  # a noisy negative estimate needs nothing
+    assert figures.level_need_mib(2.0, 8) == pytest.approx(2.0 * 9 * figures.HEADROOM)
+    assert figures.level_need_mib(-3.0, 8) == 0.0  # a noisy negative estimate needs nothing
 
 
 def test_settle_waits_for_steady_readings_and_gives_up_in_time():
@@ -142,10 +144,10 @@ def test_settle_waits_for_steady_readings_and_gives_up_in_time():
         clock[0] += s
 
     values = iter([1000_000, 990_000, 985_000, 984_900, 984_800, 984_700, 984_600])
-    got, settled = density.settle(lambda: next(values), sleep=sleep, clock=lambda: clock[0])
+    got, settled = figures.settle(lambda: next(values), sleep=sleep, clock=lambda: clock[0])
     assert settled and got == 984_900  # the last four lie within 2 MiB: their median
     drifting = iter(range(10**6, 0, -10_000))
-    got, settled = density.settle(
+    got, settled = figures.settle(
         lambda: next(drifting), sleep=sleep, clock=lambda: clock[0], max_s=2.0
     )
     assert not settled and got > 0
@@ -153,10 +155,10 @@ def test_settle_waits_for_steady_readings_and_gives_up_in_time():
 
 def test_op_names_sort_by_level():
     levels = [1, 8, 32, 64]
-    names = [density.op_name(n, levels) for n in levels]
+    names = [figures.op_name(n, levels) for n in levels]
     assert names == ["n01", "n08", "n32", "n64"] and sorted(names) == names
-    assert density.op_name(8, [1, 2, 4, 8]) == "n08"
-    assert [density.op_name(n, [1, 128]) for n in (1, 128)] == ["n001", "n128"]
+    assert figures.op_name(8, [1, 2, 4, 8]) == "n08"
+    assert [figures.op_name(n, [1, 128]) for n in (1, 128)] == ["n001", "n128"]
 
 
 # ---------------------------------------------------------------- the catalog
@@ -164,7 +166,7 @@ def test_op_names_sort_by_level():
 
 def test_catalog_levels():
     w = catalog.load()["density"]
-    assert w.probe == "hold" and w.family == "density"
+    assert w.probe == "hold" and w.strategy == "density" and w.group == "density"
     assert w.levels(quick=False, guest=False) == [1, 8, 32, 64]
     assert w.levels(quick=False, guest=True) == [1, 2, 4, 8]
     assert len(w.levels(quick=True, guest=False)) >= 2
@@ -222,7 +224,7 @@ def _ours(env: Environment) -> list[str]:
 def _check_round(env: Environment, launch, levels: list[int]) -> None:
     assert launch.status == "ok", (launch.reason, launch.extra)
     assert not launch.probe_errors, launch.extra
-    assert [r["op"] for r in launch.records] == [density.op_name(n, levels) for n in levels]
+    assert [r["op"] for r in launch.records] == [figures.op_name(n, levels) for n in levels]
     for r in launch.records:
         m = r["metrics"]
         assert set(m) <= set(density.UNITS) and r["units"] == {k: density.UNITS[k] for k in m}

@@ -161,3 +161,39 @@ def test_envs_do_not_reach_the_runner_stats_or_report(env_module):
     via = reachable(import_graph(), env_module)
     bad = [m for m in via if any(m == f or m.startswith(f + ".") for f in ENVS_MUST_NOT_REACH)]
     assert not bad, "; ".join(chain(via, env_module, m) for m in sorted(bad))
+
+
+# -- the run strategies (bench/families/) --------------------------------------------------
+def family_modules() -> set[str]:
+    """The modules that hold a family of the registry (its helpers are not families)."""
+    from bench.families import REGISTRY
+
+    return {type(f).__module__ for f in REGISTRY.values()}
+
+
+def test_the_family_modules_are_read():
+    assert {"bench.families.density", "bench.families.net"} <= family_modules()
+    assert "bench.families.common" in import_graph()["bench.families.userserver"]
+
+
+def test_envs_never_import_a_family():
+    graph = import_graph()
+    for env_module in [m for m in sorted(graph) if m.startswith("bench.envs")]:
+        via = reachable(graph, env_module)
+        bad = [m for m in via if m == "bench.families" or m.startswith("bench.families.")]
+        assert not bad, "; ".join(chain(via, env_module, m) for m in sorted(bad))
+
+
+def test_no_family_imports_another_family():
+    """Directly or through a helper: what families share is in the helper modules."""
+    graph = import_graph()
+    for family in sorted(family_modules()):
+        via = reachable(graph, family)
+        bad = sorted((family_modules() - {family}) & set(via))
+        assert not bad, "; ".join(chain(via, family, m) for m in bad)
+
+
+def test_the_configuration_layer_imports_no_workload_module():
+    via = reachable(import_graph(), "bench.matrix")
+    bad = [m for m in via if m.startswith("bench.families")]
+    assert not bad, "; ".join(chain(via, "bench.matrix", m) for m in sorted(bad))

@@ -249,7 +249,7 @@ def test_a_user_workload_needs_a_rootfs_every_environment_can_run_from(
     tmp_path, monkeypatch, envs, extra, message
 ):
     monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path))  # an empty cache: no rootfs in it
-    from bench.userwork import UserWorkload
+    from bench.matrix import UserWorkload
 
     suite = UserWorkload("suite", "pytest-benchmark", "pytest-benchmark", "/opt/bench")
     m = Matrix(
@@ -280,7 +280,7 @@ def test_a_server_command_goes_through_the_manifest(tmp_path):
 
 
 def test_a_user_workload_may_not_take_a_catalog_name():
-    from bench.userwork import UserWorkload
+    from bench.matrix import UserWorkload
 
     clash = UserWorkload("cpu", "command", "sysbench", argv=("sysbench", "cpu", "run"))
     m = Matrix(envs=[parse_env_spec("host")], workloads=[], user_workloads=[clash])

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import netbench
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Invocation
 from bench.envs.containers import net_path_problem, network_of, served_port
 from bench.envs.guest.tap import TAP_PREFIX
 from bench.envs.namespaces import VETH_PREFIX, free_slash30, owned_links, veth_names
+from bench.families import common, net
 
 QUICK = ["--min-ms", "100"]
 ROOT = Path(__file__).parents[1]
@@ -31,29 +31,27 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_client_plan_splits_ops_and_reps_from_the_rest():
-    ops, reps, rest = netbench.client_plan(
-        ["--op", "tcp_rr,tcp_crr", "--reps", "3", "--min-ms", "300"]
-    )
+    ops, reps, rest = net.client_plan(["--op", "tcp_rr,tcp_crr", "--reps", "3", "--min-ms", "300"])
     assert (ops, reps, rest) == (["tcp_rr", "tcp_crr"], 3, ["--min-ms", "300"])
-    assert netbench.client_plan([])[0] == list(netbench.OPS)
+    assert net.client_plan([])[0] == list(net.OPS)
     with pytest.raises(ValueError, match="unknown net op"):
-        netbench.client_plan(["--op", "udp_rr"])
+        net.client_plan(["--op", "udp_rr"])
     with pytest.raises(ValueError):
-        netbench.client_plan(["--reps", "0"])
+        net.client_plan(["--reps", "0"])
 
 
 def test_client_timeout_covers_the_window_and_the_reply_timeouts():
-    assert netbench.client_timeout(["--min-ms", "300"]) == pytest.approx(0.3 + 20 + 5)
-    assert netbench.client_timeout(["--timeout-s", "2"]) == pytest.approx(1 + 4 + 5)
+    assert net.client_timeout(["--min-ms", "300"]) == pytest.approx(0.3 + 20 + 5)
+    assert net.client_timeout(["--timeout-s", "2"]) == pytest.approx(1 + 4 + 5)
 
 
 def test_cgroup_figure_is_scaled_to_the_window_per_transaction_or_per_mb():
     rr = {"op": "tcp_rr", "iterations": 1000, "elapsed_ns": 500_000_000}
     # 10 ms of cgroup CPU over a 1 s client run, of which the window is 0.5 s: 5 ms
-    assert netbench.cgroup_figure(rr, 10.0, 1.0) == ("server_cgroup_cpu_us_per_trans", 5.0, "us")
+    assert net.cgroup_figure(rr, 10.0, 1.0) == ("server_cgroup_cpu_us_per_trans", 5.0, "us")
     st = {"op": "tcp_stream_c2s", "iterations": 2_000_000, "elapsed_ns": 1_000_000_000}
-    assert netbench.cgroup_figure(st, 4.0, 1.0) == ("server_cgroup_cpu_ms_per_mb", 2.0, "ms")
-    assert netbench.cgroup_figure({"op": "tcp_rr", "iterations": 0, "elapsed_ns": 1}, 1, 1) is None
+    assert net.cgroup_figure(st, 4.0, 1.0) == ("server_cgroup_cpu_ms_per_mb", 2.0, "ms")
+    assert net.cgroup_figure({"op": "tcp_rr", "iterations": 0, "elapsed_ns": 1}, 1, 1) is None
 
 
 def test_served_port_and_paths():
@@ -75,7 +73,7 @@ def test_wait_for_path_returns_once_the_address_accepts_or_says_why_it_never_did
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # free now, nobody listening yet
     t0 = time.monotonic()
-    why = netbench.wait_for_path("127.0.0.1", port, limit=0.5)
+    why = common.wait_for_path("127.0.0.1", port, limit=0.5)
     assert "refused" in why.lower() and time.monotonic() - t0 >= 0.5
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,7 +81,7 @@ def test_wait_for_path_returns_once_the_address_accepts_or_says_why_it_never_did
     late.start()
     try:
         t0 = time.monotonic()
-        assert netbench.wait_for_path("127.0.0.1", port, limit=5.0) == ""
+        assert common.wait_for_path("127.0.0.1", port, limit=5.0) == ""
         assert 0.3 < time.monotonic() - t0 < 3.0
     finally:
         late.join()
@@ -137,7 +135,7 @@ def test_a_taps_path_says_where_and_whether_emulated():
 
 
 def _free_port() -> int:
-    return netbench.free_port()
+    return common.free_port()
 
 
 def _lines(text: str) -> list[dict]:
@@ -171,7 +169,7 @@ def test_probe_against_itself_on_loopback(bundle, server):
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0] == "ready"
     recs = {r["op"]: r for r in _lines(res.stdout)}
-    assert set(recs) == set(netbench.OPS), res.stdout
+    assert set(recs) == set(net.OPS), res.stdout
     rr = recs["tcp_rr"]["metrics"]
     assert 0 < rr["p50_us"] <= rr["p99_us"]
     rate = recs["tcp_rr"]["iterations"] / (recs["tcp_rr"]["elapsed_ns"] / 1e9)
@@ -179,7 +177,7 @@ def test_probe_against_itself_on_loopback(bundle, server):
     assert recs["tcp_rr"]["elapsed_ns"] >= 100e6
     assert rr["client_cpu_us_per_trans"] > 0 and rr["server_cpu_us_per_trans"] > 0
     assert recs["tcp_crr"]["metrics"]["conn_per_s"] > 0
-    for op in netbench.STREAMS:
+    for op in net.STREAMS:
         m = recs[op]["metrics"]
         assert m["mb_per_s"] > 10 and m["server_cpu_ms_per_mb"] > 0
     # SIGTERM: exit 0 with the server's own line
@@ -305,7 +303,7 @@ def _env(kind: str, tmp_path, config=None, cache=None):
 def _round(env, bundle, **kw):
     env.prepare(bundle)
     try:
-        return netbench.run_round(env, bundle, ["--op", "tcp_rr,tcp_stream_c2s", *QUICK], 60, **kw)
+        return net.run_round(env, bundle, ["--op", "tcp_rr,tcp_stream_c2s", *QUICK], 60, **kw)
     finally:
         env.cleanup()
 
@@ -401,9 +399,7 @@ def test_an_interrupted_namespaces_round_leaves_no_veth_or_cgroup(bundle, tmp_pa
 
     try:
         with pytest.raises(KeyboardInterrupt):
-            netbench.run_round(
-                env, bundle, ["--op", "tcp_rr,tcp_crr", *QUICK], 60, log=interrupt_second
-            )
+            net.run_round(env, bundle, ["--op", "tcp_rr,tcp_crr", *QUICK], 60, log=interrupt_second)
     finally:
         env.cleanup()
     assert calls[1], "the veth existed when the round was interrupted"
@@ -421,7 +417,7 @@ def test_an_interrupted_docker_round_leaves_no_container(bundle, tmp_path):
 
     try:
         with pytest.raises(KeyboardInterrupt):
-            netbench.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 60, log=interrupt_now)
+            net.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 60, log=interrupt_now)
     finally:
         env.cleanup()
     assert not _docker_leftovers()
@@ -478,7 +474,7 @@ def test_an_interrupted_guest_round_leaves_no_tap_qemu_or_cgroup(bundle, tmp_pat
 
     try:
         with pytest.raises(KeyboardInterrupt):
-            netbench.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 60, log=interrupt_now)
+            net.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 60, log=interrupt_now)
     finally:
         env.cleanup()
     assert seen and seen[0], "the tap existed when the round was interrupted"
@@ -494,7 +490,7 @@ def test_a_guest_server_not_ready_in_time_is_a_failed_round_without_its_tap(
     env = _guest_env("qemu", tmp_path, bundle)
     env.prepare(bundle)
     try:  # no TCG guest says `ready` within half a second
-        launch = netbench.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 0.5)
+        launch = net.run_round(env, bundle, ["--op", "tcp_rr", *QUICK], 0.5)
     finally:
         env.cleanup()
     assert launch.status == "failed" and not launch.records
@@ -568,7 +564,7 @@ def test_links_left_by_kill_9_are_found_and_removed_by_clean(bundle, tmp_path, h
     from bench import clean
 
     tag = f"k{os.getpid() % 10000}"
-    port = str(netbench.free_port())
+    port = str(common.free_port())
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path), tag, port],
         stdout=subprocess.PIPE,

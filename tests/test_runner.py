@@ -4,118 +4,26 @@ round cap, the wall-clock budget, and extra rounds only where figures are still 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from bench import catalog, runner
-from bench.envs.base import Availability, Environment, Launch, Option
-from bench.matrix import QUICK, EnvSpec, Matrix, parse_env_spec
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-CLOCK = Clock()
-LOG: list[str] = []  # what the last fake run logged
-
-
-class FakeEnv(Environment):
-    """A launch takes `seconds` on the fake clock and measures `scale` × a base figure
-    with `noise` (lognormal) for every op of the workload."""
-
-    kind = "fake"
-    summary = "a fake environment for runner tests"
-    options = {
-        "noise": Option(0.01, "lognormal launch noise", type=float),
-        "scale": Option(1.0, "figure scale", type=float),
-    }
-    seconds = 1.0
-    calls: list[tuple[str, list[str]]] = []
-    rng = np.random.default_rng(0)
-
-    @classmethod
-    def probe(cls, opts=None) -> Availability:
-        return Availability(True)
-
-    def launch(self, inv, timeout) -> Launch:
-        return self.launch_round([inv], timeout)[0]
-
-    def launch_round(self, invs, timeout) -> list[Launch]:
-        FakeEnv.calls.append((self.kind, [i.workload for i in invs]))
-        out = []
-        for _ in invs:
-            CLOCK.now += self.seconds
-            rng = FakeEnv.rng
-            value = self.opts["scale"] * 100 * np.exp(rng.normal(0, self.opts["noise"]))
-            rec = {"op": "null", "metrics": {"ns_per_op": value}, "units": {"ns_per_op": "ns"}}
-            out.append(Launch(records=[rec], phases={"ready": 1_000_000}))
-        return out
-
-
-class BatchEnv(FakeEnv):
-    kind = "batch"
-    one_instance_per_round = True
-    emulated = True
-
-
-@dataclass
-class FakeBundle:
-    root: Path
-
-    def describe(self) -> dict:
-        return {"hash": "fake", "path": str(self.root)}
+from bench import runner
+from bench.envs.base import Launch
+from bench.matrix import QUICK, EnvSpec
+from bench.schedule import Cell
+from tests.fakes import CLOCK, LOG, FakeEnv, catalog_for_tests, make_run, patch_fakes, stand_ins
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
     """run(envs, **matrix) -> (manifest, records) of a finished fake run."""
-    monkeypatch.setattr(runner, "REGISTRY", {"fake": FakeEnv, "batch": BatchEnv})
-    monkeypatch.setattr(runner.time, "monotonic", CLOCK)
-    monkeypatch.setattr(runner.noise, "snapshot", lambda: {})
-    monkeypatch.setattr(runner.provenance, "host_facts", lambda: {"cgroup_layout": "v2"})
-    monkeypatch.setattr("bench.envs.REGISTRY", {"fake": FakeEnv, "batch": BatchEnv})
-    FakeEnv.calls = []
-    LOG.clear()
-    workloads = {
-        "syscall": catalog.Workload("syscall", "syscall", "syscall", "", (), (), None),
-        "cpu": catalog.Workload("cpu", "cpu", "cpu", "", (), (), None),
-        "density": catalog.Workload(
-            "density",
-            "hold",
-            "density",
-            "",
-            (),
-            (),
-            None,
-            default=False,
-            level_lists=catalog.parse_levels("density", {"full": [1, 8], "quick": [1, 4]}),
-        ),
-    }
-    FakeEnv.rng = np.random.default_rng(0)
+    patch_fakes(monkeypatch)
+    go = make_run(tmp_path, catalog_for_tests())
 
-    def go(envs: list[str], workloads_run=("syscall", "cpu"), **settings):
-        specs = [parse_env_spec(e) for e in envs]
-        m = Matrix(
-            envs=specs, workloads=list(workloads_run), baseline=specs[0].label, seed=3, **settings
-        )
-        bundle = FakeBundle(tmp_path / "cache" / "bundles" / "x")
-        run_dir = tmp_path / "run"
-        run_dir.mkdir(exist_ok=True)
-        manifest = runner.new_manifest("r1", m, bundle, workloads)
-        manifest["created"] = runner.time.time()
-        r = runner.Runner(m, run_dir, "r1", bundle, workloads, manifest, log=LOG.append)
-        r.run()
-        return manifest, r.records
+    def run_(*a, **kw):
+        manifest, records, _ = go(*a, **kw)
+        return manifest, records
 
-    return go
+    return run_
 
 
 def _rounds(records, env):
@@ -200,43 +108,23 @@ def test_a_failed_launch_keeps_its_exit_code_and_stderr_tail():
     assert runner.failure_reason(launch) == (
         "probe failed (exit status 2) — stderr: warming up | syscall: --op: unknown op 'nul'"
     )
-    cell = runner.Cell(EnvSpec("fake"), "syscall")
+    cell = Cell(EnvSpec("fake"), "syscall")
     (rec,) = runner.launch_records(launch, cell, {"round": 1})
     assert rec["status"] == "failed" and rec["reason"] == runner.failure_reason(launch)
 
 
 # ---------------------------------------------------------------- density's rounds and budget
 
-DENSITY_LEVEL_S = 50.0  # a fake density level: a round of [1, 4] takes 100 s per environment
-
 
 @pytest.fixture
 def fake_density(monkeypatch):
-    """density.run_round / warm_up on the fake clock: calls -> [(env label, levels or
-    "warm-up")]; each level measures a noisy memory figure."""
-    calls: list[tuple[str, object]] = []
+    """The held families' rounds on the fake clock; density(calls) -> [(env prefix,
+    levels or "warm-up")] of density's."""
+    return stand_ins(monkeypatch)
 
-    def run_round(env, levels, timeout, reserve, log):
-        calls.append((env.ctx.prefix, list(levels)))
-        CLOCK.now += DENSITY_LEVEL_S * len(levels)
-        recs = [
-            {
-                "op": f"n{n:02d}",
-                "units": {"mem_accounted_mib": "MiB"},
-                "metrics": {"mem_accounted_mib": 1.0 + FakeEnv.rng.normal(0, 0.2)},
-            }
-            for n in levels
-        ]
-        return Launch(records=recs)
 
-    def warm_up(env, timeout):
-        calls.append((env.ctx.prefix, "warm-up"))
-        CLOCK.now += 5.0  # a held instance started and stopped
-        return Launch(phases={"ready": 1_000_000})
-
-    monkeypatch.setattr(runner.density, "run_round", run_round)
-    monkeypatch.setattr(runner.density, "warm_up", warm_up)
-    return calls
+def density(calls):
+    return [(prefix, what) for family, prefix, what in calls if family == "density"]
 
 
 def test_a_quick_density_run_gets_its_minimum_rounds_on_the_quick_budget(run, fake_density):
@@ -254,10 +142,11 @@ def test_a_quick_density_run_gets_its_minimum_rounds_on_the_quick_budget(run, fa
 
 def test_a_density_warm_up_holds_one_instance_not_a_ramp(run, fake_density):
     run(["fake:label=a", "batch:label=vm"], ["density"], quick=True, **QUICK)
-    warm = [c for c in fake_density if c[1] == "warm-up"]
+    calls = density(fake_density)
+    warm = [c for c in calls if c[1] == "warm-up"]
     assert len(warm) == 1 + QUICK["emulated_warmup"]  # a's (vm: emulated), before any round
-    assert fake_density[: len(warm)] == warm
-    ramps = [levels for _, levels in fake_density if levels != "warm-up"]
+    assert calls[: len(warm)] == warm
+    ramps = [levels for _, levels in calls if levels != "warm-up"]
     assert [1, 4] in ramps and [1, 2] not in ramps  # no quick_guests list: guests fall back
     assert len(ramps) == QUICK["rounds"] + QUICK["emulated_rounds"]  # a's rounds, vm's
 

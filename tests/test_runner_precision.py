@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bench import store
 from bench.cli import cli
-from bench.runner import unreached
+from bench.schedule import unreached
 
 BUDGET = 8.0
 PRECISION = 0.01

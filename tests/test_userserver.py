@@ -1,5 +1,5 @@
 """User server commands (issue 16): a server held in the environment (userrun --server),
-its client on the host from the same rootfs (bench/userserver.py). Pure: the substitution,
+its client on the host from the same rootfs (bench/families/userserver.py). Pure: the substitution,
 the round's failures and its Ctrl-C on stand-in instances; real: redis-server and
 redis-benchmark from a rootfs built from Debian's packages, one round on the host and one
 in docker, and a server that exits at once as a failed cell with its reason."""
@@ -21,16 +21,16 @@ import psutil
 import pytest
 
 from bench import rootfs as rf
-from bench import userserver
 from bench.envs import image as img
 from bench.envs.base import Launch, StartError
-from bench.userwork import UserWorkload
+from bench.families import userserver
+from bench.matrix import UserWorkload
 
 NAME = "userserver-test"
 
 
 def reachable(host: str, port: int) -> str:
-    """A stand-in address accepts at once (netbench.wait_for_path's answer)."""
+    """A stand-in address accepts at once (common.wait_for_path's answer)."""
     return ""
 
 

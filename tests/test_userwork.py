@@ -20,7 +20,8 @@ from bench import parsers
 from bench import rootfs as rf
 from bench.envs import image as img
 from bench.envs.base import Launch
-from bench.userwork import Output, UserWorkload, judge, read_launch, reassemble
+from bench.families.userrun import Output, judge, read_launch, reassemble
+from bench.matrix import UserWorkload
 
 NAME = "userwork-test"
 QUICK = ["--benchmark-min-rounds=3", "--benchmark-max-time=0.05", "--benchmark-warmup=off"]

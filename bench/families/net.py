@@ -13,7 +13,7 @@ One round:
    and its `ready` awaited (a guest's tap is made before it boots: its NIC must exist
    then); `inst.address(P)` makes whatever else the path needs (the namespaces kind's
    veth) and says where to connect; the harness then waits until that address accepts a
-   connection (`wait_for_path`, up to PATH_WAIT_S: a TCG guest's NIC has answered ARP
+   connection (common.wait_for_path, up to PATH_WAIT_S: a TCG guest's NIC has answered ARP
    seconds after its server listened, and the first client read "No route to host"),
    the server's one unmeasured connection;
 3. per op and per rep, one run of the client: `net --client HOST:PORT --op OP --reps 1`
@@ -48,19 +48,20 @@ no op was measured.
 
 from __future__ import annotations
 
-import socket
+import time
 from collections.abc import Callable, Sequence
 
 from bench import interrupt
 from bench.envs.base import Environment, Instance, Invocation, Launch, StartError
 from bench.envs.process import stream
+from bench.families.base import Family, Job, Round, Settings
+from bench.families.common import PATH_WAIT_S, free_port, wait_for_path
 from bench.probeio import parse_lines
 
 PROBE = "net"
 OPS = ("tcp_rr", "tcp_crr", "tcp_stream_c2s", "tcp_stream_s2c")
 STREAMS = ("tcp_stream_c2s", "tcp_stream_s2c")
 DEFAULT_MIN_MS = 1000  # the probe's own default window
-PATH_WAIT_S = 15.0  # how long a ready server's address may take to accept a connection
 CLIENT_TIMEOUT_S = 10  # the probe's default --timeout-s
 CLIENT_SLACK_S = 5.0  # a client run's start, warm-up and usage requests, beyond its window
 
@@ -122,32 +123,7 @@ def cgroup_figure(record: dict, cgroup_ms: float, run_s: float) -> tuple[str, fl
     return "server_cgroup_cpu_us_per_trans", in_window_ms * 1000 / work, "us"
 
 
-def free_port() -> int:
-    """A TCP port free on the host's loopback right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------- the round
-
-
-def wait_for_path(host: str, port: int, limit: float = PATH_WAIT_S) -> str:
-    """Connect to host:port until it accepts (then close at once) or `limit` seconds have
-    passed: "" when the path is up, else the last error. Ctrl-C is honoured between tries."""
-    import time
-
-    deadline = time.monotonic() + limit
-    while True:
-        interrupt.check()
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return ""
-        except OSError as e:
-            why = e.strerror or str(e) or type(e).__name__
-        if time.monotonic() >= deadline:
-            return why
-        time.sleep(0.1)
 
 
 def _cpu_ms(reader) -> float | None:
@@ -169,8 +145,6 @@ def _measure(
     log: Callable[[str], None],
 ) -> tuple[list[dict], list[str]]:
     """Every op and rep against the ready server: (records, "<op>: reason" errors)."""
-    import time
-
     reader = inst.live_cgroup()
     timeout = client_timeout(rest)
     records: list[dict] = []
@@ -278,3 +252,20 @@ def run_round(
     else:
         launch.status, launch.reason = "ok", ""
     return launch
+
+
+class Net(Family):
+    """The net server held in the environment, its client on the host; a round learns the
+    network path it took (Round.net_path)."""
+
+    name = "net"
+    section = "net"
+    holds = True
+
+    def round(self, s: Settings, job: Job) -> Round:
+        inv = job.workloads[0].invocation(quick=s.quick, emulated=job.env.emulated)
+        launch = run_round(job.env, s.bundle, inv.args, s.timeout, s.log)
+        return Round([launch], [" ".join(inv.args)], net_path=launch.net_path)
+
+
+FAMILY = Net()

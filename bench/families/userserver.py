@@ -1,6 +1,6 @@
 """A user's server command (issue 16): redis-server held in the environment, its client
 (redis-benchmark) on the host, both from the environment's rootfs: the network path a
-user would take to reach the server, as the net workload's (bench/netbench.py).
+user would take to reach the server, as the net workload's (bench/families/net.py).
 
 One round, `run_server_round`:
 
@@ -13,7 +13,7 @@ One round, `run_server_round`:
    TCP connect to 127.0.0.1:P inside the instance succeeds; a server that exits first is
    a failed round with the last line of its log); `inst.address(P)` says where the host
    reaches it, and the round waits until that address accepts a connection
-   (netbench.wait_for_path);
+   (common.wait_for_path);
 3. the client: "{host}" and "{port}" in `argv` replaced by that address, run to
    completion by userrun in `client_env`, a host environment on the same rootfs (chroot
    through an overlay, the host's network namespace): the very redis-benchmark of the
@@ -23,7 +23,7 @@ One round, `run_server_round`:
 
 The Launch is the server instance's (its phases, cgroup and host-side figures: what the
 server cost in its environment) carrying the client's userrun records, status and reason,
-so userwork.read_launch reads it as any command's; launch.userrun_args are the client's
+so userrun.read_launch reads it as any command's; launch.userrun_args are the client's
 userrun arguments (the argv the parser sees), launch.net_path the path taken,
 extra["server_exit"] the server's exit status after the stop.
 """
@@ -31,11 +31,14 @@ extra["server_exit"] the server's exit status after the stop.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from bench import interrupt, userwork
+from bench import interrupt
 from bench.envs.base import Environment, Invocation, Launch, StartError
-from bench.netbench import PATH_WAIT_S, free_port, wait_for_path
-from bench.userwork import UserWorkload
+from bench.families import userrun
+from bench.families.base import Family, Job, Round, Settings
+from bench.families.common import PATH_WAIT_S, free_port, wait_for_path
+from bench.matrix import UserWorkload
 
 HOST, PORT = "{host}", "{port}"
 
@@ -98,7 +101,7 @@ def run_server_round(
         return Launch(status="failed", reason=f"no network path to {env.kind}: {why_not}")
     port = free_port()
     try:
-        inst = env.start(Invocation(uw.name, userwork.PROBE, server_args(uw, port)), timeout)
+        inst = env.start(Invocation(uw.name, userrun.PROBE, server_args(uw, port)), timeout)
     except StartError as e:
         return Launch(status="failed", reason=f"the server did not start: {e}")
     try:
@@ -118,13 +121,13 @@ def run_server_round(
             )
         args = client_args(uw, quick, host, hport)
         log(f"{uw.name}: {' '.join(args[args.index('--') + 1 :])}")
-        client = client_env.launch(Invocation(uw.name, userwork.PROBE, args), timeout)
+        client = client_env.launch(Invocation(uw.name, userrun.PROBE, args), timeout)
         launch = inst.stop()
     except BaseException:
         with interrupt.shielded():
             inst.abort()
         raise
-    served = userwork.reassemble(launch.records)
+    served = userrun.reassemble(launch.records)
     launch.extra["server_exit"] = served.status
     launch.net_path = launch.net_path or f"loopback {host}:{hport}"
     launch.userrun_args = list(args)
@@ -134,3 +137,32 @@ def run_server_round(
     if client.status != "ok":
         launch.reason = f"the client: {client.reason}"
     return launch
+
+
+class UserServer(Family):
+    """A user's server held in the environment, its client on a host from the same
+    rootfs (Settings.client_host); the client's output read as a user command's."""
+
+    name = "userserver"
+    section = "user"
+    holds = True
+
+    def round(self, s: Settings, job: Job) -> Round:
+        w = job.workloads[0]
+        client, why = s.client_host(str(job.spec.options["rootfs"]))
+        if client is None:
+            launch = Launch(status="failed", reason=f"no client host: {why}")
+        else:
+            launch = run_server_round(job.env, client, s.user[w.name], s.quick, s.timeout, s.log)
+        inv = w.invocation(quick=s.quick, emulated=job.env.emulated)
+        # the client's, {host} and {port} unfilled: the same in every environment, so
+        # ratios pair them (the filled ones: raw/)
+        return Round([launch], [" ".join(inv.args)], net_path=launch.net_path)
+
+    def read(
+        self, s: Settings, launch: Launch, base: dict[str, Any], described: dict[str, Any]
+    ) -> Launch:
+        return userrun.read_recorded(s, launch, base, described)
+
+
+FAMILY = UserServer()

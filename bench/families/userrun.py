@@ -1,6 +1,7 @@
-"""A user's own workloads (issue 16): a pytest-benchmark suite or any command, declared in
-the matrix ([[user_workload]]) and run from the environment's rootfs through the normal
-probe path of every kind.
+"""Reading a user's own workload's output (issue 16), for the strategies that run one (a
+pytest-benchmark suite or any command, declared in the matrix ([[user_workload]],
+bench/matrix.py UserWorkload) and run from the environment's rootfs through the normal
+probe path of every kind: bench/families/user.py, and userserver.py for a server's client).
 
 The bundle's `userrun` probe (workloads/userrun.c) runs the command inside the instance
 and hands back its output as base64 chunk lines and an exit line; here that output is
@@ -14,7 +15,7 @@ pytest-benchmark round (stats.data). The kept JSON gets the environment in its
 machine_info (and each benchmark's extra_info), so pytest-benchmark's own tools read it.
 
 A command with a `server` (redis-server...): the server is held in the environment and
-`argv` is its client, run on the host from the same rootfs (bench/userserver.py); the
+`argv` is its client, run on the host from the same rootfs (bench/families/userserver.py); the
 client's output is read here as any command's.
 """
 
@@ -23,91 +24,18 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import parsers
-from bench.catalog import Workload
 from bench.envs.base import Launch
+from bench.families.base import Settings
+from bench.matrix import USER_PROBE as PROBE
+from bench.matrix import UserWorkload
 
-PROBE = "userrun"
-KINDS = ("pytest-benchmark", "command")
-FAMILY = "user"  # the catalog family of every user workload (the report's own section)
-PYTHON = "python3"  # the interpreter of a pytest-benchmark suite, found on the rootfs's PATH
-PYTEST_ADDED = ("--benchmark-only", "--benchmark-json={out}")
 PYTEST_NO_TESTS = 5  # pytest's exit status when it collected nothing
 SUMMARY_LINE = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$")
-
-
-@dataclass(frozen=True)
-class UserWorkload:
-    """One [[user_workload]] table, decoded (bench/matrix.py checks it)."""
-
-    name: str
-    kind: str  # KINDS
-    parser: str  # a name in parsers.PARSERS ("pytest-benchmark" for that kind)
-    dir: str = ""  # pytest-benchmark: the suite's directory inside the rootfs (its cwd)
-    args: tuple[str, ...] = ()  # pytest-benchmark: more pytest arguments
-    quick_args: tuple[str, ...] | None = None  # ... for --quick runs (default: args)
-    argv: tuple[str, ...] = ()  # command: what runs
-    quick_argv: tuple[str, ...] | None = None  # ... for --quick runs (default: argv)
-    # command: a server held in the environment ("{port}": the port it must listen on);
-    # argv is then its client, run on the host ("{host}", "{port}": where to connect)
-    server: tuple[str, ...] = ()
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> UserWorkload:
-        """From Matrix.to_dict() (tuples came back as lists)."""
-        tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
-        return cls(**{**d, **tup})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def command(self, quick: bool) -> list[str]:
-        """The argv userrun runs inside the instance ("{out}": its output file)."""
-        if self.kind == "pytest-benchmark":
-            args = self.quick_args if quick and self.quick_args is not None else self.args
-            return [PYTHON, "-m", "pytest", *PYTEST_ADDED, *args, "."]
-        argv = self.quick_argv if quick and self.quick_argv is not None else self.argv
-        return list(argv)
-
-    def probe_args(self, quick: bool) -> tuple[str, ...]:
-        """userrun's arguments: the same in every environment ({workdir} is replaced by
-        the environment, as in the catalog's probes)."""
-        out = ["--cd", self.dir or "/"]
-        if self.kind == "pytest-benchmark":
-            out.append("--out")
-        return (*out, "--", *self.command(quick))
-
-    def workload(self) -> Workload:
-        """The catalog entry the runner, the manifest and the report see."""
-        what = (
-            f"pytest-benchmark suite in {self.dir}"
-            if self.kind == "pytest-benchmark"
-            else f"command {' '.join(self.argv)[:120]} (parser {self.parser})"
-        )
-        if self.server:
-            what = (
-                f"server {' '.join(self.server)[:120]} held in the environment, its client "
-                f"on the host from the same rootfs: {what}"
-            )
-        return Workload(
-            name=self.name,
-            probe=PROBE,
-            family=FAMILY,
-            description=f"your own workload: {what}, run from the environment's rootfs",
-            args=self.probe_args(quick=False),
-            quick_args=self.probe_args(quick=True),
-            emulated_args=None,
-            metrics=dict(parsers.METRICS[self.parser]),
-        )
-
-
-def with_catalog(cat: dict[str, Workload], user: list[UserWorkload]) -> dict[str, Workload]:
-    """The catalog plus the matrix's user workloads."""
-    return {**cat, **{u.name: u.workload() for u in user}}
 
 
 # ---------------------------------------------------------------- userrun's output
@@ -291,3 +219,27 @@ def read_launch(
             }
         )
     return launch
+
+
+def read_recorded(
+    s: Settings, launch: Launch, base: dict[str, Any], described: dict[str, Any]
+) -> Launch:
+    """A user workload's launch read by its parser, its output kept under raw/: `base` is
+    the launch's sample fields, `described` its environment as the manifest has it."""
+    workload = base["workload"]
+    env = {
+        "env": base["env"],
+        "kind": base["env_kind"],
+        "spec": base["spec"],
+        "versions": described.get("versions", {}),
+        "emulated": bool(described.get("emulated")),
+        "rootfs": (described.get("rootfs") or {}).get("key"),
+        "run_id": s.run_id,
+        "round": base["round"],
+        "launch": base["launch"],
+    }
+    at = raw_path(s.run_dir, workload, base["env"], base["round"], base["launch"])
+    args = (
+        launch.userrun_args or s.workloads[workload].invocation(quick=s.quick, emulated=False).args
+    )  # a server's client: the argv it ran with, its address in
+    return read_launch(launch, s.user[workload], args, at, env)
