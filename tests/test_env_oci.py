@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from bench import density
+from bench.families import density
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.containers import runtime_availability
 from bench.envs.oci import OciEnv

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bench import density
+from bench.families import density
 from bench.envs import containers as ct
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.podman import PodmanEnv, ulimit_argv, ulimit_candidates

@@ -22,6 +22,8 @@ from bench.envs.base import Launch
 from bench.families.base import Family, Launched
 from bench.interrupt import Interrupted
 from bench.matrix import QUICK
+from bench.report.sections import SECTIONS
+from bench.report.view import view
 from tests.fakes import (
     REDIS,
     REDIS_SERVER,
@@ -32,9 +34,6 @@ from tests.fakes import (
     stand_ins,
 )
 
-# The report's sections today (bench/report/model.py build()), by the key a family names:
-# the one place that knows the report's layout (adapt it when the report's API changes).
-REPORT_SECTIONS = {"probes": "charts", "density": "density", "net": "network", "user": "user"}
 
 ENVS = ["fake:label=a,rootfs=r", "batch:label=vm,rootfs=r"]
 ROUNDS = {"rounds": 3, "max_rounds": 3, "warmup": 1, "emulated_warmup": 1}
@@ -49,9 +48,9 @@ CASES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 
 
-def section(model: dict[str, Any], key: str) -> Any:
-    """The rendered report section a family names (`Family.section`)."""
-    return model.get(REPORT_SECTIONS[key])
+def section(manifest: dict[str, Any], df, key: str) -> Any:
+    """The report section a family names (`Family.section`), built from the run's view."""
+    return SECTIONS[key](view(manifest, df, n_boot=50))
 
 
 def parts(name: str, family: Family) -> None:
@@ -59,16 +58,14 @@ def parts(name: str, family: Family) -> None:
     assert isinstance(family, Family), f"{name}: REGISTRY holds a {type(family)}, not a Family"
     assert getattr(family, "name", None) == name, f"{name}: its name is not its REGISTRY key"
     assert isinstance(getattr(family, "holds", None), bool), f"{name}: no `holds` (bool)"
-    assert getattr(family, "section", None) in REPORT_SECTIONS, (
-        f"{name}: no report section (`section`: one of {', '.join(REPORT_SECTIONS)})"
+    assert getattr(family, "section", None) in SECTIONS, (
+        f"{name}: no report section (`section`: one of {', '.join(SECTIONS)})"
     )
     assert type(family).round is not Family.round, f"{name}: no round()"
 
 
 def check(name: str, family: Family, run, workloads_run, settings) -> None:
     """One strategy through the runner: warm-up, rounds, estimate, failure, Ctrl-C, report."""
-    from bench.report import model
-
     parts(name, family)
     settings = {**ROUNDS, **settings}
     manifest, records, r = run(ENVS, workloads_run, **settings)
@@ -89,7 +86,7 @@ def check(name: str, family: Family, run, workloads_run, settings) -> None:
         assert own is None or own > 0, f"{name}: estimate {own!r}"
         assert r.sched.estimate(c) > 0
     df = store.load_samples(r.run_dir)
-    assert section(model.build(manifest, df, n_boot=50), family.section), (
+    assert section(manifest, df, family.section), (
         f"{name}: report section {family.section!r} is empty"
     )
 

@@ -146,7 +146,7 @@ def test_the_graph_is_read():
     graph = import_graph()
     assert "bench.store" in graph["bench.runner"]
     assert "bench.envs" in graph["bench.matrix"]  # an import inside a function
-    assert "bench.stats" in graph["bench.report.model"]
+    assert "bench.stats" in graph["bench.report.sections.probes"]
 
 
 def test_no_import_cycle():

@@ -41,7 +41,8 @@ def catalog_of(manifest: Manifest) -> dict[str, Any]:
 
         return {
             name: {
-                "family": w.family,
+                "family": w.group,
+                "strategy": w.strategy,
                 "description": w.description,
                 "metrics": {m: vars(v) for m, v in w.metrics.items()},
             }
