@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from bench.families import density
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.containers import runtime_availability
 from bench.envs.oci import OciEnv
+from bench.families import density
 from bench.metrics.cgroup import Layout
 
 STARTUP = Invocation("startup", "startup")

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from bench.families import density
 from bench.envs import containers as ct
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.podman import PodmanEnv, ulimit_argv, ulimit_candidates
+from bench.families import density
 
 
 def test_ulimit_candidates_follow_the_host():

@@ -34,7 +34,6 @@ from tests.fakes import (
     stand_ins,
 )
 
-
 ENVS = ["fake:label=a,rootfs=r", "batch:label=vm,rootfs=r"]
 ROUNDS = {"rounds": 3, "max_rounds": 3, "warmup": 1, "emulated_warmup": 1}
 

@@ -1,4 +1,4 @@
-"""The user's own workloads (bench/families/user.py, bench/families/userserver.py), one table each: a row
+"""The user's own workloads (bench/families/user.py and userserver.py), one table each: a row
 per benchmark by its pytest name (or per command figure), a column per environment with
 the median, its CI, the ratio and the verdict; and each environment's failed launches or
 benchmarks with their reasons."""
