@@ -61,7 +61,10 @@ class ServedProbe:
             ) from None
         try:
             if cpus:
-                os.sched_setaffinity(self.proc.pid, cpus)
+                try:
+                    os.sched_setaffinity(self.proc.pid, cpus)
+                except OSError as e:
+                    raise CanaryError(f"cannot pin the {self.name} probe: {e.strerror}") from None
             if (first := self._line()) != "ready":
                 raise CanaryError(f"the {self.name} probe said {first[:100]!r}, not ready")
         except BaseException:
@@ -109,7 +112,8 @@ class ServedProbe:
             raise CanaryError(f"the {self.name} probe said {line[:100]!r}")
         if "error" in rec:
             raise CanaryError(f"the {self.name} probe could not run {op}: {rec['error']}")
-        value = rec.get("metrics", {}).get(metric)
+        metrics = rec.get("metrics")
+        value = metrics.get(metric) if isinstance(metrics, dict) else None
         if not isinstance(value, (int, float)) or value <= 0:
             raise CanaryError(f"the {self.name} probe's {op} burst has no {metric}: {line[:100]}")
         return float(value)

@@ -16,8 +16,8 @@ read on the log scale (a speed's changes are ratios) and described by:
   the recorded machine: its total 0.214 is mostly slow);
 * **phases**: the speed "moves in phases" when the slow SD is at least PHASE_SD and r1
   is significant (above PHASE_Z / sqrt(n), its sampling SD for a series without any
-  memory: with a jitter of 14 %, sqrt(total^2 - jitter^2) alone reads up to 0.03 on
-  1000 bursts of pure noise);
+  memory: on 1000 bursts of pure noise with a jitter of 14 %, sqrt(total^2 - jitter^2)
+  alone reads 0.032 at its 95th percentile and 0.036 at its 99th);
 * **phase length**: from a two-state classification, not from the autocorrelation.
   The log series is smoothed by a running median over SMOOTH_S (25 bursts at 10 ms: the
   median of 25 bursts with 14 % jitter has an SD of ~3 %, a tenth of the recorded gap of
@@ -26,13 +26,15 @@ read on the log scale (a speed's changes are ratios) and described by:
   merged into their neighbours (the smoother cannot resolve them: they are its noise),
   and the typical length is the length-weighted mean of the runs, sum(L^2)/sum(L): the
   mean length of the phase a burst finds itself in, which is what decides whether a
-  burst and its partner 10-40 ms later share a phase. A square wave of 2 s phases reads
-  2.0 s; the recorded series reads ~4 s, its halves ~3 s, where its running median shows
-  phases of 2-6 s near 520 and 720 ns. Why not "the lag where the autocorrelation falls
-  below 0.2": that lag depends on how large the slow part is against the jitter, not
-  only on its time scale. The recorded series crosses 0.2 at 0.5 s, though its phases
-  last seconds; a 2 s square wave crosses it anywhere between 0 and 2 s as its jitter
-  grows.
+  burst and its partner 10-40 ms later share a phase. The runs cut by either end of the
+  window count only when there is no whole one. A square wave of 2 s phases reads
+  2.0 s; the recorded series reads 4.5 s over its 30 s and 1.7-3.5 s over each 10 s,
+  where its running median over 0.5 s shows phases of 1-6 s near 520 and 720 ns.
+  Why not "the lag where the autocorrelation falls below 0.2": that lag depends on how
+  large the slow part is against the jitter, not only on its time scale. The recorded
+  series crosses 0.2 at 0.5 s, though its phases last seconds; a square wave of 2 s
+  phases and 30 % depth crosses it at 0.8 s without jitter, at 0.64 s with the recorded
+  jitter of 14 % and at 0.44 s with 20 %.
 
 The verdict is "noisy" when either column moves in phases (slow SD >= PHASE_SD) or
 jumps from burst to burst by JITTER_NOISY or more; else "quiet". The thresholds come
@@ -44,9 +46,9 @@ within +-2 %, issue 22):
   moves cannot carry a figure past the target, whatever the design.
 * JITTER_NOISY = 0.05: a burst pair's ratio then has an SD of 7 %, more than the 5 %
   change `compare` must call, so no single block can be read alone and a figure needs
-  tens of blocks per round; a 5 ms burst holds thousands of getppid calls, and where
-  nothing else runs only a timer tick or an interrupt varies between bursts (about 1 %).
-  The recorded noisy machine reads 13.7 %.
+  tens of blocks per round. A 5 ms burst holds thousands of getppid calls: where nothing
+  else runs, only a timer tick (a few us, under 0.1 % of 5 ms) or an interrupt differs
+  from one burst to the next. The recorded noisy machine reads 13.7 %.
 
 CPU steal (the hypervisor's share of the window's ticks, from /proc/stat) is folded into
 the sentence where it is non-zero; it does not decide the verdict, which the canary's own
@@ -224,9 +226,13 @@ def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 3 else f"{s:.0f} s"
 
 
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.2g}%"
+
+
 def _cause(steal: float | None) -> str:
     if steal:
-        return f"the VM's host stole {steal * 100:.1f}% of CPU time"
+        return f"the VM's host stole {_percent(steal)} of CPU time"
     if steal is None:
         return "likely a busy SMT sibling or CPU steal on the VM's host"
     return "likely a busy SMT sibling or the VM's host; no CPU steal was reported"
@@ -246,7 +252,7 @@ def sentence(d: dict) -> str:
             f"the host's speed held steady: getppid {_ns(null['p5'])}–{_ns(null['p95'])} ns, "
             f"compute {_mops(comp['p5'])}–{_mops(comp['p95'])} ops/s (p5–p95), no phases"
         )
-        return said + (f"; CPU steal {steal * 100:.1f}%" if steal else "")
+        return said + (f"; CPU steal {_percent(steal)}" if steal else "")
     jitter = max(null["jitter"], comp["jitter"])
     step = f"by {jitter * 100:.0f}% from one {d['burst_ms']:g} ms burst to the next"
     phased = null if null["phases"] else comp if comp["phases"] else None

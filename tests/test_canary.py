@@ -141,6 +141,7 @@ def test_compute_phases_alone_make_it_noisy():
 def test_steal_is_folded_into_the_sentence():
     steady = np.random.default_rng(6).normal(0, 0.02, 500)
     assert diagnose(synthetic(steady, steal=0.004))["sentence"].endswith("; CPU steal 0.4%")
+    assert diagnose(synthetic(steady, steal=0.0004))["sentence"].endswith("; CPU steal 0.04%")
     assert "steal" not in diagnose(synthetic(steady, steal=0.0))["sentence"]
     noisy = square(1000, 2.0, 0.3, 0.1)
     said = diagnose(synthetic(noisy, steal=0.031))["sentence"]
@@ -275,6 +276,13 @@ while read -r line; do
 done
 """
 SILENT = "#!/bin/sh\nexec sleep 60\n"  # never ready, ignores quit
+GARBAGE = "#!/bin/sh\necho ready\nread -r line\necho 'hello'\nexec sleep 60\n"
+NO_FIGURE = """#!/bin/sh
+echo ready
+read -r line
+echo '{"probe":"syscall","op":"null","metrics":[],"burst":1}'
+exec sleep 60
+"""
 
 
 def standin(tmp_path: Path, syscall: str) -> Bundle:
@@ -293,6 +301,8 @@ def standin(tmp_path: Path, syscall: str) -> Bundle:
         (DIES, r"^the syscall probe ended \(status 3\): syscall: cannot set up null$"),
         (ERROR_LINE, r"^the syscall probe could not run null: getppid: Operation not permitted$"),
         (SILENT, r"^the syscall probe gave no answer in 0.3 s$"),
+        (GARBAGE, r"^the syscall probe said 'hello'$"),
+        (NO_FIGURE, r"^the syscall probe's null burst has no ns_per_op: \{"),
     ],
 )
 def test_a_failing_probe_is_one_line_and_stopped(tmp_path, monkeypatch, script, message):
