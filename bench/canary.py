@@ -6,7 +6,8 @@ Both probes run as children of this process, on pipes, optionally pinned to a CP
 (os.sched_setaffinity on the child right after it starts, before it is sent anything).
 After one untimed burst of each op (an op's first burst sets it up and calibrates it),
 they take turns: a `null` burst (getppid) of B ms, then a `compute` burst of B ms, until
-S seconds have passed; /proc/stat before and after gives the CPU steal over the window.
+S seconds have passed; /proc/stat before and after gives the CPU steal over the window,
+and the load average before it the other work on this machine.
 The children are always stopped (`quit`, then SIGKILL after QUIT_S), on an error, an
 exception or Ctrl-C too; a child that dies, stops answering or prints an error line is a
 CanaryError with one line saying which and why. bench/canary_diagnosis.py reads the series.
@@ -145,6 +146,14 @@ def _proc_stat() -> dict[str, int]:
         return {}
 
 
+def _load_per_cpu() -> float | None:
+    """The 1-min load average per CPU (before the check: the probes add about 1 to it)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return None
+
+
 def _cpus(cpus: set[int] | None) -> set[int] | None:
     if cpus is None:
         return None
@@ -172,6 +181,7 @@ def record(
             probes.append((ServedProbe(bundle.probes[probe], pin), op, metric))
         for served, op, metric in probes:  # untimed: sets the op up and calibrates it
             served.burst(op, burst_ms, metric)
+        load = _load_per_cpu()
         before = _proc_stat()
         t0 = time.monotonic()
         while (now := time.monotonic() - t0) < seconds:
@@ -186,7 +196,7 @@ def record(
             for served, _, _ in reversed(probes):
                 served.close()
     steal = steal_fraction(before, after) if before and after else None
-    return Series(tuple(t), tuple(null), tuple(compute), float(burst_ms), steal)
+    return Series(tuple(t), tuple(null), tuple(compute), float(burst_ms), steal, load)
 
 
 def check(bundle: Bundle, seconds: float = CHECK_S, cpus: set[int] | None = None) -> dict:

@@ -51,8 +51,13 @@ within +-2 %, issue 22):
   from one burst to the next. The recorded noisy machine reads 13.7 %.
 
 CPU steal (the hypervisor's share of the window's ticks, from /proc/stat) is folded into
-the sentence where it is non-zero; it does not decide the verdict, which the canary's own
-speed decides: steal that does not show in the speed did not matter to it.
+the sentence where it is non-zero, and so is the load average per CPU before the check
+(other work on this machine); neither decides the verdict, which the canary's own speed
+decides: steal or load that does not show in the speed did not matter to it. They name
+the likely cause of a noisy verdict: steal of STEAL_CAUSE or more, else a load per CPU
+above LOAD_CAUSE (bench.metrics.noise's thresholds for its warnings), else "likely a busy
+SMT sibling or CPU steal on the VM's host" (what the recorded machine showed with
+nothing else running and no steal reported).
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench.metrics.noise import LOAD_PER_CPU_WARN as LOAD_CAUSE
+from bench.metrics.noise import STEAL_WARN as STEAL_CAUSE
 
 SMOOTH_S = 0.25  # running-median window of the two-state classification
 PHASE_SD = 0.02  # slow SD (log) from which the speed moves in phases
@@ -74,13 +82,15 @@ MIN_PAIRS = 20  # fewer pairs of bursts than this say nothing
 @dataclass(frozen=True)
 class Series:
     """Pairs of bursts: the pair's start (s since the first), the null burst's ns per
-    getppid, the compute burst's ops/s; burst_ms each; steal over the window (or None)."""
+    getppid, the compute burst's ops/s; burst_ms each; the CPU steal over the window and
+    the 1-min load average per CPU before it (None: unknown)."""
 
     t: tuple[float, ...]
     null_ns: tuple[float, ...]
     compute_ops: tuple[float, ...]
     burst_ms: float
     steal: float | None = None
+    load_per_cpu: float | None = None
 
 
 def load(path: Path, burst_ms: float = 5.0) -> Series:
@@ -202,6 +212,7 @@ def diagnose(series: Series) -> dict:
         "burst_ms": series.burst_ms,
         "spacing_ms": spacing * 1e3,
         "steal": series.steal,
+        "load_per_cpu": series.load_per_cpu,
         "null_ns": column(null, t, spacing),
         "compute_ops_per_s": column(compute, t, spacing),
     }
@@ -221,8 +232,6 @@ def _mops(v: float) -> str:
 
 
 def _seconds(s: float) -> str:
-    if s < 1:
-        return f"{s * 1e3:.0f} ms"
     return f"{s:.1f} s" if s < 3 else f"{s:.0f} s"
 
 
@@ -230,12 +239,16 @@ def _percent(fraction: float) -> str:
     return f"{fraction * 100:.2g}%"
 
 
-def _cause(steal: float | None) -> str:
-    if steal:
+def _cause(steal: float | None, load: float | None) -> str:
+    if steal and steal >= STEAL_CAUSE:
         return f"the VM's host stole {_percent(steal)} of CPU time"
+    if load is not None and load > LOAD_CAUSE:
+        said = f"other work on this machine: a load of {load:.1f} per CPU before the check"
+    else:
+        said = "likely a busy SMT sibling or CPU steal on the VM's host"
     if steal is None:
-        return "likely a busy SMT sibling or CPU steal on the VM's host"
-    return "likely a busy SMT sibling or the VM's host; no CPU steal was reported"
+        return said
+    return said + (f"; CPU steal {_percent(steal)}" if steal else "; no CPU steal was reported")
 
 
 def sentence(d: dict) -> str:
@@ -246,7 +259,7 @@ def sentence(d: dict) -> str:
         f"{_ns(null['p5'])} and {_ns(null['p95'])} ns per getppid "
         f"(p5–p95; compute {_mops(comp['p5'])}–{_mops(comp['p95'])} ops/s)"
     )
-    steal = d["steal"]
+    steal, load = d["steal"], d["load_per_cpu"]
     if d["verdict"] == "quiet":
         said = (
             f"the host's speed held steady: getppid {_ns(null['p5'])}–{_ns(null['p95'])} ns, "
@@ -259,11 +272,11 @@ def sentence(d: dict) -> str:
     if phased is None:
         return (
             f"the host's speed jumped {step}, between {figures}, with no phases "
-            f"({_cause(steal)}); only many bursts average it out"
+            f"({_cause(steal, load)}); only many bursts average it out"
         )
     at_least = "≥ " if phased["phase_changes"] < 2 else "~"
     return (
         f"the host's speed moved between {figures} in phases of "
-        f"{at_least}{_seconds(phased['phase_s'])}, and {step} ({_cause(steal)}); "
+        f"{at_least}{_seconds(phased['phase_s'])}, and {step} ({_cause(steal, load)}); "
         "interleaved bursts pair measurements made within the same phase"
     )

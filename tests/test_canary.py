@@ -35,7 +35,7 @@ RECORDED = Path(__file__).parent / "data" / "noise" / "bursts-30s.txt"
 needs_cc = pytest.mark.requires("compiler")
 
 
-def synthetic(null_log, compute_log=None, spacing=0.01, steal=None, seed=1) -> Series:
+def synthetic(null_log, compute_log=None, spacing=0.01, steal=None, load=None, seed=1):
     """A series of len(null_log) pairs one `spacing` apart around 180 ns and 300M ops/s,
     with the given log deviations (compute: 1 % white jitter unless given)."""
     n = len(null_log)
@@ -45,7 +45,7 @@ def synthetic(null_log, compute_log=None, spacing=0.01, steal=None, seed=1) -> S
     t = np.arange(n) * spacing
     null = 180 * np.exp(np.asarray(null_log))
     compute = 3e8 * np.exp(np.asarray(compute_log))
-    return Series(tuple(t), tuple(null), tuple(compute), 5.0, steal)
+    return Series(tuple(t), tuple(null), tuple(compute), 5.0, steal, load)
 
 
 def square(n: int, phase_s: float, depth: float, jitter: float, spacing=0.01, seed=2):
@@ -70,6 +70,7 @@ def test_recorded_noisy_series():
     s = d["sentence"]
     assert s.startswith("the host's speed moved between 483 and 817 ns per getppid (p5–p95")
     assert "in phases of ~4 s" in s and "by 14% from one 5 ms burst" in s
+    assert "(likely a busy SMT sibling or CPU steal on the VM's host)" in s
     assert "interleaved bursts pair measurements made within the same phase" in s
     json.dumps(d)
 
@@ -138,7 +139,7 @@ def test_compute_phases_alone_make_it_noisy():
     assert d["verdict"] == "noisy" and "in phases of ~2." in d["sentence"]
 
 
-def test_steal_is_folded_into_the_sentence():
+def test_steal_and_load_are_folded_into_the_sentence():
     steady = np.random.default_rng(6).normal(0, 0.02, 500)
     assert diagnose(synthetic(steady, steal=0.004))["sentence"].endswith("; CPU steal 0.4%")
     assert diagnose(synthetic(steady, steal=0.0004))["sentence"].endswith("; CPU steal 0.04%")
@@ -147,6 +148,14 @@ def test_steal_is_folded_into_the_sentence():
     said = diagnose(synthetic(noisy, steal=0.031))["sentence"]
     assert "(the VM's host stole 3.1% of CPU time)" in said
     assert "no CPU steal was reported" in diagnose(synthetic(noisy, steal=0.0))["sentence"]
+    said = diagnose(synthetic(noisy, steal=0.004))["sentence"]
+    assert "(likely a busy SMT sibling or CPU steal on the VM's host; CPU steal 0.4%)" in said
+    said = diagnose(synthetic(noisy, steal=0.0, load=1.74))["sentence"]
+    assert "(other work on this machine: a load of 1.7 per CPU before the check; no CPU" in said
+    said = diagnose(synthetic(noisy, steal=0.0, load=0.3))["sentence"]
+    assert "(likely a busy SMT sibling" in said
+    quiet = diagnose(synthetic(steady, steal=0.0, load=1.74))
+    assert quiet["verdict"] == "quiet" and quiet["load_per_cpu"] == 1.74
     assert diagnose(synthetic(noisy, steal=0.031))["verdict"] == "noisy"
 
 
@@ -219,6 +228,7 @@ def test_record_live_pinned(bundle, monkeypatch):
     assert s.t[0] == pytest.approx(0, abs=0.05) and s.t[-1] < 2.0 and list(s.t) == sorted(s.t)
     assert all(10 < v < 1e6 for v in s.null_ns) and all(1e6 < v < 1e11 for v in s.compute_ops)
     assert s.burst_ms == 5.0 and s.steal is not None and 0 <= s.steal <= 1
+    assert s.load_per_cpu is not None and s.load_per_cpu >= 0
     assert len(spy.seen) == 2 and all(cpus == [cpu] for cpus in spy.seen.values())
     assert gone(spy.seen)
 
