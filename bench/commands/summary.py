@@ -89,8 +89,7 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
 LABEL = "environment"
 FIGURES = ("median [95% CI]", "n", "ratio [95% CI]", "in words", "sig")
 RIGHT = ("median [95% CI]", "n", "ratio [95% CI]")
-MIN_LABEL = 12  # narrower than this, every label has a line of its own
-INDENT = 4  # the label column under a label on its own line
+INDENT = 4  # the narrowest label column: under a label on its own line
 GAP = 2  # between columns
 # figure columns that may wrap at spaces (never inside a word), in the order they do,
 # when the figures alone are wider than the terminal: the ratio, n and sig never wrap
@@ -166,7 +165,7 @@ def _widths(cells: list[tuple], width: int) -> tuple[int, list[int]]:
             floor[i] = max(floor[i], *map(len, c.plain.split(" ")))
     label = max([len(LABEL)] + [row[0].cell_len for row in cells])
     room = width - sum(figs) - GAP * len(FIGURES)
-    if room >= min(label, MIN_LABEL):
+    if room >= INDENT:
         return min(label, room), figs
     over = INDENT - room
     for name in WRAPPABLE:
