@@ -106,3 +106,27 @@ def test_a_signal_while_run_imports_is_one_line(tmp_path, sig, code):
         f"isobench: interrupted ({signal.Signals(sig).name})"
     ]
     assert not (tmp_path / "results").exists()  # it had not begun
+
+
+@pytest.mark.requires("host")
+def test_ctrl_c_while_a_run_prepares_leaves_no_run_directory(tmp_path):
+    """Ctrl-C while the run measures the harness's own cost (before its manifest is
+    written): one line, 130, and no run directory, since there is nothing to resume."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_LOCK": str(tmp_path / "lock")}
+    results = tmp_path / "results"
+    args = ["run", "--env", "host", "--workload", "syscall", "--quick", "--results", str(results)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    first = proc.stderr.readline()
+    assert first.startswith("measuring the harness's own cost"), first + proc.communicate()[1]
+    assert [p.name for p in results.iterdir()]  # the run's directory, made
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["isobench: interrupted (SIGINT)"]
+    assert list(results.iterdir()) == []

@@ -1,5 +1,7 @@
 """The terminal summary of a real run: as wide as the terminal says, human units, the
-baseline first, sig yes/no/–, ratios in words, flags and precision misses grouped."""
+baseline first, sig yes/no/–, ratios in words, flags and precision misses grouped; the
+main job's environments at 80 and 100 columns: a long label on a line of its own, no
+label broken, no ratio CI wrapped, the header whole."""
 
 from __future__ import annotations
 
@@ -130,9 +132,9 @@ def test_flags_are_grouped_under_the_table(capsys):
     assert lines[0] == "flagged: negative counter (oci io stat)"
 
 
-def test_long_labels_and_wide_figures_fold_and_are_never_cut():
-    """Five environments with long labels at 80 columns: the label, the words and the
-    ratio fold; no line is wider than 80, and no "yes" or closing bracket is cut off."""
+def test_long_labels_and_wide_figures_are_never_cut():
+    """Four environments with long labels and wide figures at 80 columns: no line is
+    wider than 80, and no "yes" or closing bracket is cut off."""
     from rich.console import Console
 
     sig = dict(

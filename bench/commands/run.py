@@ -268,8 +268,12 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
         b = bundle.build()
         if new:
             run_dir.mkdir(parents=True, exist_ok=False)
-            manifest = new_manifest(run_id, m, b, cat)
-            manifest["harness"] = _harness_cost(b)
+            try:
+                manifest = new_manifest(run_id, m, b, cat)
+                manifest["harness"] = _harness_cost(b)
+            except BaseException:  # Ctrl-C while preparing: no run to resume, no directory
+                run_dir.rmdir()
+                raise
         elif manifest["bundle"]["hash"] != b.hash:
             raise MatrixError(
                 f"{run_dir}: the probes changed since this run (bundle {manifest['bundle']['hash']}"
