@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -60,14 +61,19 @@ def live_runs() -> dict[str, int]:
     return live
 
 
+def _leftovers_of(cls) -> list[Leftover]:
+    try:
+        return list(cls.leftovers())
+    except Exception as e:  # an engine that is down cannot have its leftovers listed
+        return [Leftover(f"{cls.kind}: could not look for leftovers ({e})", lambda: None)]
+
+
 def find_all() -> list[Leftover]:
-    """Everything isobench can prove it made, whether its run is alive or not."""
-    found: list[Leftover] = []
-    for cls in REGISTRY.values():
-        try:
-            found.extend(cls.leftovers())
-        except Exception as e:  # an engine that is down cannot have its leftovers listed
-            found.append(Leftover(f"{cls.kind}: could not look for leftovers ({e})", lambda: None))
+    """Everything isobench can prove it made, whether its run is alive or not. The kinds
+    are asked at once (each waits on its engine: dockerd, the podman CLI...), their
+    answers kept in the registry's order."""
+    with ThreadPoolExecutor(max_workers=len(REGISTRY)) as pool:
+        found = [item for items in pool.map(_leftovers_of, REGISTRY.values()) for item in items]
     found.extend(link_leftovers((VETH_PREFIX, TAP_PREFIX)))  # after the guests that use them
     for path in cgroup_leftovers():
         found.append(Leftover(f"cgroup {path}", Cgroup.at(path).remove))

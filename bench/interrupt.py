@@ -85,3 +85,14 @@ def restore(old: dict) -> None:
     for s, h in old.items():
         signal.signal(s, h)
     _installed = False
+
+
+def _raise(signum, frame):
+    raise Interrupted(signum)
+
+
+def terminate_raises() -> None:
+    """Outside a run (a command's start-up, its imports): SIGTERM raises Interrupted, as
+    SIGINT raises KeyboardInterrupt, so the command ends with one line, not a traceback
+    or a silent death. A run's install() takes over, and its restore() gives it back."""
+    signal.signal(signal.SIGTERM, _raise)

@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.targets import LOCAL
+
 SCHEMA_VERSION = 2
-LOCAL = "local"  # the target name of the machine isobench runs on
 
 
 class ManifestError(ValueError):

@@ -87,6 +87,9 @@ simulations of 2,000-3,000 samples per case, lognormal/normal/exponential data):
   figure of the model's true spread (x1.039 at 8 rounds, 2% launch effects) the test
   finds the effect in 81% of runs; one run's figure scatters (p10-p90 x1.021-1.053), and
   at its median (x1.034) the test finds it in 74% (the spread of 8 rounds is uncertain).
+
+scipy.stats is imported inside the functions that use it: it costs about 0.6 s, which
+every command that imports this module (the summary, say) would otherwise pay at start.
 """
 
 from __future__ import annotations
@@ -97,7 +100,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats as _sps
 
 __all__ = [
     "FIELDS",
@@ -175,14 +177,18 @@ def _boot_medians(x: np.ndarray, n_boot: int, rng: RngLike) -> np.ndarray:
 @functools.cache
 def _coverage(n: int, k: int) -> float:
     """Coverage of [x(k), x(n-k+1)] for the median of a continuous distribution."""
-    return float(1.0 - 2.0 * _sps.binom.cdf(k - 1, n, 0.5))
+    from scipy.stats import binom
+
+    return float(1.0 - 2.0 * binom.cdf(k - 1, n, 0.5))
 
 
 @functools.cache
 def _order_k(n: int, confidence: float) -> int | None:
     """Largest k whose exact interval covers >= confidence; None if k=1 falls short."""
+    from scipy.stats import binom
+
     ks = np.arange(1, n // 2 + 1)
-    cov = 1.0 - 2.0 * _sps.binom.cdf(ks - 1, n, 0.5)
+    cov = 1.0 - 2.0 * binom.cdf(ks - 1, n, 0.5)
     ok = ks[cov >= confidence]
     return int(ok.max()) if ok.size else None
 
@@ -364,9 +370,10 @@ def log_ratio_test(
     ratio = math.exp(mean)
     if se == 0:
         return RatioTest(ratio, ratio, ratio, 1.0 if mean == 0 else 0.0, n, method)
-    t = mean / se
-    p = float(2 * _sps.t.sf(abs(t), df))
-    half = float(_sps.t.ppf(1 - alpha / 2, df)) * se
+    from scipy.stats import t as student
+
+    p = float(2 * student.sf(abs(mean / se), df))
+    half = float(student.ppf(1 - alpha / 2, df)) * se
     return RatioTest(ratio, math.exp(mean - half), math.exp(mean + half), p, n, method)
 
 
@@ -440,6 +447,8 @@ def min_detectable_ratio(
     standard error and degrees of freedom at ``n`` rounds (the winsorized spread of the
     given ratios).  Before the false discovery rate's adjustment, which a real matrix
     with several real effects barely moves.  nan with fewer than 2 ratios."""
+    from scipy.stats import t as student
+
     d = _finite(log_ratios)
     if d.size < 2 or n < 2:
         return _NAN
@@ -448,7 +457,7 @@ def min_detectable_ratio(
     s = np.sort(d)
     sw2 = float(np.clip(s, s[g], s[d.size - g - 1]).var(ddof=1))  # winsorized variance
     h = n - 2 * gn
-    t = _sps.t.ppf(1 - alpha / 2, h - 1) + _sps.t.ppf(power, h - 1)
+    t = student.ppf(1 - alpha / 2, h - 1) + student.ppf(power, h - 1)
     return float(math.exp(t * math.sqrt((n - 1) * sw2 / (h * (h - 1)))))
 
 

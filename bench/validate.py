@@ -1,4 +1,5 @@
-"""`isobench validate`: a self-check to run before trusting a host's numbers.
+"""`isobench validate`: a self-check to run before trusting a host's numbers (the runs
+and the checks; the command is bench/commands/validate.py).
 
 Three real runs (the real Runner, real environments, interleaved shuffled rounds), then
 pure checks on their samples:
@@ -39,26 +40,19 @@ ratios are taken, so every ratio reads "how many times the cost of the baseline"
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import pandas as pd
 
 from bench import analysis, harness, stats, store
 from bench import bundle as bundle_mod
 from bench.catalog import Metric, Workload
-from bench.lock import RunLock
 from bench.matrix import QUICK, Matrix, parse_env_spec
-from bench.metrics import noise
 from bench.runner import Runner, new_manifest
-from bench.store import json_safe
 
 ALPHA = 0.05
 SAMPLER_MARGIN = 0.01  # the sampler may cost the cpu probe at most 1%
@@ -78,10 +72,11 @@ OPS = {"ops_per_s": Metric("ops/s", "higher")}
 
 
 def _workload(name: str, probe: str, args: tuple[str, ...], metrics: dict) -> Workload:
-    """A workload with the same arguments in every mode (quick, emulated)."""
-    return Workload(
-        name, probe, probe, f"validate: {probe} {' '.join(args)}".strip(), args, args, args, metrics
-    )
+    """A workload with the same arguments in every mode (quick, emulated); startup's
+    figures are its launch phases, as in the catalog."""
+    what = f"validate: {probe} {' '.join(args)}".strip()
+    phases = probe == "startup"
+    return Workload(name, probe, probe, what, args, args, args, metrics, phase_figures=phases)
 
 
 WORKLOADS = {
@@ -522,89 +517,3 @@ def run_all(
         "quota_skipped": skipped,
     }
     return checks, info
-
-
-@click.command()
-@click.option(
-    "--results",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="keep the validation runs here (default: a temp dir, removed)",
-)
-@click.option("--keep", is_flag=True, help="keep the default temp dir and say where")
-@click.option(
-    "--budget",
-    type=float,
-    default=420.0,
-    show_default=True,
-    help="seconds for the measured rounds of all checks together",
-)
-@click.option(
-    "--quota-kinds",
-    default=",".join(QUOTA_KINDS),
-    show_default=True,
-    help="environment kinds whose CPU quota known answers are checked (comma-separated)",
-)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of lines")
-@click.pass_context
-def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
-    """Check this host before trusting its numbers: A/A, known answer, vDSO control,
-    harness cost and sampler perturbation, minimum detectable effect."""
-    started = time.monotonic()
-    kinds = [k.strip() for k in quota_kinds.split(",") if k.strip()]
-    if unknown := [k for k in kinds if k not in QUOTA_KINDS]:
-        raise click.BadParameter(
-            f"{', '.join(unknown)}: not one of {', '.join(QUOTA_KINDS)}", param_hint="--quota-kinds"
-        )
-    snap = noise.snapshot()
-    warns = noise.warnings(snap)
-    if not as_json:
-        for w in warns:
-            click.echo(f"warning: {w}")
-        if not warns:
-            click.echo("no noise warnings")
-    temp = results is None
-    where = Path(tempfile.mkdtemp(prefix="isobench-validate-")) if temp else results
-    log = (lambda s: None) if as_json else (lambda s: click.echo(f"  {s}", err=True))
-    try:
-        with RunLock(where.resolve()):  # validation runs measure too: one at a time
-            checks, info = run_all(where, budget, seed, log, kinds)
-    finally:
-        if temp and not keep:
-            shutil.rmtree(where, ignore_errors=True)
-    failed = [c.name for c in checks if not c.passed]
-    if as_json:
-        click.echo(
-            json.dumps(
-                json_safe(
-                    {
-                        "noise": snap,
-                        "warnings": warns,
-                        "passed": not failed,
-                        "checks": [asdict(c) for c in checks],
-                        **info,
-                        "seconds": time.monotonic() - started,
-                    }
-                ),
-                default=str,
-                allow_nan=False,
-            )
-        )
-    else:
-        for c in checks:
-            click.echo(c.text())
-        for kind, reason in info["quota_skipped"].items():
-            click.echo(f"NOT CHECKED known answers under {kind}: {reason}")
-        click.echo(
-            f"{len(checks) - len(failed)}/{len(checks)} checks passed in "
-            f"{time.monotonic() - started:.0f} s; load average {_load(snap)}"
-        )
-        if not temp or keep:
-            click.echo(f"runs kept in {where}")
-    ctx.exit(1 if failed else 0)
-
-
-def _load(snap: dict) -> str:
-    la = snap.get("loadavg")
-    return " ".join(f"{x:.2f}" for x in la) if la else "unknown"

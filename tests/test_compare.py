@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from bench import store
+from bench.commands.report import compare as compare_cmd
 from bench.report import compare
-from bench.report.commands import compare as compare_cmd
 from tests.test_report import make_run
 
 HOST = {

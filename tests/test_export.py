@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench import store
-from bench.report.commands import export as export_cmd
+from bench.commands.report import export as export_cmd
 from tests.test_report import make_run
 
 needs_run = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")

@@ -110,7 +110,7 @@ def test_docker_rw_figure_from_recorded_inspect():
 
 
 def test_disk_table_from_a_manifest():
-    from bench.report.commands import disk_rows, print_disk
+    from bench.commands.summary import disk_rows, print_disk
 
     manifest = {
         "environments": {

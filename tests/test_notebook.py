@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.report.commands import notebook as notebook_cmd
+from bench.commands.report import notebook as notebook_cmd
 from tests.test_report import make_run
 
 pytestmark = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")

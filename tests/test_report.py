@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from bench import store
+from bench.commands.report import report as report_cmd
 from bench.lock import LockError
 from bench.report import fmt, html, view
-from bench.report.commands import report as report_cmd
 from bench.report.sections import common, density, net, probes, summary, user, warnings
 from bench.report.sections.provenance import provenance
 

@@ -1,5 +1,7 @@
 """The terminal summary of a real run: as wide as the terminal says, human units, the
-baseline first, sig yes/no/–, ratios in words, flags and precision misses grouped."""
+baseline first, sig yes/no/–, ratios in words, flags and precision misses grouped; the
+main job's environments at 80 and 100 columns: a long label on a line of its own, no
+label broken, no ratio CI wrapped, the header whole."""
 
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli
-from tests.test_report import make_run
+from bench.commands import output
+from bench.commands import summary as summary_cmd
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
+    from tests.test_report import make_run
+
     return make_run(tmp_path_factory)
 
 
@@ -39,7 +43,7 @@ def summary(run: Path, columns: str | None, *args: str) -> list[str]:
 
 
 @pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
-@pytest.mark.parametrize("columns, width", [("80", 80), (None, cli.PIPED_WIDTH), ("120", 120)])
+@pytest.mark.parametrize("columns, width", [("80", 80), (None, output.PIPED_WIDTH), ("120", 120)])
 def test_piped_summary_fits_the_width(run, columns, width):
     lines = summary(run, columns)
     assert max(len(line) for line in lines) <= width
@@ -93,7 +97,7 @@ def row(env: str, **kw) -> dict:
 
 
 def cells(r: dict) -> list[str]:
-    return [c.plain for c in cli._summary_cells(r, "host")]
+    return [c.plain for c in summary_cmd._summary_cells(r, "host")]
 
 
 def test_ratio_words_and_sig_column():
@@ -121,16 +125,16 @@ def test_flags_are_grouped_under_the_table(capsys):
         row("oci", op="stat", flags=["negative counter"]),
     ]
     assert cells(rows[0])[3] == "flagged"
-    cli._print_flags(rows)
+    summary_cmd._print_flags(rows)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[1] == (f"flagged: {flag} (docker io clock_gettime, podman io clock_gettime)")
     assert lines[0] == "flagged: negative counter (oci io stat)"
 
 
-def test_long_labels_and_wide_figures_fold_and_are_never_cut():
-    """Five environments with long labels at 80 columns: the label, the words and the
-    ratio fold; no line is wider than 80, and no "yes" or closing bracket is cut off."""
+def test_long_labels_and_wide_figures_are_never_cut():
+    """Four environments with long labels and wide figures at 80 columns: no line is
+    wider than 80, and no "yes" or closing bracket is cut off."""
     from rich.console import Console
 
     sig = dict(
@@ -149,7 +153,7 @@ def test_long_labels_and_wide_figures_fold_and_are_never_cut():
     ]
     console = Console(width=80, soft_wrap=True)
     with console.capture() as cap:
-        console.print(cli.summary_table(rows, "host", [r["env"] for r in rows], 80))
+        console.print(summary_cmd.summary_table(rows, "host", [r["env"] for r in rows], 80))
     lines = cap.get().splitlines()
     assert max(len(x.rstrip()) for x in lines) <= 80
     assert sum(x.rstrip().endswith("yes") for x in lines) == 3
@@ -165,3 +169,92 @@ def test_a_rate_reads_with_an_si_prefix():
     assert cells(row("docker", median=2_067.0, ci_low=1_806.5, ci_high=12_413.0))[1] == (
         "2067 [1806, 12.4k]"
     )
+
+
+# the main job's environments, and longer labels still
+MAIN_JOB = (
+    "host",
+    "namespaces",
+    "docker",
+    "docker:seccomp=unconfined",
+    "docker:runtime=runsc",
+    "podman",
+    "podman:runtime=runsc",
+    "oci",
+    "libvirt:accel=tcg",
+    "qemu",
+    "cri",
+)
+
+
+def render(rows: list[dict], width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, soft_wrap=True)
+    table = summary_cmd.summary_table(rows, "host", [r["env"] for r in rows], width)
+    with console.capture() as cap:
+        console.print(table)
+    return [line.rstrip() for line in cap.get().splitlines()]
+
+
+def main_job_rows() -> list[dict]:
+    """Two figures of the main job's environments: a rate in the hundreds of millions
+    (the widest medians) and a time; ratios with CIs, some significant."""
+    rows = []
+    for i, env in enumerate(MAIN_JOB):
+        emulated = env.startswith(("libvirt", "qemu"))
+        tested = env != "host" and not emulated
+        for metric, unit, better, median in (
+            ("ops_per_s", "ops/s", "higher", 149_651_069.0 + i),
+            ("ns_per_op", "ns", "lower", 170.0 * (1 + i / 10)),
+        ):
+            rows.append(
+                row(
+                    env,
+                    workload="cpu",
+                    op="compute",
+                    metric=metric,
+                    unit=unit,
+                    better=better,
+                    median=median,
+                    ci_low=median * 0.9364,
+                    ci_high=median * 1.8198,
+                    n=12,
+                    emulated=emulated,
+                    ratio=0.0360 * (i + 1) if tested else None,
+                    ratio_ci_low=0.0300 * (i + 1) if tested else None,
+                    ratio_ci_high=0.0400 * (i + 1) if tested else None,
+                    p_adjusted=0.001 if tested else None,
+                    significant=tested and i % 2 == 0,
+                )
+            )
+    return rows
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_main_job_summary_breaks_no_label_and_wraps_no_ci(width):
+    """At 80 and 100 columns: no line wider, every label whole on a line (a long one on
+    its own), every ratio with its whole CI on one line, the header's names whole."""
+    rows = main_job_rows()
+    lines = render(rows, width)
+    assert max(map(len, lines)) <= width
+    header = " ".join(lines[:2])
+    for name in ("environment", "median [95% CI]", "ratio [95% CI]", "in words"):
+        assert name in header
+    assert re.search(r"(^|\s)sig$", lines[0]) or re.search(r"(^|\s)sig$", lines[1])
+    words = [w for line in lines for w in line.split()]
+    for env in MAIN_JOB:  # each label whole, once per figure, and never a piece of one
+        assert words.count(env) == 2, (env, lines)
+    assert not [w for w in words if ":" in w and w not in MAIN_JOB]
+    for r in rows:
+        if r["ratio_ci_low"] is not None:
+            cells = summary_cmd._summary_cells(r, "host")
+            assert sum(cells[3].plain in line for line in lines) >= 1, (cells[3].plain, lines)
+
+
+def test_labels_that_fit_stay_on_their_line():
+    """At 160 columns every label fits its column: one line per environment."""
+    rows = main_job_rows()
+    lines = render(rows, 160)
+    assert len(lines) == 1 + 2 * (1 + len(MAIN_JOB))  # header, 2 × (figure + envs)
+    assert any(line.startswith("  docker:seccomp=unconfined ") for line in lines)

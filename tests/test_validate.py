@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench import validate as v
+from bench.commands.validate import validate as validate_cmd
 
 
 def _lognormal(median: float, sigma: float, n: int, seed: int) -> dict[int, float]:
@@ -51,7 +52,7 @@ def test_aa_fails_on_a_real_shift():
 
 
 def test_unknown_quota_kind_is_a_usage_error():
-    res = CliRunner().invoke(v.validate, ["--quota-kinds", "host,qemu"])
+    res = CliRunner().invoke(validate_cmd, ["--quota-kinds", "host,qemu"])
     assert res.exit_code == 2 and "qemu: not one of" in res.output
 
 
@@ -231,7 +232,7 @@ def test_validate_runs_on_this_host(tmp_path):
     host's load; the full-length command is what a user runs (and what the issue's
     acceptance asks for)."""
     res = CliRunner().invoke(
-        v.validate,
+        validate_cmd,
         ["--results", str(tmp_path), "--budget", "40", "--quota-kinds", "host", "--json"],
         catch_exceptions=False,
     )

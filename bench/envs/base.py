@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench import interrupt
-from bench.manifest import LOCAL  # the target of every kind that runs on this machine
 from bench.metrics.cgroup import CgroupReader, Layout
 from bench.probeio import ProbeOutput, parse_lines
+from bench.targets import LOCAL  # the target of every kind that runs on this machine
 
 WORKDIR = "{workdir}"  # placeholder in probe arguments: the environment's io directory
 STOP_GRACE_S = 10.0  # how long a stopped instance may take to exit before it is killed

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import analysis, provenance, stats, store
-from bench.manifest import LOCAL
 from bench.report.view import as_manifest, better, catalog_of
 from bench.store import json_safe
+from bench.targets import LOCAL
 
 
 class CompareError(store.StoreError):

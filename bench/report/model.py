@@ -14,19 +14,10 @@ from typing import Any
 import numpy as np
 
 from bench.manifest import Manifest
-
-# Re-exported for bench/cli.py and bench/report/commands.py until they import them from
-# bench.report.fmt and bench.report.view.
-from bench.report.fmt import fmt_num as fmt_num
-from bench.report.fmt import fmt_quantity as fmt_quantity
-from bench.report.fmt import fmt_ratio as fmt_ratio
-from bench.report.fmt import short_label as short_label
-from bench.report.fmt import time_scale as time_scale
 from bench.report.sections import SECTIONS
 from bench.report.sections.provenance import disk, methodology, provenance
 from bench.report.sections.summary import summary
 from bench.report.sections.warnings import warnings
-from bench.report.view import env_order as env_order
 from bench.report.view import view
 from bench.store import json_safe
 

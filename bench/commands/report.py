@@ -1,9 +1,9 @@
-"""The report commands: `report`, `compare`, `notebook`, `export`.
+"""The report commands: `report`, `compare`, `notebook`, `export` (see COMMANDS).
 
-`bench.cli` adds them to `isobench` (see COMMANDS). User errors are
-`click.ClickException` or `store.StoreError`, which `bench.cli.main` turns into one line
-and exit status 2. `compare` exits 1 when a cell changed significantly beyond the
-threshold, so CI pipelines can gate on it.
+User errors are `click.ClickException` or `store.StoreError`, which `bench.commands.main`
+turns into one line and exit status 2. `compare` exits 1 when a cell changed
+significantly beyond the threshold, so CI pipelines can gate on it. The report's modules
+are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -13,14 +13,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from bench import store
-from bench.report import compare as compare_mod
-from bench.report import export as export_mod
-from bench.report import html, model
+from bench.commands.options import LazyChoice
 
 RUN_DIR = click.Path(path_type=Path)  # existence is checked by store (one clear message)
 OUTPUT = click.Path(path_type=Path, allow_dash=True, dir_okay=False)  # "-": standard output
@@ -57,6 +51,9 @@ def echo_bytes(data: bytes) -> None:
 )
 def report(run_dir: Path, output: Path | None):
     """Write the run's self-contained HTML report (works offline)."""
+    from bench import store
+    from bench.report import html
+
     manifest = store.read_manifest(run_dir)
     df = store.load_samples(run_dir)
     page = html.render(manifest, df)
@@ -90,6 +87,12 @@ def report(run_dir: Path, output: Path | None):
 def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float, as_json: bool):
     """Changes from RUN_A to RUN_B per cell; exit status 1 on a significant change
     beyond the threshold (regression or improvement)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from bench.report import compare as compare_mod
+    from bench.report import html
+
     if as_json and to_stdout(output):
         raise click.UsageError("--json and -o - would both write to standard output")
     ma, dfa = compare_mod.load(run_a)
@@ -115,6 +118,12 @@ def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float
 
 
 def print_table(result: dict, stderr: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from bench.report import fmt
+
     stream = sys.stderr if stderr else sys.stdout
     out = Console(
         stderr=stderr, soft_wrap=True, highlight=False, width=None if stream.isatty() else 200
@@ -136,8 +145,8 @@ def print_table(result: dict, stderr: bool = False) -> None:
         t.add_column(col, justify="right" if col.startswith(("median", "change", "p ")) else "left")
     style = {"regression": "bold red", "improvement": "bold green", "n.s.": "dim"}
     for c in result["cells"]:
-        a = model.fmt_quantity(c["median_a"], c["unit"])
-        b = model.fmt_quantity(c["median_b"], c["unit"])
+        a = fmt.fmt_quantity(c["median_a"], c["unit"])
+        b = fmt.fmt_quantity(c["median_b"], c["unit"])
         lo, hi = c["change_ci_low"], c["change_ci_high"]
         ci = "[–]" if lo is None or hi is None else f"[{lo:+.1f}, {hi:+.1f}]"  # one round: no CI
         ch = "–" if c["change_pct"] is None else f"{c['change_pct']:+.1f} % {ci}"
@@ -165,6 +174,7 @@ def print_table(result: dict, stderr: bool = False) -> None:
 )
 def notebook(run_dir: Path, output: Path | None):
     """Write a Jupyter notebook that loads the run and reproduces the main tables."""
+    from bench import store
     from bench.report import notebook as nb
 
     manifest = store.read_manifest(run_dir)
@@ -177,13 +187,19 @@ def notebook(run_dir: Path, output: Path | None):
     click.echo(f"notebook: {path}")
 
 
+def export_formats() -> tuple[str, ...]:
+    from bench.report.export import FORMATS
+
+    return FORMATS
+
+
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option(
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(export_mod.FORMATS, case_sensitive=False),
+    type=LazyChoice(export_formats, case_sensitive=False),
     help="file format",
 )
 @click.option(
@@ -196,6 +212,8 @@ def notebook(run_dir: Path, output: Path | None):
 @click.option("--summary", is_flag=True, help="the summary rows instead of the samples")
 def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
     """Export the run's samples (or summary) as CSV, JSON or Parquet."""
+    from bench.report import export as export_mod
+
     fmt = fmt.lower()
     try:
         data = export_mod.to_bytes(export_mod.frame(run_dir, summary=summary), fmt)
@@ -206,50 +224,6 @@ def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
         return
     path = output or export_mod.default_path(run_dir, fmt, summary)
     click.echo(f"export: {write_output(path, lambda p: export_mod.write(p, data))}")
-
-
-def disk_rows(manifest: dict) -> list[tuple[str, str, str]]:
-    """Pure: the manifest's disk footprints (environments[label]["disk"], recorded once
-    per run) -> (environment, what, MiB or the reason there is no figure) rows."""
-    rows = []
-    for label, env in (manifest.get("environments") or {}).items():
-        disk = env.get("disk")
-        if not disk:
-            continue
-        if disk.get("error"):
-            rows.append((label, "disk footprint", f"not measured: {disk['error']}"))
-        for f in disk.get("figures") or []:
-            n = f.get("bytes")
-            value = (
-                f"– ({f.get('reason', 'not measured')})"
-                if n is None
-                else f"{n / 2**20:.2f}" + (f" ({n} B)" if n < 10240 else "")
-            )
-            rows.append((label, f["what"], value))
-    return rows
-
-
-def print_disk(manifest: dict, console: Console | None = None) -> None:
-    """`summary --footprint`: the disk footprint of each environment, a small table
-    (nothing when the run recorded none). What each figure counts is in the manifest."""
-    rows = disk_rows(manifest)
-    if not rows:
-        return
-    out = console or Console(
-        soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 200
-    )
-    t = Table(
-        title=Text(
-            "disk footprint (MiB = 2^20 bytes; what each counts: manifest "
-            "environments.<label>.disk)"
-        )
-    )
-    t.add_column("environment")
-    t.add_column("what")
-    t.add_column("MiB", justify="right")
-    for row in rows:
-        t.add_row(*(Text(x) for x in row))
-    out.print(t)
 
 
 COMMANDS = (report, compare, notebook, export)

@@ -1,7 +1,8 @@
 """`isobench rootfs`: build, import, list, show and remove root filesystems (bench/rootfs.py).
 
 Every user error is one line on stderr and exit status 2 (a click.ClickException that
-`bench.cli.main` prints); Ctrl-C or SIGTERM leaves no partial tree, mount or container.
+`bench.commands.main` prints); Ctrl-C or SIGTERM leaves no partial tree, mount or
+container. The rootfs modules are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ import sys
 
 import click
 
-from bench import interrupt
-from bench import rootfs as rf
-from bench import rootfs_build as rb
-from bench import rootfs_import as ri
-
 
 class RootfsUserError(click.ClickException):
     exit_code = 2
@@ -24,6 +20,9 @@ class RootfsUserError(click.ClickException):
 def _guarded(fn):
     """Run fn() with SIGINT/SIGTERM raising Interrupted (cleanups shielded); RootfsError
     becomes one line, exit 2."""
+    from bench import interrupt
+    from bench import rootfs as rf
+
     old = interrupt.install()
     try:
         return fn()
@@ -74,10 +73,11 @@ def rootfs():
 )
 def build_cmd(name, packages, pip, copies):
     """Build NAME: a Debian tree (mmdebstrap, the host's release and apt sources)."""
+    from bench import rootfs as rf
 
     def go():
-        parsed = [rb.parse_copy(c) for c in copies]
-        return rb.build(name, list(packages), list(pip), parsed, log=_log)
+        parsed = [rf.parse_copy(c) for c in copies]
+        return rf.build(name, list(packages), list(pip), parsed, log=_log)
 
     r = _guarded(go)
     click.echo(
@@ -98,7 +98,9 @@ def build_cmd(name, packages, pip, copies):
 )
 def import_cmd(image, name, engine):
     """Import IMAGE's filesystem (create + export) as a rootfs, keyed by its content."""
-    r = _guarded(lambda: ri.import_image(image, name, engine, log=_log))
+    from bench import rootfs as rf
+
+    r = _guarded(lambda: rf.import_image(image, name, engine, log=_log))
     click.echo(
         f"{r.name} {r.key} {_mib(r.record['size']['allocated'])} "
         f"{len(r.record['packages'])} packages {r.tree}"
@@ -109,6 +111,8 @@ def import_cmd(image, name, engine):
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per rootfs")
 def ls_cmd(as_json):
     """List the named root filesystems."""
+    from bench import rootfs as rf
+
     for r in rf.names():
         if as_json:
             click.echo(
@@ -128,6 +132,8 @@ def ls_cmd(as_json):
 @click.argument("name")
 def show_cmd(name):
     """Print NAME's record (recipe or image, packages, size, hashes) as JSON."""
+    from bench import rootfs as rf
+
     r = _guarded(lambda: rf.load(name))
     click.echo(json.dumps({"name": r.name, "path": str(r.tree), **r.record}, indent=1))
 
@@ -136,5 +142,7 @@ def show_cmd(name):
 @click.argument("name")
 def rm_cmd(name):
     """Remove NAME (its tree too, unless another name shares it)."""
+    from bench import rootfs as rf
+
     gone = _guarded(lambda: rf.remove(name))
     click.echo(f"removed {name}" + ("" if gone else " (its tree is shared with another name)"))

@@ -1,0 +1,115 @@
+"""`isobench validate`: the command; the runs and checks are bench/validate.py, imported
+when the command runs (it imports the runner and pandas)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from bench.commands.options import HelpDefault
+
+
+def quota_kinds_default(name: str = "quota_kinds") -> str:
+    """--quota-kinds' default (for its value and for --help): every kind validate knows
+    a quota's answer under."""
+    from bench.validate import QUOTA_KINDS
+
+    return ",".join(QUOTA_KINDS)
+
+
+@click.command()
+@click.option(
+    "--results",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="keep the validation runs here (default: a temp dir, removed)",
+)
+@click.option("--keep", is_flag=True, help="keep the default temp dir and say where")
+@click.option(
+    "--budget",
+    type=float,
+    default=420.0,
+    show_default=True,
+    help="seconds for the measured rounds of all checks together",
+)
+@click.option(
+    "--quota-kinds",
+    cls=HelpDefault,
+    shown=quota_kinds_default,
+    default=quota_kinds_default,
+    help="environment kinds whose CPU quota known answers are checked (comma-separated)",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of lines")
+@click.pass_context
+def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
+    """Check this host before trusting its numbers: A/A, known answer, vDSO control,
+    harness cost and sampler perturbation, minimum detectable effect."""
+    from bench.lock import RunLock
+    from bench.metrics import noise
+    from bench.store import json_safe
+    from bench.validate import QUOTA_KINDS, run_all
+
+    started = time.monotonic()
+    kinds = [k.strip() for k in quota_kinds.split(",") if k.strip()]
+    if unknown := [k for k in kinds if k not in QUOTA_KINDS]:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: not one of {', '.join(QUOTA_KINDS)}", param_hint="--quota-kinds"
+        )
+    snap = noise.snapshot()
+    warns = noise.warnings(snap)
+    if not as_json:
+        for w in warns:
+            click.echo(f"warning: {w}")
+        if not warns:
+            click.echo("no noise warnings")
+    temp = results is None
+    where = Path(tempfile.mkdtemp(prefix="isobench-validate-")) if temp else results
+    log = (lambda s: None) if as_json else (lambda s: click.echo(f"  {s}", err=True))
+    try:
+        with RunLock(where.resolve()):  # validation runs measure too: one at a time
+            checks, info = run_all(where, budget, seed, log, kinds)
+    finally:
+        if temp and not keep:
+            shutil.rmtree(where, ignore_errors=True)
+    failed = [c.name for c in checks if not c.passed]
+    if as_json:
+        click.echo(
+            json.dumps(
+                json_safe(
+                    {
+                        "noise": snap,
+                        "warnings": warns,
+                        "passed": not failed,
+                        "checks": [asdict(c) for c in checks],
+                        **info,
+                        "seconds": time.monotonic() - started,
+                    }
+                ),
+                default=str,
+                allow_nan=False,
+            )
+        )
+    else:
+        for c in checks:
+            click.echo(c.text())
+        for kind, reason in info["quota_skipped"].items():
+            click.echo(f"NOT CHECKED known answers under {kind}: {reason}")
+        click.echo(
+            f"{len(checks) - len(failed)}/{len(checks)} checks passed in "
+            f"{time.monotonic() - started:.0f} s; load average {_load(snap)}"
+        )
+        if not temp or keep:
+            click.echo(f"runs kept in {where}")
+    ctx.exit(1 if failed else 0)
+
+
+def _load(snap: dict) -> str:
+    la = snap.get("loadavg")
+    return " ".join(f"{x:.2f}" for x in la) if la else "unknown"
