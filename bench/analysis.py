@@ -119,6 +119,20 @@ def test_name(t: stats.RatioTest) -> str:
     return f"{t.method}{trimmed} t, n={t.n}"
 
 
+def detectable(values: dict[int, float], base: dict[int, float]) -> float | None:
+    """The smallest ratio this run could have called (80% power, before the false
+    discovery rate's adjustment), from the spread of its own per-round log ratios; None
+    where rounds do not pair (fewer than 3 in common) or no ratio is finite."""
+    common = sorted(set(values) & set(base))
+    if len(common) < 3:
+        return None
+    v = np.array([values[r] for r in common], dtype=float)
+    b = np.array([base[r] for r in common], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.log(v / b)
+    return json_safe(stats.detectable_ratio(d))
+
+
 def compare_rounds(
     values: dict[int, float], base: dict[int, float], confidence: float = 0.95
 ) -> stats.RatioTest:
@@ -175,6 +189,7 @@ def summarize_run(
             "p_value": None,
             "p_adjusted": None,
             "significant": False,
+            "detectable_ratio": None,
             "baseline": baseline,
             "better": _better(manifest, workload, metric),
             "note": "",
@@ -196,12 +211,14 @@ def summarize_run(
                 ratio_ci_high=json_safe(t.high),
             )
             row.update(p_value=json_safe(t.p_value), test=test_name(t))
+            row["detectable_ratio"] = detectable(by_rnd, base)
         writes = flag(manifest, workload, "writes_data")
         row["flags"] = checks.figure_flags(
             row, values, layout=layout, notes=notes[key], writes_data=writes
         )
         if row["flags"]:  # an implausible figure or a failed control is no finding
             row.update(ratio=None, ratio_ci_low=None, ratio_ci_high=None, p_value=None)
+            row["detectable_ratio"] = None
         rows.append(row)
     tested = [i for i, r in enumerate(rows) if r["p_value"] is not None]
     adjusted = stats.benjamini_hochberg([rows[i]["p_value"] for i in tested]) if tested else []
@@ -228,6 +245,16 @@ def _better(manifest: dict[str, Any], workload: str, metric: str) -> str:
 
 
 TIME_UNITS = {"ns", "us", "µs", "ms", "s"}
+
+
+def undetected(row: dict[str, Any]) -> str:
+    """What a tested row that is not significant could have shown: "none ≥×1.04" (no
+    difference of 4% or more either way: this run would have called one that large in
+    80% of runs); "" for a significant or untested row."""
+    mde = row.get("detectable_ratio")
+    if row.get("significant") or row.get("p_adjusted") is None or mde is None:
+        return ""
+    return f"none ≥×{mde:.3g}" if mde < 10 else f"none ≥×{mde:.0f}"
 
 
 def verdict(row: dict[str, Any]) -> str:

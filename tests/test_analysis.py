@@ -99,6 +99,31 @@ def test_identical_twin_is_not_significant():
     assert not vm["significant"] and vm["ratio_ci_low"] < 1 < vm["ratio_ci_high"]
 
 
+def test_a_row_that_is_not_significant_says_what_this_run_could_have_detected():
+    """The twin's rounds at 1% launch noise: its minimum detectable ratio is a few percent
+    (the power formula on its own spread), in words "none ≥×1.0x"; twice the noise, twice
+    the ratio's excess (40 rounds, where the spread is well estimated); a significant row
+    says its verdict instead."""
+    rng = np.random.default_rng(7)
+
+    def twin(noise: float, n: int = 8) -> dict:
+        drift = 100 * np.exp(rng.normal(0, 0.05, n))
+        df = pd.DataFrame(
+            samples("host", drift * np.exp(rng.normal(0, noise, n)))
+            + samples("vm", drift * np.exp(rng.normal(0, noise, n)))
+        )
+        return next(r for r in analysis.summarize_run(df, MANIFEST) if r["env"] == "vm")
+
+    quiet = twin(0.01)
+    assert not quiet["significant"] and 1.01 < quiet["detectable_ratio"] < 1.06
+    steady, shaky = twin(0.01, n=40), twin(0.02, n=40)  # 40 rounds: a steady spread
+    assert 1.6 < (shaky["detectable_ratio"] - 1) / (steady["detectable_ratio"] - 1) < 2.5
+    assert analysis.undetected(quiet) == f"none ≥×{quiet['detectable_ratio']:.3g}"
+    shifted = {**quiet, "significant": True}
+    assert analysis.undetected(shifted) == ""
+    assert analysis.undetected({**quiet, "p_adjusted": None}) == ""  # untested
+
+
 def test_failed_vdso_control_is_flagged_not_a_finding():
     df = pd.DataFrame(
         samples("host", [23.0, 23.1, 22.9, 23.0], op="clock_gettime")

@@ -418,12 +418,16 @@ def test_a_run_recorded_at_schema_1_still_renders():
     records have no exit_code / stderr_tail, which the raw data then carries as empty."""
     run = Path(__file__).parent / "data" / "runs" / "v1"
     manifest = store.read_manifest(run)
-    d = blob(html.render(manifest, store.load_samples(run), n_boot=200))
+    text = html.render(manifest, store.load_samples(run), n_boot=200)
+    d = blob(text)
     assert [(e["label"], e["measured"]) for e in d["envs"]] == [
         ("host", True),
         ("namespaces", True),
     ]
     assert {r["op"] for g in d["summary"] for r in g["rows"]} >= {"null", "stat", "fork"}
+    ns = [r for g in d["summary"] for r in g["rows"] if r["p_adjusted"] and not r["significant"]]
+    assert ns and all(r["undetected"].startswith("none ≥×") for r in ns)  # what it could see
+    assert f"n.s. · {ns[0]['undetected']}" in text
     assert d["provenance"]["host"]["kernel"] == manifest["targets"]["local"]["kernel"]
     cols = d["samples"]["data"]
     assert d["samples"]["columns"] == list(store.COLUMNS)

@@ -161,6 +161,19 @@ def test_long_labels_and_wide_figures_are_never_cut():
     assert sum("0.986]" in x for x in lines) == 3
 
 
+def test_a_row_that_is_not_significant_says_what_could_have_been_detected():
+    tested = row(
+        "docker",
+        ratio=1.01,
+        ratio_ci_low=0.99,
+        ratio_ci_high=1.03,
+        p_adjusted=0.4,
+        detectable_ratio=1.0412,
+    )
+    assert cells(tested)[4] == "none ≥×1.04" and cells(tested)[5] == "no"
+    assert cells({**tested, "significant": True, "ratio": 1.3})[4] == "1.30× faster"
+
+
 def test_a_rate_reads_with_an_si_prefix():
     """The figure a main-job summary printed as `149,651,069 [140,121,680, 272,343,140`
     (bracket lost at 80 columns) reads as hyperfine writes it."""

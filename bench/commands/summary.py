@@ -35,7 +35,9 @@ def summary(run_dir, as_json, baseline, footprint):
 SIG_LEGEND = (
     "ratio = value / baseline value, with its 95% CI (for rates, below 1 is slower); "
     "sig: yes = a tested difference (adjusted p < 0.05 and the CI excludes 1), "
-    "no = tested, not significant, – = not tested (no ratio)"
+    "no = tested, not significant, – = not tested (no ratio); in words, for a figure "
+    "that is not significant: none ≥×1.04 = no difference of ×1.04 or more either way "
+    "(this run would have called one that large with 80% power)"
 )
 
 
@@ -195,7 +197,7 @@ def _summary_cells(r: dict, base: str, scale: float = 1.0) -> tuple[Text, ...]:
         ratio = fmt.fmt_ratio(r["ratio"])
         if r["ratio_ci_low"] is not None:
             ratio += f" [{fmt.fmt_num(r['ratio_ci_low'])}, {fmt.fmt_num(r['ratio_ci_high'])}]"
-        words = analysis.verdict(r) if r["significant"] else ""
+        words = analysis.verdict(r) if r["significant"] else analysis.undetected(r)
         sig = "–" if r["p_adjusted"] is None else ("yes" if r["significant"] else "no")
     return (
         Text(label, style="bold" if r["env"] == base else ""),

@@ -44,6 +44,7 @@ def summary(rows, envs: list[str], baseline: str) -> list[dict[str, Any]]:
                     "no_ratio": no_ratio(r, baseline, base_keys),
                     "worse": bool(worse),
                     "words": analysis.verdict(r) if sig else "",
+                    "undetected": analysis.undetected(r),
                 }
             )
         out.append({"env": env, "emulated": bool(cells[0].get("emulated")), "rows": shown})
