@@ -63,20 +63,25 @@ def test_cpu_min_ms_is_the_window_and_zero_is_refused(bundle):
     assert res.returncode == 2 and "--window-ms" in res.stderr
 
 
-def _compute_rates(bundle, cg: Cgroup | None, reps: int) -> list[float]:
+def _compute_windows(bundle, cg: Cgroup | None, reps: int) -> list[dict]:
     argv = [str(bundle.probes["cpu"]), "--op", "compute", "--reps", str(reps)]
     preexec = preexec_attach(cg.procs_files) if cg else None
-    return [r["metrics"]["ops_per_s"] for r in _run(argv, preexec)]
+    return _run(argv, preexec)
 
 
 @pytest.mark.requires("cgroup", "compiler")
 @pytest.mark.parametrize("pinned", [False, True], ids=["unpinned", "pinned"])
 def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
-    """Windows of 300 ms (three CFS periods) under cpus=0.25 and 0.5 read 1/q of the
-    unlimited rate within 5% (medians of interleaved launches), with the CPUs kept out
-    of idle as `isobench validate` does (bench.busy). Under other load single
-    windows scatter (a period whose quota competition left unused carries up to a 5 ms
-    slice per CPU into the next), so the test holds medians, not each window."""
+    """Windows of 300 ms (three CFS periods) under cpus=0.25 and 0.5 hold q of a CPU:
+    each window line's cpu_ns / elapsed_ns (the CPU time the probe ran in exactly that
+    window) reads q within 5% (medians of windows), the unlimited one a whole CPU, with
+    the CPUs kept out of idle as `isobench validate` does (bench.busy). The share, not
+    the rate: a window's rate is its share times the machine's speed per CPU-second,
+    and on a VM of this kind that speed moves between ~210M and ~400M ops/s from one
+    300 ms window to the next, pinned and idle (the noisy-machine issue), so a rate
+    ratio of a few windows scatters past 1/q +- 5% whatever the windows hold; a share
+    does not depend on the speed. Each window's rate is work / window as ever (checked
+    in test_cpu_lines_cover_exactly_their_window)."""
     cpuset = "1" if pinned and os.cpu_count() and os.cpu_count() > 1 else None
     tag = f"{os.getpid()}-{'p' if pinned else 'u'}"
     made = []
@@ -87,18 +92,21 @@ def test_cpu_window_reads_a_quota_as_its_share(bundle, pinned):
             made.append(cg)
             cg.set_weight(10240)  # shield the unlimited baseline from other load
             groups[q] = cg
-        rates: dict = {q: [] for q in groups}
+        shares: dict = {q: [] for q in groups}
         with busy_cpus():
             for _ in range(3):
                 for q, cg in groups.items():
-                    rates[q] += _compute_rates(bundle, cg, 3)
+                    shares[q] += [
+                        r["cpu_ns"] / r["elapsed_ns"] for r in _compute_windows(bundle, cg, 3)
+                    ]
+        assert statistics.median(shares[None]) >= 0.9, shares
         for q in (0.25, 0.5):
-            ratio = statistics.median(rates[None]) / statistics.median(rates[q])
-            # pinned, the task cannot carry a CPU's unused slice elsewhere: exactly 1/q.
-            # Unpinned it gets a little more CPU than q (it read 2.5-5% fast here, every
-            # time): up to one 5 ms slice per CPU per 100 ms period, never less than q.
-            low = 0.95 if pinned else 0.90
-            assert low / q <= ratio <= 1.05 / q, (q, ratio, rates)
+            share = statistics.median(shares[q])
+            # pinned, the task cannot carry a CPU's unused slice elsewhere: exactly q.
+            # Unpinned it gets a little more CPU than q (its rate read 2.5-5% fast here,
+            # every time): up to one 5 ms slice per CPU per 100 ms period, never less.
+            high = 1.05 if pinned else 1.10
+            assert 0.95 * q <= share <= high * q, (q, share, shares)
     finally:
         for cg in made:
             cg.remove()

@@ -27,7 +27,9 @@
  *                            "page cache" exactly when "page_cache" is true.
  * Windowed ops (probe_window(): the cpu probe) report elapsed_ns = the window and
  * iterations = the work done in exactly that window (interpolated within the chunk
- * that crossed its end, rounded); their metrics come from the unrounded work.
+ * that crossed its end, rounded); their metrics come from the unrounded work; and
+ *   "cpu_ns":C               the CPU time the process ran in that window (its share of
+ *                            a CPU is C / elapsed_ns: a quota q reads q).
  * In serve mode (--serve, see probe_serve()) every line, result or error, ends with
  *   "burst":K                the number of the command line it answers (1, 2, ...)
  */
@@ -68,7 +70,27 @@ static inline uint64_t probe_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+static inline uint64_t probe_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
 /* ---------------------------------------------------------------- output */
+
+/* The CPU time the last window (probe_window()) ran, scaled to exactly its wall time,
+ * printed as the "cpu_ns" member of the next line and then cleared; UINT64_MAX: none.
+ * cpu_ns / elapsed_ns is the share of a CPU the window got: a quota q reads q there
+ * whatever the machine's speed, where the rate mixes the share with the speed. */
+static uint64_t probe_window_cpu_ns = UINT64_MAX;
+
+static inline void probe_cpu_member(void)
+{
+    if (probe_window_cpu_ns != UINT64_MAX)
+        printf(",\"cpu_ns\":%" PRIu64, probe_window_cpu_ns);
+    probe_window_cpu_ns = UINT64_MAX;
+}
 
 /* Serve mode: the number of the command being answered (1, 2, ...), printed as the
  * "burst" member of its line; 0 outside serve mode (no member). */
@@ -176,6 +198,7 @@ static inline void probe_emit(const char *probe, const char *op, uint64_t iterat
         fputs(",\"note\":", stdout);
         probe_json_str(stdout, extra.note);
     }
+    probe_cpu_member();
     probe_serve_member();
     fputs("}\n", stdout);
     fflush(stdout);
@@ -332,6 +355,7 @@ static inline int probe_window(probe_fn fn, void *ctx, uint64_t chunk, uint64_t 
                                double *work, uint64_t *checksum)
 {
     uint64_t cks = 0, done = 0;
+    uint64_t cpu0 = probe_cpu_ns();
     uint64_t start = probe_now_ns(), prev = start, end = start + window_ns;
     probe_errbuf[0] = 0;
     for (;;) {
@@ -345,6 +369,8 @@ static inline int probe_window(probe_fn fn, void *ctx, uint64_t chunk, uint64_t 
             double part = t > prev ? (double)(end - prev) / (double)(t - prev) : 1.0;
             *work = (double)done + (double)chunk * part;
             *checksum = cks;
+            double cpu = (double)(probe_cpu_ns() - cpu0) * (double)window_ns / (double)(t - start);
+            probe_window_cpu_ns = (uint64_t)cpu;
             return 0;
         }
         done += chunk;
