@@ -233,6 +233,21 @@ def test_ext4_geometry():
     assert inodes == 14096
 
 
+def test_mke2fs_argv_sizes_the_image_and_names_a_uuid_only_when_given():
+    usage = {"allocated": 100 * 2**20, "inodes": 5000}
+    kib = 125 * 1024 + 16 * 1024 + 256 * 1024
+    argv = rf.mke2fs_argv(Path("/t"), Path("/d.ext4"), usage, 256, "root", uuid="u-1")
+    assert argv == [
+        *("mke2fs", "-q", "-F", "-t", "ext4", "-d", "/t", "-L", "root", "-U", "u-1"),
+        *("-N", "14096", "-m", "0", "-E", "root_owner=0:0", "/d.ext4", f"{kib}k"),
+    ]
+    plain = rf.mke2fs_argv(
+        Path("/t"), Path("/d"), usage, 256, "root", extended="x=1", mke2fs="/sbin/mke2fs"
+    )
+    assert plain[0] == "/sbin/mke2fs" and "-U" not in plain
+    assert plain[plain.index("-E") + 1] == "x=1"
+
+
 def test_image_name():
     assert ri.image_name("debian:bookworm") == "debian-bookworm"
     assert ri.image_name("registry.example:5000/team/App:1.2@sha256:ab") == "app-1.2"

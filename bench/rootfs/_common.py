@@ -344,11 +344,22 @@ def ext4_geometry(usage: dict, headroom_mib: int) -> tuple[int, int]:
     return kib, inodes
 
 
-def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str) -> None:
+def mke2fs_argv(
+    tree: Path,
+    dest: Path,
+    usage: dict,
+    headroom_mib: int,
+    label: str,
+    *,
+    uuid: str | None = None,
+    extended: str = "root_owner=0:0",
+    mke2fs: str = "mke2fs",
+) -> list[str]:
+    """Pure: the `mke2fs -d` that makes `dest` an ext4 image of `tree` (its `usage`) with
+    `headroom_mib` free (ext4_geometry), labelled `label`, with `extended` options."""
     kib, inodes = ext4_geometry(usage, headroom_mib)
-    uuid = f"{key[:8]}-{key[8:12]}-4{key[13:16]}-8{key[1:4]}-{key[4:16]}"
-    argv = [
-        "mke2fs",
+    return [
+        mke2fs,
         "-q",
         "-F",
         "-t",
@@ -356,18 +367,22 @@ def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str
         "-d",
         str(tree),
         "-L",
-        "isobench-root",
-        "-U",
-        uuid,
+        label,
+        *(["-U", uuid] if uuid else []),
         "-N",
         str(inodes),
         "-m",
         "0",
         "-E",
-        "root_owner=0:0",
+        extended,
         str(dest),
         f"{kib}k",
     ]
+
+
+def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str) -> None:
+    uuid = f"{key[:8]}-{key[8:12]}-4{key[13:16]}-8{key[1:4]}-{key[4:16]}"
+    argv = mke2fs_argv(tree, dest, usage, headroom_mib, "isobench-root", uuid=uuid)
     r = run(argv, BUILD_TIMEOUT_S)
     if r.returncode != 0:
         raise RootfsError(f"mke2fs -d {tree}: {last_line(r.stderr)}")
