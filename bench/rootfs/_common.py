@@ -451,6 +451,24 @@ def commit(store: Path, tmp: Path, record: dict) -> None:
         (final / scratch.MARKER).unlink()  # kept until here: a sweep leaves it alone
 
 
+def make_or_reuse(name: str, cache: Path | None, log, make, same, made: str, other: str) -> Rootfs:
+    """The rootfs `name`. One already called so is returned when same(its record) (logged:
+    it exists, `made`) and refused when not (a RootfsError: it exists, `other`). Else it is
+    made: make(tmp) fills tmp/tree in a building directory of the store and returns the
+    record (with its "key"), which is committed and named."""
+    found = find_named(name, cache)
+    if found is not None:
+        if same(found.record):
+            log(f"rootfs {name} exists ({found.key}), {made}")
+            return found
+        raise RootfsError(f"rootfs {name} exists ({found.key}){other}")
+    store = store_dir(cache)
+    with building(store) as tmp:
+        record = make(tmp)
+        commit(store, tmp, record)
+    return link_name(name, record["key"], cache)
+
+
 def find_named(name: str, cache: Path | None) -> Rootfs | None:
     try:
         return load(name, cache)
