@@ -271,6 +271,32 @@ def test_sweep_removes_only_dead_builds(tmp_path):
     assert alive.is_dir() and fresh.is_dir() and foreign.is_dir()
 
 
+def test_make_or_reuse_makes_once_reuses_the_same_and_refuses_another(tmp_path):
+    from bench.rootfs._common import make_or_reuse
+
+    said, made = [], []
+
+    def make(tmp: Path) -> dict:
+        made.append(tmp)
+        (tmp / "tree").mkdir()
+        (tmp / "tree" / "f").write_text("x")
+        return {"key": "0123456789abcdef", "source": "test", "v": 1}
+
+    def get(same):
+        return make_or_reuse("t", tmp_path, said.append, make, same, "same v", " other v")
+
+    first = get(lambda record: False)  # nothing called t yet: made, whatever `same` says
+    assert first.key == "0123456789abcdef" and (first.tree / "f").read_text() == "x"
+    assert len(made) == 1 and not made[0].exists() and said == []
+    assert rf.load("t", tmp_path).root == first.root
+    again = get(lambda record: record["v"] == 1)
+    assert again.root == first.root and len(made) == 1
+    assert said == ["rootfs t exists (0123456789abcdef), same v"]
+    with pytest.raises(rf.RootfsError, match=r"^rootfs t exists \(0123456789abcdef\) other v$"):
+        get(lambda record: False)
+    assert len(made) == 1 and not list(rf.store_dir(tmp_path).glob(".building-*"))
+
+
 # ------------------------------------------------------------------ a real build
 
 

@@ -10,7 +10,7 @@ image's filesystem), and kept in the cache as <cache>/rootfs/<key>/ with
 and <cache>/rootfs/names/<NAME> is a symlink to ../<key>. Everything is made in a
 `.building-*` directory beside the store and renamed into place when complete; a
 `.building-*` directory whose process is gone is removed by the next build or listing.
-The helpers the builder and the importer share (building, commit, run...) are the
+The helpers the builder and the importer share (make_or_reuse, run...) are the
 package's own: nothing outside bench/rootfs/ imports this module.
 """
 
