@@ -11,7 +11,7 @@ and <cache>/rootfs/names/<NAME> is a symlink to ../<key>. Everything is made in 
 `.building-*` directory beside the store and renamed into place when complete; a
 `.building-*` directory whose process is gone is removed by the next build or listing.
 The helpers the builder and the importer share (make_or_reuse, run...) are the
-package's own: nothing outside bench/rootfs/ imports this module.
+package's own: nothing outside bench/rootfs/ but its tests imports this module.
 """
 
 from __future__ import annotations
