@@ -11,6 +11,8 @@ and the load average before it the other work on this machine.
 The children are always stopped (`quit`, then SIGKILL after QUIT_S), on an error, an
 exception or Ctrl-C too; a child that dies, stops answering or prints an error line is a
 CanaryError with one line saying which and why. bench/canary_diagnosis.py reads the series.
+LineReader (a child's output, line by line, each within a deadline) is the serve-mode
+client's reader, which tests/test_serve.py drives the probes with too.
 """
 
 from __future__ import annotations
