@@ -370,6 +370,19 @@ def test_a_failed_pod_creation_deletes_the_pod_unless_the_api_refused_it(
     assert _pods(api) == []
 
 
+def test_the_whole_log_read_at_once_is_the_followed_ones_without_stamps(api, make_env):
+    env = make_env(api)
+    inst = env.start(HOLD, timeout=20)
+    assert inst.wait_ready()
+    assert inst._fetch_log() == ["ready"]  # what the follower saw, in one read
+    launch = inst.stop()
+    assert launch.status == "ok", (launch.reason, launch.phases, launch.extra)
+    logs = [q for m, p, q in api.requests if m == "GET" and p.endswith(f"/{inst.name}/log")]
+    assert [str(q.get("follow")).lower() for q in logs] == ["true", "none"]
+    assert all(q["container"] == "probe" for q in logs)
+    assert _pods(api) == []
+
+
 def test_a_probe_that_fails_after_ready_keeps_its_exit_code(api, make_env):
     env = make_env(api)
     launch = env.launch(Invocation("startup", "startup", ("--no-such-flag",)), timeout=20)
