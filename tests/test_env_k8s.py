@@ -19,7 +19,7 @@ from bench.envs.base import HOLD, Context, Invocation, OptionError, StartError
 from bench.envs.k8s import K8sEnv, has_tag, image_for, push_commands
 from bench.envs.k8s_client import K8sError
 from bench.envs.k8s_cluster import cluster_facts
-from bench.envs.k8s_pod import pod_manifest
+from bench.envs.k8s_pod import LogFollower, PodState, pod_manifest
 from bench.interrupt import Interrupted
 from tests.k8s_standin import StandIn
 
@@ -49,6 +49,22 @@ def _pods(api: StandIn) -> list[str]:
 
 
 # ---------------------------------------------------------------- pure
+
+
+def test_the_log_request_is_the_probe_containers_log_of_the_pod():
+    """Followed by the LogFollower, read at once by the instance: the same request."""
+    seen = []
+
+    def read(*args, **kwargs):
+        seen.append((args, kwargs))
+        return "text"
+
+    client = SimpleNamespace(core=SimpleNamespace(read_namespaced_pod_log="read_log"))
+    follower = LogFollower(client, "ns", PodState("p"), deadline=0.0)  # past: it stops
+    follower.thread.join(5)
+    assert not follower.thread.is_alive() and follower.state.log_over
+    assert follower.request(read, timeout=3.0) == "text"
+    assert seen == [(("GET log", "read_log", "p", "ns"), {"container": "probe", "timeout": 3.0})]
 
 
 def test_manifest_is_a_guaranteed_unprivileged_pod_with_its_runtime_class():
@@ -367,19 +383,6 @@ def test_a_failed_pod_creation_deletes_the_pod_unless_the_api_refused_it(
     assert calls == (["CREATE pod", "DELETE pod"] if deleted else ["CREATE pod"])
     if isinstance(failure, K8sError):
         assert str(failure) in str(info.value)
-    assert _pods(api) == []
-
-
-def test_the_whole_log_read_at_once_is_the_followed_ones_without_stamps(api, make_env):
-    env = make_env(api)
-    inst = env.start(HOLD, timeout=20)
-    assert inst.wait_ready()
-    assert inst._fetch_log() == ["ready"]  # what the follower saw, in one read
-    launch = inst.stop()
-    assert launch.status == "ok", (launch.reason, launch.phases, launch.extra)
-    logs = [q for m, p, q in api.requests if m == "GET" and p.endswith(f"/{inst.name}/log")]
-    assert [str(q.get("follow")).lower() for q in logs] == ["true", "none"]
-    assert all(q["container"] == "probe" for q in logs)
     assert _pods(api) == []
 
 
