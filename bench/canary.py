@@ -11,6 +11,8 @@ and the load average before it the other work on this machine.
 The children are always stopped (`quit`, then SIGKILL after QUIT_S), on an error, an
 exception or Ctrl-C too; a child that dies, stops answering or prints an error line is a
 CanaryError with one line saying which and why. bench/canary_diagnosis.py reads the series.
+LineReader (a child's output, line by line, each within a deadline) is the serve-mode
+client's reader, which tests/test_serve.py drives the probes with too.
 """
 
 from __future__ import annotations
@@ -41,13 +43,38 @@ class CanaryError(RuntimeError):
     """The canary could not measure; the message is one line for the user."""
 
 
+class LineReader:
+    """The lines of a child's output pipe as they come, each within `timeout` seconds:
+    line() raises TimeoutError when none comes in time, EOFError when the pipe ends
+    first. `buf` holds what was read after the last whole line."""
+
+    def __init__(self, pipe, timeout: float):
+        self.fd = pipe.fileno()
+        self.timeout = timeout
+        self.buf = b""
+
+    def line(self) -> str:
+        deadline = time.monotonic() + self.timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.fd, selectors.EVENT_READ)
+            while b"\n" not in self.buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise TimeoutError(f"no line within {self.timeout:g} s")
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise EOFError(f"the output ended (after {self.buf[-100:]!r})")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+
 class ServedProbe:
     """One probe in serve mode: one command line in, one JSON line out."""
 
     def __init__(self, path: Path, cpus: set[int] | None = None):
         self.name = path.name
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self._buf = b""
         try:
             self.proc = subprocess.Popen(
                 [str(path), "--serve"],
@@ -60,6 +87,7 @@ class ServedProbe:
             raise CanaryError(
                 f"cannot start the {self.name} probe ({path}): {e.strerror}"
             ) from None
+        self._out = LineReader(self.proc.stdout, REPLY_S)
         try:
             if cpus:
                 try:
@@ -73,20 +101,12 @@ class ServedProbe:
             raise
 
     def _line(self) -> str:
-        deadline = time.monotonic() + REPLY_S
-        fd = self.proc.stdout.fileno()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise CanaryError(f"the {self.name} probe gave no answer in {REPLY_S:g} s")
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise CanaryError(self._ended())
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode(errors="replace").strip()
+        try:
+            return self._out.line().strip()
+        except TimeoutError:
+            raise CanaryError(f"the {self.name} probe gave no answer in {REPLY_S:g} s") from None
+        except EOFError:
+            raise CanaryError(self._ended()) from None
 
     def _ended(self) -> str:
         try:

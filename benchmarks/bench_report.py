@@ -18,21 +18,9 @@ import numpy as np
 import pandas as pd
 
 from bench import store
-from bench.report import html
+from bench.report import fmt, html
 
-OPS = [
-    "null",
-    "read",
-    "write",
-    "open_close",
-    "stat",
-    "fstat",
-    "clock_gettime",
-    "page_fault",
-    "fork",
-    "fork_exec",
-    "pipe_pingpong",
-]
+OPS = list(fmt.OP_NAMES)  # the syscall probe's ops, each named in the report
 FOOT = ["cpu_user_ms", "cpu_system_ms", "cpu_total_ms", "mem_peak_mib", "pids_peak"]
 
 

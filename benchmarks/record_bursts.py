@@ -4,14 +4,14 @@
     python benchmarks/record_bursts.py record SECONDS OUT [--cpu N] [--burst-ms MS]
     python benchmarks/record_bursts.py summary FILE
 
-`record` starts the bundle's syscall and cpu probes with `--serve`, both pinned with
-taskset to one CPU (default: CPU 1 where there is one), and alternates a burst of `null`
-(getppid) and a burst of `compute` (default 5 ms each) for SECONDS, after one untimed
-burst of each (an op's first burst also calibrates it). It writes one line per
-pair, `t_s getppid_ns_per_op compute_mops_per_s` (seconds since the start, the null
-burst's ns per getppid, the compute burst's millions of kernel iterations per second),
-the format of tests/data/noise/bursts-30s.txt, then prints the summary. `summary` prints
-it for a file already recorded:
+`record` starts the bundle's syscall and cpu probes with `--serve`, both pinned to one
+CPU (default: CPU 1 where there is one), and alternates a burst of `null` (getppid) and a
+burst of `compute` (default 5 ms each) for SECONDS, after one untimed burst of each (an
+op's first burst also calibrates it): bench/canary.py's record(), which `isobench doctor`
+runs too. It writes one line per pair, `t_s getppid_ns_per_op compute_mops_per_s`
+(seconds since the start, the null burst's ns per getppid, the compute burst's millions
+of kernel iterations per second), the format of tests/data/noise/bursts-30s.txt, then
+prints the summary. `summary` prints it for a file already recorded:
 
 * p5/p50/p95 of both columns;
 * the autocorrelation of log getppid burst time at lags of about 10 ms, 100 ms, 1 s and
@@ -24,90 +24,22 @@ it for a file already recorded:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import selectors
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 LAGS_S = (0.01, 0.1, 1.0, 5.0)
-REPLY_TIMEOUT_S = 30.0  # a burst of a few ms answered later than this: the probe is stuck
-
-
-class Served:
-    """A probe in serve mode: one command line in, one JSON line out."""
-
-    def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.buf = b""
-        if self._line() != "ready":
-            self.close()
-            raise RuntimeError(f"{' '.join(argv)}: no ready line")
-
-    def _line(self) -> str:
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        fd = self.proc.stdout.fileno()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self.buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise RuntimeError(f"no answer within {REPLY_TIMEOUT_S:.0f} s")
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError("the probe ended")
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
-    def ask(self, command: str) -> dict:
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-        rec = json.loads(self._line())
-        if "error" in rec:
-            raise RuntimeError(f"{rec['probe']} {rec['op']}: {rec['error']}")
-        return rec
-
-    def close(self) -> int:
-        self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout=REPLY_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
 
 
 def record(seconds: float, out: Path, cpu: int, burst_ms: int) -> None:
-    from bench import bundle
+    from bench import bundle, canary
 
-    b = bundle.build()
-    taskset = shutil.which("taskset")
-    if not taskset:
-        raise SystemExit("record_bursts: taskset not found (apt-get install util-linux)")
-    pin = [taskset, "-c", str(cpu)]
-    syscall = Served([*pin, str(b.probes["syscall"]), "--serve"])
-    cpu_probe = Served([*pin, str(b.probes["cpu"]), "--serve"])
-    rows = []
-    try:
-        # Untimed: an op's first burst also sets it up and calibrates its chunk.
-        syscall.ask(f"null ms={burst_ms}")
-        cpu_probe.ask(f"compute ms={burst_ms}")
-        t0 = time.monotonic()
-        while (t := time.monotonic() - t0) < seconds:
-            null = syscall.ask(f"null ms={burst_ms}")["metrics"]["ns_per_op"]
-            compute = cpu_probe.ask(f"compute ms={burst_ms}")["metrics"]["ops_per_s"] / 1e6
-            rows.append((t, null, compute))
-    finally:
-        status = (syscall.close(), cpu_probe.close())
-    if status != (0, 0):
-        raise SystemExit(f"record_bursts: the probes exited with {status}")
-    out.write_text("".join(f"{t:.4f} {n:.1f} {c:.1f}\n" for t, n, c in rows))
+    series = canary.record(bundle.build(), seconds, burst_ms, {cpu})
+    rows = zip(series.t, series.null_ns, series.compute_ops, strict=True)
+    out.write_text("".join(f"{t:.4f} {n:.1f} {c / 1e6:.1f}\n" for t, n, c in rows))
 
 
 def load(path: Path) -> np.ndarray:
@@ -194,7 +126,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit("record_bursts: SECONDS must be > 0 and --burst-ms >= 1")
     try:
         record(args.seconds, args.out, cpu, args.burst_ms)
-    except RuntimeError as e:  # a probe that failed or stopped answering
+    except RuntimeError as e:  # CanaryError: a probe that failed or stopped answering
         raise SystemExit(f"record_bursts: {e}") from None
     print(show(summary(load(args.out))))
     return 0

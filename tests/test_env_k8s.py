@@ -7,6 +7,7 @@ log, availability, cleanup and leftovers."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -14,10 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.envs.base import HOLD, Context, Invocation, OptionError
+from bench.envs.base import HOLD, Context, Invocation, OptionError, StartError
 from bench.envs.k8s import K8sEnv, has_tag, image_for, push_commands
+from bench.envs.k8s_client import K8sError
 from bench.envs.k8s_cluster import cluster_facts
-from bench.envs.k8s_pod import pod_manifest
+from bench.envs.k8s_pod import LogFollower, PodState, pod_manifest
+from bench.interrupt import Interrupted
 from tests.k8s_standin import StandIn
 
 BUNDLE = SimpleNamespace(hash="0123456789abcdef")  # the kind uses only the bundle's hash
@@ -46,6 +49,22 @@ def _pods(api: StandIn) -> list[str]:
 
 
 # ---------------------------------------------------------------- pure
+
+
+def test_the_log_request_is_the_probe_containers_log_of_the_pod():
+    """Followed by the LogFollower, read at once by the instance: the same request."""
+    seen = []
+
+    def read(*args, **kwargs):
+        seen.append((args, kwargs))
+        return "text"
+
+    client = SimpleNamespace(core=SimpleNamespace(read_namespaced_pod_log="read_log"))
+    follower = LogFollower(client, "ns", PodState("p"), deadline=0.0)  # past: it stops
+    follower.thread.join(5)
+    assert not follower.thread.is_alive() and follower.state.log_over
+    assert follower.request(read, timeout=3.0) == "text"
+    assert seen == [(("GET log", "read_log", "p", "ns"), {"container": "probe", "timeout": 3.0})]
 
 
 def test_manifest_is_a_guaranteed_unprivileged_pod_with_its_runtime_class():
@@ -334,6 +353,36 @@ def test_a_probe_that_cannot_start_fails_with_its_exit_code(api, make_env):
     assert launch.status == "failed" and launch.exit_code == 128
     assert "status 128 before `ready`" in launch.reason and "no such file" in launch.stderr_tail
     assert launch.extra["k8s_reason"] == "StartError"
+    assert _pods(api) == []
+
+
+@pytest.mark.parametrize(
+    "failure, deleted",
+    [
+        (K8sError("CREATE pod", "forbidden", 403), False),  # refused: nothing was made
+        (K8sError("CREATE pod", "timed out"), True),  # no answer: it may have been made
+        (Interrupted(signal.SIGINT), True),  # Ctrl-C during the call: likewise
+    ],
+)
+def test_a_failed_pod_creation_deletes_the_pod_unless_the_api_refused_it(
+    api, make_env, monkeypatch, failure, deleted
+):
+    env = make_env(api)
+    client, calls = env._client, []
+    real = client.call
+
+    def call(name, method, *args, **kwargs):
+        calls.append(name)
+        if name == "CREATE pod":
+            raise failure
+        return real(name, method, *args, **kwargs)
+
+    monkeypatch.setattr(client, "call", call)
+    with pytest.raises(StartError if isinstance(failure, K8sError) else Interrupted) as info:
+        env.start(HOLD, timeout=20)
+    assert calls == (["CREATE pod", "DELETE pod"] if deleted else ["CREATE pod"])
+    if isinstance(failure, K8sError):
+        assert str(failure) in str(info.value)
     assert _pods(api) == []
 
 

@@ -233,6 +233,21 @@ def test_ext4_geometry():
     assert inodes == 14096
 
 
+def test_mke2fs_argv_sizes_the_image_and_names_a_uuid_only_when_given():
+    usage = {"allocated": 100 * 2**20, "inodes": 5000}
+    kib = 125 * 1024 + 16 * 1024 + 256 * 1024
+    argv = rf.mke2fs_argv(Path("/t"), Path("/d.ext4"), usage, 256, "root", uuid="u-1")
+    assert argv == [
+        *("mke2fs", "-q", "-F", "-t", "ext4", "-d", "/t", "-L", "root", "-U", "u-1"),
+        *("-N", "14096", "-m", "0", "-E", "root_owner=0:0", "/d.ext4", f"{kib}k"),
+    ]
+    plain = rf.mke2fs_argv(
+        Path("/t"), Path("/d"), usage, 256, "root", extended="x=1", mke2fs="/sbin/mke2fs"
+    )
+    assert plain[0] == "/sbin/mke2fs" and "-U" not in plain
+    assert plain[plain.index("-E") + 1] == "x=1"
+
+
 def test_image_name():
     assert ri.image_name("debian:bookworm") == "debian-bookworm"
     assert ri.image_name("registry.example:5000/team/App:1.2@sha256:ab") == "app-1.2"
@@ -254,6 +269,32 @@ def test_sweep_removes_only_dead_builds(tmp_path):
     os.utime(old, (past, past))
     assert sorted(rf.sweep(store)) == sorted([dead, old])
     assert alive.is_dir() and fresh.is_dir() and foreign.is_dir()
+
+
+def test_make_or_reuse_makes_once_reuses_the_same_and_refuses_another(tmp_path):
+    from bench.rootfs._common import make_or_reuse
+
+    said, made = [], []
+
+    def make(tmp: Path) -> dict:
+        made.append(tmp)
+        (tmp / "tree").mkdir()
+        (tmp / "tree" / "f").write_text("x")
+        return {"key": "0123456789abcdef", "source": "test", "v": 1}
+
+    def get(same):
+        return make_or_reuse("t", tmp_path, said.append, make, same, "same v", " other v")
+
+    first = get(lambda record: False)  # nothing called t yet: made, whatever `same` says
+    assert first.key == "0123456789abcdef" and (first.tree / "f").read_text() == "x"
+    assert len(made) == 1 and not made[0].exists() and said == []
+    assert rf.load("t", tmp_path).root == first.root
+    again = get(lambda record: record["v"] == 1)
+    assert again.root == first.root and len(made) == 1
+    assert said == ["rootfs t exists (0123456789abcdef), same v"]
+    with pytest.raises(rf.RootfsError, match=r"^rootfs t exists \(0123456789abcdef\) other v$"):
+        get(lambda record: False)
+    assert len(made) == 1 and not list(rf.store_dir(tmp_path).glob(".building-*"))
 
 
 # ------------------------------------------------------------------ a real build

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.canary import LineReader
 from bench.probeio import is_ready, parse_lines
 
 ROOT = Path(__file__).parents[1]
@@ -43,7 +43,8 @@ needs_cc = pytest.mark.requires("compiler")
 
 
 class Served:
-    """A probe started with --serve, on pipes; reads its lines with a deadline."""
+    """A probe started with --serve, on pipes; reads its lines with a deadline (a line
+    that does not come is a TimeoutError, an output that ends an EOFError)."""
 
     def __init__(self, path: Path, *args: str):
         self.proc = subprocess.Popen(
@@ -52,22 +53,11 @@ class Served:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        self.buf = b""
+        self.out = LineReader(self.proc.stdout, ANSWER_S)
         assert is_ready(self.line())
 
     def line(self) -> str:
-        deadline = time.monotonic() + ANSWER_S
-        fd = self.proc.stdout.fileno()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self.buf:
-                left = deadline - time.monotonic()
-                assert left > 0 and sel.select(left), f"no line within {ANSWER_S} s"
-                chunk = os.read(fd, 65536)
-                assert chunk, f"the probe ended (buffer {self.buf!r})"
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
+        return self.out.line()
 
     def send(self, *commands: str) -> None:
         self.proc.stdin.write(b"".join(c.encode() + b"\n" for c in commands))
@@ -83,7 +73,7 @@ class Served:
         if command is not None:
             self.send(command)
         rest, _ = self.proc.communicate(timeout=ANSWER_S)
-        return self.proc.returncode, self.buf + rest
+        return self.proc.returncode, self.out.buf + rest
 
     def kill(self) -> None:
         if self.proc.poll() is None:

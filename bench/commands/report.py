@@ -40,15 +40,37 @@ def echo_bytes(data: bytes) -> None:
     sys.stdout.flush()
 
 
-@click.command()
-@click.argument("run_dir", type=RUN_DIR)
-@click.option(
-    "-o",
-    "--output",
-    type=OUTPUT,
-    default=None,
-    help="HTML file to write, - for standard output [default: RUN_DIR/report.html]",
-)
+def deliver(output: Path | None, default: Path, data, write) -> Path | None:
+    """data() on standard output when `output` is "-" (None); else write(path) to
+    `output` or `default`: the path written."""
+    if to_stdout(output):
+        echo_bytes(data())
+        return None
+    return write_output(output or default, write)
+
+
+def output_option(what: str, default: str):
+    """-o/--output: where the command writes `what`, - for standard output."""
+    return click.option(
+        "-o",
+        "--output",
+        type=OUTPUT,
+        default=None,
+        help=f"{what} to write, - for standard output [default: {default}]",
+    )
+
+
+def run_dir_command(what: str, default: str):
+    """A command of one RUN_DIR that writes `what` (see output_option)."""
+
+    def decorate(f):
+        f = output_option(what, default)(f)
+        return click.command()(click.argument("run_dir", type=RUN_DIR)(f))
+
+    return decorate
+
+
+@run_dir_command("HTML file", "RUN_DIR/report.html")
 def report(run_dir: Path, output: Path | None):
     """Write the run's self-contained HTML report (works offline)."""
     from bench import store
@@ -57,11 +79,9 @@ def report(run_dir: Path, output: Path | None):
     manifest = store.read_manifest(run_dir)
     df = store.load_samples(run_dir)
     page = html.render(manifest, df)
-    if to_stdout(output):
-        echo_bytes(page.encode())
-        return
-    path = write_output(output or run_dir / "report.html", lambda p: html.write(p, page))
-    click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    path = deliver(output, run_dir / "report.html", page.encode, lambda p: html.write(p, page))
+    if path:
+        click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @click.command()
@@ -108,10 +128,8 @@ def compare(ctx, run_a: Path, run_b: Path, output: Path | None, threshold: float
     if output:
         title = f"isobench compare {result['run_a']} → {result['run_b']}"
         page = html.render_template("compare.html.j2", result, title=title)
-        if to_stdout(output):
-            echo_bytes(page.encode())
-        else:
-            path = write_output(output, lambda p: html.write(p, page))
+        path = deliver(output, output, page.encode, lambda p: html.write(p, page))
+        if path:
             click.echo(f"comparison: {path}", err=as_json)
     if compare_mod.flagged(result):
         ctx.exit(1)
@@ -163,28 +181,21 @@ def print_table(result: dict, stderr: bool = False) -> None:
     )
 
 
-@click.command()
-@click.argument("run_dir", type=RUN_DIR)
-@click.option(
-    "-o",
-    "--output",
-    type=OUTPUT,
-    default=None,
-    help="notebook to write, - for standard output [default: RUN_DIR/analysis.ipynb]",
-)
+@run_dir_command("notebook", "RUN_DIR/analysis.ipynb")
 def notebook(run_dir: Path, output: Path | None):
     """Write a Jupyter notebook that loads the run and reproduces the main tables."""
     from bench import store
     from bench.report import notebook as nb
 
     manifest = store.read_manifest(run_dir)
-    if to_stdout(output):
-        echo_bytes(nb.text(run_dir, manifest).encode())
-        return
-    path = write_output(
-        output or run_dir / "analysis.ipynb", lambda p: nb.write(run_dir, manifest, p)
+    path = deliver(
+        output,
+        run_dir / "analysis.ipynb",
+        lambda: nb.text(run_dir, manifest).encode(),
+        lambda p: nb.write(run_dir, manifest, p),
     )
-    click.echo(f"notebook: {path}")
+    if path:
+        click.echo(f"notebook: {path}")
 
 
 def export_formats() -> tuple[str, ...]:
@@ -202,13 +213,7 @@ def export_formats() -> tuple[str, ...]:
     type=LazyChoice(export_formats, case_sensitive=False),
     help="file format",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=OUTPUT,
-    default=None,
-    help="file to write, - for standard output [default: RUN_DIR/samples.FORMAT or summary.FORMAT]",
-)
+@output_option("file", "RUN_DIR/samples.FORMAT or summary.FORMAT")
 @click.option("--summary", is_flag=True, help="the summary rows instead of the samples")
 def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
     """Export the run's samples (or summary) as CSV, JSON or Parquet."""
@@ -219,11 +224,10 @@ def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
         data = export_mod.to_bytes(export_mod.frame(run_dir, summary=summary), fmt)
     except export_mod.ExportError as e:
         raise click.ClickException(str(e)) from None
-    if to_stdout(output):
-        echo_bytes(data)
-        return
-    path = output or export_mod.default_path(run_dir, fmt, summary)
-    click.echo(f"export: {write_output(path, lambda p: export_mod.write(p, data))}")
+    default = export_mod.default_path(run_dir, fmt, summary)
+    path = deliver(output, default, lambda: data, lambda p: export_mod.write(p, data))
+    if path:
+        click.echo(f"export: {path}")
 
 
 COMMANDS = (report, compare, notebook, export)

@@ -36,9 +36,15 @@ def matrix_default(name: str, fmt: str = "{}") -> str:
     return text + (f"; --quick: {fmt.format(QUICK[name])}" if name in QUICK else "")
 
 
-def from_matrix(fmt: str = "{}") -> dict:
-    """The option settings that show the matrix's default in --help (formatted by fmt)."""
-    return {"cls": HelpDefault, "shown": lambda name: matrix_default(name, fmt)}
+def matrix_option(flag: str, type, help: str, fmt: str = "{}"):
+    """An option for a matrix setting; --help shows the matrix's default (formatted by fmt)."""
+    return click.option(
+        flag,
+        type=type,
+        help=help,
+        cls=HelpDefault,
+        shown=lambda name: matrix_default(name, fmt),
+    )
 
 
 @click.command()
@@ -79,45 +85,25 @@ def from_matrix(fmt: str = "{}") -> dict:
     show_default="random, recorded in the manifest",
     help="seed of the shuffled launch order",
 )
-@click.option("--rounds", **from_matrix(), type=int, help="rounds at least")
-@click.option(
-    "--max-rounds",
-    **from_matrix(),
-    type=int,
-    help="adaptive stopping adds rounds up to this",
-)
-@click.option(
-    "--warmup",
-    **from_matrix(),
-    type=int,
-    help="uncounted launches per environment before the first round",
-)
-@click.option(
+@matrix_option("--rounds", int, "rounds at least")
+@matrix_option("--max-rounds", int, "adaptive stopping adds rounds up to this")
+@matrix_option("--warmup", int, "uncounted launches per environment before the first round")
+@matrix_option(
     "--budget",
-    **from_matrix("{:g}"),
-    type=float,
-    help="the whole run's wall clock in seconds, preparation included (with --quick and only "
+    float,
+    "the whole run's wall clock in seconds, preparation included (with --quick and only "
     "workloads outside the main job, density or net, the quick default does not cut their "
     "minimum rounds)",
+    "{:g}",
 )
-@click.option(
-    "--timeout",
-    **from_matrix("{:g}"),
-    type=float,
-    help="seconds per launch before it is killed",
-)
-@click.option(
+@matrix_option("--timeout", float, "seconds per launch before it is killed", "{:g}")
+@matrix_option(
     "--precision",
-    **from_matrix("{:.0%}"),
-    type=str,
-    help="target 95%-CI half-width relative to the median, in (0, 50%], e.g. 2% or 0.02",
+    str,
+    "target 95%-CI half-width relative to the median, in (0, 50%], e.g. 2% or 0.02",
+    "{:.0%}",
 )
-@click.option(
-    "--baseline",
-    **from_matrix(),
-    type=str,
-    help="environment label the ratios are against",
-)
+@matrix_option("--baseline", str, "environment label the ratios are against")
 @click.option(
     "--busy-cpus/--no-busy-cpus",
     default=None,
@@ -126,12 +112,12 @@ def from_matrix(fmt: str = "{}") -> dict:
     "spinner on a sibling hyperthread slows CPU-bound probes (here null +30%) "
     "[default: off]",
 )
-@click.option(
+@matrix_option(
     "--memory-reserve",
-    **from_matrix("{:.0%}"),
-    type=float,
-    help="density: stop the ramp before the host would have less than this share of its "
+    float,
+    "density: stop the ramp before the host would have less than this share of its "
     "memory available (0 to below 1)",
+    "{:.0%}",
 )
 @click.option(
     "--resume",

@@ -335,9 +335,10 @@ class K8sEnv(Environment):
                 manifest,
                 timeout=min(CALL_S, timeout),
             )
-        except K8sError as e:
+        except BaseException as e:
             self._watcher.forget(name)
-            if e.status is None:  # no answer: it may have been made all the same
+            refused = isinstance(e, K8sError) and e.status is not None
+            if not refused:  # no answer, or stopped: it may have been made all the same
                 with contextlib.suppress(K8sError):
                     self._client.call(
                         "DELETE pod",
@@ -346,17 +347,8 @@ class K8sEnv(Environment):
                         o["namespace"],
                         grace_period_seconds=0,
                     )
-            raise StartError(f"{name}: {e}") from None
-        except BaseException:
-            self._watcher.forget(name)
-            with contextlib.suppress(K8sError):
-                self._client.call(
-                    "DELETE pod",
-                    self._client.core.delete_namespaced_pod,
-                    name,
-                    o["namespace"],
-                    grace_period_seconds=0,
-                )
+            if isinstance(e, K8sError):
+                raise StartError(f"{name}: {e}") from None
             raise
         with state.cond:
             state.t["created"] = time.monotonic_ns()

@@ -270,6 +270,17 @@ class LogFollower:
         self.thread = threading.Thread(target=self._run, name="k8s-log", daemon=True)
         self.thread.start()
 
+    def request(self, read, **kwargs):
+        """`read` (the client's stream or text) of the probe container's log."""
+        return read(
+            "GET log",
+            self.client.core.read_namespaced_pod_log,
+            self.state.name,
+            self.namespace,
+            container=CONTAINER,
+            **kwargs,
+        )
+
     def _run(self) -> None:
         state = self.state
         try:
@@ -282,15 +293,7 @@ class LogFollower:
                 if self.ended.is_set() or "deleted" in state.t:
                     return
                 try:
-                    self.stream = self.client.stream(
-                        "GET log",
-                        self.client.core.read_namespaced_pod_log,
-                        state.name,
-                        self.namespace,
-                        container=CONTAINER,
-                        follow=True,
-                        timestamps=True,
-                    )
+                    self.stream = self.request(self.client.stream, follow=True, timestamps=True)
                 except K8sError as e:  # 400 while the container is still being created
                     if time.monotonic() >= self.deadline or e.status not in (400, None):
                         state.notes.append(f"log: {e}")
@@ -442,14 +445,7 @@ class PodInstance(Instance):
     def _fetch_log(self) -> list[str] | None:
         """The whole log in one read (when the followed stream did not reach its end)."""
         try:
-            text = self.cl.text(
-                "GET log",
-                self.cl.core.read_namespaced_pod_log,
-                self.name,
-                self.ns,
-                container=CONTAINER,
-                timeout=CALL_S,
-            )
+            text = self.log.request(self.cl.text, timeout=CALL_S)
         except K8sError as e:
             self.notes.append(str(e))
             return None

@@ -96,11 +96,21 @@ def parse_v2(files: dict[str, str]) -> dict[str, float]:
         out["io_write_mib"] = sums["wbytes"] / MIB
         out["io_read_ops"] = float(sums["rios"])
         out["io_write_ops"] = float(sums["wios"])
+    out.update(_gauges(files, "memory.peak", "memory.current", "pids.peak", "pids.current"))
+    return out
+
+
+def _gauges(
+    files: dict[str, str], mem_peak: str, mem_current: str, pids_peak: str, pids_current: str
+) -> dict[str, float]:
+    """The gauges' one-number files, as the cgroup version names them -> the gauges
+    present (memory in MiB, pids as counts)."""
+    out: dict[str, float] = {}
     for name, dst, scale in (
-        ("memory.peak", "mem_peak_mib", MIB),
-        ("memory.current", "mem_current_mib", MIB),
-        ("pids.peak", "pids_peak", 1),
-        ("pids.current", "pids_current", 1),
+        (mem_peak, "mem_peak_mib", MIB),
+        (mem_current, "mem_current_mib", MIB),
+        (pids_peak, "pids_peak", 1),
+        (pids_current, "pids_current", 1),
     ):
         value = single_number(files.get(name))
         if value is not None:
@@ -144,15 +154,15 @@ def parse_v1(files: dict[str, str], clk_tck: int | None = None) -> dict[str, flo
             out["throttled_ms"] = st["throttled_time"] / 1e6
         if "nr_throttled" in st:
             out["nr_throttled"] = float(st["nr_throttled"])
-    for name, dst, scale in (
-        ("memory/memory.max_usage_in_bytes", "mem_peak_mib", MIB),
-        ("memory/memory.usage_in_bytes", "mem_current_mib", MIB),
-        ("pids/pids.peak", "pids_peak", 1),
-        ("pids/pids.current", "pids_current", 1),
-    ):
-        value = single_number(files.get(name))
-        if value is not None:
-            out[dst] = value / scale
+    out.update(
+        _gauges(
+            files,
+            "memory/memory.max_usage_in_bytes",
+            "memory/memory.usage_in_bytes",
+            "pids/pids.peak",
+            "pids/pids.current",
+        )
+    )
     for name, prefix, scale in (
         ("blkio/blkio.throttle.io_service_bytes_recursive", "mib", MIB),
         ("blkio/blkio.throttle.io_serviced_recursive", "ops", 1),

@@ -10,8 +10,8 @@ image's filesystem), and kept in the cache as <cache>/rootfs/<key>/ with
 and <cache>/rootfs/names/<NAME> is a symlink to ../<key>. Everything is made in a
 `.building-*` directory beside the store and renamed into place when complete; a
 `.building-*` directory whose process is gone is removed by the next build or listing.
-The helpers the builder and the importer share (building, commit, run...) are the
-package's own: nothing outside bench/rootfs/ imports this module.
+The helpers the builder and the importer share (make_or_reuse, run...) are the
+package's own: nothing outside bench/rootfs/ but its tests imports this module.
 """
 
 from __future__ import annotations
@@ -344,11 +344,22 @@ def ext4_geometry(usage: dict, headroom_mib: int) -> tuple[int, int]:
     return kib, inodes
 
 
-def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str) -> None:
+def mke2fs_argv(
+    tree: Path,
+    dest: Path,
+    usage: dict,
+    headroom_mib: int,
+    label: str,
+    *,
+    uuid: str | None = None,
+    extended: str = "root_owner=0:0",
+    mke2fs: str = "mke2fs",
+) -> list[str]:
+    """Pure: the `mke2fs -d` that makes `dest` an ext4 image of `tree` (its `usage`) with
+    `headroom_mib` free (ext4_geometry), labelled `label`, with `extended` options."""
     kib, inodes = ext4_geometry(usage, headroom_mib)
-    uuid = f"{key[:8]}-{key[8:12]}-4{key[13:16]}-8{key[1:4]}-{key[4:16]}"
-    argv = [
-        "mke2fs",
+    return [
+        mke2fs,
         "-q",
         "-F",
         "-t",
@@ -356,18 +367,22 @@ def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str
         "-d",
         str(tree),
         "-L",
-        "isobench-root",
-        "-U",
-        uuid,
+        label,
+        *(["-U", uuid] if uuid else []),
         "-N",
         str(inodes),
         "-m",
         "0",
         "-E",
-        "root_owner=0:0",
+        extended,
         str(dest),
         f"{kib}k",
     ]
+
+
+def _write_ext4(tree: Path, dest: Path, usage: dict, headroom_mib: int, key: str) -> None:
+    uuid = f"{key[:8]}-{key[8:12]}-4{key[13:16]}-8{key[1:4]}-{key[4:16]}"
+    argv = mke2fs_argv(tree, dest, usage, headroom_mib, "isobench-root", uuid=uuid)
     r = run(argv, BUILD_TIMEOUT_S)
     if r.returncode != 0:
         raise RootfsError(f"mke2fs -d {tree}: {last_line(r.stderr)}")
@@ -434,6 +449,24 @@ def commit(store: Path, tmp: Path, record: dict) -> None:
         os.rename(tmp, final)
         tmp.mkdir()  # building's cleanup removes this empty stand-in
         (final / scratch.MARKER).unlink()  # kept until here: a sweep leaves it alone
+
+
+def make_or_reuse(name: str, cache: Path | None, log, make, same, made: str, other: str) -> Rootfs:
+    """The rootfs `name`. One already called so is returned when same(its record) (logged:
+    it exists, `made`) and refused when not (a RootfsError: it exists, `other`). Else it is
+    made: make(tmp) fills tmp/tree in a building directory of the store and returns the
+    record (with its "key"), which is committed and named."""
+    found = find_named(name, cache)
+    if found is not None:
+        if same(found.record):
+            log(f"rootfs {name} exists ({found.key}), {made}")
+            return found
+        raise RootfsError(f"rootfs {name} exists ({found.key}){other}")
+    store = store_dir(cache)
+    with building(store) as tmp:
+        record = make(tmp)
+        commit(store, tmp, record)
+    return link_name(name, record["key"], cache)
 
 
 def find_named(name: str, cache: Path | None) -> Rootfs | None:

@@ -27,18 +27,14 @@ from bench.rootfs._common import (
     CLEAN_ENV,
     Rootfs,
     RootfsError,
-    building,
     check_name,
-    commit,
-    find_named,
     inspect_tree,
     last_line,
-    link_name,
+    make_or_reuse,
     need_root,
     read_or_empty,
     run,
     run_logged,
-    store_dir,
     tree_hash,
 )
 
@@ -191,17 +187,11 @@ def build(
         "copies": [{"dest": c.dest, "hash": c.content_hash()} for c in copies],  # not src
         "mmdebstrap": _mmdebstrap_version(),
     }
-    existing = find_named(name, cache)
-    if existing is not None:
-        if existing.record.get("recipe") and _same_recipe(existing.record["recipe"], recipe):
-            log(f"rootfs {name} exists ({existing.key}), built from the same recipe")
-            return existing
-        raise RootfsError(
-            f"rootfs {name} exists ({existing.key}) with another recipe: "
-            f"`isobench rootfs rm {name}` first, or pick another name"
-        )
-    store = store_dir(cache)
-    with building(store) as tmp:
+
+    def same(record: dict) -> bool:
+        return bool(record.get("recipe")) and _same_recipe(record["recipe"], recipe)
+
+    def make(tmp: Path) -> dict:
         tree = tmp / "tree"
         log(f"mmdebstrap {suite} ({VARIANT}, {len(pkgs)} packages) …")
         _mmdebstrap(suite, VARIANT, pkgs, sources, tree, tmp / "mmdebstrap.log")
@@ -213,15 +203,16 @@ def build(
             _copy_in(c, tree)
         recipe["releases"] = releases
         key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-        record = {
+        return {
             "key": key,
             "source": "build",
             "recipe": recipe,
             "copied_from": {c.dest: str(c.src) for c in copies},
             **inspect_tree(tree, python=bool(reqs)),
         }
-        commit(store, tmp, record)
-    return link_name(name, key, cache)
+
+    other = f" with another recipe: `isobench rootfs rm {name}` first, or pick another name"
+    return make_or_reuse(name, cache, log, make, same, "built from the same recipe", other)
 
 
 def _same_recipe(a: dict, b: dict) -> bool:

@@ -16,17 +16,13 @@ from bench.rootfs._common import (
     CALL_TIMEOUT_S,
     Rootfs,
     RootfsError,
-    building,
     check_name,
-    commit,
-    find_named,
     inspect_tree,
     last_line,
-    link_name,
+    make_or_reuse,
     need_root,
     run,
     stop_group,
-    store_dir,
 )
 
 IMPORT_LABEL = "isobench"  # the label `isobench clean` looks for on leftover containers
@@ -56,25 +52,20 @@ def import_image(
             f"no image {image} in {engine} ({last_line(r.stderr)}): {engine} pull or build it first"
         )
     meta = _image_meta(json.loads(r.stdout)[0], engine, image)
-    existing = find_named(name, cache)
-    if existing is not None:
-        if (existing.record.get("image") or {}).get("id") == meta["id"]:
-            log(f"rootfs {name} exists ({existing.key}), imported from the same image")
-            return existing
-        raise RootfsError(
-            f"rootfs {name} exists ({existing.key}): `isobench rootfs rm "
-            f"{name}` first, or pass --name"
-        )
-    store = store_dir(cache)
-    with building(store) as tmp:
+
+    def same(record: dict) -> bool:
+        return (record.get("image") or {}).get("id") == meta["id"]
+
+    def make(tmp: Path) -> dict:
         tree = tmp / "tree"
         tree.mkdir()
         log(f"{engine} export {image} …")
         _export(engine, image, tree)
         info = inspect_tree(tree, python=False)
-        key = info["content"][:16]
-        commit(store, tmp, {"key": key, "source": f"{engine} image", "image": meta, **info})
-    return link_name(name, key, cache)
+        return {"key": info["content"][:16], "source": f"{engine} image", "image": meta, **info}
+
+    other = f": `isobench rootfs rm {name}` first, or pass --name"
+    return make_or_reuse(name, cache, log, make, same, "imported from the same image", other)
 
 
 def image_name(image: str) -> str:

@@ -32,7 +32,7 @@ from bench.envs.guest.console import PROBE_NAME
 from bench.envs.guest.disk import new_disk
 from bench.envs.guest.kernel import sha256_file
 from bench.envs.roots import PROBE_DIR, WORKDIR
-from bench.rootfs import ext4_geometry, store_dir
+from bench.rootfs import mke2fs_argv, store_dir
 
 RECIPE = 1  # bump when what goes into the image changes
 ROOT_SERIAL = "isobench-root"
@@ -136,29 +136,11 @@ def _write_image(tree: Path, usage: dict, staged: Path, probes: list[str], dest:
     """mke2fs -d the tree into `dest`, then debugfs adds the staged files."""
     extra = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file())
     grown = {**usage, "allocated": usage["allocated"] + extra, "inodes": usage["inodes"] + 64}
-    kib, inodes = ext4_geometry(grown, HEADROOM_MIB)
-    _call(
-        [
-            _tool("mke2fs"),
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-d",
-            str(tree),
-            "-L",
-            ROOT_SERIAL,
-            "-N",
-            str(inodes),
-            "-m",
-            "0",
-            "-E",
-            "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard",
-            str(dest),
-            f"{kib}k",
-        ],
-        f"mke2fs -d {tree}",
+    extended = "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard"
+    argv = mke2fs_argv(
+        tree, dest, grown, HEADROOM_MIB, ROOT_SERIAL, extended=extended, mke2fs=_tool("mke2fs")
     )
+    _call(argv, f"mke2fs -d {tree}")
     debugfs = _tool("debugfs")
     _call([debugfs, "-w", "-f", "-", str(dest)], "debugfs", staged, debugfs_commands(probes))
     # debugfs says its errors but exits 0: check what it made
