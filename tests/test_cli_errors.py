@@ -1,19 +1,8 @@
 """Bad input from the command line: one line on stderr, exit status 2, no traceback."""
 
-import subprocess
-import sys
-
 import pytest
 
-
-def isobench(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
+from tests.conftest import isobench
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,6 +13,7 @@ from click.testing import CliRunner
 from bench import store
 from bench.commands.report import compare as compare_cmd
 from bench.report import compare
+from tests.conftest import isobench
 from tests.test_report import make_run
 
 HOST = {
@@ -160,19 +159,10 @@ def test_real_run_against_itself(tmp_path_factory):
     assert pd.DataFrame(r["cells"])["change_pct"].abs().max() == 0
 
 
-def _isobench(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "bench.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_runs_without_a_common_figure_exit_2_with_one_line(tmp_path):
     a = write_run(tmp_path / "a", "A", {NULL: [1, 2, 3]})
     b = write_run(tmp_path / "b", "B", {BW: [1, 2, 3]})
-    res = _isobench("compare", a, b)
+    res = isobench("compare", a, b)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "no figure in common" in res.stderr
 
@@ -210,8 +200,8 @@ def test_a_30_percent_change_between_two_quick_runs_fails_the_build(tmp_path):
             if r["env"] == "namespaces" and r["op"] == "clock_gettime" and r["value"] is not None:
                 r["value"] *= 1.3
             dst.write(json.dumps(r) + "\n")
-    assert _isobench("compare", a, a).returncode == 0
-    res = _isobench("compare", a, b, "--json")
+    assert isobench("compare", a, a).returncode == 0
+    res = isobench("compare", a, b, "--json")
     assert res.returncode == 1, res.stdout[-2000:]
     flagged = [c for c in json.loads(res.stdout)["cells"] if c["verdict"] == "regression"]
     assert [(c["env"], c["op"]) for c in flagged] == [("namespaces", "clock_gettime")]
