@@ -1,11 +1,13 @@
 """The environment contract, run over every registered kind: what a new kind must
 declare (options, variants, availability), and, for real on this host, that it can hold
-four idle instances at once, run one to completion, and leave nothing behind, also when
+four idle instances at once, run one to completion, carry a served probe's commands and
+answers over its control channel (the burst design), and leave nothing behind, also when
 the instances are still held as the run ends (Ctrl-C, a failure)."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 
 import pytest
@@ -15,11 +17,13 @@ from bench.envs import REGISTRY
 from bench.envs.base import (
     HOLD,
     Availability,
+    ChannelError,
     Environment,
     Invocation,
     Option,
     OptionError,
     parse_options,
+    served,
 )
 from bench.matrix import parse_env_spec
 from bench.metrics.cgroup import find_leftovers
@@ -157,4 +161,28 @@ def test_runs_one_to_completion(kind, env_of):
     assert 0 < launch.phases["ready"] <= launch.phases.get("exit", launch.phases.get("round_exit"))
     assert failed.status == "failed" and failed.exit_code not in (0, None), failed
     env.cleanup()
+    assert _ours(env.ctx.prefix) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_served_probe_answers_over_the_control_channel(kind, env_of):
+    """The burst design's channel: a held syscall probe in serve mode answers each
+    command with one line over the kind's channel (results and errors alike, numbered),
+    and stops like any held instance; what it answered is no record of its launch."""
+    assert REGISTRY[kind].channel, f"{kind} declares no control channel"
+    env = env_of(kind)
+    try:
+        instance = env.start(served("syscall", "syscall"), READY_S)
+        assert instance.wait_ready(), f"{instance.name}: no `ready`"
+        answers = [json.loads(instance.ask(c, READY_S)) for c in ("null iters=2000", "bogus")]
+        assert answers[0]["op"] == "null" and answers[0]["burst"] == 1, answers[0]
+        assert answers[0]["iterations"] == 2000 and answers[0]["metrics"]["ns_per_op"] > 0
+        assert answers[1]["op"] == "bogus" and "error" in answers[1] and answers[1]["burst"] == 2
+        launch = instance.stop()
+        assert launch.status == "ok", launch.reason
+        assert launch.records == [] and launch.probe_errors == []
+        with pytest.raises(ChannelError):
+            instance.ask("null iters=1", 5)
+    finally:
+        env.cleanup()
     assert _ours(env.ctx.prefix) == []

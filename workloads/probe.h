@@ -44,6 +44,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -663,10 +664,24 @@ static inline int probe_serve_parse(const probe_args *a, char *line, probe_burst
     return 1;
 }
 
-/* The serve loop: answer command lines until `quit` or end of file. Returns the
- * probe's exit status: 0, or 1 if reading stdin failed. */
+/* A held serving probe is stopped with SIGTERM (SIGINT, SIGHUP): status 0 at once.
+ * As a namespace's or container's init it would ignore a signal without a handler. */
+static void probe_serve_stop(int sig)
+{
+    (void)sig;
+    _exit(0);
+}
+
+/* The serve loop: answer command lines until `quit`, end of file or SIGTERM. Returns
+ * the probe's exit status: 0, or 1 if reading stdin failed. */
 static inline int probe_serve(const probe_args *a, probe_burst_fn run, void *ctx)
 {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = probe_serve_stop;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;

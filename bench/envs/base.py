@@ -38,6 +38,11 @@ class OptionError(ValueError):
     """An environment option that the kind does not have, or a value it cannot take."""
 
 
+class ChannelError(RuntimeError):
+    """A held instance's control channel could not carry a command or its answer (the
+    kind has none, the probe died, no answer in time); the message is one line."""
+
+
 class StartError(RuntimeError):
     """An instance could not be started (its cgroup, bundle dir or container could not be
     made); whatever was made is removed. A launch records it as failed, with this reason."""
@@ -149,12 +154,24 @@ class Invocation:
     def needs_workdir(self) -> bool:
         return any(WORKDIR in a for a in self.args)
 
+    @property
+    def serves(self) -> bool:
+        """The probe runs in serve mode (--serve): after `ready` it answers one command
+        line per burst, over the instance's control channel (Instance.ask)."""
+        return SERVE in self.args
+
     def argv(self, probe_path: str, workdir: str | None = None) -> list[str]:
         args = [a.replace(WORKDIR, workdir) if workdir else a for a in self.args]
         return [probe_path, *args]
 
 
 HOLD = Invocation("hold", "hold")  # an idle instance: `ready`, then wait to be stopped
+SERVE = "--serve"  # the probes' serve mode (workloads/probe.h)
+
+
+def served(workload: str, probe: str) -> Invocation:
+    """A held instance of `probe` in serve mode, driven burst by burst with ask()."""
+    return Invocation(workload, probe, (SERVE,))
 
 
 @dataclass
@@ -278,6 +295,14 @@ class Instance:
                 return reader
         return None
 
+    def ask(self, command: str, timeout: float) -> str:
+        """Serve mode (an instance of an invocation that `serves`, once ready): send one
+        command line (`null ms=5`) to the probe over the kind's control channel and
+        return the probe's answer, its next stdout line (without the newline). Answers
+        taken so are not the launch's records. ChannelError when the channel cannot
+        carry it, the probe ended, or no line came within `timeout` s."""
+        raise ChannelError(f"{type(self).__name__} has no control channel")
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the probe said `ready` (within `timeout`, default what is left)."""
         return self._ready(self.left() if timeout is None else timeout)
@@ -393,6 +418,9 @@ class Environment:
     summary: ClassVar[str]
     options: ClassVar[dict[str, Option]] = {}
     emulated: bool = False  # results are not a hardware-virtualisation overhead
+    # its instances of a serving invocation (Invocation.serves) have a control channel:
+    # Instance.ask() carries the probe's commands and answers (the burst design)
+    channel: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         self.config = config

@@ -114,6 +114,7 @@ def _cgroup_availability() -> Availability:
 
 class HostEnv(Environment):
     kind = "host"
+    channel = True  # the probe child's stdin and stdout
     summary = "the bare host: a child process in a fresh cgroup (the baseline)"
     options = {**CGROUP_OPTIONS, "rootfs": ROOTFS_OPTION}
 
@@ -178,6 +179,7 @@ class HostEnv(Environment):
                 self.command(cg.procs_files, argv, root),
                 on_kill=cg.kill_all,
                 on_start=(lambda pid: sampler.start()) if sampler else None,
+                serve=inv.serves,
             )
         except BaseException as e:
             with interrupt.shielded():

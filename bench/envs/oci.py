@@ -78,6 +78,7 @@ BUNDLES = "bundles"  # one bundle directory per instance, in the same place
 
 class OciEnv(Environment):
     kind = "oci"
+    channel = True  # the foreground runtime's stdin and stdout, passed to the container
     summary = "an OCI runtime run directly on a bundle (runc, crun, runsc), no daemon"
     options = {
         "runtime": Option("runc", "OCI runtime binary", RUNTIMES),
@@ -181,7 +182,7 @@ class OciEnv(Environment):
             bundle_dir.mkdir(parents=True)
             (bundle_dir / "config.json").write_text(json.dumps(config, indent=1))
             sampler.__enter__()  # before the runtime starts: runsc's carriers appear then
-            child = Child(argv, on_kill=lambda: _delete(runtime, name))
+            child = Child(argv, on_kill=lambda: _delete(runtime, name), serve=inv.serves)
         except BaseException as e:
             with interrupt.shielded():
                 teardown()

@@ -40,6 +40,7 @@ from bench.envs import containers as ct
 from bench.envs import image as img
 from bench.envs import roots
 from bench.envs.base import (
+    SERVE,
     Availability,
     Context,
     Environment,
@@ -105,6 +106,7 @@ _ulimits_found: dict[str, dict[str, int] | None] = {}  # runtime -> limits that 
 
 class PodmanEnv(Environment):
     kind = "podman"
+    channel = True  # `podman run --interactive`'s stdin and stdout
     summary = "a container per instance through the podman CLI (runc, crun, runsc)"
     options = {
         "runtime": Option("runc", "OCI runtime podman uses", RUNTIMES),
@@ -257,6 +259,8 @@ class PodmanEnv(Environment):
             "none",
             *ulimit_argv(self._ulimits),
         ]
+        if SERVE in argv:  # the control channel: podman's stdin, passed on by conmon
+            out.append("--interactive")
         if o["seccomp"] == "unconfined":
             out += ["--security-opt", "seccomp=unconfined"]
         if o["cpus"]:
@@ -330,7 +334,7 @@ class PodmanEnv(Environment):
 
         try:
             sampler.__enter__()  # before the CLI starts: conmon appears during its start
-            child = Child(argv, on_kill=lambda: _remove(name))
+            child = Child(argv, on_kill=lambda: _remove(name), serve=inv.serves)
         except BaseException as e:
             with interrupt.shielded():
                 teardown()

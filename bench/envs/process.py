@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench import interrupt
-from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude, read_probe_output
+from bench.envs.base import (
+    STDERR_KEEP,
+    ChannelError,
+    Instance,
+    Launch,
+    conclude,
+    read_probe_output,
+)
 from bench.probeio import is_ready
 
 
@@ -49,7 +56,11 @@ class Child:
     `on_kill` runs whenever the child is killed, for kinds whose instance lives outside
     the group (a container, a sandbox). `on_start` gets the child's pid right after the
     fork (start samplers there: forking while other threads run is unsafe with a
-    preexec_fn)."""
+    preexec_fn).
+
+    `serve` keeps the child's stdin as its control channel (a probe in serve mode):
+    ask() writes one command line there and reads the answer; otherwise stdin is
+    /dev/null."""
 
     def __init__(
         self,
@@ -60,6 +71,7 @@ class Child:
         on_kill: Callable[[], None] | None = None,
         on_start: Callable[[int], None] | None = None,
         ready_marker: Callable[[str], bool] = is_ready,
+        serve: bool = False,
     ):
         self.res = Streamed(t_submit=time.monotonic_ns())
         self._on_kill = on_kill
@@ -67,7 +79,7 @@ class Child:
         self._err: list[bytes] = []
         self.proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if serve else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -124,6 +136,28 @@ class Child:
         self._pump(timeout, lambda: self.res.t_ready is not None)
         return self.res.t_ready is not None
 
+    def ask(self, command: str, timeout: float) -> str:
+        """Write `command` and a newline to the child's stdin, return its next stdout
+        line after `ready` (taken out of the lines its launch reads). ChannelError: no
+        control channel, the child closed its stdin or ended, or no line in `timeout` s."""
+        if self.proc.stdin is None:
+            raise ChannelError("started without a control channel (not in serve mode)")
+        if self.proc.stdin.closed:
+            raise ChannelError("the instance has ended")
+        if self.res.t_ready is None:
+            raise ChannelError("asked before the probe said `ready`")
+        n = len(self.res.lines)
+        try:
+            os.write(self.proc.stdin.fileno(), command.encode() + b"\n")
+        except OSError as e:
+            raise ChannelError(f"the probe's stdin is closed ({e.strerror})") from None
+        self._pump(timeout, lambda: len(self.res.lines) > n)
+        if len(self.res.lines) > n:
+            return self.res.lines.pop(n)
+        if not self._sel.get_map() or self.proc.poll() is not None:
+            raise ChannelError(f"the probe ended (status {self.proc.poll()}) before answering")
+        raise ChannelError(f"no answer to {command!r} within {timeout:g} s")
+
     def wait_exit(self, timeout: float) -> bool:
         """True when the child exited within `timeout` (its exit time then recorded)."""
         deadline = time.monotonic() + timeout
@@ -154,9 +188,10 @@ class Child:
         if self.proc.poll() is not None:
             self._pump(1.0, lambda: False)  # what the pipes still hold
         self._sel.close()
-        for f in (self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                f.close()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
         res = self.res
         res.exit_code = self.proc.poll()
         if res.t_exit is None:
@@ -225,6 +260,9 @@ class ProcessInstance(Instance):
 
     def _ready(self, timeout: float) -> bool:
         return self.child.wait_ready(timeout)
+
+    def ask(self, command: str, timeout: float) -> str:
+        return self.child.ask(command, timeout)
 
     def _signal_stop(self) -> None:
         self.child.signal(signal.SIGTERM)
