@@ -42,13 +42,29 @@ def phase_workloads(manifest: dict[str, Any] | None = None) -> set[str]:
     return {w for w in names if flag(manifest, w, "phase_figures")}
 
 
+def counted(df):
+    """Counted, successful samples (warm-up round 0 excluded)."""
+    return df[(df["round"] >= 1) & (df["status"] == "ok") & df["value"].notna()]
+
+
+def partner(df):
+    """Which samples are a baseline's partner bursts in a guest's own held set
+    (bench/families/bursts.py): they pair with the guest's, and are no figure of the
+    baseline's own."""
+    if "set" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    held_set = df["set"].fillna("").astype(str)
+    return ((held_set != "") & (held_set != df["env"])).to_numpy()
+
+
 def measured(df, scope: str = MAIN, timed: Collection[str] | None = None):
-    """Counted, successful samples of one scope (warm-up round 0 excluded); `timed`: the
-    workloads whose phases are figures (default: the installed catalog's)."""
-    ok = df[(df["round"] >= 1) & (df["status"] == "ok") & df["value"].notna()]
+    """Counted, successful samples of one scope (warm-up round 0 excluded; a guest's
+    baseline partner bursts too); `timed`: the workloads whose phases are figures
+    (default: the installed catalog's)."""
+    ok = counted(df)
     if scope == MAIN:
         timed = phase_workloads() if timed is None else timed
-        keep = (ok["source"] == "probe") | (
+        keep = (ok["source"].isin(["probe", "burst"]) & ~partner(ok)) | (
             (ok["source"] == "phase") & ok["workload"].isin(list(timed))
         )
     else:
@@ -112,11 +128,47 @@ def precision_target(manifest: dict[str, Any], workload: str, op: str, metric: s
 
 def test_name(t: stats.RatioTest) -> str:
     """How a ratio was tested, in words: "paired trimmed t, n=8" (Yuen's; Student's
-    below 5 rounds, where nothing is trimmed), "welch trimmed t, n=6"; "" untested."""
+    below 5 rounds, where nothing is trimmed), "welch trimmed t, n=6", "paired trimmed t
+    over rounds of blocks, n=8 (480 blocks)" (the burst design); "" untested."""
     if not t.method:
         return ""
     trimmed = " trimmed" if math.floor(stats.TRIM * t.n) else ""
+    if isinstance(t, stats.BurstTest):
+        return f"paired{trimmed} t over rounds of blocks, n={t.n} ({t.n_blocks} blocks)"
     return f"{t.method}{trimmed} t, n={t.n}"
+
+
+BlockValues = dict[int, dict[int, float]]  # round -> block -> the burst's figure
+
+
+def burst_blocks(data) -> dict[tuple, BlockValues]:
+    """Burst samples per (env, workload, op, metric, held set): round -> block -> value
+    (the partner bursts of a guest's set included, under the baseline's label)."""
+    if "block" not in data.columns:
+        return {}
+    b = data[(data["source"] == "burst") & data["block"].notna()]
+    out: dict[tuple, BlockValues] = defaultdict(lambda: defaultdict(dict))
+    cols = zip(
+        *(b[c] for c in KEY), b["set"].fillna(""), b["round"], b["block"], b["value"], strict=True
+    )
+    for env, workload, op, metric, held_set, rnd, block, value in cols:
+        out[(env, workload, op, metric, held_set)][int(rnd)][int(block)] = float(value)
+    return out
+
+
+def compare_bursts(values: BlockValues, base: BlockValues) -> stats.BurstTest | None:
+    """values / base in the burst design, block by block within each round both have
+    (stats.burst_ratio_test, the round as the cluster); None below 3 such rounds."""
+    common = sorted(set(values) & set(base))
+    if len(common) < 3:
+        return None
+    v, b = [], []
+    for r in common:
+        blocks = sorted(set(values[r]) | set(base[r]))
+        v.append([values[r].get(k, math.nan) for k in blocks])
+        b.append([base[r].get(k, math.nan) for k in blocks])
+    t = stats.burst_ratio_test(v, b)
+    return t if t.method else None
 
 
 def detectable(values: dict[int, float], base: dict[int, float]) -> float | None:
@@ -159,6 +211,7 @@ def summarize_run(
     envs = manifest.get("environments", {})
     data = measured(df, scope, phase_workloads(manifest))
     rounds = per_round(data)
+    blocks = burst_blocks(counted(df)) if scope == MAIN else {}
     units, args, notes = by_cell(data, "unit", "args", "note")
     layout = (manifest.get("host") or {}).get("cgroup_layout", "")
     rows = []
@@ -197,21 +250,26 @@ def summarize_run(
         }
         base_key = (baseline, workload, op, metric)
         base = rounds.get(base_key)
-        if base is not None and args[key] != args[base_key]:
+        # the burst design pairs with the baseline's bursts of the same held set, which
+        # ran the same invocation (a guest's partner: the guest's sizes)
+        bursts = _paired_bursts(blocks, key, baseline) if env != baseline else None
+        if base is not None and not bursts and args[key] != args[base_key]:
             base = None  # other probe arguments (an emulated guest's sizes): no ratio
             row["note"] = "no ratio: the baseline ran this probe with other arguments"
-        if base and _signed(manifest, workload, metric):
-            base = None  # a difference around 0: a ratio of two of them means nothing
+        if (base or bursts) and _signed(manifest, workload, metric):
+            base = bursts = None  # a difference around 0: a ratio of two means nothing
             row["note"] = "no ratio: a signed figure (a difference that can be 0 or below)"
-        if env != baseline and base:
-            t = compare_rounds(by_rnd, base)
+        if env != baseline and (base or bursts):
+            t = bursts or compare_rounds(by_rnd, base)
             row.update(
                 ratio=json_safe(t.ratio),
                 ratio_ci_low=json_safe(t.low),
                 ratio_ci_high=json_safe(t.high),
             )
             row.update(p_value=json_safe(t.p_value), test=test_name(t))
-            row["detectable_ratio"] = detectable(by_rnd, base)
+            row["detectable_ratio"] = (
+                json_safe(bursts.detectable) if bursts else detectable(by_rnd, base)
+            )
         writes = flag(manifest, workload, "writes_data")
         row["flags"] = checks.figure_flags(
             row, values, layout=layout, notes=notes[key], writes_data=writes
@@ -230,6 +288,19 @@ def summarize_run(
             and stats.significant(p, r["ratio_ci_low"], r["ratio_ci_high"])
         )
     return rows
+
+
+def _paired_bursts(blocks: dict[tuple, BlockValues], key: tuple, baseline: str):
+    """The burst test of figure `key` against the baseline's bursts of the same held set
+    (the main set, or a guest's own with its partner); None where either side has no
+    bursts in at least 3 common rounds (then rounds pair: compare_rounds)."""
+    env = key[0]
+    for held_set in ("", env):
+        mine = blocks.get((*key, held_set))
+        theirs = blocks.get((baseline, *key[1:], held_set))
+        if mine and theirs:
+            return compare_bursts(mine, theirs)
+    return None
 
 
 def _signed(manifest: dict[str, Any], workload: str, metric: str) -> bool:

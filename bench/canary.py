@@ -231,3 +231,77 @@ def check(bundle: Bundle, seconds: float = CHECK_S, cpus: set[int] | None = None
         why = f"the noise check could not run: {e}"
         return {"verdict": "unknown", "sentence": why, "error": str(e), "cpus": pinned}
     return {**result, "cpus": pinned, "error": None}
+
+
+class RunCanary:
+    """The host canary of a run: PAIRS pairs of a `null` and a `compute` burst of
+    BURST_MS on the host (unpinned, as the run's probes) each time a shared round's
+    blocks complete a cycle (Settings.between_blocks), appended to RUN_DIR/canary.jsonl as it comes
+    ({"t": seconds since start, "round", "null_ns", "compute_ops"}); diagnosis() reads
+    the series at the end (bench/canary_diagnosis.py). A canary that cannot start or
+    fails mid-run says so once through `log` and stops; the run goes on without it."""
+
+    FILE = "canary.jsonl"
+    PAIRS = 4  # pairs in a row per call: its jitter at 10 ms, the calls its slow moves
+
+    def __init__(self, bundle: Bundle, run_dir: Path, log):
+        self.bundle = bundle
+        self.path = run_dir / self.FILE
+        self.log = log
+        self.t0 = time.monotonic()
+        self.probes: list[tuple[ServedProbe, str, str]] | None = None
+        self.failed = False
+        self.before = _proc_stat()
+        self.load = _load_per_cpu()
+
+    def pair(self, rnd: int) -> None:
+        if self.failed:
+            return
+        try:
+            if self.probes is None:
+                self.probes = []
+                for probe, op, metric in OPS:
+                    self.probes.append((ServedProbe(self.bundle.probes[probe]), op, metric))
+                for served, op, metric in self.probes:  # untimed: set up, calibrate
+                    served.burst(op, BURST_MS, metric)
+            lines = []
+            for _ in range(self.PAIRS):
+                t = time.monotonic() - self.t0
+                null, compute = (served.burst(op, BURST_MS, m) for served, op, m in self.probes)
+                lines.append(
+                    {"t": round(t, 4), "round": rnd, "null_ns": null, "compute_ops": compute}
+                )
+        except (CanaryError, KeyError) as e:
+            self.failed = True
+            self.log(f"the host canary stopped: {e}")
+            self.close()
+            return
+        with contextlib.suppress(OSError), self.path.open("a") as f:  # full disk: the store says
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+
+    def close(self) -> None:
+        with interrupt.shielded():
+            for served, _, _ in reversed(self.probes or []):
+                served.close()
+        self.probes = [] if self.probes is not None else None
+
+    def diagnosis(self) -> dict | None:
+        """diagnose() of the series recorded so far (None with too few pairs)."""
+        try:
+            rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        except (OSError, json.JSONDecodeError):
+            return None
+        after = _proc_stat()
+        steal = steal_fraction(self.before, after) if self.before and after else None
+        series = Series(
+            tuple(r["t"] for r in rows),
+            tuple(r["null_ns"] for r in rows),
+            tuple(r["compute_ops"] for r in rows),
+            float(BURST_MS),
+            steal,
+            self.load,
+        )
+        try:
+            return diagnose(series)
+        except ValueError:  # too few pairs to say anything
+            return None

@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.envs.base import Invocation
+from bench.envs.base import SERVE, Invocation
 from bench.resources import workloads_dir
 
 # Figures the harness measures around every launch (ms since submit), not the probe.
@@ -42,6 +42,48 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class BurstPlan:
+    """How the `bursts` strategy measures a workload (its `[workloads.NAME.bursts]`
+    table): on held instances of its probe in serve mode, one burst of an op in every
+    environment per block. A round holds `blocks` blocks of each op (`op_blocks` where an
+    op gets more: the figures the precision targets are about), each burst `ms` long
+    (`op_ms` per op), or `quota_ms` in an environment with a CPU quota: a rate under a
+    quota needs whole CFS periods (a 5 ms burst under cpus=0.25 runs at full speed)."""
+
+    ops: tuple[str, ...]
+    ms: int
+    blocks: int
+    quick_blocks: int
+    op_ms: dict[str, int] = field(default_factory=dict)
+    op_blocks: dict[str, int] = field(default_factory=dict)  # full; quick: scaled alike
+    quota_ms: int | None = None
+    serve_args: tuple[str, ...] = ()
+    quick_serve_args: tuple[str, ...] = ()
+    emulated_serve_args: tuple[str, ...] | None = None
+
+    def burst_ms(self, op: str, quota: bool) -> int:
+        if quota and self.quota_ms:
+            return max(self.quota_ms, self.op_ms.get(op, self.ms))
+        return self.op_ms.get(op, self.ms)
+
+    def blocks_of(self, op: str, quick: bool) -> int:
+        full = self.op_blocks.get(op, self.blocks)
+        return max(1, round(full * self.quick_blocks / self.blocks)) if quick else full
+
+    def schedule(self, quick: bool) -> list[str]:
+        """A round's blocks, one op each: the ops interleaved (one of each, then again),
+        an op with more blocks going on after the others end."""
+        left = {op: self.blocks_of(op, quick) for op in self.ops}
+        out: list[str] = []
+        while any(left.values()):
+            for op in self.ops:
+                if left[op]:
+                    out.append(op)
+                    left[op] -= 1
+        return out
+
+
+@dataclass(frozen=True)
 class Workload:
     name: str
     probe: str
@@ -62,6 +104,16 @@ class Workload:
     strategy: str = "probes"  # how it is measured: a key of bench.families.REGISTRY
     phase_figures: bool = False  # its launch phases are its figures (startup)
     writes_data: bool = False  # writes in its work directory (io): bench/checks.py
+    bursts: BurstPlan | None = None  # the `bursts` strategy's plan
+
+    def served(self, *, quick: bool, emulated: bool) -> Invocation:
+        """The held instance of the `bursts` strategy: the probe in serve mode."""
+        assert self.bursts is not None, f"{self.name} has no bursts table"
+        b = self.bursts
+        args = b.quick_serve_args if quick else b.serve_args
+        if emulated and b.emulated_serve_args is not None:
+            args = b.emulated_serve_args
+        return Invocation(self.name, self.probe, (SERVE, *args))
 
     def levels(self, quick: bool, guest: bool) -> list[int]:
         """The ramp's levels for a full or quick run of a container/namespaces kind or of
@@ -98,8 +150,35 @@ def load(path: Path | None = None) -> dict[str, Workload]:
             strategy=w.get("strategy", "probes"),
             phase_figures=bool(w.get("phase_figures", False)),
             writes_data=bool(w.get("writes_data", False)),
+            bursts=parse_bursts(name, w["bursts"]) if "bursts" in w else None,
         )
     return out
+
+
+def parse_bursts(workload: str, t: dict) -> BurstPlan:
+    """A `bursts` table -> its BurstPlan; ValueError naming the workload when it is not one."""
+    try:
+        serve = tuple(t.get("serve_args", ()))
+        plan = BurstPlan(
+            ops=tuple(t["ops"]),
+            ms=int(t["ms"]),
+            blocks=int(t["blocks"]),
+            quick_blocks=int(t["quick_blocks"]),
+            op_ms={k: int(v) for k, v in t.get("op_ms", {}).items()},
+            op_blocks={k: int(v) for k, v in t.get("op_blocks", {}).items()},
+            quota_ms=int(t["quota_ms"]) if "quota_ms" in t else None,
+            serve_args=serve,
+            quick_serve_args=tuple(t.get("quick_serve_args", serve)),
+            emulated_serve_args=(
+                tuple(t["emulated_serve_args"]) if "emulated_serve_args" in t else None
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{workload}: bad bursts table ({type(e).__name__}: {e})") from None
+    named = set(plan.op_ms) | set(plan.op_blocks)
+    if not plan.ops or named - set(plan.ops) or min(plan.ms, plan.blocks, plan.quick_blocks) < 1:
+        raise ValueError(f"{workload}: bad bursts table (ops, lengths and blocks)")
+    return plan
 
 
 def parse_levels(workload: str, table: dict) -> dict[str, tuple[int, ...]]:

@@ -8,6 +8,7 @@ From a TOML file:
     warmup = 1           # warm-up launches per environment (not counted)
     emulated_rounds = 3  # rounds for software-emulated guests (0: as many as the others)
     emulated_warmup = 0  # their warm-up boots (default: warmup)
+    emulated_share = 0.25  # the share of the budget they may take (0: no share of their own)
     budget = 900         # seconds: the whole run's wall clock
     busy_cpus = false    # keep CPUs out of idle while measuring (bench/busy.py)
     memory_reserve = 0.25  # density: never take the host below this share of its memory
@@ -160,6 +161,7 @@ QUICK = {
     "warmup": 1,
     "emulated_rounds": 4,
     "emulated_warmup": 0,
+    "emulated_share": 0.25,
     "timeout": 60.0,
     "budget": QuickBudget(285.0),
     "precision": 0.03,
@@ -235,6 +237,9 @@ class Matrix:
     warmup: int = 1
     emulated_rounds: int = 0
     emulated_warmup: int | None = None  # None: as `warmup`
+    # the share of the budget software-emulated guests may take (their boots, rounds and
+    # held sets); 0: no share of their own. A guest round past it is not started.
+    emulated_share: float = 0.0
     budget: float = 1800.0
     busy_cpus: bool = False
     memory_reserve: float = 0.25
@@ -300,6 +305,11 @@ class Matrix:
         for name in ("budget", "timeout", "precision"):
             if getattr(self, name) <= 0:
                 raise MatrixError(f"{where}: {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.emulated_share <= 1:
+            raise MatrixError(
+                f"{where}: emulated_share is a share of the budget, from 0 to 1, "
+                f"got {self.emulated_share}"
+            )
         if not 0 <= self.memory_reserve < 1:
             raise MatrixError(
                 f"{where}: memory_reserve is a share of the host's memory, from 0 to below 1, "
@@ -357,6 +367,7 @@ SCALARS: dict[str, type | tuple[type, ...]] = {
     "warmup": int,
     "emulated_rounds": int,
     "emulated_warmup": int,
+    "emulated_share": (int, float),
     "budget": (int, float),
     "timeout": (int, float),
     "precision": (int, float),

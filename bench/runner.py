@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import families, footprint, interrupt, provenance
 from bench.busy import busy_cpus
+from bench.canary import RunCanary
 from bench.catalog import Workload
 from bench.envs import REGISTRY
 from bench.envs.base import LOCAL, Context, Environment, Launch
@@ -29,6 +30,7 @@ from bench.schedule import Active, Cell, Schedule, unreached
 from bench.scratch import new_scratch
 from bench.store import SCHEMA_VERSION, SampleWriter, StoreWriteError, read_records, write_manifest
 
+BURST_FIELDS = ("block", "set", "ms", "at_ms")  # what a burst's record adds (families/bursts.py)
 UNITS = {"_ms": "ms", "_mib": "MiB", "_ops": "ops", "nr_": "count", "pids_": "count"}
 
 
@@ -56,9 +58,13 @@ def launch_records(launch: Launch, cell: Cell, base: dict[str, Any]) -> list[dic
 
     for r in launch.records:
         note = r.get("note", "")
+        burst = {k: r[k] for k in BURST_FIELDS if k in r}  # a burst: its block, its set
+        source = "burst" if burst else "probe"
         for metric, value in r["metrics"].items():
             unit = r["units"][metric]
-            rec(op=r["op"], metric=metric, value=value, unit=unit, source="probe", note=note)
+            rec(
+                op=r["op"], metric=metric, value=value, unit=unit, source=source, note=note, **burst
+            )
     for err in launch.probe_errors:
         op = err.split(":", 1)[0].split("/")[-1]
         rec(op=op, metric=None, value=None, unit="", source="probe", status="failed", reason=err)
@@ -94,6 +100,25 @@ def failure_reason(launch: Launch) -> str:
     if tail:
         reason += " — stderr: " + " | ".join(line.strip()[:200] for line in tail)
     return reason
+
+
+def pairing(records: list[dict[str, Any]], baseline: str) -> tuple[float | None, int]:
+    """How close in time the burst design paired: the median over every burst of an
+    environment of the ms between it and the baseline's burst of the same block
+    (`at_ms`), and the number of blocks run (None, 0 without bursts)."""
+    at: dict[tuple, float] = {}
+    for r in records:
+        if r.get("source") == "burst" and r.get("env") == baseline and "at_ms" in r:
+            at[r["round"], r.get("set", ""), r["block"]] = r["at_ms"]
+    gaps, blocks = [], set()
+    for r in records:
+        if r.get("source") != "burst" or "at_ms" not in r:
+            continue
+        key = (r["round"], r.get("set", ""), r["block"])
+        blocks.add(key)
+        if r.get("env") != baseline and key in at:
+            gaps.append(abs(r["at_ms"] - at[key]))
+    return (float(sorted(gaps)[len(gaps) // 2]) if gaps else None), len(blocks)
 
 
 def new_manifest(run_id: str, m: Matrix, bundle, workloads: dict[str, Workload]) -> dict:
@@ -168,7 +193,9 @@ class Runner:
             user={u.name: u for u in matrix.user_workloads},
             log=log,
             client_host=self._client_host,
+            between_blocks=self._canary_pair,
         )
+        self.canary: RunCanary | None = None
 
     def _save(self, writer: SampleWriter | None = None, new=()) -> None:
         """Append samples (or just the manifest); a full disk is reported once, and
@@ -200,12 +227,15 @@ class Runner:
         status = "interrupted"
         try:
             self._start_envs(ctx, writer)
+            self.canary = RunCanary(self.bundle, self.run_dir, self.log)
             with busy_cpus(self.m.busy_cpus):
                 status = self._measure(writer)
             return status
         finally:
             interrupt.ignore()  # a second Ctrl-C must not cut the cleanup short
             try:
+                if self.canary is not None:
+                    self.canary.close()
                 self._stop_envs()
                 self._remove_run_cgroups()
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -323,6 +353,19 @@ class Runner:
                 except (cgroup.CgroupError, OSError) as e:
                     self.log(f"could not remove cgroup {path}: {e}")
 
+    def _canary_pair(self, rnd: int) -> None:
+        if self.canary is not None:
+            self.canary.pair(rnd)
+
+    def _canary_view(self) -> dict[str, Any] | None:
+        """The canary's diagnosis, with how far apart a burst and its baseline partner
+        were (every_ms, the median over the run's pairs) and how many blocks ran."""
+        found = self.canary.diagnosis() if self.canary is not None else None
+        if found is None:
+            return None
+        found["every_ms"], found["blocks"] = pairing(self.records, self.m.baseline)
+        return found
+
     def _finish(self, status: str, writer: SampleWriter) -> None:
         self.manifest["status"] = status
         self.manifest["finished"] = time.time()
@@ -334,6 +377,8 @@ class Runner:
             steal = noise.steal_fraction(start["proc_stat"], end["proc_stat"])
         self.manifest.setdefault("noise", {})["end"] = end
         self.manifest["noise"]["steal_fraction"] = steal
+        if (seen := self._canary_view()) is not None:
+            self.manifest["noise"]["canary"] = seen
         warnings = self.manifest.setdefault("warnings", [])
         for w in noise.warnings(end, steal=steal):
             if w not in warnings:
@@ -405,7 +450,11 @@ class Runner:
                 continue
             group = [cell]
             holds = self.sched.holds
-            if act.env is not None and act.env.one_instance_per_round and not holds(cell):
+            shared = self._shared(cell, rnd)
+            if shared and not act.env.emulated:  # one held set: every such environment
+                group = [c for c in pending if c.workload == cell.workload and self._shared(c, rnd)]
+                group = [c for c in group if not self.active[c.env.label].env.emulated]
+            elif act.env is not None and act.env.one_instance_per_round and not holds(cell):
                 group = [c for c in pending if c.env.label == cell.env.label and not holds(c)]
             pending = [c for c in pending if c not in group]
             elapsed = self.sched.elapsed()
@@ -414,7 +463,7 @@ class Runner:
             self.progress(f"{what}: {cell.env.label}", int(elapsed), int(elapsed + left) + 1)
             check()
             t0 = time.monotonic()
-            new = self._launch(group, rnd)
+            new = self._launch_shared(group, rnd) if shared else self._launch(group, rnd)
             share = (time.monotonic() - t0) / len(group)
             for c in group:
                 self.sched.timed(rnd, c, share)
@@ -428,30 +477,67 @@ class Runner:
         check()
         return "complete"
 
+    def _base(self, cell: Cell, rnd: int, env: EnvSpec | None = None) -> dict[str, Any]:
+        """A new launch's sample fields: of `cell`, in environment `env` (default the
+        cell's own; a guest's held set records its baseline partner under the cell)."""
+        env = env or cell.env
+        act = self.active[env.label]
+        self.seq += 1
+        return {
+            "run_id": self.run_id,
+            "round": rnd,
+            "cell": cell.key,
+            "env": env.label,
+            "env_kind": env.kind,
+            "spec": env.spec,
+            "options": env.options,
+            "emulated": bool(act.env and act.env.emulated),
+            "workload": cell.workload,
+            "launch": self.seq - 1,
+            "t": time.time(),
+        }
+
+    def _shared(self, cell: Cell, rnd: int) -> bool:
+        """The cell is measured in a held set across environments (its strategy's
+        round_all): a counted round of a prepared environment."""
+        act = self.active[cell.env.label]
+        return rnd >= 1 and act.ok and act.env is not None and self._family(cell.workload).shared
+
+    def _launch_shared(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
+        """One held set of the group's cells (one workload, one cell per environment);
+        a guest alone is a set of its own with a partner instance of the baseline, whose
+        bursts pair with the guest's and are recorded under the baseline's label with the
+        guest's set (and nothing else of that partner launch)."""
+        family = self._family(group[0].workload)
+        w = self.workloads[group[0].workload]
+        envs = [(c, self.active[c.env.label]) for c in group]
+        held_set = ""
+        base = self.active.get(self.m.baseline)
+        guest = self.active[group[0].env.label].env
+        if guest is not None and guest.emulated:
+            held_set = group[0].env.label
+            if base is not None and base.ok and base.env is not None and not base.env.emulated:
+                envs.insert(0, (group[0], base))
+        jobs = [Job(act.spec, act.env, [w]) for _, act in envs]
+        results = family.round_all(self.settings, jobs, rnd=rnd, held_set=held_set)
+        out = []
+        for (cell, act), result in zip(envs, results, strict=True):
+            partner = act.spec.label != cell.env.label
+            base_fields = self._base(cell, rnd, act.spec)
+            if result.args[0] is not None:
+                base_fields["args"] = result.args[0]
+            described = self.manifest.get("environments", {}).get(act.spec.label, {})
+            launch = family.read(self.settings, result.launches[0], base_fields, described)
+            records = launch_records(launch, cell, base_fields)
+            out.extend(r for r in records if not partner or r["source"] == "burst")
+        return out
+
     def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
         """The warm-up (round 0) or a round of the group's cells, all of one environment,
         by their strategy; what the round learned about the environment recorded; each
         launch read by its cell's strategy and turned into records."""
         act = self.active[group[0].env.label]
-        emulated = bool(act.env and act.env.emulated)
-        bases = []
-        for cell in group:
-            bases.append(
-                {
-                    "run_id": self.run_id,
-                    "round": rnd,
-                    "cell": cell.key,
-                    "env": cell.env.label,
-                    "env_kind": cell.env.kind,
-                    "spec": cell.env.spec,
-                    "options": cell.env.options,
-                    "emulated": emulated,
-                    "workload": cell.workload,
-                    "launch": self.seq,
-                    "t": time.time(),
-                }
-            )
-            self.seq += 1
+        bases = [self._base(cell, rnd) for cell in group]
         if not act.ok or act.env is None:
             fail = Launch(status="failed", reason=f"environment unavailable: {act.reason}")
             result = Round([fail] * len(group), [None] * len(group))

@@ -186,6 +186,8 @@ class Schedule:
                     per_env[c.env.label].append(c)
             return [c for group in per_env.values() for c in group]
         cells = [c for c in cells if rnd <= self.round_cap(c.env.label)]
+        if rnd > 1 and not self._guests_fit([c for c in cells if self._emulated(c)]):
+            cells = [c for c in cells if not self._emulated(c)]
         if rnd <= self.m.rounds:
             return cells
         measurable = [c.key for c in cells if self.active[c.env.label].ok]
@@ -193,6 +195,23 @@ class Schedule:
         wide = {c.workload for c in cells if c.key in left}
         base = self.m.baseline
         return [c for c in cells if c.key in left or (c.env.label == base and c.workload in wide)]
+
+    def _emulated(self, cell: Cell) -> bool:
+        env = self.active[cell.env.label].env
+        return env is not None and env.emulated
+
+    def _guests_fit(self, guests: list[Cell]) -> bool:
+        """Emulated guests run on a budget share of their own (matrix emulated_share, 0:
+        none): a round of theirs is started only if what they have taken so far (warm-ups
+        included) plus its estimate stays within it; they never hold the others back. A
+        quick run outside the main job (min_rounds_first) keeps its minimum rounds."""
+        if not self.m.emulated_share or not guests or self.min_rounds_first():
+            return True
+        labels = {c.env.label for c in guests}
+        spent = sum(sum(self.warm.get(label, [])) for label in labels)
+        spent += sum(sum(ds) for k, ds in self.durations.items() if k.split("|")[0] in labels)
+        ahead = sum(self.estimate(c) for c in guests)
+        return spent + ahead <= self.m.emulated_share * self.m.budget
 
     def measurable(self) -> list[str]:
         return [c.key for c in self.cells() if self.active[c.env.label].ok]

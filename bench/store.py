@@ -59,6 +59,12 @@ COLUMNS = (
     "args",
     "exit_code",
     "stderr_tail",
+    # a burst's (bench/families/bursts.py): its block, its held set ("" the main one),
+    # its length and when it began in its held set
+    "block",
+    "set",
+    "ms",
+    "at_ms",
 )
 
 

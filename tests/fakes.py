@@ -14,6 +14,7 @@ here, so the tests that use them do not change when a module moves."""
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import time
 from dataclasses import dataclass
@@ -23,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from bench import catalog, runner
-from bench.envs.base import HOLD, Availability, Environment, Instance, Launch, Option, StartError
+from bench.envs.base import (
+    HOLD,
+    Availability,
+    ChannelError,
+    Environment,
+    Instance,
+    Launch,
+    Option,
+    StartError,
+)
 from bench.families import userrun
 from bench.interrupt import Interrupted
 from bench.matrix import Matrix, UserWorkload, parse_env_spec, with_catalog
@@ -55,7 +65,23 @@ def userrun_records(stdout: str, status: int = 0) -> list[dict[str, Any]]:
 
 
 class FakeInstance(Instance):
-    """An instance that is ready at once and ends when told; `ended` once it has."""
+    """An instance that is ready at once and ends when told; `ended` once it has. Its
+    control channel answers a burst command (`null ms=5`) with a noisy figure of its
+    environment after advancing the fake clock by the burst."""
+
+    env: FakeEnv | None = None
+
+    def ask(self, command: str, timeout: float) -> str:
+        if self.launch is not None:
+            raise ChannelError("the instance has ended")
+        op, length = command.split()
+        ms = int(length.split("=")[1])
+        ctrl_c(self.env, self.workload)
+        CLOCK.now += ms / 1000
+        value = self.env.figure()
+        rec = {"probe": "fake", "op": op, "iterations": 1, "elapsed_ns": ms * 1_000_000}
+        rec.update(metrics={"ns_per_op": value}, units={"ns_per_op": "ns"}, burst=1)
+        return json.dumps(rec)
 
     def _ready(self, timeout: float) -> bool:
         return True
@@ -87,6 +113,7 @@ class FakeEnv(Environment):
 
     kind = "fake"
     summary = "a fake environment for runner tests"
+    channel = True
     options = {
         "noise": Option(0.01, "lognormal launch noise", type=float),
         "scale": Option(1.0, "figure scale", type=float),
@@ -107,8 +134,14 @@ class FakeEnv(Environment):
         return self.launch_round([inv], timeout)[0]
 
     def _start(self, inv, timeout) -> Instance:
-        FakeEnv.instances.append(FakeInstance(self.new_name(), timeout))
-        return FakeEnv.instances[-1]
+        instance = FakeInstance(self.new_name(), timeout)
+        instance.env, instance.workload = self, inv.workload
+        FakeEnv.instances.append(instance)
+        return instance
+
+    def figure(self) -> float:
+        """`scale` x 100 with the environment's lognormal `noise`."""
+        return self.opts["scale"] * 100 * np.exp(FakeEnv.rng.normal(0, self.opts["noise"]))
 
     def launch_round(self, invs, timeout) -> list[Launch]:
         FakeEnv.calls.append((self.kind, [i.workload for i in invs]))
@@ -117,8 +150,7 @@ class FakeEnv(Environment):
         out = []
         for inv in invs:
             CLOCK.now += self.seconds
-            rng = FakeEnv.rng
-            value = self.opts["scale"] * 100 * np.exp(rng.normal(0, self.opts["noise"]))
+            value = self.figure()
             if inv.probe == userrun.PROBE:
                 recs = userrun_records(f'"PING_INLINE","{value:.3f}"\n')
             else:
@@ -145,6 +177,7 @@ class GoneEnv(FakeEnv):
 
 class BrokenEnv(FakeEnv):
     kind = "broken"
+    channel = False
 
     def _start(self, inv, timeout) -> Instance:
         CLOCK.now += self.seconds
@@ -183,7 +216,8 @@ REDIS_SERVER = UserWorkload(
 
 def catalog_for_tests() -> dict[str, catalog.Workload]:
     """The workloads the fake runs know: two probes, density, net (the shipped catalog's
-    entries, so their families and arguments are the real ones)."""
+    entries, so their families and arguments are the real ones), and `ticks`, a probe
+    measured in bursts (one op, 4 blocks a round, 2 --quick)."""
     shipped = catalog.load()
     return {
         "syscall": catalog.Workload("syscall", "syscall", "syscall", "", (), (), None),
@@ -201,13 +235,45 @@ def catalog_for_tests() -> dict[str, catalog.Workload]:
             strategy="density",
         ),
         "net": shipped["net"],
+        "ticks": catalog.Workload(
+            "ticks",
+            "syscall",
+            "syscall",
+            "",
+            (),
+            (),
+            None,
+            strategy="bursts",
+            bursts=catalog.BurstPlan(ops=("null",), ms=5, blocks=4, quick_blocks=2),
+        ),
     }
+
+
+class FakeCanary:
+    """The run's host canary without probes: the rounds (Settings.between_blocks) it was
+    asked to measure in, in order."""
+
+    calls: list[int] = []
+
+    def __init__(self, bundle, run_dir, log):
+        pass
+
+    def pair(self, rnd: int) -> None:
+        FakeCanary.calls.append(rnd)
+
+    def close(self) -> None:
+        pass
+
+    def diagnosis(self) -> None:
+        return None
 
 
 def patch_fakes(monkeypatch, *, wall: bool = False) -> None:
     """The runner on the fake kinds and the fake clock (wall: time.time too, so every
     launch's `t` is the fake clock's)."""
     monkeypatch.setattr(runner, "REGISTRY", KINDS)
+    monkeypatch.setattr(runner, "RunCanary", FakeCanary)
+    FakeCanary.calls = []
     monkeypatch.setattr("bench.envs.REGISTRY", KINDS)
     monkeypatch.setattr(time, "monotonic", CLOCK)
     if wall:

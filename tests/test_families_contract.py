@@ -40,6 +40,7 @@ ROUNDS = {"rounds": 3, "max_rounds": 3, "warmup": 1, "emulated_warmup": 1}
 # Per strategy: the workloads a run of it names and its matrix settings.
 CASES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "probes": (("syscall", "cpu"), {}),
+    "bursts": (("ticks",), {}),
     "density": (("density",), {"quick": True, **QUICK, **ROUNDS, "emulated_rounds": 0}),
     "net": (("net",), {}),
     "user": ((), {"user_workloads": [REDIS]}),

@@ -12,11 +12,12 @@ free port, the wait for a server's address) and userrun.py (reading userrun's ou
 from __future__ import annotations
 
 from bench.catalog import Workload
-from bench.families import density, net, probes, user, userserver
+from bench.families import bursts, density, net, probes, user, userserver
 from bench.families.base import Family
 
 REGISTRY: dict[str, Family] = {
     "probes": probes.FAMILY,
+    "bursts": bursts.FAMILY,
     "density": density.FAMILY,
     "net": net.FAMILY,
     "user": user.FAMILY,

@@ -41,6 +41,9 @@ class Settings:
     # rootfs name -> (a prepared host environment on it, or None; why not): made once by
     # the runner, cleaned up with the run's environments (a user server's client host)
     client_host: Callable[[str], tuple[Environment | None, str]]
+    # a shared round calls it between cycles of its blocks with the round's number: the
+    # runner records the host canary there (the machine's speed through the run)
+    between_blocks: Callable[[int], None] = lambda rnd: None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class Family:
     name: ClassVar[str]  # its key in bench.families.REGISTRY (a workload's `strategy`)
     section: ClassVar[str]  # the report section that shows it
     holds: ClassVar[bool]  # measured on held instances, one cell a round
+    # a round spans the cells of one workload in every environment at once (a held set:
+    # round_all); the runner groups them, an emulated guest being a set of its own
+    shared: ClassVar[bool] = False
     # a workload whose one launch's disk footprint a run of this strategy records
     # (bench/footprint.py: the footprint study), None when it records none
     footprint_workload: ClassVar[str | None] = None
@@ -79,6 +85,14 @@ class Family:
 
     def round(self, s: Settings, job: Job) -> Round:
         raise NotImplementedError(f"{type(self).__name__} has no round()")
+
+    def round_all(
+        self, s: Settings, jobs: list[Job], *, rnd: int, held_set: str = ""
+    ) -> list[Round]:
+        """A shared strategy's round over several environments (one job each, one cell of
+        the same workload): one Round per job, in order. `held_set` names the set in
+        the records ("" the main one; a guest's label for a guest's own)."""
+        raise NotImplementedError(f"{type(self).__name__} has no round_all()")
 
     def estimate(
         self, w: Workload, env: Environment, quick: bool, warm: list[float]

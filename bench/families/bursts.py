@@ -1,0 +1,152 @@
+"""Bursts: steady-state figures (syscall, cpu) measured in interleaved bursts on held
+instances, so that each environment is compared with the host milliseconds apart, not a
+minute apart (issue 22).
+
+A round is one held set: every environment of the set holds one fresh instance of the
+workload's probe in serve mode (its kind's control channel: Instance.ask). After one
+untimed burst of each op in each instance (an op is set up and calibrated at its first
+burst), the round runs its blocks (catalog `bursts` table, BurstPlan.schedule): a block
+is one burst of one op in every environment, in a fresh random order per block, so the
+bursts of a block are at most a few tens of ms apart and share the machine's speed phase.
+Every instance is stopped at the end of the round (relaunched in the next: per-launch
+effects such as placement or a sandbox's state enter the interval honestly). Each burst
+is one record carrying its block and its held set; analysis pairs an environment's
+bursts with the baseline's of the same block (stats.burst_ratio_test: the round is the
+cluster).
+
+Between cycles of blocks (once every op had a block) the runner's `between_blocks`
+records the host canary (bench/canary.py, the run's noise diagnosis).
+
+An environment whose kind has no control channel is measured as before: the probe
+launched and run to completion with the workload's ordinary arguments (Launched), in the
+same round; its figures then pair with the baseline's by round only.
+
+An emulated guest is a held set of its own, with a partner instance of the baseline:
+its bursts never wait for the others' rounds and the others' never for its boot. The
+partner's bursts are recorded under the baseline's label with the guest's set: they
+pair with the guest's and are no figure of the baseline's own.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from bench.envs.base import ChannelError, Instance, Launch, StartError
+from bench.families.base import Family, Job, Launched, Round, Settings
+from bench.interrupt import check
+from bench.probeio import parse_lines
+
+
+class Bursts(Family):
+    name = "bursts"
+    section = "probes"
+    holds = True  # held instances; never part of a guest's one-boot round
+    shared = True  # a round spans every environment of its held set: round_all()
+
+    def round(self, s: Settings, job: Job) -> Round:
+        return self.round_all(s, [job], rnd=0)[0]
+
+    def warm_up(self, s: Settings, job: Job) -> Round:
+        return self.round(s, job)
+
+    def round_all(
+        self, s: Settings, jobs: list[Job], *, rnd: int, held_set: str = ""
+    ) -> list[Round]:
+        """One held set: one Round per job (each job one cell of the same workload, in
+        its own environment), its launch carrying the bursts as records."""
+        w = jobs[0].workloads[0]
+        plan = w.bursts
+        assert plan is not None and all(j.workloads == [w] for j in jobs)
+        emulated = any(j.env.emulated for j in jobs)  # a guest's set: the guest's sizes
+        inv = w.served(quick=s.quick, emulated=emulated)
+        args = " ".join(inv.args)
+        out: list[Round | None] = [None] * len(jobs)
+        held: dict[int, Instance] = {}
+        rng = random.Random(f"{s.run_id}:{rnd}:{held_set}:{w.name}")
+        try:
+            for i, job in enumerate(jobs):
+                if not job.env.channel:  # measured as a launch, in this same round
+                    out[i] = Launched().round(s, job)
+                    continue
+                try:
+                    held[i] = job.env.start(inv, s.timeout)
+                except StartError as e:
+                    out[i] = Round([Launch(status="failed", reason=str(e))], [args])
+            sets = _Bursts(held, s.timeout, held_set)
+            for i, instance in list(held.items()):
+                if not instance.wait_ready():
+                    sets.drop(i, "no `ready`")
+            for op in plan.ops:  # untimed: sets each op up and calibrates it
+                for i in list(sets.live):
+                    sets.burst(i, op, plan.burst_ms(op, _quota(jobs[i])), block=None)
+            cycle = len(plan.ops)
+            for block, op in enumerate(plan.schedule(s.quick), 1):
+                check()
+                order = sorted(sets.live)
+                rng.shuffle(order)
+                for i in order:
+                    sets.burst(i, op, plan.burst_ms(op, _quota(jobs[i])), block=block)
+                if block % cycle == 0:
+                    s.between_blocks(rnd)
+        finally:
+            launches = {i: instance.stop() for i, instance in held.items()}
+        for i, launch in launches.items():
+            sets.conclude(i, launch)
+            out[i] = Round([launch], [args])
+        return [r for r in out if r is not None]
+
+
+def _quota(job: Job) -> bool:
+    """The environment runs under a CPU quota (its kind's `cpus` option is set)."""
+    return bool(job.env.opts.get("cpus"))
+
+
+class _Bursts:
+    """The bursts of one held set as they come: each instance's records, the ops it
+    could not measure, and why an instance dropped out."""
+
+    def __init__(self, held: dict[int, Instance], timeout: float, held_set: str):
+        self.held = held
+        self.live = set(held)
+        self.timeout = timeout
+        self.held_set = held_set
+        self.records: dict[int, list[dict[str, Any]]] = {i: [] for i in held}
+        self.errors: dict[int, dict[str, str]] = {i: {} for i in held}
+        self.dropped: dict[int, str] = {}
+        self.t0 = time.monotonic_ns()
+
+    def drop(self, i: int, why: str) -> None:
+        self.live.discard(i)
+        self.dropped.setdefault(i, why)
+
+    def burst(self, i: int, op: str, ms: int, block: int | None) -> None:
+        if i not in self.live:
+            return
+        t = time.monotonic_ns()
+        try:
+            line = self.held[i].ask(f"{op} ms={ms}", self.timeout)
+        except ChannelError as e:
+            self.drop(i, f"control channel: {e}")
+            return
+        parsed = parse_lines([line])
+        if parsed.errors:
+            self.errors[i].setdefault(op, parsed.errors[0])
+        elif not parsed.records:
+            self.drop(i, f"control channel: the probe answered {line[:120]!r}")
+        elif block is not None:
+            rec = {**parsed.records[0], "block": block, "set": self.held_set, "ms": ms}
+            rec["at_ms"] = round((t - self.t0) / 1e6, 3)  # when it began, in its held set
+            self.records[i].append(rec)
+
+    def conclude(self, i: int, launch: Launch) -> None:
+        """The stopped instance's launch gets its bursts; a dropped one fails with why."""
+        launch.records = self.records[i]
+        launch.probe_errors = [*launch.probe_errors, *self.errors[i].values()]
+        why = self.dropped.get(i)
+        if why and launch.status == "ok":
+            launch.status, launch.reason = "failed", why
+
+
+FAMILY = Bursts()
