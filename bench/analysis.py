@@ -48,8 +48,9 @@ def counted(df):
 
 
 def partner(df):
-    """Which samples are a baseline's partner bursts in a guest's own held set
-    (bench/families/bursts.py): they pair with the guest's, and are no figure of the
+    """Which samples are a baseline's partners: its bursts in a guest's own held set
+    (bench/families/bursts.py) and its launches paired with another environment's start
+    (runner._paired_starts). They pair with that environment's, and are no figure of the
     baseline's own."""
     if "set" not in df.columns:
         return np.zeros(len(df), dtype=bool)
@@ -64,8 +65,9 @@ def measured(df, scope: str = MAIN, timed: Collection[str] | None = None):
     ok = counted(df)
     if scope == MAIN:
         timed = phase_workloads() if timed is None else timed
-        keep = (ok["source"].isin(["probe", "burst"]) & ~partner(ok)) | (
-            (ok["source"] == "phase") & ok["workload"].isin(list(timed))
+        keep = ~partner(ok) & (
+            ok["source"].isin(["probe", "burst"])
+            | ((ok["source"] == "phase") & ok["workload"].isin(list(timed)))
         )
     else:
         keep = ok["source"].isin(["cgroup", "host"])
@@ -133,6 +135,8 @@ def test_name(t: stats.RatioTest) -> str:
     if not t.method:
         return ""
     trimmed = " trimmed" if math.floor(stats.TRIM * t.n) else ""
+    if isinstance(t, stats.BurstTest) and t.n_blocks == t.n:  # one pair a round
+        return f"paired{trimmed} t, each launch with a baseline launch next to it, n={t.n}"
     if isinstance(t, stats.BurstTest):
         return f"paired{trimmed} t over rounds of blocks, n={t.n} ({t.n_blocks} blocks)"
     return f"{t.method}{trimmed} t, n={t.n}"
@@ -143,10 +147,12 @@ BlockValues = dict[int, dict[int, float]]  # round -> block -> the burst's figur
 
 def burst_blocks(data) -> dict[tuple, BlockValues]:
     """Burst samples per (env, workload, op, metric, held set): round -> block -> value
-    (the partner bursts of a guest's set included, under the baseline's label)."""
+    (the partner bursts of a guest's set included, under the baseline's label); also the
+    phases of a launch paired with a baseline launch next to it (runner._paired_starts:
+    block 1 of the environment's set)."""
     if "block" not in data.columns:
         return {}
-    b = data[(data["source"] == "burst") & data["block"].notna()]
+    b = data[data["source"].isin(["burst", "phase"]) & data["block"].notna()]
     out: dict[tuple, BlockValues] = defaultdict(lambda: defaultdict(dict))
     cols = zip(
         *(b[c] for c in KEY), b["set"].fillna(""), b["round"], b["block"], b["value"], strict=True

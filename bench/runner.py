@@ -464,6 +464,8 @@ class Runner:
             check()
             t0 = time.monotonic()
             new = self._launch_shared(group, rnd) if shared else self._launch(group, rnd)
+            if not shared and rnd >= 1:
+                new += self._paired_starts(group, new, rnd)
             share = (time.monotonic() - t0) / len(group)
             for c in group:
                 self.sched.timed(rnd, c, share)
@@ -530,6 +532,36 @@ class Runner:
             launch = family.read(self.settings, result.launches[0], base_fields, described)
             records = launch_records(launch, cell, base_fields)
             out.extend(r for r in records if not partner or r["source"] == "burst")
+        return out
+
+    def _paired_starts(
+        self, group: list[Cell], new: list[dict[str, Any]], rnd: int
+    ) -> list[dict[str, Any]]:
+        """Startup stays per launch, and each environment's launch of a workload whose
+        phases are its figures is paired with a launch of the baseline right after it:
+        both launches' phase records carry the environment's set (its label) and block
+        1, so analysis pairs them within the round (the partner is no figure of the
+        baseline's own, and only its phases are recorded). Returns the partner's records."""
+        base = self.active.get(self.m.baseline)
+        if base is None or not base.ok or base.env is None:
+            return []
+        out = []
+        for cell in group:
+            w = self.workloads[cell.workload]
+            if cell.env.label == self.m.baseline or not w.phase_figures:
+                continue
+            mine = [r for r in new if r["cell"] == cell.key and r["source"] == "phase"]
+            if not mine:  # the launch failed: nothing to pair
+                continue
+            for r in mine:
+                r.update(set=cell.env.label, block=1)
+            family = self._family(cell.workload)
+            result = family.round(self.settings, Job(base.spec, base.env, [w]))
+            fields = self._base(cell, rnd, base.spec)
+            launch = family.read(self.settings, result.launches[0], fields, {})
+            for r in launch_records(launch, cell, fields):
+                if r["source"] == "phase":
+                    out.append({**r, "set": cell.env.label, "block": 1})
         return out
 
     def _launch(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:

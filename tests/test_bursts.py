@@ -11,7 +11,7 @@ from collections import defaultdict
 import pandas as pd
 import pytest
 
-from bench import analysis, store
+from bench import analysis, catalog, store
 from bench.catalog import BurstPlan, parse_bursts
 from tests.fakes import FakeCanary, FakeEnv, catalog_for_tests, make_run, patch_fakes
 
@@ -133,3 +133,23 @@ def test_emulated_guests_run_on_their_own_budget_share(run):
     rounds = lambda env: {x["round"] for x in records if x["env"] == env}  # noqa: E731
     assert rounds("vm") == {1, 2}
     assert rounds("a") == {1, 2, 3, 4, 5, 6}
+
+
+def test_each_start_is_paired_with_a_baseline_launch_next_to_it(tmp_path, monkeypatch):
+    patch_fakes(monkeypatch)
+    boot = catalog.Workload("boot", "startup", "startup", "", (), (), None, phase_figures=True)
+    go = make_run(tmp_path, {**catalog_for_tests(), "boot": boot})
+    manifest, records, r = go(["fake:label=a", "fake:label=b"], ("boot",), **ROUNDS)
+    phases = [x for x in records if x["source"] == "phase" and x["round"] >= 1]
+    partners = [x for x in phases if x["env"] == "a" and x.get("set") == "b"]
+    assert {x["round"] for x in partners} == {1, 2, 3, 4}
+    assert all(x["cell"] == "b|boot" and x["block"] == 1 for x in partners)
+    assert all(x.get("set") == "b" for x in phases if x["env"] == "b")
+    assert not [
+        x for x in records if x["env"] == "a" and x.get("set") == "b" and x["source"] != "phase"
+    ], "a partner launch records only its phases"
+    rows = analysis.summarize_run(store.load_samples(r.run_dir), manifest, n_boot=50)
+    b = next(x for x in rows if x["env"] == "b" and x["metric"] == "ready_ms")
+    a = next(x for x in rows if x["env"] == "a" and x["metric"] == "ready_ms")
+    assert b["test"] == "paired t, each launch with a baseline launch next to it, n=4"
+    assert a["n"] == 4, "the partners are no figure of the baseline's own"
