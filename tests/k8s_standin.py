@@ -5,28 +5,41 @@ on PyPI), so the kind is tested against this instead of a real cluster.
 It is a small HTTP server on 127.0.0.1 (plain HTTP, a bearer token) with a kubeconfig
 pointing at it, implementing only the calls the kind makes: version; namespaces
 (get, list, create with dryRun, delete); runtimeclasses and nodes (get, list); pods
-(create, get, list across namespaces or in one, watch, delete with a grace period) and
-a pod's log (with follow and timestamps).
+(create, get, list across namespaces or in one, watch, delete with a grace period), a
+pod's log (with follow and timestamps) and a pod's attach (a WebSocket,
+`v4.channel.k8s.io` or `channel.k8s.io`: stdin channel 0, stdout 1).
 
-It RUNS NOTHING. A pod is moved through Pending → scheduled → Running → Succeeded
-with sub-second delays (`Delays`), and its log gets `ready` and then the probe's
-"output", which is a fixed line per probe (`OUTPUTS`; by default an error line
-saying that nothing ran): it is not a measurement and must never be presented as
-one. A `hold` pod stays running until it is deleted (the "SIGTERM" ends it with 0);
-a probe the stand-in does not know fails to start as a missing binary does (exit
-128, StartError). Timestamps in its objects have one second resolution, as the real
-API's do; the monotonic time of each transition is kept in `transitions` so tests
-can check what a client saw against it.
+It RUNS NOTHING, with one exception: a pod whose probe is in serve mode (`--serve`,
+`stdin: true`). Its control channel is only worth testing with a probe that answers, so
+the pretend kubelet RUNS THAT PROBE LOCALLY, on this host, as a plain child process (the
+bundle's binary from isobench's cache, found by the pod's `isobench.bundle` annotation;
+no container, no image, no isolation): its stdout becomes the pod's log and the attach
+streams' stdout, the attach's stdin goes to its stdin, a delete SIGTERMs it. Its answers
+are still no measurement of any pod. Any other pod is moved through Pending → scheduled
+→ Running → Succeeded with sub-second delays (`Delays`), and its log gets `ready` and
+then the probe's "output", which is a fixed line per probe (`OUTPUTS`; by default an
+error line saying that nothing ran): it is not a measurement and must never be presented
+as one. A `hold` pod stays running until it is deleted (the "SIGTERM" ends it with 0); a
+probe the stand-in does not know fails to start as a missing binary does (exit 128,
+StartError). Timestamps in its objects have one second resolution, as the real API's do;
+the monotonic time of each transition is kept in `transitions` so tests can check what a
+client saw against it.
 
 Use: `with StandIn() as api: ... api.kubeconfig ...` (the server thread and the
 temporary kubeconfig are gone when the block ends, also on Ctrl-C)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
+import hashlib
 import json
 import shutil
+import signal
 import socket
+import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -45,6 +58,9 @@ VERSION = {
 }
 TOKEN = "isobench-standin-token"
 PROBES = ("hold", "startup", "syscall")  # what the stand-in pretends to run
+SERVE = "--serve"  # a probe in serve mode: run for real, locally (see the docstring)
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_PROTOCOLS = ("v4.channel.k8s.io", "channel.k8s.io")
 
 
 def nothing_ran(probe: str, op: str) -> str:
@@ -113,8 +129,10 @@ class StandIn:
         pull_fails=(),
         outputs: dict[str, list[str]] | None = None,
         delays: Delays | None = None,
+        probe_dir: Path | None = None,
     ):
         self.delays = delays or Delays()
+        self.probe_dir = probe_dir  # where serving probes are run from (default: the bundle's)
         self.forbidden = set(forbidden_namespaces)
         self.cluster_list = cluster_list
         self.pull_fails = set(pull_fails)
@@ -125,6 +143,8 @@ class StandIn:
         self.pods: dict[tuple[str, str], dict] = {}
         self.logs: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (stamp, line)
         self.signals: dict[tuple[str, str], threading.Event] = {}  # "SIGTERM" per pod
+        self.children: dict[tuple[str, str], subprocess.Popen] = {}  # serving probes run here
+        self.stdout: dict[tuple[str, str], list[str]] = {}  # a serving probe's stdout lines
         self.transitions: dict[str, dict[str, int]] = {}  # pod name -> phase -> mono ns
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query) of each
         self.namespaces = {n: self._namespace(n) for n in ("default", "kube-system")}
@@ -185,6 +205,13 @@ class StandIn:
             signals = list(self.signals.values())
         for term in signals:  # every pretend kubelet thread returns
             term.set()
+        with self.lock:
+            children = list(self.children.values())
+        for child in children:  # and every serving probe it ran is gone
+            with contextlib.suppress(OSError):
+                child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -296,6 +323,8 @@ class StandIn:
             return self._finish_delete(key)
         argv = container.get("command") or []
         probe = argv[0].rsplit("/", 1)[-1] if argv else ""
+        if SERVE in argv and probe in PROBES:
+            return self._serve_pod(key, container, argv)
         if probe not in PROBES:
             msg = (
                 f'failed to create containerd task: exec: "{argv[0] if argv else ""}": '
@@ -335,6 +364,100 @@ class StandIn:
         term.wait()
         return self._finish_delete(key)
 
+    def _probe_binary(self, key, probe: str) -> Path:
+        if self.probe_dir is not None:
+            return self.probe_dir / probe
+        from bench.resources import cache_dir
+
+        with self.lock:
+            annotations = self.pods[key]["metadata"].get("annotations") or {}
+        return cache_dir() / "bundles" / annotations.get("isobench.bundle", "-") / "bin" / probe
+
+    def _serve_pod(self, key, container: dict, argv: list[str]) -> None:
+        """A serving probe, RUN LOCALLY as a child (see the module's docstring): its
+        stdout lines are the log (and the attach streams'), a delete SIGTERMs it, its
+        exit is the container's."""
+        name = key[1]
+        term = self.signals[key]
+        binary = self._probe_binary(key, argv[0].rsplit("/", 1)[-1])
+        try:
+            child = subprocess.Popen(
+                [str(binary), *argv[1:]],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as e:
+            self._terminate(key, 128, "StartError", f"{binary}: {e} (isobench stand-in)", "Failed")
+            term.wait()
+            return self._finish_delete(key)
+        with self.lock:
+            self.children[key] = child
+            self.stdout[key] = []
+
+        def running(pod):
+            pod["status"]["phase"] = "Running"
+            pod["status"]["containerStatuses"] = [
+                self._cs(container, {"running": {"startedAt": _stamp()}})
+            ]
+            self._mark(name, "started")
+
+        with self.lock:
+            pod = self.pods.get(key)
+            if pod is not None:
+                running(pod)
+                self._bump("MODIFIED", pod)
+
+        def pump(stream, is_stdout: bool) -> None:
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip("\n")
+                if is_stdout and line == "ready":
+                    self._mark(name, "ready")
+                self._log(key, line, stdout=is_stdout)
+
+        readers = [
+            threading.Thread(target=pump, args=(child.stdout, True), daemon=True),
+            threading.Thread(target=pump, args=(child.stderr, False), daemon=True),
+        ]
+        for r in readers:
+            r.start()
+        while child.poll() is None and not self.stopping.is_set():
+            if term.wait(0.02):  # deleted: the kubelet's SIGTERM
+                with contextlib.suppress(OSError):
+                    child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(self.delays.term + 5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                break
+        if self.stopping.is_set():
+            return
+        child.wait()
+        for r in readers:
+            r.join(5)
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        with self.lock:
+            self.children.pop(key, None)
+        code = child.returncode if child.returncode >= 0 else 128 - child.returncode
+        reason = "Completed" if code == 0 else "Error"
+        self._terminate(key, code, reason, None, phase="Succeeded" if code == 0 else "Failed")
+        return self._finish_delete(key)
+
+    def write_stdin(self, key, data: bytes) -> bool:
+        """The attach's stdin into a serving probe; False when it has none (or ended)."""
+        with self.lock:
+            child = self.children.get(key)
+        if child is None or child.stdin is None:
+            return False
+        try:
+            child.stdin.write(data)
+            child.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
     def _cs(self, container: dict, state: dict) -> dict:
         return {
             "name": container["name"],
@@ -344,9 +467,11 @@ class StandIn:
             "restartCount": 0,
         }
 
-    def _log(self, key, line: str) -> None:
+    def _log(self, key, line: str, stdout: bool = True) -> None:
         with self.lock:
             self.logs.setdefault(key, []).append((_stamp(precise=True), line))
+            if stdout and key in self.stdout:
+                self.stdout[key].append(line)
             self.lock.notify_all()
 
     def _terminate(self, key, code: int, reason: str, message: str | None, phase: str) -> None:
@@ -483,6 +608,38 @@ class StandIn:
         return 200, out
 
 
+# ---------------------------------------------------------------- WebSocket frames (attach)
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A server's frame: final, unmasked."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 2**16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+def _ws_read(rfile) -> tuple[int, bytes] | None:
+    """A client's frame (masked): (opcode, payload); None at the end of the stream."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    opcode, n = head[0] & 0x0F, head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", rfile.read(8))[0]
+    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = rfile.read(n)
+    if len(data) < n:
+        return None
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
 class _Handler(BaseHTTPRequestHandler):
     api: StandIn
     protocol_version = "HTTP/1.1"
@@ -599,6 +756,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._pods(ns, q)
         if rest[4:] == ["log"]:
             return self._log(ns, name, q)
+        if rest[4:] == ["attach"]:
+            return self._attach(ns, name, q)
         if method == "DELETE":
             grace = q.get("gracePeriodSeconds")
             return self._json(*api.delete_pod(ns, name, None if grace is None else int(grace)))
@@ -730,3 +889,86 @@ class _Handler(BaseHTTPRequestHandler):
             with api.lock:
                 if len(api.logs.get(key, [])) == sent:
                     api.lock.wait(0.2)
+
+    def _attach(self, ns: str, name: str, q: dict) -> None:
+        """pods/attach: the WebSocket handshake (the protocol offered first that is known),
+        then the pod's stdout lines from now on as channel-1 messages and channel-0 messages
+        into the serving probe's stdin, until the container ends or the client closes."""
+        api = self.api
+        key = (ns, name)
+        with api.lock:
+            pod = api.pods.get(key)
+            serving = key in api.stdout
+        if pod is None:
+            return self._json(404, _status(404, "NotFound", f'pods "{name}" not found'))
+        container = (pod["spec"].get("containers") or [{}])[0]
+        if not container.get("stdin") or not serving:
+            return self._json(
+                400,
+                _status(
+                    400, "BadRequest", f'container "probe" in pod "{name}" has no stdin to attach'
+                ),
+            )
+        offered = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "").split(",")]
+        protocol = next((p for p in offered if p in WS_PROTOCOLS), None)
+        if self.headers.get("Upgrade", "").lower() != "websocket" or protocol is None:
+            return self._json(
+                400, _status(400, "BadRequest", "attach needs a WebSocket with channel.k8s.io")
+            )
+        accept = base64.b64encode(
+            hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest()
+        ).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        closed = threading.Event()
+        send = threading.Lock()
+
+        def write(frame: bytes) -> None:
+            with send:
+                self.wfile.write(frame)
+                self.wfile.flush()
+
+        def from_client() -> None:
+            try:
+                while (frame := _ws_read(self.rfile)) is not None:
+                    opcode, data = frame
+                    if opcode == 0x8:  # close
+                        break
+                    if opcode == 0x9:  # ping
+                        write(_ws_frame(0xA, data))
+                    elif opcode in (0x1, 0x2) and data[:1] == b"\0":
+                        api.write_stdin(key, data[1:])
+            except (OSError, ValueError, struct.error):
+                pass
+            closed.set()
+            with api.lock:
+                api.lock.notify_all()
+
+        threading.Thread(target=from_client, daemon=True).start()
+        with api.lock:
+            sent = len(api.stdout.get(key, []))
+        try:
+            while not closed.is_set():
+                with api.lock:
+                    lines = list(api.stdout.get(key, []))[sent:]
+                    ended = key not in api.children or api.stopping.is_set()
+                    if not lines and not ended:
+                        api.lock.wait(0.2)
+                        continue
+                for line in lines:
+                    write(_ws_frame(0x2, b"\1" + line.encode() + b"\n"))
+                sent += len(lines)
+                if ended:
+                    break
+            if not closed.is_set():
+                with contextlib.suppress(OSError):
+                    write(_ws_frame(0x2, b"\3" + json.dumps({"status": "Success"}).encode()))
+                    write(_ws_frame(0x8, struct.pack("!H", 1000)))
+        except OSError:
+            pass

@@ -4,8 +4,10 @@ config, the pod network's subnet) on recorded text."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ import pytest
 from bench.clean import find_all, live_runs, still_in_use
 from bench.envs import cri_daemon as dmn
 from bench.envs import cri_images as ci
-from bench.envs.base import HOLD, Context, Invocation, OptionError
+from bench.envs.base import HOLD, ChannelError, Context, Invocation, OptionError, served
 from bench.envs.cri import CriEnv
 from bench.envs.cri_client import (
     Client,
@@ -26,6 +28,7 @@ from bench.envs.cri_client import (
     parse_cri_log,
     parse_timestamp,
 )
+from bench.envs.wschannel import websocket_url, without
 from bench.metrics.cgroup import Layout
 
 SYSCALL = Invocation("syscall", "syscall", ("--op", "null", "--min-ms", "20", "--reps", "2"))
@@ -52,6 +55,14 @@ def test_cri_log_lines_join_partials_and_keep_their_stamps():
     assert lines[1][0] == parse_timestamp("2025-01-02T02:04:05.3Z")
     with pytest.raises(ValueError):
         parse_timestamp("yesterday")
+
+
+def test_answers_taken_over_the_channel_are_left_out_of_the_log_lines():
+    log = ['{"burst":1}', '{"burst":2}', '{"op":"x"}', '{"burst":1}']
+    assert without(log, ['{"burst":1}', '{"burst":2}']) == ['{"op":"x"}', '{"burst":1}']
+    assert without(log, ["not there"]) == log
+    assert websocket_url("http://127.0.0.1:4/attach/t") == "ws://127.0.0.1:4/attach/t"
+    assert websocket_url("https://h/a") == "wss://h/a"
 
 
 def test_daemon_config_keeps_everything_in_its_own_directories(tmp_path):
@@ -212,6 +223,36 @@ def test_pod_network_and_limits_while_held(cri_env):
     assert launch.phases["stop"] <= launch.phases["exit"]
     assert dmn.cni_interfaces(network) == {}
     assert not any(p.exists() for p in paths.values())
+
+
+@pytest.mark.requires("cri")
+def test_a_served_probe_answers_over_the_attach_stream(cri_env):
+    """Serve mode through CRI Attach (a WebSocket to the streaming server): answers in
+    order; the answers, also in the CRI log, are no records; a probe that quits ends the
+    channel (ChannelError); a pod that does not serve has no channel."""
+    env = cri_env({})
+    instance = env.start(served("syscall", "syscall"), 60)
+    assert instance.wait_ready()
+    first = json.loads(instance.ask("null iters=100", 30))
+    assert first["op"] == "null" and first["burst"] == 1 and first["iterations"] == 100
+    times = []
+    for _ in range(20):
+        t0 = time.monotonic_ns()
+        json.loads(instance.ask("null ms=5", 30))
+        times.append((time.monotonic_ns() - t0) / 1e6)
+    print(f"cri: ask('null ms=5') overhead {statistics.median(times) - 5:.2f} ms")
+    with pytest.raises(ChannelError):
+        instance.ask("quit", 10)  # no answer: the probe exits 0
+    launch = instance.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
+    assert launch.records == [] and launch.stray_lines == []
+    held = env.start(HOLD, 60)
+    assert held.wait_ready()
+    with pytest.raises(ChannelError, match="not serving"):
+        held.ask("null iters=1", 5)
+    assert held.stop().status == "ok"
+    env.cleanup()
+    assert _ours(env.ctx.prefix) == []
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ containers stopped through the API, a cleanup that keeps to its own environment)
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from bench.envs import containers as ct
 from bench.envs import roots
-from bench.envs.base import HOLD, Context, Invocation, OptionError
+from bench.envs.base import HOLD, ChannelError, Context, Invocation, OptionError, served
 from bench.envs.docker import DockerEnv
 from bench.envs.docker_daemon import runtime_problem
 from bench.envs.host import HostEnv
@@ -263,3 +264,53 @@ def test_cleanup_removes_only_its_own_environments_containers(make_env):
     assert _state(held_a.name) == "gone"
     assert _state(held_b.name) == "running"
     assert held_b.stop().exit_code == 0
+
+
+def round_trips_ms(instance, n: int = 20, ms: int = 5) -> float:
+    """The median wall time of `n` asks of `null ms=<ms>`, less the burst itself: what
+    one command costs over the channel (printed, for the burst design; not a figure)."""
+    times = []
+    for _ in range(n):
+        t0 = time.monotonic_ns()
+        json.loads(instance.ask(f"null ms={ms}", 30))
+        times.append((time.monotonic_ns() - t0) / 1e6)
+    return statistics.median(times) - ms
+
+
+@pytest.mark.requires("docker")
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"seccomp": "unconfined"},
+        pytest.param({"runtime": "runsc"}, marks=pytest.mark.requires("runsc")),
+    ],
+    ids=["runc", "seccomp-unconfined", "runsc"],
+)
+def test_a_served_probe_answers_over_the_attach_socket(make_env, config):
+    """Serve mode over the attach socket's stdin: answers in order, numbered; a probe
+    that quits ends the channel (ChannelError, one line); stop still leaves nothing."""
+    env = make_env(config)
+    instance = env.start(served("syscall", "syscall"), 60)
+    assert instance.wait_ready()
+    first = json.loads(instance.ask("null iters=100", 30))
+    assert first["op"] == "null" and first["burst"] == 1 and first["iterations"] == 100
+    print(f"docker {config}: ask('null ms=5') overhead {round_trips_ms(instance):.2f} ms")
+    with pytest.raises(ChannelError) as e:
+        instance.ask("quit", 10)  # no answer: the probe exits 0
+    assert "\n" not in str(e.value)
+    launch = instance.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
+    assert launch.records == []
+    with pytest.raises(ChannelError):
+        instance.ask("null iters=1", 5)
+
+
+@pytest.mark.requires("docker")
+def test_an_instance_not_serving_has_no_channel(make_env):
+    env = make_env({})
+    instance = env.start(HOLD, 30)
+    assert instance.wait_ready()
+    with pytest.raises(ChannelError, match="not serving"):
+        instance.ask("null iters=1", 5)
+    assert instance.stop().status == "ok"

@@ -1,8 +1,9 @@
 """`k8s`: pods through a Kubernetes API server, tested against isobench's STAND-IN of
 the API server (tests/k8s_standin.py): no real cluster can run where these tests run.
-The stand-in runs nothing; what is tested here is the kind's side: the manifests it
-sends, the calls it makes with their deadlines, what it reads from the watch and the
-log, availability, cleanup and leftovers."""
+The stand-in runs nothing (but a serving probe, locally, so its attach has something to
+answer); what is tested here is the kind's side: the manifests it sends, the calls it
+makes with their deadlines, what it reads from the watch, the log and the attach
+stream, availability, cleanup and leftovers."""
 
 from __future__ import annotations
 
@@ -15,11 +16,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.envs.base import HOLD, Context, Invocation, OptionError, StartError
+from bench.envs.base import (
+    HOLD,
+    ChannelError,
+    Context,
+    Invocation,
+    OptionError,
+    StartError,
+    served,
+)
 from bench.envs.k8s import K8sEnv, has_tag, image_for, push_commands
 from bench.envs.k8s_client import K8sError
 from bench.envs.k8s_cluster import cluster_facts
-from bench.envs.k8s_pod import LogFollower, PodState, pod_manifest
+from bench.envs.k8s_pod import LogFollower, PodState, pod_manifest, with_echoes
 from bench.interrupt import Interrupted
 from tests.k8s_standin import StandIn
 
@@ -309,6 +318,63 @@ def test_the_stand_in_reports_no_measurement_by_default(api, make_env):
     assert launch.probe_errors == ["syscall/null: the k8s stand-in ran nothing: no measurement"]
     startup = env.launch(STARTUP, timeout=20)
     assert startup.status == "ok" and startup.records == [] and "ready" in startup.phases
+
+
+def test_a_serving_pod_keeps_stdin_open_without_a_tty():
+    args = dict(namespace="n", labels={}, image="i:t", workdir="/work")
+    (c,) = pod_manifest("p", argv=["/probes/syscall", "--serve"], stdin=True, **args)["spec"][
+        "containers"
+    ]
+    assert c["stdin"] is True and c["stdinOnce"] is False and c["tty"] is False
+    (c,) = pod_manifest("p", argv=["/probes/hold"], **args)["spec"]["containers"]
+    assert "stdin" not in c and "tty" not in c
+
+
+def test_an_error_answer_brings_its_stderr_echo_along():
+    error = '{"probe":"syscall","op":"x","error":"unknown op","burst":2}'
+    assert with_echoes(['{"op":"null"}', error]) == [
+        '{"op":"null"}',
+        error,
+        "syscall: x: unknown op",
+    ]
+
+
+def test_a_served_probe_answers_over_the_attach_stream(api, env_factory, bundle):
+    """Serve mode through pods/attach as the official client opens it (the stand-in runs
+    the serving probe locally: its answers are real, the pod is not): answers in order,
+    the answers in the pod log are no records, a probe that quits ends the channel, a
+    pod that does not serve has none, and an attach the server refuses is one line."""
+    env = env_factory(K8sEnv, {"kubeconfig": str(api.kubeconfig), "image": IMAGE})
+    inst = env.start(served("syscall", "syscall"), timeout=30)
+    assert inst.wait_ready()
+    first = json.loads(inst.ask("null iters=100", 10))
+    assert first["op"] == "null" and first["burst"] == 1 and first["iterations"] == 100
+    second = json.loads(inst.ask("nope", 10))
+    assert second["op"] == "nope" and "error" in second and second["burst"] == 2
+    (attach,) = [q for m, p, q in api.requests if p.endswith(f"/pods/{inst.name}/attach")]
+    flags = {k: str(attach.get(k)).lower() for k in ("stdin", "stdout", "tty")}
+    assert flags == {"stdin": "true", "stdout": "true", "tty": "false"}  # the client says True
+    assert attach["container"] == "probe"
+    with pytest.raises(ChannelError):
+        inst.ask("quit", 10)  # no answer: the probe exits 0
+    launch = inst.stop()
+    assert launch.status == "ok" and launch.exit_code == 0, launch
+    assert launch.records == [] and launch.probe_errors == [] and launch.stray_lines == []
+    with pytest.raises(ChannelError, match="ended"):
+        inst.ask("null iters=1", 5)
+    held = env.start(HOLD, timeout=30)
+    assert held.wait_ready()
+    with pytest.raises(ChannelError, match="not serving"):
+        held.ask("null iters=1", 5)
+    with pytest.raises(ChannelError) as refused:
+        env._client.attach(held.name, "isobench", "probe", 5)
+    assert str(refused.value) == (
+        f"pod {held.name}: attach stream: ATTACH pod: 400 Bad Request: "
+        f'container "probe" in pod "{held.name}" has no stdin to attach'
+    )
+    assert held.stop().status == "ok"
+    env.cleanup()
+    assert _pods(api) == [] and api.children == {}
 
 
 def test_held_instance_is_stopped_by_a_graceful_delete(api, make_env):

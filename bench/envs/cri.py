@@ -217,6 +217,7 @@ class CriEnv(Environment):
         ),
         "rootfs": roots.ROOTFS_OPTION,
     }
+    channel = True  # serve mode: the CRI Attach stream (cri_pod.PodInstance.ask)
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)

@@ -1,5 +1,15 @@
 """One pod of the `cri` kind: how it is started (`_Pod`), watched and ended
-(`PodInstance`), and how whatever it made is removed also when its runtime hangs."""
+(`PodInstance`), and how whatever it made is removed also when its runtime hangs.
+
+A probe in serve mode gets its control channel through the CRI's own Attach, as
+`kubectl attach -i` reaches a container: the container is created with stdin open
+(stdin_once false, no tty); the first ask() calls Attach, which returns a URL of the
+runtime's streaming server, and opens it as a WebSocket (`channel.k8s.io`: stdin is
+channel 0, stdout 1; wschannel.py); commands go in, answers are read from the stream.
+Chosen over a FIFO pair mounted into the container because it is the CRI's interface,
+works for any runtime handler whose shim carries stdin (a host FIFO is not reachable
+through gVisor's gofer, nor into a VM-based runtime), and needs no option of the probe.
+The answers also reach the CRI log; they are left out of the launch's records."""
 
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import cri_daemon as dmn
 from bench.envs.base import (
+    ChannelError,
     Environment,
     Instance,
     Invocation,
@@ -25,6 +36,7 @@ from bench.envs.base import (
     read_probe_output,
 )
 from bench.envs.cri_client import CALL_S, Client, CriError, mono_offset, parse_cri_log, socket_path
+from bench.envs.wschannel import WsChannel, without
 from bench.metrics.cgroup import CFS_PERIOD_US, Cgroup, CgroupError, Layout
 from bench.probeio import is_ready
 
@@ -127,6 +139,8 @@ class _Pod:
                 working_dir=env.workdir,
                 log_path=LOG_NAME,
                 labels=self.labels,
+                stdin=self.inv.serves,  # the control channel (Attach); stays open across attaches
+                stdin_once=False,
                 linux=pb.LinuxContainerConfig(
                     resources=self.resources(),
                     security_context=pb.LinuxContainerSecurityContext(namespace_options=ns),
@@ -226,6 +240,8 @@ class PodInstance(Instance):
         self.notes: list[str] = []
         self.unresponsive = False  # a CRI call on this pod ran out of time
         self.path = ""  # the network path taken, once address() was asked
+        self.channel: WsChannel | None = None  # serve mode: the attach stream, once asked
+        self.answered: list[str] = []  # the answers taken: not records of the launch
         if not failed:
             self._watch()
 
@@ -313,6 +329,34 @@ class PodInstance(Instance):
         st = self._container_status(timeout)
         return st.state == self.cl.pb.ContainerState.CONTAINER_EXITED
 
+    # -- the control channel
+    def ask(self, command: str, timeout: float) -> str:
+        """Serve mode: `command` on the probe's stdin over the CRI attach stream (opened
+        at the first ask, within its timeout), its next stdout line back."""
+        if not self.pod.inv.serves:
+            raise ChannelError(f"{self.name}: started without a control channel (not serving)")
+        if self.launch is not None or self.failed:
+            raise ChannelError(f"{self.name}: the instance has ended")
+        if self.t_ready_seen is None:
+            raise ChannelError(f"{self.name}: asked before the probe said `ready`")
+        if self.channel is None:
+            self.channel = self._attach(timeout)
+        answer = self.channel.ask(command, timeout)
+        self.answered.append(answer)
+        return answer
+
+    def _attach(self, timeout: float) -> WsChannel:
+        deadline = time.monotonic() + timeout
+        pb = self.cl.pb
+        req = pb.AttachRequest(
+            container_id=self.pod.cid, stdin=True, tty=False, stdout=True, stderr=True
+        )
+        try:
+            url = self.cl.call("Attach", req, min(CALL_S, timeout)).url
+        except CriError as e:
+            raise ChannelError(f"{self.name}: {e}") from None
+        return WsChannel.connect(url, deadline - time.monotonic(), self.name)
+
     # -- the Instance hooks
     def _ready(self, timeout: float) -> bool:
         if self.failed:
@@ -384,6 +428,8 @@ class PodInstance(Instance):
             launch = self._collect(stopped=stopped, timed_out=timed_out)
         finally:
             with interrupt.shielded():
+                if self.channel is not None:
+                    self.channel.close()
                 if self.sampler is not None:
                     self.sampler.stop()
                 problems = pod.teardown(
@@ -446,7 +492,7 @@ class PodInstance(Instance):
                 launch.extra["exit_seen_ns"] = self.t_exit - pod.t_submit
         elif self.t_exit is not None:
             launch.phases["exit"] = self.t_exit - pod.t_submit
-        read_probe_output(launch, out_lines)
+        read_probe_output(launch, without(out_lines, self.answered))
         return conclude(
             launch,
             ready=t_ready is not None,

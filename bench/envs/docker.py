@@ -10,6 +10,8 @@ Phases (ns since submit): created (create returned), started (start returned), r
 instance was sent SIGTERM), exit (wait returned), cleaned (container, volume dir and
 per-launch cgroup removed).
 
+A probe in serve mode is driven over the attach socket's stdin (docker_instance.py).
+
 The daemon and its runtimes are docker_daemon.py's; one container is docker_instance.py's;
 this module is the environment and its disk footprint.
 """
@@ -65,6 +67,7 @@ class DockerEnv(Environment):
         "rootfs": roots.ROOTFS_OPTION,
         **ct.CONTAINER_OPTIONS,
     }
+    channel = True  # serve mode: the container's stdin over the attach socket
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
@@ -262,6 +265,7 @@ class DockerEnv(Environment):
                 host_config=self._host_config(name, volume, instance.network, port),
                 ports=[port] if port is not None else None,
                 workdir=self._workdir,
+                serve=inv.serves,
             )
         except BaseException:  # Ctrl-C mid-start: remove what was made, then re-raise
             instance.abort()

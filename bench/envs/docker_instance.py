@@ -1,6 +1,13 @@
 """One docker container as an Instance: create → attach → start through the API, `ready`
 on the attached stream, exit from `wait`, removal whatever happened (bench/envs/docker.py
-is the environment that starts them)."""
+is the environment that starts them).
+
+A probe in serve mode gets its control channel the way `docker run -i` does: the
+container is created with stdin open (no tty) and attached with stdin through the API's
+hijacked attach socket, whose stdout/stderr frames (8-byte headers) the same reader
+thread demultiplexes; ask() writes a command line to the socket and takes the next
+stdout line the reader saw. Any runtime works (runc, runsc: the daemon's shim carries
+stdin), so does any seccomp setting."""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import time
 from bench import interrupt
 from bench.envs import containers as ct
 from bench.envs import image as img
-from bench.envs.base import Instance, Launch, StartError
+from bench.envs.base import ChannelError, Instance, Launch, StartError
 from bench.envs.docker_daemon import CALL_TIMEOUT_S, explain, force_remove
 from bench.envs.process import Streamed, to_launch
 from bench.probeio import is_ready
@@ -41,6 +48,8 @@ class DockerInstance(Instance):
         self._stream_ended = threading.Event()
         self._stderr: list[bytes] = []
         self._stream = None
+        self._stdin = None  # serve mode: the attach socket (a socket.socket) commands go to
+        self._lines = threading.Condition()  # guards res.lines: the reader adds, ask() takes
         self._reader: threading.Thread | None = None
         self._sampler: ct.HostSideSampler | None = None
         self.network = "none"  # the container's network mode (its path from the host)
@@ -85,11 +94,14 @@ class DockerInstance(Instance):
         finally:
             self.api.timeout = CALL_TIMEOUT_S
 
-    def begin(self, *, image, argv, labels, host_config, ports=None, workdir=img.WORKDIR) -> None:
-        """create → attach → start; a failed step is recorded (self.failure), not raised."""
-        self._guarded(self._begin, image, argv, labels, host_config, ports, workdir)
+    def begin(
+        self, *, image, argv, labels, host_config, ports=None, workdir=img.WORKDIR, serve=False
+    ) -> None:
+        """create → attach → start; a failed step is recorded (self.failure), not raised.
+        `serve`: stdin open and attached (the control channel of a probe in serve mode)."""
+        self._guarded(self._begin, image, argv, labels, host_config, ports, workdir, serve)
 
-    def _begin(self, image, argv, labels, host_config, ports=None, workdir=img.WORKDIR) -> None:
+    def _begin(self, image, argv, labels, host_config, ports, workdir, serve) -> None:
         self.cid = self._call(
             self.api.create_container,
             image,
@@ -99,14 +111,18 @@ class DockerInstance(Instance):
             host_config=host_config,
             working_dir=workdir,
             ports=ports,
+            stdin_open=serve,  # StdinOnce too: the probe reads EOF when the attach ends
         )["Id"]
         self.phases["created"] = ct.ns_since(self.t_submit)
         self.step = "attach"
         self.api.timeout = self.timeout + CALL_TIMEOUT_S  # a stream, not a call
         try:
-            self._stream = self.api.attach(
-                self.cid, stdout=True, stderr=True, stream=True, demux=True
-            )
+            if serve:
+                self._stream = self._attach_stdin()
+            else:
+                self._stream = self.api.attach(
+                    self.cid, stdout=True, stderr=True, stream=True, demux=True
+                )
         finally:
             self.api.timeout = CALL_TIMEOUT_S
         self._reader = threading.Thread(target=self._read, daemon=True, name="isobench-attach")
@@ -117,6 +133,17 @@ class DockerInstance(Instance):
         self._sampler = ct.HostSideSampler(lambda: ct.find_carriers(self.cid), find_every=0.1)
         self._sampler.__enter__()
         self.step = "ready"
+
+    def _attach_stdin(self):
+        """The hijacked attach socket with stdin: (stdout, stderr) chunks from its frames,
+        as api.attach(demux=True) gives them; self._stdin is where commands go."""
+        from docker.utils.socket import demux_adaptor, frames_iter
+
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        sock = self.api.attach_socket(self.cid, params=params)
+        self._stdin = getattr(sock, "_sock", sock)  # SocketIO over the daemon's socket
+        self._stdin.settimeout(None)  # the reader blocks; ask() bounds its own wait
+        return _Frames(sock, (demux_adaptor(*f) for f in frames_iter(sock, tty=False)))
 
     def _guarded(self, fn, *args) -> bool:
         """Run an API step; True when it worked. A timeout, a daemon that went away or an
@@ -158,7 +185,9 @@ class DockerInstance(Instance):
             pass
         if buf:
             self._take(buf.decode(errors="replace"))
-        self._stream_ended.set()
+        with self._lines:
+            self._stream_ended.set()
+            self._lines.notify_all()
 
     def _take(self, line: str) -> None:
         res = self.res
@@ -169,7 +198,34 @@ class DockerInstance(Instance):
             else:
                 res.before_ready.append(line)
             return
-        res.lines.append(line)
+        with self._lines:
+            res.lines.append(line)
+            self._lines.notify_all()
+
+    def ask(self, command: str, timeout: float) -> str:
+        """Serve mode: `command` and a newline into the attach socket's stdin; the next
+        stdout line after `ready`, taken out of the launch's lines."""
+        if self._stdin is None:
+            raise ChannelError(f"{self.name}: started without a control channel (not serving)")
+        if self.launch is not None or self.failure is not None:
+            raise ChannelError(f"{self.name}: the instance has ended")
+        if self.res.t_ready is None:
+            raise ChannelError(f"{self.name}: asked before the probe said `ready`")
+        with self._lines:
+            n = len(self.res.lines)
+        try:
+            self._stdin.sendall(command.encode() + b"\n")
+        except OSError as e:
+            raise ChannelError(f"{self.name}: the attach socket is closed ({e})") from None
+        with self._lines:
+            self._lines.wait_for(
+                lambda: len(self.res.lines) > n or self._stream_ended.is_set(), timeout
+            )
+            if len(self.res.lines) > n:
+                return self.res.lines.pop(n)
+        if self._stream_ended.is_set():
+            raise ChannelError(f"{self.name}: the probe ended before answering {command!r}")
+        raise ChannelError(f"{self.name}: no answer to {command!r} within {timeout:g} s")
 
     # -- the Instance hooks
 
@@ -230,7 +286,8 @@ class DockerInstance(Instance):
             cgroup = self.cgroup.read() if exited else {}
             res.timed_out = timed_out
             res.stderr = b"".join(self._stderr).decode(errors="replace")
-            res.lines = list(res.lines)  # a snapshot: a hung stream's reader may still run
+            with self._lines:  # a snapshot: a hung stream's reader may still run
+                res.lines = list(res.lines)
             launch = to_launch(res, self.timeout, "instance", stopped=stopped)
             launch.phases.update(self.phases)
             launch.cgroup = cgroup
@@ -261,3 +318,26 @@ class DockerInstance(Instance):
         self.cgroup.remove()
         if self.volume is not None:
             shutil.rmtree(self.volume, ignore_errors=True)
+
+
+class _Frames:
+    """The demultiplexed frames of a hijacked attach socket, closable as api.attach's
+    stream is (the reader's iteration then ends)."""
+
+    def __init__(self, sock, frames):
+        self.sock = sock
+        self.frames = frames
+
+    def __iter__(self):
+        return iter(self.frames)
+
+    def close(self) -> None:
+        raw = getattr(self.sock, "_sock", None)
+        for obj in (raw, self.sock):
+            if obj is None:
+                continue
+            if obj is raw:
+                with contextlib.suppress(OSError):
+                    raw.shutdown(2)
+            with contextlib.suppress(OSError):
+                obj.close()

@@ -4,7 +4,9 @@ official `kubernetes` client (a kubeconfig and a context), RuntimeClasses by nam
 NOT RUN AGAINST A REAL CLUSTER: no kubelet or kube-apiserver can run where isobench is
 developed, so this kind has been tested only against a stand-in of the API server
 (tests/k8s_standin.py), which implements the calls made here and moves pods through
-their phases without running anything. Its timings and output are not measurements.
+their phases without running anything (a serving probe excepted: it runs that one on
+its own host, so pods/attach has something to answer). Its timings and output are not
+measurements.
 
 A launch is one bare pod (restartPolicy Never), not a Job: a Job puts the job
 controller between the submit and the pod (its own queue and latency, which are the
@@ -19,6 +21,7 @@ scheduled (the watch first showed a node), started (the container running), read
 probe's `ready` line arrived on the followed pod log), exit (the container terminated),
 cleaned (the watch saw the object deleted: the kubelet confirmed the pod's end).
 Stop = delete with a grace period: the kubelet sends SIGTERM, the hold probe exits 0.
+A probe in serve mode (stdin open) is driven over pods/attach (k8s_pod.PodInstance.ask).
 
 The pod: requests = limits (Guaranteed QoS with both cpus and memory), nothing
 privileged, no host namespace, no service-account token; the probes' image from a
@@ -142,6 +145,7 @@ class K8sEnv(Environment):
         "cpus": Option(None, "CPU limit in CPUs, requests = limits (e.g. 0.5)", type=float),
         "memory": Option(None, "memory limit, requests = limits (e.g. 512m)", type=MemorySize),
     }
+    channel = True  # serve mode: the API's pods/attach stream (k8s_pod.PodInstance.ask)
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
@@ -324,6 +328,7 @@ class K8sEnv(Environment):
             cpus=o["cpus"],
             memory_bytes=o["memory"].bytes() if o["memory"] else None,
             annotations={"isobench.workload": inv.workload, "isobench.bundle": self._bundle.hash},
+            stdin=inv.serves,
         )
         state = self._watcher.track(name)
         t_submit = time.monotonic_ns()
@@ -352,7 +357,9 @@ class K8sEnv(Environment):
             raise
         with state.cond:
             state.t["created"] = time.monotonic_ns()
-        return PodInstance(self._client, o["namespace"], self._watcher, state, timeout, t_submit)
+        return PodInstance(
+            self._client, o["namespace"], self._watcher, state, timeout, t_submit, inv.serves
+        )
 
     def _cleanup(self) -> None:
         client, self._client = self._client, None

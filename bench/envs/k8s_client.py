@@ -148,6 +148,44 @@ class Client:
     def version(self, timeout: float = CALL_S) -> dict[str, Any]:
         return self.call("GET /version", self.versions.get_code, timeout=timeout)
 
+    def attach(self, name: str, namespace: str, container: str, timeout: float):
+        """A WebSocket attach to `container`'s stdin and stdout (pods/attach), opened as
+        the official client opens it (kubernetes.stream, `v4.channel.k8s.io`), on an
+        ApiClient of its own: stream() swaps its ApiClient's request method while it
+        runs, which the watch and log threads on the shared one must never see. A
+        wschannel.WsChannel; ChannelError within `timeout` s."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        from bench.envs.wschannel import WsChannel, open_bounded
+
+        what = f"pod {name}"
+
+        def opener() -> WsChannel:
+            api = client.ApiClient(configuration=self.api.configuration)
+            try:
+                ws = stream(
+                    client.CoreV1Api(api).connect_get_namespaced_pod_attach,
+                    name,
+                    namespace,
+                    container=container,
+                    stdin=True,
+                    stdout=True,
+                    stderr=False,
+                    tty=False,
+                    _preload_content=False,
+                    binary=True,
+                )
+            except Exception as e:  # noqa: BLE001 - ApiException(status 0): the handshake's reason
+                reason = str(getattr(e, "reason", None) or e)
+                raise K8sError("ATTACH pod", handshake_reason(reason)) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    api.close()
+            return WsChannel(ws.sock, what)
+
+        return open_bounded(opener, timeout, what)
+
 
 class Stream:
     """The lines of a streamed answer, as they arrive; end() (from any thread) makes the
@@ -176,6 +214,18 @@ class Stream:
             self.resp.shutdown()
         with contextlib.suppress(Exception):
             self.resp.close()
+
+
+def handshake_reason(text: str) -> str:
+    """Pure: websocket-client's refused handshake ("Handshake status 400 Bad Request
+    -+-+- {headers} -+-+- {body}") -> the status and the API's Status message, one line."""
+    parts = text.split(" -+-+- ")
+    status = _first_line(parts[0])
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        body = json.loads(parts[-1]) if len(parts) > 2 else {}
+        if body.get("message"):
+            return _first_line(f"{status.removeprefix('Handshake status ')}: {body['message']}")
+    return status
 
 
 def _first_line(text: str) -> str:

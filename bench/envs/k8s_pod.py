@@ -2,6 +2,12 @@
 (PodState, PodWatcher: one watch per environment), its followed log, and the instance
 that starts, stops and removes it.
 
+A probe in serve mode is driven over the API's attach (the container made with
+`stdin: true`, no tty): the first ask() opens pods/attach as a WebSocket, as the
+official client's kubernetes.stream does, and commands go in on its stdin channel,
+answers come back on its stdout channel (wschannel.py). The answers also reach the
+pod's log, which the launch's records are read from: they are left out there.
+
 Timestamps are this host's CLOCK_MONOTONIC at the moment an event or a log line
 arrived: the API's own timestamps (creationTimestamp, startedAt, finishedAt) have one
 second resolution, useless for startup phases."""
@@ -14,8 +20,16 @@ import time
 from typing import Any
 
 from bench import interrupt
-from bench.envs.base import STDERR_KEEP, Instance, Launch, conclude, read_probe_output
+from bench.envs.base import (
+    STDERR_KEEP,
+    ChannelError,
+    Instance,
+    Launch,
+    conclude,
+    read_probe_output,
+)
 from bench.envs.k8s_client import CALL_S, Client, K8sError, Stream
+from bench.envs.wschannel import WsChannel, without
 from bench.metrics.cgroup import CgroupReader, Layout
 from bench.probeio import is_ready
 
@@ -47,10 +61,12 @@ def pod_manifest(
     memory_bytes: int | None = None,
     grace_s: int = 10,
     annotations: dict[str, str] | None = None,
+    stdin: bool = False,
 ) -> dict[str, Any]:
     """The pod of one launch: restartPolicy Never, requests = limits (Guaranteed QoS
     when both cpus and memory are given), nothing privileged, no host namespaces, no
-    service-account token, no service environment variables."""
+    service-account token, no service environment variables. `stdin`: the container's
+    stdin stays open for an attach (a probe in serve mode; no tty)."""
     resources: dict[str, dict[str, str]] = {}
     if cpus:
         resources.setdefault("limits", {})["cpu"] = cpu_quantity(cpus)
@@ -75,6 +91,8 @@ def pod_manifest(
             }
         ],
     }
+    if stdin:
+        spec["containers"][0].update(stdin=True, stdinOnce=False, tty=False)
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
     if node:
@@ -90,6 +108,21 @@ def pod_manifest(
         },
         "spec": spec,
     }
+
+
+def with_echoes(answers: list[str]) -> list[str]:
+    """Pure: the answers taken over the attach stream and, for each error answer, the
+    probe's stderr echo of it ("probe: op: error", probe_error()): a pod log mixes both
+    streams, and neither is a record or a stray line of the launch."""
+    out = list(answers)
+    for line in answers:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "error" in obj:
+            out.append(f"{obj.get('probe')}: {obj.get('op')}: {obj['error']}")
+    return out
 
 
 # ---------------------------------------------------------------- what the watch sees
@@ -354,8 +387,12 @@ class PodInstance(Instance):
         state: PodState,
         timeout: float,
         t_submit: int,
+        serves: bool = False,
     ):
         super().__init__(state.name, timeout, t_submit)
+        self.serves = serves
+        self.channel: WsChannel | None = None  # serve mode: the attach stream, once asked
+        self.answered: list[str] = []  # the answers taken: not records of the launch
         self.cl = client
         self.ns = namespace
         self.watcher = watcher
@@ -386,6 +423,24 @@ class PodInstance(Instance):
             else:
                 self.notes.append(str(e))
 
+    # -- the control channel
+    def ask(self, command: str, timeout: float) -> str:
+        """Serve mode: `command` on the probe's stdin over pods/attach (opened at the
+        first ask, within its timeout), its next stdout line back."""
+        if not self.serves:
+            raise ChannelError(f"{self.name}: started without a control channel (not serving)")
+        st = self.state
+        if self.launch is not None or "exit" in st.t or "deleted" in st.t:
+            raise ChannelError(f"{self.name}: the instance has ended")
+        if "ready" not in st.t:
+            raise ChannelError(f"{self.name}: asked before the probe said `ready`")
+        deadline = time.monotonic() + timeout
+        if self.channel is None:
+            self.channel = self.cl.attach(self.name, self.ns, CONTAINER, timeout)
+        answer = self.channel.ask(command, max(0.0, deadline - time.monotonic()))
+        self.answered.append(answer)
+        return answer
+
     # -- the Instance hooks
     def _ready(self, timeout: float) -> bool:
         st = self.state
@@ -411,6 +466,8 @@ class PodInstance(Instance):
             launch = self._collect(stopped=stopped, timed_out=timed_out)
         finally:
             with interrupt.shielded():
+                if self.channel is not None:
+                    self.channel.close()
                 self.log.end()
                 problems = self._remove()
                 self.watcher.forget(self.name)
@@ -479,7 +536,7 @@ class PodInstance(Instance):
             launch.extra["ready_node_stamp"] = st.ready_stamp
         if st.terminated.get("reason"):
             launch.extra["k8s_reason"] = st.terminated["reason"]
-        read_probe_output(launch, lines)
+        read_probe_output(launch, without(lines, with_echoes(self.answered)))
         # the pod log mixes stdout and stderr: what came before `ready`, or the
         # terminated state's message, is the nearest thing to a stderr tail
         stderr = "\n".join([*before, str(st.terminated.get("message") or "")]).strip()
