@@ -33,7 +33,8 @@ HELD = 4
 HELD_GUESTS = 2  # a software-emulated boot takes seconds of both CPUs: two show the same
 READY_S = 120  # a guest under TCG boots in ~10 s; four of them at once on 2 cores
 # No cluster can run here: k8s runs against the stand-in of the API server
-# (tests/k8s_standin.py), which runs nothing: this checks the kind's client side only.
+# (tests/k8s_standin.py), which runs no pod (only a serving probe, as a local child, to
+# answer attach): this checks the kind's client side only.
 CONFIG = {"k8s": {"image": "standin.invalid/isobench-probes"}}
 
 
