@@ -17,7 +17,7 @@ daemonise): the instance's host-side carrier (carriers()), in its own cgroup
 puts both and why). The container's init dies with the monitor (LXC gives it a
 parent-death signal); a kill also kills what is left in the payload cgroup.
 
-Each environment has a private lxcpath, <scratch>/lxc (`-P`), holding one directory
+Each environment has a private lxcpath, <scratch>/isobench-lxc (`-P`), holding one directory
 per instance with its config file (marker first: `# isobench lxc instance <name>`),
 removed with the instance. The rootfs is the bundle's probes unpacked once per
 environment in <scratch>/rootfs, shared read-mostly by its instances, or with

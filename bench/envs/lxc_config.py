@@ -29,7 +29,7 @@ COMMON_SECCOMP = Path("/usr/share/lxc/config/common.seccomp")
 LOCK_ROOT = Path("/run/lxc/lock")  # liblxc's locks of a privileged container's lxcpath
 MARKER = "# isobench lxc instance"
 NAME_PREFIX = "isobench-"
-LXCPATH = "lxc"  # the private lxcpath, in the environment's scratch directory
+LXCPATH = "isobench-lxc"  # the private lxcpath, in the scratch (a name liblxc never uses)
 CFS_PERIOD_US = 100_000
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+=,-]+$")  # what a config value may hold
 
