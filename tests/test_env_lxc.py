@@ -20,10 +20,15 @@ from bench.clean import find_all, live_runs, still_in_use
 from bench.envs import lxc_config as lc
 from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.lxc import LxcEnv, running
-from bench.families import density
+from bench.families import density, net
 from bench.metrics.cgroup import Layout, find_leftovers
 from bench.probeio import parse_lines
 from tests.conftest import MARKER_DIR, MARKER_ROOTFS, ROOT, missing
+from tests.test_density import PACE
+from tests.test_density import READY_S as DENSITY_READY_S
+from tests.test_density import _check_round as check_density_round
+from tests.test_net import QUICK as NET_QUICK
+from tests.test_net import _check_records as check_net_records
 
 ROOTFS = Path("/r")
 
@@ -332,3 +337,27 @@ def test_a_look_alike_is_not_ours(tmp_path, bundle):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     lc.remove_lock(lc.lock_of(lxcpath, name))
+
+
+# ---------------------------------------------------------------- the families on lxc
+
+
+def test_a_density_round_counts_the_monitor_outside_the_cgroup(make_env):
+    env = make_env()
+    launch = density.run_round(env, [1, 2], DENSITY_READY_S, 0.25, pace=PACE)
+    check_density_round(env, launch, [1, 2])
+    for r in launch.records:
+        assert r["metrics"]["mem_carriers_mib"] > 0, r
+        assert "carriers outside the cgroup, PSS per instance: monitor " in r["note"], r
+
+
+def test_a_net_round_goes_over_lxcs_veth(make_env, bundle):
+    """The net family with no network given: the server gets LXC's veth; the pair is
+    gone after the round."""
+    env = make_env()
+    launch = net.run_round(env, bundle, ["--op", "tcp_rr,tcp_stream_c2s", *NET_QUICK], 60)
+    check_net_records(launch)
+    assert launch.net_path.startswith("LXC veth ibv"), launch.net_path
+    assert launch.extra["target"].startswith("10.201.")
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert launch.net_path.split()[2] not in links

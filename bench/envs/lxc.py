@@ -168,10 +168,9 @@ class LxcEnv(Environment):
         version = ct.tool_version([path, "--version"])
         if not version:
             return Availability(False, f"{path} --version failed: reinstall lxc ({INSTALL})")
-        reason = ""
         if (opts or {}).get("apparmor") and (problem := apparmor_problem()):
             return Availability(False, f"apparmor={opts['apparmor']}: {problem}")
-        return Availability(True, reason, {"lxc": version, "cgroup": layout.name})
+        return Availability(True, "", {"lxc": version, "cgroup": layout.name})
 
     @classmethod
     def refusal(cls, opts: dict[str, Any]) -> str | None:
