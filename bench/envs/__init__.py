@@ -8,6 +8,7 @@ from bench.envs.docker import DockerEnv
 from bench.envs.host import HostEnv
 from bench.envs.k8s import K8sEnv
 from bench.envs.libvirt import LibvirtEnv
+from bench.envs.lxc import LxcEnv
 from bench.envs.namespaces import NamespacesEnv
 from bench.envs.oci import OciEnv
 from bench.envs.podman import PodmanEnv
@@ -23,4 +24,5 @@ REGISTRY: dict[str, type[Environment]] = {
     "qemu": QemuEnv,
     "cri": CriEnv,
     "k8s": K8sEnv,
+    "lxc": LxcEnv,
 }
