@@ -227,3 +227,10 @@ def test_the_canary_plot_renders_in_chromium(tmp_path):
     section = dom.split('id="canary"')[1].split("</section>")[0]
     assert "noisy" in section and "The host's speed moved between" in unescape(section)
     assert "Bursts were interleaved every 12 ms" in section
+
+
+def test_the_section_says_the_pairing_once(tmp_path):
+    c = blob(html.render_run(canary_run(tmp_path / "run"), n_boot=200))["canary"]
+    assert c["sentence"].endswith(canary.GENERAL_CLAIM)  # as the run recorded it
+    assert c["said"] == c["sentence"].removesuffix(canary.GENERAL_CLAIM)
+    assert c["pairing"].startswith("bursts were interleaved every 12 ms")

@@ -254,7 +254,9 @@
         if (c.ratio == null) return head + "<br>" + esc(c.note);
         return head + "<br>ratio ×" + esc(fmt(c.ratio)) + " [" + esc(fmt(c.lo)) + ", " + esc(fmt(c.hi)) + "]" +
           "<br>" + esc(c.better) + " is better; " + (c.significant ? esc(c.words) : "not significant") +
-          " (adjusted p = " + esc(c.p == null ? "–" : fmt(c.p)) + ")";
+          " (adjusted p = " + esc(c.p == null ? "–" : fmt(c.p)) + ")" +
+          (c.undetected ? "<br>no detectable difference: " + esc(c.undetected) +
+            " (this run could have detected a difference that large)" : "");
       } },
       xAxis: { type: "category", data: H.columns.map(function (c) { return c.label; }), position: "top",
         axisLabel: { rotate: 40, interval: 0, fontSize: 11 }, splitArea: { show: false } },
@@ -529,7 +531,7 @@
     var xs = [0, 1].map(function (i) {
       return { type: "value", gridIndex: i, min: 0, max: Math.ceil(tmax),
         name: i ? "s since measuring started" : "", nameLocation: "middle", nameGap: 26,
-        axisLabel: { show: i === 1, formatter: function (v) { return fmt(v); } } };
+        axisLabel: { show: i === 1, formatter: function (v) { return String(+v.toFixed(3)); } } };
     });
     var ys = [["ns per getppid", 0], ["compute ops/s", 1]].map(function (a) {
       return { type: "value", gridIndex: a[1], scale: true, name: a[0], nameGap: 8,

@@ -34,6 +34,7 @@ def section(v: RunView, records: list[dict[str, Any]] | None) -> dict[str, Any] 
     out: dict[str, Any] = {
         "verdict": diag["verdict"] if diag else None,
         "sentence": diag["sentence"] if diag else "",
+        "said": said(diag) if diag else "",
         "line": canary.line(diag) if diag else "",
         "pairing": canary.pairing(diag) if diag else "",
         "every_ms": diag.get("every_ms") if diag else None,
@@ -43,6 +44,14 @@ def section(v: RunView, records: list[dict[str, Any]] | None) -> dict[str, Any] 
         "plot": plot(records) if records else None,
     }
     return out
+
+
+def said(diag: dict[str, Any]) -> str:
+    """The sentence as the section shows it: without its general claim about pairing
+    where the pairing line under it says what this run's pairing was."""
+    if canary.pairing(diag):
+        return diag["sentence"].removesuffix(canary.GENERAL_CLAIM)
+    return diag["sentence"]
 
 
 def figures(diag: dict[str, Any]) -> list[dict[str, str]]:
