@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from markupsafe import escape
 
+from bench import store
 from bench.canary_diagnosis import Series, diagnose
 from bench.report import canary, html, view
 from bench.report.sections import canary as canary_section
@@ -234,3 +236,34 @@ def test_the_section_says_the_pairing_once(tmp_path):
     assert c["sentence"].endswith(canary.GENERAL_CLAIM)  # as the run recorded it
     assert c["said"] == c["sentence"].removesuffix(canary.GENERAL_CLAIM)
     assert c["pairing"].startswith("bursts were interleaved every 12 ms")
+
+
+def test_a_noisy_canary_is_a_noise_warning(tmp_path):
+    d = blob(html.render_run(canary_run(tmp_path / "run"), n_boot=200))
+    (noise,) = [g for g in d["warnings"] if g["kind"] == "noise"]
+    (line,) = [x for x in noise["lines"] if x.startswith("host canary: ")]
+    assert "bursts were interleaved every 12 ms" in line
+    quiet = blob(html.render_run(V1, n_boot=200))["warnings"]
+    assert not [x for g in quiet for x in g["lines"] if "canary" in x]
+
+
+def test_a_burst_row_is_tagged_and_the_method_explained():
+    """The page of a run with burst figures: the row's tag carries how it was made, and
+    the methodology explains blocks, the cluster and the MDE (the model as the analysis of
+    a burst run gives it; bench.analysis decides which rows those are)."""
+    from bench.report import model
+
+    run = V1
+    data = model.build(store.read_manifest(run), store.load_samples(run), n_boot=200)
+    assert data["bursts"] is False and 'id="bursts"' not in html.render_template(
+        "report.html.j2", data, title="t"
+    )
+    how = summary_section.burst_words({"rounds": 8, "blocks": 75})
+    row = data["summary"][1]["rows"][0]
+    row["burst"] = how
+    data["bursts"] = True
+    text = html.render_template("report.html.j2", data, title="t")
+    assert f'<span class="badge burst" title="{escape(how)}">bursts</span>' in text
+    method = text.split('<li id="bursts">')[1].split("</li>")[0]
+    for said in ("fresh random order", "The round is the cluster", "none ≥×1.04", "held set"):
+        assert said in method
