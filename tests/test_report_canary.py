@@ -159,6 +159,9 @@ def test_burst_rows_say_how_they_were_made():
         for b in range(1, 9)
     ]
     rows += [rec | {"op": "read", "source": "probe", "status": "ok", "round": 1, "value": 1.0}]
+    partner = {"env": "host", "set": "qemu", "source": "burst", "status": "ok", "value": 1.0}
+    rows += [rec | partner | {"round": 1, "block": b} for b in (1, 2)]  # pairs with qemu's
+    rows += [rec | {"set": "", "source": "burst", "status": "ok", "round": 0, "block": 1}]
     cells = view.burst_cells(pd.DataFrame(rows))
     assert cells == {("docker", "syscall", "null", "ns_per_op"): {"rounds": 3, "blocks": 8}}
     said = summary_section.burst_words(cells[("docker", "syscall", "null", "ns_per_op")])
