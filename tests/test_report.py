@@ -165,6 +165,10 @@ def test_sentence_significant_and_not():
     assert s["worse"]
     s = probes.sentence(_row("ns", 166.0, 1.01, 0.97, 1.05, False), base, False)
     assert "no detectable difference per getppid()" in s["text"] and "n.s." in s["text"]
+    assert "could have detected" not in s["text"]  # no detectable ratio recorded
+    row = _row("ns", 166.0, 1.01, 0.97, 1.05, False, detectable_ratio=1.043)
+    s = probes.sentence(row, base, False)
+    assert s["text"].endswith("n.s.); this run could have detected ≥×1.04")
     s = probes.sentence(_row("vm", 500.0, 3.0, 2.8, 3.2, True), base, True)
     assert "emulated (TCG), not a KVM overhead" in s["text"]
 

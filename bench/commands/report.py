@@ -73,12 +73,9 @@ def run_dir_command(what: str, default: str):
 @run_dir_command("HTML file", "RUN_DIR/report.html")
 def report(run_dir: Path, output: Path | None):
     """Write the run's self-contained HTML report (works offline)."""
-    from bench import store
     from bench.report import html
 
-    manifest = store.read_manifest(run_dir)
-    df = store.load_samples(run_dir)
-    page = html.render(manifest, df)
+    page = html.render_run(run_dir)
     path = deliver(output, run_dir / "report.html", page.encode, lambda p: html.write(p, page))
     if path:
         click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -59,9 +59,10 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
         raise UserError(f"--baseline {baseline}: no such environment (known: {', '.join(order)})")
     scope = analysis.FOOTPRINT if footprint else analysis.MAIN
     rows = analysis.summarize_run(df, manifest, baseline=baseline, scope=scope)
+    noise = canary_json(manifest)
     if as_json:
         for r in rows:
-            click.echo(json.dumps(r, sort_keys=True))
+            click.echo(json.dumps(r | noise, sort_keys=True))
         return
     base = baseline or manifest.get("matrix", {}).get("baseline", "host")
     order = [base] + [e for e in order if e != base]
@@ -84,8 +85,28 @@ def print_summary(run_dir: Path, *, as_json=False, baseline=None, footprint=Fals
             out.print(Text(f"  {cell.replace('|', ' / ')}  ±{width:.1%}"))
     for w in manifest.get("warnings", []):
         say("warning:", "yellow", w, wrap=True)
+    if noise:
+        c = noise["canary"]
+        verdict = c.get("verdict") or "?"
+        say(f"canary ({verdict}):", CANARY_STYLE.get(verdict, "yellow"), c["line"], wrap=True)
     if footprint:
         print_disk(manifest, out)
+
+
+CANARY_STYLE = {"noisy": "yellow", "quiet": "green"}
+
+
+def canary_json(manifest: dict) -> dict:
+    """{"canary": {verdict, line, sentence, every_ms, blocks}}: what the run's host canary
+    saw (bench.report.canary.line is the line the table view prints), for every JSON row
+    (the rows stay one object per figure); {} for a run without a canary diagnosis."""
+    from bench.report import canary
+
+    diag = canary.diagnosis(manifest)
+    if diag is None:
+        return {}
+    keep = ("verdict", "sentence", "every_ms", "blocks")
+    return {"canary": {k: diag.get(k) for k in keep} | {"line": canary.line(diag)}}
 
 
 LABEL = "environment"

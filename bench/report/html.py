@@ -80,10 +80,30 @@ def render_template(template: str, data: dict[str, Any], **context: Any) -> str:
     return environment().get_template(template).render(d=data, data_blob=blob, **context)
 
 
-def render(manifest: Manifest | dict[str, Any], df, *, n_boot: int = 2000) -> str:
-    """The run's report as one HTML string."""
-    data = model.build(manifest, df, n_boot=n_boot)
+def render(
+    manifest: Manifest | dict[str, Any],
+    df,
+    *,
+    n_boot: int = 2000,
+    canary_series: list[dict[str, Any]] | None = None,
+) -> str:
+    """The run's report as one HTML string; `canary_series` is the run's canary.jsonl
+    (bench.report.canary.read), for the plot of the host's speed through the run."""
+    data = model.build(manifest, df, n_boot=n_boot, canary_series=canary_series)
     return render_template("report.html.j2", data, title=f"isobench · {data['run']['run_id']}")
+
+
+def render_run(run_dir: Path, *, n_boot: int = 2000) -> str:
+    """The report of the run in `run_dir`: its manifest, samples and canary."""
+    from bench import store
+    from bench.report import canary
+
+    return render(
+        store.read_manifest(run_dir),
+        store.load_samples(run_dir),
+        n_boot=n_boot,
+        canary_series=canary.read(run_dir),
+    )
 
 
 def write(path: Path, html: str) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.manifest import Manifest
-from bench.report.sections import SECTIONS
+from bench.report.sections import SECTIONS, canary
 from bench.report.sections.provenance import disk, methodology, provenance
 from bench.report.sections.summary import summary
 from bench.report.sections.warnings import warnings
@@ -31,10 +31,17 @@ NO_PROBES = {
 }
 
 
-def build(manifest: Manifest | dict[str, Any], df, *, n_boot: int = 2000) -> dict[str, Any]:
+def build(
+    manifest: Manifest | dict[str, Any],
+    df,
+    *,
+    n_boot: int = 2000,
+    canary_series: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The report's data: the run, its environments, every section of SECTIONS (the
     probes' parts at the top level, as the page lays them out; the others under their
-    names, None when the run has nothing for them) and the shared parts."""
+    names, None when the run has nothing for them), the host canary (its series from
+    canary.jsonl, bench.report.canary.read; None without one) and the shared parts."""
     v = view(manifest, df, n_boot=n_boot)
     m = v.manifest
     shown = {name: make(v) for name, make in SECTIONS.items()}
@@ -60,8 +67,10 @@ def build(manifest: Manifest | dict[str, Any], df, *, n_boot: int = 2000) -> dic
         ],
         **(shown.pop("probes") or NO_PROBES),
         **shown,
+        "canary": canary.section(v, canary_series),
+        "bursts": bool(v.bursts),
         "disk": disk(v),
-        "summary": summary(v.rows, v.envs, v.baseline),
+        "summary": summary(v.rows, v.envs, v.baseline, v.bursts),
         "provenance": prov,
         "warnings": warnings(v, prov),
         "methodology": methodology(v),

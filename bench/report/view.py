@@ -96,6 +96,7 @@ class RunView:
     data: Any = None
     fails: list[dict[str, Any]] = field(default_factory=list)
     n_boot: int = 2000
+    bursts: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # see burst_cells
 
     def env(self, label: str) -> EnvironmentEntry | None:
         return self.manifest.environments.get(label)
@@ -156,4 +157,31 @@ def view(manifest: Manifest | dict[str, Any], df, *, n_boot: int = 2000) -> RunV
         data=data,
         fails=fails,
         n_boot=n_boot,
+        bursts=burst_cells(df),
     )
+
+
+def burst_cells(df) -> dict[tuple, dict[str, Any]]:
+    """The figures measured in bursts on held instances (records of source "burst"):
+    {(env, workload, op, metric): {"rounds": held sets, "blocks": blocks per round (the
+    median over rounds)}}. A block gives each cell one burst, so a round's blocks are its
+    records (or its distinct block numbers, where the samples carry them). The baseline's
+    partner bursts in a guest's own held set ("set" names the guest) pair with the
+    guest's and are no figure of the baseline's: not counted."""
+    if not len(df) or "source" not in df.columns:
+        return {}
+    b = df[(df["source"] == "burst") & (df["status"] == "ok") & (df["round"] >= 1)]
+    if "set" in b.columns:  # a baseline's partner bursts in a guest's own held set
+        held = b["set"].fillna("").astype(str)
+        b = b[(held == "") | (held == b["env"])]
+    if not len(b):
+        return {}
+    out = {}
+    keys = ["env", "workload", "op", "metric"]
+    for key, g in b.groupby(keys, sort=False):
+        if "block" in g.columns and g["block"].notna().any():
+            per = g.groupby("round")["block"].nunique()
+        else:
+            per = g.groupby("round").size()
+        out[tuple(key)] = {"rounds": int(per.size), "blocks": int(per.median())}
+    return out

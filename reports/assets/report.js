@@ -254,7 +254,9 @@
         if (c.ratio == null) return head + "<br>" + esc(c.note);
         return head + "<br>ratio ×" + esc(fmt(c.ratio)) + " [" + esc(fmt(c.lo)) + ", " + esc(fmt(c.hi)) + "]" +
           "<br>" + esc(c.better) + " is better; " + (c.significant ? esc(c.words) : "not significant") +
-          " (adjusted p = " + esc(c.p == null ? "–" : fmt(c.p)) + ")";
+          " (adjusted p = " + esc(c.p == null ? "–" : fmt(c.p)) + ")" +
+          (c.undetected ? "<br>no detectable difference: " + esc(c.undetected) +
+            " (this run could have detected a difference that large)" : "");
       } },
       xAxis: { type: "category", data: H.columns.map(function (c) { return c.label; }), position: "top",
         axisLabel: { rotate: 40, interval: 0, fontSize: 11 }, splitArea: { show: false } },
@@ -511,6 +513,61 @@
     });
   }
 
+  /* the host canary through the run: getppid ns per call (top) and compute ops/s
+     (bottom) against seconds since measuring started, one dot per burst, the running
+     median as a line, a dashed line where each round (held set) began */
+  function canaryChart(el) {
+    var P = D.canary.plot, t = P.t;
+    function pts(ys) { return ys ? t.map(function (x, i) { return [x, ys[i]]; }) : []; }
+    var starts = (P.rounds || []).slice(1).map(function (r) {
+      return { xAxis: r.t, name: "round " + r.round };
+    });
+    function marks(labelled) {
+      return { silent: true, symbol: "none", lineStyle: { color: "#888", type: "dashed", width: 1 },
+        label: labelled ? { show: true, position: "end", formatter: "{b}", fontSize: 11, color: "#5d6b78" } : { show: false },
+        data: starts };
+    }
+    var tmax = t.length ? t[t.length - 1] : 1;
+    var xs = [0, 1].map(function (i) {
+      return { type: "value", gridIndex: i, min: 0, max: Math.ceil(tmax),
+        name: i ? "s since measuring started" : "", nameLocation: "middle", nameGap: 26,
+        axisLabel: { show: i === 1, formatter: function (v) { return String(+v.toFixed(3)); } } };
+    });
+    var ys = [["ns per getppid", 0], ["compute ops/s", 1]].map(function (a) {
+      return { type: "value", gridIndex: a[1], scale: true, name: a[0], nameGap: 8,
+        nameTextStyle: { align: "left" }, axisLabel: { formatter: function (v) { return fmt(v); } } };
+    });
+    function dots(name, ys, i, col) {
+      return { type: "scatter", name: name, xAxisIndex: i, yAxisIndex: i, symbolSize: 3,
+        itemStyle: { color: col, opacity: 0.45 }, data: pts(ys), markLine: marks(i === 0), large: false };
+    }
+    function median(name, ys, i, col) {
+      return { type: "line", name: name, xAxisIndex: i, yAxisIndex: i, showSymbol: false, silent: true,
+        lineStyle: { color: col, width: 2 }, itemStyle: { color: col }, data: pts(ys) };
+    }
+    var series = [dots("getppid burst", P.null_ns, 0, color(0)), dots("compute burst", P.compute_ops, 1, color(1))];
+    if (P.null_median) series.push(median("getppid running median", P.null_median, 0, "#1f3b5a"));
+    if (P.compute_median) series.push(median("compute running median", P.compute_median, 1, "#8a4a00"));
+    function roundAt(x) {
+      var r = null;
+      (P.rounds || []).forEach(function (s) { if (s.t <= x) r = s.round; });
+      return r;
+    }
+    mount(el, {
+      legend: { top: 0, data: series.map(function (s) { return s.name; }) },
+      grid: [{ left: 64, right: 24, top: 52, height: "34%" }, { left: 64, right: 24, bottom: 44, height: "34%" }],
+      tooltip: { trigger: "item", confine: true, formatter: function (p) {
+        var v = p.data || p.value;
+        if (!v || v.length < 2) return "";
+        var unit = p.seriesName.indexOf("getppid") === 0 ? " ns per getppid" : " ops/s";
+        var r = roundAt(v[0]);
+        return esc(p.seriesName) + "<br>" + esc(fmt(v[0])) + " s" + (r == null ? "" : " · round " + esc(r)) +
+          "<br>" + esc(fmt(v[1])) + esc(unit);
+      } },
+      xAxis: xs, yAxis: ys, series: series
+    });
+  }
+
   function csv() {
     var S = D.samples, cols = S.columns, out = [cols.join(",")];
     function cell(v) {
@@ -543,6 +600,7 @@
     else if (kind === "forest") forest(el);
     else if (kind === "density") densityChart(el, byId[el.getAttribute("data-id")]);
     else if (kind === "net") netChart(el, byId[el.getAttribute("data-id")]);
+    else if (kind === "canary") canaryChart(el);
   });
 
   var btn = document.getElementById("download-csv");

@@ -73,6 +73,8 @@ def sentence(row: dict[str, Any], base: dict[str, Any], emulated: bool) -> dict:
             f"{env}: no detectable difference {words} ({fmt_quantity(med, unit)} vs "
             f"{fmt_quantity(bmed, unit)} on {base['env']}, {ratio_ci}, n.s.)"
         )
+        if mde := analysis.undetected(row):  # "none ≥×1.04": what this run could have seen
+            text += f"; this run could have detected {mde.removeprefix('none ')}"
     if emulated:
         text += " — emulated (TCG), not a KVM overhead"
     return {
@@ -176,6 +178,7 @@ def heatmap(rows, baseline: str, envs: list[str]) -> dict[str, Any]:
                 "median": r["median"],
                 "unit": r["unit"],
                 "words": analysis.verdict(r) if r["significant"] else "",
+                "undetected": analysis.undetected(r),
                 "flags": r.get("flags") or [],
                 "note": r.get("note") or "",
             }

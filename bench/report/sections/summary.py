@@ -22,9 +22,31 @@ def no_ratio(row: dict[str, Any], baseline: str, base_keys: set[tuple]) -> str:
     return "–"
 
 
-def summary(rows, envs: list[str], baseline: str) -> list[dict[str, Any]]:
+def key(r: dict[str, Any]) -> tuple:
+    return (r["env"], r["workload"], r["op"], r["metric"])
+
+
+def burst_words(b: dict[str, Any] | None) -> str:
+    """How a burst figure was made, for its row's tooltip; "" for a launched one."""
+    if not b:
+        return ""
+    rounds, blocks = b["rounds"], b["blocks"]
+    return (
+        f"measured in bursts on held instances: {rounds} round{'s' if rounds != 1 else ''} "
+        f"(held sets, every environment relaunched between them) of {blocks} "
+        f"block{'s' if blocks != 1 else ''}, each block one burst per environment in a "
+        "fresh random order; the round is the cluster (its ratio is the median of its "
+        "blocks' ratios)"
+    )
+
+
+def summary(
+    rows, envs: list[str], baseline: str, bursts: dict[tuple, dict] | None = None
+) -> list[dict[str, Any]]:
     """The summary rows grouped by environment (matrix order), each with what its ratio
-    column says when there is no ratio, and its verdict in words."""
+    column says when there is no ratio, its verdict in words, and how a figure measured
+    in bursts was made ("burst": rounds and blocks per round, from RunView.bursts)."""
+    bursts = bursts or {}
     base_keys = {(r["workload"], r["op"], r["metric"]) for r in rows if r["env"] == baseline}
     out = []
     for env in envs + sorted({r["env"] for r in rows} - set(envs)):
@@ -45,6 +67,7 @@ def summary(rows, envs: list[str], baseline: str) -> list[dict[str, Any]]:
                     "worse": bool(worse),
                     "words": analysis.verdict(r) if sig else "",
                     "undetected": analysis.undetected(r),
+                    "burst": burst_words(bursts.get(key(r))),
                 }
             )
         out.append({"env": env, "emulated": bool(cells[0].get("emulated")), "rows": shown})

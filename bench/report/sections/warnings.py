@@ -1,11 +1,13 @@
 """The report's warnings in groups, most serious first: failed self-checks, the run's
-status, failed launches, unavailable and emulated environments, guest kernels, noise and
-the precision target."""
+status, failed launches, unavailable and emulated environments, guest kernels, noise (the
+run's noise warnings, and the host canary's line where it found the machine noisy) and the
+precision target."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from bench.report import canary
 from bench.report.sections.common import merge_similar
 from bench.report.view import RunView
 from bench.store import json_safe
@@ -73,7 +75,11 @@ def warnings(v: RunView, prov: dict[str, Any]) -> list[dict]:
         "Guest kernel",
         [f"{e['label']}: {e['kernel_note']}" for e in prov["envs"] if e["kernel_note"]],
     )
-    group("noise", "Noise", merge_similar([str(w) for w in m.warnings]))
+    noise = merge_similar([str(w) for w in m.warnings])
+    diag = canary.diagnosis(m)
+    if diag and diag.get("verdict") == "noisy":
+        noise.append(f"host canary: {canary.line(diag)} (plotted under “The machine's speed”)")
+    group("noise", "Noise", noise)
     precision = m.matrix.get("precision", 0.02)
     unreached = precision_items(m.unreached, [e["label"] for e in prov["envs"]])
     group(
