@@ -60,6 +60,7 @@ CAPABILITIES = {
     "podman": _kind("podman"),
     "oci": _kind("oci"),
     "cri": _kind("cri"),
+    "lxc": _kind("lxc"),
     "libvirt": _kind("libvirt"),
     "qemu": _kind("qemu"),
     "chromium": _chromium,

@@ -298,8 +298,6 @@ def _execute(m, run_dir, run_id, cat, *, new, manifest=None, with_report=False) 
         log(e.message)
     out.print(Text(f"results: {run_dir}"))
     if with_report:
-        path = html.write(
-            run_dir / "report.html", html.render(manifest, store.load_samples(run_dir))
-        )
+        path = html.write(run_dir / "report.html", html.render_run(run_dir))
         out.print(Text(f"report: {path}"))
     return 0
