@@ -165,16 +165,38 @@ def burst_blocks(data) -> dict[tuple, BlockValues]:
 def compare_bursts(values: BlockValues, base: BlockValues) -> stats.BurstTest | None:
     """values / base in the burst design, block by block within each round both have
     (stats.burst_ratio_test, the round as the cluster); None below 3 such rounds."""
-    common = sorted(set(values) & set(base))
-    if len(common) < 3:
+    if len(set(values) & set(base)) < 3:
         return None
+    t = stats.burst_ratio_test(*aligned(values, base))
+    return t if t.method else None
+
+
+def aligned(values: BlockValues, base: BlockValues) -> tuple[list, list]:
+    """The rounds both have, each as two lists aligned by block (nan where a block is
+    missing on one side): what stats.burst_ratio_test and round_log_ratios take."""
     v, b = [], []
-    for r in common:
+    for r in sorted(set(values) & set(base)):
         blocks = sorted(set(values[r]) | set(base[r]))
         v.append([values[r].get(k, math.nan) for k in blocks])
         b.append([base[r].get(k, math.nan) for k in blocks])
-    t = stats.burst_ratio_test(v, b)
-    return t if t.method else None
+    return v, b
+
+
+def paired_log_ratios(df, baseline: str) -> dict[tuple, np.ndarray]:
+    """Per figure measured in the burst design (or paired in time with the baseline):
+    its per-round log ratios to the baseline (stats.round_log_ratios), the figure
+    `compare` holds against another run's: an isolation cost, which the machine's speed
+    from one run to the next does not move."""
+    blocks = burst_blocks(counted(df))
+    out = {}
+    for (env, workload, op, metric, held_set), values in blocks.items():
+        base = blocks.get((baseline, workload, op, metric, held_set))
+        if env == baseline or held_set not in ("", env) or not base:
+            continue
+        d = stats.round_log_ratios(*aligned(values, base))
+        if np.isfinite(d).sum() >= 2:
+            out[(env, workload, op, metric)] = d[np.isfinite(d)]
+    return out
 
 
 def detectable(values: dict[int, float], base: dict[int, float]) -> float | None:

@@ -2,12 +2,21 @@
 from Yuen's two-sample trimmed t on the logs of the per-round figures (two runs' rounds
 do not pair; Welch's degrees of freedom),
 Benjamini–Hochberg across the figures, and a regression/improvement verdict that knows
-whether lower or higher is better."""
+whether lower or higher is better.
+
+A figure that both runs paired with their baseline (the burst design, a start paired
+with a baseline launch next to it) is compared on that pairing: the change of its
+per-round log ratios to the baseline (its isolation cost), which the machine's speed
+from one run to the next does not move as it moves the absolute figures (`basis`:
+"ratio to host"). The baseline's own figures, and figures without such pairing, are
+compared as absolute figures (`basis`: "absolute")."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench import analysis, provenance, stats, store
 from bench.report.view import as_manifest, better, catalog_of
@@ -49,6 +58,10 @@ def host_warnings(ma: dict[str, Any], mb: dict[str, Any]) -> list[str]:
     return out
 
 
+def _baseline(m: dict[str, Any]) -> str:
+    return (m.get("matrix") or {}).get("baseline") or "host"
+
+
 def _targets(m: dict[str, Any]) -> dict[str, Any]:
     return m.get("targets") or {LOCAL: m.get("host") or {}}
 
@@ -58,6 +71,9 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
     the runs have no figure in common."""
     cat = catalog_of(as_manifest(mb)) or catalog_of(as_manifest(ma))
     ga, gb = _groups(dfa), _groups(dfb)
+    base_a, base_b = _baseline(ma), _baseline(mb)
+    ra = analysis.paired_log_ratios(dfa, base_a)
+    rb = analysis.paired_log_ratios(dfb, base_b) if base_a == base_b else {}
     if not set(ga) & set(gb):
         raise CompareError(
             f"runs {ma.get('run_id')} and {mb.get('run_id')} have no figure in common "
@@ -68,7 +84,11 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
         env, workload, op, metric = key
         (a, unit), (b, _) = ga[key], gb[key]
         sa, sb = stats.summarize(a, n_boot=n_boot), stats.summarize(b, n_boot=n_boot)
-        t = stats.log_ratio_test(b, a, paired=False)
+        if key in ra and key in rb:  # the isolation cost's change, not the machine's
+            t = stats.log_ratio_test(np.exp(rb[key]), np.exp(ra[key]), paired=False)
+            basis = f"ratio to {base_a}"
+        else:
+            t, basis = stats.log_ratio_test(b, a, paired=False), "absolute"
         cells.append(
             {
                 "env": env,
@@ -88,6 +108,7 @@ def compare(ma, dfa, mb, dfb, *, threshold: float = 5.0, n_boot: int = 2000) -> 
                 "change_ci_low": _pct(t.low),
                 "change_ci_high": _pct(t.high),
                 "p_value": json_safe(t.p_value),
+                "basis": basis,
             }
         )
     tested = [i for i, c in enumerate(cells) if c["p_value"] is not None]
