@@ -31,6 +31,7 @@ PORT_NAME = "isobench.ctl"  # the virtserialport's name, how the guest finds it
 SOCKET_NAME = "ctl.sock"  # in the boot's scratch directory
 SUN_PATH_MAX = 107  # sockaddr_un's sun_path, its NUL excluded
 MAX_LINE = 1 << 20  # an answer longer than this is no answer
+GONE = "the guest ended (its control port closed) before answering"
 
 
 class ControlPort:
@@ -77,8 +78,8 @@ class ControlPort:
             conn.sendall(command.encode() + b"\n")
         except BlockingIOError:
             raise ChannelError("the guest does not read its commands") from None
-        except OSError as e:
-            raise ChannelError(f"the guest's control port is closed ({e.strerror})") from None
+        except OSError:
+            raise ChannelError(GONE) from None
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([conn], [], [], left)[0]:
@@ -88,7 +89,7 @@ class ControlPort:
             except OSError as e:
                 raise ChannelError(f"the guest's control port failed ({e.strerror})") from None
             if not chunk:
-                raise ChannelError("the guest ended (its control port closed) before answering")
+                raise ChannelError(GONE)
             self._buf += chunk
             if len(self._buf) > MAX_LINE:
                 raise ChannelError(f"an answer longer than {MAX_LINE} bytes")

@@ -45,7 +45,9 @@ NO_BUSYBOX = "no static busybox for the guest's init: apt-get install busybox-st
 # ADDR/30), then run each probe in sequence, every
 # one delimited on the console and killed when it outlives the time limit. Kept apart
 # from the rest of init so the tests run it under the host's busybox sh on fake probes.
-RUN_SCRIPT = r"""
+RUN_SCRIPT = (
+    f"\nport_name={PORT_NAME}"
+    + r"""
 disk=0; limit=0; net=""
 for w in $words; do
   case "$w" in
@@ -115,25 +117,25 @@ done
 [ -n "$probe" ] && run "$@"
 [ "$n" = 0 ] && echo ready
 """
+)
 
-# A serving probe's control port (channel.py): the virtserialport QEMU names PORT_NAME,
+# A serving probe's control port (channel.py): the virtserialport named $port_name,
 # found by that name in sysfs once the host has named it, opened once (a port takes one
 # opener) read-write as init's fd 3; RUN_SCRIPT gives it to the probe. Kept out of
 # RUN_SCRIPT, as mount_io and net_up are, so that the tests can give it a port of theirs.
-CTL_SCRIPT = rf"""
-port_name={PORT_NAME}
-ctl_open() {{  # fd 3: the control port, read and written; 1 when it never showed up
+CTL_SCRIPT = r"""
+ctl_open() {  # fd 3: the control port, read and written; 1 when it never showed up
   i=0
   while [ "$i" -lt 500 ]; do
     for f in /sys/class/virtio-ports/*/name; do
       [ "$($bb cat "$f" 2>/dev/null)" = "$port_name" ] || continue
-      d="${{f%/name}}"; d="/dev/${{d##*/}}"
+      d="${f%/name}"; d="/dev/${d##*/}"
       [ -c "$d" ] && command exec 3<>"$d" && return 0  # `command`: init outlives a failure
     done
     $bb usleep 10000; i=$((i + 1))
   done
   return 1
-}}
+}
 """
 
 # A guest with a root disk (`isobench.root=1`: an isobench rootfs, rootdisk.py): init
