@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from bench.envs.base import Context, Invocation
-from bench.envs.guest import initramfs, kernel, kvm, qemu_cmd
+from bench.envs.guest import channel, initramfs, kernel, kvm, qemu_cmd
 from bench.envs.guest.kvm import kvm_verdict
 from bench.envs.libvirt import URI, LibvirtEnv, domain_xml
 from bench.runner import Interrupted
@@ -141,5 +141,28 @@ def test_domain_xml_attaches_a_nic_to_the_made_tap_and_changes_nothing(tmp_path)
         ET.fromstring(domain_xml("isobench-x-1", plain, tmp_path / "c.log")).find(
             "devices/interface"
         )
+        is None
+    )
+
+
+def test_domain_xml_gives_a_serving_guest_a_channel_that_connects_to_the_hosts_socket(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    k = kernel.GuestKernel(tmp_path / "vmlinuz", "6.1", "0" * 64, None, "option")
+    img = initramfs.GuestImage(k, tmp_path / "i.gz", "0" * 64, {})
+    sock = tmp_path / "e1" / "ctl.sock"
+    spec = qemu_cmd.QemuSpec("/usr/bin/qemu-system-x86_64", img, "x", "tcg", "q35", ctl=sock)
+    chan = ET.fromstring(domain_xml("isobench-x-1", spec, tmp_path / "c.log")).find(
+        "devices/channel"
+    )
+    assert chan.get("type") == "unix"
+    assert (chan.find("source").get("mode"), chan.find("source").get("path")) == (
+        "connect",
+        str(sock),
+    )
+    assert chan.find("target").attrib == {"type": "virtio", "name": channel.PORT_NAME}
+    plain = qemu_cmd.QemuSpec("/usr/bin/qemu-system-x86_64", img, "x", "tcg", "q35")
+    assert (
+        ET.fromstring(domain_xml("isobench-x-1", plain, tmp_path / "c.log")).find("devices/channel")
         is None
     )

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from bench.envs.base import HOLD, Context, Invocation
+from bench.envs.base import HOLD, ChannelError, Context, Invocation, served
 from bench.envs.guest import initramfs, kernel, kvm, qemu_cmd
 from bench.envs.guest.kvm import kvm_availability, kvm_verdict
 from bench.envs.qemu import QemuEnv
@@ -147,4 +147,30 @@ def test_a_held_guest_is_named_for_clean_until_it_is_stopped(ctx, bundle):
     assert launch.phases["ready"] < launch.phases["stop"] <= launch.phases["exit"]
     assert launch.host_side["cpu_ms"] > 0 and launch.cgroup
     assert not [x for x in QemuEnv.leftovers() if held.name in x.what]
+    assert not list(ctx.scratch.glob("isobench-*"))
+
+
+def test_a_served_guest_answers_until_its_qemu_dies_then_says_so_in_one_line(ctx, bundle):
+    """A held serving guest answers over its virtio-serial port (a unix socket in its
+    scratch dir); once QEMU is gone an ask fails at once with one line, the stop is
+    still ok, and the socket went with the scratch dir."""
+    env = _env(ctx, bundle, accel="tcg")
+    try:
+        held = env.start(served("syscall", "syscall"), 120)
+        assert held.wait_ready()
+        answer = json.loads(held.ask("null ms=5", 60))
+        assert answer["op"] == "null" and answer["burst"] == 1, answer
+        assert answer["elapsed_ns"] == 5_000_000 and answer["metrics"]["ns_per_op"] > 0
+        sock = held.port.path
+        assert sock.is_socket()
+        held.guest.power_off()  # QEMU killed under the instance
+        t0 = time.monotonic()
+        with pytest.raises(ChannelError, match="guest ended") as e:
+            held.ask("null ms=5", 30)
+        assert time.monotonic() - t0 < 5 and "\n" not in str(e.value)
+        launch = held.stop()
+    finally:
+        env.cleanup()
+    assert launch.status == "ok", launch.reason
+    assert launch.records == [] and not sock.exists()
     assert not list(ctx.scratch.glob("isobench-*"))

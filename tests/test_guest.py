@@ -4,10 +4,15 @@ console, and how a boot's console becomes launches (a round, a held guest)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
+import select
+import socket
 import subprocess
+import threading
 import time
+import tty
 from pathlib import Path
 
 import psutil
@@ -15,8 +20,18 @@ import pytest
 
 from bench import catalog
 from bench.bundle import find_busybox
-from bench.envs.base import Context, Invocation, OptionError
-from bench.envs.guest import GuestError, console, cpio, initramfs, kernel, modules, qemu_cmd, tap
+from bench.envs.base import SERVE, ChannelError, Context, Invocation, OptionError, served
+from bench.envs.guest import (
+    GuestError,
+    channel,
+    console,
+    cpio,
+    initramfs,
+    kernel,
+    modules,
+    qemu_cmd,
+    tap,
+)
 from bench.envs.qemu import QemuEnv
 from bench.envs.vm import Boot
 
@@ -232,6 +247,146 @@ def test_init_brings_the_nic_up_before_the_first_probe(tmp_path):
     assert [(r.ready, r.exit_code, r.lines) for r in con.runs] == [
         (True, 0, ["net_up 10.201.3.6/30"])
     ]
+
+
+def _fake_probes(tmp_path: Path, busybox: Path, scripts: dict[str, str]) -> Path:
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    for name, body in scripts.items():
+        (probes / name).write_text(f"#!{busybox} sh\n{body}\n")
+        (probes / name).chmod(0o755)
+    return probes
+
+
+SERVES = 'echo ready\nwhile IFS= read -r l; do [ "$l" = quit ] && exit 0; echo "answer $l"; done'
+
+
+def test_init_serves_a_probe_over_the_control_port(tmp_path):
+    """RUN_SCRIPT under the guest's busybox, a pty standing in for the virtio-serial port
+    (ctl_open opens it as fd 3): the serving probe's `ready` is on the console, its
+    commands come from the port and its answers go there, never to the console; the
+    next probe of the boot runs as before, and the relay's fifo is gone."""
+    busybox = find_busybox()
+    if busybox is None:
+        _missing("a static busybox (apt-get install busybox-static)")
+    probes = _fake_probes(tmp_path, busybox, {"serves": SERVES, "args": 'echo ready\necho "[$1]"'})
+    runs = [
+        console.guest_run(served("syscall", "serves")),
+        console.GuestRun("args", ("x",), False),
+    ]
+    words = console.cmdline(runs, 30)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    prologue = (
+        f"bb={busybox}; probes={probes}; tmp={tmp_path}; words='{words}'\n"
+        f"mount_io() {{ :; }}; ctl_open() {{ exec 3<>{os.ttyname(slave)}; }}\n"
+    )
+    proc = subprocess.Popen(
+        [str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        got = b""
+        for command in (b"null ms=5\n", b"bogus\n"):
+            os.write(master, command)
+            deadline = time.monotonic() + 10
+            while not got.endswith(b"\n") and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    got += os.read(master, 4096)
+            assert got.replace(b"\r", b"") == b"answer " + command, got
+            got = b""
+        os.write(master, b"quit\n")
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+    con = console.parse_console(out.splitlines())
+    assert not con.errors, err
+    assert [(r.probe, r.ready, r.exit_code, r.lines) for r in con.runs] == [
+        ("serves", True, 0, []),
+        ("args", True, 0, ["[x]"]),
+    ]
+    assert not list(tmp_path.glob("isobench-out.*"))
+
+
+def test_init_says_so_when_a_serving_probe_has_no_control_port(tmp_path):
+    busybox = find_busybox()
+    if busybox is None:
+        _missing("a static busybox (apt-get install busybox-static)")
+    probes = _fake_probes(tmp_path, busybox, {"serves": SERVES})
+    words = console.cmdline([console.guest_run(served("syscall", "serves"))], 5)
+    prologue = (
+        f"bb={busybox}; probes={probes}; tmp={tmp_path}; words='{words}'\n"
+        "mount_io() { :; }; ctl_open() { return 1; }\n"
+    )
+    res = subprocess.run(
+        [str(busybox), "sh", "-c", prologue + initramfs.RUN_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    con = console.parse_console(res.stdout.splitlines())
+    assert con.runs == [] and con.errors == [f"no control port ({channel.PORT_NAME}) for serves"]
+
+
+def test_a_serving_run_is_marked_on_the_command_line():
+    run = console.guest_run(served("syscall", "syscall"))
+    assert run.serves and run.args == (SERVE,)
+    plain = console.GuestRun("startup", (), False)
+    words = console.cmdline([plain, run], 10).split()
+    at = words.index("isobench.run=syscall")
+    assert words[at + 1] == console.SERVE_WORD and words.count(console.SERVE_WORD) == 1
+    assert _decoded(words) == [("startup", []), ("syscall", [SERVE])]
+
+
+def test_a_serving_guest_has_a_control_port_that_qemu_connects_to(tmp_path):
+    """The port is a named virtserialport whose chardev connects to the host's socket
+    (a comma in its path doubled, as QEMU's option syntax wants)."""
+    for machine, bus in (("q35", "virtio-serial-pci"), ("microvm", "virtio-serial-device")):
+        spec = dataclasses.replace(_spec(tmp_path, machine), ctl=Path("/s,x/ctl.sock"))
+        argv = qemu_cmd.qemu_command(spec)
+        assert argv[argv.index("-chardev", argv.index("-append")) + 1] == (
+            "socket,id=ctl,path=/s,,x/ctl.sock,server=off"
+        )
+        devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+        assert f"{bus},id=ser0" in devices
+        assert f"virtserialport,bus=ser0.0,chardev=ctl,name={channel.PORT_NAME}" in devices
+    assert "virtserialport" not in " ".join(qemu_cmd.qemu_command(_spec(tmp_path, "q35")))
+
+
+def test_the_control_port_carries_lines_and_says_in_one_line_why_it_cannot(tmp_path):
+    """The host end against a socket client standing in for QEMU: one line each way (an
+    answer split across writes, two in one), no answer in time, the guest's end gone,
+    the port closed; a path too long for a unix socket is refused up front."""
+    port = channel.ControlPort(tmp_path / channel.SOCKET_NAME)
+    qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        qemu.connect(str(port.path))
+        qemu.sendall(b'{"burst":1')
+        threading.Timer(0.05, qemu.sendall, (b'}\n{"burst":2}\n',)).start()
+        assert port.ask("null ms=5", 5) == '{"burst":1}'
+        assert qemu.recv(100) == b"null ms=5\n"
+        assert port.ask("null ms=5", 5) == '{"burst":2}'
+        with pytest.raises(ChannelError, match="no answer to 'x' within 0.1 s"):
+            port.ask("x", 0.1)
+        qemu.close()
+        with pytest.raises(ChannelError, match="guest ended") as e:
+            port.ask("x", 5)
+        assert "\n" not in str(e.value)
+    finally:
+        qemu.close()
+        port.close()
+    with pytest.raises(ChannelError, match="has ended"):
+        port.ask("x", 1)
+    with pytest.raises(GuestError, match="longer than"):
+        channel.ControlPort(tmp_path / ("x" * 120))
 
 
 def _processes_under(probes: Path, busybox: Path) -> list[str]:

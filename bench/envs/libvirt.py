@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 from bench import interrupt
 from bench.envs.base import Availability, Leftover
 from bench.envs.guest import GuestError
+from bench.envs.guest.channel import PORT_NAME
 from bench.envs.guest.console import EXIT_PREFIX, READY
 from bench.envs.guest.kvm import kvm_availability
 from bench.envs.guest.qemu_cmd import QemuSpec
@@ -70,14 +71,20 @@ def connect():
 def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
     """The domain: direct kernel boot, serial console to a file, optional virtio root
     disk (a boot's overlay of an isobench rootfs's disk), virtio io disk and virtio-net
-    NIC (on a tap isobench made: type ethernet, managed='no'), QEMU as
+    NIC (on a tap isobench made: type ethernet, managed='no'), a serving guest's control
+    port (a virtio <channel> whose QEMU connects to the host's unix socket), QEMU as
     root without relabelling (the cache lives in root's home)."""
     kvm = spec.accel == "kvm"
     if spec.cpu == "host-passthrough":
         cpu = "<cpu mode='host-passthrough'/>" if kvm else "<cpu mode='maximum'/>"
     else:
         cpu = ""
-    disk = nic = ""
+    disk = nic = ctl = ""
+    if spec.ctl is not None:  # QEMU connects to the host's socket (guest/channel.py)
+        ctl = (
+            f"<channel type='unix'><source mode='connect' path={quoteattr(str(spec.ctl))}/>"
+            f"<target type='virtio' name={quoteattr(PORT_NAME)}/></channel>"
+        )
     if spec.nic is not None:  # the tap isobench made: libvirt attaches, changes nothing
         tap, mac = spec.nic
         nic = (
@@ -118,6 +125,7 @@ def domain_xml(name: str, spec: QemuSpec, console: Path) -> str:
     {disk}
     {nic}
     <serial type='file'><source path={quoteattr(str(console))}/><target port='0'/></serial>
+    {ctl}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>

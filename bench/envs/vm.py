@@ -27,10 +27,16 @@ A held guest that serves the net workload (`net --server`) gets a NIC: a tap iso
 makes before the boot (guest/tap.py), virtio-net in the guest, whose init gives it the
 far address of the tap's /30; `address()` is that address, the path "virtio-net on tap
 ibt<hex> ... (emulated: TCG)"; the tap is deleted when the guest has ended.
+
+A held guest whose probe serves (`served()`, the burst design) gets a control channel:
+a virtio-serial port whose host end is a unix socket in its scratch directory
+(guest/channel.py); `ask()` writes a command there and reads the answer, which never
+reaches the console. `ready` and the run's markers stay on the console.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,6 +48,7 @@ from bench import interrupt
 from bench.envs import roots
 from bench.envs.base import (
     Availability,
+    ChannelError,
     Context,
     Environment,
     Instance,
@@ -55,6 +62,7 @@ from bench.envs.base import (
 )
 from bench.envs.containers import served_port
 from bench.envs.guest import GuestError
+from bench.envs.guest.channel import SOCKET_NAME, ControlPort
 from bench.envs.guest.console import (
     GUEST_WORKDIR,
     ProbeRun,
@@ -180,6 +188,7 @@ class GuestInstance(Instance):
         scratch: Path,
         timeout: float,
         tap: Tap | None = None,
+        port: ControlPort | None = None,
     ):
         super().__init__(name, timeout, guest.boot.t_submit)
         self.env = env
@@ -187,6 +196,7 @@ class GuestInstance(Instance):
         self.invs = invs
         self.scratch = scratch
         self.tap = tap  # the guest's NIC's host end (a net server), deleted at the end
+        self.port = port  # a serving probe's control port (its host end), closed at the end
         self.launches: list[Launch] = []  # one per invocation, once ended
 
     def address(self, port: int) -> tuple[str, int]:
@@ -197,6 +207,17 @@ class GuestInstance(Instance):
     def live_cgroup(self, layout: Layout | None = None) -> CgroupReader | None:
         """The guest's own cgroup, as its kind knows it; no lookup by name."""
         return self.guest.live_cgroup()
+
+    def ask(self, command: str, timeout: float) -> str:
+        """One command over the guest's control port (guest/channel.py); the answer
+        never reaches the console, so it is no record of the launch."""
+        if self.port is None:
+            raise ChannelError(f"{self.name}: no control channel (the probe does not serve)")
+        if self.launch is not None:
+            raise ChannelError(f"{self.name}: the instance has ended")
+        if not self.guest.wait_ready(0):
+            raise ChannelError(f"{self.name}: asked before the probe said `ready`")
+        return self.port.ask(command, timeout)
 
     def run_round(self) -> list[Launch]:
         """Wait for the guest to power off (kill it at the timeout), then its Launches."""
@@ -227,6 +248,8 @@ class GuestInstance(Instance):
             boot = self.guest.finish(timed_out=timed_out, stopped=stopped)
         finally:
             with interrupt.shielded():
+                if self.port is not None:
+                    self.port.close()
                 if self.tap is not None:
                     self.tap.remove()
                 shutil.rmtree(self.scratch, ignore_errors=True)
@@ -249,6 +272,7 @@ class VmEnvironment(Environment):
     options = VM_OPTIONS
     machine_default = "q35"
     one_instance_per_round = True
+    channel = True  # a serving guest's virtio-serial port (guest/channel.py)
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         super().__init__(config, ctx)
@@ -332,7 +356,7 @@ class VmEnvironment(Environment):
         runs = [guest_run(inv, io_dir) for inv in invs]
         scratch = self.ctx.scratch / name
         scratch.mkdir(parents=True)
-        tap = None
+        tap = port = None
         try:
             disk = root = None
             if self.root_disk is not None:  # this boot's copy-on-write root disk
@@ -341,16 +365,22 @@ class VmEnvironment(Environment):
                 disk = new_disk(self.disk_template, scratch / "io.raw")
             if any(served_port(inv) is not None for inv in invs):
                 tap = make_tap(name)
+            if any(r.serves for r in runs):  # listening before QEMU starts: channel.py
+                port = ControlPort(scratch / SOCKET_NAME)
             net, nic = (str(tap.guest), (tap.name, tap.mac)) if tap else (None, None)
             spec = self._spec_for(cmdline(runs, limit, net, root is not None), disk, nic, root)
+            if port is not None:
+                spec = dataclasses.replace(spec, ctl=port.path)
             guest = self._guest(name, spec, scratch)
         except BaseException:
             with interrupt.shielded():
+                if port is not None:
+                    port.close()
                 if tap is not None:
                     tap.remove()
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return GuestInstance(self, name, guest, invs, scratch, timeout, tap)
+        return GuestInstance(self, name, guest, invs, scratch, timeout, tap, port)
 
     def _guest(self, name: str, spec: QemuSpec, scratch: Path) -> Guest:
         """Start the guest (its files under `scratch`); a failure to start is a Guest

@@ -8,7 +8,9 @@ of a round (`run_order`: startup first).
 
 A boot for the net workload also has `isobench.net=ADDR/PREFIX`: init loads virtio-net
 and gives the guest's NIC that address before the first probe. A boot from an isobench
-rootfs has `isobench.root=1`: init switches root into its root disk first.
+rootfs has `isobench.root=1`: init switches root into its root disk first. A probe in
+serve mode has `isobench.serve=1` after its `isobench.run=`: init runs it with its stdin
+and stdout on the control port (channel.py), its lines up to `ready` on the console.
 
 Out: the serial console (ttyS0), parsed by `parse_console` (pure): `isobench-uptime <s>`
 (the guest kernel's /proc/uptime right before the first probe starts), then for each
@@ -40,6 +42,7 @@ KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")  # a kernel message on the console
 CMDLINE_MAX = 2048  # x86 COMMAND_LINE_SIZE, the terminating NUL included
 # quiet console (errors only), never wait after a panic, reboot = QEMU exits (-no-reboot)
 BASE_CMDLINE = ("console=ttyS0", "loglevel=3", "panic=-1", "reboot=t")
+SERVE_WORD = "isobench.serve=1"  # after a run's word: its stdio is the control port
 PROBE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -51,12 +54,14 @@ class GuestRun:
     probe: str
     args: tuple[str, ...]
     disk: bool
+    serves: bool = False  # serve mode: its stdin and stdout are the control port
 
 
 def guest_run(inv, io_dir: str = GUEST_WORKDIR) -> GuestRun:
     """`io_dir`: where the io disk is mounted in the guest (a rootfs's roots.WORKDIR)."""
     workdir = io_dir if inv.needs_workdir else None
-    return GuestRun(inv.probe, tuple(inv.argv(inv.probe, workdir)[1:]), inv.needs_workdir)
+    args = tuple(inv.argv(inv.probe, workdir)[1:])
+    return GuestRun(inv.probe, args, inv.needs_workdir, inv.serves)
 
 
 def run_order(invs: Sequence) -> list[int]:
@@ -74,6 +79,8 @@ def cmdline(
     decodes each into one positional parameter: no shell string is built from them).
     `net`: the guest NIC's address (ADDR/PREFIX), which init gives it before the probes.
     `root`: init switches root into the root disk first (`isobench.root=1`).
+    A run that serves (`isobench.serve=1` after its word) gets the control port
+    (channel.py) as its stdin and stdout.
     Without runs, init itself says `ready` (the KVM trial)."""
     words = [*BASE_CMDLINE, f"isobench.timeout={math.ceil(limit_s)}"]
     if any(r.disk for r in runs):
@@ -86,6 +93,8 @@ def cmdline(
         if not PROBE_NAME.match(r.probe):
             raise GuestError(f"probe name {r.probe!r} is not a plain file name")
         words.append(f"isobench.run={r.probe}")
+        if r.serves:
+            words.append(SERVE_WORD)
         words += [f"isobench.arg={base64.b64encode(a.encode()).decode()}" for a in r.args]
     text = " ".join(words)
     if len(text) >= CMDLINE_MAX:

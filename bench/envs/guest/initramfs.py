@@ -7,7 +7,9 @@ names (RUN_SCRIPT, see console.py for both ends of that protocol) and powers off
 for the net workload (`isobench.net=ADDR/30`) first loads virtio-net and gives the
 guest's NIC that address (net_up). A boot from an isobench rootfs (`isobench.root=1`)
 mounts its root disk (rootdisk.py) and switch_roots into it first (ROOT_STAGE), where
-STAGE2_SCRIPT runs the probes the same way."""
+STAGE2_SCRIPT runs the probes the same way. A probe in serve mode (`isobench.serve=1`)
+gets the control port (channel.py, CTL_SCRIPT) as its stdin and, behind a relay that
+puts its lines up to `ready` on the console, its stdout."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from bench.bundle import find_busybox
 from bench.envs.guest import GuestError
+from bench.envs.guest.channel import PORT_NAME
 from bench.envs.guest.cpio import DIR, LNK, REG, CpioEntry, write_newc
 from bench.envs.guest.kernel import GuestKernel, sha256_file
 from bench.envs.guest.modules import (
@@ -42,7 +45,9 @@ NO_BUSYBOX = "no static busybox for the guest's init: apt-get install busybox-st
 # ADDR/30), then run each probe in sequence, every
 # one delimited on the console and killed when it outlives the time limit. Kept apart
 # from the rest of init so the tests run it under the host's busybox sh on fake probes.
-RUN_SCRIPT = r"""
+RUN_SCRIPT = (
+    f"\nport_name={PORT_NAME}"
+    + r"""
 disk=0; limit=0; net=""
 for w in $words; do
   case "$w" in
@@ -55,12 +60,32 @@ done
 [ -n "$net" ] && net_up "$net"
 read up idle < /proc/uptime
 echo "isobench-uptime $up"
-n=0; probe=""
+n=0; probe=""; serve=0; ctl=""; tmp="${tmp:-/tmp}"
+relay() {  # a serving probe's stdout: its lines up to `ready` to the console, then the port
+  while IFS= read -r l; do
+    printf '%s\n' "$l"
+    [ "$l" = ready ] && exec $bb cat >&3
+  done
+}
 run() {  # the pending $probe with "$@" in a session of its own, watched by a dog that
-  # kills the session (the probe and its children) once it outlives $limit seconds
+  # kills the session (the probe and its children) once it outlives $limit seconds; in
+  # serve mode its stdin is the control port (fd 3) and its stdout goes through relay
+  if [ "$serve" = 1 ] && [ -z "$ctl" ]; then
+    ctl_open || { echo "isobench-error no control port ($port_name) for $probe"; return; }
+    ctl=1
+  fi
   n=$((n + 1))
   echo "isobench-begin $n $probe"
-  $bb setsid "$probes/$probe" "$@" &
+  rpid=""
+  if [ "$serve" = 1 ]; then
+    out="$tmp/isobench-out.$n"
+    $bb mkfifo "$out"
+    relay < "$out" &
+    rpid=$!
+    $bb setsid "$probes/$probe" "$@" <&3 > "$out" &
+  else
+    $bb setsid "$probes/$probe" "$@" &
+  fi
   pid=$!
   (
     t=0
@@ -74,6 +99,7 @@ run() {  # the pending $probe with "$@" in a session of its own, watched by a do
   ) &
   wait "$pid"
   rc=$?
+  if [ -n "$rpid" ]; then wait "$rpid"; $bb rm -f "$out"; fi
   echo "isobench-exit $n $rc"
 }
 set --
@@ -81,14 +107,35 @@ for w in $words; do
   case "$w" in
     isobench.run=*)
       [ -n "$probe" ] && run "$@"
-      probe="${w#isobench.run=}"
+      probe="${w#isobench.run=}"; serve=0
       set --
       ;;
+    isobench.serve=1) serve=1 ;;
     isobench.arg=*) set -- "$@" "$(echo "${w#isobench.arg=}" | $bb base64 -d)" ;;
   esac
 done
 [ -n "$probe" ] && run "$@"
 [ "$n" = 0 ] && echo ready
+"""
+)
+
+# A serving probe's control port (channel.py): the virtserialport named $port_name,
+# found by that name in sysfs once the host has named it, opened once (a port takes one
+# opener) read-write as init's fd 3; RUN_SCRIPT gives it to the probe. Kept out of
+# RUN_SCRIPT, as mount_io and net_up are, so that the tests can give it a port of theirs.
+CTL_SCRIPT = r"""
+ctl_open() {  # fd 3: the control port, read and written; 1 when it never showed up
+  i=0
+  while [ "$i" -lt 500 ]; do
+    for f in /sys/class/virtio-ports/*/name; do
+      [ "$($bb cat "$f" 2>/dev/null)" = "$port_name" ] || continue
+      d="${f%/name}"; d="/dev/${d##*/}"
+      [ -c "$d" ] && command exec 3<>"$d" && return 0  # `command`: init outlives a failure
+    done
+    $bb usleep 10000; i=$((i + 1))
+  done
+  return 1
+}
 """
 
 # A guest with a root disk (`isobench.root=1`: an isobench rootfs, rootdisk.py): init
@@ -145,6 +192,7 @@ words=$($bb cat /proc/cmdline)
 probes={PROBE_DIR}
 cd /
 """
+    + CTL_SCRIPT
     + RUN_SCRIPT
     + rf"""[ "$disk" = 1 ] && $bb umount {WORKDIR}
 $bb poweroff -f
@@ -182,6 +230,7 @@ words=$($bb cat /proc/cmdline)
 for w in $words; do [ "$w" = isobench.root=1 ] && root_stage; done
 probes=/probes
 """
+    + CTL_SCRIPT
     + RUN_SCRIPT
     + r"""[ "$disk" = 1 ] && $bb umount /mnt/io
 $bb poweroff -f

@@ -1,5 +1,6 @@
 """QEMU itself: the binary, its version and machine types, and the command line of a
-direct launch (no defaults, serial console on stdio, exit on reboot)."""
+direct launch (no defaults, serial console on stdio, exit on reboot; a serving guest's
+control port on a virtio-serial bus)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.envs.guest.channel import PORT_NAME
 from bench.envs.guest.initramfs import GuestImage
 from bench.envs.guest.rootdisk import IO_SERIAL, ROOT_SERIAL
 
@@ -56,6 +58,7 @@ class QemuSpec:
     cache: str = "none"
     nic: tuple[str, str] | None = None  # (tap, MAC): a virtio-net NIC on a made tap
     root: tuple[Path, str] | None = None  # (file, format): the root disk's per-boot overlay
+    ctl: Path | None = None  # the host's listening socket for the control port (channel.py)
 
 
 def qemu_cpu(cpu: str, accel: str) -> str:
@@ -120,5 +123,15 @@ def qemu_command(spec: QemuSpec) -> list[str]:
             f"tap,id=net0,ifname={tap},script=no,downscript=no",
             "-device",
             f"{device},netdev=net0,mac={mac}",
+        ]
+    if spec.ctl is not None:  # QEMU connects to the host's socket (channel.py says why)
+        bus = "virtio-serial-device" if mmio else "virtio-serial-pci"
+        argv += [
+            "-chardev",
+            f"socket,id=ctl,path={str(spec.ctl).replace(',', ',,')},server=off",
+            "-device",
+            f"{bus},id=ser0",
+            "-device",
+            f"virtserialport,bus=ser0.0,chardev=ctl,name={PORT_NAME}",
         ]
     return argv
