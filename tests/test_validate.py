@@ -240,13 +240,15 @@ def test_validate_runs_on_this_host(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3  # the syscall, cpu and quota runs, kept
     assert out["quota_skipped"] == {} and out["quota_run"]["host"]["rounds_done"] >= 2
     by_name = {c["name"]: c for c in out["checks"]}
-    for name, c in by_name.items():
-        if name.startswith("known answer"):
-            assert c["data"]["ratio"] == pytest.approx(c["data"]["expected"], rel=0.10), c
     aa = by_name["A/A"]["data"]["figures"]
-    assert aa["null"]["bursts"] and aa["compute"]["bursts"] and not aa["startup ready"]["bursts"]
+    for fig in ("null", "compute"):  # by bursts from 3 rounds on (a short run may have 2)
+        assert aa[fig]["bursts"] == (min(aa[fig]["n"]) >= 3), aa[fig]
+    assert not aa["startup ready"]["bursts"]
     if acc.find_perf():  # the lead's .ci/setup installs linux-perf
         assert by_name[vc.ACCURACY]["ran"] and len(by_name[vc.ACCURACY]["data"]["segments"]) == 3
+    for name, c in by_name.items():  # last: the burst design's known-answer guard
+        if name.startswith("known answer"):
+            assert c["data"]["ratio"] == pytest.approx(c["data"]["expected"], rel=0.10), c
 
 
 # -- the burst design --------------------------------------------------------------------
