@@ -1,0 +1,291 @@
+"""`isobench validate`'s pure checks (bench/validate.py runs, these judge): each takes the
+figures of a recorded run and answers with a Check.
+
+A figure is a cell's rounds (round -> the median of its values, as the summary sees it)
+and, where it was measured in the burst design, its bursts (round -> block -> value). A
+ratio pairs the two sides block by block within each round both held (the round as the
+cluster: stats.burst_ratio_test, what analysis.compare_bursts runs for the summary) where
+both have bursts, and round by round otherwise (analysis.compare_rounds), so validate
+judges a figure as the summary does. Figures where higher is better (ops/s) are turned
+into costs (time per op, 1/x) before ratios are taken, so every ratio reads "how many
+times the cost of the baseline".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from bench import analysis, stats
+
+ALPHA = 0.05
+SAMPLER_MARGIN = 0.01  # the sampler may cost the cpu probe at most 1%
+MDE_LIMIT = 0.03  # a host where a 3% overhead is undetectable fails validation
+# ... except startup: a ms-scale spawn with a heavy tail, used for effects of x1.5-x100
+MDE_LIMITS = {"startup (ready_ms)": 0.50}
+VDSO_MARGIN = 0.10  # namespaces must serve the vDSO clock as the host does, within 10%
+QUOTA_MARGIN = 0.05  # a quota q must read as 1/q within 5%
+ACCURACY_MARGIN = 0.05  # bursts must read the host's null within 5% of perf's loop
+# "Shown within a margin" is an equivalence test: two one-sided tests at 5% each
+# (TOST), i.e. the 90% CI inside the margin.
+EQUIVALENCE_CONFIDENCE = 1 - 2 * ALPHA
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    line: str  # the figures, for humans
+    data: dict[str, Any] = field(default_factory=dict)
+    ran: bool = True  # False: a capability is missing here (the line says which)
+
+    def text(self) -> str:
+        word = ("PASS" if self.passed else "FAIL") if self.ran else "NOT RUN"
+        return f"{word} {self.name}: {self.line}"
+
+
+def not_run(name: str, why: str) -> Check:
+    """A check that could not run here (not a failure): `why` in one line."""
+    return Check(name, True, f"not run: {why}", {"reason": why}, ran=False)
+
+
+# -- figures ---------------------------------------------------------------------------
+Blocks = dict[int, dict[int, float]]  # round -> block -> a burst's figure
+
+
+@dataclass
+class Figure:
+    """One figure of one cell: its rounds and (burst design) its bursts."""
+
+    rounds: dict[int, float] = field(default_factory=dict)
+    blocks: Blocks = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+    def cost(self, better: str) -> Figure:
+        """The figure as a cost (1/x where higher is better)."""
+        if better != "higher":
+            return self
+        inv = {r: 1.0 / v for r, v in self.rounds.items()}
+        return Figure(inv, {r: {k: 1.0 / x for k, x in b.items()} for r, b in self.blocks.items()})
+
+
+def as_figure(x: Figure | dict[int, float]) -> Figure:
+    """A Figure, or rounds alone (round -> value) as one."""
+    return x if isinstance(x, Figure) else Figure(dict(x))
+
+
+class Figures:
+    """The figures of one run's records, looked up by cell."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        if records:
+            df = pd.DataFrame.from_records(records)
+            self.rounds = analysis.per_round(analysis.measured(df))
+            self.blocks = analysis.burst_blocks(analysis.counted(df))
+        else:
+            self.rounds, self.blocks = {}, {}
+
+    def get(self, env: str, workload: str, op: str, metric: str) -> Figure:
+        key = (env, workload, op, metric)
+        blocks = self.blocks.get((*key, ""), {})
+        return Figure(dict(self.rounds.get(key, {})), {r: dict(b) for r, b in blocks.items()})
+
+
+def burst_test(values: Blocks, base: Blocks, confidence: float = 0.95) -> stats.BurstTest | None:
+    """analysis.compare_bursts at any confidence: values / base block by block within
+    each round both have, the round as the cluster; None below 3 such rounds."""
+    common = sorted(set(values) & set(base))
+    if len(common) < 3:
+        return None
+    v, b = [], []
+    for r in common:
+        blocks = sorted(set(values[r]) | set(base[r]))
+        v.append([values[r].get(k, math.nan) for k in blocks])
+        b.append([base[r].get(k, math.nan) for k in blocks])
+    t = stats.burst_ratio_test(v, b, confidence=confidence)
+    return t if t.method else None
+
+
+def ratio(values, baseline, better: str = "lower", confidence: float = 0.95) -> stats.RatioTest:
+    """The cost-oriented ratio of two figures: by bursts where both sides have them in
+    at least 3 common rounds, else by rounds."""
+    v, b = as_figure(values).cost(better), as_figure(baseline).cost(better)
+    if v.blocks and b.blocks and (t := burst_test(v.blocks, b.blocks, confidence)):
+        return t
+    return analysis.compare_rounds(v.rounds, b.rounds, confidence)
+
+
+def _ci(r: float, lo: float, hi: float) -> str:
+    return f"{r:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def _n(t: stats.RatioTest, values, baseline) -> str:
+    if isinstance(t, stats.BurstTest):
+        return f"n={t.n} rounds ({t.n_blocks} blocks)"
+    return f"n={len(as_figure(values))}/{len(as_figure(baseline))}"
+
+
+# -- checks ----------------------------------------------------------------------------
+def aa_check(pairs: dict[str, tuple], *, alpha: float = ALPHA, better=None) -> Check:
+    """pairs: figure name -> (B, A) figures of two identical environments. Passes when
+    no figure is significant after Benjamini-Hochberg across all figures (the report's
+    own rule); `better`: figure name -> "higher" where it is a rate."""
+    better = better or {}
+    names = list(pairs)
+    tests = [ratio(b, a, better.get(n, "lower")) for n, (b, a) in pairs.items()]
+    adj = stats.benjamini_hochberg([t.p_value for t in tests]) if names else []
+    figures, bad = {}, []
+    for name, (b, a), t, pa in zip(names, pairs.values(), tests, adj, strict=True):
+        sig = stats.significant(pa, t.low, t.high, alpha=alpha)
+        figures[name] = {
+            "ratio": t.ratio,
+            "ci_low": t.low,
+            "ci_high": t.high,
+            "p": t.p_value,
+            "p_adjusted": pa,
+            "significant": sig,
+            "n": [len(as_figure(b)), len(as_figure(a))],
+            "bursts": isinstance(t, stats.BurstTest),
+        }
+        if sig:
+            bad.append(name)
+    ok = bool(names) and not bad
+    parts = [
+        f"{n} B/A {_ci(f['ratio'], f['ci_low'], f['ci_high'])} p_adj={f['p_adjusted']:.2g}"
+        for n, f in figures.items()
+    ]
+    line = "; ".join(parts) if names else "no data"
+    if bad:
+        line += f" — significant: {', '.join(bad)}"
+    return Check("A/A", ok, line, {"figures": figures, "significant": bad})
+
+
+def equivalence_check(
+    name: str, values, baseline, margin: float = SAMPLER_MARGIN, better: str = "lower"
+) -> Check:
+    """Passes when the whole 90% ratio CI lies within 1 ± margin (TOST: shown to differ
+    by less)."""
+    t = ratio(values, baseline, better, EQUIVALENCE_CONFIDENCE)
+    r, lo, hi = t.ratio, t.low, t.high
+    ok = math.isfinite(lo) and math.isfinite(hi) and 1 - margin < lo and hi < 1 + margin
+    if ok:
+        why = f"|ratio - 1| < {margin:.0%} shown"
+    elif math.isfinite(lo) and (lo >= 1 + margin or hi <= 1 - margin):
+        why = f"differs by more than {margin:.0%}"
+    else:
+        why = f"not shown within {margin:.0%}: CI too wide or off-centre, more rounds needed"
+    line = f"ratio {_ci(r, lo, hi)}, {why}, {_n(t, values, baseline)}"
+    return Check(name, ok, line, {"ratio": r, "ci_low": lo, "ci_high": hi, "margin": margin})
+
+
+def known_answer_check(
+    name: str, values, baseline, expected: float, margin=QUOTA_MARGIN, better="lower"
+) -> Check:
+    """Passes when the whole 90% ratio CI of the cost-oriented figure lies within
+    expected * (1 ± margin) (TOST): the known answer is shown to hold within the margin."""
+    t = ratio(values, baseline, better, EQUIVALENCE_CONFIDENCE)
+    r, lo, hi = t.ratio, t.low, t.high
+    low, high = expected * (1 - margin), expected * (1 + margin)
+    ok = math.isfinite(lo) and math.isfinite(hi) and low <= lo and hi <= high
+    if ok:
+        why = f"within {expected:g} ± {margin:.0%}"
+    elif not math.isfinite(r):
+        why = "no data"
+    elif not low <= r <= high:
+        why = f"off by {r / expected - 1:+.1%} (limit ± {margin:.0%})"
+    else:
+        why = f"CI wider than {expected:g} ± {margin:.0%}: more rounds needed"
+    line = f"ratio {_ci(r, lo, hi)} (expected {expected:g}), {why}, {_n(t, values, baseline)}"
+    data = {"ratio": r, "ci_low": lo, "ci_high": hi, "expected": expected, "margin": margin}
+    return Check(name, ok, line, data)
+
+
+def sampler_check(
+    on, off, cpu_fraction, margin: float = SAMPLER_MARGIN, better: str = "lower"
+) -> Check:
+    """The sampler perturbs the probe by less than `margin`, shown either directly (the
+    on/off ratio CI inside 1 ± margin) or, when load makes that CI too wide, by a bound:
+    the on/off CI contains 1 (no detectable effect) and the sampler thread's own CPU
+    time per second of launch (a CPU-time figure, unaffected by other load) has a 95%
+    upper bound below `margin`: a thread in another process slows a CPU-bound probe
+    by at most the CPU it takes, when it has to share the probe's CPU at all."""
+    direct = equivalence_check("sampler", on, off, margin, better)
+    frac = stats.summarize(cpu_fraction)
+    data = {**direct.data, "cpu_fraction": frac.as_dict()}
+    r, lo, hi = direct.data["ratio"], direct.data["ci_low"], direct.data["ci_high"]
+    bound = (
+        f"sampler CPU {frac.median * 100:.2f}% [{frac.ci_low * 100:.2f}, "
+        f"{frac.ci_high * 100:.2f}] of a CPU"
+    )
+    name = "sampler perturbation (sampler on / off, time per op)"
+    if direct.passed:
+        return Check(name, True, f"{direct.line}; {bound}", {**data, "shown_by": "A/B"})
+    no_effect = math.isfinite(lo) and lo <= 1.0 <= hi
+    under = math.isfinite(frac.ci_high) and frac.ci_high < margin
+    ok = no_effect and under
+    line = (
+        f"ratio {_ci(r, lo, hi)} (A/B too wide to show {margin:.0%} at this load; "
+        f"{'contains' if no_effect else 'excludes'} 1); {bound} "
+        f"{'<' if under else '>='} {margin:.0%}"
+    )
+    return Check(name, ok, line, {**data, "shown_by": "CPU bound" if ok else None})
+
+
+def minimum_detectable(b, a, n: int, better: str = "lower") -> float:
+    """The smallest effect (ratio - 1) the paired test finds with 80% power between two
+    identical environments' figures: the burst test's own (stats.BurstTest.detectable,
+    at this run's rounds) where both have bursts, else from the per-round log ratios at
+    `n` rounds (stats.min_detectable_ratio)."""
+    t = ratio(b, a, better)
+    if isinstance(t, stats.BurstTest):
+        return t.detectable - 1
+    fb, fa = as_figure(b).cost(better).rounds, as_figure(a).cost(better).rounds
+    common = sorted(set(fa) & set(fb))
+    d = [math.log(fb[r] / fa[r]) for r in common if fa[r] > 0 and fb[r] > 0]
+    return stats.min_detectable_ratio(d, n=n) - 1
+
+
+def mde_check(
+    pairs: dict[str, tuple], n: int, limit: float = MDE_LIMIT, limits=None, better=None
+) -> Check:
+    """pairs: family -> (B, A) figures of two identical environments; each family's
+    minimum detectable effect (minimum_detectable) must be at most its limit (`limits`,
+    else `limit`)."""
+    limits, better = limits or {}, better or {}
+    figures = {
+        f: minimum_detectable(b, a, n, better.get(f, "lower")) for f, (b, a) in pairs.items()
+    }
+    bad = [f for f, m in figures.items() if not (math.isfinite(m) and m <= limits.get(f, limit))]
+    line = "; ".join(
+        f"{f} {m * 100:.2f}% (limit {limits.get(f, limit):.0%})" for f, m in figures.items()
+    )
+    line += f" in {n} rounds" + (f", too noisy: {', '.join(bad)}" if bad else "")
+    return Check("minimum detectable effect", bool(figures) and not bad, line, figures)
+
+
+ACCURACY = "accuracy of short bursts (host null: bursts / perf bench syscall basic)"
+
+
+def accuracy_check(segments: list[dict[str, Any]], margin: float = ACCURACY_MARGIN) -> Check:
+    """segments: bench.validate_accuracy.Segment.as_dict() of interleaved perf/bursts
+    triples. Passes when the geometric mean of their ratios (bursts / perf) lies within
+    1 ± margin."""
+    if not segments:
+        return Check(ACCURACY, False, "no data", {"segments": []})
+    gm = math.exp(sum(math.log(s["ratio"]) for s in segments) / len(segments))
+    ok = abs(gm - 1) <= margin
+    each = ", ".join(f"{s['ratio']:.3f}" for s in segments)
+    burst = sorted(s["burst_ns"] for s in segments)
+    perf = sorted(v for s in segments for v in (s["perf_before_ns"], s["perf_after_ns"]))
+    line = (
+        f"×{gm:.3f} ({each} in {len(segments)} interleaved triples; bursts of "
+        f"{segments[0]['ms']} ms read {burst[0]:.0f}-{burst[-1]:.0f} ns, perf "
+        f"{perf[0]:.0f}-{perf[-1]:.0f} ns), "
+        + (f"within {margin:.0%}" if ok else f"off by {gm - 1:+.1%} (limit ± {margin:.0%})")
+    )
+    return Check(ACCURACY, ok, line, {"ratio": gm, "margin": margin, "segments": segments})
