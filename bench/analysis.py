@@ -162,12 +162,14 @@ def burst_blocks(data) -> dict[tuple, BlockValues]:
     return out
 
 
-def compare_bursts(values: BlockValues, base: BlockValues) -> stats.BurstTest | None:
+def compare_bursts(
+    values: BlockValues, base: BlockValues, confidence: float = 0.95
+) -> stats.BurstTest | None:
     """values / base in the burst design, block by block within each round both have
     (stats.burst_ratio_test, the round as the cluster); None below 3 such rounds."""
     if len(set(values) & set(base)) < 3:
         return None
-    t = stats.burst_ratio_test(*aligned(values, base))
+    t = stats.burst_ratio_test(*aligned(values, base), confidence=confidence)
     return t if t.method else None
 
 

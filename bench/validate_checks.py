@@ -96,26 +96,11 @@ class Figures:
         return Figure(dict(self.rounds.get(key, {})), {r: dict(b) for r, b in blocks.items()})
 
 
-def burst_test(values: Blocks, base: Blocks, confidence: float = 0.95) -> stats.BurstTest | None:
-    """analysis.compare_bursts at any confidence: values / base block by block within
-    each round both have, the round as the cluster; None below 3 such rounds."""
-    common = sorted(set(values) & set(base))
-    if len(common) < 3:
-        return None
-    v, b = [], []
-    for r in common:
-        blocks = sorted(set(values[r]) | set(base[r]))
-        v.append([values[r].get(k, math.nan) for k in blocks])
-        b.append([base[r].get(k, math.nan) for k in blocks])
-    t = stats.burst_ratio_test(v, b, confidence=confidence)
-    return t if t.method else None
-
-
 def ratio(values, baseline, better: str = "lower", confidence: float = 0.95) -> stats.RatioTest:
     """The cost-oriented ratio of two figures: by bursts where both sides have them in
     at least 3 common rounds, else by rounds."""
     v, b = as_figure(values).cost(better), as_figure(baseline).cost(better)
-    if v.blocks and b.blocks and (t := burst_test(v.blocks, b.blocks, confidence)):
+    if v.blocks and b.blocks and (t := analysis.compare_bursts(v.blocks, b.blocks, confidence)):
         return t
     return analysis.compare_rounds(v.rounds, b.rounds, confidence)
 
