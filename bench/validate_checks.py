@@ -53,7 +53,7 @@ def not_run(name: str, why: str) -> Check:
 
 
 # -- figures ---------------------------------------------------------------------------
-Blocks = dict[int, dict[int, float]]  # round -> block -> a burst's figure
+Blocks = analysis.BlockValues  # round -> block -> a burst's figure
 
 
 @dataclass
