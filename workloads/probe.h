@@ -596,7 +596,7 @@ static inline void probe_finish_args(probe_args *a, int argc, char **argv)
  * first burst (probe_serve_burst()), never again; that first burst of the process also
  * runs one CFS period of its op (probe_window_prepare_rate()), so a caller sends each op
  * one untimed burst first. After it, a window's burst answers within max(window/16, one
- * iteration) of its end (probe_serve_window()), whatever a clock read costs.
+ * iteration) of its end (probe_serve_window()), however long a clock read takes.
  */
 #define PROBE_SERVE_MAX_LINE 256
 #define PROBE_SERVE_MAX_MS 3600000ULL
@@ -743,25 +743,24 @@ typedef struct {
 /*
  * A window of serve mode: probe_window()'s figure (the work done in exactly window_ns,
  * the chunk that crosses the end interpolated, "cpu_ns" likewise), with chunks sized
- * for the window rather than for the clock. A chunk of PROBE_CLOCK_SHARE clock reads
- * lasts ~20 ms under gVisor, where a clock read is a system call of ~40 us: a window of
- * 5 ms then ended only with its first chunk, 20-60 ms late. Here each chunk aims at half
- * the time left (a chunk of an op that ran twice as slow as expected still ends within
- * the window), and at least at share_ns, but never more than window / PROBE_SERVE_SLICES;
- * its iterations come from the slowest of three rates: the op's last window's, this
- * window's so far, its last chunk's. So a window of N ms reads the clock about
- * log2(PROBE_SERVE_SLICES) + 2 times where the op is steady (under gVisor: ~4% of 5 ms,
- * not 13% as chunks of window/16 would), and ends within max(window/16, one iteration);
- * the last chunks are as short as probe_window()'s (share_ns) wherever the clock is
- * cheap, so a quota's pause inside the crossing chunk costs the figure as little.
+ * for the window as well as for the clock. A chunk lasts PROBE_CLOCK_SHARE clock reads
+ * (share_ns: the clock then costs at most 1/PROBE_CLOCK_SHARE of the window) where that
+ * is at most window / PROBE_SERVE_SLICES: ~10 us on the host, so a window ends within
+ * ~10 us of its end, as probe_window()'s. Under gVisor a clock read can be a system call
+ * of 40-120 us (in some sandboxes; ~30 ns in others), share_ns 20-60 ms: a window of 5 ms
+ * then ended only with its first chunk, 18-63 ms late. There a chunk aims at half the
+ * time left (a chunk of an op that runs twice as slow as expected still ends within the
+ * window), and no less than window / PROBE_SERVE_SLICES: the window ends within
+ * max(window/16, one iteration) of its end after log2(PROBE_SERVE_SLICES) + 2 or so
+ * clock reads (chunks of window/16 throughout would take 16: 13-38% of a 5 ms window).
+ * A chunk's iterations come from the slowest of three rates: the op's last window's,
+ * this window's so far, its last chunk's.
  * Returns 0 or an errno value (see probe_strerr()).
  */
 static inline int probe_serve_window(probe_fn fn, void *ctx, probe_serve_op *s,
                                      uint64_t window_ns, double *work, uint64_t *checksum)
 {
-    uint64_t tail_ns = s->share_ns, cks = 0, done = 0;
-    if (tail_ns > window_ns / PROBE_SERVE_SLICES)
-        tail_ns = window_ns / PROBE_SERVE_SLICES;
+    uint64_t tail_ns = window_ns / PROBE_SERVE_SLICES, cks = 0, done = 0;
     double per = s->ns_per_iter > 0 ? s->ns_per_iter : 1.0;
     uint64_t cpu0 = probe_cpu_ns();
     uint64_t start = probe_now_ns(), prev = start, end = start + window_ns;
@@ -770,6 +769,8 @@ static inline int probe_serve_window(probe_fn fn, void *ctx, probe_serve_op *s,
         double aim = (double)(end - prev) / 2;
         if (aim < (double)tail_ns)
             aim = (double)tail_ns;
+        if (aim > (double)s->share_ns)
+            aim = (double)s->share_ns;
         double want = aim / per;
         uint64_t n = want < 1 ? 1 : want > (double)PROBE_MAX_ITERS ? PROBE_MAX_ITERS
                                                                     : (uint64_t)want;
