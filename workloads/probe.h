@@ -311,22 +311,36 @@ static inline uint64_t probe_clock_cost_ns(void)
  * timer: a first window would hold one running stretch too many, up to a third
  * more work in 300 ms at q = 0.25); from the first period boundary on, every
  * period holds the same running time.
+ * With ns_per_iter (may be NULL): the op's wall time per iteration, from that
+ * period where it ran (a quota's pauses included), else from the calibration.
  * Returns 0 or an errno value (see probe_strerr()).
  */
-static inline int probe_window_prepare_floor(probe_fn fn, void *ctx, uint64_t *chunk,
-                                             uint64_t floor_ns)
+static inline int probe_window_prepare_rate(probe_fn fn, void *ctx, uint64_t *chunk,
+                                            uint64_t floor_ns, double *ns_per_iter)
 {
     static int settled;
     uint64_t min_ns = PROBE_CLOCK_SHARE * probe_clock_cost_ns();
-    uint64_t elapsed, cks;
+    uint64_t elapsed = 0, cks, ran = 0;
     if (min_ns < floor_ns)
         min_ns = floor_ns;
     uint64_t t0 = probe_now_ns();
     int rc = probe_calibrate_ns(fn, ctx, min_ns, chunk, &elapsed, &cks);
-    while (!rc && !settled && probe_now_ns() - t0 < PROBE_CFS_PERIOD_NS)
+    uint64_t t1 = probe_now_ns();
+    while (!rc && !settled && probe_now_ns() - t0 < PROBE_CFS_PERIOD_NS) {
         rc = fn(ctx, *chunk, &cks);
+        ran += *chunk;
+    }
     settled = 1;
+    if (ns_per_iter && !rc)
+        *ns_per_iter = ran ? (double)(probe_now_ns() - t1) / (double)ran
+                           : (double)elapsed / (double)*chunk;
     return rc;
+}
+
+static inline int probe_window_prepare_floor(probe_fn fn, void *ctx, uint64_t *chunk,
+                                             uint64_t floor_ns)
+{
+    return probe_window_prepare_rate(fn, ctx, chunk, floor_ns, NULL);
 }
 
 /* The same with chunks of at least PROBE_CHUNK_MIN_NS (windows of 10 ms and more). */
@@ -578,8 +592,11 @@ static inline void probe_finish_args(probe_args *a, int argc, char **argv)
  * `quit` counts, bad ones too). A bad command (empty, unknown op, a length that is
  * missing or out of range, anything more, longer than PROBE_SERVE_MAX_LINE) gets an
  * error line whose op is the command's first word ("" if none), and the probe reads on.
- * Bursts are cheap to start: an op is set up, and its chunk calibrated, once, at its
- * first burst (probe_serve_burst()), never again.
+ * Bursts are cheap to start: an op is set up, and its rate calibrated, once, at its
+ * first burst (probe_serve_burst()), never again; that first burst of the process also
+ * runs one CFS period of its op (probe_window_prepare_rate()), so a caller sends each op
+ * one untimed burst first. After it, a window's burst answers within max(window/16, one
+ * iteration) of its end (probe_serve_window()), however long a clock read takes.
  */
 #define PROBE_SERVE_MAX_LINE 256
 #define PROBE_SERVE_MAX_MS 3600000ULL
@@ -712,16 +729,84 @@ static inline int probe_serve(const probe_args *a, probe_burst_fn run, void *ctx
 
 /* The per-op state a serve-mode op keeps between its bursts. */
 typedef struct {
-    uint64_t chunk;  /* iterations of one chunk of a window; starts as the probe's first guess */
-    int calibrated;  /* chunk calibrated (at the op's first ms= burst) */
+    uint64_t chunk;      /* the first guess of the op's calibration, in iterations (set by
+                            the probe), then its calibrated count */
+    int calibrated;      /* rate calibrated (at the op's first ms= burst) */
+    double ns_per_iter;  /* the op's wall time per iteration: calibrated, then its last
+                            window's (clock reads and a quota's pauses included) */
+    uint64_t share_ns;   /* PROBE_CLOCK_SHARE clock reads: the shortest chunk worth one */
 } probe_serve_op;
+
+/* A window's last chunks last at most window / PROBE_SERVE_SLICES (its overrun). */
+#define PROBE_SERVE_SLICES 16
+
+/*
+ * A window of serve mode: probe_window()'s figure (the work done in exactly window_ns,
+ * the chunk that crosses the end interpolated, "cpu_ns" likewise), with chunks sized
+ * for the window as well as for the clock. A chunk lasts PROBE_CLOCK_SHARE clock reads
+ * (share_ns: the clock then costs at most 1/PROBE_CLOCK_SHARE of the window) where that
+ * is at most window / PROBE_SERVE_SLICES: ~10 us on the host, so a window ends within
+ * ~10 us of its end, as probe_window()'s. Under gVisor a clock read can be a system call
+ * of 40-120 us (in some sandboxes; ~30 ns in others), share_ns 20-60 ms: a window of 5 ms
+ * then ended only with its first chunk, 18-63 ms late. There a chunk aims at half the
+ * time left (a chunk of an op that runs twice as slow as expected still ends within the
+ * window), and no less than window / PROBE_SERVE_SLICES: the window ends within
+ * max(window/16, one iteration) of its end after log2(PROBE_SERVE_SLICES) + 2 or so
+ * clock reads (chunks of window/16 throughout would take 16: 13-38% of a 5 ms window).
+ * A chunk's iterations come from the slowest of three rates: the op's last window's,
+ * this window's so far, its last chunk's.
+ * Returns 0 or an errno value (see probe_strerr()).
+ */
+static inline int probe_serve_window(probe_fn fn, void *ctx, probe_serve_op *s,
+                                     uint64_t window_ns, double *work, uint64_t *checksum)
+{
+    uint64_t tail_ns = window_ns / PROBE_SERVE_SLICES, cks = 0, done = 0;
+    double per = s->ns_per_iter > 0 ? s->ns_per_iter : 1.0;
+    uint64_t cpu0 = probe_cpu_ns();
+    uint64_t start = probe_now_ns(), prev = start, end = start + window_ns;
+    probe_errbuf[0] = 0;
+    for (;;) {
+        double aim = (double)(end - prev) / 2;
+        if (aim < (double)tail_ns)
+            aim = (double)tail_ns;
+        if (aim > (double)s->share_ns)
+            aim = (double)s->share_ns;
+        double want = aim / per;
+        uint64_t n = want < 1 ? 1 : want > (double)PROBE_MAX_ITERS ? PROBE_MAX_ITERS
+                                                                    : (uint64_t)want;
+        uint64_t c = 0;
+        int rc = fn(ctx, n, &c);
+        uint64_t t = probe_now_ns();
+        if (rc)
+            return rc;
+        cks += c;
+        if (t >= end) {
+            double part = t > prev ? (double)(end - prev) / (double)(t - prev) : 1.0;
+            *work = (double)done + (double)n * part;
+            *checksum = cks;
+            double cpu = (double)(probe_cpu_ns() - cpu0) * (double)window_ns / (double)(t - start);
+            probe_window_cpu_ns = (uint64_t)cpu;
+            s->ns_per_iter = (double)(t - start) / (double)(done + n);
+            return 0;
+        }
+        double last = (double)(t - prev) / (double)n;
+        done += n;
+        prev = t;
+        double avg = (double)(t - start) / (double)done;
+        per = s->ns_per_iter;
+        if (per < avg)
+            per = avg;
+        if (per < last)
+            per = last;
+    }
+}
 
 /*
  * One burst of op fn (probe_burst): *work = the iterations done (unrounded for a
- * window), *elapsed = the window or the measured time of iters=N. A window's chunk
- * is calibrated at the op's first window only, to at least PROBE_CLOCK_SHARE clock
- * reads and no more (a window of a few ms then holds many chunks); the first
- * calibration of the process also settles a CPU quota's period (probe_window_prepare_floor()).
+ * window), *elapsed = the window or the measured time of iters=N. An op's rate is
+ * calibrated at its first window only (the first calibration of the process also
+ * settles a CPU quota's period: probe_window_prepare_rate()); every window then runs
+ * as probe_serve_window() and keeps its rate for the next.
  * Returns 0 or an errno value (see probe_strerr()).
  */
 static inline int probe_serve_burst(probe_fn fn, void *ctx, probe_serve_op *s,
@@ -740,13 +825,14 @@ static inline int probe_serve_burst(probe_fn fn, void *ctx, probe_serve_op *s,
         return rc;
     }
     if (!s->calibrated) {
-        int rc = probe_window_prepare_floor(fn, ctx, &s->chunk, 0);
+        int rc = probe_window_prepare_rate(fn, ctx, &s->chunk, 0, &s->ns_per_iter);
         if (rc)
             return rc;
+        s->share_ns = PROBE_CLOCK_SHARE * probe_clock_cost_ns();
         s->calibrated = 1;
     }
     *elapsed = b->window_ns;
-    return probe_window(fn, ctx, s->chunk, b->window_ns, work, checksum);
+    return probe_serve_window(fn, ctx, s, b->window_ns, work, checksum);
 }
 
 #endif /* ISOBENCH_PROBE_H */
