@@ -48,10 +48,9 @@ def counted(df):
 
 
 def partner(df):
-    """Which samples are a baseline's partners: its bursts in a guest's own held set
-    (bench/families/bursts.py) and its launches paired with another environment's start
-    (runner._paired_starts). They pair with that environment's, and are no figure of the
-    baseline's own."""
+    """Which samples are a baseline's partners: its launches paired with another
+    environment's start (runner._paired_starts, the set naming that environment). They
+    pair with that environment's, and are no figure of the baseline's own."""
     if "set" not in df.columns:
         return np.zeros(len(df), dtype=bool)
     held_set = df["set"].fillna("").astype(str)
@@ -147,9 +146,9 @@ BlockValues = dict[int, dict[int, float]]  # round -> block -> the burst's figur
 
 def burst_blocks(data) -> dict[tuple, BlockValues]:
     """Burst samples per (env, workload, op, metric, held set): round -> block -> value
-    (the partner bursts of a guest's set included, under the baseline's label); also the
-    phases of a launch paired with a baseline launch next to it (runner._paired_starts:
-    block 1 of the environment's set)."""
+    (the held set "": the run's one set of each round); also the phases of a launch
+    paired with a baseline launch next to it (runner._paired_starts: block 1 of the set
+    named after the environment, the baseline's partner launch included)."""
     if "block" not in data.columns:
         return {}
     b = data[data["source"].isin(["burst", "phase"]) & data["block"].notna()]
@@ -281,9 +280,9 @@ def summarize_run(
         base_key = (baseline, workload, op, metric)
         base = rounds.get(base_key)
         # the burst design pairs with the baseline's bursts of the same held set, which
-        # ran the same invocation (a guest's partner: the guest's sizes)
+        # ran the same invocation
         bursts = _paired_bursts(blocks, key, baseline) if env != baseline else None
-        if base is not None and not bursts and args[key] != args[base_key]:
+        if base is not None and not bursts and sizes(args[key]) != sizes(args[base_key]):
             base = None  # other probe arguments (an emulated guest's sizes): no ratio
             row["note"] = "no ratio: the baseline ran this probe with other arguments"
         if (base or bursts) and _signed(manifest, workload, metric):
@@ -320,10 +319,32 @@ def summarize_run(
     return rows
 
 
+# probe options that shape how long or how often an op is timed, not what it does: a
+# launch's repetitions and windows, the serve mode's bursts (workloads/probe.h)
+TIMING_OPTIONS = {"--reps": 1, "--min-ms": 1, "--window-ms": 1, "--serve": 0}
+
+
+def sizes(argsets: set[str]) -> set[str]:
+    """Probe argument strings without their timing options: two figures whose probes ran
+    with the same sizes compare, whether timed in bursts or in a launch's windows (an
+    emulated guest launched, its baseline in bursts)."""
+    out = set()
+    for text in argsets:
+        words, kept = text.split(), []
+        while words:
+            w = words.pop(0)
+            if w in TIMING_OPTIONS:
+                del words[: TIMING_OPTIONS[w]]
+            else:
+                kept.append(w)
+        out.add(" ".join(kept))
+    return out
+
+
 def _paired_bursts(blocks: dict[tuple, BlockValues], key: tuple, baseline: str):
-    """The burst test of figure `key` against the baseline's bursts of the same held set
-    (the main set, or a guest's own with its partner); None where either side has no
-    bursts in at least 3 common rounds (then rounds pair: compare_rounds)."""
+    """The burst test of figure `key` against the baseline's of the same set (the held
+    set, or a start's own pairing with a baseline launch); None where either side has
+    none in at least 3 common rounds (then rounds pair: compare_rounds)."""
     env = key[0]
     for held_set in ("", env):
         mine = blocks.get((*key, held_set))

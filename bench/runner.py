@@ -358,8 +358,8 @@ class Runner:
             self.canary.pair(rnd)
 
     def _canary_view(self) -> dict[str, Any] | None:
-        """The canary's diagnosis, with how far apart a burst and its baseline partner
-        were (every_ms, the median over the run's pairs) and how many blocks ran."""
+        """The canary's diagnosis, with how far apart a burst and the baseline's of its
+        block were (every_ms, the median over the run's pairs) and how many blocks ran."""
         found = self.canary.diagnosis() if self.canary is not None else None
         if found is None:
             return None
@@ -451,9 +451,8 @@ class Runner:
             group = [cell]
             holds = self.sched.holds
             shared = self._shared(cell, rnd)
-            if shared and not act.env.emulated:  # one held set: every such environment
+            if shared:  # one held set: every such environment
                 group = [c for c in pending if c.workload == cell.workload and self._shared(c, rnd)]
-                group = [c for c in group if not self.active[c.env.label].env.emulated]
             elif act.env is not None and act.env.one_instance_per_round and not holds(cell):
                 group = [c for c in pending if c.env.label == cell.env.label and not holds(c)]
             pending = [c for c in pending if c not in group]
@@ -481,7 +480,7 @@ class Runner:
 
     def _base(self, cell: Cell, rnd: int, env: EnvSpec | None = None) -> dict[str, Any]:
         """A new launch's sample fields: of `cell`, in environment `env` (default the
-        cell's own; a guest's held set records its baseline partner under the cell)."""
+        cell's own; a start's baseline partner is recorded under the cell)."""
         env = env or cell.env
         act = self.active[env.label]
         self.seq += 1
@@ -501,37 +500,25 @@ class Runner:
 
     def _shared(self, cell: Cell, rnd: int) -> bool:
         """The cell is measured in a held set across environments (its strategy's
-        round_all): a counted round of a prepared environment."""
+        round_all): a counted round of a prepared environment that is no emulated guest
+        (schedule.Schedule.holds: a guest runs it in its round's one boot)."""
         act = self.active[cell.env.label]
-        return rnd >= 1 and act.ok and act.env is not None and self._family(cell.workload).shared
+        return rnd >= 1 and act.ok and self.sched.holds(cell) and self._family(cell.workload).shared
 
     def _launch_shared(self, group: list[Cell], rnd: int) -> list[dict[str, Any]]:
-        """One held set of the group's cells (one workload, one cell per environment);
-        a guest alone is a set of its own with a partner instance of the baseline, whose
-        bursts pair with the guest's and are recorded under the baseline's label with the
-        guest's set (and nothing else of that partner launch)."""
+        """One held set of the group's cells (one workload, one cell per environment)."""
         family = self._family(group[0].workload)
         w = self.workloads[group[0].workload]
-        envs = [(c, self.active[c.env.label]) for c in group]
-        held_set = ""
-        base = self.active.get(self.m.baseline)
-        guest = self.active[group[0].env.label].env
-        if guest is not None and guest.emulated:
-            held_set = group[0].env.label
-            if base is not None and base.ok and base.env is not None and not base.env.emulated:
-                envs.insert(0, (group[0], base))
-        jobs = [Job(act.spec, act.env, [w]) for _, act in envs]
-        results = family.round_all(self.settings, jobs, rnd=rnd, held_set=held_set)
+        acts = [self.active[c.env.label] for c in group]
+        jobs = [Job(act.spec, act.env, [w]) for act in acts]
         out = []
-        for (cell, act), result in zip(envs, results, strict=True):
-            partner = act.spec.label != cell.env.label
-            base_fields = self._base(cell, rnd, act.spec)
+        for cell, result in zip(group, family.round_all(self.settings, jobs, rnd=rnd), strict=True):
+            fields = self._base(cell, rnd)
             if result.args[0] is not None:
-                base_fields["args"] = result.args[0]
-            described = self.manifest.get("environments", {}).get(act.spec.label, {})
-            launch = family.read(self.settings, result.launches[0], base_fields, described)
-            records = launch_records(launch, cell, base_fields)
-            out.extend(r for r in records if not partner or r["source"] == "burst")
+                fields["args"] = result.args[0]
+            described = self.manifest.get("environments", {}).get(cell.env.label, {})
+            launch = family.read(self.settings, result.launches[0], fields, described)
+            out.extend(launch_records(launch, cell, fields))
         return out
 
     def _paired_starts(

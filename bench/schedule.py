@@ -85,8 +85,13 @@ class Schedule:
 
     def holds(self, cell: Cell) -> bool:
         """A cell measured on held instances (its strategy's), not by launching a probe
-        to completion: a round of its own, never a warm-up where a launch can be one."""
-        return families.of(self.workloads[cell.workload]).holds
+        to completion: a round of its own, never a warm-up where a launch can be one. An
+        emulated guest runs a shared strategy's workloads (the burst design) launched in
+        its round's one boot instead (bench/families/bursts.py says why)."""
+        family = families.of(self.workloads[cell.workload])
+        if family.shared and self._emulated(cell):
+            return False
+        return family.holds
 
     # -- the budget ----------------------------------------------------------------------
     def start_clock(self) -> None:

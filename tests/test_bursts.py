@@ -69,25 +69,19 @@ def test_the_ratio_is_tested_over_rounds_of_paired_blocks(run):
     assert b["detectable_ratio"] > 1
 
 
-def test_a_guest_is_a_held_set_of_its_own_with_a_partner_of_the_baseline(run):
-    envs = ["fake:label=a", "batch:label=vm,scale=3"]
-    manifest, records, r = run(envs, ("ticks",), **ROUNDS)
-    guest = bursts(records, env="vm")
-    partner = bursts(records, env="a", set="vm")
-    assert guest and all(x["set"] == "vm" for x in guest)
-    assert {(x["round"], x["block"]) for x in guest} == {(x["round"], x["block"]) for x in partner}
-    assert all(x["cell"] == "vm|ticks" for x in partner)
-    assert not [
-        x
-        for x in records
-        if x["env"] == "a" and x["set" if "set" in x else "env"] == "vm" and x["source"] != "burst"
-    ], "a partner launch records only its bursts"
-    df = store.load_samples(r.run_dir)
-    own = analysis.measured(df)
-    assert not own[(own["env"] == "a") & (own["set"] == "vm")].shape[0]
-    rows = analysis.summarize_run(df, manifest, n_boot=50)
-    vm = next(x for x in rows if x["env"] == "vm")
-    assert "over rounds of blocks" in vm["test"] and 2.5 < vm["ratio"] < 3.5
+def test_an_emulated_guest_runs_them_launched_in_its_one_boot(run):
+    envs = ["fake:label=a", "fake:label=b", "batch:label=vm,scale=3"]
+    manifest, records, r = run(envs, ("ticks", "syscall"), **ROUNDS)
+    guest = [x for x in records if x["env"] == "vm" and x["round"] >= 1 and x["op"] == "null"]
+    assert guest and all(x["source"] == "probe" for x in guest)
+    boots = [
+        c for c in __import__("tests.fakes", fromlist=["FakeEnv"]).FakeEnv.calls if c[0] == "batch"
+    ]
+    assert ("batch", ["ticks", "syscall"]) in boots or ("batch", ["syscall", "ticks"]) in boots
+    assert {x["env"] for x in bursts(records)} == {"a", "b"}
+    rows = analysis.summarize_run(store.load_samples(r.run_dir), manifest, n_boot=50)
+    vm = next(x for x in rows if x["env"] == "vm" and x["workload"] == "ticks")
+    assert vm["test"].startswith("paired") and "blocks" not in vm["test"]
 
 
 def test_a_kind_without_a_channel_is_measured_by_launches_in_the_same_round(run):

@@ -73,7 +73,7 @@ class Family:
     section: ClassVar[str]  # the report section that shows it
     holds: ClassVar[bool]  # measured on held instances, one cell a round
     # a round spans the cells of one workload in every environment at once (a held set:
-    # round_all); the runner groups them, an emulated guest being a set of its own
+    # round_all); the runner groups them (an emulated guest runs them in its one boot)
     shared: ClassVar[bool] = False
     # a workload whose one launch's disk footprint a run of this strategy records
     # (bench/footprint.py: the footprint study), None when it records none
@@ -86,12 +86,9 @@ class Family:
     def round(self, s: Settings, job: Job) -> Round:
         raise NotImplementedError(f"{type(self).__name__} has no round()")
 
-    def round_all(
-        self, s: Settings, jobs: list[Job], *, rnd: int, held_set: str = ""
-    ) -> list[Round]:
+    def round_all(self, s: Settings, jobs: list[Job], *, rnd: int) -> list[Round]:
         """A shared strategy's round over several environments (one job each, one cell of
-        the same workload): one Round per job, in order. `held_set` names the set in
-        the records ("" the main one; a guest's label for a guest's own)."""
+        the same workload): one Round per job, in order."""
         raise NotImplementedError(f"{type(self).__name__} has no round_all()")
 
     def estimate(

@@ -165,13 +165,12 @@ def burst_cells(df) -> dict[tuple, dict[str, Any]]:
     """The figures measured in bursts on held instances (records of source "burst"):
     {(env, workload, op, metric): {"rounds": held sets, "blocks": blocks per round (the
     median over rounds)}}. A block gives each cell one burst, so a round's blocks are its
-    records (or its distinct block numbers, where the samples carry them). The baseline's
-    partner bursts in a guest's own held set ("set" names the guest) pair with the
-    guest's and are no figure of the baseline's: not counted."""
+    records (or its distinct block numbers, where the samples carry them). Partner
+    samples (a set naming another environment: analysis.partner) are not counted."""
     if not len(df) or "source" not in df.columns:
         return {}
     b = df[(df["source"] == "burst") & (df["status"] == "ok") & (df["round"] >= 1)]
-    if "set" in b.columns:  # a baseline's partner bursts in a guest's own held set
+    if "set" in b.columns:  # a baseline's partners (analysis.partner)
         held = b["set"].fillna("").astype(str)
         b = b[(held == "") | (held == b["env"])]
     if not len(b):
