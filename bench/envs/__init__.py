@@ -12,6 +12,7 @@ from bench.envs.namespaces import NamespacesEnv
 from bench.envs.oci import OciEnv
 from bench.envs.podman import PodmanEnv
 from bench.envs.qemu import QemuEnv
+from bench.envs.swarm import SwarmEnv
 
 REGISTRY: dict[str, type[Environment]] = {
     "host": HostEnv,
@@ -23,4 +24,5 @@ REGISTRY: dict[str, type[Environment]] = {
     "qemu": QemuEnv,
     "cri": CriEnv,
     "k8s": K8sEnv,
+    "swarm": SwarmEnv,
 }
