@@ -34,7 +34,7 @@ HELD_GUESTS = 2  # a software-emulated boot takes seconds of both CPUs: two show
 READY_S = 120  # a guest under TCG boots in ~10 s; four of them at once on 2 cores
 # No cluster can run here: k8s runs against the stand-in of the API server
 # (tests/k8s_standin.py), which runs nothing: this checks the kind's client side only.
-CONFIG = {"k8s": {"image": "standin.invalid/isobench-probes"}}
+CONFIG = {"k8s": {"image": "standin.invalid/isobench-probes"}, "swarm": {"daemon": "private"}}
 
 
 @pytest.mark.parametrize("kind", KINDS)

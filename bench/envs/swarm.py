@@ -230,6 +230,7 @@ class SwarmEnv(Environment):
         advertise = LOOPBACK
         if self.opts["daemon"] == "private":
             advertise = self._start_private()
+        sd.remember(self.host)  # `clean` looks there too after a kill -9
         self._info = self.cl.info()
         if self.opts["runtime"] and self.opts["runtime"] != self._info.get("DefaultRuntime"):
             raise OptionError(self.refusal({**self.opts, "daemon": "default", "host": self.host}))

@@ -44,6 +44,19 @@ FAILED_STATES = ("failed", "rejected", "orphaned")
 ENDED_STATES = ("complete", "shutdown", *FAILED_STATES)
 
 
+def wall_ns(stamp: str) -> int | None:
+    """Pure: a daemon's RFC 3339 stamp with nanoseconds -> ns since the epoch (UTC)."""
+    import calendar
+
+    try:
+        day, _, clock = stamp.rstrip("Z").partition("T")
+        hms, _, frac = clock.partition(".")
+        secs = calendar.timegm(time.strptime(f"{day}T{hms}", "%Y-%m-%dT%H:%M:%S"))
+        return secs * 10**9 + int((frac + "000000000")[:9])
+    except ValueError:
+        return None
+
+
 class SwarmInstance(Instance):
     """A one-replica service; begin() creates it and starts the watchers."""
 
@@ -58,6 +71,7 @@ class SwarmInstance(Instance):
         self.phases: dict[str, int] = {}
         self.failure: tuple[str, str] | None = None
         self.res = Streamed(t_submit=self.t_submit)
+        self._wall_offset = time.time_ns() - time.monotonic_ns()  # daemon stamps -> ours
         self.network = "none"
         self.path = ""
         self.remote = ("127.0.0.1", None)  # where published ports are reached
@@ -273,7 +287,36 @@ class SwarmInstance(Instance):
             if left <= 0 or self._stream_ended.is_set() or self._died.is_set():
                 break
             self._ready_seen.wait(min(left, 0.05))
+        if self.cid is not None and (self._ready_seen.is_set() or self._stream_ended.is_set()):
+            self._from_log(whole=False)  # the daemon's stamp of `ready`; a line the attach lost
         return self._ready_seen.is_set()
+
+    def _from_log(self, whole: bool) -> None:
+        """The container's log (json-file keeps every line with the daemon's stamp of its
+        arrival): the `ready` line's stamp, on this host's monotonic clock, replaces the
+        attach's; with `whole`, the log's stdout lines replace the stream's (an attach
+        made while the container started can lose the lines printed meanwhile)."""
+        try:
+            raw = self._calls.logs(self.cid, stdout=True, stderr=False, timestamps=True)
+        except Exception:  # noqa: BLE001 - a log driver that cannot be read: keep the stream's
+            return
+        before, after, t_ready = [], [], None
+        for entry in raw.decode(errors="replace").splitlines():
+            stamp, _, line = entry.partition(" ")
+            if t_ready is None:
+                if is_ready(line):
+                    t_ready = wall_ns(stamp) - self._wall_offset if wall_ns(stamp) else None
+                    t_ready = t_ready or time.monotonic_ns()
+                else:
+                    before.append(line)
+            else:
+                after.append(line)
+        with self._lines:
+            if t_ready is not None:
+                self.res.t_ready = t_ready
+                self._ready_seen.set()
+            if whole:
+                self.res.before_ready, self.res.lines = before, after
 
     def _signal_stop(self) -> None:
         if self.cid is not None and not self._died.is_set():
@@ -307,6 +350,8 @@ class SwarmInstance(Instance):
     def _collect(self, stopped: bool, timed_out: bool) -> Launch:
         if self._died.is_set():
             self._stream_ended.wait(max(0.1, min(5.0, self.left())))  # the last lines
+            if self.cid is not None and not self.serve:
+                self._from_log(whole=True)
         if self._sampler is not None:
             self._sampler.stop()
         res = self.res
