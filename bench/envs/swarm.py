@@ -206,18 +206,28 @@ class SwarmEnv(Environment):
     def driver(self) -> str:
         return (self._info.get("CgroupDriver") or "cgroupfs").lower()
 
-    def stream_api(self):
+    @property
+    def task_host(self) -> str:
+        """The daemon whose node runs the tasks, when known: a private worker that
+        node= names (its containers are not the manager daemon's), else the manager's."""
+        node = self.opts["node"]
+        for worker in self.private[1:]:
+            if node == "worker" and len(self.private) == 2 or node == worker.node_id:
+                return worker.host
+        return self.host
+
+    def stream_api(self, host: str | None = None):
         import docker
 
         return docker.APIClient(
-            base_url=self.host, timeout=STREAM_TIMEOUT_S, version=self.cl.api.api_version
+            base_url=host or self.host, timeout=STREAM_TIMEOUT_S, version=self.cl.api.api_version
         )
 
-    def call_api(self):
+    def call_api(self, host: str | None = None):
         import docker
 
         return docker.APIClient(
-            base_url=self.host, timeout=sd.CALL_TIMEOUT_S, version=self.cl.api.api_version
+            base_url=host or self.host, timeout=sd.CALL_TIMEOUT_S, version=self.cl.api.api_version
         )
 
     def prepare(self, bundle) -> None:
@@ -278,6 +288,7 @@ class SwarmEnv(Environment):
                 listen_addr=f"{worker.address}:2377",
             )
             img.ensure_docker_image(wcl, bundle, self.ctx.cache)
+            worker.node_id = wcl.info()["Swarm"]["NodeID"]
         except Exception as e:  # noqa: BLE001 - the daemon's reason, one line
             raise StartError(f"worker {worker.name}: {sd.explain(e)}") from None
         finally:

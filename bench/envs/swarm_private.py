@@ -75,6 +75,7 @@ class PrivateDaemon:
     data: Path  # its data root (in the env's scratch)
     address: str = ""  # its address on its first link (set by link_to())
     manager_address: str = ""  # a worker's: the manager's end of their link
+    node_id: str = ""  # a worker's swarm node id, once joined
     proc: subprocess.Popen | None = None
     links: list[str] = field(default_factory=list)  # host-side ends made
 

@@ -39,6 +39,7 @@ from bench.probeio import is_ready
 POLL_S = 0.01  # the task list, until the task has a node
 POLL_SLOW_S = 0.2  # after that: a task that fails (rejected) ends the wait
 STREAM_TIMEOUT_S = 24 * 3600  # a stream is read as long as the instance lives
+LOG_LOOK_S = 0.25  # a started task without `ready` on its stream: look in its log this often
 INSTANCE_LABEL = "isobench.instance"  # the container's label: the instance's name
 FAILED_STATES = ("failed", "rejected", "orphaned")
 ENDED_STATES = ("complete", "shutdown", *FAILED_STATES)
@@ -87,8 +88,11 @@ class SwarmInstance(Instance):
         self._stdin: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._sampler: ct.HostSideSampler | None = None
-        self._api = env.stream_api()  # streams: a client of their own, no call timeout
-        self._calls = env.call_api()  # calls from the watchers: a client of their own
+        # the daemon of the node the task runs on (the manager's unless pinned to a
+        # private worker): its events, attach, logs and kill
+        self._api = env.stream_api(env.task_host)  # streams: their own client, no timeout
+        self._calls = env.call_api(env.task_host)  # the watchers' calls: their own client
+        self._manager = env.call_api()  # the task list: only a manager has it
 
     # -- start
 
@@ -142,7 +146,7 @@ class SwarmInstance(Instance):
         """The task list: when the task got a node, its states, a rejection."""
         while not self._stopping.is_set() and not self._died.is_set():
             try:
-                tasks = self._calls.tasks(filters={"service": self.sid})
+                tasks = self._manager.tasks(filters={"service": self.sid})
             except Exception:  # noqa: BLE001 - the service is being removed
                 return
             if tasks:
@@ -282,11 +286,15 @@ class SwarmInstance(Instance):
 
     def _ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        looked = time.monotonic()
         while self.failure is None and not self._ready_seen.is_set():
             left = deadline - time.monotonic()
             if left <= 0 or self._stream_ended.is_set() or self._died.is_set():
                 break
             self._ready_seen.wait(min(left, 0.05))
+            if "started" in self.phases and time.monotonic() - looked > LOG_LOOK_S:
+                looked = time.monotonic()  # a `ready` the attach lost is in the log
+                self._from_log(whole=False)
         if self.cid is not None and (self._ready_seen.is_set() or self._stream_ended.is_set()):
             self._from_log(whole=False)  # the daemon's stamp of `ready`; a line the attach lost
         return self._ready_seen.is_set()
@@ -388,6 +396,6 @@ class SwarmInstance(Instance):
                     stream.close()
         for t in self._threads:
             t.join(1.0)
-        for api in (self._api, self._calls):
+        for api in (self._api, self._calls, self._manager):
             with contextlib.suppress(Exception):
                 api.close()
