@@ -34,8 +34,9 @@ HELD_GUESTS = 2  # a software-emulated boot takes seconds of both CPUs: two show
 READY_S = 120  # a guest under TCG boots in ~10 s; four of them at once on 2 cores
 # No cluster can run here: k8s runs against the stand-in of the API server
 # (tests/k8s_standin.py), which runs no pod (only a serving probe, as a local child, to
-# answer attach): this checks the kind's client side only.
-CONFIG = {"k8s": {"image": "standin.invalid/isobench-probes"}}
+# answer attach): this checks the kind's client side only. swarm runs on isobench's own
+# dockerd (daemon=private): the tests never put the machine's daemon into swarm mode.
+CONFIG = {"k8s": {"image": "standin.invalid/isobench-probes"}, "swarm": {"daemon": "private"}}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -13,6 +13,7 @@ from bench.envs.namespaces import NamespacesEnv
 from bench.envs.oci import OciEnv
 from bench.envs.podman import PodmanEnv
 from bench.envs.qemu import QemuEnv
+from bench.envs.swarm import SwarmEnv
 
 REGISTRY: dict[str, type[Environment]] = {
     "host": HostEnv,
@@ -25,4 +26,5 @@ REGISTRY: dict[str, type[Environment]] = {
     "cri": CriEnv,
     "k8s": K8sEnv,
     "lxc": LxcEnv,
+    "swarm": SwarmEnv,
 }
