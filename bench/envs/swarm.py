@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 from bench.envs import containers as ct
@@ -51,6 +52,13 @@ from bench.envs.base import (
 from bench.envs.swarm_task import INSTANCE_LABEL, STREAM_TIMEOUT_S, SwarmInstance
 
 LOOPBACK = "127.0.0.1"  # the advertise address of a swarm isobench makes on the default daemon
+
+
+IPVS = Path("/proc/net/ip_vs")  # the routing mesh's load balancer, in the kernel
+NO_MESH = (
+    "network=ingress: the routing mesh needs IPVS (the ip_vs kernel module) and this "
+    "kernel has none (/proc/net/ip_vs is missing); network=host reaches the task directly"
+)
 
 
 class SwarmEnv(Environment):
@@ -113,6 +121,9 @@ class SwarmEnv(Environment):
             opts = cls.parse(opts)
         except OptionError as e:
             return Availability(False, str(e))
+        local = opts["daemon"] == "private" or cls._host(opts).startswith("unix://")
+        if opts["network"] == "ingress" and local and not IPVS.exists():
+            return Availability(False, NO_MESH)
         if opts["daemon"] == "private":
             return cls._probe_private()
         host = cls._host(opts)
