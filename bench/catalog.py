@@ -47,7 +47,8 @@ class BurstPlan:
     table): on held instances of its probe in serve mode, one burst of an op in every
     environment per block. A round holds `blocks` blocks of each op (`op_blocks` where an
     op gets more: the figures the precision targets are about), each burst `ms` long
-    (`op_ms` per op), or `quota_ms` in an environment with a CPU quota: a rate under a
+    (`op_ms` per op), or `quota_ms` in a held set where an environment has a CPU quota
+    (every environment of the set: pairs compare like with like): a rate under a
     quota needs whole CFS periods (a 5 ms burst under cpus=0.25 runs at full speed)."""
 
     ops: tuple[str, ...]
