@@ -154,7 +154,7 @@ def print_table(result: dict, stderr: bool = False) -> None:
         "median A",
         "median B",
         "change [95% CI]",
-        "p (Holm)",
+        "p (BH)",
         "verdict",
     ):
         t.add_column(col, justify="right" if col.startswith(("median", "change", "p ")) else "left")
