@@ -16,7 +16,7 @@ import pytest
 
 from bench.envs import swarm_daemon as sd
 from bench.envs import swarm_private as sp
-from bench.envs.base import HOLD, Invocation, OptionError
+from bench.envs.base import HOLD, Context, Invocation, OptionError
 from bench.envs.swarm import IPVS as SWARM_IPVS
 from bench.envs.swarm import SwarmEnv
 from tests.conftest import ROOT
@@ -162,13 +162,15 @@ def test_a_task_pinned_to_a_second_node_runs_there(env_factory):
 
 
 @pytest.mark.parametrize("network", ["ingress", "host"])
-def test_a_served_port_is_reached_from_the_host(env_factory, network):
+def test_a_served_port_is_reached_from_the_host(env_factory, network, tmp_path):
     """ingress: the port published through the routing mesh; host: the node's own. On a
     kernel without IPVS (this VM's) the mesh cannot work: the kind says so, unavailable
     with a reason a user can act on, instead of a task whose port never answers."""
     if network == "ingress" and not SWARM_IPVS.exists():
         av = SwarmEnv.probe({"daemon": "private", "network": "ingress"})
         assert not av.ok and "IPVS" in av.reason and "network=host" in av.reason
+        default = SwarmEnv({"daemon": "private"}, Context("tn", tmp_path, tmp_path))
+        assert default.net_path() == av.reason, "a server's default path is the mesh too"
         return
     env = env_factory("swarm", {"daemon": "private", "network": network})
     server = Invocation("net", "net", ("--server", "--port", "5201"))

@@ -122,7 +122,7 @@ class SwarmEnv(Environment):
         except OptionError as e:
             return Availability(False, str(e))
         local = opts["daemon"] == "private" or cls._host(opts).startswith("unix://")
-        if opts["network"] == "ingress" and local and not IPVS.exists():
+        if opts["network"] == "ingress" and local and not IPVS.exists():  # also net_path
             return Availability(False, NO_MESH)
         if opts["daemon"] == "private":
             return cls._probe_private()
@@ -373,7 +373,14 @@ class SwarmEnv(Environment):
         given = self.config.get("network") is not None
         if given and self.opts["network"] == "none":
             return "network=none: a swarm task publishes nothing: use network=ingress or host"
+        ingress = not given or self.opts["network"] == "ingress"  # a server's default
+        if ingress and self._local() and not IPVS.exists():
+            return NO_MESH
         return None
+
+    def _local(self) -> bool:
+        """The daemon runs on this machine (its kernel is the one the mesh needs)."""
+        return self.opts["daemon"] == "private" or self._host(self.opts).startswith("unix://")
 
     def _cleanup(self) -> None:
         problems = []
