@@ -78,7 +78,7 @@ from bench.envs.namespaces import (
     taken_networks,
     veth_names,
 )
-from bench.envs.oci import OVERLAY, ROOTFS, mount_overlay
+from bench.envs.oci import OVERLAY, ROOTFS, probe_root
 from bench.envs.process import Child, ProcessInstance
 from bench.metrics.cgroup import CgroupReader, Layout
 
@@ -208,10 +208,7 @@ class LxcEnv(Environment):
             raise OptionError(f"lxc: {av.reason}")
         self._bundle = bundle
         self._tree = roots.load(self.opts["rootfs"], self.ctx.cache)
-        if self._tree is None:
-            self._rootfs = img.unpack_rootfs(bundle, self.ctx.scratch / ROOTFS)
-        else:
-            self._rootfs = mount_overlay(self._tree, bundle, self.ctx.scratch)
+        self._rootfs = probe_root(self._tree, bundle, self.ctx.scratch)
 
     def network_of(self, inv: Invocation) -> str:
         """The option when given; else veth for a server the host must reach."""

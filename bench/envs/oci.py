@@ -132,10 +132,7 @@ class OciEnv(Environment):
             raise OptionError(f"oci: {av.reason}")
         self._bundle = bundle
         self._tree = roots.load(self.opts["rootfs"], self.ctx.cache)
-        if self._tree is None:
-            self._rootfs = img.unpack_rootfs(bundle, self.ctx.scratch / ROOTFS)
-        else:
-            self._rootfs = mount_overlay(self._tree, bundle, self.ctx.scratch)
+        self._rootfs = probe_root(self._tree, bundle, self.ctx.scratch)
 
     def _start(self, inv: Invocation, timeout: float) -> Instance:
         if self._rootfs is None:
@@ -288,6 +285,14 @@ class RunscInstance(OciInstance):
 
     def _signal_stop(self) -> None:
         _signal("runsc", self.name, "TERM")
+
+
+def probe_root(tree, bundle, where: Path) -> Path:
+    """The root filesystem a kind that runs from a directory runs the probes in, at
+    <where>/rootfs: the bundle's probes unpacked, or over rootfs `tree` (mount_overlay)."""
+    if tree is None:
+        return img.unpack_rootfs(bundle, where / ROOTFS)
+    return mount_overlay(tree, bundle, where)
 
 
 def mount_overlay(tree, bundle, where: Path) -> Path:
