@@ -164,6 +164,11 @@ def test_bad_commands_get_an_error_line_and_the_probe_goes_on(served):
         ("null ms=3600001", "null"),
         ("null sec=5", "null"),
         ("null ms=5 more", "null"),
+        ("null ms=5 prime=0", "null"),
+        ("null ms=5 prime=", "null"),
+        ("null iters=5 prime=10", "null"),
+        ("null ms=5 prime=10 more", "null"),
+        ("null prime=10 ms=5", "null"),
         ("quit now", "quit"),
         ("null ms=1" + " " * 300, ""),
     ]
@@ -174,6 +179,19 @@ def test_bad_commands_get_an_error_line_and_the_probe_goes_on(served):
         assert line["error"]
     k = len(bad) + 1
     _result(p.ask("null ms=2"), "syscall", "null", k)
+    assert p.end() == (0, b"")
+
+
+@needs_cc
+def test_a_primed_window_runs_its_primer_first_and_times_only_the_window(served):
+    p = served("cpu")
+    _result(p.ask("compute ms=20"), "cpu", "compute", 1)  # calibrated (one CFS period)
+    t0 = time.monotonic()
+    line = p.ask("compute ms=30 prime=60")
+    wall = time.monotonic() - t0
+    _result(line, "cpu", "compute", 2)
+    assert line["elapsed_ns"] == 30_000_000 and "cpu_ns" in line
+    assert 0.090 <= wall < ANSWER_S  # primer and window, back to back
     assert p.end() == (0, b"")
 
 

@@ -91,10 +91,8 @@ class Bursts(Family):
                 check()
                 order = sorted(sets.live)
                 rng.shuffle(order)
-                for i in order:
-                    if quota[i]:  # throttled into its regular pattern first: see PRIME_MS
-                        sets.burst(i, op, PRIME_MS, block=None)
-                    sets.burst(i, op, ms[op], block=block)
+                for i in order:  # under a quota, primed without a pause: see PRIME_MS
+                    sets.burst(i, op, ms[op], block=block, prime=quota[i])
                 if block % cycle == 0:
                     s.between_blocks(rnd)
         finally:
@@ -109,9 +107,11 @@ class Bursts(Family):
 # probe has run without a pause since the last period boundary: a held probe sits idle
 # while the others take their bursts, its quota refills, and a 300 ms window after the
 # idle gap got min(qP, P - phase) + 2qP + min(qP, phase) of CPU: cpus=0.25 read x2.9 and
-# x3.4 instead of x4 (validate's known answers). An untimed burst of one period just
-# before (a boundary crossed, the probe throttled into the regular pattern) leaves only
-# the pipe's round trip (~0.3 ms, 0.4% of the window's CPU at q=0.25) unaccounted.
+# x3.4 instead of x4 (validate's known answers). One period of the op just before (a
+# boundary crossed, the probe throttled into the regular pattern), in the same command
+# (`prime=`): as a command of its own, the round trip between the two left the probe
+# idle again, and the quota it did not spend there went to the window, which read
+# cpus=0.25 and 0.5 1-7% fast (a round trip of 1-5 ms through docker's attach stream).
 PRIME_MS = 100
 
 
@@ -137,12 +137,14 @@ class _Bursts:
         self.live.discard(i)
         self.dropped.setdefault(i, why)
 
-    def burst(self, i: int, op: str, ms: int, block: int | None) -> None:
+    def burst(self, i: int, op: str, ms: int, block: int | None, prime: bool = False) -> None:
         if i not in self.live:
             return
-        t = time.monotonic_ns()
+        # when the timed window begins: after the primer, if any
+        t = time.monotonic_ns() + (PRIME_MS * 1_000_000 if prime else 0)
+        command = f"{op} ms={ms} prime={PRIME_MS}" if prime else f"{op} ms={ms}"
         try:
-            line = self.held[i].ask(f"{op} ms={ms}", self.timeout)
+            line = self.held[i].ask(command, self.timeout)
         except ChannelError as e:
             self.drop(i, f"control channel: {e}")
             return
