@@ -94,6 +94,21 @@ def test_exit_status_and_threshold(tmp_path):
     assert json.loads(res.stdout)["regressions"] == 1
 
 
+def test_a_change_whose_ci_reaches_past_the_threshold_fails():
+    """A gate passes a significant change only when its whole CI is within the threshold:
+    an estimate of -4.4% whose CI reaches -5.2% may be a 5% cost."""
+    cell = {"significant": True, "better": "higher", "change_pct": -4.4}
+    assert compare.verdict({**cell, "change_ci_low": -5.2, "change_ci_high": -3.6}, 5) == (
+        "regression"
+    )
+    assert compare.verdict({**cell, "change_ci_low": -4.9, "change_ci_high": -3.9}, 5) == (
+        "within threshold"
+    )
+    up = {**cell, "change_pct": 4.0, "change_ci_low": 3.0, "change_ci_high": 5.5}
+    assert compare.verdict(up, 5) == "improvement"
+    assert compare.verdict({**up, "significant": False}, 5) == "n.s."
+
+
 def test_no_change_exits_0_and_writes_html(tmp_path):
     vals = rng.normal(100, 5, 15)
     a = write_run(tmp_path / "a", "A", {NULL: vals})

@@ -97,7 +97,8 @@ def report(run_dir: Path, output: Path | None):
     type=click.FloatRange(min=0),
     default=5.0,
     show_default=True,
-    help="percent change below which a significant change does not fail",
+    help="a significant change whose whole CI lies within this many percent either way "
+    "does not fail",
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @click.pass_context
