@@ -191,13 +191,13 @@ def run_matrix(
 BUDGET_STOP = "time budget spent"  # the runner's stop_reason when the budget ended a run
 
 
-def resumed_budget(manifest: dict, min_rounds: int, spare: float = 1.3) -> float:
+def resumed_budget(manifest: dict, min_rounds: int, spare: float = 1.15) -> float:
     """The wall-clock budget (the runner counts earlier sessions in) that lets a resumed
     run reach `min_rounds`: what it spent, plus its missing rounds at the pace of those
     it made, with `spare` for a slower round."""
     done = manifest["rounds_done"]
     per_round = manifest.get("measured_seconds", 0.0) / done
-    return manifest.get("wall_seconds", 0.0) + (min_rounds - done) * per_round * spare + 5.0
+    return manifest.get("wall_seconds", 0.0) + (min_rounds - done) * per_round * spare + 2.0
 
 
 def _matrix(envs: list[str], workloads: list[str], budget: float, **kw) -> Matrix:

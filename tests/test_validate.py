@@ -218,15 +218,15 @@ def test_validate_runs_on_this_host(tmp_path):
     """A short real validation: every check runs, reports figures and the JSON (strict:
     no NaN for undefined figures) says which passed. Pass/fail itself depends on the
     host's load; the full-length command is what a user runs (and what the issue's
-    acceptance asks for). The known answers of this short run must still be within 10%
-    of 1/q: that tells 300 ms bursts apart from short ones (a 5 ms burst under cpus=0.25
-    runs at full speed) and from a quota with no effect. Their run has its minimum
-    rounds (v.QUOTA_MIN_ROUNDS) whatever the budget: a budget too short for them resumes
-    it."""
+    acceptance asks for). The known answers of this short run must still read 1/q (the
+    guards at the end): that tells 300 ms bursts apart from short ones (a 5 ms burst
+    under cpus=0.25 runs at full speed) and from a quota with no effect. Their run has
+    its minimum rounds (v.QUOTA_MIN_ROUNDS) whatever the budget: a budget too short for
+    them resumes it."""
     res = CliRunner().invoke(
         validate_cmd,
         [
-            *("--results", str(tmp_path), "--budget", "40", "--quota-kinds", "host"),
+            *("--results", str(tmp_path), "--budget", "30", "--quota-kinds", "host"),
             *("--neighbour", "none", "--json"),  # its own test: test_idle_neighbours_...
         ],
         catch_exceptions=False,
@@ -254,13 +254,24 @@ def test_validate_runs_on_this_host(tmp_path):
     assert not aa["startup ready"]["bursts"]
     if acc.find_perf():  # the lead's .ci/setup installs linux-perf
         assert by_name[vc.ACCURACY]["ran"] and len(by_name[vc.ACCURACY]["data"]["segments"]) == 3
-    # last: the burst design's known-answer guard, within 10% of 1/q from the minimum
-    # rounds (two rounds under the suite's load once read q=0.25 pinned at x4.44 [2.70,
-    # 7.29]): it catches the quota refill bug's x2.9 and x3.4 for q=0.25; validate's own
-    # check (1/q +- 5% with its whole CI) is the exact one
+    # last: the burst design's known-answer guards, from the minimum rounds (two rounds
+    # under the suite's load once read q=0.25 pinned at x4.44 [2.70, 7.29]).
+    # Tight: q=0.25's answer over q=0.5's, the same baseline, within 5% of 2. Other load
+    # on the host slows the baseline, not a quota that fits in what is left: under a
+    # load average of 7 all four answers here read 12% low (q=0.25 x3.52, q=0.5 x1.77)
+    # and their quotient 1.99. The quota refill bug (a 300 ms window after an idle gap)
+    # reads x3.2 / x1.71 = 1.87 on average, and a quota with no effect or 5 ms bursts 1.
+    # Coarse: each answer within 20% of 1/q. validate's own check is the exact one.
+    answers = {c["name"]: c["data"]["ratio"] for n, c in by_name.items() if "known" in n}
+    for pin in ("", ",cpuset=1"):
+        quarter, half = (
+            answers[f"known answer (host:cpus={q}{pin} / no quota, time per op)"]
+            for q in ("0.25", "0.5")
+        )
+        assert quarter / half == pytest.approx(2.0, rel=0.05), answers
     for name, c in by_name.items():
         if name.startswith("known answer"):
-            assert c["data"]["ratio"] == pytest.approx(c["data"]["expected"], rel=0.10), c
+            assert c["data"]["ratio"] == pytest.approx(c["data"]["expected"], rel=0.20), c
 
 
 # -- the burst design --------------------------------------------------------------------
@@ -411,7 +422,7 @@ def test_a_check_not_run_is_no_failure(monkeypatch):
 def test_a_run_short_of_its_minimum_rounds_is_resumed_for_the_missing_ones():
     """Its budget: what it spent, plus each missing round at the pace of those made."""
     manifest = {"rounds_done": 2, "measured_seconds": 30.0, "wall_seconds": 40.0}
-    assert v.resumed_budget(manifest, 4, spare=1.0) == pytest.approx(40 + 2 * 15 + 5)
+    assert v.resumed_budget(manifest, 4, spare=1.0) == pytest.approx(40 + 2 * 15 + 2)
     assert v.resumed_budget(manifest, 4) > v.resumed_budget(manifest, 4, spare=1.0)
 
 
