@@ -36,7 +36,9 @@ ratio: what the summary does). Startup stays launched, its rounds paired.
    per-round ratios at a quick run's rounds, fails above 50%.
 6. Idle neighbours (bench/validate_neighbours.py): an A/A of host vs `host:label=twin`
    (null and compute in bursts) beside the quick matrix's other held kinds, held idle
-   and quiet as a held set keeps them, beside them frozen, and without them; the three
+   and quiet as a held set keeps them, beside them frozen outside turns they take one
+   after another (what bursts.py does to a kind with an idle cost: what freezing itself
+   costs), and without them; the three
    conditions in runs of one round, alternated cycle by cycle. Each condition's A/A
    ratio must agree with the one without neighbours within 1% (the 90% interval of the
    ratio of ratios inside 1 ± 1%). Each neighbour's own idle CPU and its samplers' are
@@ -443,8 +445,12 @@ def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
             if not info["idle_cpu"]:
                 info["idle_cpu"] = held.measure_idle()
             for cond in order:
-                held.quiet() if cond == "quiet" else held.freeze()
-                session(cond)
+                held.quiet()
+                if cond == "quiet":
+                    session(cond)
+                    continue
+                with held.taking_turns():
+                    session(cond)
         if sessions[-1] == "absent":
             session("absent")
         per_cycle, cycle = time.monotonic() - t0, cycle + 1
@@ -453,7 +459,7 @@ def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
 
 
 NEIGHBOURS_IDLE = "idle neighbours (A/A beside held idle neighbours / without)"
-NEIGHBOURS_FROZEN = "frozen neighbours (A/A beside frozen neighbours / without)"
+NEIGHBOURS_FROZEN = "frozen neighbours (A/A beside neighbours frozen between turns / without)"
 
 
 def check_neighbours(recs: dict[str, list[dict]], info: dict) -> list[Check]:
