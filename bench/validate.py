@@ -38,11 +38,10 @@ ratio: what the summary does). Startup stays launched, its rounds paired.
    (null and compute in bursts) beside the quick matrix's other held kinds, held idle
    and quiet as a held set keeps them, beside them frozen outside turns they take one
    after another (what bursts.py does to a kind with an idle cost: what freezing itself
-   costs), and without them; the three
-   conditions in runs of one round, alternated cycle by cycle. Each condition's A/A
-   ratio must agree with the one without neighbours within 1% (the 90% interval of the
-   ratio of ratios inside 1 ± 1%). Each neighbour's own idle CPU and its samplers' are
-   reported with it.
+   costs), and without them; the three conditions in runs of one round,
+   counterbalanced in time. Each condition's A/A ratio must agree with the one without
+   neighbours within 1% (the 90% interval of the ratio of ratios inside 1 ± 1%). Each
+   neighbour's own idle CPU and its samplers' are reported with it.
 7. Accuracy of short bursts: the host's null in 5 ms bursts against `perf bench syscall
    basic`, interleaved (bench/validate_accuracy.py), within 5%; not run (and said so)
    where perf is not installed.
@@ -393,17 +392,19 @@ def run_quota(results: Path, budget: float, seed: int, b, log, kinds=QUOTA_KINDS
 
 
 # -- idle neighbours ------------------------------------------------------------------------
-NEIGHBOUR_CYCLES = (3, 12)  # cycles of the three conditions: at least, at most
+NEIGHBOUR_UNITS = (2, 6)  # units of two cycles (A H H A, below): at least, at most
 CONDITIONS = ("quiet", "frozen", "absent")
 
 
 def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
     """The idle-neighbour A/A (bench/validate_neighbours.py): host vs twin (null and
     compute in bursts) in runs of one round each, beside the neighbours held idle and
-    quiet, beside them frozen, and without them. A cycle runs each condition once (the
-    neighbours held for the two that have them, relaunched every cycle), the order
-    turned around every cycle, so that no condition keeps the machine's phases to
-    itself; cycles go on while the budget lasts (NEIGHBOUR_CYCLES). -> (checks, info)."""
+    quiet, beside them frozen between turns, and without them. A unit is two cycles of
+    the three conditions, counterbalanced in time: absent, then the neighbours held for
+    quiet, frozen, frozen, quiet (frozen first every other unit), then absent again, so
+    no condition keeps a phase of the machine to itself and the neighbours (seconds to
+    start) are launched once a unit. Units go on while the budget lasts
+    (NEIGHBOUR_UNITS). -> (checks, info)."""
     specs = nb.default_specs() if specs is None else specs
     ok, skipped = nb.available(specs)
     names = (NEIGHBOURS_IDLE, NEIGHBOURS_FROZEN)
@@ -414,47 +415,41 @@ def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
     where.mkdir(parents=True)
     recs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     info: dict[str, Any] = {"specs": ok, "skipped": skipped, "failed": {}, "idle_cpu": {}}
-    t_end, per_cycle, cycle = time.monotonic() + budget, 0.0, 0
-    while cycle < NEIGHBOUR_CYCLES[0] or (
-        cycle < NEIGHBOUR_CYCLES[1] and time.monotonic() + per_cycle <= t_end
+
+    def session(cond: str) -> None:
+        n = 1 + max((r["round"] for r in recs[cond]), default=0)
+        m = _matrix(
+            ["host:label=A", "host:label=twin"],
+            ["nb-null", "nb-compute"],
+            120.0,
+            **{"rounds": 1, "max_rounds": 1, "warmup": 0, "precision": 0.01},
+            seed=seed + n,
+            baseline="A",
+        )
+        records, _ = run_matrix(m, where, f"{cond}-{n}", b, log)
+        recs[cond] += [{**r, "round": n} for r in records if r["round"] >= 1]
+
+    t_end, per_unit, unit = time.monotonic() + budget, 0.0, 0
+    while unit < NEIGHBOUR_UNITS[0] or (
+        unit < NEIGHBOUR_UNITS[1] and time.monotonic() + per_unit <= t_end
     ):
         t0 = time.monotonic()
-        order = ["quiet", "frozen"] if cycle % 4 < 2 else ["frozen", "quiet"]
-        sessions = ["absent", *order] if cycle % 2 else [*order, "absent"]
-
-        def session(cond: str, k: int = cycle) -> None:
-            m = _matrix(
-                ["host:label=A", "host:label=twin"],
-                ["nb-null", "nb-compute"],
-                120.0,
-                rounds=1,
-                max_rounds=1,
-                warmup=0,
-                precision=0.01,
-                seed=seed + k,
-                baseline="A",
-            )
-            records, _ = run_matrix(m, where, f"{cond}-{k + 1}", b, log)
-            n = 1 + max((r["round"] for r in recs[cond]), default=0)
-            recs[cond] += [{**r, "round": n} for r in records if r["round"] >= 1]
-
-        if sessions[0] == "absent":
-            session("absent")
-        with nb.Neighbours(ok, b, f"{time.strftime('%H%M%S')}-nb{cycle + 1}", log) as held:
+        order = ["quiet", "frozen"] if unit % 2 == 0 else ["frozen", "quiet"]
+        session("absent")
+        with nb.Neighbours(ok, b, f"{time.strftime('%H%M%S')}-nb{unit + 1}", log) as held:
             info["failed"].update(held.failed)
             if not info["idle_cpu"]:
                 info["idle_cpu"] = held.measure_idle()
-            for cond in order:
+            for cond in [*order, *reversed(order)]:
                 held.quiet()
                 if cond == "quiet":
                     session(cond)
                     continue
                 with held.taking_turns():
                     session(cond)
-        if sessions[-1] == "absent":
-            session("absent")
-        per_cycle, cycle = time.monotonic() - t0, cycle + 1
-    info["cycles"] = cycle
+        session("absent")
+        per_unit, unit = time.monotonic() - t0, unit + 1
+    info["cycles"] = 2 * unit
     return check_neighbours(recs, info), info
 
 
@@ -504,7 +499,7 @@ def run_accuracy(b, log, triples: int = ACCURACY_TRIPLES, seconds=ACCURACY_SECON
     return accuracy_check([s.as_dict() for s in segments])
 
 
-SHARES = {"syscall": 0.125, "cpu": 0.125, "neighbours": 0.2, "quota": 0.55}
+SHARES = {"syscall": 0.125, "cpu": 0.125, "neighbours": 0.25, "quota": 0.5}
 
 
 def run_all(

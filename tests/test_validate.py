@@ -473,9 +473,9 @@ def test_bad_neighbour_spec_is_a_usage_error():
 
 @pytest.mark.requires("host", "namespaces")
 def test_idle_neighbours_run_on_this_host(tmp_path, monkeypatch):
-    """One cycle of the three conditions beside a held namespaces instance (light
-    rounds): every condition measured, the neighbour's idle CPU measured, nothing left
-    held. Pass/fail needs the real cycles (the command's)."""
+    """One unit (two cycles) of the three conditions beside a held namespaces instance
+    (light rounds): every condition measured twice, the neighbour's idle CPU measured,
+    nothing left held. Pass/fail needs the real units (the command's)."""
     import dataclasses
 
     from bench import bundle as bundle_mod
@@ -484,16 +484,16 @@ def test_idle_neighbours_run_on_this_host(tmp_path, monkeypatch):
         w = v.WORKLOADS[name]
         plan = dataclasses.replace(w.bursts, blocks=blocks, quick_blocks=blocks)
         monkeypatch.setitem(v.WORKLOADS, name, dataclasses.replace(w, bursts=plan))
-    monkeypatch.setattr(v, "NEIGHBOUR_CYCLES", (1, 1))
+    monkeypatch.setattr(v, "NEIGHBOUR_UNITS", (1, 1))
     monkeypatch.setattr(v.nb, "SAMPLE_S", 0.5)
     checks, info = v.run_neighbours(
         tmp_path, 1.0, 1, bundle_mod.build(), lambda s: None, ["namespaces"]
     )
     assert [c.name for c in checks] == [v.NEIGHBOURS_IDLE, v.NEIGHBOURS_FROZEN]
-    assert info["cycles"] == 1 and info["failed"] == {}
+    assert info["cycles"] == 2 and info["failed"] == {}
     assert set(info["idle_cpu"]) == {"namespaces"}
     assert info["idle_cpu"]["namespaces"]["instance_cpu_pct"] < 5
     runs = sorted(p.name.rsplit("-validate-", 1)[1] for p in next(tmp_path.iterdir()).iterdir())
-    assert runs == ["absent-1", "frozen-1", "quiet-1"]
+    assert runs == sorted(f"{c}-{n}" for c in v.CONDITIONS for n in (1, 2))
     for c in checks:
-        assert c.data["figures"]["null"]["n"] == [1, 1]
+        assert c.data["figures"]["null"]["n"] == [2, 2]
