@@ -21,8 +21,10 @@ ratio: what the summary does). Startup stays launched, its rounds paired.
    tests at 5%: an equivalence test). Every burst of this run lasts 300 ms (three
    periods, which read a quota exactly whatever phase they start at), the cells without
    a quota too, so both sides of a ratio are measured alike. One run per kind: a held
-   set of its six cells (a block of 1.8 s, pairing within the machine's speed phases).
-   During these runs every CPU is kept out of idle by a SCHED_IDLE spinner (bench.busy).
+   set of its six cells (a block of 1.8 s, pairing within the machine's speed phases),
+   at least QUOTA_MIN_ROUNDS rounds whatever the budget (a run it cut short is
+   resumed for the missing ones). During these runs every CPU is kept out of idle by
+   a SCHED_IDLE spinner (bench.busy).
 3. vDSO control: `clock_gettime` namespaces/host is shown equal within 10% (the whole
    90% CI inside 1 ± 10%: two one-sided tests). A host whose namespaces lose the vDSO
    clock reads many-fold (gVisor: x3,000).
@@ -32,7 +34,15 @@ ratio: what the summary does). Startup stays launched, its rounds paired.
 5. Minimum detectable effect: of the A/A pair's null and compute, the burst test's own
    (80% power at 5%) in a run of a quick run's rounds; fails above 3%. Startup: from its
    per-round ratios at a quick run's rounds, fails above 50%.
-6. Accuracy of short bursts: the host's null in 5 ms bursts against `perf bench syscall
+6. Idle neighbours (bench/validate_neighbours.py): an A/A of host vs `host:label=twin`
+   (null and compute in bursts) beside the quick matrix's other held kinds, held idle
+   and quiet as a held set keeps them, beside them frozen outside turns they take one
+   after another (what bursts.py does to a kind with an idle cost: what freezing itself
+   costs), and without them; the three conditions in runs of one round,
+   counterbalanced in time. Each condition's A/A ratio must agree with the one without
+   neighbours within 1% (the 90% interval of the ratio of ratios inside 1 ± 1%). Each
+   neighbour's own idle CPU and its samplers' are reported with it.
+7. Accuracy of short bursts: the host's null in 5 ms bursts against `perf bench syscall
    basic`, interleaved (bench/validate_accuracy.py), within 5%; not run (and said so)
    where perf is not installed.
 """
@@ -46,6 +56,7 @@ from typing import Any
 from bench import bundle as bundle_mod
 from bench import harness, store
 from bench import validate_accuracy as accuracy
+from bench import validate_neighbours as nb
 from bench.canary import CanaryError
 from bench.catalog import BurstPlan, Metric, Workload
 from bench.matrix import QUICK, Matrix, parse_env_spec
@@ -58,6 +69,7 @@ from bench.validate_checks import (
     Figures,
     aa_check,
     accuracy_check,
+    agreement_check,
     equivalence_check,
     known_answer_check,
     mde_check,
@@ -70,6 +82,13 @@ WEIGHTED = ("host", "namespaces")  # the kinds that have a weight option
 QUOTAS = (0.25, 0.5)
 QUOTA_KINDS = ("host", "namespaces", "docker", "podman")
 PIN = "1"  # the CPU the pinned cells run on
+# The known answers' blocks per round: their interval has the round as the cluster, so
+# rounds buy more than blocks; at 6 blocks a round of one kind's six cells took ~15 s
+# and a kind's share of the default budget gave 5 rounds, at 3 blocks ~9 s and 9.
+QUOTA_BLOCKS = 3
+# the known answers' rounds whatever the budget: their CI treats the round as the
+# cluster, and two rounds (a short validation under load) left t(1) = 12.7 on it
+QUOTA_MIN_ROUNDS = 4
 ROUNDS = QUICK["rounds"]  # the A/A runs: a quick run's rounds, so the MDE is a quick run's
 ACCURACY_MS = 5  # the burst length of syscall's null in the design (catalog)
 ACCURACY_TRIPLES = 3
@@ -122,9 +141,19 @@ WORKLOADS = {
     ),
     "startup": _workload("startup", "startup", (), {}),
     "compute": _workload("compute", "cpu", COMPUTE_ARGS, OPS, _plan(("compute",), 30, 60)),
+    # the idle-neighbour A/A: null and compute only, a light round (it runs often: one
+    # op a plan, so the runner's canary pairs after every block, ~50 ms each here)
+    "nb-null": _workload(
+        "nb-null",
+        "syscall",
+        ("--op", "null", "--reps", "5", "--min-ms", "6"),
+        NS,
+        _plan(("null",), 5, 40),
+    ),
+    "nb-compute": _workload("nb-compute", "cpu", COMPUTE_ARGS, OPS, _plan(("compute",), 30, 20)),
     # the known answers: 300 ms bursts in every cell, with a quota or not
     "quota": _workload(
-        "quota", "cpu", COMPUTE_ARGS, OPS, _plan(("compute",), 300, 6, quota_ms=300)
+        "quota", "cpu", COMPUTE_ARGS, OPS, _plan(("compute",), 300, QUOTA_BLOCKS, quota_ms=300)
     ),
 }
 
@@ -132,11 +161,17 @@ NULL = ("syscall", "null", "ns_per_op")
 CLOCK = ("syscall", "clock_gettime", "ns_per_op")
 COMPUTE = ("compute", "compute", "ops_per_s")
 QUOTA = ("quota", "compute", "ops_per_s")
+NB = {"null": ("nb-null", "null", "ns_per_op"), "compute": ("nb-compute", "compute", "ops_per_s")}
 
 
 # -- runs ----------------------------------------------------------------------------------
-def run_matrix(m: Matrix, results: Path, name: str, b, log) -> tuple[list[dict], dict]:
-    """One real run of `m` into results/<run-id>; returns (records, manifest)."""
+def run_matrix(
+    m: Matrix, results: Path, name: str, b, log, min_rounds: int = 0
+) -> tuple[list[dict], dict]:
+    """One real run of `m` into results/<run-id>; returns (records, manifest). With
+    `min_rounds`: a run the budget ended before that many rounds is resumed (the same
+    run directory, its rounds kept) with the budget its missing rounds need at the pace
+    of the rounds it made, so a short or loaded validation still gets an interval."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-validate-{name}"
     run_dir = results / run_id
     run_dir.mkdir(parents=True)
@@ -144,7 +179,26 @@ def run_matrix(m: Matrix, results: Path, name: str, b, log) -> tuple[list[dict],
     store.write_manifest(run_dir, manifest)
     runner = Runner(m, run_dir, run_id, b, WORKLOADS, manifest, log=log)
     runner.run()
+    done = manifest.get("rounds_done", 0)
+    if 0 < done < min(min_rounds, m.max_rounds) and manifest.get("stop_reason") == BUDGET_STOP:
+        m.budget = resumed_budget(manifest, min_rounds)
+        manifest["matrix"]["budget"] = m.budget
+        log(f"{name}: {done} rounds in its budget; resumed for {min_rounds} (a minimum)")
+        runner = Runner(m, run_dir, run_id, b, WORKLOADS, manifest, log=log)
+        runner.run()
     return runner.records, manifest
+
+
+BUDGET_STOP = "time budget spent"  # the runner's stop_reason when the budget ended a run
+
+
+def resumed_budget(manifest: dict, min_rounds: int, spare: float = 1.15) -> float:
+    """The wall-clock budget (the runner counts earlier sessions in) that lets a resumed
+    run reach `min_rounds`: what it spent, plus its missing rounds at the pace of those
+    it made, with `spare` for a slower round."""
+    done = manifest["rounds_done"]
+    per_round = manifest.get("measured_seconds", 0.0) / done
+    return manifest.get("wall_seconds", 0.0) + (min_rounds - done) * per_round * spare + 2.0
 
 
 def _matrix(envs: list[str], workloads: list[str], budget: float, **kw) -> Matrix:
@@ -329,10 +383,104 @@ def run_quota(results: Path, budget: float, seed: int, b, log, kinds=QUOTA_KINDS
             busy_cpus=True,
             baseline=quota_label(baseline_kind(kind), None, False),
         )
-        records, manifest = run_matrix(m, results, f"quota-{kind}", b, log)
+        records, manifest = run_matrix(
+            m, results, f"quota-{kind}", b, log, min_rounds=QUOTA_MIN_ROUNDS
+        )
         checks += check_quota(records, [kind])
         info[kind] = _run_info(manifest)
     return checks, info, skipped
+
+
+# -- idle neighbours ------------------------------------------------------------------------
+NEIGHBOUR_UNITS = (2, 6)  # units of two cycles (A H H A, below): at least, at most
+CONDITIONS = ("quiet", "frozen", "absent")
+
+
+def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
+    """The idle-neighbour A/A (bench/validate_neighbours.py): host vs twin (null and
+    compute in bursts) in runs of one round each, beside the neighbours held idle and
+    quiet, beside them frozen between turns, and without them. A unit is two cycles of
+    the three conditions, counterbalanced in time: absent, then the neighbours held for
+    quiet, frozen, frozen, quiet (frozen first every other unit), then absent again, so
+    no condition keeps a phase of the machine to itself and the neighbours (seconds to
+    start) are launched once a unit. Units go on while the budget lasts
+    (NEIGHBOUR_UNITS). -> (checks, info)."""
+    specs = nb.default_specs() if specs is None else specs
+    ok, skipped = nb.available(specs)
+    names = (NEIGHBOURS_IDLE, NEIGHBOURS_FROZEN)
+    if not ok:
+        why = "no neighbour kind available here" if specs else "no neighbours given"
+        return [not_run(n, why) for n in names], {"skipped": skipped}
+    where = results / (time.strftime("%Y%m%d-%H%M%S") + "-validate-neighbours")
+    where.mkdir(parents=True)
+    recs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
+    info: dict[str, Any] = {"specs": ok, "skipped": skipped, "failed": {}, "idle_cpu": {}}
+
+    def session(cond: str) -> None:
+        n = 1 + max((r["round"] for r in recs[cond]), default=0)
+        m = _matrix(
+            ["host:label=A", "host:label=twin"],
+            ["nb-null", "nb-compute"],
+            120.0,
+            **{"rounds": 1, "max_rounds": 1, "warmup": 0, "precision": 0.01},
+            seed=seed + n,
+            baseline="A",
+        )
+        records, _ = run_matrix(m, where, f"{cond}-{n}", b, log)
+        recs[cond] += [{**r, "round": n} for r in records if r["round"] >= 1]
+
+    t_end, per_unit, unit = time.monotonic() + budget, 0.0, 0
+    while unit < NEIGHBOUR_UNITS[0] or (
+        unit < NEIGHBOUR_UNITS[1] and time.monotonic() + per_unit <= t_end
+    ):
+        t0 = time.monotonic()
+        order = ["quiet", "frozen"] if unit % 2 == 0 else ["frozen", "quiet"]
+        session("absent")
+        with nb.Neighbours(ok, b, f"{time.strftime('%H%M%S')}-nb{unit + 1}", log) as held:
+            info["failed"].update(held.failed)
+            if not info["idle_cpu"]:
+                info["idle_cpu"] = held.measure_idle()
+            for cond in [*order, *reversed(order)]:
+                held.quiet()
+                if cond == "quiet":
+                    session(cond)
+                    continue
+                with held.taking_turns():
+                    session(cond)
+        session("absent")
+        per_unit, unit = time.monotonic() - t0, unit + 1
+    info["cycles"] = 2 * unit
+    return check_neighbours(recs, info), info
+
+
+NEIGHBOURS_IDLE = "idle neighbours (A/A beside held idle neighbours / without)"
+NEIGHBOURS_FROZEN = "frozen neighbours (A/A beside neighbours frozen between turns / without)"
+
+
+def check_neighbours(recs: dict[str, list[dict]], info: dict) -> list[Check]:
+    """The A/A ratios (twin / A) beside quiet neighbours and beside frozen ones, each
+    against those without neighbours (agreement_check); the idle CPU per kind in the
+    first check's line."""
+    f = {c: Figures(r) for c, r in recs.items()}
+
+    def pairs(cond: str) -> dict[str, tuple]:
+        return {n: (f[cond].get("twin", *k), f[cond].get("A", *k)) for n, k in NB.items()}
+
+    better = {"compute": "higher"}
+    idle = agreement_check(NEIGHBOURS_IDLE, pairs("quiet"), pairs("absent"), better)
+    frozen = agreement_check(NEIGHBOURS_FROZEN, pairs("frozen"), pairs("absent"), better)
+    cpu = info.get("idle_cpu", {})
+    if cpu:
+        each = ", ".join(
+            f"{s} {c['instance_cpu_pct']:.2f}% (sampler {c['sampler_cpu_pct']:.1f}%)"
+            for s, c in cpu.items()
+        )
+        idle.line += f"; idle CPU of one CPU: {each}"
+    held = [s for s in info.get("specs", []) if s not in info.get("failed", {})]
+    for c in (idle, frozen):
+        c.line += f"; neighbours: {', '.join(held) or 'none held'}"
+        c.data.update(neighbours=held, idle_cpu=cpu, failed=info.get("failed", {}))
+    return [idle, frozen]
 
 
 def run_accuracy(b, log, triples: int = ACCURACY_TRIPLES, seconds=ACCURACY_SECONDS) -> Check:
@@ -351,18 +499,22 @@ def run_accuracy(b, log, triples: int = ACCURACY_TRIPLES, seconds=ACCURACY_SECON
     return accuracy_check([s.as_dict() for s in segments])
 
 
+SHARES = {"syscall": 0.125, "cpu": 0.125, "neighbours": 0.25, "quota": 0.5}
+
+
 def run_all(
-    results: Path, budget: float, seed: int, log, kinds=QUOTA_KINDS
+    results: Path, budget: float, seed: int, log, kinds=QUOTA_KINDS, neighbours=None
 ) -> tuple[list[Check], dict]:
-    """The runs: A/A syscall (15% of the budget), A/A cpu (15%), the known answers
-    (70%), then the accuracy check (~15 s, outside the budget)."""
+    """The runs, each its share of the budget (SHARES): A/A syscall, A/A cpu, the idle
+    neighbours (`neighbours`: env specs, None: validate_neighbours.default_specs()), the
+    known answers, then the accuracy check (~15 s, outside the budget)."""
     b = bundle_mod.build()
     h = harness.measure(b)
     aa = {"rounds": ROUNDS, "max_rounds": ROUNDS, "precision": 0.02, "seed": seed}
     sys_m = _matrix(
         ["host:label=A", "host:label=B", "namespaces"],
         ["syscall", "startup"],
-        budget * 0.15,
+        budget * SHARES["syscall"],
         baseline="A",
         **aa,
     )
@@ -370,17 +522,21 @@ def run_all(
     cpu_m = _matrix(
         ["host:label=A", "host:label=B", "host:sampler=off,label=nosampler"],
         ["compute"],
-        budget * 0.15,
+        budget * SHARES["cpu"],
         baseline="A",
         warmup=0,  # a held round is no warm-up (schedule.plan): none to take
         **aa,
     )
     cpu_records, cpu_manifest = run_matrix(cpu_m, results, "cpu", b, log)
-    quota, quota_info, skipped = run_quota(results, budget * 0.7, seed, b, log, kinds)
+    nb_checks, nb_info = run_neighbours(
+        results, budget * SHARES["neighbours"], seed, b, log, neighbours
+    )
+    quota, quota_info, skipped = run_quota(results, budget * SHARES["quota"], seed, b, log, kinds)
     checks = [
         check_harness(h),
         *check_syscall(sys_records, cpu_records),
         *quota,
+        *nb_checks,
         check_cpu(cpu_records),
         check_mde(sys_records, cpu_records),
         run_accuracy(b, log),
@@ -391,5 +547,6 @@ def run_all(
         "cpu_run": _run_info(cpu_manifest),
         "quota_run": quota_info,
         "quota_skipped": skipped,
+        "neighbours": nb_info,
     }
     return checks, info

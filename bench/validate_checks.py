@@ -29,6 +29,7 @@ MDE_LIMITS = {"startup (ready_ms)": 0.50}
 VDSO_MARGIN = 0.10  # namespaces must serve the vDSO clock as the host does, within 10%
 QUOTA_MARGIN = 0.05  # a quota q must read as 1/q within 5%
 ACCURACY_MARGIN = 0.05  # bursts must read the host's null within 5% of perf's loop
+NEIGHBOUR_MARGIN = 0.01  # held idle neighbours may move an A/A ratio by at most 1%
 # "Shown within a margin" is an equivalence test: two one-sided tests at 5% each
 # (TOST), i.e. the 90% CI inside the margin.
 EQUIVALENCE_CONFIDENCE = 1 - 2 * ALPHA
@@ -274,3 +275,52 @@ def accuracy_check(segments: list[dict[str, Any]], margin: float = ACCURACY_MARG
         + (f"within {margin:.0%}" if ok else f"off by {gm - 1:+.1%} (limit ± {margin:.0%})")
     )
     return Check(ACCURACY, ok, line, {"ratio": gm, "margin": margin, "segments": segments})
+
+
+def agreement_check(
+    name: str,
+    pairs: dict[str, tuple],
+    against: dict[str, tuple],
+    better=None,
+    margin: float = NEIGHBOUR_MARGIN,
+) -> Check:
+    """pairs, against: figure -> (B, A) figures of two identical environments, measured
+    under a condition and under the reference one. Passes when, for every figure, the
+    two A/A ratios are shown to agree within 1 ± margin: the ratio of the two ratios has
+    its 90% interval inside the margin (TOST, as the other equivalence checks). The two
+    conditions' runs are independent: that interval is the log ratio of ratios ± the
+    two 90% half-widths (log scale) added in quadrature."""
+    better = better or {}
+    figures, bad = {}, []
+    for fig, (b, a) in pairs.items():
+        cond = ratio(b, a, better.get(fig, "lower"), EQUIVALENCE_CONFIDENCE)
+        ref = ratio(*against[fig], better.get(fig, "lower"), EQUIVALENCE_CONFIDENCE)
+        parts = [cond.ratio, cond.low, cond.high, ref.ratio, ref.low, ref.high]
+        if not all(math.isfinite(x) and x > 0 for x in parts):
+            r = lo = hi = math.nan
+        else:
+            d = math.log(cond.ratio / ref.ratio)
+            h = math.hypot(math.log(cond.high / cond.low) / 2, math.log(ref.high / ref.low) / 2)
+            r, lo, hi = math.exp(d), math.exp(d - h), math.exp(d + h)
+        ok = math.isfinite(lo) and 1 - margin < lo and hi < 1 + margin
+        figures[fig] = {
+            "ratio": r,
+            "ci_low": lo,
+            "ci_high": hi,
+            "aa": [cond.ratio, cond.low, cond.high],
+            "aa_reference": [ref.ratio, ref.low, ref.high],
+            "n": [len(as_figure(b)), len(as_figure(against[fig][0]))],
+        }
+        if not ok:
+            bad.append(fig)
+    line = "; ".join(
+        f"{f} A/A ratio / reference {_ci(x['ratio'], x['ci_low'], x['ci_high'])} "
+        f"(n={x['n'][0]}/{x['n'][1]} rounds)"
+        for f, x in figures.items()
+    )
+    if bad:
+        line += f" — not shown within {margin:.0%}: {', '.join(bad)}"
+    elif figures:
+        line += f" — within {margin:.0%}"
+    ok = bool(figures) and not bad
+    return Check(name, ok, line or "no data", {"figures": figures, "margin": margin})

@@ -218,12 +218,17 @@ def test_validate_runs_on_this_host(tmp_path):
     """A short real validation: every check runs, reports figures and the JSON (strict:
     no NaN for undefined figures) says which passed. Pass/fail itself depends on the
     host's load; the full-length command is what a user runs (and what the issue's
-    acceptance asks for). The known answers of this short run must still be within 10%
-    of 1/q: that tells 300 ms bursts apart from short ones (a 5 ms burst under cpus=0.25
-    runs at full speed) and from a quota with no effect."""
+    acceptance asks for). The known answers of this short run must still read 1/q (the
+    guards at the end): that tells 300 ms bursts apart from short ones (a 5 ms burst
+    under cpus=0.25 runs at full speed) and from a quota with no effect. Their run has
+    its minimum rounds (v.QUOTA_MIN_ROUNDS) whatever the budget: a budget too short for
+    them resumes it."""
     res = CliRunner().invoke(
         validate_cmd,
-        ["--results", str(tmp_path), "--budget", "60", "--quota-kinds", "host", "--json"],
+        [
+            *("--results", str(tmp_path), "--budget", "30", "--quota-kinds", "host"),
+            *("--neighbour", "none", "--json"),  # its own test: test_idle_neighbours_...
+        ],
         catch_exceptions=False,
     )
     assert res.exit_code in (0, 1), res.output
@@ -233,12 +238,15 @@ def test_validate_runs_on_this_host(tmp_path):
     assert sum(n.startswith("known answer (host:cpus=") for n in names) == 4
     assert any(n.startswith("vDSO") for n in names)
     assert any(n.startswith("sampler") for n in names)
+    nb = [c for c in out["checks"] if c["name"] in (v.NEIGHBOURS_IDLE, v.NEIGHBOURS_FROZEN)]
+    assert len(nb) == 2 and not any(c["ran"] for c in nb)
     assert names[-2] == "minimum detectable effect" and names[-1] == vc.ACCURACY
     assert out["passed"] == all(c["passed"] for c in out["checks"])
     assert (res.exit_code == 0) == out["passed"]
     assert out["harness"]["overhead_ms"]["total"]["median"] is not None
     assert len(list(tmp_path.iterdir())) == 3  # the syscall, cpu and quota runs, kept
-    assert out["quota_skipped"] == {} and out["quota_run"]["host"]["rounds_done"] >= 2
+    quota_rounds = out["quota_run"]["host"]["rounds_done"]
+    assert out["quota_skipped"] == {} and quota_rounds >= v.QUOTA_MIN_ROUNDS
     by_name = {c["name"]: c for c in out["checks"]}
     aa = by_name["A/A"]["data"]["figures"]
     for fig in ("null", "compute"):  # by bursts from 3 rounds on (a short run may have 2)
@@ -246,10 +254,21 @@ def test_validate_runs_on_this_host(tmp_path):
     assert not aa["startup ready"]["bursts"]
     if acc.find_perf():  # the lead's .ci/setup installs linux-perf
         assert by_name[vc.ACCURACY]["ran"] and len(by_name[vc.ACCURACY]["data"]["segments"]) == 3
-    # last: the burst design's known-answer guard. Two rounds of a 60 s budget, under the
-    # suite's own load: a CI rehearsal read q=0.25 pinned at x4.44 [2.70, 7.29] (11%
-    # off), so 20%: it still catches the quota refill bug's x2.9 for q=0.25, not its
-    # x3.4; validate's own check (1/q +- 5% with its whole CI) is the exact one
+    # last: the burst design's known-answer guards, from the minimum rounds (two rounds
+    # under the suite's load once read q=0.25 pinned at x4.44 [2.70, 7.29]).
+    # Tight: q=0.25's answer over q=0.5's, the same baseline, within 5% of 2. Other load
+    # on the host slows the baseline, not a quota that fits in what is left: under a
+    # load average of 7 all four answers here read 12% low (q=0.25 x3.52, q=0.5 x1.77)
+    # and their quotient 1.99. The quota refill bug (a 300 ms window after an idle gap)
+    # reads x3.2 / x1.71 = 1.87 on average, and a quota with no effect or 5 ms bursts 1.
+    # Coarse: each answer within 20% of 1/q. validate's own check is the exact one.
+    answers = {c["name"]: c["data"]["ratio"] for n, c in by_name.items() if "known" in n}
+    for pin in ("", ",cpuset=1"):
+        quarter, half = (
+            answers[f"known answer (host:cpus={q}{pin} / no quota, time per op)"]
+            for q in ("0.25", "0.5")
+        )
+        assert quarter / half == pytest.approx(2.0, rel=0.05), answers
     for name, c in by_name.items():
         if name.startswith("known answer"):
             assert c["data"]["ratio"] == pytest.approx(c["data"]["expected"], rel=0.20), c
@@ -398,3 +417,83 @@ def test_a_check_not_run_is_no_failure(monkeypatch):
     res = CliRunner().invoke(validate_cmd, ["--budget", "1"])
     assert res.exit_code == 0, res.output
     assert "NOT RUN accuracy" in res.output and "1/1 checks passed (1 not run)" in res.output
+
+
+def test_a_run_short_of_its_minimum_rounds_is_resumed_for_the_missing_ones():
+    """Its budget: what it spent, plus each missing round at the pace of those made."""
+    manifest = {"rounds_done": 2, "measured_seconds": 30.0, "wall_seconds": 40.0}
+    assert v.resumed_budget(manifest, 4, spare=1.0) == pytest.approx(40 + 2 * 15 + 2)
+    assert v.resumed_budget(manifest, 4) > v.resumed_budget(manifest, 4, spare=1.0)
+
+
+# -- idle neighbours -------------------------------------------------------------------------
+def _aa(cond_effect: float, seed: int) -> list[dict]:
+    """An A/A pair's bursts (twin and A), the twin's shifted by `cond_effect`."""
+    recs = _bursts("A", 1.0, 6, 60, seed, workload="nb-null")
+    return recs + _bursts("twin", cond_effect, 6, 60, seed + 1, workload="nb-null")
+
+
+def test_idle_neighbours_agree_within_one_percent_or_fail():
+    """Each condition's A/A ratio against the one without neighbours: the same machine
+    agrees; a neighbour that slows one side of the pair by 3% is caught."""
+    without = vc.Figures(_aa(1.0, 10))
+
+    def pairs(f):
+        return {"null": (f.get("twin", *v.NB["null"]), f.get("A", *v.NB["null"]))}
+
+    same = vc.agreement_check("n", pairs(vc.Figures(_aa(1.0, 20))), pairs(without))
+    assert same.passed and "within 1%" in same.line, same.line
+    x = same.data["figures"]["null"]
+    assert x["ci_low"] < x["ratio"] < x["ci_high"] and x["n"] == [6, 6]
+    off = vc.agreement_check("n", pairs(vc.Figures(_aa(1.03, 30))), pairs(without))
+    assert not off.passed and "not shown within 1%: null" in off.line
+    empty = {"null": (vc.Figure(), vc.Figure())}
+    assert not vc.agreement_check("n", empty, pairs(without)).passed
+
+
+def test_neighbour_checks_carry_the_idle_cpu_of_each_kind():
+    recs = {c: _aa(1.0, 40 + i) for i, c in enumerate(v.CONDITIONS)}
+    info = {
+        "specs": ["docker", "lxc"],
+        "failed": {"lxc": "no `ready`"},
+        "idle_cpu": {"docker": {"instance_cpu_pct": 0.01, "sampler_cpu_pct": 6.2}},
+    }
+    idle, frozen = v.check_neighbours(recs, info)
+    assert idle.name == v.NEIGHBOURS_IDLE and frozen.name == v.NEIGHBOURS_FROZEN
+    assert "docker 0.01% (sampler 6.2%)" in idle.line and "neighbours: docker" in frozen.line
+    assert idle.data["failed"] == {"lxc": "no `ready`"}
+    assert v.nb.PRIVATE["swarm"] in v.nb.default_specs()
+    assert "host" not in {s.split(":")[0] for s in v.nb.default_specs()}
+
+
+def test_bad_neighbour_spec_is_a_usage_error():
+    res = CliRunner().invoke(validate_cmd, ["--neighbour", "nosuchkind"])
+    assert res.exit_code == 2 and "--neighbour" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.requires("host", "namespaces")
+def test_idle_neighbours_run_on_this_host(tmp_path, monkeypatch):
+    """One unit (two cycles) of the three conditions beside a held namespaces instance
+    (light rounds): every condition measured twice, the neighbour's idle CPU measured,
+    nothing left held. Pass/fail needs the real units (the command's)."""
+    import dataclasses
+
+    from bench import bundle as bundle_mod
+
+    for name, blocks in (("nb-null", 10), ("nb-compute", 4)):
+        w = v.WORKLOADS[name]
+        plan = dataclasses.replace(w.bursts, blocks=blocks, quick_blocks=blocks)
+        monkeypatch.setitem(v.WORKLOADS, name, dataclasses.replace(w, bursts=plan))
+    monkeypatch.setattr(v, "NEIGHBOUR_UNITS", (1, 1))
+    monkeypatch.setattr(v.nb, "SAMPLE_S", 0.5)
+    checks, info = v.run_neighbours(
+        tmp_path, 1.0, 1, bundle_mod.build(), lambda s: None, ["namespaces"]
+    )
+    assert [c.name for c in checks] == [v.NEIGHBOURS_IDLE, v.NEIGHBOURS_FROZEN]
+    assert info["cycles"] == 2 and info["failed"] == {}
+    assert set(info["idle_cpu"]) == {"namespaces"}
+    assert info["idle_cpu"]["namespaces"]["instance_cpu_pct"] < 5
+    runs = sorted(p.name.rsplit("-validate-", 1)[1] for p in next(tmp_path.iterdir()).iterdir())
+    assert runs == sorted(f"{c}-{n}" for c in v.CONDITIONS for n in (1, 2))
+    for c in checks:
+        assert c.data["figures"]["null"]["n"] == [2, 2]

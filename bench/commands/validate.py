@@ -34,7 +34,7 @@ def quota_kinds_default(name: str = "quota_kinds") -> str:
 @click.option(
     "--budget",
     type=float,
-    default=480.0,
+    default=600.0,
     show_default=True,
     help="seconds for the measured runs of all checks together (the accuracy check's ~15 s aside)",
 )
@@ -45,13 +45,22 @@ def quota_kinds_default(name: str = "quota_kinds") -> str:
     default=quota_kinds_default,
     help="environment kinds whose CPU quota known answers are checked (comma-separated)",
 )
+@click.option(
+    "--neighbour",
+    "neighbours",
+    multiple=True,
+    metavar="SPEC",
+    help="an environment held idle beside the idle-neighbour A/A (repeatable; default: "
+    "every held kind of `run --all` available here; `none`: that check is not run)",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of lines")
 @click.pass_context
-def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
+def validate(ctx, results, keep, budget, quota_kinds, neighbours, seed, as_json):
     """Check this host before trusting its numbers: A/A, known answers, vDSO control,
-    harness cost and sampler perturbation, minimum detectable effect, the accuracy of
-    short bursts against perf (not run where perf is not installed)."""
+    idle neighbours (an A/A beside held idle instances and without them), harness cost
+    and sampler perturbation, minimum detectable effect, the accuracy of short bursts
+    against perf (not run where perf is not installed)."""
     from bench.lock import RunLock
     from bench.metrics import noise
     from bench.store import json_safe
@@ -63,6 +72,9 @@ def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
         raise click.BadParameter(
             f"{', '.join(unknown)}: not one of {', '.join(QUOTA_KINDS)}", param_hint="--quota-kinds"
         )
+    specs = None if not neighbours else [n for n in neighbours if n != "none"]
+    for spec in specs or []:
+        _check_spec(spec)
     snap = noise.snapshot()
     warns = noise.warnings(snap)
     if not as_json:
@@ -75,7 +87,7 @@ def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
     log = (lambda s: None) if as_json else (lambda s: click.echo(f"  {s}", err=True))
     try:
         with RunLock(where.resolve()):  # validation runs measure too: one at a time
-            checks, info = run_all(where, budget, seed, log, kinds)
+            checks, info = run_all(where, budget, seed, log, kinds, specs)
     finally:
         if temp and not keep:
             shutil.rmtree(where, ignore_errors=True)
@@ -117,3 +129,16 @@ def validate(ctx, results, keep, budget, quota_kinds, seed, as_json):
 def _load(snap: dict) -> str:
     la = snap.get("loadavg")
     return " ".join(f"{x:.2f}" for x in la) if la else "unknown"
+
+
+def _check_spec(spec: str) -> None:
+    """A --neighbour that is no environment spec: a usage error, one line."""
+    from bench.envs import REGISTRY
+    from bench.envs.base import OptionError
+    from bench.matrix import MatrixError, parse_env_spec
+
+    try:
+        e = parse_env_spec(spec)
+        REGISTRY[e.kind].parse(e.options)
+    except (MatrixError, OptionError, KeyError, ValueError) as ex:
+        raise click.BadParameter(f"{spec}: {ex}", param_hint="--neighbour") from None

@@ -212,6 +212,7 @@ class HostSideSampler:
         self.roles: dict[int, str] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="isobench-hostside")
 
     def __enter__(self) -> HostSideSampler:
@@ -228,6 +229,14 @@ class HostSideSampler:
                 self._thread.join(2)
             with contextlib.suppress(Exception):  # a last reading: short launches may
                 self.sample()  # end between two samples
+
+    def pause(self) -> None:
+        """No sampling until resume() (Instance.quiet: while other instances measure);
+        stop() still takes its last reading."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -256,8 +265,9 @@ class HostSideSampler:
 
     def _loop(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
-                self.sample()
+            if not self._paused.is_set():
+                with contextlib.suppress(Exception):
+                    self.sample()
             if self._stop.wait(self.interval):
                 break
 

@@ -290,6 +290,7 @@ class PodInstance(Instance):
 
         self.sampler = ct.HostSideSampler(carriers, find_every=0.1)
         self.sampler.__enter__()
+        self.watchers.append(self.sampler)
 
     def _pause_pid(self) -> int | None:
         pod = self.pod

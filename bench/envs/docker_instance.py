@@ -132,6 +132,7 @@ class DockerInstance(Instance):
         self.phases["started"] = ct.ns_since(self.t_submit)
         self._sampler = ct.HostSideSampler(lambda: ct.find_carriers(self.cid), find_every=0.1)
         self._sampler.__enter__()
+        self.watchers.append(self._sampler)
         self.step = "ready"
 
     def _attach_stdin(self):

@@ -307,6 +307,7 @@ class LxcEnv(Environment):
                 raise StartError(f"could not set up {name}: {e}") from None
             raise
         instance = LxcInstance(name, child, timeout, collect=collect, teardown=teardown)
+        instance.watchers.append(sampler)
         instance.veth = veth
         return instance
 

@@ -186,9 +186,10 @@ class OciEnv(Environment):
             if isinstance(e, OSError):
                 raise StartError(f"could not set up {name}: {e}") from None
             raise
-        if runtime == "runsc":
-            return RunscInstance(name, child, timeout, collect=collect, teardown=teardown)
-        return OciInstance(name, child, timeout, collect=collect, teardown=teardown)
+        cls = RunscInstance if runtime == "runsc" else OciInstance
+        instance = cls(name, child, timeout, collect=collect, teardown=teardown)
+        instance.watchers.append(sampler)
+        return instance
 
     def net_path(self) -> str | None:
         if self.opts["network"] == "none":

@@ -343,6 +343,7 @@ class PodmanEnv(Environment):
             raise
         instance = PodmanInstance(name, child, timeout, collect=collect, teardown=teardown)
         instance.conmon_cgroup = conmon_cg
+        instance.watchers.append(sampler)
         instance.network = network
         instance.runsc = self.opts["runtime"] == "runsc"
         return instance

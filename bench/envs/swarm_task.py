@@ -181,6 +181,7 @@ class SwarmInstance(Instance):
             )
             self._sampler = ct.HostSideSampler(lambda: ct.find_carriers(cid), find_every=0.1)
             self._sampler.__enter__()
+            self.watchers.append(self._sampler)
         except Exception as e:  # noqa: BLE001 - the container went already
             self.failure = self.failure or ("failed", f"attach: {explain(e)}")
             self._stream_ended.set()

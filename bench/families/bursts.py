@@ -14,6 +14,16 @@ is one record carrying its block and its held set; analysis pairs an environment
 bursts with the baseline's of the same block (stats.burst_ratio_test: the round is the
 cluster).
 
+Idle neighbours: while one instance measures, the others of its set sit idle. Here an
+idle held instance takes ~0 CPU itself (a runsc sandbox ~0.02% of a CPU), but the
+harness's host-side sampler of a held container walked /proc every 0.1 s: 1-14% of a CPU
+per instance, a dozen of them a third of a core on a 2-core host. So every instance is
+quiet (Instance.quiet: its samplers paused) through the blocks; a kind that declares an
+idle cost (Environment.idle_cost: a polling sandbox, an idle guest) is also frozen
+(Instance.freeze: SIGSTOP over its cgroup tree) outside its own turn in a block.
+`isobench validate` checks both: the A/A with the neighbours held, quiet or frozen,
+against none (bench/validate_neighbours.py).
+
 Between cycles of blocks (once every op had a block) the runner's `between_blocks`
 records the host canary (bench/canary.py, the run's noise diagnosis).
 
@@ -32,6 +42,7 @@ set like any other kind (its channel: a virtio-serial port).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import Any
@@ -86,13 +97,15 @@ class Bursts(Family):
             for op in plan.ops:  # untimed: sets each op up and calibrates it
                 for i in list(sets.live):
                     sets.burst(i, op, ms[op], block=None)
+            sets.settle({i for i, job in enumerate(jobs) if job.env.idle_cost})
             cycle = len(plan.ops)
             for block, op in enumerate(plan.schedule(s.quick), 1):
                 check()
                 order = sorted(sets.live)
                 rng.shuffle(order)
                 for i in order:  # under a quota, primed without a pause: see PRIME_MS
-                    sets.burst(i, op, ms[op], block=block, prime=quota[i])
+                    with sets.turn(i):
+                        sets.burst(i, op, ms[op], block=block, prime=quota[i])
                 if block % cycle == 0:
                     s.between_blocks(rnd)
         finally:
@@ -132,10 +145,36 @@ class _Bursts:
         self.errors: dict[int, dict[str, str]] = {i: {} for i in held}
         self.dropped: dict[int, str] = {}
         self.t0 = time.monotonic_ns()
+        self.freeze: set[int] = set()  # frozen between their own bursts
+
+    def settle(self, freeze: set[int]) -> None:
+        """Before the blocks: no instance is watched by the harness while any measures
+        (Instance.quiet: a held container's sampler walks /proc every 0.1 s, 1-14% of a
+        CPU each, far more than what an idle instance itself takes here, ~0); those of
+        `freeze` (kinds that declare an idle cost) are frozen between their own bursts.
+        stop() thaws and takes the samplers' last reading."""
+        self.freeze = freeze & set(self.held)
+        for i, instance in self.held.items():
+            instance.quiet(True)
+            if i in self.freeze:
+                instance.freeze()
 
     def drop(self, i: int, why: str) -> None:
         self.live.discard(i)
         self.dropped.setdefault(i, why)
+
+    @contextlib.contextmanager
+    def turn(self, i: int):
+        """Instance i's turn in a block: thawed for it when it is frozen between turns."""
+        frozen = i in self.freeze and i in self.live
+        if frozen:
+            self.held[i].thaw()
+            self.held[i].quiet(True)
+        try:
+            yield
+        finally:
+            if frozen and i in self.live:
+                self.held[i].freeze()
 
     def burst(self, i: int, op: str, ms: int, block: int | None, prime: bool = False) -> None:
         if i not in self.live:
