@@ -158,7 +158,7 @@ def facts(done: list[Host]) -> dict[str, list[dict[str, Any]]]:
     differ, same = [], []
     for source, name in keys:
         values = {h: f.get((source, name), "–") for h, f in per.items()}
-        entry = {"source": source, "fact": name, "values": values}
+        entry = {"source": source, "fact": name, "by_host": values}
         if len(set(values.values())) > 1 and name not in NAMES:
             differ.append(entry)
         else:

@@ -92,8 +92,10 @@ def host_log_ratios(df, manifest, baseline: str, scope: str = analysis.MAIN) -> 
         common = sorted(set(values) & set(base))
         if len(common) < 3:
             continue
+        v = np.array([values[r] for r in common], dtype=float)
+        b = np.array([base[r] for r in common], dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.log(np.array([values[r] / base[r] for r in common], dtype=float))
+            d = np.log(v / b)
         d = d[np.isfinite(d)]
         if d.size >= MIN_ROUNDS:
             out[key] = d

@@ -72,7 +72,7 @@ def table(data: dict[str, Any], width: int):
     head = [Text("", style="bold")] + [Text(h, style="bold") for h in done]
     facts = [
         (Text(f"  {x['fact']}" + (" (isobench)" if x["source"] == "isobench" else "")),)
-        + tuple(Text(x["values"][h]) for h in done)
+        + tuple(Text(x["by_host"][h]) for h in done)
         for x in data["facts"]["differ"]
     ]
     ratio_sections, abs_sections = [], []
