@@ -26,6 +26,7 @@ from bench.report import fleet_load
 from bench.report.fleet_stats import detectable, ratio_of_ratios
 from bench.report.sections import fleet as fleet_page
 from tests.conftest import isobench
+from tests.test_report import EVIL
 
 real = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
 HOSTS = ("alpha", "beta", "gamma")
@@ -283,6 +284,21 @@ def test_overlap_and_a_done_host_whose_run_is_missing(runs, tmp_path):
     assert header(text) == ["alpha", "gamma"]
     page = fleet_page.render_fleet(fleet)
     assert "hosts ran at the same time" in page and "may have competed" in page
+    # what fleet.json says is text on the page, never markup
+    record = json.loads((fleet / "fleet.json").read_text())
+    record["hosts"][3]["reason"] = EVIL
+    (fleet / "fleet.json").write_text(json.dumps(record))
+    page = fleet_page.render_fleet(fleet)
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@real
+def test_an_unknown_baseline_is_one_line(fleet_dir):
+    res = isobench("summary", fleet_dir, "--baseline", "nope")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "--baseline nope: no such environment on any host (known: host, namespaces)" in (
+        res.stderr
+    )
 
 
 @real

@@ -73,6 +73,14 @@ def build(
     done = fleet.done
     ref = _reference(done, reference)
     base = baseline or ref.manifest.get("matrix", {}).get("baseline", "host")
+    known = {e for h in done for e in env_order(h.manifest, h.df)}
+    if baseline is not None and baseline not in known:
+        from bench.report.fleet_load import FleetError
+
+        raise FleetError(
+            f"--baseline {baseline}: no such environment on any host (known: "
+            f"{', '.join(sorted(known))})"
+        )
     rows_of, ratios_of = {}, {}
     for h in done:
         rows_of[h.name] = analysis.summarize_run(
@@ -119,16 +127,13 @@ def _reference(done: list[Host], name: str | None) -> Host:
 
 
 def _host(h: Host) -> dict[str, Any]:
-    run = None
-    if h.run_dir is not None:
-        run = h.run_dir.name
     return {
         "name": h.name,
         "status": h.status,
         "reason": h.reason,
         "started": h.started,
         "ended": h.ended,
-        "run": run,
+        "run": h.run if h.usable else None,
         "usable": h.usable,
         "hostname": (h.manifest or {}).get("host", {}).get("hostname")
         or h.facts.get("ansible_hostname"),

@@ -75,6 +75,7 @@ class Host:
     started: str | None = None
     ended: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None  # as fleet.json names it, relative to the fleet directory
     run_dir: Path | None = None
     manifest: dict[str, Any] | None = None
     df: Any = None
@@ -159,6 +160,7 @@ def _host(fleet_dir: Path, h: HostRecord) -> Host:
         started=h.started,
         ended=h.ended,
         facts=dict(h.facts),
+        run=h.run,
     )
     if h.status != DONE:
         return host
