@@ -214,6 +214,33 @@ def test_json_rows_carry_each_hosts_own_summary_and_the_bh_adjusted_test(fleet_d
 
 
 @real
+def test_a_known_difference_between_hosts_is_called(runs, fleet_dir, tmp_path):
+    """beta's namespaces made 5x as costly (every burst of its run's copy): each of its
+    ratios of ratios is exactly 5x what it was and called different, gamma's are not
+    touched, and beta's vDSO control at x5 is flagged, so that figure is not tested."""
+    before = {(r["host"], r["op"]): r for r in json_rows(fleet_dir) if r.get("env") == "namespaces"}
+    fleet = make_fleet(tmp_path, runs)
+    samples = next((fleet / "hosts" / "beta").glob("*/samples.jsonl"))
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    for r in records:
+        if r["env"] == "namespaces" and r["source"] == "burst" and r["value"] is not None:
+            r["value"] *= 5
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = [r for r in json_rows(fleet) if r.get("env") == "namespaces"]
+    beta = {r["op"]: r for r in rows if r["host"] == "beta"}
+    assert "no vDSO" in " ".join(beta["clock_gettime"]["flags"])
+    assert beta.pop("clock_gettime")["between_note"] == "flagged on beta: no ratio"
+    noisy = {"fork", "fork_exec", "pipe_pingpong"}  # the catalog's: 3 rounds may not tell
+    for op, r in beta.items():
+        assert r["between_ratio"] == pytest.approx(5 * before[("beta", op)]["between_ratio"])
+        assert r["between_significant"] or op in noisy, (op, r["between_p_adjusted"])
+    text = " ".join(command("summary", fleet).split())
+    assert "differs between hosts: namespaces · syscall · getppid(): ×" in text
+    page = fleet_page.render_fleet(fleet)
+    assert page.count("differs between hosts</span>") == sum(r["between_significant"] for r in rows)
+
+
+@real
 def test_another_reference_host(fleet_dir):
     rows = json_rows(fleet_dir, "--reference", "gamma")
     tested = {r["host"] for r in rows if r.get("between_p_value") is not None}

@@ -90,7 +90,7 @@ def build(
     figures = _figures(done, ref, base, rows_of, ratios_of)
     _adjust(figures)
     rec = fleet.record
-    return {
+    data = {
         "fleet": {
             "id": rec.id,
             "path": str(fleet.path),
@@ -112,6 +112,8 @@ def build(
         "absolute_warning": ABSOLUTE_WARNING,
         "rows": _rows(fleet, figures, rows_of, ref.name),
     }
+    data["differences"] = differences(data)
+    return data
 
 
 def _reference(done: list[Host], name: str | None) -> Host:
@@ -303,15 +305,43 @@ def _adjust(figures: list[dict[str, Any]]) -> None:
         )
 
 
-def between_words(b: dict[str, Any], host: str, ref: str) -> str:
-    """ "×1.17 the ratio on A" where significant, "none ≥×1.05" where tested and not, ""
-    untested."""
+def between_words(b: dict[str, Any], ref: str) -> str:
+    """ "×1.17 of alpha's ratio" where significant, "none ≥×1.05" where tested and not
+    (no difference that large would have been missed with 80% power), "" untested."""
     if b.get("p_adjusted") is None:
         return ""
     if b["significant"]:
-        return f"{fmt.fmt_ratio(b['ratio'])} its ratio on {ref}"
+        return f"{fmt.fmt_ratio(b['ratio'])} of {ref}'s ratio"
     mde = b.get("detectable")
     return "" if mde is None else (f"none ≥×{mde:.3g}" if mde < 10 else f"none ≥×{mde:.0f}")
+
+
+def differences(data: dict[str, Any]) -> list[str]:
+    """One sentence per significant between-hosts difference, in figure order: "namespaces
+    · syscall · getppid(): ×1.27 [1.21, 1.33] on beta, ×1.09 [1.08, 1.11] on alpha; ratio
+    of ratios ×1.17 [1.10, 1.22], p = 0.003 (BH)"."""
+    ref = data["reference"]
+    out = []
+    for f in data["figures"]:
+        for line in f["envs"]:
+            for host, b in line["between"].items():
+                if not b["significant"]:
+                    continue
+                mine, theirs = line["cells"][host], line["cells"][ref]
+                out.append(
+                    f"{line['env']} · {f['label']}: {_with_ci(mine)} on {host}, "
+                    f"{_with_ci(theirs)} on {ref}; ratio of ratios {fmt.fmt_ratio(b['ratio'])} "
+                    f"[{fmt.fmt_num(b['ci_low'])}, {fmt.fmt_num(b['ci_high'])}], "
+                    f"p = {b['p_adjusted']:.2g} (BH)"
+                )
+    return out
+
+
+def _with_ci(c: dict[str, Any]) -> str:
+    ci = ""
+    if c["ratio_ci_low"] is not None:
+        ci = f" [{fmt.fmt_num(c['ratio_ci_low'])}, {fmt.fmt_num(c['ratio_ci_high'])}]"
+    return fmt.fmt_ratio(c["ratio"]) + ci
 
 
 # -- warnings and rows ----------------------------------------------------------------

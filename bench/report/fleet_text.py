@@ -51,6 +51,10 @@ def print_fleet(data: dict[str, Any], *, as_json: bool = False) -> None:
     )
     ratios, absolute = table(data, out.width)
     emit(ratios)
+    for line in data["differences"]:
+        say("differs between hosts:", "bold magenta", line, wrap=True)
+    if not data["differences"]:
+        say("between hosts:", "bold", "no figure's isolation cost differs significantly", wrap=True)
     say("absolute figures per host:", "bold", data["absolute_warning"], wrap=True)
     emit(absolute)
     say("legend:", "dim", LEGEND.replace("REF", ref), wrap=True)

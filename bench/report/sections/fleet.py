@@ -121,11 +121,11 @@ def _between_cell(b: dict[str, Any] | None, ref: str) -> dict[str, Any]:
         return {
             "text": fmt.fmt_ratio(b["ratio"]),
             "ci": ci,
-            "verdict": f"differs: {model.between_words(b, '', ref)}",
+            "verdict": f"differs: {model.between_words(b, ref)}",
             "cls": "differs",
             "p": p,
         }
-    words = model.between_words(b, "", ref)
+    words = model.between_words(b, ref)
     return {
         "text": fmt.fmt_ratio(b["ratio"]),
         "ci": ci,
