@@ -234,6 +234,9 @@ def test_a_known_difference_between_hosts_is_called(runs, fleet_dir, tmp_path):
     for op, r in beta.items():
         assert r["between_ratio"] == pytest.approx(5 * before[("beta", op)]["between_ratio"])
         assert r["between_significant"] or op in noisy, (op, r["between_p_adjusted"])
+    for r in rows:
+        if r["host"] == "gamma":
+            assert r["between_ratio"] == pytest.approx(before[("gamma", r["op"])]["between_ratio"])
     text = " ".join(command("summary", fleet).split())
     assert "differs between hosts: namespaces · syscall · getppid(): ×" in text
     page = fleet_page.render_fleet(fleet)
