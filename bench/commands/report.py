@@ -72,10 +72,17 @@ def run_dir_command(what: str, default: str):
 
 @run_dir_command("HTML file", "RUN_DIR/report.html")
 def report(run_dir: Path, output: Path | None):
-    """Write the run's self-contained HTML report (works offline)."""
+    """Write the run's self-contained HTML report (works offline). RUN_DIR may be a
+    fleet directory (isobench fleet run): one report across its hosts."""
     from bench.report import html
+    from bench.report.fleet_load import is_fleet
 
-    page = html.render_run(run_dir)
+    if is_fleet(run_dir):
+        from bench.report.sections import fleet
+
+        page = fleet.render_fleet(run_dir)
+    else:
+        page = html.render_run(run_dir)
     path = deliver(output, run_dir / "report.html", page.encode, lambda p: html.write(p, page))
     if path:
         click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -214,7 +221,8 @@ def export_formats() -> tuple[str, ...]:
 @output_option("file", "RUN_DIR/samples.FORMAT or summary.FORMAT")
 @click.option("--summary", is_flag=True, help="the summary rows instead of the samples")
 def export(run_dir: Path, fmt: str, output: Path | None, summary: bool):
-    """Export the run's samples (or summary) as CSV, JSON or Parquet."""
+    """Export the run's samples (or summary) as CSV, JSON or Parquet; of a fleet
+    directory, every host's, with a `host` column."""
     from bench.report import export as export_mod
 
     fmt = fmt.lower()

@@ -27,9 +27,37 @@ if TYPE_CHECKING:
     help="environment label to compare against [default: the run's baseline]",
 )
 @click.option("--footprint", is_flag=True, help="cgroup and host-side figures instead")
-def summary(run_dir, as_json, baseline, footprint):
-    """Statistics per figure, with ratios to the baseline."""
+@click.option(
+    "--reference",
+    type=str,
+    help="a fleet's host the others are tested against [default: the first usable one]",
+)
+def summary(run_dir, as_json, baseline, footprint, reference):
+    """Statistics per figure, with ratios to the baseline. RUN_DIR may be a fleet
+    directory (isobench fleet run): one column per host, and a between-hosts test."""
+    from bench.report.fleet_load import is_fleet
+
+    if is_fleet(run_dir):
+        print_fleet_summary(
+            run_dir, as_json=as_json, baseline=baseline, footprint=footprint, reference=reference
+        )
+        return
+    if reference is not None:
+        from bench.commands.output import UserError
+
+        raise UserError("--reference: only for a fleet directory (isobench fleet run)")
     print_summary(run_dir, as_json=as_json, baseline=baseline, footprint=footprint)
+
+
+def print_fleet_summary(fleet_dir: Path, *, as_json, baseline, footprint, reference) -> None:
+    """The summary of a fleet directory (bench/report/fleet_text.py)."""
+    from bench import analysis
+    from bench.report import fleet, fleet_load, fleet_text
+
+    loaded = fleet_load.load(fleet_dir)
+    scope = analysis.FOOTPRINT if footprint else analysis.MAIN
+    data = fleet.build(loaded, baseline=baseline, reference=reference, scope=scope)
+    fleet_text.print_fleet(data, as_json=as_json)
 
 
 SIG_LEGEND = (

@@ -17,9 +17,16 @@ class ExportError(Exception):
 
 
 def frame(run_dir: Path, *, summary: bool = False):
-    """The samples DataFrame, or the summary rows (main and footprint scopes)."""
+    """The samples DataFrame, or the summary rows (main and footprint scopes); of a
+    fleet directory, the fleet's (bench/report/fleet_export.py)."""
     import pandas as pd
 
+    from bench.report.fleet_load import is_fleet
+
+    if is_fleet(run_dir):
+        from bench.report import fleet_export
+
+        return fleet_export.frame(run_dir, summary=summary)
     manifest = store.read_manifest(run_dir)
     df = store.load_samples(run_dir)
     if not summary:
