@@ -311,7 +311,7 @@ def _positive(values) -> np.ndarray:
 TRIM = 0.2  # the share trimmed from each end of the log ratios (Wilcox's usual 20%)
 
 
-def _trimmed(x: np.ndarray, trim: float) -> tuple[float, float, int]:
+def trimmed(x: np.ndarray, trim: float) -> tuple[float, float, int]:
     """(trimmed mean, its squared standard error, h) of ``x`` (Tukey & McLaughlin 1963).
 
     g = floor(trim * n) values are cut from each end; the standard error comes from the
@@ -353,7 +353,7 @@ def log_ratio_test(
             return RatioTest(_NAN, _NAN, _NAN, _NAN, 0, "")
         if n < 2:
             return RatioTest(math.exp(float(d.mean())), _NAN, _NAN, _NAN, n, "")
-        mean, var, h = _trimmed(d, trim)
+        mean, var, h = trimmed(d, trim)
         se, df = math.sqrt(var), h - 1
         method = "paired"
     else:
@@ -363,7 +363,7 @@ def log_ratio_test(
             return RatioTest(_NAN, _NAN, _NAN, _NAN, 0, "")
         if n < 2:
             return RatioTest(math.exp(float(lv.mean() - lb.mean())), _NAN, _NAN, _NAN, n, "")
-        (mv, va, hv), (mb, vb, hb) = _trimmed(lv, trim), _trimmed(lb, trim)
+        (mv, va, hv), (mb, vb, hb) = trimmed(lv, trim), trimmed(lb, trim)
         mean, se = mv - mb, math.sqrt(va + vb)
         df = (va + vb) ** 2 / (va**2 / (hv - 1) + vb**2 / (hb - 1)) if se else 1.0
         method = "welch"

@@ -74,7 +74,7 @@ def detectable(d_host, d_ref, *, alpha: float = 0.05, power: float = 0.8) -> flo
     a, b = _finite(d_host), _finite(d_ref)
     if a.size < MIN_ROUNDS or b.size < MIN_ROUNDS:
         return math.nan
-    (_, va, ha), (_, vb, hb) = stats._trimmed(a, stats.TRIM), stats._trimmed(b, stats.TRIM)
+    (_, va, ha), (_, vb, hb) = stats.trimmed(a, stats.TRIM), stats.trimmed(b, stats.TRIM)
     se = math.sqrt(va + vb)
     if not se:
         return math.nan
