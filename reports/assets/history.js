@@ -41,6 +41,29 @@
     return out;
   }
 
+  function si(v) {
+    var a = Math.abs(v), units = [[1e9, "G"], [1e6, "M"], [1e3, "k"]];
+    for (var i = 0; i < units.length; i++) {
+      if (a >= units[i][0]) return String(+(v / units[i][0]).toPrecision(3)) + units[i][1];
+    }
+    return String(+v.toPrecision(3));
+  }
+
+  /* an axis that holds every point and its CI */
+  function extent(points) {
+    var lo = Infinity, hi = -Infinity;
+    points.forEach(function (p) {
+      if (!p) return;
+      [p.ci_low, p.value, p.ci_high].forEach(function (v) {
+        if (v != null && isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      });
+    });
+    if (!isFinite(lo)) return {};
+    var pad = (hi - lo) * 0.05 || Math.abs(hi) * 0.05 || 1;
+    return { min: Math.max(0, lo - pad), max: hi + pad,
+      axisLabel: { formatter: si } };
+  }
+
   function chart(el, f) {
     var runs = D.runs.map(function (r, i) { return String(i + 1); });
     var value = function (p) { return p ? p.value : null; };
@@ -50,8 +73,9 @@
       legend: { top: 0, data: ["ratio to " + D.baseline, D.baseline + " median"] },
       tooltip: { trigger: "axis" },
       xAxis: { type: "category", data: runs, name: "run" },
-      yAxis: [{ type: "value", scale: true, name: "ratio" },
-        { type: "value", scale: true, name: f.unit, splitLine: { show: false } }],
+      yAxis: [Object.assign({ type: "value", scale: true, name: "ratio" }, extent(f.ratio)),
+        Object.assign({ type: "value", scale: true, name: f.unit, splitLine: { show: false } },
+          extent(f.base))],
       series: [
         { name: "ratio to " + D.baseline, type: "line", yAxisIndex: 0, connectNulls: false,
           data: f.ratio.map(value), itemStyle: { color: RATIO }, symbolSize: 6,
