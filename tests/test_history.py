@@ -1,14 +1,14 @@
 """`isobench history` end to end on REAL runs: a series of short runs of the host and
-docker with the cpu workload, docker under a CPU quota from the 6th run on (the same
-label), and a series that changes nothing. The change is found at the 6th run on docker's
-compute ratio, the gate fails on the first 7 runs and passes on the first 5 and on the
-unchanged series, the page renders in headless Chromium offline, and bad input is one
-line with exit status 2.
+docker with the cpu workload, docker under a CPU quota (QUOTA) from the 6th run on (the
+same label), and a series that changes nothing. The change is found at the 6th run on
+docker's compute ratio, the gate fails on the first 7 runs and passes on the first 5 and
+on the unchanged series, the page renders in headless Chromium offline, and bad input is
+one line with exit status 2.
 
 The runs are as short as a run can be: --quick, 3 rounds (a ratio needs 3), no warm-up,
-and one burst block per op and round (the catalog's cpu bursts scaled down in the run's
-process, RUN_CODE). Under a quota every burst is 300 ms (catalog `quota_ms`), so a quota
-run costs about three times an unquoted one."""
+and one burst block per op and round, six of compute, the figure the test is about (the
+catalog's cpu bursts scaled down in the run's process, RUN_CODE). Under a quota every
+burst is 300 ms (catalog `quota_ms`), so a quota run costs about three times another."""
 
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ from tests.test_report_browser import chromium, console_messages
 pytest.importorskip("otava.analysis", reason="the history extra (apache-otava) is not installed")
 
 ROOT = Path(__file__).resolve().parent.parent
-QUOTA = "docker:cpus=0.5,label=docker"
+# The issue's example is cpus=0.5. A quota binds only where the host's own probe gets more
+# than the quota: on this shared 2-core VM under other sessions' load the host's compute
+# read less than half a CPU in the 300 ms bursts, docker at 0.5 read the same, and there
+# was no change to find. At 0.1 the quota binds under any load this machine has seen.
+QUOTA = "docker:cpus=0.1,label=docker"
 # `isobench ARGS` with the cpu workload's bursts cut to one block per op and round
 RUN_CODE = """
 import dataclasses, sys
@@ -36,7 +40,7 @@ _load = catalog.load
 def load(path=None):
     out = _load(path)
     w = out["cpu"]
-    plan = dataclasses.replace(w.bursts, blocks=1, quick_blocks=1, op_blocks={})
+    plan = dataclasses.replace(w.bursts, blocks=1, quick_blocks=1, op_blocks={"compute": 6})
     out["cpu"] = dataclasses.replace(w, bursts=plan)
     return out
 catalog.load = load
@@ -105,7 +109,7 @@ def test_the_quota_from_the_6th_run_is_a_change_of_dockers_compute_cost(series):
     h = history_json(*series["base"], *series["changed"])
     assert len(h["runs"]) == 10 and h["baseline"] == "host"
     sixth = h["runs"][5]["changes"]
-    assert {"what": "docker: cpus", "before": "", "after": "0.5"} in sixth
+    assert {"what": "docker: cpus", "before": "", "after": "0.1"} in sixth
     compute = figure(h, "compute")
     ratio = [c for c in compute["change_points"] if c["series"] == "ratio"]
     assert [c["index"] for c in ratio] == [5], compute
@@ -136,12 +140,17 @@ def test_a_series_that_changes_nothing_has_no_change_of_an_isolation_cost(series
 
 @needs
 def test_the_gate_fails_on_a_change_in_the_newest_runs_only(series):
-    def gate(*paths):
-        return isobench("history", *paths, "--fail-on-change").returncode
+    def gate(*paths) -> tuple[int, list]:
+        res = isobench("history", *paths, "--fail-on-change", "--json")
+        h = json.loads(res.stdout)
+        seen = [(f["op"], [p and round(p["value"], 3) for p in f["ratio"]]) for f in h["figures"]]
+        return res.returncode, seen
 
-    assert gate(*series["base"], *series["changed"][:2]) == 1
-    assert gate(*series["base"]) == 0
-    assert gate(*series["base"], *series["same"]) == 0
+    assert gate(*series["base"], *series["changed"][:2])[0] == 1, gate(
+        *series["base"], *series["changed"][:2]
+    )
+    assert gate(*series["base"])[0] == 0
+    assert gate(*series["base"], *series["same"])[0] == 0
 
 
 @needs

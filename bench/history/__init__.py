@@ -4,5 +4,5 @@ confirmed with isobench's own test on the rounds) and the gate a nightly CI job 
 
 One job per module: runs.py (which runs form a series), versions.py (what changed between
 them), points.py (each run's figures), changes.py (change points), build.py (the history
-as one JSON-ready dict), page.py (its HTML).
+as one JSON-ready dict), text.py (the command's text) and page.py (its HTML).
 """
