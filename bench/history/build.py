@@ -111,7 +111,7 @@ def _classified(ratio_cps, base_cps, series, changed) -> list[dict[str, Any]]:
     for c in out:
         c["run"] = series[c["index"]].run_id
         c["what_changed"] = [
-            f"{d['what']}: {d['before']} → {d['after']}" for d in changed[c["index"]]
+            f"{d['what']}: {d['before'] or '–'} → {d['after'] or '–'}" for d in changed[c["index"]]
         ]
     return sorted(out, key=lambda c: (c["index"], c["series"] != "ratio"))
 

@@ -57,7 +57,9 @@ def show(h: dict[str, Any]) -> None:
         if r["changes"]:
             notes.append(
                 "changed: "
-                + "; ".join(f"{d['what']} {d['before']!r} → {d['after']!r}" for d in r["changes"])
+                + "; ".join(
+                    f"{d['what']} {d['before'] or '–'} → {d['after'] or '–'}" for d in r["changes"]
+                )
             )
         click.echo(f"  {i:>3} {r['run_id']}  {_when(r['created'])}  " + "  ".join(notes))
     for x in h["left_out"]:
