@@ -86,11 +86,14 @@ def render(
     *,
     n_boot: int = 2000,
     canary_series: list[dict[str, Any]] | None = None,
+    history: str | None = None,
 ) -> str:
     """The run's report as one HTML string; `canary_series` is the run's canary.jsonl
-    (bench.report.canary.read), for the plot of the host's speed through the run."""
+    (bench.report.canary.read), for the plot of the host's speed through the run;
+    `history` the address of a history page (`isobench history -o`) to link to."""
     data = model.build(manifest, df, n_boot=n_boot, canary_series=canary_series)
-    return render_template("report.html.j2", data, title=f"isobench · {data['run']['run_id']}")
+    title = f"isobench · {data['run']['run_id']}"
+    return render_template("report.html.j2", data, title=title, history=history)
 
 
 def render_run(run_dir: Path, *, n_boot: int = 2000) -> str:
@@ -103,7 +106,20 @@ def render_run(run_dir: Path, *, n_boot: int = 2000) -> str:
         store.load_samples(run_dir),
         n_boot=n_boot,
         canary_series=canary.read(run_dir),
+        history=history_link(run_dir),
     )
+
+
+HISTORY_LINK = "history.json"  # written by `isobench history -o` (bench/history/page.py)
+
+
+def history_link(run_dir: Path) -> str | None:
+    """The history page recorded for this run, relative to RUN_DIR (where the report
+    goes by default), if `isobench history -o` recorded one."""
+    try:
+        return str(json.loads((Path(run_dir) / HISTORY_LINK).read_text())["html"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write(path: Path, html: str) -> Path:
