@@ -21,11 +21,13 @@ from bench.commands import (
     build,
     clean,
     doctor,
+    fleet,
     image,
     listing,
     report,
     rootfs,
     run,
+    setup,
     summary,
     validate,
 )
@@ -41,6 +43,8 @@ COMMANDS = (
     clean.clean_cmd,
     image.image,
     rootfs.rootfs,
+    fleet.fleet,
+    setup.setup_cmd,
 )
 
 # (module, class) of the errors that are the user's: one line, exit status 2
