@@ -24,14 +24,16 @@ HOSTSIDE = HERE / "hostside.py"
 PLUGINS = HERE / "plugins"
 
 
-def environment(workdir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment ansible-playbook and ansible-inventory run with."""
-    env = dict(os.environ if base is None else base)
-    for sub in ("tmp", "cp"):
+def environment(workdir: Path, cp: str = "cp") -> dict[str, str]:
+    """The environment ansible-playbook and ansible-inventory run with; SSH control
+    sockets in workdir/<cp> (the stop play after a Ctrl-C gets fresh ones: the
+    interrupted play's masters may have died with it)."""
+    env = dict(os.environ)
+    for sub in ("tmp", cp):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     env.update(
         ANSIBLE_LOCAL_TEMP=str(workdir / "tmp"),
-        ANSIBLE_SSH_CONTROL_PATH_DIR=str(workdir / "cp"),
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(workdir / cp),
         ANSIBLE_CALLBACK_PLUGINS=str(PLUGINS),
         ANSIBLE_STDOUT_CALLBACK="isobench_events",
         ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
@@ -122,3 +124,15 @@ def run(argv: list[str], env: dict[str, str], log: Path, on_event: Callable[[dic
         play.wait()
         raise
     return play.wait()
+
+
+def close_connections(workdir: Path) -> None:
+    """End the SSH control masters Ansible left in workdir/cp (ControlPersist keeps them
+    up for a minute, each holding a session on its host)."""
+    for sock in sorted(workdir.glob("cp*/*")):
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "isobench-fleet"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )

@@ -54,7 +54,7 @@ def _extra_vars(opts: FleetOptions, wheels, scratch: str, fetched: Path) -> dict
     }
 
 
-def _stop(fleet: Fleet, opts: FleetOptions, work: Path, env: dict, scratch: str) -> None:
+def _stop(fleet: Fleet, opts: FleetOptions, work: Path, scratch: str) -> None:
     """stop.yml on every host the play reached, with further signals held off: the
     remote runs get their SIGINT, isobench clean runs there, the scratch goes."""
     reached = [h.name for h in fleet.hosts if h.status != "unreachable" and h.facts]
@@ -75,6 +75,8 @@ def _stop(fleet: Fleet, opts: FleetOptions, work: Path, env: dict, scratch: str)
         elif e.get("event") in ("failed", "unreachable"):
             say(f"{e.get('host')}: could not clean up: {e.get('msg')}")
 
+    ansible_run.close_connections(work)
+    env = {**ansible_run.environment(work, cp="cp-stop"), "ANSIBLE_SSH_RETRIES": "3"}
     held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         ansible_run.run(argv, env, fleet.root / "ansible.log", on_event)
@@ -88,6 +90,7 @@ def execute(opts: FleetOptions) -> int:
     try:
         return _execute(opts, work)
     finally:
+        ansible_run.close_connections(work)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -127,7 +130,7 @@ def _execute(opts: FleetOptions, work: Path) -> int:
     except (KeyboardInterrupt, interrupt.Interrupted) as e:
         code = e.exit_code if isinstance(e, interrupt.Interrupted) else 130
         say("interrupted")
-        _stop(fleet, opts, work, env, scratch)
+        _stop(fleet, opts, work, scratch)
         for h in fleet.hosts:
             if h.started is not None and h.ended is None:
                 h.ended = time.time()

@@ -83,11 +83,20 @@ def ancestors():
     return pids
 
 
+def mount_ns(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
 def users_of(path):
-    """Processes whose command line names the scratch (the run, a pip install...)."""
-    skip, found = ancestors(), []
+    """Processes whose command line names the scratch (the run, a pip install...) and
+    that see the same files as this one (its mount namespace: hosts that share a
+    kernel, containers or the tests' namespace hosts, each have their own scratch)."""
+    skip, found, mine = ancestors(), [], mount_ns("self")
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in skip:
+        if not name.isdigit() or int(name) in skip or mount_ns(name) != mine:
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
