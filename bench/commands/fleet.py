@@ -41,16 +41,22 @@ def run_args(ctx: click.Context) -> list[str]:
     return args
 
 
+def _need_ansible(ctx: click.Context) -> None:
+    from bench import fleet
+
+    if not fleet.available():
+        click.echo(f"isobench: {fleet.INSTALL_HINT}", err=True)
+        ctx.exit(2)
+
+
 class FleetGroup(click.Group):
-    """Checks that ansible-core is there before any subcommand (its --help included)."""
+    """Checks that ansible-core is there before anything but `isobench fleet --help`
+    (a subcommand's --help included)."""
 
-    def invoke(self, ctx: click.Context):
-        from bench import fleet
-
-        if not fleet.available():
-            click.echo(f"isobench: {fleet.INSTALL_HINT}", err=True)
-            ctx.exit(2)
-        return super().invoke(ctx)
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not set(args[:1]) & set(ctx.help_option_names):
+            _need_ansible(ctx)
+        return super().parse_args(ctx, args)
 
 
 @click.group("fleet", cls=FleetGroup)

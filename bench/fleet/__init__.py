@@ -11,7 +11,7 @@ be imported, and the command says what to install when it cannot."""
 
 from __future__ import annotations
 
-INSTALL_HINT = "isobench fleet needs ansible-core: pip install 'isobench[fleet]'"
+INSTALL_HINT = "fleet needs ansible-core: pip install 'isobench[fleet]'"
 
 
 def available() -> bool:

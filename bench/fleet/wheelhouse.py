@@ -83,6 +83,9 @@ def isobench_wheel(cache: Path) -> Path:
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for old in cache.glob("isobench-*"):  # earlier sources' wheels: only this one is used
+        if old != out:
+            shutil.rmtree(old, ignore_errors=True)
     return sorted(out.glob("isobench-*.whl"))[0]
 
 
