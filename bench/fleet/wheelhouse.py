@@ -147,6 +147,18 @@ def dependencies(cache: Path, wheel: Path) -> Path:
     return out
 
 
+def _bundle() -> Path | None:
+    """The controller's probe bundle, shipped along: a host whose compiler gives the
+    same bundle key uses these very files (bench.fleet.remote puts them in its cache)
+    instead of compiling its own. None where this machine cannot build it."""
+    from bench import bundle
+
+    try:
+        return bundle.build().root
+    except (bundle.BuildError, OSError):
+        return None
+
+
 def build(workdir: Path, cache: Path | None = None) -> Wheels:
     """Every wheel a host needs, in workdir/wheels.tar."""
     root = (cache or cache_dir()) / "fleet"
@@ -158,6 +170,8 @@ def build(workdir: Path, cache: Path | None = None) -> Wheels:
         for p in sorted(deps.glob("*.whl")):
             t.add(p, arcname=p.name)
         t.add(own, arcname=own.name)
+        if probes := _bundle():
+            t.add(probes, arcname=f"bundle/{probes.name}")
     pip = next((p.name for p in deps.glob("pip-*.whl")), None)
     if pip is None:
         raise WheelError(f"no pip wheel in {deps}")
