@@ -70,11 +70,15 @@ class Host:
 class Hosts:
     dir: Path
     hosts: list[Host] = field(default_factory=list)
-    environment: dict = field(default_factory=dict)
+    bridge: bool = False  # made by this Hosts (close removes only what it made)
 
-    def inventory(self, path: Path | None = None, group: str = "fleet") -> Path:
+    def inventory(
+        self, path: Path | None = None, group: str = "fleet", host_vars: dict | None = None
+    ) -> Path:
         """A YAML inventory of the hosts (their addresses, the test's key and
-        known_hosts, the private run lock), written to `path`."""
+        known_hosts, the private run lock; `host_vars` {name: {var: value}} added),
+        written to `path`."""
+        host_vars = host_vars or {}
         path = path or self.dir / "hosts.yml"
         common = (
             f"-o UserKnownHostsFile={self.dir / 'known_hosts'} "
@@ -82,7 +86,10 @@ class Hosts:
         )
         inv = {
             group: {
-                "hosts": {h.name: {"ansible_host": h.address} for h in self.hosts},
+                "hosts": {
+                    h.name: {"ansible_host": h.address, **host_vars.get(h.name, {})}
+                    for h in self.hosts
+                },
                 "vars": {
                     "ansible_user": "root",
                     "ansible_python_interpreter": "/usr/bin/python3",
@@ -108,7 +115,8 @@ class Hosts:
                     os.kill(pid, 9)
             _ip("netns", "del", h.netns, check=False)
             _ip("link", "del", f"{PREFIX}v{h.name}", check=False)
-        _ip("link", "del", BRIDGE, check=False)
+        if self.bridge:
+            _ip("link", "del", BRIDGE, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -174,13 +182,14 @@ def _build(hosts: Hosts, names) -> None:
     client = _keygen(d / "client_key")
     (d / "authorized_keys").write_text(client + "\n")
     _ip("link", "add", BRIDGE, "type", "bridge")
+    hosts.bridge = True
     _ip("addr", "add", f"{NET}.1/24", "dev", BRIDGE)
     _ip("link", "set", BRIDGE, "up")
     known = []
     for i, name in enumerate(names, start=1):
         h = Host(name, f"{NET}.{10 + i}", f"{PREFIX}{name}")
-        hosts.hosts.append(h)
         _ip("netns", "add", h.netns)
+        hosts.hosts.append(h)
         outside, inside = f"{PREFIX}v{name}", f"{PREFIX}p{name}"
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         _ip("link", "set", outside, "master", BRIDGE, "up")

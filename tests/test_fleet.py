@@ -118,6 +118,22 @@ def test_a_host_that_is_down_gets_one_line_and_the_others_complete(hosts, tmp_pa
 
 
 @needs_hosts
+def test_a_host_whose_python_cannot_use_the_wheels_gets_one_line(hosts, tmp_path):
+    old = tmp_path / "python3.9"  # answers the playbook's check as a Python 3.9 would
+    old.write_text("#!/bin/sh\necho 3.9 $(uname -m)\n")
+    old.chmod(0o755)
+    inv = hosts.inventory(host_vars={"h1": {"isobench_python": str(old)}})
+    results = tmp_path / "results"
+    rc, err = finish(fleet(inv, *RUN, "--limit", "h1", "--results", results, results=results))
+    assert rc == 1, "\n".join(err)
+    (h1,) = fleet_json(results)["hosts"]
+    assert h1["status"] == "unusable" and "3.9" in h1["reason"], h1
+    assert h1["facts"]["ansible_hostname"], "the facts are kept"
+    assert [line for line in err if "h1" in line and "3.9" in line], err
+    assert err[-1].startswith("isobench: fleet: 0 of 1 host(s) done")
+
+
+@needs_hosts
 def test_ctrl_c_stops_every_remote_run_and_leaves_nothing(hosts, tmp_path):
     from bench.metrics.cgroup import find_leftovers
 
