@@ -242,3 +242,20 @@ def test_overlap_is_whether_two_runs_shared_time():
     assert not overlapped([a, b, c], now=30)
     c.started = 15  # still running
     assert overlapped([a, b, c], now=30)
+
+
+def test_the_host_list_is_ansibles_in_group_order():
+    from bench.fleet.inventory import parse_list
+
+    listed = {  # `ansible-inventory --list` of a two-group INI file
+        "_meta": {"hostvars": {"h1": {"ansible_host": "192.0.2.1", "ansible_port": 2222}}},
+        "all": {"children": ["ungrouped", "web", "db"]},
+        "web": {"hosts": ["h1", "h2"]},
+        "db": {"hosts": ["h2", "h3"]},
+    }
+    hosts = parse_list(listed)
+    assert [(h.name, h.address, h.port) for h in hosts] == [
+        ("h1", "192.0.2.1", 2222),
+        ("h2", "h2", None),
+        ("h3", "h3", None),
+    ]
