@@ -259,3 +259,25 @@ def test_the_host_list_is_ansibles_in_group_order():
         ("h2", "h2", None),
         ("h3", "h3", None),
     ]
+
+
+def test_run_spans_come_from_the_hosts_clock_not_the_order_events_arrive(tmp_path):
+    fleet = _fleet(tmp_path)
+
+    def ev(event, host, task, time, **result):
+        return {"event": event, "host": host, "task": task, "time": time, "result": result}
+
+    recorded = [  # --forks 1: b's start is heard before a's end
+        ev("ok", "a", "facts", 0, facts={"k": 1}, tz_offset="+0100"),
+        ev("ok", "b", "facts", 0, facts={"k": 1}, tz_offset="-0500"),
+        ev("start", "a", "run", 1),
+        ev("start", "b", "run", 10),
+        ev("ok", "a", "run", 11, rc=0, start="2026-12-07 10:00:00.5", end="2026-12-07 10:00:09.9"),
+        ev("ok", "b", "run", 20, rc=0, start="2026-12-07 04:00:10.0", end="2026-12-07 04:00:19.0"),
+    ]
+    for e in recorded:
+        events.apply(fleet, e, tmp_path, lambda *_: None)
+    a, b = fleet.hosts
+    assert b.started - a.ended == pytest.approx(0.1)
+    assert fleet.to_json(now=30)["overlapped"] is False
+    assert "tz_offset" not in fleet.to_json(now=30)["hosts"][0]

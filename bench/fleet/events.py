@@ -51,6 +51,7 @@ def apply(fleet: Fleet, event: dict, fetched: Path, say: Callable[[str, str], No
         status = FAILED_AT[task]
         if task == "run":
             host.ended = t
+            host.span_from(result.get("start"), result.get("end"))
         if host.finish(status, msg):
             say(host.name, f"{PREFIX[status]} ({task}): {msg}")
         return True
@@ -59,9 +60,11 @@ def apply(fleet: Fleet, event: dict, fetched: Path, say: Callable[[str, str], No
         return True
     if kind == "ok" and task == "facts":
         host.facts = result.get("facts") or {}
+        host.tz_offset = result.get("tz_offset")
         return True
     if kind == "ok" and task == "run":
         host.ended = t
+        host.span_from(result.get("start"), result.get("end"))
         return True
     if kind == "ok" and task == "fetch":
         try:

@@ -38,6 +38,21 @@ class HostRecord:
     started: float | None = None  # the run task's start and end on the controller's clock
     ended: float | None = None
     facts: dict = field(default_factory=dict)
+    tz_offset: str | None = None  # the host's "+0100", to read its command timestamps
+
+    def span_from(self, start: str | None, end: str | None) -> None:
+        """The run's span from the host's own clock (the command module's start and end,
+        local time): the controller hears of a task's start and end late, and out of
+        order, so its own clock would show one host's run overlapping the next's."""
+        try:
+            off = datetime.strptime(self.tz_offset or "+0000", "%z").tzinfo
+            s, e = (datetime.strptime(x, "%Y-%m-%d %H:%M:%S.%f") for x in (start, end))
+        except (TypeError, ValueError):
+            return
+        self.started, self.ended = (
+            s.replace(tzinfo=off).timestamp(),
+            e.replace(tzinfo=off).timestamp(),
+        )
 
     def finish(self, status: str, reason: str | None = None) -> bool:
         """Set the final status once; False when the host had one already."""
@@ -48,6 +63,7 @@ class HostRecord:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        del d["tz_offset"]
         d["started"], d["ended"] = iso(self.started), iso(self.ended)
         return d
 

@@ -76,6 +76,8 @@ class CallbackModule(CallbackBase):
         facts = _facts(result)
         if facts:
             line["result"]["facts"] = facts
+            clock = (result.get("ansible_facts") or {}).get("ansible_date_time") or {}
+            line["result"]["tz_offset"] = clock.get("tz_offset")
         sys.stdout.write(json.dumps(line, default=str) + "\n")
         sys.stdout.flush()
 
