@@ -19,6 +19,7 @@ from pathlib import Path
 from bench import interrupt
 from bench.fleet import ansible_run, events, inventory, wheelhouse
 from bench.fleet.results import Fleet, HostRecord
+from bench.scratch import mark as scratch_mark
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def _stop(fleet: Fleet, opts: FleetOptions, work: Path, scratch: str) -> None:
 
 
 def execute(opts: FleetOptions) -> int:
+    # the controller's own files (Ansible's temp files and sockets, the wheels' tar),
+    # marked as a scratch directory: `isobench clean` removes it after a kill -9
     work = Path(tempfile.mkdtemp(prefix="isobench-fleetctl-"))
+    scratch_mark(work, run_id=f"fleet-{opts.fleet_id}")
     try:
         return _execute(opts, work)
     finally:
