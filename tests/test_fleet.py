@@ -119,7 +119,8 @@ def test_a_host_that_is_down_gets_one_line_and_the_others_complete(hosts, tmp_pa
 
 @needs_hosts
 def test_a_host_whose_python_cannot_use_the_wheels_gets_one_line(hosts, tmp_path):
-    old = tmp_path / "python3.9"  # answers the playbook's check as a Python 3.9 would
+    # answers the playbook's check as a Python 3.9 would (not under /tmp: private per host)
+    old = hosts.dir / "python3.9"
     old.write_text("#!/bin/sh\necho 3.9 $(uname -m)\n")
     old.chmod(0o755)
     inv = hosts.inventory(host_vars={"h1": {"isobench_python": str(old)}})
