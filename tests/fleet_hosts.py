@@ -26,6 +26,7 @@ NET = "10.213.47"
 BRIDGE = "isbft-br0"
 PREFIX = "isbft-"  # every namespace and link the test makes
 SSHD = "/usr/sbin/sshd"
+PRIVSEP = "/run/sshd"
 # in the host's own mount namespace: private tmpfs over these, then sshd ("$@")
 MOUNTS = ("/tmp", "/var/tmp", "/root/.cache/isobench")
 HOST_SHELL = (
@@ -71,6 +72,7 @@ class Hosts:
     dir: Path
     hosts: list[Host] = field(default_factory=list)
     bridge: bool = False  # made by this Hosts (close removes only what it made)
+    privsep: bool = False  # /run/sshd made by this Hosts
 
     def inventory(
         self, path: Path | None = None, group: str = "fleet", host_vars: dict | None = None
@@ -117,6 +119,9 @@ class Hosts:
             _ip("link", "del", f"{PREFIX}v{h.name}", check=False)
         if self.bridge:
             _ip("link", "del", BRIDGE, check=False)
+        if self.privsep:
+            with contextlib.suppress(OSError):
+                os.rmdir(PRIVSEP)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -165,11 +170,13 @@ def _wait_port(address: str, timeout: float = 10) -> None:
 
 def make(names=("h1", "h2", "h3")) -> Hosts:
     """Three hosts up and answering ssh. On any failure what was made is removed."""
-    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
     # under /run: the hosts' private tmpfs hide /tmp and /var/tmp, and sshd reads its
     # keys again on every connection
     hosts = Hosts(Path(tempfile.mkdtemp(prefix="isbft-", dir="/run")))
     try:
+        if not os.path.isdir(PRIVSEP):  # sshd's privilege separation directory
+            os.makedirs(PRIVSEP)
+            hosts.privsep = True
         _build(hosts, names)
     except BaseException:
         hosts.close()

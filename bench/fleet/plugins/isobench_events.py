@@ -36,14 +36,34 @@ FACTS = (
 FIELDS = ("rc", "start", "end", "stdout", "changed")
 
 
+def _cause(result: dict) -> str:
+    """What the module's exception said ("[Errno 2] No such file..."), or ""."""
+    exc = result.get("exception")
+    if isinstance(exc, dict):
+        exc = exc.get("msg") or exc.get("message")
+    if not isinstance(exc, str):
+        return ""
+    lines = [ln.strip() for ln in exc.strip().splitlines() if ln.strip()]
+    if lines and lines[-1] != "(traceback unavailable)":
+        return lines[-1]
+    # ansible-core 2.19 keeps the OSError out of the result: name what it ran
+    cmd = result.get("cmd")
+    return f"{cmd.split()[0]} could not be run" if isinstance(cmd, str) and cmd else ""
+
+
 def _one_line(result: dict) -> str | None:
-    """The line that says why a task failed: the module's msg, else stderr's last line."""
+    """The line that says why a task failed: stderr's last line, else the module's msg
+    (with what its exception said)."""
     for key in ("stderr", "msg", "module_stderr", "stdout"):
         text = result.get(key)
         if isinstance(text, str) and text.strip():
             lines = [ln for ln in text.strip().splitlines() if ln.strip()]
             if key == "msg" or not lines:
-                return " ".join(text.split())[:400]
+                line = " ".join(text.split())
+                cause = _cause(result)
+                if cause and cause not in line:
+                    line = f"{line.rstrip('.')}: {cause}"
+                return line[:400]
             return lines[-1].strip()[:400]
     return None
 
