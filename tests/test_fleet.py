@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import fleet_hosts
 import pytest
-from conftest import ROOT, isobench, missing
 
 from bench.fleet import events
 from bench.fleet.results import Fleet, HostRecord, overlapped
+from tests import fleet_hosts
+from tests.conftest import ROOT, isobench, missing
 
 RUN = ["--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick"]
 SHORT = ["--rounds", "3", "--max-rounds", "3", "--budget", "20"]
