@@ -21,12 +21,14 @@ from bench.commands import (
     build,
     clean,
     doctor,
+    fleet,
     history,
     image,
     listing,
     report,
     rootfs,
     run,
+    setup,
     summary,
     validate,
 )
@@ -43,6 +45,8 @@ COMMANDS = (
     clean.clean_cmd,
     image.image,
     rootfs.rootfs,
+    fleet.fleet,
+    setup.setup_cmd,
 )
 
 # (module, class) of the errors that are the user's: one line, exit status 2
