@@ -63,8 +63,8 @@ def test_manifest_stop_reason_matches_the_samples(run_dir):
     reason = m["stop_reason"]
     if reason == "precision reached":
         assert m["unreached"] == {}
-    elif reason == "time budget spent":
-        assert m["unreached"]
+    elif reason == "time budget spent":  # before a figure's target, or the minimum rounds
+        assert m["unreached"] or m["rounds_done"] < m["matrix"]["rounds"], m
     else:
         assert reason == "round cap reached"
         assert m["unreached"] and m["rounds_done"] == m["matrix"]["max_rounds"]
