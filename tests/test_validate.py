@@ -254,21 +254,12 @@ def test_validate_runs_on_this_host(tmp_path):
     assert not aa["startup ready"]["bursts"]
     if acc.find_perf():  # the lead's .ci/setup installs linux-perf
         assert by_name[vc.ACCURACY]["ran"] and len(by_name[vc.ACCURACY]["data"]["segments"]) == 3
-    # last: the burst design's known-answer guards, from the minimum rounds (two rounds
-    # under the suite's load once read q=0.25 pinned at x4.44 [2.70, 7.29]).
-    # Tight: q=0.25's answer over q=0.5's, the same baseline, within 5% of 2. Other load
-    # on the host slows the baseline, not a quota that fits in what is left: under a
-    # load average of 7 all four answers here read 12% low (q=0.25 x3.52, q=0.5 x1.77)
-    # and their quotient 1.99. The quota refill bug (a 300 ms window after an idle gap)
-    # reads x3.2 / x1.71 = 1.87 on average, and a quota with no effect or 5 ms bursts 1.
-    # Coarse: each answer within 20% of 1/q. validate's own check is the exact one.
-    answers = {c["name"]: c["data"]["ratio"] for n, c in by_name.items() if "known" in n}
-    for pin in ("", ",cpuset=1"):
-        quarter, half = (
-            answers[f"known answer (host:cpus={q}{pin} / no quota, time per op)"]
-            for q in ("0.25", "0.5")
-        )
-        assert quarter / half == pytest.approx(2.0, rel=0.05), answers
+    # last: the burst design's known-answer guard, from the minimum rounds: each answer
+    # within 20% of 1/q. That tells a quota apart from none and 300 ms bursts from 5 ms
+    # ones (x1), and the quota refill bug at q=0.25 (x2.9). A tighter guard flaked: under
+    # the suite's own load a CI rehearsal read q=0.25 x3.49 and q=0.5 x2.07 unpinned
+    # (their quotient 1.69, not 2); validate's own check (1/q +- 5% with its whole CI, at
+    # the default budget) is the exact one.
     for name, c in by_name.items():
         if name.startswith("known answer"):
             assert c["data"]["ratio"] == pytest.approx(c["data"]["expected"], rel=0.20), c
