@@ -13,7 +13,6 @@ import json
 import math
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from bench.report import fleet_load
 from bench.report.fleet_stats import detectable, ratio_of_ratios
 from bench.report.sections import fleet as fleet_page
 from tests.conftest import isobench
-from tests.test_report import EVIL
+from tests.test_report import EVIL, run_when_unlocked
 
 real = pytest.mark.requires("root", "cgroup", "compiler", "host", "namespaces")
 HOSTS = ("alpha", "beta", "gamma")
@@ -45,25 +44,10 @@ FACTS = {
 
 
 def one_run(root: Path, rounds: int) -> Path:
-    """A real quick run of host and namespaces (syscall), waiting for the measuring lock
-    that other test runs on this host may hold."""
-    from bench.cli import cli
-    from bench.lock import LockError
-
+    """A real quick run of host and namespaces (syscall)."""
     args = ["run", "--env", "host", "--env", "namespaces", "--workload", "syscall", "--quick"]
     args += ["--rounds", str(rounds), "--max-rounds", str(rounds), "--results", str(root)]
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            res = CliRunner().invoke(cli, args, catch_exceptions=False)
-            break
-        except LockError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(5)
-    assert res.exit_code == 0, res.output
-    (run,) = [p.parent for p in root.glob("*/manifest.json")]
-    return run
+    return run_when_unlocked(args, root)
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,6 @@ def make_run(tmp_path_factory) -> Path:
     found = sorted(root.glob("*/manifest.json"))
     if found:
         return found[0].parent
-    from bench.cli import cli
-
     args = [
         "run",
         "--env",
@@ -51,8 +49,16 @@ def make_run(tmp_path_factory) -> Path:
         "--results",
         str(root),
     ]
+    return run_when_unlocked(args, root)
+
+
+def run_when_unlocked(args: list[str], root: Path) -> Path:
+    """`isobench ARGS` (a run into `root`), waiting for the measuring lock that other test
+    runs on this host may hold; the run's directory."""
+    from bench.cli import cli
+
     deadline = time.monotonic() + 900
-    while True:  # other test runs on this host hold the measuring lock for a while
+    while True:
         try:
             res = CliRunner().invoke(cli, args, catch_exceptions=False)
             break
