@@ -30,7 +30,9 @@ from bench.schedule import Active, Cell, Schedule, unreached
 from bench.scratch import new_scratch
 from bench.store import SCHEMA_VERSION, SampleWriter, StoreWriteError, read_records, write_manifest
 
-BURST_FIELDS = ("block", "set", "ms", "at_ms")  # what a burst's record adds (families/bursts.py)
+# what a burst's record adds (families/bursts.py); cpu_ns: the CPU time the probe ran in a
+# windowed burst (the cpu probe: cpu_ns / the window is the share of a CPU it got)
+BURST_FIELDS = ("block", "set", "ms", "at_ms", "cpu_ns")
 UNITS = {"_ms": "ms", "_mib": "MiB", "_ops": "ops", "nr_": "count", "pids_": "count"}
 
 

@@ -60,11 +60,13 @@ COLUMNS = (
     "exit_code",
     "stderr_tail",
     # a burst's (bench/families/bursts.py): its block, its held set ("" the main one),
-    # its length and when it began in its held set
+    # its length, when it began in its held set and the CPU time the probe ran in it
+    # (windowed ops: the cpu probe)
     "block",
     "set",
     "ms",
     "at_ms",
+    "cpu_ns",
 )
 
 

@@ -113,6 +113,19 @@ def test_a_failed_launch_keeps_its_exit_code_and_stderr_tail():
     assert rec["status"] == "failed" and rec["reason"] == runner.failure_reason(launch)
 
 
+def test_a_burst_keeps_its_block_window_and_cpu_time():
+    """A windowed burst's sample carries what validate's quota check reads: its window
+    (ms) and the CPU time the probe ran in it (cpu_ns); a probe's launch has neither."""
+    burst = {"op": "compute", "metrics": {"ops_per_s": 1e8}, "units": {"ops_per_s": "ops/s"}}
+    launch = Launch(records=[{**burst, "block": 3, "set": "", "ms": 300, "cpu_ns": 75_000_000}])
+    cell = Cell(EnvSpec("fake"), "cpu")
+    (rec,) = [r for r in runner.launch_records(launch, cell, {"round": 1}) if r["op"] == "compute"]
+    assert (rec["source"], rec["block"], rec["ms"], rec["cpu_ns"]) == ("burst", 3, 300, 75e6)
+    launch = Launch(records=[burst])
+    (rec,) = [r for r in runner.launch_records(launch, cell, {"round": 1}) if r["op"] == "compute"]
+    assert rec["source"] == "probe" and "cpu_ns" not in rec
+
+
 # ---------------------------------------------------------------- density's rounds and budget
 
 

@@ -125,6 +125,8 @@ def test_quota_cells_parse_and_name_every_check():
             "op": "compute",
             "metric": "ops_per_s",
             "source": "probe",
+            "ms": 300,
+            "cpu_ns": 3e8 * (q or 1) * (1 + 0.001 * i),
         }
         for q in (None, *v.QUOTAS)
         for pin in (False, True)
@@ -132,10 +134,10 @@ def test_quota_cells_parse_and_name_every_check():
     ]
     checks = v.check_quota(recs, ["host"])
     assert [c.name for c in checks] == [
-        "known answer (host:cpus=0.25 / no quota, time per op)",
-        "known answer (host:cpus=0.5 / no quota, time per op)",
-        "known answer (host:cpus=0.25,cpuset=1 / no quota, time per op)",
-        "known answer (host:cpus=0.5,cpuset=1 / no quota, time per op)",
+        "known answer (host:cpus=0.25 / no quota, CPU time per window)",
+        "known answer (host:cpus=0.5 / no quota, CPU time per window)",
+        "known answer (host:cpus=0.25,cpuset=1 / no quota, CPU time per window)",
+        "known answer (host:cpus=0.5,cpuset=1 / no quota, CPU time per window)",
     ]
     assert all(c.passed for c in checks)
 
@@ -164,6 +166,8 @@ def test_container_quotas_are_against_the_weighted_host():
             "op": "compute",
             "metric": "ops_per_s",
             "source": "probe",
+            "ms": 300,
+            "cpu_ns": 3e8 * (q or 1) * (1 + 0.001 * i),
         }
         for env, q in [
             ("host", None),
@@ -176,8 +180,47 @@ def test_container_quotas_are_against_the_weighted_host():
         for i in range(6)
     ]
     checks = v.check_quota(recs, ["docker"])
-    assert checks[0].name == "known answer (docker:cpus=0.25 / host without a quota, time per op)"
+    assert checks[0].name == (
+        "known answer (docker:cpus=0.25 / host without a quota, CPU time per window)"
+    )
     assert [c.data["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2])
+
+
+def _quota_bursts(env: str, share: float, ops_per_cpu_s: float, seed: int) -> list[dict]:
+    """Bursts of 300 ms of one cell, 6 rounds of 3 blocks: the CPU time each got (share of
+    the window, +-0.5%) and its ops/s (share x speed, the speed moving +-10% by round)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(1, 7):
+        speed = ops_per_cpu_s * (0.9 if r % 2 else 1.1)  # the machine's phases
+        for b in range(3):
+            got = share * (1 + rng.normal(0, 0.005))
+            out.append(
+                {
+                    **dict(round=r, block=b, set="", ms=300, cpu_ns=got * 300e6),
+                    **dict(status="ok", env=env, workload="quota", op="compute"),
+                    **dict(metric="ops_per_s", value=got * speed, source="burst"),
+                }
+            )
+    return out
+
+
+def test_a_quota_known_answer_is_the_cpu_time_and_shows_the_speed_beside_it():
+    """The check is on the CPU time a window got (what a quota sets); the time per op is
+    beside it, split by the speed per CPU-second. A burst that hides the quota (a full
+    CPU's time in its window) fails whatever its speed."""
+    base = _quota_bursts("host", 1.0, 3e8, 1)
+    faster = _quota_bursts("host-q0.25", 0.25, 3e8 * 1.04, 2)  # 4% more work per CPU-s
+    checks = v.check_quota(base + faster + _quota_bursts("host-q0.5", 0.5, 3e8, 3), ["host"])
+    c = checks[0]
+    assert c.passed, c.line
+    assert c.data["ratio"] == pytest.approx(4, rel=0.01)
+    assert c.data["time_per_op"]["ratio"] == pytest.approx(4 / 1.04, rel=0.01)
+    assert c.data["speed_per_cpu_second"] == pytest.approx(1.04, rel=0.01)
+    assert "time per op 3.8" in c.line and "per CPU-second, quota / none, 1.04" in c.line
+    hidden = _quota_bursts("host-q0.25", 1.0, 3e8, 4)  # the window never throttled
+    c = v.check_quota(base + hidden, ["host"])[0]
+    assert not c.passed and "off by" in c.line
 
 
 def test_equivalence_needs_the_whole_ci_inside_the_margin():
@@ -199,6 +242,8 @@ def test_mde_check_reports_each_family_and_its_limit():
     assert not c.passed and "too noisy: noisy" in c.line and "in 6 rounds" in c.line
     assert 0.01 < c.data["quiet"] < 0.05  # (t + t) * sqrt(2) * 1% / sqrt(6)
     assert vc.mde_check({"quiet": quiet}, n=6).passed
+    c = vc.mde_check({"quiet": quiet, "noisy": noisy}, n=6, limits={"noisy": None})
+    assert c.passed and "(reported, not judged)" in c.line and c.data["noisy"] > 0.5
 
 
 def test_rounds_keeps_measured_ok_samples_only_one_per_round():
@@ -334,6 +379,7 @@ def test_quota_known_answer_in_bursts_reads_time_per_op():
     def ops(env, q, seed):
         return [
             {**r, "metric": "ops_per_s", "value": 3e8 * q * 600 / r["value"]}
+            | {"ms": 300, "cpu_ns": q * 300e6}
             for r in _bursts(env, 1.0, 5, 6, seed, workload="quota", op="compute")
         ]
 
