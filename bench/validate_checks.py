@@ -14,6 +14,7 @@ times the cost of the baseline".
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,18 +210,33 @@ def known_answer_check(
     return Check(name, ok, line, data)
 
 
-def with_time_per_op(check: Check, per_op: stats.RatioTest) -> Check:
-    """A CPU-time known answer with the time per op of the same cells beside it: the
-    time-per-op ratio is the CPU-time ratio over the speed per CPU-second, quota / none
-    (a rate figure's speed is the machine's: it moves with its phases)."""
+def whole_cpu(like: Figure) -> Figure:
+    """A whole CPU's time in every round and block `like` has: the share (1.0) a window
+    would get if nothing else ran and no quota held it back."""
+    blocks = {r: dict.fromkeys(b, 1.0) for r, b in like.blocks.items()}
+    return Figure(dict.fromkeys(like.rounds, 1.0), blocks)
+
+
+def with_time_per_op(
+    check: Check, share: Figure, base: Figure, per_op: stats.RatioTest, against: str
+) -> Check:
+    """A quota's known answer (`check`: a whole CPU / `share`, the CPU time per window of
+    the cell with the quota) with, beside it, what the cell without one (`against`) got
+    (`base`: its CPU time per window) and the time per op, quota / none (`per_op`). The
+    ratio of the CPU times over the time per op's is the speed per CPU-second, quota /
+    none: the machine's, moving with its phases."""
     r = check.data["ratio"]
-    speed = r / per_op.ratio if math.isfinite(r) and math.isfinite(per_op.ratio) else math.nan
+    speed = ratio(share, base, "higher").ratio / per_op.ratio
+    got = statistics.median(base.rounds.values()) if base.rounds else math.nan
     line = (
-        f"{check.line}; time per op {_ci(per_op.ratio, per_op.low, per_op.high)}, "
-        f"i.e. the speed per CPU-second, quota / none, {speed:.4f}"
+        f"{check.line}; {against}: its windows got {got:.3f} of a CPU (the machine's other"
+        f" work took the rest), time per op {_ci(per_op.ratio, per_op.low, per_op.high)},"
+        f" speed per CPU-second, quota / none, {speed:.4f}"
     )
     data = {
         **check.data,
+        "share": 1 / r if r else math.nan,
+        "baseline_share": got,
         "time_per_op": {"ratio": per_op.ratio, "ci_low": per_op.low, "ci_high": per_op.high},
         "speed_per_cpu_second": speed,
     }

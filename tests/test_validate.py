@@ -134,10 +134,10 @@ def test_quota_cells_parse_and_name_every_check():
     ]
     checks = v.check_quota(recs, ["host"])
     assert [c.name for c in checks] == [
-        "known answer (host:cpus=0.25 / no quota, CPU time per window)",
-        "known answer (host:cpus=0.5 / no quota, CPU time per window)",
-        "known answer (host:cpus=0.25,cpuset=1 / no quota, CPU time per window)",
-        "known answer (host:cpus=0.5,cpuset=1 / no quota, CPU time per window)",
+        "known answer (host:cpus=0.25, a CPU / the CPU time per window)",
+        "known answer (host:cpus=0.5, a CPU / the CPU time per window)",
+        "known answer (host:cpus=0.25,cpuset=1, a CPU / the CPU time per window)",
+        "known answer (host:cpus=0.5,cpuset=1, a CPU / the CPU time per window)",
     ]
     assert all(c.passed for c in checks)
 
@@ -180,10 +180,10 @@ def test_container_quotas_are_against_the_weighted_host():
         for i in range(6)
     ]
     checks = v.check_quota(recs, ["docker"])
-    assert checks[0].name == (
-        "known answer (docker:cpus=0.25 / host without a quota, CPU time per window)"
-    )
-    assert [c.data["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2])
+    assert checks[0].name == "known answer (docker:cpus=0.25, a CPU / the CPU time per window)"
+    assert "; host without a quota: its windows got 1.00" in checks[0].line
+    assert [c.data["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2], rel=0.01)
+    assert [c.data["time_per_op"]["ratio"] for c in checks] == pytest.approx([4, 2, 4, 2])
 
 
 def _quota_bursts(env: str, share: float, ops_per_cpu_s: float, seed: int) -> list[dict]:
@@ -205,19 +205,23 @@ def _quota_bursts(env: str, share: float, ops_per_cpu_s: float, seed: int) -> li
     return out
 
 
-def test_a_quota_known_answer_is_the_cpu_time_and_shows_the_speed_beside_it():
-    """The check is on the CPU time a window got (what a quota sets); the time per op is
-    beside it, split by the speed per CPU-second. A burst that hides the quota (a full
-    CPU's time in its window) fails whatever its speed."""
-    base = _quota_bursts("host", 1.0, 3e8, 1)
+def test_a_quota_known_answer_is_the_cpu_time_and_shows_the_rest_beside_it():
+    """The check is on what a quota sets: the CPU time its windows got, q of a CPU. Beside
+    it: the cell without a quota, which here got 96.5% of a CPU (the machine's other work
+    took the rest), and the time per op, which that and the speed per CPU-second move. A
+    burst that hides the quota (a whole CPU's time in its window) fails."""
+    base = _quota_bursts("host", 0.965, 3e8, 1)
     faster = _quota_bursts("host-q0.25", 0.25, 3e8 * 1.04, 2)  # 4% more work per CPU-s
     checks = v.check_quota(base + faster + _quota_bursts("host-q0.5", 0.5, 3e8, 3), ["host"])
     c = checks[0]
     assert c.passed, c.line
     assert c.data["ratio"] == pytest.approx(4, rel=0.01)
-    assert c.data["time_per_op"]["ratio"] == pytest.approx(4 / 1.04, rel=0.01)
+    assert c.data["share"] == pytest.approx(0.25, rel=0.01)
+    assert c.data["baseline_share"] == pytest.approx(0.965, rel=0.01)
+    per_op = 0.965 / (0.25 * 1.04)  # the time per op: CPU shares over speeds
+    assert c.data["time_per_op"]["ratio"] == pytest.approx(per_op, rel=0.01)
     assert c.data["speed_per_cpu_second"] == pytest.approx(1.04, rel=0.01)
-    assert "time per op 3.8" in c.line and "per CPU-second, quota / none, 1.04" in c.line
+    assert "got 0.96" in c.line and "time per op 3.7" in c.line and "quota / none, 1.04" in c.line
     hidden = _quota_bursts("host-q0.25", 1.0, 3e8, 4)  # the window never throttled
     c = v.check_quota(base + hidden, ["host"])[0]
     assert not c.passed and "off by" in c.line
