@@ -24,8 +24,9 @@ idle cost (Environment.idle_cost: a polling sandbox, an idle guest) is also froz
 `isobench validate` checks both: the A/A with the neighbours held, quiet or frozen,
 against none (bench/validate_neighbours.py).
 
-Between cycles of blocks (once every op had a block) the runner's `between_blocks`
-records the host canary (bench/canary.py, the run's noise diagnosis).
+Between cycles of blocks (once every op had a block, at most every CANARY_BLOCKS blocks)
+the runner's `between_blocks` records the host canary (bench/canary.py, the run's noise
+diagnosis).
 
 An environment whose kind has no control channel is measured as before: the probe
 launched and run to completion with the workload's ordinary arguments (Launched), in the
@@ -98,7 +99,7 @@ class Bursts(Family):
                 for i in list(sets.live):
                     sets.burst(i, op, ms[op], block=None)
             sets.settle({i for i, job in enumerate(jobs) if job.env.idle_cost})
-            cycle = len(plan.ops)
+            cycle = max(len(plan.ops), CANARY_BLOCKS)
             for block, op in enumerate(plan.schedule(s.quick), 1):
                 check()
                 order = sorted(sets.live)
@@ -115,6 +116,11 @@ class Bursts(Family):
             out[i] = Round([launch], [args])
         return [r for r in out if r is not None]
 
+
+# The host canary's pairs (4 x 10 ms of bursts) follow a cycle of blocks (every op had
+# one), at most once every CANARY_BLOCKS blocks: after each block of a one-op plan
+# (validate's idle-neighbour A/A) they took 40 ms of every 50.
+CANARY_BLOCKS = 4
 
 # Under a CPU quota, a window of whole CFS periods reads the quota exactly only when the
 # probe has run without a pause since the last period boundary: a held probe sits idle
