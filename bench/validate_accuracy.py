@@ -8,8 +8,9 @@ perf runs, and its ratio is taken against their geometric mean (a triple): a mac
 whose speed drifts across the triple moves both sides alike. A segment of bursts is the
 syscall probe in serve mode on the host (bench.canary.ServedProbe: unpinned and
 unweighted, as perf runs), one untimed burst and then `null ms=B` bursts back to back for
-the segment's seconds; its figure is the median of its bursts, as a round's figure is
-(bench.analysis.per_round). A perf run's loop count is calibrated once so that it lasts
+the segment's seconds; its figure is its bursts' pooled time per op (Segment.burst_ns:
+what a loop over the same time reports), their median (a round's figure, bench.analysis.
+per_round) beside it. A perf run's loop count is calibrated once so that it lasts
 about as long as a segment of bursts.
 
 `isobench validate` checks that bursts of the design's length (5 ms) read within 5% of
@@ -106,6 +107,15 @@ class Segment:
 
     @property
     def burst_ns(self) -> float:
+        """The bursts' pooled time per op: their whole time over their whole count (each
+        burst is a window of the same length, so the harmonic mean of their figures). A
+        loop across the same phases of the machine reports that, its own time over its
+        count; the median, a round's figure, leaves out the slow phases a loop sums in
+        (this VM in its phases of ~165 and ~230 ns: medians 166-168 ns, perf 172-187)."""
+        return len(self.bursts) / math.fsum(1.0 / b for b in self.bursts)
+
+    @property
+    def median_ns(self) -> float:
         return float(statistics.median(self.bursts))
 
     @property
@@ -122,6 +132,7 @@ class Segment:
             "ms": self.ms,
             "bursts": len(self.bursts),
             "burst_ns": self.burst_ns,
+            "median_ns": self.median_ns,
             "perf_before_ns": self.perf_before,
             "perf_after_ns": self.perf_after,
             "ratio": self.ratio,

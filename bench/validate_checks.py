@@ -326,10 +326,12 @@ def accuracy_check(segments: list[dict[str, Any]], margin: float = ACCURACY_MARG
     ok = abs(gm - 1) <= margin
     each = ", ".join(f"{s['ratio']:.3f}" for s in segments)
     burst = sorted(s["burst_ns"] for s in segments)
+    median = sorted(s["median_ns"] for s in segments)
     perf = sorted(v for s in segments for v in (s["perf_before_ns"], s["perf_after_ns"]))
     line = (
         f"×{gm:.3f} ({each} in {len(segments)} interleaved triples; bursts of "
-        f"{segments[0]['ms']} ms read {burst[0]:.0f}-{burst[-1]:.0f} ns, perf "
+        f"{segments[0]['ms']} ms read {burst[0]:.0f}-{burst[-1]:.0f} ns pooled (median "
+        f"{median[0]:.0f}-{median[-1]:.0f}), perf "
         f"{perf[0]:.0f}-{perf[-1]:.0f} ns), "
         + (f"within {margin:.0%}" if ok else f"off by {gm - 1:+.1%} (limit ± {margin:.0%})")
     )

@@ -6,9 +6,10 @@ ms, against `perf bench syscall basic`, interleaved:
 
 Order: perf, bursts of the first length, perf, bursts of the next length, ..., perf
 (bench/validate_accuracy.py); the whole sequence `--repeats` times. Each segment of
-bursts lasts S seconds (at least one burst), as each perf run does; its figure is the
-median of its bursts (a round's figure in a run), its ratio against the geometric mean of
-the two perf runs around it. Prints one line per segment, then each length's geometric
+bursts lasts S seconds (at least one burst), as each perf run does; its figure is its
+bursts' pooled time per op (what a loop over the same time reads), their median (a
+round's figure in a run) beside it, its ratio (pooled) against the geometric mean of the
+two perf runs around it. Prints one line per segment, then each length's geometric
 mean ratio over the repeats. Needs perf on PATH (Debian: linux-perf).
 """
 
@@ -49,13 +50,14 @@ def main(argv: list[str]) -> int:
         raise SystemExit("accuracy: perf is not installed (Debian: apt-get install linux-perf)")
     b = bundle.build()
     by_ms = collections.defaultdict(list)
-    print(f"{'burst ms':>8} {'bursts':>7} {'null ns':>9} {'perf ns':>9} {'ratio':>7}")
+    print(f"{'burst ms':>8} {'bursts':>7} {'null ns':>9} {'median':>9} {'perf ns':>9} {'ratio':>7}")
     try:
         for _ in range(args.repeats):
             for s in acc.interleaved(perf, b.probes["syscall"], args.lengths, args.seconds):
                 by_ms[s.ms].append(s.ratio)
                 print(
-                    f"{s.ms:>8} {len(s.bursts):>7} {s.burst_ns:>9.1f} {s.perf_ns:>9.1f} "
+                    f"{s.ms:>8} {len(s.bursts):>7} {s.burst_ns:>9.1f} {s.median_ns:>9.1f} "
+                    f"{s.perf_ns:>9.1f} "
                     f"{s.ratio:>7.3f}",
                     flush=True,
                 )
