@@ -26,7 +26,7 @@ ratio: what the summary does). Startup stays launched, its rounds paired.
    The time per op is not the known answer: 1/q holds for it only where the cell
    without a quota gets a whole CPU and both run at one speed per CPU-second. On this
    development VM that cell got 0.96-0.98 of a CPU (the machine's other work, though
-   its weight was 10x a plain process's: interrupts and kernel threads) and the speed
+   its weight was 10x a plain process's; what exactly was not traced) and the speed
    moved with the machine's phases, so the time per op read x3.6-x4.1 at q=0.25 with
    CIs of up to ±15%, while the windows under the quota got 0.251-0.253 of a CPU. Every
    burst of this run lasts 300 ms (three periods, which read a quota exactly whatever
