@@ -27,8 +27,8 @@ ratio: what the summary does). Startup stays launched, its rounds paired.
    without a quota gets a whole CPU and both run at one speed per CPU-second. On this
    development VM that cell got 0.96-0.98 of a CPU (the machine's other work, though
    its weight was 10x a plain process's; what exactly was not traced) and the speed
-   moved with the machine's phases, so the time per op read x3.6-x4.1 at q=0.25 with
-   CIs of up to ±15%, while the windows under the quota got 0.251-0.253 of a CPU. Every
+   moved with the machine's phases, so the time per op read x3.6-x4.4 at q=0.25 with
+   CIs of up to ±25%, while the windows under the quota got 0.251-0.253 of a CPU. Every
    burst of this run lasts 300 ms (three periods, which read a quota exactly whatever
    phase they start at), the cells without a quota too, so both sides of a ratio are
    measured alike. One run per kind: a held set of its six cells (a block of 1.8 s,
@@ -423,13 +423,12 @@ def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
     compute in bursts), both pinned to CPU PIN (unpinned, where the scheduler put each of
     a launch's two probes moved its A/A ratio by 2-4% here: the two vCPUs ran at speeds
     of their own, noise that hid what the neighbours do), in runs of one round each,
-    beside the neighbours held idle and
-    quiet, beside them frozen between turns, and without them. A unit is two cycles of
-    the three conditions, counterbalanced in time: absent, then the neighbours held for
-    quiet, frozen, frozen, quiet (frozen first every other unit), then absent again, so
-    no condition keeps a phase of the machine to itself and the neighbours (seconds to
-    start) are launched once a unit. Units go on while the budget lasts
-    (NEIGHBOUR_UNITS). -> (checks, info)."""
+    beside the neighbours held idle and quiet, beside them frozen between turns, and
+    without them. A unit is two cycles of the three conditions, counterbalanced in time:
+    absent, then the neighbours held for quiet, frozen, frozen, quiet (frozen first every
+    other unit), then absent again, so no condition keeps a phase of the machine to
+    itself and the neighbours (seconds to start) are launched once a unit. Units go on
+    while the budget lasts (NEIGHBOUR_UNITS). -> (checks, info)."""
     specs = nb.default_specs() if specs is None else specs
     ok, skipped = nb.available(specs)
     names = (NEIGHBOURS_IDLE, NEIGHBOURS_FROZEN)
