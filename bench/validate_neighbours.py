@@ -6,12 +6,13 @@ environment of the quick matrix's held kinds available on this host (`isobench r
 --all`: namespaces, docker and its seccomp and gVisor variants, podman, oci, cri, lxc,
 swarm; swarm on a dockerd of its own, so that validate never puts the machine's daemon
 into swarm mode), each given one untimed burst, then left idle and quiet (Instance.quiet:
-the harness's own samplers of it paused, as bursts.py does through the blocks) or frozen
-(Instance.freeze) outside turns they take one after another, as bursts.py freezes a kind
-that declares an idle cost. bench/validate.py runs an A/A of host vs `host:label=twin` beside
-them and without them, the conditions alternated in time, and judges the A/A ratios
-with validate_checks.agreement_check. While they are held, each neighbour's own CPU (its
-cgroup tree and carriers) and its samplers' are measured: the per-kind idle cost.
+the harness's own samplers of it paused, as bursts.py does through the blocks).
+bench/validate.py runs an A/A of host vs `host:label=twin` beside them, in held sets with
+the same specs given freeze=yes (frozen outside their own turns, as bursts.py freezes a
+kind that declares an idle cost), and without them, the conditions alternated in time,
+and judges the A/A ratios with validate_checks.agreement_check. While they are held, each
+neighbour's own CPU (its cgroup tree and carriers) and its samplers' are measured: the
+per-kind idle cost.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from bench.scratch import new_scratch
 
 READY_S = 60.0
 SAMPLE_S = 2.0  # the window of each neighbour's idle CPU, samplers on
-TURN_S = 0.006  # a neighbour's turn in a block: one 5 ms burst and its round trip
 PRIVATE = {"swarm": "swarm:daemon=private"}  # never the machine's daemon into swarm mode
 
 
@@ -145,37 +144,6 @@ class Neighbours:
         for instance in self.held.values():
             instance.thaw()
             instance.quiet(True)
-
-    def freeze(self) -> None:
-        for instance in self.held.values():
-            instance.freeze()
-
-    @contextlib.contextmanager
-    def taking_turns(self, turn_s: float = TURN_S):
-        """Frozen as bursts.py freezes a kind with an idle cost: each neighbour in turn
-        thawed (quiet) for about one burst's turn, then frozen again, one after another
-        for as long as the block lasts, so the freezing itself (its signals, a sandbox
-        woken and stopped again) is part of what the A/A sees."""
-        self.freeze()
-        stop = threading.Event()
-
-        def cycle() -> None:
-            while not stop.is_set():
-                for instance in self.held.values():
-                    instance.thaw()
-                    instance.quiet(True)
-                    stop.wait(turn_s)
-                    instance.freeze()
-                    if stop.is_set():
-                        return
-
-        thread = threading.Thread(target=cycle, daemon=True, name="isobench-turns")
-        thread.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            thread.join(5)
 
     # -- what they cost idle
     def measure_idle(self, seconds: float = SAMPLE_S) -> dict[str, dict[str, Any]]:

@@ -50,7 +50,7 @@ def test_declares_the_interface(kind):
         if opt.default is not None:
             assert opt.parse(name, opt.default) == opt.default, f"option {name}: bad default"
     defaults = parse_options(kind, cls.options, {})
-    assert set(defaults) == set(cls.options)
+    assert set(defaults) == set(cls.options) | {"freeze"}  # the common options but label
     with pytest.raises(OptionError):
         parse_options(kind, cls.options, {"no-such-option": "1"})
     for spec in cls.variants():

@@ -131,14 +131,16 @@ class IdleInstance(FakeInstance):
             for other in FakeEnv.instances:
                 if other is not self and other.launch is None:
                     assert all(w.paused for w in other.watchers), "a neighbour watched"
-                    if other.env.idle_cost:
+                    if other.env.freezes:
                         assert other.is_frozen, "a costly neighbour not frozen"
+                        WatchedEnv.frozen.add(other.env.ctx.prefix)
         return super().ask(command, timeout)
 
 
 class WatchedEnv(FakeEnv):
     kind = "watched"
     checked = 0  # bursts asked with every neighbour checked
+    frozen: set[str] = set()  # the environments seen frozen outside their turn
 
     def _start(self, inv, timeout):
         instance = IdleInstance(self.new_name(), timeout)
@@ -160,16 +162,20 @@ def test_neighbours_are_quiet_and_costly_ones_frozen_outside_their_turn(tmp_path
     monkeypatch.setattr("bench.envs.REGISTRY", kinds)
     monkeypatch.setattr(FakeEnv, "instances", [])
     monkeypatch.setattr(WatchedEnv, "checked", 0)
+    monkeypatch.setattr(WatchedEnv, "frozen", set())
     run = make_run(tmp_path, catalog_for_tests())
     _, records, _ = run(
-        ["watched:label=a", "watched:label=b", "costly:label=c"],
+        # c by its kind's idle cost, d by its option; e's option overrides its kind's
+        ["watched:label=a", "watched:label=b", "costly:label=c"]
+        + ["watched:label=d,freeze=yes", "costly:label=e,freeze=no"],
         ("ticks",),
         rounds=2,
         max_rounds=2,
         warmup=0,
     )
     measured = {r["env"] for r in records if r.get("source") == "burst"}
-    assert measured == {"a", "b", "c"} and WatchedEnv.checked >= 3
+    assert measured == {"a", "b", "c", "d", "e"} and WatchedEnv.checked >= 5
+    assert sorted(p.rsplit("-", 1)[1] for p in WatchedEnv.frozen) == ["e3", "e4"]
     held = [i for i in FakeEnv.instances if isinstance(i, IdleInstance)]
     assert held and all(i.launch is not None for i in held)
     assert not any(getattr(i, "is_frozen", False) for i in held), "left frozen after stop"

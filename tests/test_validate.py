@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from bench import store
 from bench import validate as v
 from bench import validate_accuracy as acc
 from bench import validate_checks as vc
@@ -545,3 +546,7 @@ def test_idle_neighbours_run_on_this_host(tmp_path, monkeypatch):
     assert runs == sorted(f"{c}-{n}" for c in v.CONDITIONS for n in (1, 2))
     for c in checks:
         assert c.data["figures"]["null"]["n"] == [2, 2]
+    [run] = next(tmp_path.iterdir()).glob("*-validate-frozen-1")
+    envs = store.read_manifest(run)["matrix"]["envs"]
+    assert [e["label"] for e in envs] == ["A", "twin", "nb1"]
+    assert envs[2]["options"]["freeze"] == "yes"

@@ -122,6 +122,12 @@ class Option:
 
 COMMON_OPTIONS: dict[str, Option] = {
     "label": Option(None, "name shown in results and reports (default: the spec itself)"),
+    "freeze": Option(
+        "auto",
+        "a held instance frozen outside its own bursts (bench/families/bursts.py): yes, no,"
+        " or auto (when its kind declares an idle cost)",
+        ("auto", "yes", "no"),
+    ),
 }
 
 
@@ -129,15 +135,16 @@ def parse_options(kind: str, options: dict[str, Option], config: dict[str, Any])
     """A spec's options (text from `--env` or TOML, or values parsed before) -> every
     option of the kind, typed, defaults filled in. The one place options are checked:
     an unknown name or a bad value raises OptionError with a sentence for the user."""
-    out = {name: opt.default for name, opt in options.items()}
+    known = {**{n: o for n, o in COMMON_OPTIONS.items() if n != "label"}, **options}
+    out = {name: opt.default for name, opt in known.items()}
     for name, value in config.items():
-        if name in COMMON_OPTIONS:
+        if name == "label":
             continue
-        if name not in options:
-            known = ", ".join(sorted(options))
-            raise OptionError(f"{kind} has no option {name!r} (known: {known})")
+        if name not in known:
+            names = ", ".join(sorted(options))
+            raise OptionError(f"{kind} has no option {name!r} (known: {names})")
         if value is not None:
-            out[name] = options[name].parse(name, value)
+            out[name] = known[name].parse(name, value)
     return out
 
 
@@ -465,6 +472,12 @@ class Environment:
     # its idle held instances take CPU (an idle guest, a polling sandbox): frozen while
     # others measure (bursts.py); none here does (validate reports each kind's idle CPU)
     idle_cost: ClassVar[bool] = False
+
+    @property
+    def freezes(self) -> bool:
+        """Its held instances are frozen outside their own bursts: option freeze=yes, or
+        freeze=auto (the default) on a kind that declares an idle cost."""
+        return {"yes": True, "no": False}.get(self.opts["freeze"], self.idle_cost)
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         self.config = config

@@ -19,10 +19,11 @@ idle held instance takes ~0 CPU itself (a runsc sandbox ~0.02% of a CPU), but th
 harness's host-side sampler of a held container walked /proc every 0.1 s: 1-14% of a CPU
 per instance, a dozen of them a third of a core on a 2-core host. So every instance is
 quiet (Instance.quiet: its samplers paused) through the blocks; a kind that declares an
-idle cost (Environment.idle_cost: a polling sandbox, an idle guest) is also frozen
-(Instance.freeze: SIGSTOP over its cgroup tree) outside its own turn in a block.
-`isobench validate` checks both: the A/A with the neighbours held, quiet or frozen,
-against none (bench/validate_neighbours.py).
+idle cost (Environment.idle_cost: a polling sandbox, an idle guest), or an environment
+given freeze=yes, is also frozen (Instance.freeze: SIGSTOP over its cgroup tree) outside
+its own turn in a block (Environment.freezes). `isobench validate` checks both: the A/A
+beside the neighbours held idle and quiet, and in a held set with them frozen between
+their turns, against none (bench/validate_neighbours.py).
 
 Between cycles of blocks (once every op had a block, at most every CANARY_BLOCKS blocks)
 the runner's `between_blocks` records the host canary (bench/canary.py, the run's noise
@@ -98,7 +99,7 @@ class Bursts(Family):
             for op in plan.ops:  # untimed: sets each op up and calibrates it
                 for i in list(sets.live):
                     sets.burst(i, op, ms[op], block=None)
-            sets.settle({i for i, job in enumerate(jobs) if job.env.idle_cost})
+            sets.settle({i for i, job in enumerate(jobs) if job.env.freezes})
             cycle = max(len(plan.ops), CANARY_BLOCKS)
             for block, op in enumerate(plan.schedule(s.quick), 1):
                 check()
