@@ -45,10 +45,15 @@ class Check:
     line: str  # the figures, for humans
     data: dict[str, Any] = field(default_factory=dict)
     ran: bool = True  # False: a capability is missing here (the line says which)
+    judged: bool = True  # False: measured and reported, its verdict not needed here
 
     def text(self) -> str:
-        word = ("PASS" if self.passed else "FAIL") if self.ran else "NOT RUN"
-        return f"{word} {self.name}: {self.line}"
+        word = ("PASS" if self.passed else "FAIL") if self.judged else "REPORTED"
+        return f"{word if self.ran else 'NOT RUN'} {self.name}: {self.line}"
+
+    @property
+    def failed(self) -> bool:
+        return self.ran and self.judged and not self.passed
 
 
 def not_run(name: str, why: str) -> Check:

@@ -28,7 +28,7 @@ import psutil
 
 from bench import interrupt
 from bench.envs import REGISTRY
-from bench.envs.base import Context, Environment, Instance, StartError, served
+from bench.envs.base import Context, Environment, Instance, StartError, freezes, served
 from bench.matrix import parse_env_spec
 from bench.scratch import new_scratch
 
@@ -46,6 +46,12 @@ def default_specs() -> list[str]:
             continue
         out += [PRIVATE.get(spec, spec) for spec in cls.variants()]
     return out
+
+
+def declared_frozen(spec: str) -> bool:
+    """A run freezes this spec's held instances (base.freezes: its option or its kind)."""
+    e = parse_env_spec(spec)
+    return freezes(REGISTRY[e.kind], e.options)
 
 
 def available(specs: list[str]) -> tuple[list[str], dict[str, str]]:

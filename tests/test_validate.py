@@ -316,7 +316,9 @@ def test_validate_runs_on_this_host(tmp_path):
 
 
 # -- the burst design --------------------------------------------------------------------
-def _bursts(env, effect, rounds, blocks, seed, *, workload="syscall", op="null", base=600.0):
+def _bursts(
+    env, effect, rounds, blocks, seed, *, workload="syscall", op="null", base=600.0, metric=None
+):
     """Burst records of one environment under a shared noise model: slow phases per
     round and block (the same seed: the same machine for every environment) times the
     environment's effect times its own burst-to-burst jitter."""
@@ -329,7 +331,7 @@ def _bursts(env, effect, rounds, blocks, seed, *, workload="syscall", op="null",
             "env": env,
             "workload": workload,
             "op": op,
-            "metric": "ns_per_op",
+            "metric": metric or "ns_per_op",
             "source": "burst",
             "status": "ok",
             "round": r + 1,
@@ -500,8 +502,18 @@ def test_idle_neighbours_agree_within_one_percent_or_fail():
     assert not vc.agreement_check("n", empty, pairs(without)).passed
 
 
+def _nb(effect: float, seed: int) -> list[dict]:
+    """Both figures of the idle-neighbour A/A (nb-null, nb-compute), the twin's shifted."""
+    compute = {"workload": "nb-compute", "op": "compute", "metric": "ops_per_s"}
+    return (
+        _aa(effect, seed)
+        + _bursts("A", 1.0, 6, 60, seed + 2, **compute)
+        + _bursts("twin", 1 / effect, 6, 60, seed + 3, **compute)
+    )
+
+
 def test_neighbour_checks_carry_the_idle_cpu_of_each_kind():
-    recs = {c: _aa(1.0, 40 + i) for i, c in enumerate(v.CONDITIONS)}
+    recs = {"quiet": _nb(1.0, 20), "frozen": _nb(1.0, 41), "absent": _nb(1.0, 10)}
     info = {
         "specs": ["docker", "lxc"],
         "failed": {"lxc": "no `ready`"},
@@ -511,8 +523,21 @@ def test_neighbour_checks_carry_the_idle_cpu_of_each_kind():
     assert idle.name == v.NEIGHBOURS_IDLE and frozen.name == v.NEIGHBOURS_FROZEN
     assert "docker 0.01% (sampler 6.2%)" in idle.line and "neighbours: docker" in frozen.line
     assert idle.data["failed"] == {"lxc": "no `ready`"}
+    assert idle.passed and not frozen.judged and "REPORTED frozen" in frozen.text()
+    assert not frozen.failed and "reported, not judged: nothing here is frozen" in frozen.line
     assert v.nb.PRIVATE["swarm"] in v.nb.default_specs()
     assert "host" not in {s.split(":")[0] for s in v.nb.default_specs()}
+
+
+def test_the_frozen_neighbour_check_is_judged_where_a_run_here_freezes():
+    """Judged where a neighbour says freeze=yes, or the idle neighbours do perturb (a
+    3% shift of one side of the pair beside them); then its own 3% shift fails it."""
+    recs = {"quiet": _nb(1.0, 20), "frozen": _nb(1.03, 51), "absent": _nb(1.0, 10)}
+    _, frozen = v.check_neighbours(recs, {"specs": ["docker:freeze=yes"]})
+    assert frozen.judged and frozen.failed and frozen.text().startswith("FAIL frozen")
+    recs["quiet"] = _nb(1.03, 53)
+    idle, frozen = v.check_neighbours(recs, {"specs": ["docker"]})
+    assert idle.failed and frozen.judged and frozen.failed
 
 
 def test_bad_neighbour_spec_is_a_usage_error():

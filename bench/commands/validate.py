@@ -91,8 +91,8 @@ def validate(ctx, results, keep, budget, quota_kinds, neighbours, seed, as_json)
     finally:
         if temp and not keep:
             shutil.rmtree(where, ignore_errors=True)
-    failed = [c.name for c in checks if c.ran and not c.passed]
-    ran = [c for c in checks if c.ran]
+    failed = [c.name for c in checks if c.failed]
+    ran = [c for c in checks if c.ran and c.judged]
     if as_json:
         click.echo(
             json.dumps(
@@ -116,14 +116,25 @@ def validate(ctx, results, keep, budget, quota_kinds, neighbours, seed, as_json)
         for kind, reason in info["quota_skipped"].items():
             click.echo(f"NOT CHECKED known answers under {kind}: {reason}")
         click.echo(
-            f"{len(ran) - len(failed)}/{len(ran)} checks passed"
-            + (f" ({len(checks) - len(ran)} not run)" if len(ran) < len(checks) else "")
-            + f" in "
+            f"{len(ran) - len(failed)}/{len(ran)} checks passed" + _aside(checks) + f" in "
             f"{time.monotonic() - started:.0f} s; load average {_load(snap)}"
         )
         if not temp or keep:
             click.echo(f"runs kept in {where}")
     ctx.exit(1 if failed else 0)
+
+
+def _aside(checks) -> str:
+    """' (1 not run, 1 reported and not judged)', or '' when every check was judged."""
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (sum(not c.ran for c in checks), "not run"),
+            (sum(c.ran and not c.judged for c in checks), "reported and not judged"),
+        )
+        if n
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _load(snap: dict) -> str:

@@ -131,6 +131,13 @@ COMMON_OPTIONS: dict[str, Option] = {
 }
 
 
+def freezes(cls, opts: dict[str, Any]) -> bool:
+    """A held instance of kind `cls` with options `opts` is frozen outside its own bursts
+    (bench/families/bursts.py): option freeze=yes, or freeze=auto (the default) on a
+    kind that declares an idle cost."""
+    return {"yes": True, "no": False}.get(opts.get("freeze", "auto"), cls.idle_cost)
+
+
 def parse_options(kind: str, options: dict[str, Option], config: dict[str, Any]) -> dict[str, Any]:
     """A spec's options (text from `--env` or TOML, or values parsed before) -> every
     option of the kind, typed, defaults filled in. The one place options are checked:
@@ -475,9 +482,7 @@ class Environment:
 
     @property
     def freezes(self) -> bool:
-        """Its held instances are frozen outside their own bursts: option freeze=yes, or
-        freeze=auto (the default) on a kind that declares an idle cost."""
-        return {"yes": True, "no": False}.get(self.opts["freeze"], self.idle_cost)
+        return freezes(type(self), self.opts)
 
     def __init__(self, config: dict[str, Any], ctx: Context):
         self.config = config
