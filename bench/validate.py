@@ -432,9 +432,8 @@ def run_neighbours(results: Path, budget: float, seed: int, b, log, specs=None):
     freeze=yes (bursts.py thaws it for its own burst in each block and freezes it again);
     and without them. A unit is two cycles of the three conditions, counterbalanced in
     time (each condition's mean place the same): absent, frozen, then the neighbours held
-    for quiet twice, frozen, absent. Frozen in a thread beside the A/A's bursts instead of
-    between them, the A/A's interval was three times as wide (±0.9% against ±0.3%) and
-    missed the 1% margin. Units go on while the budget lasts (NEIGHBOUR_UNITS).
+    for quiet twice, frozen, absent (frozen before in a thread during the A/A's bursts,
+    harsher than any run). Units go on while the budget lasts (NEIGHBOUR_UNITS).
     -> (checks, info)."""
     specs = nb.default_specs() if specs is None else specs
     ok, skipped = nb.available(specs)
@@ -490,7 +489,7 @@ NEIGHBOURS_FROZEN = "frozen neighbours (A/A in a held set with them frozen betwe
 
 def _with(spec: str, *options: str) -> str:
     """`spec` with more options: docker -> docker:freeze=yes."""
-    kind, colon, opts = spec.partition(":")
+    kind, _, opts = spec.partition(":")
     return f"{kind}:" + ",".join([*filter(None, [opts]), *options])
 
 
