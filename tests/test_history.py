@@ -120,8 +120,11 @@ def test_the_quota_from_the_6th_run_is_a_change_of_dockers_compute_cost(series):
     (c,) = ratio
     assert c["class"].startswith("isolation cost") and c["magnitude"] < -0.2
     assert c["level_after"]["ci_high"] < c["level_before"]["ci_low"]
-    # the host's own compute did not move: the change is docker's
-    assert [c for c in compute["change_points"] if c["series"] == "baseline"] == []
+    # the change is docker's: the host's own compute may move between runs on a machine
+    # whose speed moves in phases (~240M or ~400M ops/s here), and such a move is the
+    # host's, never classed as an isolation cost
+    host = [c for c in compute["change_points"] if c["series"] == "baseline"]
+    assert all(c["class"].startswith("host") for c in host), host
     # no ratio moved at any other run
     others = [
         (f["op"], c["index"])
