@@ -501,8 +501,8 @@ def check_neighbours(recs: dict[str, list[dict]], info: dict) -> list[Check]:
     says freeze=yes (the issue: "where they do perturb, freeze them ... and show that
     freezing itself costs nothing measurable"); elsewhere it is reported, not judged.
     Here it would need more sessions than validate has: one frozen session's A/A read
-    0.959 (the A launch 4% slower through all its 150 blocks), where the idle ones read
-    0.989-1.003."""
+    0.959 (the A launch 4% slower through all its 150 blocks), where the idle ones' null
+    read 0.989-1.003."""
     f = {c: Figures(r) for c, r in recs.items()}
 
     def pairs(cond: str) -> dict[str, tuple]:
