@@ -33,6 +33,9 @@ VDSO_MARGIN = 0.10  # namespaces must serve the vDSO clock as the host does, wit
 QUOTA_MARGIN = 0.05  # a quota q must read as 1/q within 5%
 ACCURACY_MARGIN = 0.05  # bursts must read the host's null within 5% of perf's loop
 NEIGHBOUR_MARGIN = 0.01  # held idle neighbours may move an A/A ratio by at most 1%
+# an A/A figure called significant whose 90% CI lies inside 1 ± 1% is a difference shown
+# negligible (a third of the 3% a quick run must detect), not a failed A/A: see aa_check
+AA_MARGIN = 0.01
 # "Shown within a margin" is an equivalence test: two one-sided tests at 5% each
 # (TOST), i.e. the 90% CI inside the margin.
 EQUIVALENCE_CONFIDENCE = 1 - 2 * ALPHA
@@ -144,12 +147,19 @@ def _n(t: stats.RatioTest, values, baseline) -> str:
 def aa_check(pairs: dict[str, tuple], *, alpha: float = ALPHA, better=None) -> Check:
     """pairs: figure name -> (B, A) figures of two identical environments. Passes when
     no figure is significant after Benjamini-Hochberg across all figures (the report's
-    own rule); `better`: figure name -> "higher" where it is a rate."""
+    own rule), or one that is has its 90% CI inside 1 ± AA_MARGIN: a difference shown
+    negligible (two one-sided tests), not one a run could report as an effect. Why: a
+    burst figure's CI is ±0.2-0.5% here, so a 0.3% difference (a launch's placement, or
+    the trimmed t's far tail, about twice the nominal at 8 rounds) is called
+    significant in some validations (clock_gettime x0.9969 [0.9950, 0.9989], p_adj
+    0.049), and the check would fail on a host whose figures are fine; the test's own
+    false-positive rate is shown by 20 A/A runs and the simulations (tests), not by one
+    validation. `better`: figure name -> "higher" where it is a rate."""
     better = better or {}
     names = list(pairs)
     tests = [ratio(b, a, better.get(n, "lower")) for n, (b, a) in pairs.items()]
     adj = stats.benjamini_hochberg([t.p_value for t in tests]) if names else []
-    figures, bad = {}, []
+    figures, bad, negligible = {}, [], []
     for name, (b, a), t, pa in zip(names, pairs.values(), tests, adj, strict=True):
         sig = stats.significant(pa, t.low, t.high, alpha=alpha)
         figures[name] = {
@@ -162,7 +172,9 @@ def aa_check(pairs: dict[str, tuple], *, alpha: float = ALPHA, better=None) -> C
             "n": [len(as_figure(b)), len(as_figure(a))],
             "bursts": isinstance(t, stats.BurstTest),
         }
-        if sig:
+        if sig and _within(ratio(b, a, better.get(name, "lower"), EQUIVALENCE_CONFIDENCE)):
+            negligible.append(name)
+        elif sig:
             bad.append(name)
     ok = bool(names) and not bad
     parts = [
@@ -170,9 +182,19 @@ def aa_check(pairs: dict[str, tuple], *, alpha: float = ALPHA, better=None) -> C
         for n, f in figures.items()
     ]
     line = "; ".join(parts) if names else "no data"
+    if negligible:
+        line += (
+            f" — significant but shown within ±{AA_MARGIN:.0%} (90% CI), negligible: "
+            + ", ".join(negligible)
+        )
     if bad:
         line += f" — significant: {', '.join(bad)}"
-    return Check("A/A", ok, line, {"figures": figures, "significant": bad})
+    data = {"figures": figures, "significant": bad, "negligible": negligible}
+    return Check("A/A", ok, line, data)
+
+
+def _within(t: stats.RatioTest, margin: float = AA_MARGIN) -> bool:
+    return 1 - margin < t.low and t.high < 1 + margin
 
 
 def equivalence_check(
@@ -212,7 +234,7 @@ def known_answer_check(
         why = f"CI wider than {expected:g} ± {margin:.0%}: more rounds needed"
     line = f"ratio {_ci(r, lo, hi)} (expected {expected:g}), {why}, {_n(t, values, baseline)}"
     data = {"ratio": r, "ci_low": lo, "ci_high": hi, "expected": expected, "margin": margin}
-    return Check(name, ok, line, data)
+    return Check(name, ok, line, {**data, "rounds": t.n})
 
 
 def whole_cpu(like: Figure) -> Figure:

@@ -55,6 +55,17 @@ def test_aa_fails_on_a_real_shift():
     assert c.data["significant"] == ["shifted"]
 
 
+def test_aa_a_significant_but_negligible_difference_passes_and_is_named():
+    """0.4% with 0.2% noise over 30 rounds: significant, its 90% CI inside 1 ± 1%."""
+    pairs = {"tiny": (_lognormal(100.4, 0.002, 30, 1), _lognormal(100, 0.002, 30, 2))}
+    c = v.aa_check(pairs)
+    assert c.data["figures"]["tiny"]["significant"]
+    assert c.passed and c.data["negligible"] == ["tiny"] and not c.data["significant"]
+    assert "negligible: tiny" in c.line
+    wide = {"tiny": (_lognormal(101.5, 0.002, 30, 1), _lognormal(100, 0.002, 30, 2))}
+    assert not v.aa_check(wide).passed  # 1.5%: not within 1%
+
+
 def test_unknown_quota_kind_is_a_usage_error():
     res = CliRunner().invoke(validate_cmd, ["--quota-kinds", "host,qemu"])
     assert res.exit_code == 2 and "qemu: not one of" in res.output
@@ -303,7 +314,10 @@ def test_validate_runs_on_this_host(tmp_path):
         assert aa[fig]["bursts"] == (min(aa[fig]["n"]) >= 3), aa[fig]
     assert not aa["startup ready"]["bursts"]
     if acc.find_perf():  # the lead's .ci/setup installs linux-perf
-        assert by_name[vc.ACCURACY]["ran"] and len(by_name[vc.ACCURACY]["data"]["segments"]) == 3
+        assert (
+            by_name[vc.ACCURACY]["ran"]
+            and len(by_name[vc.ACCURACY]["data"]["segments"]) == v.ACCURACY_TRIPLES
+        )
     # last: the burst design's known-answer guard, from the minimum rounds: each answer
     # within 20% of 1/q. That tells a quota apart from none and 300 ms bursts from 5 ms
     # ones (x1), and the quota refill bug at q=0.25 (x2.9). A tighter guard flaked: under
@@ -575,3 +589,21 @@ def test_idle_neighbours_run_on_this_host(tmp_path, monkeypatch):
     envs = store.read_manifest(run)["matrix"]["envs"]
     assert [e["label"] for e in envs] == ["A", "twin", "nb1"]
     assert envs[2]["options"]["freeze"] == "yes"
+
+
+def test_known_answer_rounds_from_the_widest_interval():
+    """Stein's two stages: a 90% CI of ±4.4% in 6 rounds needs 13 for ±3%; one already
+    within ±3% needs no more; at most QUOTA_MAX_ROUNDS; fewer than 3 rounds say nothing."""
+
+    def answer(r: float, lo: float, hi: float, n: int) -> vc.Check:
+        return vc.Check("k", True, "", {"ratio": r, "ci_low": lo, "ci_high": hi, "rounds": n})
+
+    assert v.known_answer_rounds([answer(1.946, 1.861, 2.034, 6)]) == 14
+    assert (
+        v.known_answer_rounds([answer(4.0, 3.98, 4.02, 6), answer(2.0, 1.9, 2.1, 6)])
+        == v.QUOTA_MAX_ROUNDS
+    )
+    assert v.known_answer_rounds([answer(4.0, 3.98, 4.02, 6)]) <= 6
+    assert v.known_answer_rounds([answer(2.0, 1.5, 2.5, 2)]) == 0
+    c = vc.known_answer_check("k", _lognormal(50, 0.02, 7, 1), _lognormal(100, 0.02, 7, 2), 2.0)
+    assert c.data["rounds"] == 7
