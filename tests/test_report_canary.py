@@ -78,7 +78,8 @@ def test_the_pairing_clause_says_what_interleaving_bought():
     d = {"sentence": "x", "every_ms": 40.0, "null_ns": {"phases": True, "phase_s": 2.0}}
     assert canary.pairing(d) == (
         "bursts were interleaved every 40 ms, so each ratio pairs measurements made "
-        "within the same phase"
+        "within the same phase; a figure's own median moves with the phases, so its "
+        "interval spans them where a ratio's need not"
     )
     slow = canary.pairing(d | {"every_ms": 900.0})
     assert "not well within its phases of ~2.0 s" in slow
@@ -97,7 +98,7 @@ def test_the_line_replaces_the_diagnosis_general_claim_with_the_runs_pairing(tmp
     assert line.startswith("the host's speed moved between")
     assert line.endswith(
         "; bursts were interleaved every 12 ms, so each ratio pairs measurements made "
-        "within the same phase"
+        "within the same phase" + canary.OWN
     )
     assert line.count("same phase") == 1
 
