@@ -592,7 +592,7 @@ def test_idle_neighbours_run_on_this_host(tmp_path, monkeypatch):
 
 
 def test_known_answer_rounds_from_the_widest_interval():
-    """Stein's two stages: a 90% CI of ±4.4% in 6 rounds needs 13 for ±3%; one already
+    """Stein's two stages: a 90% CI of ±4.4% in 6 rounds needs 14 for ±3%; one already
     within ±3% needs no more; at most QUOTA_MAX_ROUNDS; fewer than 3 rounds say nothing."""
 
     def answer(r: float, lo: float, hi: float, n: int) -> vc.Check:
