@@ -222,8 +222,9 @@ def run_matrix(
         pace = manifest.get("measured_seconds", 0.0) / done
         extra = int(m.budget / pace) if pace > 0 else 0
         need = max(need, min(wanted(runner.records), done + extra))
-    if 0 < done < min(need, m.max_rounds) and manifest.get("stop_reason") == BUDGET_STOP:
-        m.budget = resumed_budget(manifest, min(need, m.max_rounds))
+    need = min(need, m.max_rounds)
+    if 0 < done < need and manifest.get("stop_reason") == BUDGET_STOP:
+        m.budget = resumed_budget(manifest, need)
         manifest["matrix"]["budget"] = m.budget
         why = "a minimum" if need == min_rounds else "for the known answers' precision"
         log(f"{name}: {done} rounds in its budget; resumed for {need} ({why})")

@@ -172,7 +172,7 @@ def aa_check(pairs: dict[str, tuple], *, alpha: float = ALPHA, better=None) -> C
             "n": [len(as_figure(b)), len(as_figure(a))],
             "bursts": isinstance(t, stats.BurstTest),
         }
-        if sig and _within(ratio(b, a, better.get(name, "lower"), EQUIVALENCE_CONFIDENCE)):
+        if sig and equivalence_check(name, b, a, AA_MARGIN, better.get(name, "lower")).passed:
             negligible.append(name)
         elif sig:
             bad.append(name)
@@ -191,10 +191,6 @@ def aa_check(pairs: dict[str, tuple], *, alpha: float = ALPHA, better=None) -> C
         line += f" — significant: {', '.join(bad)}"
     data = {"figures": figures, "significant": bad, "negligible": negligible}
     return Check("A/A", ok, line, data)
-
-
-def _within(t: stats.RatioTest, margin: float = AA_MARGIN) -> bool:
-    return 1 - margin < t.low and t.high < 1 + margin
 
 
 def equivalence_check(
