@@ -3,11 +3,12 @@ syscall and cpu probes in serve mode (workloads/probe.h), for `isobench doctor`'
 10-second check (check()) and for a run's noise diagnosis (record()).
 
 Both probes run as children of this process, on pipes, optionally pinned to a CPU list
-(os.sched_setaffinity on the child right after it starts, before it is sent anything).
-After one untimed burst of each op (an op's first burst sets it up and calibrates it),
-they take turns: a `null` burst (getppid) of B ms, then a `compute` burst of B ms, until
-S seconds have passed; /proc/stat before and after gives the CPU steal over the window,
-and the load average before it the other work on this machine.
+(started by a thread pinned to it for the moment, so they and what they fork are pinned
+from birth).
+After one untimed burst of each op (a warm-up: a probe sets up and calibrates its ops as
+it starts), they take turns: a `null` burst (getppid) of B ms, then a `compute` burst of
+B ms, until S seconds have passed; /proc/stat before and after gives the CPU steal over
+the window, and the load average before it the other work on this machine.
 The children are always stopped (`quit`, then SIGKILL after QUIT_S), on an error, an
 exception or Ctrl-C too; a child that dies, stops answering or prints an error line is a
 CanaryError with one line saying which and why. bench/canary_diagnosis.py reads the series.
@@ -33,10 +34,15 @@ from bench.metrics.noise import parse_proc_stat, steal_fraction
 
 BURST_MS = 5  # the recorded noise model's bursts: short enough to pair within a phase
 CHECK_S = 10.0  # doctor's check
-REPLY_S = 10.0  # an answer later than this: the probe is stuck (a first burst takes ~0.1 s)
+REPLY_S = 10.0  # an answer later than this: the probe is stuck (the first takes ~0.1 s)
 QUIT_S = 2.0  # a probe still running this long after `quit` is killed
 MAX_BURST_MS = 1000
-OPS = (("syscall", "null", "ns_per_op"), ("cpu", "compute", "ops_per_s"))
+# (probe, op, metric, the probe's arguments): the cpu probe builds its memory ops'
+# buffers as it starts (256 + 128 MiB by default), which compute alone never reads
+OPS = (
+    ("syscall", "null", "ns_per_op", ()),
+    ("cpu", "compute", "ops_per_s", ("--mem-mib", "4", "--lat-mib", "1")),
+)
 
 
 class CanaryError(RuntimeError):
@@ -72,12 +78,17 @@ class LineReader:
 class ServedProbe:
     """One probe in serve mode: one command line in, one JSON line out."""
 
-    def __init__(self, path: Path, cpus: set[int] | None = None):
+    def __init__(self, path: Path, cpus: set[int] | None = None, args: tuple[str, ...] = ()):
         self.name = path.name
+        mine = os.sched_getaffinity(0)
+        try:  # pinned from birth (it inherits this thread's CPUs): a process the probe
+            os.sched_setaffinity(0, cpus or mine)  # forks as it starts is pinned too
+        except OSError as e:
+            raise CanaryError(f"cannot pin the {self.name} probe: {e.strerror}") from None
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             self.proc = subprocess.Popen(
-                [str(path), "--serve"],
+                [str(path), "--serve", *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
@@ -87,13 +98,10 @@ class ServedProbe:
             raise CanaryError(
                 f"cannot start the {self.name} probe ({path}): {e.strerror}"
             ) from None
+        finally:
+            os.sched_setaffinity(0, mine)
         self._out = LineReader(self.proc.stdout, REPLY_S)
         try:
-            if cpus:
-                try:
-                    os.sched_setaffinity(self.proc.pid, cpus)
-                except OSError as e:
-                    raise CanaryError(f"cannot pin the {self.name} probe: {e.strerror}") from None
             if (first := self._line()) != "ready":
                 raise CanaryError(f"the {self.name} probe said {first[:100]!r}, not ready")
         except BaseException:
@@ -195,11 +203,11 @@ def record(
     probes: list[tuple[ServedProbe, str, str]] = []
     t, null, compute = [], [], []
     try:
-        for probe, op, metric in OPS:
+        for probe, op, metric, args in OPS:
             if probe not in bundle.probes:
                 raise CanaryError(f"the bundle at {bundle.root} has no {probe} probe")
-            probes.append((ServedProbe(bundle.probes[probe], pin), op, metric))
-        for served, op, metric in probes:  # untimed: sets the op up and calibrates it
+            probes.append((ServedProbe(bundle.probes[probe], pin, args), op, metric))
+        for served, op, metric in probes:  # untimed: a warm-up
             served.burst(op, burst_ms, metric)
         load = _load_per_cpu()
         before = _proc_stat()
@@ -260,9 +268,10 @@ class RunCanary:
         try:
             if self.probes is None:
                 self.probes = []
-                for probe, op, metric in OPS:
-                    self.probes.append((ServedProbe(self.bundle.probes[probe]), op, metric))
-                for served, op, metric in self.probes:  # untimed: set up, calibrate
+                for probe, op, metric, args in OPS:
+                    served = ServedProbe(self.bundle.probes[probe], args=args)
+                    self.probes.append((served, op, metric))
+                for served, op, metric in self.probes:  # untimed: a warm-up
                     served.burst(op, BURST_MS, metric)
             lines = []
             for _ in range(self.PAIRS):

@@ -130,7 +130,7 @@ class Neighbours:
                 instance = env.start(served("syscall", "syscall"), READY_S)
                 if not instance.wait_ready():
                     raise StartError("no `ready`")
-                instance.ask("null ms=5", READY_S)  # set up, as a held set's first burst
+                instance.ask("null ms=5", READY_S)  # a warm-up, as a held set's untimed burst
                 self.held[spec] = instance
             except Exception as ex:  # noqa: BLE001 - any kind's failure: said, not raised
                 self.failed[spec] = str(ex).splitlines()[0] if str(ex) else type(ex).__name__

@@ -5,13 +5,14 @@
     python benchmarks/record_bursts.py summary FILE
 
 `record` starts the bundle's syscall and cpu probes with `--serve`, both pinned to one
-CPU (default: CPU 1 where there is one), and alternates a burst of `null` (getppid) and a
-burst of `compute` (default 5 ms each) for SECONDS, after one untimed burst of each (an
-op's first burst also calibrates it): bench/canary.py's record(), which `isobench doctor`
-runs too. It writes one line per pair, `t_s getppid_ns_per_op compute_mops_per_s`
-(seconds since the start, the null burst's ns per getppid, the compute burst's millions
-of kernel iterations per second), the format of tests/data/noise/bursts-30s.txt, then
-prints the summary. `summary` prints it for a file already recorded:
+CPU (default: CPU 1 where there is one), and alternates a burst of `null` (getppid) and
+a burst of `compute` (default 5 ms each) for SECONDS, after one untimed burst of each (a
+warm-up: the probes calibrate their ops as they start): bench/canary.py's record(),
+which `isobench doctor` runs too. It writes one line per pair, `t_s getppid_ns_per_op
+compute_mops_per_s` (seconds since the start, the null burst's ns per getppid, the
+compute burst's millions of kernel iterations per second), the format of
+tests/data/noise/bursts-30s.txt, then prints the summary. `summary` prints it for a
+file already recorded:
 
 * p5/p50/p95 of both columns;
 * the autocorrelation of log getppid burst time at lags of about 10 ms, 100 ms, 1 s and

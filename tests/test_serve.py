@@ -381,6 +381,36 @@ def test_cpu_setup_failure_is_an_error_line_and_the_probe_goes_on(served):
     assert p.end() == (0, b"")
 
 
+def _waits_for(what, timeout: float = ANSWER_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+@needs_cc
+def test_serving_probes_prepare_every_op_before_their_first_command(served):
+    """The instances of a held set prepare at once, as they start: cpu's buffers are
+    built (24 + 16 MiB resident) and syscall's pipe_pingpong partner is running before
+    any command was sent; the first bursts then answer as before."""
+    cpu = served("cpu", *MEM_ARGS)
+    assert _waits_for(lambda: _rss_mib(cpu.proc.pid) > 0.9 * (24 + 16))
+    sys_ = served("syscall")
+    children = Path(f"/proc/{sys_.proc.pid}/task/{sys_.proc.pid}/children")
+    assert _waits_for(lambda: children.read_text().split() != [])
+    for k, op in enumerate(CPU_OPS, start=1):
+        _result(cpu.ask(f"{op} ms=5"), "cpu", op, k)
+    _result(sys_.ask("pipe_pingpong ms=5"), "syscall", "pipe_pingpong", 1)
+    assert cpu.end("quit") == (0, b"") and sys_.end("quit") == (0, b"")
+
+
 # ---------------------------------------------------------------- recorder
 
 

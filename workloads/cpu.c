@@ -14,8 +14,8 @@
  * rate of exactly q (a 10 ms calibrated measurement would mostly fall inside
  * one running stretch and hide the throttling).
  * With --serve, one burst of an op per command read on stdin (probe_serve() in
- * probe.h); mem_bw's and mem_lat's buffers are built at their op's first burst
- * and kept to the end.
+ * probe.h); mem_bw's and mem_lat's buffers are built, and every op calibrated,
+ * before the first command is read (probe_serve_calibrate()), and kept to the end.
  */
 #include "probe.h"
 
@@ -300,18 +300,31 @@ struct serve {
     struct lat l;
 };
 
+static const probe_fn FNS[NOPS] = {op_compute, op_mem_bw, op_mem_lat};
+
+/* The op's buffers built and its rate calibrated (once): 0, or -1 after printing the
+ * error line (probe_serve_calibrate()). */
+static int serve_prepare(struct serve *s, int op, void *ctx)
+{
+    if (!s->ready[op]) {
+        if ((op == 1 && bw_setup(&s->w, s->mem_mib) != 0) ||
+            (op == 2 && lat_setup(&s->l, s->lat_mib) != 0))
+            return -1;
+        s->ready[op] = 1;
+    }
+    int rc = probe_serve_calibrate(FNS[op], ctx, &s->op[op]);
+    if (rc)
+        probe_error(PROBE, OPS[op], "%s", probe_strerr(rc));
+    return rc ? -1 : 0;
+}
+
 static void serve_burst(void *vs, const probe_burst *b)
 {
     struct serve *s = vs;
-    static const probe_fn FNS[NOPS] = {op_compute, op_mem_bw, op_mem_lat};
     static const emit_fn EMITS[NOPS] = {emit_compute, emit_mem_bw, emit_mem_lat};
     void *ctxs[NOPS] = {NULL, &s->w, &s->l};
-    if (!s->ready[b->op]) {
-        if ((b->op == 1 && bw_setup(&s->w, s->mem_mib) != 0) ||
-            (b->op == 2 && lat_setup(&s->l, s->lat_mib) != 0))
-            return;
-        s->ready[b->op] = 1;
-    }
+    if (serve_prepare(s, b->op, ctxs[b->op]) != 0)
+        return;
     double work = 0;
     uint64_t elapsed = 0, cks = 0;
     int rc = probe_serve_burst(FNS[b->op], ctxs[b->op], &s->op[b->op], b, &work, &elapsed, &cks);
@@ -330,6 +343,11 @@ static int serve(const probe_args *a, uint64_t mem_mib, uint64_t lat_mib)
     s.op[0].chunk = 1024;
     s.op[1].chunk = 1;
     s.op[2].chunk = 1024;
+    void *ctxs[NOPS] = {NULL, &s.w, &s.l};
+    probe_quiet = 1;
+    for (int op = 0; op < NOPS; op++)
+        serve_prepare(&s, op, ctxs[op]);
+    probe_quiet = 0;
     int status = probe_serve(a, serve_burst, &s);
     if (s.ready[1])
         bw_free(&s.w);

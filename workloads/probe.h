@@ -130,10 +130,18 @@ static inline void probe_json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* While set, probe_error() prints nothing: a serve-mode probe preparing its ops before
+ * its first command (see probe_serve_calibrate()) tries a failed op again, and prints
+ * its error, at that op's first burst; a line no command asked for would be read as the
+ * answer to the next one. */
+static int probe_quiet;
+
 /* {"probe":..,"op":..,"error":"<printf-formatted reason>"} */
 __attribute__((format(printf, 3, 4)))
 static inline void probe_error(const char *probe, const char *op, const char *fmt, ...)
 {
+    if (probe_quiet)
+        return;
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -598,10 +606,12 @@ static inline void probe_finish_args(probe_args *a, int argc, char **argv)
  * `quit` counts, bad ones too). A bad command (empty, unknown op, a length that is
  * missing or out of range, anything more, longer than PROBE_SERVE_MAX_LINE) gets an
  * error line whose op is the command's first word ("" if none), and the probe reads on.
- * Bursts are cheap to start: an op is set up, and its rate calibrated, once, at its
- * first burst (probe_serve_burst()), never again; that first burst of the process also
- * runs one CFS period of its op (probe_window_prepare_rate()), so a caller sends each op
- * one untimed burst first. After it, a window's burst answers within max(window/16, one
+ * Bursts are cheap to start: every op is set up, and its rate calibrated, once, after
+ * `ready` and before the first command is read (probe_serve_calibrate(); one that fails
+ * there, at its first burst), never again; the first calibration of the process also
+ * runs one CFS period of its op (probe_window_prepare_rate()). A caller still sends each
+ * op one untimed burst first (a warm-up, and the first answer waits for the
+ * preparation). After it, a window's burst answers within max(window/16, one
  * iteration) of its end (probe_serve_window()), however long a clock read takes.
  */
 #define PROBE_SERVE_MAX_LINE 256
@@ -819,6 +829,27 @@ static inline int probe_serve_window(probe_fn fn, void *ctx, probe_serve_op *s,
 }
 
 /*
+ * Calibrates the op's rate, once (the first calibration of the process also settles a
+ * CPU quota's period: probe_window_prepare_rate()). A serve-mode probe prepares every op
+ * so before it reads its first command, quietly (probe_quiet): the instances of a held
+ * set then set up and calibrate at once, while the harness starts the others, not one
+ * after another at their first bursts (~0.4 s each for cpu's buffers). An op that fails
+ * there is tried again at its first burst, which prints the error.
+ * Returns 0 or an errno value (see probe_strerr()).
+ */
+static inline int probe_serve_calibrate(probe_fn fn, void *ctx, probe_serve_op *s)
+{
+    if (s->calibrated)
+        return 0;
+    int rc = probe_window_prepare_rate(fn, ctx, &s->chunk, 0, &s->ns_per_iter);
+    if (rc)
+        return rc;
+    s->share_ns = PROBE_CLOCK_SHARE * probe_clock_cost_ns();
+    s->calibrated = 1;
+    return 0;
+}
+
+/*
  * One burst of op fn (probe_burst): *work = the iterations done (unrounded for a
  * window), *elapsed = the window or the measured time of iters=N. An op's rate is
  * calibrated at its first window only (the first calibration of the process also
@@ -841,13 +872,9 @@ static inline int probe_serve_burst(probe_fn fn, void *ctx, probe_serve_op *s,
         *checksum = cks;
         return rc;
     }
-    if (!s->calibrated) {
-        int rc = probe_window_prepare_rate(fn, ctx, &s->chunk, 0, &s->ns_per_iter);
-        if (rc)
-            return rc;
-        s->share_ns = PROBE_CLOCK_SHARE * probe_clock_cost_ns();
-        s->calibrated = 1;
-    }
+    int rc = probe_serve_calibrate(fn, ctx, s);
+    if (rc)
+        return rc;
     if (b->prime_ns) {
         double w = 0;
         uint64_t c = 0;

@@ -5,8 +5,8 @@
  * page_fault fork fork_exec pipe_pingpong. Each measurement is calibrated so
  * it lasts >= --min-ms; the metric is ns_per_op (for pipe_pingpong: ns per
  * round trip). With --serve, one burst of an op per command read on stdin
- * (probe_serve() in probe.h); an op is set up at its first burst and torn down
- * at the end.
+ * (probe_serve() in probe.h); every op is set up and calibrated before the first
+ * command is read (probe_serve_calibrate()) and torn down at the end.
  */
 #include "probe.h"
 
@@ -336,25 +336,38 @@ struct serve {
     int set_up[NOPS];  /* the op's setup succeeded: its teardown is due at the end */
 };
 
+/* The op set up and its rate calibrated (once): 0, or -1 after printing the error line
+ * (probe_serve_calibrate()). */
+static int serve_prepare(struct serve *s, int i)
+{
+    const struct op *op = &OP_TABLE[i];
+    const char *dev = missing_device(s->c, op);
+    if (dev) {
+        probe_error(PROBE, OPS[i], "cannot open %s", dev);
+        return -1;
+    }
+    probe_errbuf[0] = 0;
+    if (op->setup && !s->set_up[i]) {
+        int rc = op->setup(s->c);
+        if (rc) {
+            probe_error(PROBE, OPS[i], "setup failed: %s", probe_strerr(rc));
+            return -1;
+        }
+        s->set_up[i] = 1;
+    }
+    int rc = probe_serve_calibrate(op->run, s->c, &s->op[i]);
+    if (rc)
+        probe_error(PROBE, OPS[i], "%s", probe_strerr(rc));
+    return rc ? -1 : 0;
+}
+
 static void serve_burst(void *vs, const probe_burst *b)
 {
     struct serve *s = vs;
     const char *name = OPS[b->op];
     const struct op *op = &OP_TABLE[b->op];
-    const char *dev = missing_device(s->c, op);
-    if (dev) {
-        probe_error(PROBE, name, "cannot open %s", dev);
+    if (serve_prepare(s, b->op) != 0)
         return;
-    }
-    probe_errbuf[0] = 0;
-    if (op->setup && !s->set_up[b->op]) {
-        int rc = op->setup(s->c);
-        if (rc) {
-            probe_error(PROBE, name, "setup failed: %s", probe_strerr(rc));
-            return;
-        }
-        s->set_up[b->op] = 1;
-    }
     double work = 0;
     uint64_t elapsed = 0, cks = 0;
     int rc = probe_serve_burst(op->run, s->c, &s->op[b->op], b, &work, &elapsed, &cks);
@@ -372,6 +385,10 @@ static int serve(const probe_args *a, struct ctx *c)
     s.c = c;
     for (int i = 0; i < NOPS; i++)
         s.op[i].chunk = OP_TABLE[i].start_n;
+    probe_quiet = 1;
+    for (int i = 0; i < NOPS; i++)
+        serve_prepare(&s, i);
+    probe_quiet = 0;
     int status = probe_serve(a, serve_burst, &s);
     for (int i = 0; i < NOPS; i++)
         if (s.set_up[i] && OP_TABLE[i].teardown)

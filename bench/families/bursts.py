@@ -3,16 +3,17 @@ instances, so that each environment is compared with the host milliseconds apart
 minute apart (issue 22).
 
 A round is one held set: every environment of the set holds one fresh instance of the
-workload's probe in serve mode (its kind's control channel: Instance.ask). After one
-untimed burst of each op in each instance (an op is set up and calibrated at its first
-burst), the round runs its blocks (catalog `bursts` table, BurstPlan.schedule): a block
-is one burst of one op in every environment, in a fresh random order per block, so the
-bursts of a block are at most a few tens of ms apart and share the machine's speed phase.
-Every instance is stopped at the end of the round (relaunched in the next: per-launch
-effects such as placement or a sandbox's state enter the interval honestly). Each burst
-is one record carrying its block and its held set; analysis pairs an environment's
-bursts with the baseline's of the same block (stats.burst_ratio_test: the round is the
-cluster).
+workload's probe in serve mode (its kind's control channel: Instance.ask). Each probe
+sets up and calibrates its ops as it starts, while the next instances are started (not
+one after another at their first bursts: cpu's buffers took ~0.4 s an instance, 4 s of
+a 12 s held set of ten). After one untimed burst of each op in each instance, the round
+runs its blocks (catalog `bursts` table, BurstPlan.schedule): a block is one burst of
+one op in every environment, in a fresh random order per block, so the bursts of a block
+are at most a few tens of ms apart and share the machine's speed phase. Every instance
+is stopped at the end of the round (relaunched in the next: per-launch effects such as
+placement or a sandbox's state enter the interval honestly). Each burst is one record
+carrying its block and its held set; analysis pairs an environment's bursts with the
+baseline's of the same block (stats.burst_ratio_test: the round is the cluster).
 
 Idle neighbours: while one instance measures, the others of its set sit idle. Here an
 idle held instance takes ~0 CPU itself (a runsc sandbox ~0.02% of a CPU), but the
@@ -78,10 +79,12 @@ class Bursts(Family):
         out: list[Round | None] = [None] * len(jobs)
         held: dict[int, Instance] = {}
         rng = random.Random(f"{s.run_id}:{rnd}:{w.name}")
+        for i, job in enumerate(jobs):  # first: a held probe prepares its ops at start
+            if not job.env.channel:  # measured as a launch, in this same round
+                out[i] = Launched().round(s, job)
         try:
             for i, job in enumerate(jobs):
-                if not job.env.channel:  # measured as a launch, in this same round
-                    out[i] = Launched().round(s, job)
+                if not job.env.channel:
                     continue
                 try:
                     held[i] = job.env.start(inv, s.timeout)
@@ -96,7 +99,7 @@ class Bursts(Family):
             # window's length moves a figure by itself (mem_lat read 12% lower in 300 ms
             # bursts than in 10 ms ones), so pairs compare like with like
             ms = {op: plan.burst_ms(op, any(quota)) for op in plan.ops}
-            for op in plan.ops:  # untimed: sets each op up and calibrates it
+            for op in plan.ops:  # untimed: a warm-up, once the probe has prepared its ops
                 for i in list(sets.live):
                     sets.burst(i, op, ms[op], block=None)
             sets.settle({i for i, job in enumerate(jobs) if job.env.freezes})
