@@ -3,13 +3,16 @@ instances through the CLI (run to completion, held and stopped, runc and runsc).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from bench.envs import containers as ct
 from bench.envs.base import HOLD, Context, Invocation, OptionError
+from bench.envs.base import served as served_inv
 from bench.envs.podman import PodmanEnv, ulimit_argv, ulimit_candidates
 from bench.families import density
 
@@ -102,3 +105,25 @@ def test_a_held_instance_names_its_carriers_and_density_counts_those_outside(mak
     finally:
         held.stop()
     assert held.carriers() == {}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+
+
+@pytest.mark.requires("podman")
+def test_a_serving_cli_relays_on_one_thread_of_go_a_holding_one_as_users_run_it(make_env):
+    """GOMAXPROCS=1 for the `podman run` that carries a serving probe's channel (its idle
+    Go threads took the CPU from the probe's windows: podman.SERVE_CLI_ENV), not for a
+    held instance that does not serve (density's: the CLI as users run it). The probe
+    answers over it as before."""
+    env = make_env({})
+    served, held = env.start(served_inv("syscall", "syscall"), 60), env.start(HOLD, 60)
+    try:
+        assert served.wait_ready() and held.wait_ready()
+        assert _environ(served.child.proc.pid).get("GOMAXPROCS") == "1"
+        assert _environ(held.child.proc.pid).get("GOMAXPROCS") == os.environ.get("GOMAXPROCS")
+        assert '"op":"null"' in served.ask("null ms=2", 30)
+    finally:
+        served.stop(), held.stop()
