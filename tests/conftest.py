@@ -19,6 +19,9 @@ import pytest
 from bench import bundle as bundle_mod
 from bench.envs import REGISTRY
 from bench.envs.base import Context, Environment
+from bench.envs.guest import kvm
+from bench.envs.vm import VmEnvironment
+from bench.resources import cache_dir
 
 ROOT = Path(__file__).parents[1]  # the checkout: the code `isobench(...)` runs
 
@@ -150,6 +153,8 @@ class EnvFactory:
     ) -> Environment:
         cls = REGISTRY[kind] if isinstance(kind, str) else kind
         run = Context(f"t{os.getpid() % 10000}", self.tmp_path, cache or self.tmp_path / "cache")
+        if cache is None and issubclass(cls, VmEnvironment):
+            _with_kvm_verdict(run.cache)
         ctx = run.for_env(len(self.made) + 1)
         ctx.scratch.mkdir(parents=True, exist_ok=True)
         env = cls(dict(config or {}), ctx)
@@ -163,6 +168,17 @@ class EnvFactory:
         for env in made:
             env.cleanup()
         return made
+
+
+def _with_kvm_verdict(cache: Path) -> None:
+    """A test's fresh cache gets the normal cache's KVM verdict (made there once): where
+    /dev/kvm opens and guests hang, as here, every trial boot waits out its 20 s timeout.
+    The trial itself is test_env_qemu's."""
+    kvm.kvm_availability(trial=True)
+    recorded = kvm.verdict_file(cache_dir())
+    if recorded.exists():
+        kvm.verdict_file(cache).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(recorded, kvm.verdict_file(cache))
 
 
 @pytest.fixture

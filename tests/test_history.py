@@ -8,8 +8,9 @@ one line with exit status 2.
 The runs are as short as a run can be: --quick, 3 rounds (a ratio needs 3), no warm-up,
 five burst blocks of compute a round, the figure the test is about, and no other op, with
 small buffers (the catalog's cpu bursts cut down in the run's process, RUN_CODE). Under a
-quota every burst is 300 ms (catalog `quota_ms`), so a quota run costs about three times
-another: 5.5 s and 28 s here with every op, 1 and 6 blocks, and the catalog's buffers."""
+quota every burst lasts `quota_ms`: the catalog's 300 ms (three CFS periods, for a ratio of
+exactly 1/q) made a quota run take 18 s here against 5.6 s for another; one period (100
+ms, 11 s a run) still reads the quota as x0.10 and the change this test is about."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def load(path=None):
     out = _load(path)
     w = out["cpu"]
     plan = dataclasses.replace(
-        w.bursts, ops=("compute",), blocks=5, quick_blocks=5, op_blocks={},
+        w.bursts, ops=("compute",), blocks=5, quick_blocks=5, op_blocks={}, quota_ms=100,
         quick_serve_args=("--mem-mib", "8", "--lat-mib", "4"),
     )
     out["cpu"] = dataclasses.replace(w, bursts=plan)

@@ -44,7 +44,7 @@ def kvm_device_problem() -> str | None:
     return None
 
 
-def _verdict_file(cache: Path) -> Path:
+def verdict_file(cache: Path) -> Path:
     return Path(cache) / "guest" / "kvm-check.json"
 
 
@@ -65,7 +65,7 @@ def _recorded(path: Path) -> dict[str, Any]:
 def recorded_kvm_verdict(kernel: GuestKernel, binary: str, cache: Path) -> tuple[bool, str] | None:
     """The KVM verdict recorded in the cache for this guest kernel, QEMU and host
     kernel, if any (cheap: no guest is booted)."""
-    v = _recorded(_verdict_file(cache))["verdicts"].get(_kvm_key(kernel, binary))
+    v = _recorded(verdict_file(cache))["verdicts"].get(_kvm_key(kernel, binary))
     return None if v is None else (bool(v["ok"]), str(v["reason"]))
 
 
@@ -82,7 +82,7 @@ def kvm_verdict(
         if recorded is not None:
             return recorded
         verdict = _kvm_trial(image, binary, timeout)
-        path = _verdict_file(cache)
+        path = verdict_file(cache)
         data = _recorded(path)
         data["verdicts"][_kvm_key(image.kernel, binary)] = {
             "ok": verdict[0],
