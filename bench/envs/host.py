@@ -51,7 +51,7 @@ CGROUP_OPTIONS = {
         choices=("on", "off"),
     ),
 }
-SAMPLER_INTERVAL_S = 0.1  # peak memory is also in the cgroup; this keeps the cost < 1% CPU
+SAMPLER_INTERVAL_S = 0.1  # at least: longer where a sample costs more (PeakSampler)
 ONLINE = Path("/sys/devices/system/cpu/online")
 
 
