@@ -152,9 +152,9 @@ class PeakSampler:
     PSS costs the kernel a page-table walk per process (smaps_rollup); pass pss=False
     to sample RSS only. A sample is followed by a wait of `interval`, or longer where
     the sample cost more than `cpu_share` of that: the walk grows with the tree's
-    memory (~4 ms for a cpu probe holding 384 MiB, 8% of a CPU at 50 ms), and a
-    sampler of a held instance runs beside the other instances' bursts. stop() reports
-    what the sampler thread itself cost in CPU.
+    memory (3-5 ms for a held cpu probe of a quick run, 3-5% of a CPU at the host's
+    100 ms; 8% in validate's), and a sampler of a held instance runs beside the other
+    instances' bursts. stop() reports what the sampler thread itself cost in CPU.
     """
 
     def __init__(
